@@ -1,0 +1,673 @@
+//! Backends: an `object_store` store built from a [`StoreConfig`], and the piece-level
+//! operations on it (checksum placement, create-only puts, error mapping).
+
+mod url;
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use futures::stream::{BoxStream, StreamExt, TryStreamExt};
+use object_store::aws::AmazonS3Builder;
+use object_store::local::LocalFileSystem;
+use object_store::memory::InMemory;
+use object_store::path::Path;
+use object_store::prefix::PrefixStore;
+use object_store::{
+    Attribute, AttributeValue, Attributes, BackoffConfig, ClientOptions, GetOptions, GetRange,
+    ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload, RetryConfig,
+};
+use tokio::sync::OnceCell;
+
+pub use self::url::{Location, S3Location, redact_url};
+use crate::checksum::{self, Trailer, TrailerCheck};
+use crate::config::{BackendOptions, ConditionalWrites, IamType, StoreConfig};
+use crate::error::{Error, Redactor, Result};
+use crate::key::RESERVED_PREFIX;
+
+/// What a piece's metadata says: its size and, if it carries one, its checksum.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PieceMeta {
+    /// The piece key.
+    pub key: String,
+    /// The piece's size in bytes (without any checksum trailer).
+    pub size: u64,
+    /// The piece's CRC32C; `None` for a raw piece written by another tool (unverified).
+    pub crc32c: Option<u32>,
+    /// When the piece was stored, as the backend reports it.
+    pub last_modified: SystemTime,
+}
+
+impl PieceMeta {
+    /// True when the piece carries no checksum, so reads of it cannot be verified.
+    pub fn unverified(&self) -> bool {
+        self.crc32c.is_none()
+    }
+}
+
+/// Where a backend keeps a piece's checksum.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Placement {
+    /// Object metadata `Crc32c` (S3 family, memory).
+    Metadata,
+    /// A 20-byte trailer after the bytes (local files).
+    Trailer,
+}
+
+/// One backend store (one shard).
+#[derive(Debug)]
+pub(crate) struct Backend {
+    label: String,
+    store: Arc<dyn ObjectStore>,
+    placement: Placement,
+    conditional: ConditionalWrites,
+    /// Whether create-only puts are honoured; probed once on first write in `Auto` mode.
+    honours_create: OnceCell<bool>,
+    /// Whether listings come back in key order (S3, memory), so a prefix listing may stop early.
+    sorted_listing: bool,
+    redactor: Redactor,
+    is_s3: bool,
+}
+
+fn now_nanos() -> u128 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or_default()
+}
+
+impl Backend {
+    /// Builds the backend for one shard.
+    pub(crate) fn build(store: &StoreConfig, opts: &BackendOptions) -> Result<Self> {
+        let kind = store.storage_kind();
+        let url = store.url();
+        let location = url::parse(url, kind, opts.region.as_deref(), opts.endpoint.as_deref())?;
+        let label = location.label();
+        let redactor = Redactor::new([
+            store.access_key.expose(),
+            store.secret_key.expose(),
+            store.session_token.expose(),
+        ]);
+        let (object_store, placement, sorted, is_s3): (Arc<dyn ObjectStore>, _, _, _) =
+            match &location {
+                Location::Memory => (Arc::new(InMemory::new()), Placement::Metadata, true, false),
+                Location::File { root } => {
+                    std::fs::create_dir_all(root).map_err(|e| {
+                        Error::config(format!(
+                            "cannot create the store directory {}: {e}",
+                            root.display()
+                        ))
+                    })?;
+                    let fs = LocalFileSystem::new_with_prefix(root)
+                        .map_err(|e| {
+                            Error::config(format!("store directory {}: {e}", root.display()))
+                        })?
+                        .with_fsync(opts.fsync);
+                    (Arc::new(fs), Placement::Trailer, false, false)
+                }
+                Location::S3(s3) => {
+                    let built = build_s3(s3, store, opts)
+                        .map_err(|e| Error::config(redactor.redact(&e)))?;
+                    let inner: Arc<dyn ObjectStore> = if s3.prefix.is_empty() {
+                        Arc::new(built)
+                    } else {
+                        Arc::new(PrefixStore::new(built, s3.prefix.as_str()))
+                    };
+                    (inner, Placement::Metadata, true, true)
+                }
+            };
+        Ok(Backend {
+            label,
+            store: object_store,
+            placement,
+            conditional: opts.conditional_writes,
+            honours_create: OnceCell::new(),
+            sorted_listing: sorted,
+            redactor,
+            is_s3,
+        })
+    }
+
+    /// The label used in messages (URL without credentials).
+    pub(crate) fn label(&self) -> &str {
+        &self.label
+    }
+
+    /// The wrapped `object_store` store.
+    pub(crate) fn object_store(&self) -> &Arc<dyn ObjectStore> {
+        &self.store
+    }
+
+    /// Checks that the bucket exists and the credentials work (one LIST of one page).
+    pub(crate) async fn check(&self) -> Result<()> {
+        if !self.is_s3 {
+            return Ok(());
+        }
+        let mut stream = self
+            .store
+            .list(Some(&Path::from(RESERVED_PREFIX.trim_end_matches('/'))));
+        match stream.next().await {
+            None | Some(Ok(_)) => Ok(()),
+            Some(Err(e)) => Err(self.map_err("open", None, e)),
+        }
+    }
+
+    fn path(&self, key: &str) -> Result<Path> {
+        Path::parse(key).map_err(|_| Error::InvalidKey {
+            key: key.chars().take(200).collect(),
+            reason: "not a valid object path",
+        })
+    }
+
+    fn map_err(&self, op: &'static str, key: Option<&str>, e: object_store::Error) -> Error {
+        use object_store::Error as E;
+        let backend = self.label.clone();
+        let diag = Diagnosis::of(&e);
+        if diag.code.as_deref() == Some("NoSuchBucket") {
+            return Error::config(format!("bucket of {backend} does not exist (NoSuchBucket)"));
+        }
+        let message = self.redactor.redact(&diag.message());
+        match e {
+            E::NotFound { .. } if key.is_some() => Error::NotFound {
+                key: key.unwrap_or_default().to_string(),
+                backend,
+            },
+            E::PermissionDenied { .. } | E::Unauthenticated { .. } => {
+                Error::Unauthorized { backend, message }
+            }
+            other => {
+                let retryable = match diag.status {
+                    Some(s) => s >= 500 || s == 429 || s == 408,
+                    None => matches!(other, E::Generic { .. } | E::JoinError { .. }),
+                };
+                Error::Backend {
+                    op,
+                    key: key.map(str::to_string),
+                    backend,
+                    message,
+                    retryable,
+                }
+            }
+        }
+    }
+
+    fn corrupt(&self, key: &str, detail: String) -> Error {
+        Error::Corrupt {
+            key: key.to_string(),
+            backend: self.label.clone(),
+            detail,
+        }
+    }
+
+    async fn honours_create(&self) -> bool {
+        match self.conditional {
+            ConditionalWrites::On => true,
+            ConditionalWrites::Off => false,
+            ConditionalWrites::Auto if !self.is_s3 => true, // memory and local files are atomic
+            ConditionalWrites::Auto => {
+                *self
+                    .honours_create
+                    .get_or_init(|| self.probe_create())
+                    .await
+            }
+        }
+    }
+
+    /// Writes a probe object twice with create-only semantics: a backend that honours
+    /// `If-None-Match: *` refuses the second.
+    async fn probe_create(&self) -> bool {
+        let path = Path::from(format!(
+            "{RESERVED_PREFIX}probe/{}-{}",
+            std::process::id(),
+            now_nanos()
+        ));
+        let create = || PutOptions {
+            mode: PutMode::Create,
+            ..Default::default()
+        };
+        let first = self
+            .store
+            .put_opts(&path, PutPayload::from_static(b"probe"), create())
+            .await;
+        let honoured = match first {
+            Ok(_) => matches!(
+                self.store
+                    .put_opts(&path, PutPayload::from_static(b"probe"), create())
+                    .await,
+                Err(object_store::Error::AlreadyExists { .. }
+                    | object_store::Error::Precondition { .. })
+            ),
+            Err(_) => false,
+        };
+        let _ = self.store.delete(&path).await;
+        if !honoured {
+            tracing::warn!(
+                backend = %self.label,
+                "backend ignores conditional writes (If-None-Match); falling back to HEAD-before-PUT, \
+                 which cannot stop two writers racing on one new key"
+            );
+        }
+        honoured
+    }
+
+    /// Stores `data` under `key`. Without `overwrite`, an existing piece with the same bytes is
+    /// success (a retried put) and one with different bytes is `AlreadyExists`.
+    pub(crate) async fn put(
+        &self,
+        key: &str,
+        data: Bytes,
+        crc: u32,
+        overwrite: bool,
+    ) -> Result<()> {
+        let path = self.path(key)?;
+        let len = data.len() as u64;
+        let make = |mode: PutMode| {
+            let (payload, attributes) = match self.placement {
+                Placement::Metadata => {
+                    let mut a = Attributes::new();
+                    a.insert(
+                        Attribute::Metadata(checksum::METADATA_KEY.into()),
+                        AttributeValue::from(crc.to_string()),
+                    );
+                    (PutPayload::from(data.clone()), a)
+                }
+                Placement::Trailer => {
+                    let t = Bytes::copy_from_slice(&Trailer { crc, len }.encode());
+                    (PutPayload::from_iter([data.clone(), t]), Attributes::new())
+                }
+            };
+            (
+                payload,
+                PutOptions {
+                    mode,
+                    attributes,
+                    ..Default::default()
+                },
+            )
+        };
+        if overwrite {
+            let (p, o) = make(PutMode::Overwrite);
+            return self
+                .store
+                .put_opts(&path, p, o)
+                .await
+                .map(|_| ())
+                .map_err(|e| self.map_err("put", Some(key), e));
+        }
+        let honours = self.honours_create().await;
+        for _ in 0..3 {
+            if !honours {
+                match self.head(key).await {
+                    Ok(existing) => return self.same_or_exists(key, &data, crc, existing).await,
+                    Err(Error::NotFound { .. }) => {}
+                    Err(e) => return Err(e),
+                }
+                let (p, o) = make(PutMode::Overwrite);
+                return self
+                    .store
+                    .put_opts(&path, p, o)
+                    .await
+                    .map(|_| ())
+                    .map_err(|e| self.map_err("put", Some(key), e));
+            }
+            let (p, o) = make(PutMode::Create);
+            match self.store.put_opts(&path, p, o).await {
+                Ok(_) => return Ok(()),
+                Err(
+                    object_store::Error::AlreadyExists { .. }
+                    | object_store::Error::Precondition { .. },
+                ) => {
+                    match self.head(key).await {
+                        Ok(existing) => {
+                            return self.same_or_exists(key, &data, crc, existing).await;
+                        }
+                        // A concurrent writer's conflicting put that did not land: try again.
+                        Err(Error::NotFound { .. }) => continue,
+                        Err(e) => return Err(e),
+                    }
+                }
+                Err(e) => return Err(self.map_err("put", Some(key), e)),
+            }
+        }
+        Err(Error::Backend {
+            op: "put",
+            key: Some(key.into()),
+            backend: self.label.clone(),
+            message: "create-only put kept conflicting with another writer".into(),
+            retryable: true,
+        })
+    }
+
+    async fn same_or_exists(
+        &self,
+        key: &str,
+        data: &Bytes,
+        crc: u32,
+        existing: PieceMeta,
+    ) -> Result<()> {
+        let same = existing.size == data.len() as u64
+            && match existing.crc32c {
+                Some(c) => c == crc,
+                None => self
+                    .get(key)
+                    .await
+                    .map(|(b, _)| b == *data)
+                    .unwrap_or(false),
+            };
+        if same {
+            Ok(())
+        } else {
+            Err(Error::AlreadyExists {
+                key: key.into(),
+                backend: self.label.clone(),
+            })
+        }
+    }
+
+    /// Reads the whole piece and verifies it. Returns the bytes and the checksum they were
+    /// verified against (`None`: the piece carries none).
+    pub(crate) async fn get(&self, key: &str) -> Result<(Bytes, Option<u32>)> {
+        let path = self.path(key)?;
+        let result = self
+            .store
+            .get_opts(&path, GetOptions::default())
+            .await
+            .map_err(|e| self.map_err("get", Some(key), e))?;
+        let crc_attr = metadata_crc(&result.attributes);
+        let mut bytes = result
+            .bytes()
+            .await
+            .map_err(|e| self.map_err("get", Some(key), e))?;
+        let expected = match self.placement {
+            Placement::Metadata => match crc_attr {
+                CrcAttr::Absent => None,
+                CrcAttr::Invalid(v) => {
+                    return Err(self.corrupt(key, format!("checksum metadata {v:?} is not a u32")));
+                }
+                CrcAttr::Valid(c) => Some(c),
+            },
+            Placement::Trailer => {
+                let total = bytes.len() as u64;
+                let tail_start = bytes.len().saturating_sub(Trailer::LEN);
+                match Trailer::check(&bytes[tail_start..], total) {
+                    TrailerCheck::Absent => None,
+                    TrailerCheck::Damaged => {
+                        return Err(self.corrupt(key, "checksum trailer is damaged".into()));
+                    }
+                    TrailerCheck::Valid(t) => {
+                        bytes.truncate(t.len as usize);
+                        Some(t.crc)
+                    }
+                }
+            }
+        };
+        if let Some(expected) = expected {
+            let actual = checksum::crc32c(&bytes);
+            if actual != expected {
+                return Err(self.corrupt(key, format!("crc32c is {actual}, expected {expected}")));
+            }
+        }
+        Ok((bytes, expected))
+    }
+
+    /// The piece's metadata, in one small request.
+    pub(crate) async fn head(&self, key: &str) -> Result<PieceMeta> {
+        let path = self.path(key)?;
+        match self.placement {
+            Placement::Metadata => {
+                let opts = GetOptions {
+                    head: true,
+                    ..Default::default()
+                };
+                let r = self
+                    .store
+                    .get_opts(&path, opts)
+                    .await
+                    .map_err(|e| self.map_err("head", Some(key), e))?;
+                let crc32c = match metadata_crc(&r.attributes) {
+                    CrcAttr::Absent => None,
+                    CrcAttr::Invalid(v) => {
+                        return Err(
+                            self.corrupt(key, format!("checksum metadata {v:?} is not a u32"))
+                        );
+                    }
+                    CrcAttr::Valid(c) => Some(c),
+                };
+                Ok(PieceMeta {
+                    key: key.into(),
+                    size: r.meta.size,
+                    crc32c,
+                    last_modified: r.meta.last_modified.into(),
+                })
+            }
+            Placement::Trailer => {
+                let opts = GetOptions {
+                    range: Some(GetRange::Suffix(Trailer::LEN as u64)),
+                    ..Default::default()
+                };
+                let r = self
+                    .store
+                    .get_opts(&path, opts)
+                    .await
+                    .map_err(|e| self.map_err("head", Some(key), e))?;
+                let (size, modified) = (r.meta.size, r.meta.last_modified);
+                let tail = r
+                    .bytes()
+                    .await
+                    .map_err(|e| self.map_err("head", Some(key), e))?;
+                let (size, crc32c) = match Trailer::check(&tail, size) {
+                    TrailerCheck::Absent => (size, None),
+                    TrailerCheck::Damaged => {
+                        return Err(self.corrupt(key, "checksum trailer is damaged".into()));
+                    }
+                    TrailerCheck::Valid(t) => (t.len, Some(t.crc)),
+                };
+                Ok(PieceMeta {
+                    key: key.into(),
+                    size,
+                    crc32c,
+                    last_modified: modified.into(),
+                })
+            }
+        }
+    }
+
+    /// Deletes a piece; deleting a missing piece succeeds.
+    pub(crate) async fn delete(&self, key: &str) -> Result<()> {
+        let path = self.path(key)?;
+        match self.store.delete(&path).await {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+            Err(e) => Err(self.map_err("delete", Some(key), e)),
+        }
+    }
+
+    /// Lists the keys that start with `prefix` (a plain string prefix, not only whole
+    /// segments), with their stored sizes; PieceStore's own objects are left out.
+    pub(crate) fn list(self: &Arc<Self>, prefix: &str) -> BoxStream<'static, Result<PieceMeta>> {
+        let prefix = prefix.to_string();
+        // object_store lists whole segments: list the directory part of the prefix, filter the rest.
+        let dir = prefix
+            .rfind('/')
+            .and_then(|i| Path::parse(&prefix[..i]).ok());
+        let raw = match (self.sorted_listing, prefix.is_empty()) {
+            (true, false) => {
+                // Sorted backends: start just before the prefix and stop once past it.
+                let mut start = prefix.clone();
+                start.pop();
+                let start = Path::parse(&start).unwrap_or_default();
+                self.store.list_with_offset(dir.as_ref(), &start)
+            }
+            _ => self.store.list(dir.as_ref()),
+        };
+        let me = Arc::clone(self);
+        let sorted = self.sorted_listing;
+        let p2 = prefix.clone();
+        let stream = raw
+            .map_err({
+                let me = Arc::clone(&me);
+                move |e| me.map_err("list", None, e)
+            })
+            .try_take_while(move |m| {
+                let k = m.location.as_ref();
+                let keep_going = !sorted || k.starts_with(&p2) || k < p2.as_str();
+                futures::future::ready(Ok(keep_going))
+            })
+            .try_filter(move |m| {
+                let k = m.location.as_ref();
+                futures::future::ready(k.starts_with(&prefix) && !k.starts_with(RESERVED_PREFIX))
+            });
+        match self.placement {
+            Placement::Metadata => stream
+                .map_ok(|m| PieceMeta {
+                    key: m.location.to_string(),
+                    size: m.size,
+                    crc32c: None,
+                    last_modified: m.last_modified.into(),
+                })
+                .boxed(),
+            // Sizes on disk include the trailer: read each one's trailer.
+            Placement::Trailer => stream
+                .map_ok(move |m| {
+                    let me = Arc::clone(&me);
+                    async move { me.head(m.location.as_ref()).await }
+                })
+                .try_buffered(32)
+                .boxed(),
+        }
+    }
+}
+
+enum CrcAttr {
+    Absent,
+    Invalid(String),
+    Valid(u32),
+}
+
+fn metadata_crc(attrs: &Attributes) -> CrcAttr {
+    for (k, v) in attrs {
+        if let Attribute::Metadata(name) = k
+            && name.eq_ignore_ascii_case(checksum::METADATA_KEY)
+        {
+            let s: &str = v.as_ref();
+            return match checksum::parse_metadata(s) {
+                Some(c) => CrcAttr::Valid(c),
+                None => CrcAttr::Invalid(s.chars().take(32).collect()),
+            };
+        }
+    }
+    CrcAttr::Absent
+}
+
+/// What a backend error says, read from its text (object_store keeps its HTTP error private).
+struct Diagnosis {
+    /// The HTTP status, if the server answered.
+    status: Option<u16>,
+    /// The S3 error code (`NoSuchBucket`, `AccessDenied`, ...), if the body had one.
+    code: Option<String>,
+    /// The whole error chain as text.
+    text: String,
+}
+
+impl Diagnosis {
+    fn of(e: &object_store::Error) -> Self {
+        let mut text = e.to_string();
+        let mut src = std::error::Error::source(e);
+        while let Some(s) = src {
+            let t = s.to_string();
+            if !text.contains(&t) {
+                text = format!("{text}: {t}");
+            }
+            src = s.source();
+        }
+        let status = ["status code: ", "status: "].iter().find_map(|m| {
+            let i = text.find(m)? + m.len();
+            text[i..].get(..3)?.parse::<u16>().ok()
+        });
+        let code = text.find("<Code>").and_then(|i| {
+            let rest = &text[i + 6..];
+            Some(rest[..rest.find("</Code>")?].to_string())
+        });
+        Diagnosis { status, code, text }
+    }
+
+    /// A short message: status and S3 code when the server answered, else the chain's text.
+    fn message(&self) -> String {
+        match (self.status, &self.code) {
+            (Some(s), Some(c)) => format!("HTTP {s}: {c}"),
+            (Some(s), None) => format!("HTTP {s}"),
+            // Strip request URLs: they may carry presigned query strings.
+            _ => self
+                .text
+                .split_whitespace()
+                .map(|w| {
+                    if w.contains("://") {
+                        redact_url(w)
+                    } else {
+                        w.to_string()
+                    }
+                })
+                .collect::<Vec<_>>()
+                .join(" "),
+        }
+    }
+}
+
+fn build_s3(
+    s3: &S3Location,
+    store: &StoreConfig,
+    opts: &BackendOptions,
+) -> std::result::Result<object_store::aws::AmazonS3, String> {
+    let min_delay = store.min_retry_delay.unwrap_or(Duration::from_millis(100));
+    let retry = RetryConfig {
+        backoff: BackoffConfig {
+            init_backoff: min_delay,
+            max_backoff: opts.max_retry_delay.max(min_delay),
+            base: 2.0,
+        },
+        max_retries: store.max_retries as usize,
+        retry_timeout: opts.retry_timeout,
+    };
+    let client = ClientOptions::new()
+        .with_allow_http(s3.endpoint.starts_with("http://"))
+        .with_allow_invalid_certificates(store.tls_insecure_skip_verify)
+        .with_timeout(opts.request_timeout)
+        .with_connect_timeout(opts.connect_timeout);
+    let mut b = AmazonS3Builder::new()
+        .with_bucket_name(&s3.bucket)
+        .with_region(&s3.region)
+        .with_endpoint(&s3.endpoint)
+        .with_virtual_hosted_style_request(s3.virtual_hosted)
+        .with_retry(retry)
+        .with_client_options(client);
+    if store.no_sign_request {
+        b = b.with_skip_signature(true);
+    } else if !store.access_key.is_empty() {
+        if store.secret_key.is_empty() {
+            return Err("AccessKey is set but SecretKey is empty".into());
+        }
+        b = b
+            .with_access_key_id(store.access_key.expose())
+            .with_secret_access_key(store.secret_key.expose());
+        if !store.session_token.is_empty() {
+            b = b.with_token(store.session_token.expose());
+        }
+    } else if store.iam_type == IamType::Aksk {
+        return Err(
+            "IAMType is AKSK but no AccessKey/SecretKey is given (config or environment)".into(),
+        );
+    } else {
+        // SA: web identity when configured, else the instance's IAM role (IMDS).
+        if let (Ok(role), Ok(file)) = (
+            std::env::var("AWS_ROLE_ARN"),
+            std::env::var("AWS_WEB_IDENTITY_TOKEN_FILE"),
+        ) {
+            b = b
+                .with_config(object_store::aws::AmazonS3ConfigKey::RoleArn, role)
+                .with_config(
+                    object_store::aws::AmazonS3ConfigKey::WebIdentityTokenFile,
+                    file,
+                );
+        }
+    }
+    b.build().map_err(|e| e.to_string())
+}

@@ -1,0 +1,776 @@
+//! Configuration: a bare URL, a `config.toml` in the original Go piecestore's layout, and
+//! environment overrides. See `docs/config.md` for the full reference.
+//!
+//! ```
+//! use piecestore::Config;
+//! let c = Config::from_url("memory://").unwrap();
+//! assert_eq!(c.shard_stores().unwrap().len(), 1);
+//!
+//! let c = Config::from_toml(r#"
+//!     [PieceStore]
+//!     Shards = 4
+//!     [PieceStore.Store]
+//!     Storage = "minio"
+//!     BucketURL = "http://127.0.0.1:9000/pieces-%d"
+//! "#).unwrap();
+//! let shards = c.shard_stores().unwrap();
+//! assert_eq!(shards[3].bucket_url, "http://127.0.0.1:9000/pieces-3");
+//! ```
+
+use std::fmt;
+use std::path::Path;
+use std::str::FromStr;
+use std::time::Duration;
+
+use serde::{Deserialize, Deserializer};
+
+use crate::error::{Error, Result};
+use crate::shard::Placement;
+
+/// The most shards a store may have (the original's limit).
+pub const MAX_SHARDS: u32 = 256;
+
+/// A whole PieceStore configuration: the `[PieceStore]` table of a `config.toml`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Number of shards; 0 or 1 = no sharding. With N > 1, `Store.BucketURL` must contain `%d`,
+    /// replaced by `0..N`.
+    #[serde(rename = "Shards", default)]
+    pub shards: u32,
+    /// The backend (the original's `[PieceStore.Store]`).
+    #[serde(rename = "Store", default)]
+    pub store: StoreConfig,
+    /// Explicit per-shard stores (`[[PieceStore.ShardStores]]`), for shards in different regions
+    /// or on different providers. When given, these are the shards and `Store` is not used.
+    #[serde(rename = "ShardStores", default)]
+    pub shard_stores: Vec<StoreConfig>,
+    /// PieceStore's own sharding settings (`[PieceStore.Sharding]`).
+    #[serde(rename = "Sharding", default)]
+    pub sharding: ShardingConfig,
+    /// PieceStore's own backend settings (`[PieceStore.Backend]`).
+    #[serde(rename = "Backend", default)]
+    pub backend: BackendOptions,
+}
+
+/// What kind of backend a store is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum StorageKind {
+    /// AWS S3 or any S3-compatible endpoint.
+    S3,
+    /// MinIO (S3-compatible, path style; `MINIO_*` credentials).
+    Minio,
+    /// Aliyun OSS through its S3-compatible API (virtual-hosted; `ALIBABA_CLOUD_*` credentials).
+    Oss,
+    /// Backblaze B2 through its S3-compatible API (`B2_*` credentials).
+    B2,
+    /// A local directory. The default.
+    #[default]
+    File,
+    /// In process memory.
+    Memory,
+}
+
+impl StorageKind {
+    /// The config name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StorageKind::S3 => "s3",
+            StorageKind::Minio => "minio",
+            StorageKind::Oss => "oss",
+            StorageKind::B2 => "b2",
+            StorageKind::File => "file",
+            StorageKind::Memory => "memory",
+        }
+    }
+
+    /// Whether this is one of the S3 family.
+    pub fn is_s3_family(self) -> bool {
+        !matches!(self, StorageKind::File | StorageKind::Memory)
+    }
+}
+
+impl FromStr for StorageKind {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        Ok(match s.to_ascii_lowercase().as_str() {
+            "s3" | "ceph" | "rgw" => StorageKind::S3,
+            "minio" => StorageKind::Minio,
+            "oss" => StorageKind::Oss,
+            "b2" => StorageKind::B2,
+            "file" => StorageKind::File,
+            "memory" => StorageKind::Memory,
+            other => {
+                return Err(Error::config(format!(
+                    "Storage: unknown storage {other:?} (expected s3, minio, oss, b2, file or memory)"
+                )));
+            }
+        })
+    }
+}
+
+impl<'de> Deserialize<'de> for StorageKind {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        String::deserialize(d)?
+            .parse()
+            .map_err(serde::de::Error::custom)
+    }
+}
+
+/// How credentials are found when no keys are given.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum IamType {
+    /// Access key and secret key (config or environment) must be given.
+    Aksk,
+    /// Service account: keys if given, else web identity (`AWS_ROLE_ARN` +
+    /// `AWS_WEB_IDENTITY_TOKEN_FILE`), else the instance's IAM role. The default.
+    #[default]
+    Sa,
+}
+
+impl<'de> Deserialize<'de> for IamType {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        match String::deserialize(d)?.as_str() {
+            "AKSK" => Ok(IamType::Aksk),
+            "SA" => Ok(IamType::Sa),
+            other => Err(serde::de::Error::custom(format!(
+                "IAMType: {other:?} is not \"AKSK\" or \"SA\""
+            ))),
+        }
+    }
+}
+
+/// A secret string: never shown by `Debug` or `Display`.
+#[derive(Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    /// Wraps a secret value.
+    pub fn new(s: impl Into<String>) -> Self {
+        Secret(s.into())
+    }
+    /// The secret itself: pass it only to the code that signs requests.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+    /// Whether it is empty (unset).
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(if self.0.is_empty() { "\"\"" } else { "\"***\"" })
+    }
+}
+
+/// One backend: the original's `[PieceStore.Store]` table.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StoreConfig {
+    /// `s3`, `minio`, `oss`, `b2`, `file` or `memory`; inferred from `BucketURL` when unset.
+    #[serde(rename = "Storage", default)]
+    pub storage: Option<StorageKind>,
+    /// Where the pieces live (see `docs/config.md` for every URL form). Default `./data`.
+    #[serde(rename = "BucketURL", default)]
+    pub bucket_url: String,
+    /// Access key id (else from the environment).
+    #[serde(rename = "AccessKey", default)]
+    pub access_key: Secret,
+    /// Secret access key (else from the environment).
+    #[serde(rename = "SecretKey", default)]
+    pub secret_key: Secret,
+    /// Session token of temporary credentials (else from the environment).
+    #[serde(rename = "SessionToken", default)]
+    pub session_token: Secret,
+    /// Send unsigned requests (public buckets).
+    #[serde(rename = "NoSignRequest", default)]
+    pub no_sign_request: bool,
+    /// How often a failed request is retried. Default 5.
+    #[serde(rename = "MaxRetries", default = "default_max_retries")]
+    pub max_retries: u32,
+    /// First retry delay, doubled each retry: an integer number of seconds, or a duration string
+    /// (`"200ms"`, `"1s"`). Default 100ms.
+    #[serde(rename = "MinRetryDelay", default, deserialize_with = "de_opt_delay")]
+    pub min_retry_delay: Option<Duration>,
+    /// Accept any TLS certificate (testing only).
+    #[serde(rename = "TLSInsecureSkipVerify", default)]
+    pub tls_insecure_skip_verify: bool,
+    /// `AKSK` or `SA` (default).
+    #[serde(rename = "IAMType", default)]
+    pub iam_type: IamType,
+}
+
+fn default_max_retries() -> u32 {
+    5
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        StoreConfig {
+            storage: None,
+            bucket_url: String::new(),
+            access_key: Secret::default(),
+            secret_key: Secret::default(),
+            session_token: Secret::default(),
+            no_sign_request: false,
+            max_retries: default_max_retries(),
+            min_retry_delay: None,
+            tls_insecure_skip_verify: false,
+            iam_type: IamType::default(),
+        }
+    }
+}
+
+impl StoreConfig {
+    /// A store at `url` with default settings.
+    pub fn from_url(url: impl Into<String>) -> Self {
+        StoreConfig {
+            bucket_url: url.into(),
+            ..Default::default()
+        }
+    }
+
+    /// The storage kind: as configured, else inferred from the URL.
+    pub fn storage_kind(&self) -> StorageKind {
+        self.storage
+            .unwrap_or_else(|| infer_storage(&self.bucket_url))
+    }
+
+    /// The bucket URL, with the default `./data` when empty.
+    pub fn url(&self) -> &str {
+        if self.bucket_url.is_empty() {
+            match self.storage_kind() {
+                StorageKind::Memory => "memory://",
+                _ => "./data",
+            }
+        } else {
+            &self.bucket_url
+        }
+    }
+}
+
+/// Infers the storage kind from a bucket URL.
+pub fn infer_storage(url: &str) -> StorageKind {
+    let lower = url.to_ascii_lowercase();
+    let host = lower
+        .split_once("://")
+        .map(|(_, r)| r.split(['/', '?']).next().unwrap_or(""));
+    if lower.starts_with("memory:") {
+        StorageKind::Memory
+    } else if lower.starts_with("s3://") || lower.starts_with("s3a://") {
+        StorageKind::S3
+    } else if lower.starts_with("oss://") {
+        StorageKind::Oss
+    } else if lower.starts_with("b2://") {
+        StorageKind::B2
+    } else if lower.starts_with("http://") || lower.starts_with("https://") {
+        let host = host.unwrap_or("");
+        if host.ends_with(".aliyuncs.com") {
+            StorageKind::Oss
+        } else if host.ends_with(".backblazeb2.com") {
+            StorageKind::B2
+        } else if host.contains(".amazonaws.com") {
+            StorageKind::S3
+        } else {
+            StorageKind::Minio
+        }
+    } else {
+        StorageKind::File
+    }
+}
+
+/// `[PieceStore.Sharding]`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ShardingConfig {
+    /// `fnv-mod` (default; the original's layout) or `jump` (consistent).
+    #[serde(rename = "Placement", default)]
+    pub placement: Placement,
+}
+
+/// Whether create-only writes use the backend's conditional put (`If-None-Match: *`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ConditionalWrites {
+    /// Probe the backend on first write; fall back (with a warning) where it ignores them.
+    #[default]
+    Auto,
+    /// Always use conditional writes.
+    On,
+    /// Never: check with a HEAD before each write (racy between writers of one key).
+    Off,
+}
+
+impl<'de> Deserialize<'de> for ConditionalWrites {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        match String::deserialize(d)?.to_ascii_lowercase().as_str() {
+            "auto" => Ok(ConditionalWrites::Auto),
+            "on" | "true" => Ok(ConditionalWrites::On),
+            "off" | "false" => Ok(ConditionalWrites::Off),
+            other => Err(serde::de::Error::custom(format!(
+                "ConditionalWrites: {other:?} is not \"auto\", \"on\" or \"off\""
+            ))),
+        }
+    }
+}
+
+/// `[PieceStore.Backend]`: PieceStore's own backend settings.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BackendOptions {
+    /// Signing region; overrides the URL's and the environment's.
+    #[serde(rename = "Region", default)]
+    pub region: Option<String>,
+    /// Endpoint for `s3://` URLs (e.g. a Ceph RGW); else `AWS_ENDPOINT_URL`.
+    #[serde(rename = "Endpoint", default)]
+    pub endpoint: Option<String>,
+    /// Longest retry delay. Default 10s.
+    #[serde(
+        rename = "MaxRetryDelay",
+        default = "d_10s",
+        deserialize_with = "de_delay"
+    )]
+    pub max_retry_delay: Duration,
+    /// Give up retrying a request after this long. Default 60s.
+    #[serde(
+        rename = "RetryTimeout",
+        default = "d_60s",
+        deserialize_with = "de_delay"
+    )]
+    pub retry_timeout: Duration,
+    /// Timeout of one request. Default 60s.
+    #[serde(
+        rename = "RequestTimeout",
+        default = "d_60s",
+        deserialize_with = "de_delay"
+    )]
+    pub request_timeout: Duration,
+    /// Timeout of one connect. Default 5s.
+    #[serde(
+        rename = "ConnectTimeout",
+        default = "d_5s",
+        deserialize_with = "de_delay"
+    )]
+    pub connect_timeout: Duration,
+    /// `auto` (default), `on` or `off`.
+    #[serde(rename = "ConditionalWrites", default)]
+    pub conditional_writes: ConditionalWrites,
+    /// fsync files and directories on the file backend. Default true.
+    #[serde(rename = "Fsync", default = "d_true")]
+    pub fsync: bool,
+    /// Check at open that each shard's bucket exists and is reachable. Default true.
+    #[serde(rename = "CheckBucket", default = "d_true")]
+    pub check_bucket: bool,
+}
+
+fn d_true() -> bool {
+    true
+}
+fn d_5s() -> Duration {
+    Duration::from_secs(5)
+}
+fn d_10s() -> Duration {
+    Duration::from_secs(10)
+}
+fn d_60s() -> Duration {
+    Duration::from_secs(60)
+}
+
+impl Default for BackendOptions {
+    fn default() -> Self {
+        BackendOptions {
+            region: None,
+            endpoint: None,
+            max_retry_delay: d_10s(),
+            retry_timeout: d_60s(),
+            request_timeout: d_60s(),
+            connect_timeout: d_5s(),
+            conditional_writes: ConditionalWrites::Auto,
+            fsync: true,
+            check_bucket: true,
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum DelayRepr {
+    Seconds(u64),
+    Text(String),
+}
+
+fn parse_delay(r: DelayRepr) -> std::result::Result<Duration, String> {
+    match r {
+        DelayRepr::Seconds(s) => Ok(Duration::from_secs(s)),
+        DelayRepr::Text(t) => humantime::parse_duration(t.trim())
+            .map_err(|e| format!("{t:?} is not a duration like \"200ms\" or \"2s\": {e}")),
+    }
+}
+
+fn de_delay<'de, D: Deserializer<'de>>(d: D) -> std::result::Result<Duration, D::Error> {
+    parse_delay(DelayRepr::deserialize(d)?).map_err(serde::de::Error::custom)
+}
+
+fn de_opt_delay<'de, D: Deserializer<'de>>(
+    d: D,
+) -> std::result::Result<Option<Duration>, D::Error> {
+    de_delay(d).map(Some)
+}
+
+#[derive(Deserialize)]
+struct ConfigFile {
+    #[serde(rename = "PieceStore")]
+    piece_store: Option<Config>,
+}
+
+/// Reads an environment variable; `None` when unset or empty.
+pub type EnvLookup<'a> = &'a dyn Fn(&str) -> Option<String>;
+
+/// The process environment, as an [`EnvLookup`].
+pub fn process_env(name: &str) -> Option<String> {
+    std::env::var(name).ok().filter(|v| !v.is_empty())
+}
+
+impl Config {
+    /// A configuration for one store at `url` (no environment applied).
+    ///
+    /// Query parameters set options: `?shards=N`, `&placement=jump`, `&region=...`,
+    /// `&endpoint=...`. Everything else comes from the defaults.
+    pub fn from_url(url: &str) -> Result<Self> {
+        let mut config = Config::default();
+        let (base, query) = match url.split_once('?') {
+            Some((b, q)) if !b.starts_with("file:") && b.contains("://") => (b, Some(q)),
+            _ => (url, None),
+        };
+        config.store.bucket_url = base.to_string();
+        for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
+            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+            match k {
+                "shards" => {
+                    config.shards = v.parse().map_err(|_| {
+                        Error::config(format!("URL parameter shards={v:?} is not a number"))
+                    })?
+                }
+                "placement" => config.sharding.placement = v.parse()?,
+                "region" => config.backend.region = Some(v.to_string()),
+                "endpoint" => config.backend.endpoint = Some(v.to_string()),
+                other => {
+                    return Err(Error::config(format!(
+                        "unknown URL parameter {other:?} (expected shards, placement, region, endpoint)"
+                    )));
+                }
+            }
+        }
+        config.shard_stores()?;
+        Ok(config)
+    }
+
+    /// Parses the `[PieceStore]` table of a TOML document (no environment applied).
+    ///
+    /// Other top-level tables are ignored, so a Greenfield SP's whole `config.toml` can be
+    /// given; unknown fields inside `[PieceStore]` are an error that names them.
+    pub fn from_toml(text: &str) -> Result<Self> {
+        let file: ConfigFile = toml::from_str(text)
+            .map_err(|e| Error::config(format!("config.toml: {}", e.to_string().trim_end())))?;
+        let config = file
+            .piece_store
+            .ok_or_else(|| Error::config("config.toml has no [PieceStore] table"))?;
+        config.shard_stores()?;
+        Ok(config)
+    }
+
+    /// Reads and parses a TOML file (no environment applied).
+    pub fn from_file(path: impl AsRef<Path>) -> Result<Self> {
+        let path = path.as_ref();
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| Error::config(format!("cannot read {}: {e}", path.display())))?;
+        Self::from_toml(&text).map_err(|e| match e {
+            Error::InvalidConfig(m) => Error::config(format!("{}: {m}", path.display())),
+            other => other,
+        })
+    }
+
+    /// What the CLI and every binding call: a path to a `.toml` file or a store URL, then the
+    /// process environment ([`Config::apply_env`]).
+    pub fn load(spec: &str) -> Result<Self> {
+        let looks_like_file = spec.ends_with(".toml") && !spec.contains("://");
+        let mut config = if looks_like_file {
+            Self::from_file(spec)?
+        } else {
+            Self::from_url(spec)?
+        };
+        config.apply_env(&process_env)?;
+        Ok(config)
+    }
+
+    /// Applies environment overrides: `BUCKET_URL` replaces `Store.BucketURL`, and credentials,
+    /// region and endpoint that the config leaves empty are taken from the provider's variables
+    /// (see `docs/config.md`).
+    pub fn apply_env(&mut self, env: EnvLookup<'_>) -> Result<()> {
+        if let Some(url) = env("BUCKET_URL") {
+            self.store.bucket_url = url;
+        }
+        if self.backend.endpoint.is_none() {
+            self.backend.endpoint = env("AWS_ENDPOINT_URL");
+        }
+        let region_override = self.backend.region.clone();
+        for store in std::iter::once(&mut self.store).chain(self.shard_stores.iter_mut()) {
+            store.fill_credentials_from_env(env);
+        }
+        if region_override.is_none() {
+            let kind = self.store.storage_kind();
+            let vars: &[&str] = match kind {
+                StorageKind::Minio => &["MINIO_REGION", "AWS_REGION"],
+                StorageKind::Oss => &["ALIBABA_CLOUD_OSS_REGION"],
+                StorageKind::S3 | StorageKind::B2 => &["AWS_REGION", "AWS_DEFAULT_REGION"],
+                _ => &[],
+            };
+            self.backend.region = vars.iter().find_map(|v| env(v));
+        }
+        self.shard_stores()?;
+        Ok(())
+    }
+
+    /// The stores, one per shard, with `%d` expanded; checks the sharding rules.
+    pub fn shard_stores(&self) -> Result<Vec<StoreConfig>> {
+        if self.shards > MAX_SHARDS {
+            return Err(Error::config(format!(
+                "Shards: too many shards: {} (at most {MAX_SHARDS})",
+                self.shards
+            )));
+        }
+        if !self.shard_stores.is_empty() {
+            if self.shards > 1 && self.shards as usize != self.shard_stores.len() {
+                return Err(Error::config(format!(
+                    "Shards is {} but {} ShardStores are given",
+                    self.shards,
+                    self.shard_stores.len()
+                )));
+            }
+            if self.shard_stores.len() > MAX_SHARDS as usize {
+                return Err(Error::config(format!(
+                    "ShardStores: more than {MAX_SHARDS} shards"
+                )));
+            }
+            return Ok(self.shard_stores.clone());
+        }
+        let url = self.store.url();
+        if self.shards <= 1 {
+            if url.contains("%d") {
+                return Err(Error::config(format!(
+                    "BucketURL {:?} contains %d but Shards is {}: set Shards to the number of buckets",
+                    crate::backend::redact_url(url),
+                    self.shards
+                )));
+            }
+            return Ok(vec![self.store.clone()]);
+        }
+        if url.matches("%d").count() != 1 {
+            return Err(Error::config(format!(
+                "BucketURL {:?} must contain %d exactly once when Shards is {}",
+                crate::backend::redact_url(url),
+                self.shards
+            )));
+        }
+        Ok((0..self.shards)
+            .map(|i| StoreConfig {
+                bucket_url: url.replace("%d", &i.to_string()),
+                ..self.store.clone()
+            })
+            .collect())
+    }
+}
+
+impl StoreConfig {
+    fn fill_credentials_from_env(&mut self, env: EnvLookup<'_>) {
+        let provider: [&str; 3] = match self.storage_kind() {
+            StorageKind::S3 => ["AWS_ACCESS_KEY", "AWS_SECRET_KEY", "AWS_SESSION_TOKEN"],
+            StorageKind::Minio => [
+                "MINIO_ACCESS_KEY",
+                "MINIO_SECRET_KEY",
+                "MINIO_SESSION_TOKEN",
+            ],
+            StorageKind::Oss => [
+                "ALIBABA_CLOUD_ACCESS_KEY",
+                "ALIBABA_CLOUD_SECRET_KEY",
+                "ALIBABA_CLOUD_SESSION_TOKEN",
+            ],
+            StorageKind::B2 => ["B2_ACCESS_KEY", "B2_SECRET_KEY", "B2_SESSION_TOKEN"],
+            StorageKind::File | StorageKind::Memory => return,
+        };
+        let standard = [
+            "AWS_ACCESS_KEY_ID",
+            "AWS_SECRET_ACCESS_KEY",
+            "AWS_SESSION_TOKEN",
+        ];
+        if !self.access_key.is_empty() || !self.secret_key.is_empty() {
+            return; // the config's own keys win, whole
+        }
+        // Take a key pair from the provider's variables, else from the standard ones: never a
+        // key from one and a secret from the other.
+        for names in [provider, standard] {
+            if let Some(ak) = env(names[0]) {
+                self.access_key = Secret::new(ak);
+                self.secret_key = Secret::new(env(names[1]).unwrap_or_default());
+                if self.session_token.is_empty() {
+                    self.session_token = Secret::new(env(names[2]).unwrap_or_default());
+                }
+                break;
+            }
+        }
+        if self.access_key.expose() == "NoSignRequest" {
+            // The original's spelling of an anonymous client.
+            self.no_sign_request = true;
+            self.access_key = Secret::default();
+            self.secret_key = Secret::default();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use super::*;
+    use crate::ErrorKind;
+
+    fn env_of(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
+        let m: HashMap<String, String> = pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        move |k| m.get(k).cloned()
+    }
+
+    #[test]
+    fn original_layout_parses_with_defaults() {
+        let c = Config::from_toml(
+            r#"
+            [Chain]
+            ChainID = "greenfield_1017-1"
+            [PieceStore]
+            Shards = 0
+            [PieceStore.Store]
+            Storage = "s3"
+            BucketURL = "https://s3.us-east-1.amazonaws.com/my-bucket"
+            MaxRetries = 3
+            MinRetryDelay = 2
+            TLSInsecureSkipVerify = false
+            IAMType = "AKSK"
+            "#,
+        )
+        .unwrap();
+        assert_eq!(c.store.storage, Some(StorageKind::S3));
+        assert_eq!(c.store.max_retries, 3);
+        assert_eq!(c.store.min_retry_delay, Some(Duration::from_secs(2)));
+        assert_eq!(c.store.iam_type, IamType::Aksk);
+        let d = Config::from_toml("[PieceStore]\n").unwrap();
+        assert_eq!(d.store.storage_kind(), StorageKind::File);
+        assert_eq!(d.store.url(), "./data");
+        assert_eq!(d.store.max_retries, 5);
+        assert_eq!(d.store.iam_type, IamType::Sa);
+    }
+
+    #[test]
+    fn unknown_and_invalid_fields_are_named() {
+        for (toml, needle) in [
+            ("[PieceStore]\nShardz = 2\n", "Shardz"),
+            ("[PieceStore.Store]\nBucketUrl = \"x\"\n", "BucketUrl"),
+            ("[PieceStore.Store]\nStorage = \"ftp\"\n", "Storage"),
+            ("[PieceStore.Store]\nIAMType = \"KEY\"\n", "IAMType"),
+            ("[PieceStore.Store]\nMinRetryDelay = \"soon\"\n", "soon"),
+            (
+                "[PieceStore.Backend]\nConditionalWrites = \"maybe\"\n",
+                "ConditionalWrites",
+            ),
+            ("[PieceStore.Sharding]\nPlacement = \"ring\"\n", "Placement"),
+            (
+                "[PieceStore]\nShards = 300\n[PieceStore.Store]\nBucketURL=\"b-%d\"\n",
+                "Shards",
+            ),
+            (
+                "[PieceStore]\nShards = 4\n[PieceStore.Store]\nBucketURL = \"memory://\"\n",
+                "%d",
+            ),
+            ("[PieceStore]\nShards = -1\n", "Shards"),
+            ("[Other]\nx = 1\n", "[PieceStore]"),
+        ] {
+            let e = Config::from_toml(toml).expect_err(toml);
+            assert_eq!(e.kind(), ErrorKind::InvalidConfig);
+            assert!(e.to_string().contains(needle), "{toml:?} -> {e}");
+        }
+    }
+
+    #[test]
+    fn shards_expand_the_template_from_zero() {
+        let c = Config::from_url("http://127.0.0.1:9000/b-%d?shards=3&placement=jump").unwrap();
+        let s = c.shard_stores().unwrap();
+        let urls: Vec<_> = s.iter().map(|s| s.bucket_url.as_str()).collect();
+        assert_eq!(
+            urls,
+            [
+                "http://127.0.0.1:9000/b-0",
+                "http://127.0.0.1:9000/b-1",
+                "http://127.0.0.1:9000/b-2"
+            ]
+        );
+        assert_eq!(c.sharding.placement, Placement::Jump);
+        assert!(Config::from_url("memory://?color=red").is_err());
+        assert!(
+            Config::from_url("http://h/b-%d").is_err(),
+            "%d without shards"
+        );
+    }
+
+    #[test]
+    fn env_overrides_and_credential_precedence() {
+        let mut c = Config::from_url("s3://bucket").unwrap();
+        c.apply_env(&env_of(&[
+            ("AWS_ACCESS_KEY", "AKORIG"),
+            ("AWS_SECRET_KEY", "sorig"),
+            ("AWS_ACCESS_KEY_ID", "AKSTD"),
+            ("AWS_SECRET_ACCESS_KEY", "sstd"),
+            ("AWS_REGION", "eu-west-1"),
+        ]))
+        .unwrap();
+        assert_eq!(c.store.access_key.expose(), "AKORIG");
+        assert_eq!(c.store.secret_key.expose(), "sorig");
+        assert_eq!(c.backend.region.as_deref(), Some("eu-west-1"));
+
+        let mut c = Config::from_url("http://127.0.0.1:9000/b").unwrap();
+        c.apply_env(&env_of(&[
+            ("MINIO_ACCESS_KEY", "mk"),
+            ("MINIO_SECRET_KEY", "ms"),
+            ("MINIO_REGION", "local"),
+            ("BUCKET_URL", "http://127.0.0.1:9001/other"),
+        ]))
+        .unwrap();
+        assert_eq!(c.store.bucket_url, "http://127.0.0.1:9001/other");
+        assert_eq!(c.store.access_key.expose(), "mk");
+        assert_eq!(c.backend.region.as_deref(), Some("local"));
+
+        let mut c = Config::from_url("s3://b").unwrap();
+        c.apply_env(&env_of(&[("AWS_ACCESS_KEY", "NoSignRequest")]))
+            .unwrap();
+        assert!(c.store.no_sign_request);
+        assert!(c.store.access_key.is_empty());
+    }
+
+    #[test]
+    fn secrets_never_show_in_debug() {
+        let mut c = Config::from_url("s3://bucket").unwrap();
+        c.apply_env(&env_of(&[
+            ("AWS_ACCESS_KEY_ID", "AKIAEXAMPLE"),
+            ("AWS_SECRET_ACCESS_KEY", "s3cr3tv4lue"),
+        ]))
+        .unwrap();
+        let dbg = format!("{c:?}");
+        assert!(
+            !dbg.contains("AKIAEXAMPLE") && !dbg.contains("s3cr3tv4lue"),
+            "{dbg}"
+        );
+        assert!(dbg.contains("***"));
+    }
+}

@@ -1,0 +1,250 @@
+//! The facade: [`PieceStore`], the only type a program (or a binding) needs.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use bytes::Bytes;
+use futures::stream::{self, BoxStream, StreamExt};
+
+use crate::backend::{Backend, PieceMeta};
+use crate::checksum;
+use crate::config::Config;
+use crate::error::{Error, Result};
+use crate::key;
+use crate::shard::Placement;
+
+/// How many operations of one `put_many`/`get_many` run at once.
+const BATCH_CONCURRENCY: usize = 32;
+
+/// Options of [`PieceStore::put_opts`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PutOptions {
+    /// Replace an existing piece with different bytes instead of failing with `AlreadyExists`.
+    pub overwrite: bool,
+}
+
+/// A store of immutable pieces over one or more backends (shards).
+///
+/// Cheap to clone: clones share the backends. All methods are safe to call concurrently.
+#[derive(Clone, Debug)]
+pub struct PieceStore {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    shards: Vec<Arc<Backend>>,
+    placement: Placement,
+    closed: AtomicBool,
+}
+
+impl PieceStore {
+    /// Opens the store `config` describes: builds each shard's backend and, unless
+    /// `[PieceStore.Backend] CheckBucket = false`, checks each S3 bucket exists and accepts our
+    /// credentials (a clear `InvalidConfig` or `Unauthorized` naming the shard otherwise).
+    pub async fn open(config: Config) -> Result<Self> {
+        let stores = config.shard_stores()?;
+        let mut shards = Vec::with_capacity(stores.len());
+        for (i, sc) in stores.iter().enumerate() {
+            let b =
+                Backend::build(sc, &config.backend).map_err(|e| in_shard(e, i, stores.len()))?;
+            shards.push(Arc::new(b));
+        }
+        if config.backend.check_bucket {
+            let n = shards.len();
+            let checks = shards
+                .iter()
+                .enumerate()
+                .map(|(i, b)| async move { b.check().await.map_err(|e| in_shard(e, i, n)) });
+            futures::future::try_join_all(checks).await?;
+        }
+        tracing::debug!(shards = shards.len(), placement = %config.sharding.placement, "opened piece store");
+        Ok(PieceStore {
+            inner: Arc::new(Inner {
+                shards,
+                placement: config.sharding.placement,
+                closed: AtomicBool::new(false),
+            }),
+        })
+    }
+
+    /// Opens a store from a URL or a path to a `config.toml`, with environment overrides
+    /// (what the CLI and the bindings do). See [`Config::load`].
+    pub async fn open_spec(spec: &str) -> Result<Self> {
+        Self::open(Config::load(spec)?).await
+    }
+
+    fn live(&self) -> Result<&Inner> {
+        if self.inner.closed.load(Ordering::Acquire) {
+            Err(Error::Closed)
+        } else {
+            Ok(&self.inner)
+        }
+    }
+
+    fn backend(&self, key: &str) -> Result<&Arc<Backend>> {
+        let inner = self.live()?;
+        key::validate(key)?;
+        Ok(&inner.shards[self.shard_of(key)])
+    }
+
+    /// The shard (index into the configured shards) that holds `key`.
+    pub fn shard_of(&self, key: &str) -> usize {
+        self.inner
+            .placement
+            .shard(key, self.inner.shards.len() as u32) as usize
+    }
+
+    /// Number of shards (1 when not sharded).
+    pub fn shard_count(&self) -> usize {
+        self.inner.shards.len()
+    }
+
+    /// The backend of each shard, as a label without credentials (e.g. `http://127.0.0.1:9000/b-0`).
+    pub fn shard_labels(&self) -> Vec<String> {
+        self.inner
+            .shards
+            .iter()
+            .map(|b| b.label().to_string())
+            .collect()
+    }
+
+    /// The raw `object_store` store behind shard `i` (for tools that inspect a bucket directly).
+    pub fn shard_object_store(&self, i: usize) -> Option<Arc<dyn object_store::ObjectStore>> {
+        self.inner
+            .shards
+            .get(i)
+            .map(|b| Arc::clone(b.object_store()))
+    }
+
+    /// Stores a piece. Returns once it is durable on its backend (for files: data and directory
+    /// entry fsync'd). Putting the same bytes again succeeds; different bytes under an existing
+    /// key fail with `AlreadyExists` (see [`PieceStore::put_opts`] to overwrite).
+    pub async fn put(&self, key: &str, data: impl Into<Bytes>) -> Result<()> {
+        self.put_opts(key, data, PutOptions::default()).await
+    }
+
+    /// [`PieceStore::put`] with options.
+    pub async fn put_opts(
+        &self,
+        key: &str,
+        data: impl Into<Bytes>,
+        opts: PutOptions,
+    ) -> Result<()> {
+        let backend = self.backend(key)?;
+        let data = data.into();
+        let crc = checksum::crc32c(&data);
+        backend.put(key, data, crc, opts.overwrite).await
+    }
+
+    /// Reads a whole piece, verified against its CRC32C (`Corrupt` on mismatch, never wrong bytes).
+    /// A piece that carries no checksum (written by another tool) is returned as stored; see
+    /// [`PieceStore::head`].
+    pub async fn get(&self, key: &str) -> Result<Bytes> {
+        Ok(self.backend(key)?.get(key).await?.0)
+    }
+
+    /// Reads `len` bytes at `offset`. The whole piece is read and verified, then sliced (no
+    /// copy), so a range is never returned from a corrupt piece. `InvalidRange` when the range
+    /// is not inside the piece.
+    pub async fn get_range(&self, key: &str, offset: u64, len: u64) -> Result<Bytes> {
+        let backend = self.backend(key)?;
+        let (bytes, _) = backend.get(key).await?;
+        let size = bytes.len() as u64;
+        match offset.checked_add(len) {
+            Some(end) if end <= size => Ok(bytes.slice(offset as usize..end as usize)),
+            _ => Err(Error::InvalidRange {
+                key: key.into(),
+                offset,
+                len,
+                size,
+            }),
+        }
+    }
+
+    /// A piece's size and checksum (`crc32c: None`, `unverified()`, for a piece written without
+    /// one), in one small request.
+    pub async fn head(&self, key: &str) -> Result<PieceMeta> {
+        self.backend(key)?.head(key).await
+    }
+
+    /// Deletes a piece. Deleting a missing piece succeeds (deletes are idempotent, as on S3).
+    pub async fn delete(&self, key: &str) -> Result<()> {
+        self.backend(key)?.delete(key).await
+    }
+
+    /// Lists the pieces whose keys start with `prefix` (any string prefix; "" for all) on every
+    /// shard, as a stream. Order is not specified across shards.
+    pub fn list(&self, prefix: &str) -> BoxStream<'static, Result<PieceMeta>> {
+        let check = self
+            .live()
+            .map(|_| ())
+            .and_then(|_| key::validate_prefix(prefix));
+        if let Err(e) = check {
+            return stream::once(async move { Err(e) }).boxed();
+        }
+        stream::select_all(self.inner.shards.iter().map(|b| b.list(prefix))).boxed()
+    }
+
+    /// Stores many pieces concurrently; one result per item, in order.
+    pub async fn put_many<K, D, I>(&self, items: I) -> Vec<Result<()>>
+    where
+        I: IntoIterator<Item = (K, D)>,
+        K: AsRef<str>,
+        D: Into<Bytes>,
+    {
+        let items: Vec<(K, Bytes)> = items.into_iter().map(|(k, d)| (k, d.into())).collect();
+        stream::iter(items)
+            .map(|(k, d)| async move { self.put(k.as_ref(), d).await })
+            .buffered(BATCH_CONCURRENCY)
+            .collect()
+            .await
+    }
+
+    /// Reads many pieces concurrently; one result per key, in order.
+    pub async fn get_many<K, I>(&self, keys: I) -> Vec<Result<Bytes>>
+    where
+        I: IntoIterator<Item = K>,
+        K: AsRef<str>,
+    {
+        let keys: Vec<K> = keys.into_iter().collect();
+        stream::iter(keys)
+            .map(|k| async move { self.get(k.as_ref()).await })
+            .buffered(BATCH_CONCURRENCY)
+            .collect()
+            .await
+    }
+
+    /// Closes the store: later calls fail with `Closed`. Every put that returned is already
+    /// durable, so there is nothing to flush.
+    pub async fn close(&self) {
+        self.inner.closed.store(true, Ordering::Release);
+    }
+}
+
+fn in_shard(e: Error, i: usize, n: usize) -> Error {
+    if n <= 1 {
+        return e;
+    }
+    match e {
+        Error::InvalidConfig(m) => Error::InvalidConfig(format!("shard {i}: {m}")),
+        Error::Unauthorized { backend, message } => Error::Unauthorized {
+            backend: format!("shard {i} ({backend})"),
+            message,
+        },
+        Error::Backend {
+            op,
+            key,
+            backend,
+            message,
+            retryable,
+        } => Error::Backend {
+            op,
+            key,
+            backend: format!("shard {i} ({backend})"),
+            message,
+            retryable,
+        },
+        other => other,
+    }
+}
