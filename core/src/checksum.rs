@@ -40,7 +40,8 @@ pub fn parse_metadata(value: &str) -> Option<u32> {
 /// carrying a trailer when its magic is within 8 flipped bits of [`Trailer::MAGIC`] *or* its
 /// length field matches; a trailer found that way that does not agree in full is damage
 /// (`Corrupt`), so one flipped bit anywhere in the trailer can never make a piece read as an
-/// unverified raw file.
+/// unverified raw file; neither can a file cut short by up to four bytes (inside the magic).
+/// (Files written by PieceStore are never torn: they are fsync'd before they are linked in.)
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Trailer {
     /// CRC32C of the piece's bytes.
@@ -88,9 +89,11 @@ impl Trailer {
             .map(|(a, b)| (a ^ b).count_ones())
             .sum();
         let len_ok = len == file_len - Self::LEN as u64;
+        // A file cut short inside its trailer ends with the first bytes of the magic.
+        let cut_in_magic = (4..Self::MAGIC.len()).any(|k| tail.ends_with(&Self::MAGIC[..k]));
         match (magic_bits_off, len_ok) {
             (0, true) => TrailerCheck::Valid(Trailer { crc, len }),
-            (off, ok) if off <= 8 || ok => TrailerCheck::Damaged,
+            (off, ok) if off <= 8 || ok || cut_in_magic => TrailerCheck::Damaged,
             _ => TrailerCheck::Absent,
         }
     }
@@ -128,6 +131,15 @@ mod tests {
                 TrailerCheck::Valid(v) => assert_ne!(v, t, "bit {i}"),
                 TrailerCheck::Damaged => {}
             }
+        }
+        for cut in 1..=4 {
+            let mut torn = vec![0u8; cut];
+            torn.extend_from_slice(&bytes[..Trailer::LEN - cut]);
+            assert_eq!(
+                Trailer::check(&torn, 120 - cut as u64),
+                TrailerCheck::Damaged,
+                "cut {cut}"
+            );
         }
         assert_eq!(Trailer::check(&[0u8; 20], 120), TrailerCheck::Absent);
         assert_eq!(Trailer::check(&[0u8; 3], 3), TrailerCheck::Absent);

@@ -441,7 +441,7 @@ impl Config {
     pub fn from_url(url: &str) -> Result<Self> {
         let mut config = Config::default();
         let (base, query) = match url.split_once('?') {
-            Some((b, q)) if !b.starts_with("file:") && b.contains("://") => (b, Some(q)),
+            Some((b, q)) if b.contains("://") => (b, Some(q)),
             _ => (url, None),
         };
         config.store.bucket_url = base.to_string();

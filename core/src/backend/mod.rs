@@ -175,6 +175,20 @@ impl Backend {
             E::PermissionDenied { .. } | E::Unauthenticated { .. } => {
                 Error::Unauthorized { backend, message }
             }
+            _ if matches!(diag.status, Some(401 | 403))
+                || matches!(
+                    diag.code.as_deref(),
+                    Some(
+                        "InvalidAccessKeyId"
+                            | "SignatureDoesNotMatch"
+                            | "AccessDenied"
+                            | "ExpiredToken"
+                            | "InvalidToken"
+                    )
+                ) =>
+            {
+                Error::Unauthorized { backend, message }
+            }
             other => {
                 let retryable = match diag.status {
                     Some(s) => s >= 500 || s == 429 || s == 408,

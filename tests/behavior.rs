@@ -1,0 +1,473 @@
+//! The behavior suite: the same test functions over memory, file, sharded file, and real
+//! S3-compatible servers (moto, s3s-fs, or any given by PIECESTORE_TEST_S3_ENDPOINT), sharded
+//! over four buckets.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use bytes::Bytes;
+use futures::TryStreamExt;
+use object_store::path::Path;
+use object_store::{Attribute, GetOptions, ObjectStoreExt, PutOptions, PutPayload};
+use piecestore::checksum::crc32c;
+use piecestore::{ErrorKind, Placement, PutOptions as PsPut};
+use piecestore_tests::{Backend, Fixture, NoOk};
+
+piecestore_tests::behavior_suite!(
+    round_trips_every_size,
+    ranges,
+    pieces_are_immutable_and_puts_idempotent,
+    racing_puts_of_one_key_never_overwrite_silently,
+    missing_pieces_and_deletes,
+    listing_by_string_prefix_across_shards,
+    every_invalid_key_class_is_rejected,
+    batches_keep_order,
+    closed_store_refuses_calls,
+    shards_receive_their_keys,
+    corrupt_pieces_are_never_returned,
+    raw_pieces_from_other_tools_read_as_unverified,
+    checksum_is_stored_where_the_original_reads_it,
+    reopen_sees_everything,
+);
+
+/// Deterministic pseudo-random bytes.
+fn data(len: usize, seed: u64) -> Bytes {
+    let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect::<Vec<u8>>()
+        .into()
+}
+
+async fn round_trips_every_size(f: &Fixture) {
+    for (i, len) in [0usize, 1, 4096, 1 << 20, 5 << 20 | 7]
+        .into_iter()
+        .enumerate()
+    {
+        let key = format!("{i}_s0");
+        let d = data(len, i as u64);
+        f.store
+            .put(&key, d.clone())
+            .await
+            .unwrap_or_else(|e| panic!("put {len}: {e}"));
+        let got = f.store.get(&key).await.unwrap();
+        assert_eq!(got.len(), len);
+        assert!(got == d, "bytes differ at size {len}");
+        let meta = f.store.head(&key).await.unwrap();
+        assert_eq!(meta.size, len as u64);
+        assert_eq!(meta.crc32c, Some(crc32c(&d)));
+        assert!(!meta.unverified());
+    }
+}
+
+async fn ranges(f: &Fixture) {
+    let d = data(10_000, 3);
+    f.store.put("r/piece", d.clone()).await.unwrap();
+    for (off, len) in [
+        (0, 10_000),
+        (0, 1),
+        (9_999, 1),
+        (1234, 4321),
+        (10_000, 0),
+        (0, 0),
+    ] {
+        let got = f.store.get_range("r/piece", off, len).await.unwrap();
+        assert_eq!(
+            &got[..],
+            &d[off as usize..(off + len) as usize],
+            "{off}+{len}"
+        );
+    }
+    for (off, len) in [
+        (10_000, 1),
+        (9_999, 2),
+        (10_001, 0),
+        (u64::MAX, 1),
+        (1, u64::MAX),
+    ] {
+        let e = f.store.get_range("r/piece", off, len).await.no_ok();
+        assert_eq!(e.kind(), ErrorKind::InvalidRange, "{off}+{len}: {e}");
+        assert!(e.to_string().contains("r/piece"), "{e}");
+    }
+    let e = f.store.get_range("r/missing", 0, 1).await.no_ok();
+    assert_eq!(e.kind(), ErrorKind::NotFound);
+}
+
+async fn pieces_are_immutable_and_puts_idempotent(f: &Fixture) {
+    let (a, b) = (data(5000, 1), data(5000, 2));
+    f.store.put("imm", a.clone()).await.unwrap();
+    f.store
+        .put("imm", a.clone())
+        .await
+        .expect("same bytes again is a retried put");
+    let e = f.store.put("imm", b.clone()).await.no_ok();
+    assert_eq!(e.kind(), ErrorKind::AlreadyExists, "{e}");
+    assert!(e.to_string().contains("imm"), "{e}");
+    let e = f.store.put("imm", data(10, 1)).await.no_ok();
+    assert_eq!(e.kind(), ErrorKind::AlreadyExists, "different size");
+    assert!(
+        f.store.get("imm").await.unwrap() == a,
+        "a refused put must not change the piece"
+    );
+    f.store
+        .put_opts("imm", b.clone(), PsPut { overwrite: true })
+        .await
+        .unwrap();
+    assert!(f.store.get("imm").await.unwrap() == b);
+    assert_eq!(f.store.head("imm").await.unwrap().crc32c, Some(crc32c(&b)));
+}
+
+async fn racing_puts_of_one_key_never_overwrite_silently(f: &Fixture) {
+    let writers = 8u64;
+    let puts = (0..writers).map(|i| {
+        let store = f.store.clone();
+        tokio::spawn(async move { (i, store.put("race", data(2048, 100 + i)).await) })
+    });
+    let results = futures::future::join_all(puts).await;
+    let ok: Vec<u64> = results
+        .iter()
+        .filter_map(|r| match r {
+            Ok((i, Ok(()))) => Some(*i),
+            _ => None,
+        })
+        .collect();
+    for r in &results {
+        if let Ok((_, Err(e))) = r {
+            assert_eq!(e.kind(), ErrorKind::AlreadyExists, "{e}");
+        }
+    }
+    assert!(!ok.is_empty(), "one writer must win");
+    match f.store.get("race").await {
+        Ok(stored) => {
+            assert!(
+                ok.iter().any(|i| data(2048, 100 + i) == stored),
+                "stored bytes are from a writer told it won"
+            );
+        }
+        // A server whose create-only put is not atomic (s3s-fs writes data and metadata in two
+        // steps) can end up with one writer's bytes and another's checksum: the contract that
+        // is left is that those bytes are never returned.
+        Err(e) if !f.atomic_create() => assert_eq!(e.kind(), ErrorKind::Corrupt, "{e}"),
+        Err(e) => panic!("{e}"),
+    }
+    if f.atomic_create() {
+        assert_eq!(
+            ok.len(),
+            1,
+            "exactly one create-only put may succeed, got {ok:?}"
+        );
+    }
+}
+
+async fn missing_pieces_and_deletes(f: &Fixture) {
+    for e in [
+        f.store.get("nope").await.no_ok(),
+        f.store.head("nope").await.no_ok(),
+    ] {
+        assert_eq!(e.kind(), ErrorKind::NotFound, "{e}");
+        assert!(e.to_string().contains("nope"), "{e}");
+    }
+    f.store
+        .delete("nope")
+        .await
+        .expect("deleting a missing piece succeeds");
+    f.store.put("del/me", data(100, 1)).await.unwrap();
+    f.store.delete("del/me").await.unwrap();
+    assert_eq!(
+        f.store.get("del/me").await.no_ok().kind(),
+        ErrorKind::NotFound
+    );
+    f.store
+        .put("del/me", data(100, 2))
+        .await
+        .expect("a deleted key can be written anew");
+    assert!(f.store.get("del/me").await.unwrap() == data(100, 2));
+}
+
+async fn listing_by_string_prefix_across_shards(f: &Fixture) {
+    let keys = [
+        "a1",
+        "a2",
+        "ab/c",
+        "ab/d/e",
+        "b1",
+        "abc",
+        "e7_s0_p1",
+        "e7_s1_p1",
+        "e70_s0_p1",
+    ];
+    for (i, k) in keys.iter().enumerate() {
+        f.store.put(k, data(i * 10 + 1, i as u64)).await.unwrap();
+    }
+    let list = |p: &'static str| {
+        let s = f.store.list(p);
+        async move {
+            let v: Vec<_> = s.try_collect().await.unwrap();
+            v.into_iter()
+                .map(|m| (m.key, m.size))
+                .collect::<BTreeMap<_, _>>()
+        }
+    };
+    let all = list("").await;
+    let expect_all: BTreeMap<_, _> = keys
+        .iter()
+        .enumerate()
+        .map(|(i, k)| (k.to_string(), (i * 10 + 1) as u64))
+        .collect();
+    assert_eq!(
+        all, expect_all,
+        "list(\"\") lists every piece with its size"
+    );
+    let names = |m: BTreeMap<String, u64>| m.into_keys().collect::<Vec<_>>();
+    assert_eq!(
+        names(list("a").await),
+        ["a1", "a2", "ab/c", "ab/d/e", "abc"]
+    );
+    assert_eq!(names(list("ab").await), ["ab/c", "ab/d/e", "abc"]);
+    assert_eq!(names(list("ab/").await), ["ab/c", "ab/d/e"]);
+    assert_eq!(names(list("ab/d").await), ["ab/d/e"]);
+    assert_eq!(names(list("e7_").await), ["e7_s0_p1", "e7_s1_p1"]);
+    assert_eq!(names(list("a1").await), ["a1"]);
+    assert!(list("zzz").await.is_empty());
+    let e = f.store.list("../x").try_collect::<Vec<_>>().await.no_ok();
+    assert_eq!(e.kind(), ErrorKind::InvalidKey);
+}
+
+async fn every_invalid_key_class_is_rejected(f: &Fixture) {
+    let long = "k".repeat(1025);
+    let bad = [
+        "",
+        long.as_str(),
+        "/lead",
+        "trail/",
+        "a//b",
+        "..",
+        "x/../y",
+        "./x",
+        "nul\0",
+        "ctl\u{1b}",
+        ".piecestore/x",
+        "stage#3",
+    ];
+    for k in bad {
+        let errs = [
+            f.store.put(k, data(1, 1)).await.no_ok(),
+            f.store.get(k).await.no_ok(),
+            f.store.get_range(k, 0, 1).await.no_ok(),
+            f.store.head(k).await.no_ok(),
+            f.store.delete(k).await.no_ok(),
+        ];
+        for e in errs {
+            assert_eq!(e.kind(), ErrorKind::InvalidKey, "{k:?}: {e}");
+        }
+    }
+    let nothing: Vec<_> = f.store.list("").try_collect().await.unwrap();
+    assert!(
+        nothing.is_empty(),
+        "no invalid key left anything behind: {nothing:?}"
+    );
+}
+
+async fn batches_keep_order(f: &Fixture) {
+    let items: Vec<(String, Bytes)> = (0..100)
+        .map(|i| (format!("{i}_s{i}_p0"), data(i * 37, i as u64)))
+        .collect();
+    let results = f.store.put_many(items.clone()).await;
+    assert_eq!(results.len(), 100);
+    assert!(results.iter().all(Result::is_ok));
+    let mut keys: Vec<String> = items.iter().map(|(k, _)| k.clone()).collect();
+    keys.insert(50, "missing".into());
+    let got = f.store.get_many(&keys).await;
+    assert_eq!(got.len(), 101);
+    assert_eq!(
+        got[50]
+            .as_ref()
+            .map(|_| ())
+            .map_err(|e| e.kind())
+            .unwrap_err(),
+        ErrorKind::NotFound
+    );
+    let got: Vec<Bytes> = got
+        .into_iter()
+        .enumerate()
+        .filter(|(i, _)| *i != 50)
+        .map(|(_, r)| r.unwrap())
+        .collect();
+    for ((_, want), have) in items.iter().zip(got) {
+        assert!(*want == have);
+    }
+}
+
+async fn closed_store_refuses_calls(f: &Fixture) {
+    f.store.put("c", data(3, 3)).await.unwrap();
+    let other = f.store.clone();
+    f.store.close().await;
+    for e in [
+        other.get("c").await.no_ok(),
+        other.put("d", data(1, 1)).await.no_ok(),
+        other.head("c").await.no_ok(),
+        other.delete("c").await.no_ok(),
+        other.list("").try_collect::<Vec<_>>().await.no_ok(),
+    ] {
+        assert_eq!(e.kind(), ErrorKind::Closed);
+    }
+}
+
+async fn shards_receive_their_keys(f: &Fixture) {
+    let n = f.store.shard_count();
+    if n == 1 {
+        return;
+    }
+    let keys: Vec<String> = (0..200).map(|i| format!("s{i}_s0_v1")).collect();
+    for k in &keys {
+        f.store.put(k, data(16, 1)).await.unwrap();
+    }
+    // Look in each shard's bucket directly, past the store.
+    let mut seen = BTreeSet::new();
+    for i in 0..n {
+        let raw = f.store.shard_object_store(i).unwrap();
+        let in_bucket: Vec<String> = raw
+            .list(None)
+            .map_ok(|m| m.location.to_string())
+            .try_collect()
+            .await
+            .unwrap();
+        assert!(
+            in_bucket.len() >= 20,
+            "shard {i} holds only {} of 200 keys",
+            in_bucket.len()
+        );
+        for k in in_bucket {
+            assert_eq!(
+                Placement::FnvMod.shard(&k, n as u32) as usize,
+                i,
+                "{k} is in the wrong shard"
+            );
+            assert_eq!(f.store.shard_of(&k), i);
+            seen.insert(k);
+        }
+    }
+    assert_eq!(seen, keys.into_iter().collect::<BTreeSet<_>>());
+}
+
+/// Rewrites a stored piece past the store with one payload byte flipped (bit rot), keeping
+/// its checksum (metadata or trailer) as it was.
+async fn flip_stored_byte(f: &Fixture, key: &str, at: usize) {
+    let raw = f.store.shard_object_store(f.store.shard_of(key)).unwrap();
+    let path = Path::parse(key).unwrap();
+    let r = raw.get_opts(&path, GetOptions::default()).await.unwrap();
+    let attrs = r.attributes.clone();
+    let mut bytes = r.bytes().await.unwrap().to_vec();
+    bytes[at] ^= 0x01;
+    raw.put_opts(
+        &path,
+        PutPayload::from(bytes),
+        PutOptions {
+            attributes: attrs,
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+}
+
+async fn corrupt_pieces_are_never_returned(f: &Fixture) {
+    f.store.put("rot", data(4096, 9)).await.unwrap();
+    f.store.put("fine", data(4096, 10)).await.unwrap();
+    flip_stored_byte(f, "rot", 1000).await;
+    for e in [
+        f.store.get("rot").await.no_ok(),
+        f.store.get_range("rot", 0, 10).await.no_ok(),
+    ] {
+        assert_eq!(e.kind(), ErrorKind::Corrupt, "{e}");
+        assert!(e.to_string().contains("rot"), "{e}");
+    }
+    let got = f.store.get_many(["rot", "fine"]).await;
+    assert_eq!(
+        got[0]
+            .as_ref()
+            .map(|_| ())
+            .map_err(|e| e.kind())
+            .unwrap_err(),
+        ErrorKind::Corrupt
+    );
+    assert!(
+        *got[1].as_ref().unwrap() == data(4096, 10),
+        "other pieces still read"
+    );
+}
+
+async fn raw_pieces_from_other_tools_read_as_unverified(f: &Fixture) {
+    let key = "7_s0_p3";
+    let raw = f.store.shard_object_store(f.store.shard_of(key)).unwrap();
+    raw.put(&Path::parse(key).unwrap(), PutPayload::from(data(777, 7)))
+        .await
+        .unwrap();
+    assert!(
+        f.store.get(key).await.unwrap() == data(777, 7),
+        "returned as stored"
+    );
+    let meta = f.store.head(key).await.unwrap();
+    assert_eq!(meta.size, 777);
+    assert!(
+        meta.unverified(),
+        "a piece with no checksum is reported unverified"
+    );
+    assert_eq!(
+        f.store.get_range(key, 700, 77).await.unwrap(),
+        data(777, 7).slice(700..)
+    );
+}
+
+async fn checksum_is_stored_where_the_original_reads_it(f: &Fixture) {
+    let d = data(3000, 11);
+    f.store.put("orig", d.clone()).await.unwrap();
+    let raw = f
+        .store
+        .shard_object_store(f.store.shard_of("orig"))
+        .unwrap();
+    let r = raw
+        .get_opts(&Path::parse("orig").unwrap(), GetOptions::default())
+        .await
+        .unwrap();
+    let attrs = r.attributes.clone();
+    let bytes = r.bytes().await.unwrap();
+    if matches!(f.backend, Backend::File | Backend::FileSharded) {
+        // Local files: the bytes, then a 20-byte trailer.
+        assert_eq!(bytes.len(), 3020);
+        assert!(bytes.slice(..3000) == d);
+        assert_eq!(&bytes[3000..3004], &crc32c(&d).to_le_bytes());
+        return;
+    }
+    assert!(bytes == d, "S3 objects hold exactly the piece's bytes");
+    let value = attrs
+        .iter()
+        .find_map(|(k, v)| match k {
+            Attribute::Metadata(n) if n.eq_ignore_ascii_case("crc32c") => {
+                Some(v.as_ref().to_string())
+            }
+            _ => None,
+        })
+        .expect("Crc32c metadata");
+    assert_eq!(
+        value,
+        crc32c(&d).to_string(),
+        "decimal of the uint32, as the original writes it"
+    );
+}
+
+async fn reopen_sees_everything(f: &Fixture) {
+    if f.backend == Backend::Memory {
+        return; // nothing survives in memory, by design
+    }
+    f.store.put("persist/1", data(1234, 1)).await.unwrap();
+    f.store.close().await;
+    let again = piecestore::PieceStore::open(f.config.clone())
+        .await
+        .unwrap();
+    assert!(again.get("persist/1").await.unwrap() == data(1234, 1));
+}

@@ -1,0 +1,413 @@
+//! Test harness: real S3-compatible servers on 127.0.0.1, and fixtures for the behavior suite.
+//!
+//! Servers are started by the harness itself, once per test binary, and die with it:
+//! - `moto_server` (pip `moto[server]`): faithful S3 semantics, checks no signatures;
+//! - `s3s-fs` (cargo `s3s-fs`): checks SigV4, stores real files;
+//! - any other server given by `PIECESTORE_TEST_S3_ENDPOINT` (+ `PIECESTORE_TEST_S3_ACCESS_KEY`,
+//!   `PIECESTORE_TEST_S3_SECRET_KEY`); its buckets `PIECESTORE_TEST_S3_BUCKET_PREFIX`-0..3 must exist,
+//!   unless the server accepts unsigned bucket creation.
+//!
+//! A server whose binary is missing is skipped with a message, except under `CI=true`, where
+//! that is a failure: CI must run the suite on both.
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use piecestore::{Config, PieceStore};
+
+/// The S3-compatible servers the suite runs against.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ServerKind {
+    /// moto_server.
+    Moto,
+    /// s3s-fs.
+    S3sFs,
+    /// The server named by `PIECESTORE_TEST_S3_ENDPOINT`.
+    External,
+}
+
+/// A running (or external) S3-compatible server.
+pub struct S3Server {
+    /// Which server.
+    pub kind: ServerKind,
+    /// `http://127.0.0.1:PORT`.
+    pub endpoint: String,
+    /// Its access key (generated per run; not a fixture).
+    pub access_key: String,
+    /// Its secret key (generated per run).
+    pub secret_key: String,
+    /// s3s-fs's data directory, where a bucket is a directory.
+    pub data_dir: Option<PathBuf>,
+    /// Whether its create-only put is atomic between racing writers.
+    pub atomic_create: bool,
+}
+
+fn in_ci() -> bool {
+    std::env::var("CI")
+        .map(|v| v == "true" || v == "1")
+        .unwrap_or(false)
+}
+
+fn random_token(len: usize) -> String {
+    let mut seed = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(7)
+        ^ (u64::from(std::process::id()) << 32);
+    (0..len)
+        .map(|_| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            b"abcdefghijklmnopqrstuvwxyz0123456789"[(seed % 36) as usize] as char
+        })
+        .collect()
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
+
+fn wait_for_port(port: u16, child: &mut Child, what: &str) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while Instant::now() < deadline {
+        if TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            return;
+        }
+        if let Ok(Some(status)) = child.try_wait() {
+            panic!("{what} exited before listening: {status}");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    panic!("{what} did not listen on 127.0.0.1:{port} within 60s");
+}
+
+fn find_binary(name: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH")?;
+    let mut dirs: Vec<PathBuf> = std::env::split_paths(&path).collect();
+    if let Some(home) = std::env::var_os("HOME") {
+        dirs.push(Path::new(&home).join(".cargo/bin"));
+        dirs.push(Path::new(&home).join(".local/bin"));
+    }
+    dirs.into_iter().map(|d| d.join(name)).find(|p| p.is_file())
+}
+
+/// Spawns a server from a thread that lives as long as the process, so that the child's
+/// parent-death signal fires when the test binary exits, not when one test's thread does.
+fn spawn_owned(mut cmd: Command) -> std::io::Result<Child> {
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+            Ok(())
+        });
+    }
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(cmd.spawn());
+        loop {
+            std::thread::park();
+        }
+    });
+    rx.recv()
+        .unwrap_or_else(|_| Err(std::io::Error::other("spawner thread died")))
+}
+
+fn start_moto() -> Option<S3Server> {
+    let bin = find_binary("moto_server")?;
+    let port = free_port();
+    let mut cmd = Command::new(bin);
+    cmd.args(["-H", "127.0.0.1", "-p", &port.to_string()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    let mut child = spawn_owned(cmd).expect("spawn moto_server");
+    wait_for_port(port, &mut child, "moto_server");
+    std::mem::forget(child);
+    Some(S3Server {
+        kind: ServerKind::Moto,
+        endpoint: format!("http://127.0.0.1:{port}"),
+        access_key: random_token(20).to_uppercase(),
+        secret_key: random_token(40),
+        data_dir: None,
+        atomic_create: true,
+    })
+}
+
+fn start_s3s_fs() -> Option<S3Server> {
+    let bin = find_binary("s3s-fs")?;
+    let port = free_port();
+    let dir = tempfile::Builder::new()
+        .prefix("s3s-fs-")
+        .tempdir()
+        .expect("tempdir")
+        .keep();
+    let (ak, sk) = (random_token(20).to_uppercase(), random_token(40));
+    let mut cmd = Command::new(bin);
+    cmd.args([
+        "--host",
+        "127.0.0.1",
+        "--port",
+        &port.to_string(),
+        "--access-key",
+        &ak,
+        "--secret-key",
+        &sk,
+    ])
+    .arg(&dir)
+    .stdout(Stdio::null())
+    .stderr(Stdio::null());
+    let mut child = spawn_owned(cmd).expect("spawn s3s-fs");
+    wait_for_port(port, &mut child, "s3s-fs");
+    std::mem::forget(child);
+    Some(S3Server {
+        kind: ServerKind::S3sFs,
+        endpoint: format!("http://127.0.0.1:{port}"),
+        access_key: ak,
+        secret_key: sk,
+        data_dir: Some(dir),
+        atomic_create: false,
+    })
+}
+
+fn external() -> Option<S3Server> {
+    let endpoint = std::env::var("PIECESTORE_TEST_S3_ENDPOINT").ok()?;
+    Some(S3Server {
+        kind: ServerKind::External,
+        endpoint: endpoint.trim_end_matches('/').to_string(),
+        access_key: std::env::var("PIECESTORE_TEST_S3_ACCESS_KEY").unwrap_or_default(),
+        secret_key: std::env::var("PIECESTORE_TEST_S3_SECRET_KEY").unwrap_or_default(),
+        data_dir: None,
+        atomic_create: std::env::var("PIECESTORE_TEST_S3_ATOMIC_CREATE")
+            .map(|v| v == "1")
+            .unwrap_or(true),
+    })
+}
+
+/// The shared server of `kind` for this test binary, started on first use. `None` (with a
+/// message) when it is not installed and we are not in CI.
+pub fn server(kind: ServerKind) -> Option<&'static S3Server> {
+    static MOTO: OnceLock<Option<S3Server>> = OnceLock::new();
+    static S3S: OnceLock<Option<S3Server>> = OnceLock::new();
+    static EXT: OnceLock<Option<S3Server>> = OnceLock::new();
+    let (cell, start, what): (_, fn() -> Option<S3Server>, _) = match kind {
+        ServerKind::Moto => (
+            &MOTO,
+            start_moto,
+            "moto_server (pip install 'moto[server]==5.2.5')",
+        ),
+        ServerKind::S3sFs => (
+            &S3S,
+            start_s3s_fs,
+            "s3s-fs (cargo install s3s-fs --version 0.14.1 --features binary --locked)",
+        ),
+        ServerKind::External => (&EXT, external, ""),
+    };
+    let s = cell.get_or_init(start).as_ref();
+    if s.is_none() && kind != ServerKind::External {
+        assert!(!in_ci(), "CI=true but {what} is not installed");
+        eprintln!("SKIPPED: {what} is not installed");
+    }
+    s
+}
+
+impl S3Server {
+    /// Creates a bucket (s3s-fs: a directory; others: an unsigned `PUT /bucket`, which moto
+    /// accepts). An existing bucket is fine.
+    pub fn create_bucket(&self, name: &str) {
+        if let Some(dir) = &self.data_dir {
+            std::fs::create_dir_all(dir.join(name)).expect("create s3s-fs bucket dir");
+            return;
+        }
+        let host = self.endpoint.trim_start_matches("http://");
+        let mut s = TcpStream::connect(host).expect("connect to S3 server");
+        s.set_read_timeout(Some(Duration::from_secs(10))).ok();
+        write!(
+            s,
+            "PUT /{name} HTTP/1.1\r\nHost: {host}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+        )
+        .expect("send");
+        let mut resp = String::new();
+        let _ = s.read_to_string(&mut resp);
+        let status = resp.split_whitespace().nth(1).unwrap_or("");
+        assert!(
+            status == "200" || status == "409" || self.kind == ServerKind::External,
+            "creating bucket {name} failed: {}",
+            resp.lines().next().unwrap_or("")
+        );
+    }
+
+    /// A config for `shards` buckets named `{bucket_prefix}-{i}` on this server (created here),
+    /// or one bucket `{bucket_prefix}` when `shards` is 0.
+    pub fn config(&self, bucket_prefix: &str, shards: u32) -> Config {
+        let url = if shards == 0 {
+            self.create_bucket(bucket_prefix);
+            format!("{}/{bucket_prefix}", self.endpoint)
+        } else {
+            for i in 0..shards {
+                self.create_bucket(&format!("{bucket_prefix}-{i}"));
+            }
+            format!("{}/{bucket_prefix}-%d?shards={shards}", self.endpoint)
+        };
+        let mut c = Config::from_url(&url).expect("url");
+        c.store.access_key = piecestore::config::Secret::new(&self.access_key);
+        c.store.secret_key = piecestore::config::Secret::new(&self.secret_key);
+        c.store.max_retries = 2;
+        c
+    }
+}
+
+/// A unique, valid bucket-name stem for one test.
+pub fn unique_name(test: &str) -> String {
+    static N: AtomicU64 = AtomicU64::new(0);
+    let stem: String = test
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() {
+                c.to_ascii_lowercase()
+            } else {
+                '-'
+            }
+        })
+        .take(30)
+        .collect();
+    format!(
+        "{}-{}-{}",
+        stem.trim_matches('-'),
+        std::process::id() % 100_000,
+        N.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+/// Which store a behavior test runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    /// `memory://`.
+    Memory,
+    /// A local directory.
+    File,
+    /// Four local directories, sharded.
+    FileSharded,
+    /// moto_server, four buckets.
+    Moto,
+    /// s3s-fs, four buckets.
+    S3sFs,
+    /// The external server, four buckets.
+    External,
+}
+
+/// A store to test, and what the test needs to reach past it.
+pub struct Fixture {
+    /// The store under test.
+    pub store: PieceStore,
+    /// Its config (to reopen it).
+    pub config: Config,
+    /// Which backend.
+    pub backend: Backend,
+    /// The server, for S3 backends.
+    pub server: Option<&'static S3Server>,
+    /// The directory of file backends (removed on drop).
+    pub dir: Option<tempfile::TempDir>,
+}
+
+impl Fixture {
+    /// Opens a fresh store of `backend` for the test `name`; `None` when its server is not
+    /// installed (outside CI).
+    pub async fn new(backend: Backend, name: &str) -> Option<Fixture> {
+        let mut dir = None;
+        let mut server_ref = None;
+        let config = match backend {
+            Backend::Memory => Config::from_url("memory://").expect("memory"),
+            Backend::File | Backend::FileSharded => {
+                let d = tempfile::tempdir().expect("tempdir");
+                let c = if backend == Backend::File {
+                    Config::from_url(&format!("file://{}/pieces", d.path().display()))
+                } else {
+                    Config::from_url(&format!("file://{}/shard-%d?shards=4", d.path().display()))
+                };
+                dir = Some(d);
+                c.expect("file config")
+            }
+            Backend::Moto | Backend::S3sFs | Backend::External => {
+                let kind = match backend {
+                    Backend::Moto => ServerKind::Moto,
+                    Backend::S3sFs => ServerKind::S3sFs,
+                    _ => ServerKind::External,
+                };
+                let s = server(kind)?;
+                server_ref = Some(s);
+                let prefix = match kind {
+                    ServerKind::External => std::env::var("PIECESTORE_TEST_S3_BUCKET_PREFIX")
+                        .unwrap_or_else(|_| unique_name(name)),
+                    _ => unique_name(name),
+                };
+                s.config(&prefix, 4)
+            }
+        };
+        let store = PieceStore::open(config.clone())
+            .await
+            .unwrap_or_else(|e| panic!("open {backend:?}: {e}"));
+        Some(Fixture {
+            store,
+            config,
+            backend,
+            server: server_ref,
+            dir,
+        })
+    }
+
+    /// Whether racing create-only puts of one key are decided atomically here.
+    pub fn atomic_create(&self) -> bool {
+        self.server.map(|s| s.atomic_create).unwrap_or(true)
+    }
+}
+
+/// Generates one `#[tokio::test]` per (backend, test function): the same test functions over
+/// every backend.
+#[macro_export]
+macro_rules! behavior_suite {
+    ($($test:ident),* $(,)?) => {
+        $crate::behavior_suite!(@backend memory, Memory, $($test),*);
+        $crate::behavior_suite!(@backend file, File, $($test),*);
+        $crate::behavior_suite!(@backend file_sharded, FileSharded, $($test),*);
+        $crate::behavior_suite!(@backend moto_sharded, Moto, $($test),*);
+        $crate::behavior_suite!(@backend s3s_fs_sharded, S3sFs, $($test),*);
+        $crate::behavior_suite!(@backend external_sharded, External, $($test),*);
+    };
+    (@backend $module:ident, $backend:ident, $($test:ident),*) => {
+        mod $module {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $test() {
+                    let name = concat!(stringify!($module), "-", stringify!($test));
+                    if let Some(f) = $crate::Fixture::new($crate::Backend::$backend, name).await {
+                        super::$test(&f).await;
+                    }
+                }
+            )*
+        }
+    };
+}
+
+/// `unwrap_err` that never prints the `Ok` value (piece bytes can be megabytes).
+pub trait NoOk {
+    /// The error, or a panic that says only that the call succeeded.
+    fn no_ok(self) -> piecestore::Error;
+}
+
+impl<T> NoOk for piecestore::Result<T> {
+    #[track_caller]
+    fn no_ok(self) -> piecestore::Error {
+        match self {
+            Ok(_) => panic!("expected an error, the call succeeded"),
+            Err(e) => e,
+        }
+    }
+}

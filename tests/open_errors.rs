@@ -1,0 +1,146 @@
+//! Bad configuration and bad backends: clear errors at open, no secret in any message.
+
+use piecestore::config::Secret;
+use piecestore::{Config, ErrorKind, PieceStore};
+use piecestore_tests::{NoOk, ServerKind, server, unique_name};
+
+#[tokio::test]
+async fn unknown_scheme_and_bad_urls_are_config_errors() {
+    for url in [
+        "ftp://host/bucket",
+        "http://127.0.0.1:1/",
+        "gopher://x",
+        "http://ak:hunter22@127.0.0.1/b",
+    ] {
+        let e = match Config::from_url(url) {
+            Err(e) => e,
+            Ok(c) => PieceStore::open(c).await.no_ok(),
+        };
+        assert_eq!(e.kind(), ErrorKind::InvalidConfig, "{url}: {e}");
+        assert!(!e.to_string().contains("hunter22"), "{e}");
+    }
+}
+
+#[tokio::test]
+async fn missing_bucket_is_named_at_open() {
+    let Some(s) = server(ServerKind::Moto) else {
+        return;
+    };
+    let mut c = s.config(&unique_name("exists"), 0);
+    c.store.bucket_url = format!("{}/no-such-bucket-here", s.endpoint);
+    let e = PieceStore::open(c).await.no_ok();
+    assert_eq!(e.kind(), ErrorKind::InvalidConfig, "{e}");
+    assert!(e.to_string().contains("no-such-bucket-here"), "{e}");
+}
+
+#[tokio::test]
+async fn missing_bucket_in_a_shard_names_the_shard() {
+    let Some(s) = server(ServerKind::Moto) else {
+        return;
+    };
+    let name = unique_name("shardmiss");
+    let c = s.config(&name, 2);
+    let mut c3 = c.clone();
+    c3.shards = 3; // bucket -2 was never created
+    let e = PieceStore::open(c3).await.no_ok();
+    assert_eq!(e.kind(), ErrorKind::InvalidConfig, "{e}");
+    assert!(
+        e.to_string().contains("shard 2") && e.to_string().contains(&format!("{name}-2")),
+        "{e}"
+    );
+}
+
+#[tokio::test]
+async fn wrong_credentials_are_unauthorized_and_stay_secret() {
+    let Some(s) = server(ServerKind::S3sFs) else {
+        return;
+    };
+    let mut c = s.config(&unique_name("creds"), 0);
+    let wrong = format!("{}WRONG", s.secret_key);
+    c.store.secret_key = Secret::new(wrong.clone());
+    let e = PieceStore::open(c.clone()).await.no_ok();
+    assert_eq!(e.kind(), ErrorKind::Unauthorized, "{e}");
+    let msg = format!("{e} {e:?}");
+    assert!(
+        !msg.contains(&wrong) && !msg.contains(&s.access_key),
+        "secret in {msg}"
+    );
+    // Also on a call, when the check at open is off.
+    c.backend.check_bucket = false;
+    let store = PieceStore::open(c).await.unwrap();
+    let e = store.get("1_s0").await.no_ok();
+    assert_eq!(e.kind(), ErrorKind::Unauthorized, "{e}");
+    assert!(!format!("{e} {e:?}").contains(&wrong));
+}
+
+#[tokio::test]
+async fn unreachable_endpoint_is_a_retryable_backend_error() {
+    let mut c = Config::from_url("http://127.0.0.1:9/bucket").unwrap();
+    c.store.access_key = Secret::new("AKIDUNREACHABLE");
+    c.store.secret_key = Secret::new("unreachable-secret");
+    c.store.max_retries = 1;
+    c.store.min_retry_delay = Some(std::time::Duration::from_millis(10));
+    let e = PieceStore::open(c).await.no_ok();
+    assert_eq!(e.kind(), ErrorKind::Backend, "{e}");
+    assert!(e.is_retryable(), "{e}");
+    assert!(!e.to_string().contains("unreachable-secret"));
+}
+
+#[tokio::test]
+async fn flipped_byte_on_disk_is_corrupt() {
+    let dir = tempfile::tempdir().unwrap();
+    let store =
+        PieceStore::open(Config::from_url(&format!("file://{}", dir.path().display())).unwrap())
+            .await
+            .unwrap();
+    store.put("9_s1_p2", vec![7u8; 8192]).await.unwrap();
+    let path = dir.path().join("9_s1_p2");
+    let mut bytes = std::fs::read(&path).unwrap();
+    bytes[4000] ^= 0x80;
+    std::fs::write(&path, &bytes).unwrap();
+    assert_eq!(
+        store.get("9_s1_p2").await.no_ok().kind(),
+        ErrorKind::Corrupt
+    );
+    // A torn file (crash mid-write by another tool) with our trailer cut off is damage too.
+    std::fs::write(&path, &bytes[..8192 + 19]).unwrap();
+    let e = store.get("9_s1_p2").await.no_ok();
+    assert_eq!(e.kind(), ErrorKind::Corrupt, "{e}");
+}
+
+#[tokio::test]
+async fn file_pieces_stay_inside_the_root() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("root");
+    let store = PieceStore::open(Config::from_url(&format!("file://{}", root.display())).unwrap())
+        .await
+        .unwrap();
+    for k in ["../escape", "a/../../escape", "/etc/passwd"] {
+        assert_eq!(
+            store.put(k, vec![1u8]).await.no_ok().kind(),
+            ErrorKind::InvalidKey
+        );
+    }
+    store
+        .put("nested/dir/piece", vec![1u8, 2, 3])
+        .await
+        .unwrap();
+    assert!(root.join("nested/dir/piece").is_file());
+    assert!(!dir.path().join("escape").exists());
+}
+
+#[tokio::test]
+async fn conditional_writes_off_still_refuses_different_bytes() {
+    let Some(s) = server(ServerKind::Moto) else {
+        return;
+    };
+    let mut c = s.config(&unique_name("condoff"), 0);
+    c.backend.conditional_writes = piecestore::config::ConditionalWrites::Off;
+    let store = PieceStore::open(c).await.unwrap();
+    store.put("k", vec![1u8; 10]).await.unwrap();
+    store.put("k", vec![1u8; 10]).await.unwrap();
+    assert_eq!(
+        store.put("k", vec![2u8; 10]).await.no_ok().kind(),
+        ErrorKind::AlreadyExists
+    );
+}
