@@ -95,6 +95,11 @@ impl PieceStore {
             .shard(key, self.inner.shards.len() as u32) as usize
     }
 
+    /// How keys are placed on shards.
+    pub fn placement(&self) -> Placement {
+        self.inner.placement
+    }
+
     /// Number of shards (1 when not sharded).
     pub fn shard_count(&self) -> usize {
         self.inner.shards.len()

@@ -1,0 +1,307 @@
+//! `piecestore`: the command-line front end over one `PieceStore`.
+
+use std::io::{Read, Write};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::UNIX_EPOCH;
+
+use clap::{Parser, Subcommand};
+use futures::TryStreamExt;
+use piecestore::{Config, Error, ErrorKind, PieceStore, PutOptions};
+
+const AFTER_HELP: &str = "\
+Which store:
+  --store URL        memory://, file:///path, ./path, s3://bucket/prefix?region=R,
+                     https://s3.REGION.amazonaws.com/BUCKET, https://BUCKET.s3.REGION.amazonaws.com,
+                     http://127.0.0.1:9000/BUCKET (MinIO, Ceph RGW), https://BUCKET.oss-REGION.aliyuncs.com,
+                     https://s3.REGION.backblazeb2.com/BUCKET; add ?shards=N with %d in the URL to shard.
+  --config FILE      a config.toml with a [PieceStore] table (the original Go piecestore's layout).
+  neither            ./config.toml if it exists, else the local directory ./data.
+  BUCKET_URL in the environment replaces the configured bucket URL. Credentials come from the
+  config or the environment (AWS_ACCESS_KEY / AWS_SECRET_KEY / AWS_SESSION_TOKEN, MINIO_*,
+  ALIBABA_CLOUD_*, B2_*, or AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY); see docs/config.md.
+
+Exit codes:
+  0 success   1 other error   2 usage   3 piece not found   4 piece exists with other bytes
+  5 invalid key, range or config   6 corrupt piece   7 unauthorized   8 backend failure
+
+Examples:
+  piecestore put 42_s0 segment.bin            store a file as piece 42_s0 in ./data
+  echo hello | piecestore put greeting -      store standard input
+  piecestore get 42_s0 -o copy.bin            read it back (verified against its CRC32C)
+  piecestore get 42_s0 --offset 100 --len 16  read 16 bytes at offset 100
+  piecestore --store s3://my-bucket?region=eu-west-1 ls e42_
+  piecestore --config config.toml stat e42_s0_p1 --json
+  piecestore rm 42_s0 greeting";
+
+/// Store, read and manage immutable pieces on memory, local disk or any S3-compatible store.
+#[derive(Parser, Debug)]
+#[command(name = "piecestore", version, about, after_help = AFTER_HELP)]
+struct Cli {
+    /// Store URL (see "Which store" below).
+    #[arg(
+        long,
+        global = true,
+        env = "PIECESTORE_STORE",
+        conflicts_with = "config"
+    )]
+    store: Option<String>,
+    /// Path to a config.toml.
+    #[arg(long, global = true, env = "PIECESTORE_CONFIG")]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Store a piece from FILE, or from standard input when FILE is "-" or absent.
+    Put {
+        /// The piece key.
+        key: String,
+        /// The file to store ("-" = standard input).
+        file: Option<PathBuf>,
+        /// Replace an existing piece with different bytes.
+        #[arg(long)]
+        overwrite: bool,
+    },
+    /// Write a piece (or a range of it) to standard output or to a file.
+    Get {
+        /// The piece key.
+        key: String,
+        /// Write to this file instead of standard output.
+        #[arg(short, long)]
+        output: Option<PathBuf>,
+        /// Start of a range.
+        #[arg(long, requires = "len")]
+        offset: Option<u64>,
+        /// Length of a range.
+        #[arg(long)]
+        len: Option<u64>,
+    },
+    /// Delete pieces (deleting a missing piece succeeds).
+    Rm {
+        /// The piece keys.
+        #[arg(required = true)]
+        keys: Vec<String>,
+    },
+    /// List pieces whose keys start with PREFIX (all when absent), on every shard.
+    Ls {
+        /// Key prefix (any string).
+        #[arg(default_value = "")]
+        prefix: String,
+        /// Show size and key.
+        #[arg(short, long)]
+        long: bool,
+    },
+    /// Show a piece's size, checksum and shard.
+    Stat {
+        /// The piece key.
+        key: String,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show the store's shards and placement.
+    Info,
+}
+
+fn exit_code(e: &Error) -> u8 {
+    match e.kind() {
+        ErrorKind::NotFound => 3,
+        ErrorKind::AlreadyExists => 4,
+        ErrorKind::InvalidKey | ErrorKind::InvalidRange | ErrorKind::InvalidConfig => 5,
+        ErrorKind::Corrupt => 6,
+        ErrorKind::Unauthorized => 7,
+        ErrorKind::Backend => 8,
+        _ => 1,
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(CliError::Store(e)) => {
+            eprintln!("error[{}]: {e}", e.kind());
+            ExitCode::from(exit_code(&e))
+        }
+        Err(CliError::Io(what, e)) => {
+            // A closed pipe (`piecestore get k | head`) is not an error worth a message.
+            if e.kind() == std::io::ErrorKind::BrokenPipe {
+                return ExitCode::SUCCESS;
+            }
+            eprintln!("error: {what}: {e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+enum CliError {
+    Store(Error),
+    Io(String, std::io::Error),
+}
+
+impl From<Error> for CliError {
+    fn from(e: Error) -> Self {
+        CliError::Store(e)
+    }
+}
+
+fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> CliError {
+    let what = what.into();
+    move |e| CliError::Io(what, e)
+}
+
+fn load_config(cli: &Cli) -> Result<Config, Error> {
+    if let Some(url) = &cli.store {
+        return Config::load(url);
+    }
+    let path = match &cli.config {
+        Some(p) => p.clone(),
+        None if std::path::Path::new("config.toml").is_file() => PathBuf::from("config.toml"),
+        None => return Config::load("./data"),
+    };
+    let mut config = Config::from_file(&path)?;
+    config.apply_env(&piecestore::config::process_env)?;
+    Ok(config)
+}
+
+async fn run(cli: Cli) -> Result<(), CliError> {
+    let store = PieceStore::open(load_config(&cli)?).await?;
+    match cli.command {
+        Command::Put {
+            key,
+            file,
+            overwrite,
+        } => {
+            let data = match file.as_deref() {
+                None => read_stdin()?,
+                Some(p) if p.as_os_str() == "-" => read_stdin()?,
+                Some(p) => std::fs::read(p).map_err(io(format!("cannot read {}", p.display())))?,
+            };
+            store.put_opts(&key, data, PutOptions { overwrite }).await?;
+        }
+        Command::Get {
+            key,
+            output,
+            offset,
+            len,
+        } => {
+            let bytes = match (offset, len) {
+                (Some(o), Some(l)) => store.get_range(&key, o, l).await?,
+                (None, Some(l)) => store.get_range(&key, 0, l).await?,
+                _ => store.get(&key).await?,
+            };
+            match output {
+                Some(path) => write_file(&path, &bytes)?,
+                None => {
+                    let mut out = std::io::stdout().lock();
+                    out.write_all(&bytes)
+                        .and_then(|_| out.flush())
+                        .map_err(io("writing to standard output"))?;
+                }
+            }
+        }
+        Command::Rm { keys } => {
+            for key in keys {
+                store.delete(&key).await?;
+            }
+        }
+        Command::Ls { prefix, long } => {
+            let mut pieces = store.list(&prefix);
+            let mut out = std::io::stdout().lock();
+            while let Some(m) = pieces.try_next().await? {
+                let line = if long {
+                    format!("{:>12} {}\n", m.size, m.key)
+                } else {
+                    format!("{}\n", m.key)
+                };
+                out.write_all(line.as_bytes())
+                    .map_err(io("writing to standard output"))?;
+            }
+        }
+        Command::Stat { key, json } => {
+            let m = store.head(&key).await?;
+            let shard = store.shard_of(&key);
+            let modified = m
+                .last_modified
+                .duration_since(UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .unwrap_or(0);
+            if json {
+                let crc = m
+                    .crc32c
+                    .map(|c| c.to_string())
+                    .unwrap_or_else(|| "null".into());
+                println!(
+                    "{{\"key\":{:?},\"size\":{},\"crc32c\":{crc},\"verified\":{},\"shard\":{shard},\"last_modified\":{modified}}}",
+                    m.key,
+                    m.size,
+                    !m.unverified()
+                );
+            } else {
+                println!("key:           {}", m.key);
+                println!("size:          {}", m.size);
+                match m.crc32c {
+                    Some(c) => println!("crc32c:        {c} (0x{c:08x})"),
+                    None => {
+                        println!("crc32c:        none (unverified: written without a checksum)")
+                    }
+                }
+                println!("shard:         {shard} ({})", store.shard_labels()[shard]);
+                println!("last modified: {modified} (unix seconds)");
+            }
+        }
+        Command::Info => {
+            println!(
+                "shards: {} (placement {})",
+                store.shard_count(),
+                store.placement()
+            );
+            for (i, label) in store.shard_labels().iter().enumerate() {
+                println!("  {i}: {label}");
+            }
+        }
+    }
+    store.close().await;
+    Ok(())
+}
+
+fn read_stdin() -> Result<Vec<u8>, CliError> {
+    let mut buf = Vec::new();
+    std::io::stdin()
+        .lock()
+        .read_to_end(&mut buf)
+        .map_err(io("reading standard input"))?;
+    Ok(buf)
+}
+
+/// Writes `bytes` to `path` through a temporary file and a rename, so a failed write never
+/// leaves a partial file under the name.
+fn write_file(path: &std::path::Path, bytes: &[u8]) -> Result<(), CliError> {
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(std::path::Path::new("."));
+    let mut tmp = tempfile::NamedTempFile::new_in(dir)
+        .map_err(io(format!("cannot write in {}", dir.display())))?;
+    tmp.write_all(bytes)
+        .map_err(io(format!("cannot write {}", path.display())))?;
+    tmp.persist(path)
+        .map_err(|e| CliError::Io(format!("cannot write {}", path.display()), e.error))?;
+    Ok(())
+}
