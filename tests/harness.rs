@@ -411,3 +411,65 @@ impl<T> NoOk for piecestore::Result<T> {
         }
     }
 }
+
+/// A proxy on 127.0.0.1 in front of an S3 server that deletes the `If-None-Match` header from
+/// every request: a server that ignores conditional writes, as some S3-compatible ones do.
+/// Returns its endpoint; it runs until the test binary exits.
+pub fn start_conditional_write_ignoring_proxy(upstream: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let upstream = upstream.trim_start_matches("http://").to_string();
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind proxy");
+    let port = listener.local_addr().expect("addr").port();
+    listener.set_nonblocking(true).expect("nonblocking");
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        rt.block_on(async move {
+            let listener = tokio::net::TcpListener::from_std(listener).expect("listener");
+            loop {
+                let Ok((mut client, _)) = listener.accept().await else {
+                    continue;
+                };
+                let upstream = upstream.clone();
+                tokio::spawn(async move {
+                    // Read the request head, rewrite it, forward it and everything after.
+                    let mut buf = Vec::new();
+                    let mut chunk = [0u8; 8192];
+                    let head_end = loop {
+                        let n = match client.read(&mut chunk).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => n,
+                        };
+                        buf.extend_from_slice(&chunk[..n]);
+                        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                            break i + 4;
+                        }
+                    };
+                    let head = String::from_utf8_lossy(&buf[..head_end]).into_owned();
+                    let mut out = String::new();
+                    for line in head.split("\r\n").filter(|l| !l.is_empty()) {
+                        let lower = line.to_ascii_lowercase();
+                        if lower.starts_with("if-none-match:") || lower.starts_with("connection:") {
+                            continue;
+                        }
+                        out.push_str(line);
+                        out.push_str("\r\n");
+                    }
+                    out.push_str("Connection: close\r\n\r\n");
+                    let Ok(mut server) = tokio::net::TcpStream::connect(&upstream).await else {
+                        return;
+                    };
+                    if server.write_all(out.as_bytes()).await.is_err()
+                        || server.write_all(&buf[head_end..]).await.is_err()
+                    {
+                        return;
+                    }
+                    let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
+                });
+            }
+        });
+    });
+    format!("http://127.0.0.1:{port}")
+}

@@ -144,3 +144,58 @@ async fn conditional_writes_off_still_refuses_different_bytes() {
         ErrorKind::AlreadyExists
     );
 }
+
+#[tokio::test]
+async fn a_backend_that_ignores_conditional_writes_is_detected_and_never_overwritten() {
+    let Some(s) = server(ServerKind::Moto) else {
+        return;
+    };
+    let name = unique_name("ignores-inm");
+    let mut base = s.config(&name, 0);
+    let proxy = piecestore_tests::start_conditional_write_ignoring_proxy(&s.endpoint);
+    base.store.bucket_url = format!("{proxy}/{name}");
+
+    // Trusting the header here would overwrite silently: this backend really ignores it.
+    let mut trusting = base.clone();
+    trusting.backend.conditional_writes = piecestore::config::ConditionalWrites::On;
+    let t = PieceStore::open(trusting).await.unwrap();
+    t.put("trusting", vec![1u8; 8]).await.unwrap();
+    t.put("trusting", vec![2u8; 8])
+        .await
+        .expect("the server ignored If-None-Match");
+    assert_eq!(
+        &t.get("trusting").await.unwrap()[..],
+        &[2u8; 8],
+        "overwritten: the proxy works"
+    );
+
+    // Auto (the default) probes on first write, finds out, and falls back to HEAD-before-PUT.
+    let store = PieceStore::open(base).await.unwrap();
+    store.put("k", vec![1u8; 8]).await.unwrap();
+    store
+        .put("k", vec![1u8; 8])
+        .await
+        .expect("same bytes: a retried put");
+    assert_eq!(
+        store.put("k", vec![2u8; 8]).await.no_ok().kind(),
+        ErrorKind::AlreadyExists
+    );
+    assert_eq!(
+        &store.get("k").await.unwrap()[..],
+        &[1u8; 8],
+        "never overwritten"
+    );
+    let raw = store.shard_object_store(0).unwrap();
+    let mut in_bucket: Vec<String> = futures::TryStreamExt::try_collect::<Vec<_>>(raw.list(None))
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|m| m.location.to_string())
+        .collect();
+    in_bucket.sort();
+    assert_eq!(
+        in_bucket,
+        ["k", "trusting"],
+        "the probe objects were cleaned up"
+    );
+}

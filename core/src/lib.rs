@@ -28,3 +28,8 @@ pub use config::{Config, StoreConfig};
 pub use error::{Error, ErrorKind, Result};
 pub use shard::Placement;
 pub use store::{PieceStore, PutOptions};
+
+/// The README's Rust examples, compiled and run as doctests.
+#[doc = include_str!("../../README.md")]
+#[cfg(doctest)]
+pub struct ReadmeDoctests;

@@ -67,6 +67,8 @@ pub(crate) struct Backend {
     sorted_listing: bool,
     redactor: Redactor,
     is_s3: bool,
+    /// The local file system, for reads that open, read and verify in one blocking task.
+    local: Option<Arc<LocalFileSystem>>,
 }
 
 fn now_nanos() -> u128 {
@@ -88,6 +90,7 @@ impl Backend {
             store.secret_key.expose(),
             store.session_token.expose(),
         ]);
+        let mut local = None;
         let (object_store, placement, sorted, is_s3): (Arc<dyn ObjectStore>, _, _, _) =
             match &location {
                 Location::Memory => (Arc::new(InMemory::new()), Placement::Metadata, true, false),
@@ -103,7 +106,9 @@ impl Backend {
                             Error::config(format!("store directory {}: {e}", root.display()))
                         })?
                         .with_fsync(opts.fsync);
-                    (Arc::new(fs), Placement::Trailer, false, false)
+                    let fs = Arc::new(fs);
+                    local = Some(Arc::clone(&fs));
+                    (fs, Placement::Trailer, false, false)
                 }
                 Location::S3(s3) => {
                     let built = build_s3(s3, store, opts)
@@ -125,6 +130,7 @@ impl Backend {
             sorted_listing: sorted,
             redactor,
             is_s3,
+            local,
         })
     }
 
@@ -382,6 +388,9 @@ impl Backend {
     /// verified against (`None`: the piece carries none).
     pub(crate) async fn get(&self, key: &str) -> Result<(Bytes, Option<u32>)> {
         let path = self.path(key)?;
+        if let Some(fs) = &self.local {
+            return self.get_local(fs, key, &path).await;
+        }
         let result = self
             .store
             .get_opts(&path, GetOptions::default())
@@ -422,6 +431,77 @@ impl Backend {
             }
         }
         Ok((bytes, expected))
+    }
+
+    /// A local piece: open, read, check the trailer and verify in one blocking task (object_store's
+    /// own get takes two hops through the blocking pool, and the checksum would then run on an
+    /// async worker).
+    async fn get_local(
+        &self,
+        fs: &LocalFileSystem,
+        key: &str,
+        path: &Path,
+    ) -> Result<(Bytes, Option<u32>)> {
+        let file_path = fs
+            .path_to_filesystem(path)
+            .map_err(|e| self.map_err("get", Some(key), e))?;
+        enum Read {
+            Raw(Vec<u8>),
+            Verified(Vec<u8>, u32),
+            Damaged,
+            Mismatch { expected: u32, actual: u32 },
+        }
+        let read = tokio::task::spawn_blocking(move || -> std::io::Result<Read> {
+            use std::io::Read as _;
+            let mut f = std::fs::File::open(&file_path)?;
+            let meta = f.metadata()?;
+            if meta.is_dir() {
+                return Err(std::io::Error::from(std::io::ErrorKind::NotFound));
+            }
+            let mut buf = Vec::with_capacity(meta.len() as usize);
+            f.read_to_end(&mut buf)?;
+            let total = buf.len() as u64;
+            Ok(
+                match Trailer::check(&buf[buf.len().saturating_sub(Trailer::LEN)..], total) {
+                    TrailerCheck::Absent => Read::Raw(buf),
+                    TrailerCheck::Damaged => Read::Damaged,
+                    TrailerCheck::Valid(t) => {
+                        buf.truncate(t.len as usize);
+                        let actual = checksum::crc32c(&buf);
+                        if actual == t.crc {
+                            Read::Verified(buf, actual)
+                        } else {
+                            Read::Mismatch {
+                                expected: t.crc,
+                                actual,
+                            }
+                        }
+                    }
+                },
+            )
+        })
+        .await;
+        let backend_err = |message: String, retryable| Error::Backend {
+            op: "get",
+            key: Some(key.into()),
+            backend: self.label.clone(),
+            message,
+            retryable,
+        };
+        match read {
+            Ok(Ok(Read::Raw(buf))) => Ok((Bytes::from(buf), None)),
+            Ok(Ok(Read::Verified(buf, crc))) => Ok((Bytes::from(buf), Some(crc))),
+            Ok(Ok(Read::Damaged)) => Err(self.corrupt(key, "checksum trailer is damaged".into())),
+            Ok(Ok(Read::Mismatch { expected, actual })) => {
+                Err(self.corrupt(key, format!("crc32c is {actual}, expected {expected}")))
+            }
+            Ok(Err(e)) if e.kind() == std::io::ErrorKind::NotFound => Err(Error::NotFound {
+                key: key.into(),
+                backend: self.label.clone(),
+            }),
+            Ok(Err(e)) => Err(backend_err(e.to_string(), false)),
+            Err(join) => Err(backend_err(join.to_string(), true)),
+        }
     }
 
     /// The piece's metadata, in one small request.
