@@ -412,15 +412,27 @@ impl<T> NoOk for piecestore::Result<T> {
     }
 }
 
-/// A proxy on 127.0.0.1 in front of an S3 server that deletes the `If-None-Match` header from
-/// every request: a server that ignores conditional writes, as some S3-compatible ones do.
-/// Returns its endpoint; it runs until the test binary exits.
-pub fn start_conditional_write_ignoring_proxy(upstream: &str) -> String {
+/// What a [`start_proxy`] does to the requests it forwards.
+#[derive(Debug, Clone, Copy)]
+pub enum ProxyMode {
+    /// Delete the `If-None-Match` header: a server that ignores conditional writes, as some
+    /// S3-compatible ones do.
+    StripIfNoneMatch,
+    /// Answer the first `n` requests with `503 Service Unavailable`, then forward.
+    FailFirst(usize),
+}
+
+/// A proxy on 127.0.0.1 in front of an S3 server (path style), running until the test binary
+/// exits. Returns its endpoint.
+pub fn start_proxy(upstream: &str, mode: ProxyMode) -> String {
+    use std::sync::Arc;
+    use std::sync::atomic::AtomicUsize;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let upstream = upstream.trim_start_matches("http://").to_string();
     let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind proxy");
     let port = listener.local_addr().expect("addr").port();
     listener.set_nonblocking(true).expect("nonblocking");
+    let seen = Arc::new(AtomicUsize::new(0));
     std::thread::spawn(move || {
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -429,12 +441,11 @@ pub fn start_conditional_write_ignoring_proxy(upstream: &str) -> String {
         rt.block_on(async move {
             let listener = tokio::net::TcpListener::from_std(listener).expect("listener");
             loop {
-                let Ok((mut client, _)) = listener.accept().await else {
-                    continue;
-                };
+                let Ok((mut client, _)) = listener.accept().await else { continue };
                 let upstream = upstream.clone();
+                let seen = Arc::clone(&seen);
                 tokio::spawn(async move {
-                    // Read the request head, rewrite it, forward it and everything after.
+                    // Read the request head; one request per connection (Connection: close).
                     let mut buf = Vec::new();
                     let mut chunk = [0u8; 8192];
                     let head_end = loop {
@@ -447,23 +458,31 @@ pub fn start_conditional_write_ignoring_proxy(upstream: &str) -> String {
                             break i + 4;
                         }
                     };
+                    if let ProxyMode::FailFirst(n) = mode
+                        && seen.fetch_add(1, Ordering::SeqCst) < n
+                    {
+                        let body = "<Error><Code>SlowDown</Code></Error>";
+                        let resp = format!(
+                            "HTTP/1.1 503 Service Unavailable\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                            body.len()
+                        );
+                        let _ = client.write_all(resp.as_bytes()).await;
+                        return;
+                    }
                     let head = String::from_utf8_lossy(&buf[..head_end]).into_owned();
                     let mut out = String::new();
                     for line in head.split("\r\n").filter(|l| !l.is_empty()) {
                         let lower = line.to_ascii_lowercase();
-                        if lower.starts_with("if-none-match:") || lower.starts_with("connection:") {
+                        let strip = matches!(mode, ProxyMode::StripIfNoneMatch) && lower.starts_with("if-none-match:");
+                        if strip || lower.starts_with("connection:") {
                             continue;
                         }
                         out.push_str(line);
                         out.push_str("\r\n");
                     }
                     out.push_str("Connection: close\r\n\r\n");
-                    let Ok(mut server) = tokio::net::TcpStream::connect(&upstream).await else {
-                        return;
-                    };
-                    if server.write_all(out.as_bytes()).await.is_err()
-                        || server.write_all(&buf[head_end..]).await.is_err()
-                    {
+                    let Ok(mut server) = tokio::net::TcpStream::connect(&upstream).await else { return };
+                    if server.write_all(out.as_bytes()).await.is_err() || server.write_all(&buf[head_end..]).await.is_err() {
                         return;
                     }
                     let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;

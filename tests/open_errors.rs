@@ -152,7 +152,8 @@ async fn a_backend_that_ignores_conditional_writes_is_detected_and_never_overwri
     };
     let name = unique_name("ignores-inm");
     let mut base = s.config(&name, 0);
-    let proxy = piecestore_tests::start_conditional_write_ignoring_proxy(&s.endpoint);
+    let proxy =
+        piecestore_tests::start_proxy(&s.endpoint, piecestore_tests::ProxyMode::StripIfNoneMatch);
     base.store.bucket_url = format!("{proxy}/{name}");
 
     // Trusting the header here would overwrite silently: this backend really ignores it.
@@ -198,4 +199,50 @@ async fn a_backend_that_ignores_conditional_writes_is_detected_and_never_overwri
         ["k", "trusting"],
         "the probe objects were cleaned up"
     );
+}
+
+#[tokio::test]
+async fn failed_requests_are_retried_with_backoff_as_configured() {
+    use piecestore_tests::{ProxyMode, start_proxy};
+    use std::time::{Duration, Instant};
+    let Some(s) = server(ServerKind::Moto) else {
+        return;
+    };
+    let name = unique_name("retry");
+    let mut base = s.config(&name, 0);
+    base.backend.check_bucket = false;
+    base.store.min_retry_delay = Some(Duration::from_millis(50));
+
+    // Two 503s, three retries allowed: the call succeeds, after at least 50 + 100 ms of backoff.
+    let mut patient = base.clone();
+    patient.store.bucket_url = format!(
+        "{}/{name}",
+        start_proxy(&s.endpoint, ProxyMode::FailFirst(2))
+    );
+    patient.store.max_retries = 3;
+    let store = PieceStore::open(patient).await.unwrap();
+    let started = Instant::now();
+    store
+        .put("retried", vec![5u8; 100])
+        .await
+        .expect("succeeds after two 503s");
+    assert!(
+        started.elapsed() >= Duration::from_millis(100),
+        "backoff waited {:?}",
+        started.elapsed()
+    );
+    assert_eq!(&store.get("retried").await.unwrap()[..], &[5u8; 100]);
+
+    // No retries allowed: the 503 surfaces as a retryable backend error.
+    let mut impatient = base;
+    impatient.store.bucket_url = format!(
+        "{}/{name}",
+        start_proxy(&s.endpoint, ProxyMode::FailFirst(1))
+    );
+    impatient.store.max_retries = 0;
+    let store = PieceStore::open(impatient).await.unwrap();
+    let e = store.get("retried").await.no_ok();
+    assert_eq!(e.kind(), ErrorKind::Backend, "{e}");
+    assert!(e.is_retryable(), "{e}");
+    assert!(e.to_string().contains("503"), "{e}");
 }

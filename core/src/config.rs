@@ -191,8 +191,8 @@ pub struct StoreConfig {
     /// How often a failed request is retried. Default 5.
     #[serde(rename = "MaxRetries", default = "default_max_retries")]
     pub max_retries: u32,
-    /// First retry delay, doubled each retry: an integer number of seconds, or a duration string
-    /// (`"200ms"`, `"1s"`). Default 100ms.
+    /// First retry delay (later ones grow exponentially, with jitter): an integer number of
+    /// seconds, or a duration string (`"200ms"`, `"1s"`). Default 100ms.
     #[serde(rename = "MinRetryDelay", default, deserialize_with = "de_opt_delay")]
     pub min_retry_delay: Option<Duration>,
     /// Accept any TLS certificate (testing only).
