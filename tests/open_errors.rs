@@ -28,6 +28,7 @@ async fn missing_bucket_is_named_at_open() {
     };
     let mut c = s.config(&unique_name("exists"), 0);
     c.store.bucket_url = format!("{}/no-such-bucket-here", s.endpoint);
+    c.backend.create_bucket = false;
     let e = PieceStore::open(c).await.no_ok();
     assert_eq!(e.kind(), ErrorKind::InvalidConfig, "{e}");
     assert!(e.to_string().contains("no-such-bucket-here"), "{e}");
@@ -42,6 +43,7 @@ async fn missing_bucket_in_a_shard_names_the_shard() {
     let c = s.config(&name, 2);
     let mut c3 = c.clone();
     c3.shards = 3; // bucket -2 was never created
+    c3.backend.create_bucket = false;
     let e = PieceStore::open(c3).await.no_ok();
     assert_eq!(e.kind(), ErrorKind::InvalidConfig, "{e}");
     assert!(
@@ -245,4 +247,41 @@ async fn failed_requests_are_retried_with_backoff_as_configured() {
     assert_eq!(e.kind(), ErrorKind::Backend, "{e}");
     assert!(e.is_retryable(), "{e}");
     assert!(e.to_string().contains("503"), "{e}");
+}
+
+#[tokio::test]
+async fn missing_buckets_are_created_at_open_like_the_original() {
+    for kind in [ServerKind::Moto, ServerKind::S3sFs] {
+        let Some(s) = server(kind) else { continue };
+        let name = unique_name("autocreate");
+        // Four shards, no bucket created beforehand (the harness's config() would create them).
+        let mut c = s.config(&format!("{name}-0"), 0);
+        c.store.bucket_url = format!("{}/{name}-%d", s.endpoint);
+        c.shards = 4;
+        let store = PieceStore::open(c)
+            .await
+            .unwrap_or_else(|e| panic!("{kind:?}: {e}"));
+        for i in 0..40 {
+            store
+                .put(&format!("{i}_s0"), vec![i as u8; 10])
+                .await
+                .unwrap();
+        }
+        if let Some(dir) = &s.data_dir {
+            for i in 0..4 {
+                assert!(
+                    dir.join(format!("{name}-{i}")).is_dir(),
+                    "bucket {i} was created on disk"
+                );
+            }
+        }
+        for i in 0..4 {
+            let raw = store.shard_object_store(i).unwrap();
+            let n = futures::TryStreamExt::try_collect::<Vec<_>>(raw.list(None))
+                .await
+                .unwrap()
+                .len();
+            assert!(n > 0, "{kind:?}: shard {i} bucket holds its pieces");
+        }
+    }
 }

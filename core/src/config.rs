@@ -363,6 +363,10 @@ pub struct BackendOptions {
     /// Check at open that each shard's bucket exists and is reachable. Default true.
     #[serde(rename = "CheckBucket", default = "d_true")]
     pub check_bucket: bool,
+    /// Create a shard's missing bucket at open (with `CheckBucket`), as the original does.
+    /// Default true.
+    #[serde(rename = "CreateBucket", default = "d_true")]
+    pub create_bucket: bool,
 }
 
 fn d_true() -> bool {
@@ -390,6 +394,7 @@ impl Default for BackendOptions {
             conditional_writes: ConditionalWrites::Auto,
             fsync: true,
             check_bucket: true,
+            create_bucket: true,
         }
     }
 }

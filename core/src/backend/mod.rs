@@ -1,27 +1,29 @@
 //! Backends: an `object_store` store built from a [`StoreConfig`], and the piece-level
 //! operations on it (checksum placement, create-only puts, error mapping).
 
+mod s3;
 mod url;
 
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use futures::stream::{BoxStream, StreamExt, TryStreamExt};
-use object_store::aws::AmazonS3Builder;
+use object_store::aws::AmazonS3;
 use object_store::local::LocalFileSystem;
 use object_store::memory::InMemory;
 use object_store::path::Path;
 use object_store::prefix::PrefixStore;
 use object_store::{
-    Attribute, AttributeValue, Attributes, BackoffConfig, ClientOptions, GetOptions, GetRange,
-    ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload, RetryConfig,
+    Attribute, AttributeValue, Attributes, GetOptions, GetRange, ObjectStore, ObjectStoreExt,
+    PutMode, PutOptions, PutPayload,
 };
 use tokio::sync::OnceCell;
 
+use self::s3::Diagnosis;
 pub use self::url::{Location, S3Location, redact_url};
 use crate::checksum::{self, Trailer, TrailerCheck};
-use crate::config::{BackendOptions, ConditionalWrites, IamType, StoreConfig};
+use crate::config::{BackendOptions, ConditionalWrites, StoreConfig};
 use crate::error::{Error, Redactor, Result};
 use crate::key::RESERVED_PREFIX;
 
@@ -69,6 +71,11 @@ pub(crate) struct Backend {
     is_s3: bool,
     /// The local file system, for reads that open, read and verify in one blocking task.
     local: Option<Arc<LocalFileSystem>>,
+    /// The S3 client and where its bucket is, for creating a missing bucket (signed stores only).
+    bucket: Option<(Arc<AmazonS3>, S3Location)>,
+    /// Whether a missing bucket is created at open.
+    create_bucket: bool,
+    request_opts: BackendOptions,
 }
 
 fn now_nanos() -> u128 {
@@ -91,6 +98,7 @@ impl Backend {
             store.session_token.expose(),
         ]);
         let mut local = None;
+        let mut bucket = None;
         let (object_store, placement, sorted, is_s3): (Arc<dyn ObjectStore>, _, _, _) =
             match &location {
                 Location::Memory => (Arc::new(InMemory::new()), Placement::Metadata, true, false),
@@ -111,12 +119,17 @@ impl Backend {
                     (fs, Placement::Trailer, false, false)
                 }
                 Location::S3(s3) => {
-                    let built = build_s3(s3, store, opts)
-                        .map_err(|e| Error::config(redactor.redact(&e)))?;
+                    let built = Arc::new(
+                        s3::build_s3(s3, store, opts)
+                            .map_err(|e| Error::config(redactor.redact(&e)))?,
+                    );
+                    if !store.no_sign_request {
+                        bucket = Some((Arc::clone(&built), s3.clone()));
+                    }
                     let inner: Arc<dyn ObjectStore> = if s3.prefix.is_empty() {
-                        Arc::new(built)
+                        built
                     } else {
-                        Arc::new(PrefixStore::new(built, s3.prefix.as_str()))
+                        Arc::new(PrefixStore::new(Arc::clone(&built), s3.prefix.as_str()))
                     };
                     (inner, Placement::Metadata, true, true)
                 }
@@ -131,6 +144,9 @@ impl Backend {
             redactor,
             is_s3,
             local,
+            bucket,
+            create_bucket: opts.create_bucket,
+            request_opts: opts.clone(),
         })
     }
 
@@ -149,12 +165,32 @@ impl Backend {
         if !self.is_s3 {
             return Ok(());
         }
-        let mut stream = self
-            .store
-            .list(Some(&Path::from(RESERVED_PREFIX.trim_end_matches('/'))));
-        match stream.next().await {
-            None | Some(Ok(_)) => Ok(()),
-            Some(Err(e)) => Err(self.map_err("open", None, e)),
+        let probe = Path::from(RESERVED_PREFIX.trim_end_matches('/'));
+        let first = self.store.list(Some(&probe)).next().await;
+        let err = match first {
+            None | Some(Ok(_)) => return Ok(()),
+            Some(Err(e)) => e,
+        };
+        let missing = Diagnosis::of(&err).code.as_deref() == Some("NoSuchBucket");
+        match (&self.bucket, missing && self.create_bucket) {
+            (Some((s3, loc)), true) => {
+                s3::create_bucket(s3, loc, &self.request_opts)
+                    .await
+                    .map_err(|why| {
+                        Error::config(format!(
+                            "bucket {:?} of {} does not exist and could not be created: {}",
+                            loc.bucket,
+                            self.label,
+                            self.redactor.redact(&why)
+                        ))
+                    })?;
+                tracing::info!(backend = %self.label, "created missing bucket");
+                match self.store.list(Some(&probe)).next().await {
+                    None | Some(Ok(_)) => Ok(()),
+                    Some(Err(e)) => Err(self.map_err("open", None, e)),
+                }
+            }
+            _ => Err(self.map_err("open", None, err)),
         }
     }
 
@@ -650,118 +686,4 @@ fn metadata_crc(attrs: &Attributes) -> CrcAttr {
         }
     }
     CrcAttr::Absent
-}
-
-/// What a backend error says, read from its text (object_store keeps its HTTP error private).
-struct Diagnosis {
-    /// The HTTP status, if the server answered.
-    status: Option<u16>,
-    /// The S3 error code (`NoSuchBucket`, `AccessDenied`, ...), if the body had one.
-    code: Option<String>,
-    /// The whole error chain as text.
-    text: String,
-}
-
-impl Diagnosis {
-    fn of(e: &object_store::Error) -> Self {
-        let mut text = e.to_string();
-        let mut src = std::error::Error::source(e);
-        while let Some(s) = src {
-            let t = s.to_string();
-            if !text.contains(&t) {
-                text = format!("{text}: {t}");
-            }
-            src = s.source();
-        }
-        let status = ["status code: ", "status: "].iter().find_map(|m| {
-            let i = text.find(m)? + m.len();
-            text[i..].get(..3)?.parse::<u16>().ok()
-        });
-        let code = text.find("<Code>").and_then(|i| {
-            let rest = &text[i + 6..];
-            Some(rest[..rest.find("</Code>")?].to_string())
-        });
-        Diagnosis { status, code, text }
-    }
-
-    /// A short message: status and S3 code when the server answered, else the chain's text.
-    fn message(&self) -> String {
-        match (self.status, &self.code) {
-            (Some(s), Some(c)) => format!("HTTP {s}: {c}"),
-            (Some(s), None) => format!("HTTP {s}"),
-            // Strip request URLs: they may carry presigned query strings.
-            _ => self
-                .text
-                .split_whitespace()
-                .map(|w| {
-                    if w.contains("://") {
-                        redact_url(w)
-                    } else {
-                        w.to_string()
-                    }
-                })
-                .collect::<Vec<_>>()
-                .join(" "),
-        }
-    }
-}
-
-fn build_s3(
-    s3: &S3Location,
-    store: &StoreConfig,
-    opts: &BackendOptions,
-) -> std::result::Result<object_store::aws::AmazonS3, String> {
-    let min_delay = store.min_retry_delay.unwrap_or(Duration::from_millis(100));
-    let retry = RetryConfig {
-        backoff: BackoffConfig {
-            init_backoff: min_delay,
-            max_backoff: opts.max_retry_delay.max(min_delay),
-            base: 2.0,
-        },
-        max_retries: store.max_retries as usize,
-        retry_timeout: opts.retry_timeout,
-    };
-    let client = ClientOptions::new()
-        .with_allow_http(s3.endpoint.starts_with("http://"))
-        .with_allow_invalid_certificates(store.tls_insecure_skip_verify)
-        .with_timeout(opts.request_timeout)
-        .with_connect_timeout(opts.connect_timeout);
-    let mut b = AmazonS3Builder::new()
-        .with_bucket_name(&s3.bucket)
-        .with_region(&s3.region)
-        .with_endpoint(&s3.endpoint)
-        .with_virtual_hosted_style_request(s3.virtual_hosted)
-        .with_retry(retry)
-        .with_client_options(client);
-    if store.no_sign_request {
-        b = b.with_skip_signature(true);
-    } else if !store.access_key.is_empty() {
-        if store.secret_key.is_empty() {
-            return Err("AccessKey is set but SecretKey is empty".into());
-        }
-        b = b
-            .with_access_key_id(store.access_key.expose())
-            .with_secret_access_key(store.secret_key.expose());
-        if !store.session_token.is_empty() {
-            b = b.with_token(store.session_token.expose());
-        }
-    } else if store.iam_type == IamType::Aksk {
-        return Err(
-            "IAMType is AKSK but no AccessKey/SecretKey is given (config or environment)".into(),
-        );
-    } else {
-        // SA: web identity when configured, else the instance's IAM role (IMDS).
-        if let (Ok(role), Ok(file)) = (
-            std::env::var("AWS_ROLE_ARN"),
-            std::env::var("AWS_WEB_IDENTITY_TOKEN_FILE"),
-        ) {
-            b = b
-                .with_config(object_store::aws::AmazonS3ConfigKey::RoleArn, role)
-                .with_config(
-                    object_store::aws::AmazonS3ConfigKey::WebIdentityTokenFile,
-                    file,
-                );
-        }
-    }
-    b.build().map_err(|e| e.to_string())
 }
