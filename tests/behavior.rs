@@ -27,6 +27,7 @@ piecestore_tests::behavior_suite!(
     raw_pieces_from_other_tools_read_as_unverified,
     checksum_is_stored_where_the_original_reads_it,
     reopen_sees_everything,
+    delete_prefix_removes_an_objects_pieces_from_every_shard,
 );
 
 /// Deterministic pseudo-random bytes.
@@ -470,4 +471,52 @@ async fn reopen_sees_everything(f: &Fixture) {
         .await
         .unwrap();
     assert!(again.get("persist/1").await.unwrap() == data(1234, 1));
+}
+
+async fn delete_prefix_removes_an_objects_pieces_from_every_shard(f: &Fixture) {
+    // Object 42's pieces (both key generations' prefixes) and a neighbour that must survive.
+    let mut doomed = Vec::new();
+    for seg in 0..6 {
+        doomed.push(format!("s42_s{seg}_v1"));
+        for ec in 0..6 {
+            doomed.push(format!("e42_s{seg}_p{ec}_v1"));
+        }
+    }
+    let keep = ["s421_s0", "e421_s0_p0", "s4_s2", "x42_s0"];
+    for (i, k) in doomed.iter().enumerate() {
+        f.store.put(k, data(100 + i, i as u64)).await.unwrap();
+    }
+    for k in keep {
+        f.store.put(k, data(7, 7)).await.unwrap();
+    }
+    let expected_bytes: u64 = (0..doomed.len()).map(|i| 100 + i as u64).sum();
+    let s = f.store.delete_prefix("s42_").await.unwrap();
+    let e = f.store.delete_prefix("e42_").await.unwrap();
+    assert_eq!(s.pieces + e.pieces, doomed.len() as u64);
+    assert_eq!(s.bytes + e.bytes, expected_bytes);
+    // Look in every shard's bucket directly.
+    let mut left = BTreeSet::new();
+    for i in 0..f.store.shard_count() {
+        let raw = f.store.shard_object_store(i).unwrap();
+        let keys: Vec<String> = raw
+            .list(None)
+            .map_ok(|m| m.location.to_string())
+            .try_collect()
+            .await
+            .unwrap();
+        left.extend(keys);
+    }
+    assert_eq!(
+        left,
+        keep.iter().map(|k| k.to_string()).collect::<BTreeSet<_>>()
+    );
+    assert_eq!(
+        f.store.delete_prefix("e42_").await.unwrap().pieces,
+        0,
+        "idempotent"
+    );
+    assert_eq!(
+        f.store.delete_prefix("").await.no_ok().kind(),
+        ErrorKind::InvalidKey
+    );
 }

@@ -32,7 +32,8 @@ Examples:
   piecestore get 42_s0 --offset 100 --len 16  read 16 bytes at offset 100
   piecestore --store s3://my-bucket?region=eu-west-1 ls e42_
   piecestore --config config.toml stat e42_s0_p1 --json
-  piecestore rm 42_s0 greeting";
+  piecestore rm 42_s0 greeting
+  piecestore --config config.toml rm --prefix e42_   delete object 42's EC pieces on every shard";
 
 /// Store, read and manage immutable pieces on memory, local disk or any S3-compatible store.
 #[derive(Parser, Debug)]
@@ -79,11 +80,15 @@ enum Command {
         #[arg(long)]
         len: Option<u64>,
     },
-    /// Delete pieces (deleting a missing piece succeeds).
+    /// Delete pieces (deleting a missing piece succeeds), or every piece under a prefix.
     Rm {
         /// The piece keys.
-        #[arg(required = true)]
+        #[arg(required_unless_present = "prefix")]
         keys: Vec<String>,
+        /// Delete every piece whose key starts with PREFIX, on every shard (e.g. `s42_` and
+        /// `e42_` for object 42); prints how many pieces and bytes were removed.
+        #[arg(long, conflicts_with = "keys")]
+        prefix: Option<String>,
     },
     /// List pieces whose keys start with PREFIX (all when absent), on every shard.
     Ls {
@@ -216,7 +221,11 @@ async fn run(cli: Cli) -> Result<(), CliError> {
                 }
             }
         }
-        Command::Rm { keys } => {
+        Command::Rm { keys, prefix } => {
+            if let Some(prefix) = prefix {
+                let d = store.delete_prefix(&prefix).await?;
+                println!("deleted {} pieces ({} bytes)", d.pieces, d.bytes);
+            }
             for key in keys {
                 store.delete(&key).await?;
             }

@@ -4,7 +4,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use bytes::Bytes;
-use futures::stream::{self, BoxStream, StreamExt};
+use futures::stream::{self, BoxStream, StreamExt, TryStreamExt};
 
 use crate::backend::{Backend, PieceMeta};
 use crate::checksum;
@@ -15,6 +15,15 @@ use crate::shard::Placement;
 
 /// How many operations of one `put_many`/`get_many` run at once.
 const BATCH_CONCURRENCY: usize = 32;
+
+/// What [`PieceStore::delete_prefix`] removed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct DeleteSummary {
+    /// Pieces deleted.
+    pub pieces: u64,
+    /// Their bytes.
+    pub bytes: u64,
+}
 
 /// Options of [`PieceStore::put_opts`].
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -189,6 +198,50 @@ impl PieceStore {
             return stream::once(async move { Err(e) }).boxed();
         }
         stream::select_all(self.inner.shards.iter().map(|b| b.list(prefix))).boxed()
+    }
+
+    /// Deletes every piece whose key starts with `prefix`, on **every** shard (object-level GC:
+    /// `s{objectID}_` and `e{objectID}_` remove an object's pieces). The original Go piecestore
+    /// listed only the shard the prefix itself hashes to and left the rest behind.
+    ///
+    /// An empty prefix is refused (`InvalidKey`): delete everything by listing explicitly.
+    pub async fn delete_prefix(&self, prefix: &str) -> Result<DeleteSummary> {
+        let inner = self.live()?;
+        if prefix.is_empty() {
+            return Err(Error::InvalidKey {
+                key: String::new(),
+                reason: "refusing to delete with an empty prefix (it would delete every piece)",
+            });
+        }
+        key::validate_prefix(prefix)?;
+        let per_shard = inner.shards.iter().map(|b| {
+            let b = Arc::clone(b);
+            async move {
+                b.list(prefix)
+                    .map(|m| {
+                        let b = Arc::clone(&b);
+                        async move {
+                            let m = m?;
+                            b.delete(&m.key).await.map(|()| m.size)
+                        }
+                    })
+                    .buffer_unordered(BATCH_CONCURRENCY)
+                    .try_fold(DeleteSummary::default(), |acc, size| async move {
+                        Ok(DeleteSummary {
+                            pieces: acc.pieces + 1,
+                            bytes: acc.bytes + size,
+                        })
+                    })
+                    .await
+            }
+        });
+        let sums = futures::future::try_join_all(per_shard).await?;
+        Ok(sums
+            .into_iter()
+            .fold(DeleteSummary::default(), |a, s| DeleteSummary {
+                pieces: a.pieces + s.pieces,
+                bytes: a.bytes + s.bytes,
+            }))
     }
 
     /// Stores many pieces concurrently; one result per item, in order.

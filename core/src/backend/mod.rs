@@ -644,7 +644,11 @@ impl Backend {
             })
             .try_filter(move |m| {
                 let k = m.location.as_ref();
-                futures::future::ready(k.starts_with(&prefix) && !k.starts_with(RESERVED_PREFIX))
+                futures::future::ready(
+                    k.starts_with(&prefix)
+                        && !k.starts_with(RESERVED_PREFIX)
+                        && !is_foreign_temp_file(k),
+                )
             });
         match self.placement {
             Placement::Metadata => stream
@@ -665,6 +669,15 @@ impl Backend {
                 .boxed(),
         }
     }
+}
+
+/// The original Go piecestore's in-flight temp files (`dir/.{name}.tmp{N}`): not pieces.
+fn is_foreign_temp_file(key: &str) -> bool {
+    let name = key.rsplit('/').next().unwrap_or(key);
+    name.starts_with('.')
+        && name.rsplit_once(".tmp").is_some_and(|(head, n)| {
+            head.len() > 1 && !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit())
+        })
 }
 
 enum CrcAttr {
