@@ -33,7 +33,8 @@ Examples:
   piecestore --store s3://my-bucket?region=eu-west-1 ls e42_
   piecestore --config config.toml stat e42_s0_p1 --json
   piecestore rm 42_s0 greeting
-  piecestore --config config.toml rm --prefix e42_   delete object 42's EC pieces on every shard";
+  piecestore --config config.toml rm --prefix e42_   delete object 42's EC pieces on every shard
+  piecestore migrate --from old.toml --to 'file:///srv/pieces-%d?shards=4&placement=jump' --dry-run";
 
 /// Store, read and manage immutable pieces on memory, local disk or any S3-compatible store.
 #[derive(Parser, Debug)]
@@ -109,6 +110,26 @@ enum Command {
     },
     /// Show the store's shards and placement.
     Info,
+    /// Copy every piece from one store to another, verifying each; run again to resume.
+    ///
+    /// Pieces already at the destination with the same size and checksum are skipped, so an
+    /// interrupted migration (Ctrl-C, a crash, SIGKILL) is resumed by running the same command.
+    /// Typical uses: from the original's unsharded bucket into a sharded store, or from fnv-mod
+    /// to jump placement (a new set of buckets).
+    Migrate {
+        /// Source: a store URL or a config.toml.
+        #[arg(long)]
+        from: String,
+        /// Destination: a store URL or a config.toml.
+        #[arg(long)]
+        to: String,
+        /// Count only: what would be copied and what is already there.
+        #[arg(long)]
+        dry_run: bool,
+        /// Pieces in flight at once.
+        #[arg(long, default_value_t = 16)]
+        concurrency: usize,
+    },
 }
 
 fn exit_code(e: &Error) -> u8 {
@@ -186,6 +207,15 @@ fn load_config(cli: &Cli) -> Result<Config, Error> {
 }
 
 async fn run(cli: Cli) -> Result<(), CliError> {
+    if let Command::Migrate {
+        from,
+        to,
+        dry_run,
+        concurrency,
+    } = &cli.command
+    {
+        return migrate(from, to, *dry_run, *concurrency).await;
+    }
     let store = PieceStore::open(load_config(&cli)?).await?;
     match cli.command {
         Command::Put {
@@ -275,6 +305,7 @@ async fn run(cli: Cli) -> Result<(), CliError> {
                 println!("last modified: {modified} (unix seconds)");
             }
         }
+        Command::Migrate { .. } => unreachable!("handled above"),
         Command::Info => {
             println!(
                 "shards: {} (placement {})",
@@ -287,6 +318,60 @@ async fn run(cli: Cli) -> Result<(), CliError> {
         }
     }
     store.close().await;
+    Ok(())
+}
+
+async fn migrate(from: &str, to: &str, dry_run: bool, concurrency: usize) -> Result<(), CliError> {
+    use piecestore::migrate::{MigrateOptions, MigrateProgress};
+    let source = PieceStore::open(Config::load(from)?).await?;
+    let dest = PieceStore::open(Config::load(to)?).await?;
+    let bar = indicatif::ProgressBar::new(0).with_style(
+        indicatif::ProgressStyle::with_template(
+            "{spinner} [{elapsed_precise}] {wide_bar} {pos}/{len} pieces {msg} ({eta} left)",
+        )
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    let on_progress = |p: &MigrateProgress| {
+        bar.set_length(p.total_pieces);
+        bar.set_position(p.done_pieces);
+        bar.set_message(format!(
+            "{} copied, {} skipped, {} failed, {}/{} MiB",
+            p.copied,
+            p.skipped,
+            p.failed,
+            p.done_bytes >> 20,
+            p.total_bytes >> 20
+        ));
+    };
+    let summary = source
+        .migrate_to(
+            &dest,
+            MigrateOptions {
+                dry_run,
+                concurrency,
+            },
+            &on_progress,
+        )
+        .await?;
+    bar.finish_and_clear();
+    let p = summary.progress;
+    let verb = if dry_run { "would copy" } else { "copied" };
+    println!(
+        "{verb} {} pieces ({} bytes), skipped {} already present, failed {}, of {} pieces ({} bytes)",
+        p.copied, p.copied_bytes, p.skipped, p.failed, p.total_pieces, p.total_bytes
+    );
+    for (key, e) in summary.failures.iter().take(20) {
+        eprintln!("failed {key}: {e}");
+    }
+    if let Some((_, e)) = summary.failures.first() {
+        return Err(CliError::Store(Error::Backend {
+            op: "migrate",
+            key: None,
+            backend: "destination".into(),
+            message: format!("{} pieces failed; first: {e}", summary.failures.len()),
+            retryable: e.is_retryable(),
+        }));
+    }
     Ok(())
 }
 

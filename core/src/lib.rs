@@ -20,6 +20,7 @@ pub mod checksum;
 pub mod config;
 pub mod error;
 pub mod key;
+pub mod migrate;
 pub mod shard;
 mod store;
 

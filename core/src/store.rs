@@ -158,6 +158,12 @@ impl PieceStore {
         Ok(self.backend(key)?.get(key).await?.0)
     }
 
+    /// Reads a whole piece, verified; also returns the checksum it was verified against
+    /// (`None` for a piece stored without one).
+    pub(crate) async fn get_with_crc(&self, key: &str) -> Result<(Bytes, Option<u32>)> {
+        self.backend(key)?.get(key).await
+    }
+
     /// Reads `len` bytes at `offset`. The whole piece is read and verified, then sliced (no
     /// copy), so a range is never returned from a corrupt piece. `InvalidRange` when the range
     /// is not inside the piece.

@@ -1,0 +1,206 @@
+//! `piecestore migrate` end to end: 10k mixed-size pieces from an unsharded S3 bucket (moto)
+//! into a 4-shard file store with jump placement, killed with SIGKILL halfway and resumed.
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use object_store::path::Path as ObjPath;
+use object_store::{ObjectStoreExt, PutPayload};
+use piecestore::{Config, PieceStore};
+use piecestore_tests::{ServerKind, server, unique_name};
+
+const PIECES: usize = 10_000;
+
+fn piece(i: usize) -> (String, Vec<u8>) {
+    // Mostly small pieces, some of 64-128 KiB, a few empty.
+    let len = match i % 50 {
+        0 => 64 * 1024 + (i * 131) % (64 * 1024),
+        1 => 0,
+        _ => 100 + (i * 977) % 8000,
+    };
+    let key = if i % 2 == 0 {
+        format!("s{i}_s0_v1")
+    } else {
+        format!("e{}_s{}_p{}_v1", i / 7, i % 7, i % 6)
+    };
+    let mut x = (i as u64 + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    let data = (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect();
+    (key, data)
+}
+
+fn count_files(dir: &Path) -> usize {
+    let Ok(rd) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    rd.flatten()
+        .map(|e| {
+            let p = e.path();
+            if p.is_dir() {
+                count_files(&p)
+            } else {
+                usize::from(!p.to_string_lossy().contains('#'))
+            }
+        })
+        .sum()
+}
+
+fn migrate_cmd(from: &str, to: &str, extra: &[&str]) -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_piecestore"));
+    c.args(["migrate", "--from", from, "--to", to, "--concurrency", "8"])
+        .args(extra);
+    c.env("AWS_ACCESS_KEY_ID", "migrate-test")
+        .env("AWS_SECRET_ACCESS_KEY", "migrate-test-secret");
+    c.env_remove("BUCKET_URL")
+        .env_remove("MINIO_ACCESS_KEY")
+        .env_remove("MINIO_SECRET_KEY");
+    c
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn migration_survives_sigkill_and_resumes_to_identical_stores() {
+    let Some(s) = server(ServerKind::Moto) else {
+        return;
+    };
+    let bucket = unique_name("migrate-src");
+    let source_config = s.config(&bucket, 0);
+    let source = PieceStore::open(source_config).await.unwrap();
+    let (keys, datas): (Vec<String>, Vec<Vec<u8>>) = (0..PIECES).map(piece).unzip();
+    let results = source
+        .put_many(keys.iter().cloned().zip(datas.iter().cloned()))
+        .await;
+    assert!(results.iter().all(Result::is_ok));
+    // Twenty pieces the original wrote without a checksum.
+    let raw = source.shard_object_store(0).unwrap();
+    for i in 0..20 {
+        raw.put(
+            &ObjPath::from(format!("legacy{i}_s0")),
+            PutPayload::from(vec![i as u8; 300]),
+        )
+        .await
+        .unwrap();
+    }
+    let total = PIECES + 20;
+
+    let dir = tempfile::tempdir().unwrap();
+    let from = format!("{}/{bucket}", s.endpoint);
+    let to = format!(
+        "file://{}/shard-%d?shards=4&placement=jump",
+        dir.path().display()
+    );
+
+    // Dry run: counts, copies nothing.
+    let out = migrate_cmd(&from, &to, &["--dry-run"]).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        text.starts_with(&format!("would copy {total} pieces")),
+        "{text}"
+    );
+    assert_eq!(count_files(dir.path()), 0);
+
+    // Start, and SIGKILL once a good share of the pieces has landed.
+    let mut child = migrate_cmd(&from, &to, &[])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(300);
+    loop {
+        let n = count_files(dir.path());
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "migration finished before it could be killed ({n} files)"
+        );
+        if n >= total * 2 / 5 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "migration made no progress");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+    let landed = count_files(dir.path());
+    assert!(landed < total, "killed halfway: {landed} of {total}");
+
+    // Whatever landed is whole and verified.
+    let dest = PieceStore::open(Config::from_url(&to).unwrap())
+        .await
+        .unwrap();
+    let present: Vec<String> = futures::TryStreamExt::try_collect::<Vec<_>>(dest.list(""))
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|m| m.key)
+        .collect();
+    for r in dest.get_many(&present).await {
+        r.expect("every piece visible after SIGKILL reads back verified");
+    }
+
+    // Resume: the same command finishes the job, skipping what is there.
+    let out = migrate_cmd(&from, &to, &[]).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{text} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let copied: usize = text.split_whitespace().nth(1).unwrap().parse().unwrap();
+    let skipped: usize = text
+        .split("skipped ")
+        .nth(1)
+        .unwrap()
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(
+        skipped >= present.len() - 8,
+        "resumed, not restarted: {text}"
+    );
+    assert_eq!(copied + skipped, total, "{text}");
+    assert!(text.contains("failed 0"), "{text}");
+
+    // Source and destination hold the same pieces, byte for byte.
+    let mut all_keys = keys.clone();
+    all_keys.extend((0..20).map(|i| format!("legacy{i}_s0")));
+    let from_src = source.get_many(&all_keys).await;
+    let from_dst = dest.get_many(&all_keys).await;
+    for ((k, a), b) in all_keys.iter().zip(from_src).zip(from_dst) {
+        assert!(
+            a.unwrap() == b.unwrap_or_else(|e| panic!("{k}: {e}")),
+            "{k} differs"
+        );
+    }
+    let in_dest = futures::TryStreamExt::try_collect::<Vec<_>>(dest.list(""))
+        .await
+        .unwrap()
+        .len();
+    assert_eq!(in_dest, total, "nothing extra at the destination");
+    // Every destination shard got its share.
+    for i in 0..4 {
+        assert!(
+            count_files(&dir.path().join(format!("shard-{i}"))) > total / 8,
+            "shard {i}"
+        );
+    }
+    // A third run finds nothing to do.
+    let out = migrate_cmd(&from, &to, &["--dry-run"]).output().unwrap();
+    assert!(
+        String::from_utf8_lossy(&out.stdout).starts_with("would copy 0 pieces"),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+}
