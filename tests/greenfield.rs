@@ -4,7 +4,7 @@
 use std::collections::{BTreeMap, HashMap};
 
 use object_store::path::Path;
-use object_store::{Attribute, Attributes, ObjectStoreExt, PutOptions, PutPayload};
+use object_store::{Attribute, Attributes, PutOptions, PutPayload};
 use piecestore::checksum::crc32c;
 use piecestore::shard::fnv1a32;
 use piecestore::{Config, ErrorKind, PieceStore};

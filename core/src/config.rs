@@ -701,6 +701,18 @@ mod tests {
             ),
             ("[PieceStore]\nShards = -1\n", "Shards"),
             ("[Other]\nx = 1\n", "[PieceStore]"),
+            ("[PieceStore.Store]\nMaxRetries = -1\n", "MaxRetries"),
+            (
+                "[PieceStore.Store]\nTLSInsecureSkipVerify = \"yes\"\n",
+                "TLSInsecureSkipVerify",
+            ),
+            ("[PieceStore.Store]\nNoSignRequest = 1\n", "NoSignRequest"),
+            ("[PieceStore.Store]\nBucketURL = 5\n", "BucketURL"),
+            ("[PieceStore]\nShards = \"4\"\n", "Shards"),
+            (
+                "[PieceStore.Backend]\nRequestTimeout = \"fast\"\n",
+                "RequestTimeout",
+            ),
         ] {
             let e = Config::from_toml(toml).expect_err(toml);
             assert_eq!(e.kind(), ErrorKind::InvalidConfig);

@@ -142,12 +142,12 @@ impl PieceKey {
         }
     }
 
-    /// The same piece in the versioned format, with `_v{version}`.
+    /// The same piece in the versioned format, with `_v{version}`; version 0 writes no suffix,
+    /// as the original does.
     pub fn with_version(self, version: u64) -> Self {
+        let version = (version != 0).then_some(version);
         PieceKey {
-            format: KeyFormat::Versioned {
-                version: Some(version),
-            },
+            format: KeyFormat::Versioned { version },
             ..self
         }
     }
@@ -295,7 +295,6 @@ mod tests {
             ),
             (PieceKey::segment(9, 2).with_version(3), "s9_s2_v3"),
             (PieceKey::ec(9, 2, 1).versioned(), "e9_s2_p1"),
-            (PieceKey::ec(9, 2, 1).with_version(0), "e9_s2_p1_v0"),
         ];
         for (k, s) in cases {
             assert_eq!(k.to_string(), s);
@@ -306,6 +305,15 @@ mod tests {
 
     #[test]
     fn non_piece_keys_do_not_parse() {
+        // `_v0` parses (as version 0), though the original never writes it.
+        assert_eq!(
+            PieceKey::parse("e9_s2_p1_v0").unwrap().format,
+            KeyFormat::Versioned { version: Some(0) }
+        );
+        assert_eq!(
+            PieceKey::ec(9, 2, 1).with_version(0).to_string(),
+            "e9_s2_p1"
+        );
         for s in [
             "",
             "1",

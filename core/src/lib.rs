@@ -19,6 +19,7 @@ pub mod backend;
 pub mod checksum;
 pub mod config;
 pub mod error;
+pub mod greenfield;
 pub mod key;
 pub mod migrate;
 pub mod shard;
