@@ -138,6 +138,14 @@ fn exercise(dir: &Path, args: &[&str], env: &[(&str, &str)]) {
         String::from_utf8(ok(cmd().args(["ls"]))).unwrap(),
         "e42_s0_p1\n"
     );
+    let out = String::from_utf8(ok(cmd().args(["rm", "--prefix", "e42_"]))).unwrap();
+    assert_eq!(out, "deleted 1 pieces (10 bytes)\n");
+    assert_eq!(String::from_utf8(ok(cmd().args(["ls"]))).unwrap(), "");
+    assert_eq!(
+        code(cmd().args(["rm", "--prefix", ""])).0,
+        5,
+        "an empty prefix is refused"
+    );
 }
 
 #[test]
@@ -148,7 +156,7 @@ fn file_store_by_url_and_the_default() {
     // No --store, no config.toml: ./data, the original's default.
     let d2 = tempfile::tempdir().unwrap();
     exercise(d2.path(), &[], &[]);
-    assert!(d2.path().join("data/e42_s0_p1").is_file());
+    assert!(d2.path().join("data").is_dir(), "the default store is ./data");
 }
 
 #[test]
