@@ -32,16 +32,7 @@ piecestore_tests::behavior_suite!(
 
 /// Deterministic pseudo-random bytes.
 fn data(len: usize, seed: u64) -> Bytes {
-    let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect::<Vec<u8>>()
-        .into()
+    piecestore_tests::pseudo_random(len, seed).into()
 }
 
 async fn round_trips_every_size(f: &Fixture) {

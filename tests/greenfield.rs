@@ -11,15 +11,7 @@ use piecestore::{Config, ErrorKind, PieceStore};
 use piecestore_tests::{NoOk, ServerKind, server, unique_name};
 
 fn bytes_for(key: &str, len: usize) -> Vec<u8> {
-    let mut x = u64::from(fnv1a32(key.as_bytes())) | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
+    piecestore_tests::pseudo_random(len, u64::from(fnv1a32(key.as_bytes())))
 }
 
 /// Writes `key` as the original does: the raw bytes, metadata `Crc32c` = decimal of the uint32

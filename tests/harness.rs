@@ -264,6 +264,19 @@ impl S3Server {
     }
 }
 
+/// Deterministic pseudo-random bytes (xorshift), for test pieces.
+pub fn pseudo_random(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
 /// A unique, valid bucket-name stem for one test.
 pub fn unique_name(test: &str) -> String {
     static N: AtomicU64 = AtomicU64::new(0);

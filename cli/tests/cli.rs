@@ -156,7 +156,10 @@ fn file_store_by_url_and_the_default() {
     // No --store, no config.toml: ./data, the original's default.
     let d2 = tempfile::tempdir().unwrap();
     exercise(d2.path(), &[], &[]);
-    assert!(d2.path().join("data").is_dir(), "the default store is ./data");
+    assert!(
+        d2.path().join("data").is_dir(),
+        "the default store is ./data"
+    );
 }
 
 #[test]

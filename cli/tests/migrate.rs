@@ -24,15 +24,7 @@ fn piece(i: usize) -> (String, Vec<u8>) {
     } else {
         format!("e{}_s{}_p{}_v1", i / 7, i % 7, i % 6)
     };
-    let mut x = (i as u64 + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15);
-    let data = (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect();
+    let data = piecestore_tests::pseudo_random(len, i as u64 + 1);
     (key, data)
 }
 

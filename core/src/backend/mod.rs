@@ -341,14 +341,13 @@ impl Backend {
                 },
             )
         };
-        if overwrite {
+        let overwrite_put = || async {
             let (p, o) = make(PutMode::Overwrite);
-            return self
-                .store
-                .put_opts(&path, p, o)
-                .await
-                .map(|_| ())
-                .map_err(|e| self.map_err("put", Some(key), e));
+            let r = self.store.put_opts(&path, p, o).await;
+            r.map(|_| ()).map_err(|e| self.map_err("put", Some(key), e))
+        };
+        if overwrite {
+            return overwrite_put().await;
         }
         let honours = self.honours_create().await;
         for _ in 0..3 {
@@ -358,13 +357,7 @@ impl Backend {
                     Err(Error::NotFound { .. }) => {}
                     Err(e) => return Err(e),
                 }
-                let (p, o) = make(PutMode::Overwrite);
-                return self
-                    .store
-                    .put_opts(&path, p, o)
-                    .await
-                    .map(|_| ())
-                    .map_err(|e| self.map_err("put", Some(key), e));
+                return overwrite_put().await;
             }
             let (p, o) = make(PutMode::Create);
             match self.store.put_opts(&path, p, o).await {
