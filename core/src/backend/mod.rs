@@ -247,6 +247,26 @@ impl Backend {
         }
     }
 
+    /// The checksum in a piece's metadata: `None` when it carries none, `Corrupt` when the value
+    /// is not a `u32`.
+    fn metadata_crc(&self, key: &str, attrs: &Attributes) -> Result<Option<u32>> {
+        for (k, v) in attrs {
+            if let Attribute::Metadata(name) = k
+                && name.eq_ignore_ascii_case(checksum::METADATA_KEY)
+            {
+                let value: &str = v.as_ref();
+                return match checksum::parse_metadata(value) {
+                    Some(c) => Ok(Some(c)),
+                    None => {
+                        let shown: String = value.chars().take(32).collect();
+                        Err(self.corrupt(key, format!("checksum metadata {shown:?} is not a u32")))
+                    }
+                };
+            }
+        }
+        Ok(None)
+    }
+
     fn corrupt(&self, key: &str, detail: String) -> Error {
         Error::Corrupt {
             key: key.to_string(),
@@ -425,34 +445,11 @@ impl Backend {
             .get_opts(&path, GetOptions::default())
             .await
             .map_err(|e| self.map_err("get", Some(key), e))?;
-        let crc_attr = metadata_crc(&result.attributes);
-        let mut bytes = result
+        let expected = self.metadata_crc(key, &result.attributes)?;
+        let bytes = result
             .bytes()
             .await
             .map_err(|e| self.map_err("get", Some(key), e))?;
-        let expected = match self.placement {
-            Placement::Metadata => match crc_attr {
-                CrcAttr::Absent => None,
-                CrcAttr::Invalid(v) => {
-                    return Err(self.corrupt(key, format!("checksum metadata {v:?} is not a u32")));
-                }
-                CrcAttr::Valid(c) => Some(c),
-            },
-            Placement::Trailer => {
-                let total = bytes.len() as u64;
-                let tail_start = bytes.len().saturating_sub(Trailer::LEN);
-                match Trailer::check(&bytes[tail_start..], total) {
-                    TrailerCheck::Absent => None,
-                    TrailerCheck::Damaged => {
-                        return Err(self.corrupt(key, "checksum trailer is damaged".into()));
-                    }
-                    TrailerCheck::Valid(t) => {
-                        bytes.truncate(t.len as usize);
-                        Some(t.crc)
-                    }
-                }
-            }
-        };
         if let Some(expected) = expected {
             let actual = checksum::crc32c(&bytes);
             if actual != expected {
@@ -547,15 +544,7 @@ impl Backend {
                     .get_opts(&path, opts)
                     .await
                     .map_err(|e| self.map_err("head", Some(key), e))?;
-                let crc32c = match metadata_crc(&r.attributes) {
-                    CrcAttr::Absent => None,
-                    CrcAttr::Invalid(v) => {
-                        return Err(
-                            self.corrupt(key, format!("checksum metadata {v:?} is not a u32"))
-                        );
-                    }
-                    CrcAttr::Valid(c) => Some(c),
-                };
+                let crc32c = self.metadata_crc(key, &r.attributes)?;
                 Ok(PieceMeta {
                     key: key.into(),
                     size: r.meta.size,
@@ -671,25 +660,4 @@ fn is_foreign_temp_file(key: &str) -> bool {
         && name.rsplit_once(".tmp").is_some_and(|(head, n)| {
             head.len() > 1 && !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit())
         })
-}
-
-enum CrcAttr {
-    Absent,
-    Invalid(String),
-    Valid(u32),
-}
-
-fn metadata_crc(attrs: &Attributes) -> CrcAttr {
-    for (k, v) in attrs {
-        if let Attribute::Metadata(name) = k
-            && name.eq_ignore_ascii_case(checksum::METADATA_KEY)
-        {
-            let s: &str = v.as_ref();
-            return match checksum::parse_metadata(s) {
-                Some(c) => CrcAttr::Valid(c),
-                None => CrcAttr::Invalid(s.chars().take(32).collect()),
-            };
-        }
-    }
-    CrcAttr::Absent
 }
