@@ -47,13 +47,50 @@ impl PieceMeta {
     }
 }
 
+/// What kind of store a backend is; everything that differs between kinds follows from it.
+#[derive(Debug)]
+enum Kind {
+    /// In process memory: checksum in metadata, sorted listings.
+    Memory,
+    /// A local directory: checksum in a trailer (files have no metadata), unsorted listings,
+    /// reads that open, read and verify in one blocking task.
+    File(Arc<LocalFileSystem>),
+    /// An S3-compatible bucket: checksum in metadata, sorted listings.
+    S3 {
+        /// Set when a missing bucket may be created at open (signed requests, `CreateBucket`).
+        creator: Option<Box<BucketCreator>>,
+    },
+}
+
+/// What creating a missing bucket needs.
+#[derive(Debug)]
+struct BucketCreator {
+    s3: Arc<AmazonS3>,
+    location: S3Location,
+    opts: BackendOptions,
+}
+
 /// Where a backend keeps a piece's checksum.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Placement {
     /// Object metadata `Crc32c` (S3 family, memory).
     Metadata,
-    /// A 20-byte trailer after the bytes (local files).
+    /// A 20-byte trailer after the bytes (local files, which have no metadata).
     Trailer,
+}
+
+impl Kind {
+    /// Where pieces keep their checksum.
+    fn placement(&self) -> Placement {
+        match self {
+            Kind::File(_) => Placement::Trailer,
+            Kind::Memory | Kind::S3 { .. } => Placement::Metadata,
+        }
+    }
+    /// Whether listings come back in key order, so a prefix listing may stop early.
+    fn sorted_listing(&self) -> bool {
+        !matches!(self, Kind::File(_))
+    }
 }
 
 /// One backend store (one shard).
@@ -61,21 +98,11 @@ enum Placement {
 pub(crate) struct Backend {
     label: String,
     store: Arc<dyn ObjectStore>,
-    placement: Placement,
+    kind: Kind,
     conditional: ConditionalWrites,
     /// Whether create-only puts are honoured; probed once on first write in `Auto` mode.
     honours_create: OnceCell<bool>,
-    /// Whether listings come back in key order (S3, memory), so a prefix listing may stop early.
-    sorted_listing: bool,
     redactor: Redactor,
-    is_s3: bool,
-    /// The local file system, for reads that open, read and verify in one blocking task.
-    local: Option<Arc<LocalFileSystem>>,
-    /// The S3 client and where its bucket is, for creating a missing bucket (signed stores only).
-    bucket: Option<(Arc<AmazonS3>, S3Location)>,
-    /// Whether a missing bucket is created at open.
-    create_bucket: bool,
-    request_opts: BackendOptions,
 }
 
 fn now_nanos() -> u128 {
@@ -97,56 +124,48 @@ impl Backend {
             store.secret_key.expose(),
             store.session_token.expose(),
         ]);
-        let mut local = None;
-        let mut bucket = None;
-        let (object_store, placement, sorted, is_s3): (Arc<dyn ObjectStore>, _, _, _) =
-            match &location {
-                Location::Memory => (Arc::new(InMemory::new()), Placement::Metadata, true, false),
-                Location::File { root } => {
-                    std::fs::create_dir_all(root).map_err(|e| {
-                        Error::config(format!(
-                            "cannot create the store directory {}: {e}",
-                            root.display()
-                        ))
-                    })?;
-                    let fs = LocalFileSystem::new_with_prefix(root)
-                        .map_err(|e| {
-                            Error::config(format!("store directory {}: {e}", root.display()))
-                        })?
-                        .with_fsync(opts.fsync);
-                    let fs = Arc::new(fs);
-                    local = Some(Arc::clone(&fs));
-                    (fs, Placement::Trailer, false, false)
-                }
-                Location::S3(s3) => {
-                    let built = Arc::new(
-                        s3::build_s3(s3, store, opts)
-                            .map_err(|e| Error::config(redactor.redact(&e)))?,
-                    );
-                    if !store.no_sign_request {
-                        bucket = Some((Arc::clone(&built), s3.clone()));
-                    }
-                    let inner: Arc<dyn ObjectStore> = if s3.prefix.is_empty() {
-                        built
-                    } else {
-                        Arc::new(PrefixStore::new(Arc::clone(&built), s3.prefix.as_str()))
-                    };
-                    (inner, Placement::Metadata, true, true)
-                }
-            };
+        let (object_store, kind): (Arc<dyn ObjectStore>, _) = match &location {
+            Location::Memory => (Arc::new(InMemory::new()), Kind::Memory),
+            Location::File { root } => {
+                std::fs::create_dir_all(root).map_err(|e| {
+                    Error::config(format!(
+                        "cannot create the store directory {}: {e}",
+                        root.display()
+                    ))
+                })?;
+                let fs = LocalFileSystem::new_with_prefix(root)
+                    .map_err(|e| Error::config(format!("store directory {}: {e}", root.display())))?
+                    .with_fsync(opts.fsync);
+                let fs = Arc::new(fs);
+                (Arc::clone(&fs) as Arc<dyn ObjectStore>, Kind::File(fs))
+            }
+            Location::S3(s3) => {
+                let built = Arc::new(
+                    s3::build_s3(s3, store, opts)
+                        .map_err(|e| Error::config(redactor.redact(&e)))?,
+                );
+                let creator = (opts.create_bucket && !store.no_sign_request).then(|| {
+                    Box::new(BucketCreator {
+                        s3: Arc::clone(&built),
+                        location: s3.clone(),
+                        opts: opts.clone(),
+                    })
+                });
+                let inner: Arc<dyn ObjectStore> = if s3.prefix.is_empty() {
+                    built
+                } else {
+                    Arc::new(PrefixStore::new(built, s3.prefix.as_str()))
+                };
+                (inner, Kind::S3 { creator })
+            }
+        };
         Ok(Backend {
             label,
             store: object_store,
-            placement,
+            kind,
             conditional: opts.conditional_writes,
             honours_create: OnceCell::new(),
-            sorted_listing: sorted,
             redactor,
-            is_s3,
-            local,
-            bucket,
-            create_bucket: opts.create_bucket,
-            request_opts: opts.clone(),
         })
     }
 
@@ -162,9 +181,9 @@ impl Backend {
 
     /// Checks that the bucket exists and the credentials work (one LIST of one page).
     pub(crate) async fn check(&self) -> Result<()> {
-        if !self.is_s3 {
+        let Kind::S3 { creator } = &self.kind else {
             return Ok(());
-        }
+        };
         let probe = Path::from(RESERVED_PREFIX.trim_end_matches('/'));
         let first = self.store.list(Some(&probe)).next().await;
         let err = match first {
@@ -172,14 +191,14 @@ impl Backend {
             Some(Err(e)) => e,
         };
         let missing = Diagnosis::of(&err).code.as_deref() == Some("NoSuchBucket");
-        match (&self.bucket, missing && self.create_bucket) {
-            (Some((s3, loc)), true) => {
-                s3::create_bucket(s3, loc, &self.request_opts)
+        match creator {
+            Some(c) if missing => {
+                s3::create_bucket(&c.s3, &c.location, &c.opts)
                     .await
                     .map_err(|why| {
                         Error::config(format!(
                             "bucket {:?} of {} does not exist and could not be created: {}",
-                            loc.bucket,
+                            c.location.bucket,
                             self.label,
                             self.redactor.redact(&why)
                         ))
@@ -279,7 +298,7 @@ impl Backend {
         match self.conditional {
             ConditionalWrites::On => true,
             ConditionalWrites::Off => false,
-            ConditionalWrites::Auto if !self.is_s3 => true, // memory and local files are atomic
+            ConditionalWrites::Auto if !matches!(self.kind, Kind::S3 { .. }) => true, // memory and local files are atomic
             ConditionalWrites::Auto => {
                 *self
                     .honours_create
@@ -338,7 +357,7 @@ impl Backend {
         let path = self.path(key)?;
         let len = data.len() as u64;
         let make = |mode: PutMode| {
-            let (payload, attributes) = match self.placement {
+            let (payload, attributes) = match self.kind.placement() {
                 Placement::Metadata => {
                     let mut a = Attributes::new();
                     a.insert(
@@ -437,7 +456,7 @@ impl Backend {
     /// verified against (`None`: the piece carries none).
     pub(crate) async fn get(&self, key: &str) -> Result<(Bytes, Option<u32>)> {
         let path = self.path(key)?;
-        if let Some(fs) = &self.local {
+        if let Kind::File(fs) = &self.kind {
             return self.get_local(fs, key, &path).await;
         }
         let result = self
@@ -533,7 +552,7 @@ impl Backend {
     /// The piece's metadata, in one small request.
     pub(crate) async fn head(&self, key: &str) -> Result<PieceMeta> {
         let path = self.path(key)?;
-        match self.placement {
+        match self.kind.placement() {
             Placement::Metadata => {
                 let opts = GetOptions {
                     head: true,
@@ -601,7 +620,7 @@ impl Backend {
         let dir = prefix
             .rfind('/')
             .and_then(|i| Path::parse(&prefix[..i]).ok());
-        let raw = match (self.sorted_listing, prefix.is_empty()) {
+        let raw = match (self.kind.sorted_listing(), prefix.is_empty()) {
             (true, false) => {
                 // Sorted backends: start just before the prefix and stop once past it.
                 let mut start = prefix.clone();
@@ -612,7 +631,7 @@ impl Backend {
             _ => self.store.list(dir.as_ref()),
         };
         let me = Arc::clone(self);
-        let sorted = self.sorted_listing;
+        let sorted = self.kind.sorted_listing();
         let p2 = prefix.clone();
         let stream = raw
             .map_err({
@@ -632,7 +651,7 @@ impl Backend {
                         && !is_foreign_temp_file(k),
                 )
             });
-        match self.placement {
+        match self.kind.placement() {
             Placement::Metadata => stream
                 .map_ok(|m| PieceMeta {
                     key: m.location.to_string(),
