@@ -201,9 +201,7 @@ fn load_config(cli: &Cli) -> Result<Config, Error> {
         None if std::path::Path::new("config.toml").is_file() => PathBuf::from("config.toml"),
         None => return Config::load("./data"),
     };
-    let mut config = Config::from_file(&path)?;
-    config.apply_env(&piecestore::config::process_env)?;
-    Ok(config)
+    Config::load_file(path)
 }
 
 async fn run(cli: Cli) -> Result<(), CliError> {

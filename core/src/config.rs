@@ -500,12 +500,17 @@ impl Config {
     /// What the CLI and every binding call: a path to a `.toml` file or a store URL, then the
     /// process environment ([`Config::apply_env`]).
     pub fn load(spec: &str) -> Result<Self> {
-        let looks_like_file = spec.ends_with(".toml") && !spec.contains("://");
-        let mut config = if looks_like_file {
-            Self::from_file(spec)?
-        } else {
-            Self::from_url(spec)?
-        };
+        if spec.ends_with(".toml") && !spec.contains("://") {
+            return Self::load_file(spec);
+        }
+        let mut config = Self::from_url(spec)?;
+        config.apply_env(&process_env)?;
+        Ok(config)
+    }
+
+    /// A `config.toml` at `path` (any file name), then the process environment.
+    pub fn load_file(path: impl AsRef<Path>) -> Result<Self> {
+        let mut config = Self::from_file(path)?;
         config.apply_env(&process_env)?;
         Ok(config)
     }
