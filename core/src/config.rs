@@ -403,12 +403,16 @@ impl Default for BackendOptions {
 #[serde(untagged)]
 enum DelayRepr {
     Seconds(u64),
+    FractionalSeconds(f64),
     Text(String),
 }
 
 fn parse_delay(r: DelayRepr) -> std::result::Result<Duration, String> {
     match r {
         DelayRepr::Seconds(s) => Ok(Duration::from_secs(s)),
+        DelayRepr::FractionalSeconds(s) => {
+            Duration::try_from_secs_f64(s).map_err(|_| format!("{s} is not a duration in seconds"))
+        }
         DelayRepr::Text(t) => humantime::parse_duration(t.trim())
             .map_err(|e| format!("{t:?} is not a duration like \"200ms\" or \"2s\": {e}")),
     }
@@ -422,6 +426,101 @@ fn de_opt_delay<'de, D: Deserializer<'de>>(
     d: D,
 ) -> std::result::Result<Option<Duration>, D::Error> {
     de_delay(d).map(Some)
+}
+
+/// A value given to [`Config::set_option`]: what a binding converts its language's values to.
+#[derive(Debug, Clone, PartialEq)]
+pub enum OptionValue {
+    /// A boolean.
+    Bool(bool),
+    /// An integer (counts; durations in seconds).
+    Int(i64),
+    /// A fractional number (durations in seconds).
+    Float(f64),
+    /// Text (URLs, names, durations such as `"200ms"`).
+    Str(String),
+}
+
+impl OptionValue {
+    /// Reads a value written as text (a URL query parameter, an environment variable): `true`
+    /// and `false` are booleans, integers are integers, anything else is text.
+    pub fn from_text(text: &str) -> Self {
+        match text {
+            "true" => OptionValue::Bool(true),
+            "false" => OptionValue::Bool(false),
+            t => t
+                .parse::<i64>()
+                .map(OptionValue::Int)
+                .unwrap_or_else(|_| OptionValue::Str(t.to_string())),
+        }
+    }
+
+    fn into_toml(self) -> toml::Value {
+        match self {
+            OptionValue::Bool(b) => toml::Value::Boolean(b),
+            OptionValue::Int(i) => toml::Value::Integer(i),
+            OptionValue::Float(f) => toml::Value::Float(f),
+            OptionValue::Str(s) => toml::Value::String(s),
+        }
+    }
+}
+
+impl fmt::Display for OptionValue {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            OptionValue::Bool(b) => write!(f, "{b}"),
+            OptionValue::Int(i) => write!(f, "{i}"),
+            OptionValue::Float(x) => write!(f, "{x}"),
+            OptionValue::Str(s) => write!(f, "{s:?}"),
+        }
+    }
+}
+
+struct OptionField {
+    /// The `config.toml` field name.
+    name: &'static str,
+    secret: bool,
+}
+
+/// Every option name [`Config::set_option`] takes (their `config.toml` spelling).
+pub const OPTION_NAMES: &[&str] = &[
+    "Shards",
+    "Placement",
+    "Storage",
+    "BucketURL",
+    "AccessKey",
+    "SecretKey",
+    "SessionToken",
+    "NoSignRequest",
+    "MaxRetries",
+    "MinRetryDelay",
+    "TLSInsecureSkipVerify",
+    "IAMType",
+    "Region",
+    "Endpoint",
+    "MaxRetryDelay",
+    "RetryTimeout",
+    "RequestTimeout",
+    "ConnectTimeout",
+    "ConditionalWrites",
+    "Fsync",
+    "CheckBucket",
+    "CreateBucket",
+];
+
+fn option_field(name: &str) -> Option<OptionField> {
+    let folded: String = name
+        .chars()
+        .filter(|c| *c != '_' && *c != '-')
+        .map(|c| c.to_ascii_lowercase())
+        .collect();
+    OPTION_NAMES
+        .iter()
+        .find(|n| n.to_ascii_lowercase() == folded)
+        .map(|&name| OptionField {
+            name,
+            secret: matches!(name, "AccessKey" | "SecretKey" | "SessionToken"),
+        })
 }
 
 #[derive(Deserialize)]
@@ -452,23 +551,127 @@ impl Config {
         config.store.bucket_url = base.to_string();
         for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
             let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-            match k {
-                "shards" => {
-                    config.shards = v.parse().map_err(|_| {
-                        Error::config(format!("URL parameter shards={v:?} is not a number"))
-                    })?
-                }
-                "placement" => config.sharding.placement = v.parse()?,
-                "region" => config.backend.region = Some(v.to_string()),
-                "endpoint" => config.backend.endpoint = Some(v.to_string()),
-                other => {
-                    return Err(Error::config(format!(
-                        "unknown URL parameter {other:?} (expected shards, placement, region, endpoint)"
-                    )));
-                }
+            if option_field(k).is_some_and(|f| f.secret) {
+                return Err(Error::config(format!(
+                    "URL parameter {k:?}: credentials do not belong in a URL; use config.toml or the environment"
+                )));
             }
+            config
+                .set_option(k, OptionValue::from_text(v))
+                .map_err(|e| match e {
+                    Error::InvalidConfig(m) => Error::config(format!("URL parameter: {m}")),
+                    other => other,
+                })?;
         }
         config.shard_stores()?;
+        Ok(config)
+    }
+
+    /// Sets one option by name, as bindings (`PieceStore("s3://b", region="…")`) and URL query
+    /// parameters do. Names are the `config.toml` field names of `[PieceStore]`,
+    /// `[PieceStore.Store]`, `[PieceStore.Sharding]` and `[PieceStore.Backend]`, in any case and
+    /// with or without `_`/`-`: `Shards`, `shards`, `max_retries`, `MaxRetries`,
+    /// `request-timeout`… (the list: [`OPTION_NAMES`]). `Store` fields apply to every shard
+    /// store. Durations take seconds (integer or fractional) or text such as `"200ms"`.
+    ///
+    /// ```
+    /// use piecestore::config::{Config, OptionValue};
+    /// let mut c = Config::from_url("memory://").unwrap();
+    /// c.set_option("shards", OptionValue::Int(1)).unwrap();
+    /// c.set_option("request_timeout", OptionValue::Float(2.5)).unwrap();
+    /// assert_eq!(c.backend.request_timeout.as_millis(), 2500);
+    /// assert!(c.set_option("shardz", OptionValue::Int(1)).is_err());
+    /// ```
+    pub fn set_option(&mut self, name: &str, value: OptionValue) -> Result<()> {
+        let field = option_field(name).ok_or_else(|| {
+            Error::config(format!(
+                "unknown option {name:?} (expected one of: {})",
+                OPTION_NAMES.join(", ")
+            ))
+        })?;
+        let shown = if field.secret {
+            "\"***\"".to_string()
+        } else {
+            value.to_string()
+        };
+        let bad =
+            |e: String| Error::config(format!("option {}: {shown} is not valid: {e}", field.name));
+        let v = value.into_toml();
+        fn de<T: serde::de::DeserializeOwned>(v: toml::Value) -> std::result::Result<T, String> {
+            T::deserialize(v).map_err(|e| e.to_string().trim_end().to_string())
+        }
+        fn delay(v: toml::Value) -> std::result::Result<Duration, String> {
+            de_delay(v).map_err(|e| e.to_string().trim_end().to_string())
+        }
+        let stores = std::iter::once(&mut self.store).chain(self.shard_stores.iter_mut());
+        match field.name {
+            "Shards" => self.shards = de(v).map_err(bad)?,
+            "Placement" => self.sharding.placement = de(v).map_err(bad)?,
+            "Region" => self.backend.region = Some(de(v).map_err(bad)?),
+            "Endpoint" => self.backend.endpoint = Some(de(v).map_err(bad)?),
+            "MaxRetryDelay" => self.backend.max_retry_delay = delay(v).map_err(bad)?,
+            "RetryTimeout" => self.backend.retry_timeout = delay(v).map_err(bad)?,
+            "RequestTimeout" => self.backend.request_timeout = delay(v).map_err(bad)?,
+            "ConnectTimeout" => self.backend.connect_timeout = delay(v).map_err(bad)?,
+            "ConditionalWrites" => self.backend.conditional_writes = de(v).map_err(bad)?,
+            "Fsync" => self.backend.fsync = de(v).map_err(bad)?,
+            "CheckBucket" => self.backend.check_bucket = de(v).map_err(bad)?,
+            "CreateBucket" => self.backend.create_bucket = de(v).map_err(bad)?,
+            "BucketURL" => self.store.bucket_url = de(v).map_err(bad)?,
+            "Storage" => {
+                let kind: StorageKind = de(v).map_err(bad)?;
+                stores.for_each(|s| s.storage = Some(kind));
+            }
+            "AccessKey" | "SecretKey" | "SessionToken" => {
+                let secret = Secret::new(de::<String>(v).map_err(|_| bad("not a string".into()))?);
+                for s in stores {
+                    match field.name {
+                        "AccessKey" => s.access_key = secret.clone(),
+                        "SecretKey" => s.secret_key = secret.clone(),
+                        _ => s.session_token = secret.clone(),
+                    }
+                }
+            }
+            "NoSignRequest" => {
+                let b: bool = de(v).map_err(bad)?;
+                stores.for_each(|s| s.no_sign_request = b);
+            }
+            "MaxRetries" => {
+                let n: u32 = de(v).map_err(bad)?;
+                stores.for_each(|s| s.max_retries = n);
+            }
+            "MinRetryDelay" => {
+                let d = delay(v).map_err(bad)?;
+                stores.for_each(|s| s.min_retry_delay = Some(d));
+            }
+            "TLSInsecureSkipVerify" => {
+                let b: bool = de(v).map_err(bad)?;
+                stores.for_each(|s| s.tls_insecure_skip_verify = b);
+            }
+            "IAMType" => {
+                let t: IamType = de(v).map_err(bad)?;
+                stores.for_each(|s| s.iam_type = t);
+            }
+            other => unreachable!("option {other} has a field but no setter"),
+        }
+        Ok(())
+    }
+
+    /// A store from `spec` (as [`Config::load`]: a URL or a `.toml` path), then `options`
+    /// ([`Config::set_option`]), then the environment. What every binding's constructor calls.
+    pub fn load_with<'a>(
+        spec: &str,
+        options: impl IntoIterator<Item = (&'a str, OptionValue)>,
+    ) -> Result<Self> {
+        let mut config = if spec.ends_with(".toml") && !spec.contains("://") {
+            Self::from_file(spec)?
+        } else {
+            Self::from_url(spec)?
+        };
+        for (name, value) in options {
+            config.set_option(name, value)?;
+        }
+        config.apply_env(&process_env)?;
         Ok(config)
     }
 
@@ -500,12 +703,7 @@ impl Config {
     /// What the CLI and every binding call: a path to a `.toml` file or a store URL, then the
     /// process environment ([`Config::apply_env`]).
     pub fn load(spec: &str) -> Result<Self> {
-        if spec.ends_with(".toml") && !spec.contains("://") {
-            return Self::load_file(spec);
-        }
-        let mut config = Self::from_url(spec)?;
-        config.apply_env(&process_env)?;
-        Ok(config)
+        Self::load_with(spec, [])
     }
 
     /// A `config.toml` at `path` (any file name), then the process environment.
@@ -794,5 +992,45 @@ mod tests {
             "{dbg}"
         );
         assert!(dbg.contains("***"));
+    }
+
+    #[test]
+    fn options_by_name_and_in_urls() {
+        let c = Config::from_url(
+            "http://127.0.0.1:9000/b-%d?shards=4&placement=jump&max_retries=2&request_timeout=1500ms&fsync=false",
+        )
+        .unwrap();
+        assert_eq!(c.shards, 4);
+        assert_eq!(c.sharding.placement, Placement::Jump);
+        assert_eq!(c.store.max_retries, 2);
+        assert_eq!(c.backend.request_timeout, Duration::from_millis(1500));
+        assert!(!c.backend.fsync);
+        // credentials never travel in a URL, and the message does not echo them
+        let e = Config::from_url("s3://b?secret_key=hunter2").unwrap_err();
+        assert!(!e.to_string().contains("hunter2"), "{e}");
+        assert!(e.to_string().contains("credentials"), "{e}");
+        let e = Config::from_url("s3://b?shardz=1").unwrap_err();
+        assert!(e.to_string().contains("shardz"), "{e}");
+
+        let mut c = Config::from_url("s3://b").unwrap();
+        c.set_option("SecretKey", OptionValue::Int(5)).unwrap_err();
+        c.set_option("secret-key", OptionValue::Str("hunter2".into()))
+            .unwrap();
+        assert_eq!(c.store.secret_key.expose(), "hunter2");
+        let e = c
+            .set_option("shards", OptionValue::Str("four".into()))
+            .unwrap_err();
+        assert!(e.to_string().contains("Shards"), "{e}");
+        c.set_option("connect_timeout", OptionValue::Int(3))
+            .unwrap();
+        assert_eq!(c.backend.connect_timeout, Duration::from_secs(3));
+        assert!(
+            c.set_option("retry_timeout", OptionValue::Float(-1.0))
+                .is_err()
+        );
+        // every listed name has a setter
+        for name in OPTION_NAMES {
+            let _ = Config::default().set_option(name, OptionValue::Bool(true));
+        }
     }
 }

@@ -22,6 +22,7 @@ pub mod error;
 pub mod greenfield;
 pub mod key;
 pub mod migrate;
+pub mod runtime;
 pub mod shard;
 mod store;
 

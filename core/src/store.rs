@@ -1,7 +1,7 @@
 //! The facade: [`PieceStore`], the only type a program (or a binding) needs.
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 use futures::stream::{self, BoxStream, StreamExt, TryStreamExt};
@@ -11,6 +11,7 @@ use crate::checksum;
 use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::key;
+use crate::runtime;
 use crate::shard::Placement;
 
 /// How many operations of one `put_many`/`get_many` run at once.
@@ -40,11 +41,23 @@ pub struct PieceStore {
     inner: Arc<Inner>,
 }
 
+/// The backends of all shards, by shard index.
+type Shards = Arc<[Arc<Backend>]>;
+
 #[derive(Debug)]
 struct Inner {
     shards: Vec<Arc<Backend>>,
     placement: Placement,
     closed: AtomicBool,
+    /// What the shards were built from, to rebuild them in a forked child.
+    config: Config,
+    /// The [`runtime::fork_generation`] the shards were built in.
+    generation: u64,
+    /// Whether a shard holds runtime-bound state (an HTTP connection pool) that a forked child
+    /// must not use.
+    fork_sensitive: bool,
+    /// Shards rebuilt in a forked child, with the generation they were built in.
+    reborn: Mutex<Option<(u64, Shards)>>,
 }
 
 impl PieceStore {
@@ -52,13 +65,8 @@ impl PieceStore {
     /// `[PieceStore.Backend] CheckBucket = false`, checks each S3 bucket exists and accepts our
     /// credentials (a clear `InvalidConfig` or `Unauthorized` naming the shard otherwise).
     pub async fn open(config: Config) -> Result<Self> {
-        let stores = config.shard_stores()?;
-        let mut shards = Vec::with_capacity(stores.len());
-        for (i, sc) in stores.iter().enumerate() {
-            let b =
-                Backend::build(sc, &config.backend).map_err(|e| in_shard(e, i, stores.len()))?;
-            shards.push(Arc::new(b));
-        }
+        let generation = runtime::fork_generation();
+        let shards = build_shards(&config)?;
         if config.backend.check_bucket {
             let n = shards.len();
             let checks = shards
@@ -70,9 +78,13 @@ impl PieceStore {
         tracing::debug!(shards = shards.len(), placement = %config.sharding.placement, "opened piece store");
         Ok(PieceStore {
             inner: Arc::new(Inner {
+                fork_sensitive: shards.iter().any(|b| b.is_fork_sensitive()),
                 shards,
                 placement: config.sharding.placement,
                 closed: AtomicBool::new(false),
+                config,
+                generation,
+                reborn: Mutex::new(None),
             }),
         })
     }
@@ -91,10 +103,53 @@ impl PieceStore {
         }
     }
 
-    fn backend(&self, key: &str) -> Result<&Arc<Backend>> {
+    fn backend(&self, key: &str) -> Result<Arc<Backend>> {
         let inner = self.live()?;
         key::validate(key)?;
-        Ok(&inner.shards[self.shard_of(key)])
+        let i = self.shard_of(key);
+        if !inner.fork_sensitive || inner.generation == runtime::fork_generation() {
+            return Ok(Arc::clone(&inner.shards[i]));
+        }
+        Ok(Arc::clone(&self.child_shards()?[i]))
+    }
+
+    /// The shards to use now: those built at open, or, in a process forked since, shards built
+    /// anew from the same config (the parent's HTTP connections belong to the parent's runtime,
+    /// whose threads the child does not have; using them would hang).
+    fn shards_now(&self) -> Result<Shards> {
+        let inner = self.live()?;
+        if !inner.fork_sensitive || inner.generation == runtime::fork_generation() {
+            return Ok(inner.shards.iter().cloned().collect());
+        }
+        self.child_shards()
+    }
+
+    fn child_shards(&self) -> Result<Shards> {
+        let generation = runtime::fork_generation();
+        let mut reborn = self.inner.reborn.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((g, shards)) = &*reborn
+            && *g == generation
+        {
+            return Ok(Arc::clone(shards));
+        }
+        tracing::debug!(generation, "rebuilding HTTP clients after fork");
+        let config = &self.inner.config;
+        let stores = config.shard_stores()?;
+        let shards: Shards = (self.inner.shards.iter().zip(&stores).enumerate())
+            .map(|(i, (b, sc))| {
+                if b.is_fork_sensitive() {
+                    let b = Backend::build(sc, &config.backend)
+                        .map_err(|e| in_shard(e, i, stores.len()))?;
+                    Ok(Arc::new(b))
+                } else {
+                    // Memory and local files hold no runtime-bound state; a memory shard must
+                    // even be kept, as it holds the pieces.
+                    Ok(Arc::clone(b))
+                }
+            })
+            .collect::<Result<_>>()?;
+        *reborn = Some((generation, Arc::clone(&shards)));
+        Ok(shards)
     }
 
     /// The shard (index into the configured shards) that holds `key`.
@@ -125,8 +180,8 @@ impl PieceStore {
 
     /// The raw `object_store` store behind shard `i` (for tools that inspect a bucket directly).
     pub fn shard_object_store(&self, i: usize) -> Option<Arc<dyn object_store::ObjectStore>> {
-        self.inner
-            .shards
+        self.shards_now()
+            .ok()?
             .get(i)
             .map(|b| Arc::clone(b.object_store()))
     }
@@ -196,14 +251,11 @@ impl PieceStore {
     /// Lists the pieces whose keys start with `prefix` (any string prefix; "" for all) on every
     /// shard, as a stream. Order is not specified across shards.
     pub fn list(&self, prefix: &str) -> BoxStream<'static, Result<PieceMeta>> {
-        let check = self
-            .live()
-            .map(|_| ())
-            .and_then(|_| key::validate_prefix(prefix));
-        if let Err(e) = check {
-            return stream::once(async move { Err(e) }).boxed();
-        }
-        stream::select_all(self.inner.shards.iter().map(|b| b.list(prefix))).boxed()
+        let shards = match key::validate_prefix(prefix).and_then(|()| self.shards_now()) {
+            Ok(shards) => shards,
+            Err(e) => return stream::once(async move { Err(e) }).boxed(),
+        };
+        stream::select_all(shards.iter().map(|b| b.list(prefix))).boxed()
     }
 
     /// Deletes every piece whose key starts with `prefix`, on **every** shard (object-level GC:
@@ -212,7 +264,7 @@ impl PieceStore {
     ///
     /// An empty prefix is refused (`InvalidKey`): delete everything by listing explicitly.
     pub async fn delete_prefix(&self, prefix: &str) -> Result<DeleteSummary> {
-        let inner = self.live()?;
+        let shards = self.shards_now()?;
         if prefix.is_empty() {
             return Err(Error::InvalidKey {
                 key: String::new(),
@@ -220,7 +272,7 @@ impl PieceStore {
             });
         }
         key::validate_prefix(prefix)?;
-        let per_shard = inner.shards.iter().map(|b| {
+        let per_shard = shards.iter().map(|b| {
             let b = Arc::clone(b);
             async move {
                 b.list(prefix)
@@ -284,6 +336,16 @@ impl PieceStore {
     pub async fn close(&self) {
         self.inner.closed.store(true, Ordering::Release);
     }
+}
+
+fn build_shards(config: &Config) -> Result<Vec<Arc<Backend>>> {
+    let stores = config.shard_stores()?;
+    let mut shards = Vec::with_capacity(stores.len());
+    for (i, sc) in stores.iter().enumerate() {
+        let b = Backend::build(sc, &config.backend).map_err(|e| in_shard(e, i, stores.len()))?;
+        shards.push(Arc::new(b));
+    }
+    Ok(shards)
 }
 
 fn in_shard(e: Error, i: usize, n: usize) -> Error {

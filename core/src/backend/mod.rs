@@ -169,6 +169,12 @@ impl Backend {
         })
     }
 
+    /// Whether this backend holds state bound to the runtime that built it (an HTTP client's
+    /// connection pool), which a forked child must rebuild.
+    pub(crate) fn is_fork_sensitive(&self) -> bool {
+        matches!(self.kind, Kind::S3 { .. })
+    }
+
     /// The label used in messages (URL without credentials).
     pub(crate) fn label(&self) -> &str {
         &self.label

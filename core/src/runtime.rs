@@ -1,0 +1,199 @@
+//! The one tokio runtime that every binding and front end shares.
+//!
+//! Rust programs that already run inside tokio never need this module: every [`PieceStore`]
+//! method is an ordinary future. Bindings (Python, Node, Go, Swift/Kotlin) have no runtime of
+//! their own; they drive the core's futures on the runtime this module owns:
+//!
+//! - one multi-threaded runtime per process, created on first use;
+//! - its size set once, before first use, by [`configure`] or the environment variable
+//!   `PIECESTORE_RUNTIME_THREADS`;
+//! - **fork-safe**: a child made by `fork()` (Python `multiprocessing`, Node `cluster`) gets a
+//!   fresh runtime on its first call instead of hanging on the parent's worker threads, which
+//!   do not exist in the child. [`fork_generation`] tells code that caches runtime-bound state
+//!   (connection pools) that it must rebuild it; [`PieceStore`] does so for its S3 clients.
+//!
+//! ```
+//! let store = piecestore::runtime::block_on(piecestore::PieceStore::open_spec("memory://")).unwrap();
+//! piecestore::runtime::block_on(store.put("1_s0", &b"hello"[..])).unwrap();
+//! ```
+//!
+//! [`PieceStore`]: crate::PieceStore
+
+use std::cell::RefCell;
+use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, Once};
+
+use tokio::runtime::{Builder, Handle, Runtime};
+
+use crate::error::{Error, Result};
+
+/// Settings of the shared runtime. Set them with [`configure`] before first use.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RuntimeOptions {
+    /// Worker threads of the runtime. Default: `PIECESTORE_RUNTIME_THREADS`, else the number of
+    /// cores.
+    pub worker_threads: Option<usize>,
+    /// Most threads for blocking work (local-file I/O). Default: tokio's (512).
+    pub max_blocking_threads: Option<usize>,
+}
+
+/// Bumped in the child after every `fork()`.
+static GENERATION: AtomicU64 = AtomicU64::new(0);
+static ATFORK: Once = Once::new();
+/// The runtime of the current generation, and the options it is (or will be) built with.
+static STATE: Mutex<State> = Mutex::new(State {
+    options: RuntimeOptions {
+        worker_threads: None,
+        max_blocking_threads: None,
+    },
+    runtime: None,
+});
+
+struct State {
+    options: RuntimeOptions,
+    runtime: Option<(u64, &'static Runtime)>,
+}
+
+thread_local! {
+    static CACHED: RefCell<Option<(u64, Handle)>> = const { RefCell::new(None) };
+}
+
+#[cfg(unix)]
+extern "C" fn after_fork_in_child() {
+    // Only an atomic add: async-signal-safe, as a fork handler must be.
+    GENERATION.fetch_add(1, Ordering::SeqCst);
+}
+
+fn install_fork_handler() {
+    ATFORK.call_once(|| {
+        #[cfg(unix)]
+        // SAFETY: registers a handler that only touches an atomic.
+        unsafe {
+            libc::pthread_atfork(None, None, Some(after_fork_in_child));
+        }
+    });
+}
+
+/// How many `fork()`s lie between the process that started the program and this one (0 in the
+/// original process). Code that caches runtime-bound state compares it with the value it saw
+/// when it built that state.
+pub fn fork_generation() -> u64 {
+    install_fork_handler();
+    GENERATION.load(Ordering::Acquire)
+}
+
+fn lock_state() -> std::sync::MutexGuard<'static, State> {
+    // The state stays consistent even if a holder panicked: it is only read and replaced.
+    STATE.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Sets the runtime's size. Fails with `InvalidConfig` once the runtime of this process has
+/// started (the first call into a store starts it); a forked child may configure its own
+/// before its first call.
+pub fn configure(options: RuntimeOptions) -> Result<()> {
+    if options.worker_threads == Some(0) || options.max_blocking_threads == Some(0) {
+        return Err(Error::config("runtime thread counts must be at least 1"));
+    }
+    let generation = fork_generation();
+    let mut state = lock_state();
+    if matches!(state.runtime, Some((g, _)) if g == generation) {
+        return Err(Error::config(
+            "the runtime has already started; configure it before the first store call",
+        ));
+    }
+    state.options = options;
+    Ok(())
+}
+
+/// The options the runtime of this process is (or will be) built with.
+pub fn options() -> RuntimeOptions {
+    lock_state().options
+}
+
+fn env_threads() -> Option<usize> {
+    std::env::var("PIECESTORE_RUNTIME_THREADS")
+        .ok()
+        .and_then(|v| v.trim().parse::<usize>().ok())
+        .filter(|n| *n > 0)
+}
+
+fn build(options: RuntimeOptions) -> Runtime {
+    let mut b = Builder::new_multi_thread();
+    b.enable_all().thread_name("piecestore");
+    if let Some(n) = options.worker_threads.or_else(env_threads) {
+        b.worker_threads(n);
+    }
+    if let Some(n) = options.max_blocking_threads {
+        b.max_blocking_threads(n);
+    }
+    match b.build() {
+        Ok(rt) => rt,
+        // Building fails only when the OS refuses threads or an epoll instance: nothing a
+        // caller could recover from.
+        Err(e) => panic!("piecestore: cannot start the tokio runtime: {e}"),
+    }
+}
+
+/// A handle to the shared runtime, started on first use (and again in a forked child).
+pub fn handle() -> Handle {
+    let generation = fork_generation();
+    if let Some(h) = CACHED.with(|c| match &*c.borrow() {
+        Some((g, h)) if *g == generation => Some(h.clone()),
+        _ => None,
+    }) {
+        return h;
+    }
+    let h = {
+        let mut state = lock_state();
+        match state.runtime {
+            Some((g, rt)) if g == generation => rt.handle().clone(),
+            _ => {
+                // A runtime of an earlier generation belongs to the parent: its threads do not
+                // exist here, so it must never be used or dropped (dropping would wait for
+                // them). It stays leaked, like the current one, which lives until exit.
+                let rt: &'static Runtime = Box::leak(Box::new(build(state.options)));
+                state.runtime = Some((generation, rt));
+                rt.handle().clone()
+            }
+        }
+    };
+    CACHED.with(|c| *c.borrow_mut() = Some((generation, h.clone())));
+    h
+}
+
+/// Runs `future` to completion on the calling thread, with the shared runtime's timers, I/O and
+/// worker pool. For bindings' blocking calls; must not be called from inside an async task.
+pub fn block_on<F: Future>(future: F) -> F::Output {
+    handle().block_on(future)
+}
+
+/// Starts `future` on the shared runtime's workers (for bindings' async calls).
+pub fn spawn<F>(future: F) -> tokio::task::JoinHandle<F::Output>
+where
+    F: Future + Send + 'static,
+    F::Output: Send + 'static,
+{
+    handle().spawn(future)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_runtime_shared_by_threads() {
+        let a = std::thread::spawn(|| handle().id()).join().unwrap();
+        let b = handle().id();
+        assert_eq!(a, b);
+        assert_eq!(block_on(async { 7 }), 7);
+        assert!(configure(RuntimeOptions::default()).is_err());
+        assert!(
+            configure(RuntimeOptions {
+                worker_threads: Some(0),
+                ..Default::default()
+            })
+            .is_err()
+        );
+    }
+}
