@@ -663,15 +663,47 @@ impl Config {
         spec: &str,
         options: impl IntoIterator<Item = (&'a str, OptionValue)>,
     ) -> Result<Self> {
-        let mut config = if spec.ends_with(".toml") && !spec.contains("://") {
-            Self::from_file(spec)?
+        Self::from_spec(spec)?.with_options_and_env(options)
+    }
+
+    /// A URL, or a path to a `.toml` file (no environment applied).
+    pub fn from_spec(spec: &str) -> Result<Self> {
+        if spec.ends_with(".toml") && !spec.contains("://") {
+            Self::from_file(spec)
         } else {
-            Self::from_url(spec)?
-        };
-        for (name, value) in options {
-            config.set_option(name, value)?;
+            Self::from_url(spec)
         }
-        config.apply_env(&process_env)?;
+    }
+
+    /// Applies `options` ([`Config::set_option`]), then the environment ([`Config::apply_env`]).
+    pub fn with_options_and_env<'a>(
+        mut self,
+        options: impl IntoIterator<Item = (&'a str, OptionValue)>,
+    ) -> Result<Self> {
+        for (name, value) in options {
+            self.set_option(name, value)?;
+        }
+        self.apply_env(&process_env)?;
+        Ok(self)
+    }
+
+    /// A configuration from a parsed TOML table: either a whole document with a `PieceStore`
+    /// table, or the `[PieceStore]` table itself (what a binding builds from a dict or object).
+    ///
+    /// ```
+    /// let t: toml::Table = toml::from_str("Shards = 2\n[Store]\nBucketURL = \"/tmp/p-%d\"").unwrap();
+    /// let c = piecestore::Config::from_table(t).unwrap();
+    /// assert_eq!(c.shards, 2);
+    /// ```
+    pub fn from_table(mut table: toml::Table) -> Result<Self> {
+        let inner = match table.remove("PieceStore") {
+            Some(toml::Value::Table(t)) => t,
+            Some(_) => return Err(Error::config("PieceStore must be a table")),
+            None => table,
+        };
+        let config = Config::deserialize(inner)
+            .map_err(|e| Error::config(e.to_string().trim_end().to_string()))?;
+        config.shard_stores()?;
         Ok(config)
     }
 

@@ -162,6 +162,34 @@ impl Error {
         )
     }
 
+    /// The piece key the error is about, if any (bindings expose it as an attribute).
+    pub fn key(&self) -> Option<&str> {
+        match self {
+            Error::NotFound { key, .. }
+            | Error::AlreadyExists { key, .. }
+            | Error::InvalidKey { key, .. }
+            | Error::InvalidRange { key, .. }
+            | Error::Corrupt { key, .. } => Some(key),
+            Error::Backend { key, .. } => key.as_deref(),
+            Error::InvalidConfig(_) | Error::Unauthorized { .. } | Error::Closed => None,
+        }
+    }
+
+    /// The backend (its endpoint, without credentials) the error comes from, if any.
+    pub fn backend(&self) -> Option<&str> {
+        match self {
+            Error::NotFound { backend, .. }
+            | Error::AlreadyExists { backend, .. }
+            | Error::Corrupt { backend, .. }
+            | Error::Unauthorized { backend, .. }
+            | Error::Backend { backend, .. } => Some(backend),
+            Error::InvalidKey { .. }
+            | Error::InvalidRange { .. }
+            | Error::InvalidConfig(_)
+            | Error::Closed => None,
+        }
+    }
+
     pub(crate) fn config(msg: impl Into<String>) -> Self {
         Error::InvalidConfig(msg.into())
     }
