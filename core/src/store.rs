@@ -309,9 +309,19 @@ impl PieceStore {
         K: AsRef<str>,
         D: Into<Bytes>,
     {
+        self.put_many_opts(items, PutOptions::default()).await
+    }
+
+    /// [`PieceStore::put_many`] with options for every piece.
+    pub async fn put_many_opts<K, D, I>(&self, items: I, opts: PutOptions) -> Vec<Result<()>>
+    where
+        I: IntoIterator<Item = (K, D)>,
+        K: AsRef<str>,
+        D: Into<Bytes>,
+    {
         let items: Vec<(K, Bytes)> = items.into_iter().map(|(k, d)| (k, d.into())).collect();
         stream::iter(items)
-            .map(|(k, d)| async move { self.put(k.as_ref(), d).await })
+            .map(|(k, d)| async move { self.put_opts(k.as_ref(), d, opts).await })
             .buffered(BATCH_CONCURRENCY)
             .collect()
             .await
@@ -329,6 +339,11 @@ impl PieceStore {
             .buffered(BATCH_CONCURRENCY)
             .collect()
             .await
+    }
+
+    /// Whether [`PieceStore::close`] was called (on this store or a clone).
+    pub fn is_closed(&self) -> bool {
+        self.inner.closed.load(Ordering::Acquire)
     }
 
     /// Closes the store: later calls fail with `Closed`. Every put that returned is already

@@ -1,0 +1,580 @@
+//! `piecestore.PieceStore`: the core's `PieceStore`, blocking and asyncio.
+
+use std::sync::Arc;
+use std::time::UNIX_EPOCH;
+
+use bytes::Bytes;
+use futures::StreamExt;
+use futures::stream::BoxStream;
+use piecestore::config::OptionValue;
+use piecestore::runtime::block_on;
+use piecestore::{Config, PieceMeta, PutOptions};
+use pyo3::exceptions::{PyStopAsyncIteration, PyTypeError};
+use pyo3::prelude::*;
+use pyo3::pybacked::PyBackedStr;
+use pyo3::sync::PyOnceLock;
+use pyo3::types::{PyBool, PyDict, PyFloat, PyInt, PyList, PyMapping, PyString};
+
+use crate::asyncio::{awaitable, awaitable_py};
+use crate::buffer::{self, Piece};
+use crate::errors::{to_py, to_py_with};
+
+static TYPES: PyOnceLock<Py<PyModule>> = PyOnceLock::new();
+
+fn types(py: Python<'_>) -> PyResult<&Bound<'_, PyModule>> {
+    Ok(TYPES
+        .get_or_try_init(py, || py.import("piecestore._types").map(Bound::unbind))?
+        .bind(py))
+}
+
+/// A piece's metadata, converted to `piecestore.PieceInfo`.
+struct Info(PieceMeta);
+
+impl<'py> IntoPyObject<'py> for Info {
+    type Target = PyAny;
+    type Output = Bound<'py, PyAny>;
+    type Error = PyErr;
+
+    fn into_pyobject(self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        let m = self.0;
+        let ts = m
+            .last_modified
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_secs_f64())
+            .unwrap_or(0.0);
+        types(py)?
+            .getattr("_piece_info")?
+            .call1((m.key, m.size, m.crc32c, ts))
+    }
+}
+
+/// What `delete_prefix` removed, converted to `piecestore.DeleteSummary`.
+struct Summary(piecestore::DeleteSummary);
+
+impl<'py> IntoPyObject<'py> for Summary {
+    type Target = PyAny;
+    type Output = Bound<'py, PyAny>;
+    type Error = PyErr;
+
+    fn into_pyobject(self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        types(py)?
+            .getattr("DeleteSummary")?
+            .call1((self.0.pieces, self.0.bytes))
+    }
+}
+
+/// A Python value given as an option, as the core takes it.
+fn option_value(name: &str, v: &Bound<'_, PyAny>) -> PyResult<Option<OptionValue>> {
+    if v.is_none() {
+        return Ok(None);
+    }
+    // bool before int: Python's bool is an int.
+    if let Ok(b) = v.cast::<PyBool>() {
+        return Ok(Some(OptionValue::Bool(b.is_true())));
+    }
+    if v.is_instance_of::<PyInt>() {
+        return Ok(Some(OptionValue::Int(v.extract()?)));
+    }
+    if v.is_instance_of::<PyFloat>() {
+        return Ok(Some(OptionValue::Float(v.extract()?)));
+    }
+    if v.is_instance_of::<PyString>() {
+        return Ok(Some(OptionValue::Str(v.extract()?)));
+    }
+    if v.hasattr("total_seconds")? {
+        // datetime.timedelta
+        return Ok(Some(OptionValue::Float(
+            v.call_method0("total_seconds")?.extract()?,
+        )));
+    }
+    if let Ok(p) = v.py().import("os")?.getattr("fspath")?.call1((v,)) {
+        return Ok(Some(OptionValue::Str(p.extract()?)));
+    }
+    Err(PyTypeError::new_err(format!(
+        "option {name}: expected bool, int, float, str or timedelta, got {}",
+        v.get_type().name()?
+    )))
+}
+
+fn options(kwargs: Option<&Bound<'_, PyDict>>) -> PyResult<Vec<(String, OptionValue)>> {
+    let mut out = Vec::new();
+    if let Some(kwargs) = kwargs {
+        for (k, v) in kwargs.iter() {
+            let name: String = k.extract()?;
+            if let Some(v) = option_value(&name, &v)? {
+                out.push((name, v));
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// A Python mapping (the layout of `config.toml`) as a TOML value.
+fn toml_value(v: &Bound<'_, PyAny>) -> PyResult<toml::Value> {
+    if let Ok(b) = v.cast::<PyBool>() {
+        return Ok(toml::Value::Boolean(b.is_true()));
+    }
+    if v.is_instance_of::<PyInt>() {
+        return Ok(toml::Value::Integer(v.extract()?));
+    }
+    if v.is_instance_of::<PyFloat>() {
+        return Ok(toml::Value::Float(v.extract()?));
+    }
+    if v.is_instance_of::<PyString>() {
+        return Ok(toml::Value::String(v.extract()?));
+    }
+    if let Ok(m) = v.cast::<PyMapping>() {
+        let mut t = toml::Table::new();
+        for item in m.items()?.iter() {
+            let (k, v): (String, Bound<'_, PyAny>) = item.extract()?;
+            t.insert(k, toml_value(&v)?);
+        }
+        return Ok(toml::Value::Table(t));
+    }
+    if let Ok(l) = v.cast::<PyList>() {
+        return Ok(toml::Value::Array(
+            l.iter().map(|x| toml_value(&x)).collect::<PyResult<_>>()?,
+        ));
+    }
+    Err(PyTypeError::new_err(format!(
+        "config values must be dicts, lists, str, int, float or bool, not {}",
+        v.get_type().name()?
+    )))
+}
+
+fn open(py: Python<'_>, config: Config) -> PyResult<PieceStore> {
+    let inner = py
+        .detach(|| block_on(piecestore::PieceStore::open(config)))
+        .map_err(|e| to_py_with(py, e))?;
+    Ok(PieceStore { inner })
+}
+
+fn finish(
+    config: piecestore::Result<Config>,
+    kwargs: Option<&Bound<'_, PyDict>>,
+) -> PyResult<Config> {
+    let opts = options(kwargs)?;
+    config
+        .and_then(|c| c.with_options_and_env(opts.iter().map(|(k, v)| (k.as_str(), v.clone()))))
+        .map_err(to_py)
+}
+
+/// The pieces of `put_many`'s argument: a mapping or an iterable of `(key, data)` pairs.
+fn items(items: &Bound<'_, PyAny>) -> PyResult<Vec<(String, Bytes)>> {
+    let iter = if let Ok(m) = items.cast::<PyMapping>() {
+        m.items()?.into_any().try_iter()?
+    } else {
+        items.try_iter()?
+    };
+    iter.map(|item| {
+        let item = item?;
+        let (k, v): (String, Bound<'_, PyAny>) = item.extract()?;
+        Ok((k, buffer::from_py(&v)?))
+    })
+    .collect()
+}
+
+fn keys(keys: &Bound<'_, PyAny>) -> PyResult<Vec<String>> {
+    if keys.is_instance_of::<PyString>() {
+        return Err(PyTypeError::new_err(
+            "get_many takes an iterable of keys, not one str",
+        ));
+    }
+    keys.try_iter()?.map(|k| k?.extract()).collect()
+}
+
+/// The first error of a batch, else every value.
+fn all<T>(results: Vec<piecestore::Result<T>>) -> piecestore::Result<Vec<T>> {
+    results.into_iter().collect()
+}
+
+/// A store of immutable pieces (see the package docstring for the full guide).
+#[pyclass(frozen, name = "PieceStore", module = "piecestore", subclass)]
+pub struct PieceStore {
+    inner: piecestore::PieceStore,
+}
+
+#[pymethods]
+impl PieceStore {
+    /// Opens the store at `store`: a URL (`memory://`, `file:///path`, `s3://bucket`,
+    /// `http://127.0.0.1:9000/bucket-%d`), a path (a directory, or a `.toml` config file), or a
+    /// dict laid out like `config.toml`'s `[PieceStore]` table. Keyword options override it
+    /// (`shards=4`, `region="us-east-1"`, `access_key=...`, `max_retries=3`,
+    /// `request_timeout=2.5`); then the environment applies, as everywhere in PieceStore.
+    #[new]
+    #[pyo3(signature = (store, /, **options))]
+    fn new(
+        py: Python<'_>,
+        store: &Bound<'_, PyAny>,
+        options: Option<&Bound<'_, PyDict>>,
+    ) -> PyResult<Self> {
+        let base = if let Ok(m) = store.cast::<PyMapping>() {
+            match toml_value(m.as_any())? {
+                toml::Value::Table(t) => Config::from_table(t),
+                _ => unreachable!("a mapping converts to a table"),
+            }
+        } else {
+            let spec: String = py
+                .import("os")?
+                .getattr("fspath")?
+                .call1((store,))
+                .map_err(|_| {
+                    PyTypeError::new_err(
+                        "store must be a URL, a path, or a dict laid out like config.toml",
+                    )
+                })?
+                .extract()?;
+            Config::from_spec(&spec)
+        };
+        let config = finish(base, options)?;
+        open(py, config)
+    }
+
+    /// Opens the store a `config.toml` describes (any file name; only its `[PieceStore]` table
+    /// is read), with keyword options and the environment applied on top.
+    #[classmethod]
+    #[pyo3(signature = (path, /, **options))]
+    fn from_config(
+        _cls: &Bound<'_, pyo3::types::PyType>,
+        py: Python<'_>,
+        path: std::path::PathBuf,
+        options: Option<&Bound<'_, PyDict>>,
+    ) -> PyResult<Self> {
+        let config = finish(Config::from_file(&path), options)?;
+        open(py, config)
+    }
+
+    /// Stores a piece; returns once it is durable. The same bytes again succeed; different bytes
+    /// under an existing key raise `PieceExists` unless `overwrite=True`.
+    #[pyo3(signature = (key, data, /, *, overwrite = false))]
+    fn put(
+        &self,
+        py: Python<'_>,
+        key: PyBackedStr,
+        data: &Bound<'_, PyAny>,
+        overwrite: bool,
+    ) -> PyResult<()> {
+        let data = buffer::from_py(data)?;
+        let store = &self.inner;
+        py.detach(|| block_on(store.put_opts(&key, data, PutOptions { overwrite })))
+            .map_err(|e| to_py_with(py, e))
+    }
+
+    /// The piece's bytes, checksum-verified, as a zero-copy `Buffer`.
+    fn get(&self, py: Python<'_>, key: PyBackedStr) -> PyResult<Piece> {
+        let store = &self.inner;
+        py.detach(|| block_on(store.get(&key)))
+            .map(Piece)
+            .map_err(|e| to_py_with(py, e))
+    }
+
+    /// `length` bytes from `offset` of the piece (the whole piece is verified first).
+    fn get_range(
+        &self,
+        py: Python<'_>,
+        key: PyBackedStr,
+        offset: u64,
+        length: u64,
+    ) -> PyResult<Piece> {
+        let store = &self.inner;
+        py.detach(|| block_on(store.get_range(&key, offset, length)))
+            .map(Piece)
+            .map_err(|e| to_py_with(py, e))
+    }
+
+    /// The piece's metadata, as a `PieceInfo`.
+    fn head<'py>(&self, py: Python<'py>, key: PyBackedStr) -> PyResult<Bound<'py, PyAny>> {
+        let store = &self.inner;
+        let m = py
+            .detach(|| block_on(store.head(&key)))
+            .map_err(|e| to_py_with(py, e))?;
+        Info(m).into_pyobject(py)
+    }
+
+    /// Whether a piece exists under `key`.
+    fn exists(&self, py: Python<'_>, key: PyBackedStr) -> PyResult<bool> {
+        let store = &self.inner;
+        match py.detach(|| block_on(store.head(&key))) {
+            Ok(_) => Ok(true),
+            Err(e) if e.kind() == piecestore::ErrorKind::NotFound => Ok(false),
+            Err(e) => Err(to_py_with(py, e)),
+        }
+    }
+
+    /// Deletes a piece; deleting a missing piece succeeds.
+    fn delete(&self, py: Python<'_>, key: PyBackedStr) -> PyResult<()> {
+        let store = &self.inner;
+        py.detach(|| block_on(store.delete(&key)))
+            .map_err(|e| to_py_with(py, e))
+    }
+
+    /// Deletes every piece whose key starts with `prefix`, on every shard.
+    fn delete_prefix<'py>(
+        &self,
+        py: Python<'py>,
+        prefix: PyBackedStr,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let store = &self.inner;
+        let s = py
+            .detach(|| block_on(store.delete_prefix(&prefix)))
+            .map_err(|e| to_py_with(py, e))?;
+        Summary(s).into_pyobject(py)
+    }
+
+    /// The pieces whose keys start with `prefix`, as an iterator (`for`) that is also an
+    /// async iterator (`async for`).
+    #[pyo3(signature = (prefix = ""))]
+    fn list(&self, prefix: &str) -> ListIterator {
+        ListIterator {
+            stream: Arc::new(tokio::sync::Mutex::new(self.inner.list(prefix))),
+        }
+    }
+
+    /// Stores many pieces concurrently: a mapping or an iterable of `(key, data)`. Raises the
+    /// first failure; the others are stored (puts are idempotent, so retrying is safe).
+    #[pyo3(signature = (items, /, *, overwrite = false))]
+    fn put_many(&self, py: Python<'_>, items: &Bound<'_, PyAny>, overwrite: bool) -> PyResult<()> {
+        let items = self::items(items)?;
+        let store = &self.inner;
+        all(py.detach(|| block_on(store.put_many_opts(items, PutOptions { overwrite }))))
+            .map(drop)
+            .map_err(|e| to_py_with(py, e))
+    }
+
+    /// Reads many pieces concurrently, in order; raises the first failure.
+    fn get_many(&self, py: Python<'_>, keys: &Bound<'_, PyAny>) -> PyResult<Vec<Piece>> {
+        let keys = self::keys(keys)?;
+        let store = &self.inner;
+        all(py.detach(|| block_on(store.get_many(keys))))
+            .map(|v| v.into_iter().map(Piece).collect())
+            .map_err(|e| to_py_with(py, e))
+    }
+
+    /// Closes the store; later calls raise `StoreClosed`. Every put that returned is durable.
+    fn close(&self, py: Python<'_>) {
+        let store = &self.inner;
+        py.detach(|| block_on(store.close()))
+    }
+
+    /// Whether the store was closed.
+    #[getter]
+    fn closed(&self) -> bool {
+        self.inner.is_closed()
+    }
+
+    /// Number of shards (1 when not sharded).
+    #[getter]
+    fn shard_count(&self) -> usize {
+        self.inner.shard_count()
+    }
+
+    /// Each shard's backend, as a label without credentials.
+    #[getter]
+    fn shard_labels(&self) -> Vec<String> {
+        self.inner.shard_labels()
+    }
+
+    /// How keys are placed on shards: `fnv-mod` or `jump`.
+    #[getter]
+    fn placement(&self) -> String {
+        self.inner.placement().to_string()
+    }
+
+    /// The shard index that holds `key`.
+    fn shard_of(&self, key: &str) -> usize {
+        self.inner.shard_of(key)
+    }
+
+    // ----- asyncio -----
+
+    /// `put`, as an awaitable.
+    #[pyo3(signature = (key, data, /, *, overwrite = false))]
+    fn put_async<'py>(
+        &self,
+        py: Python<'py>,
+        key: String,
+        data: &Bound<'py, PyAny>,
+        overwrite: bool,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let data = buffer::from_py(data)?;
+        let store = self.inner.clone();
+        awaitable(py, async move {
+            store.put_opts(&key, data, PutOptions { overwrite }).await
+        })
+    }
+
+    /// `get`, as an awaitable.
+    fn get_async<'py>(&self, py: Python<'py>, key: String) -> PyResult<Bound<'py, PyAny>> {
+        let store = self.inner.clone();
+        awaitable(py, async move { store.get(&key).await.map(Piece) })
+    }
+
+    /// `get_range`, as an awaitable.
+    fn get_range_async<'py>(
+        &self,
+        py: Python<'py>,
+        key: String,
+        offset: u64,
+        length: u64,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let store = self.inner.clone();
+        awaitable(py, async move {
+            store.get_range(&key, offset, length).await.map(Piece)
+        })
+    }
+
+    /// `head`, as an awaitable.
+    fn head_async<'py>(&self, py: Python<'py>, key: String) -> PyResult<Bound<'py, PyAny>> {
+        let store = self.inner.clone();
+        awaitable(py, async move { store.head(&key).await.map(Info) })
+    }
+
+    /// `exists`, as an awaitable.
+    fn exists_async<'py>(&self, py: Python<'py>, key: String) -> PyResult<Bound<'py, PyAny>> {
+        let store = self.inner.clone();
+        awaitable(py, async move {
+            match store.head(&key).await {
+                Ok(_) => Ok(true),
+                Err(e) if e.kind() == piecestore::ErrorKind::NotFound => Ok(false),
+                Err(e) => Err(e),
+            }
+        })
+    }
+
+    /// `delete`, as an awaitable.
+    fn delete_async<'py>(&self, py: Python<'py>, key: String) -> PyResult<Bound<'py, PyAny>> {
+        let store = self.inner.clone();
+        awaitable(py, async move { store.delete(&key).await })
+    }
+
+    /// `delete_prefix`, as an awaitable.
+    fn delete_prefix_async<'py>(
+        &self,
+        py: Python<'py>,
+        prefix: String,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let store = self.inner.clone();
+        awaitable(py, async move {
+            store.delete_prefix(&prefix).await.map(Summary)
+        })
+    }
+
+    /// `put_many`, as an awaitable.
+    #[pyo3(signature = (items, /, *, overwrite = false))]
+    fn put_many_async<'py>(
+        &self,
+        py: Python<'py>,
+        items: &Bound<'py, PyAny>,
+        overwrite: bool,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let items = self::items(items)?;
+        let store = self.inner.clone();
+        awaitable(py, async move {
+            all(store.put_many_opts(items, PutOptions { overwrite }).await).map(drop)
+        })
+    }
+
+    /// `get_many`, as an awaitable.
+    fn get_many_async<'py>(
+        &self,
+        py: Python<'py>,
+        keys: &Bound<'py, PyAny>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let keys = self::keys(keys)?;
+        let store = self.inner.clone();
+        awaitable(py, async move {
+            all(store.get_many(keys).await).map(|v| v.into_iter().map(Piece).collect::<Vec<_>>())
+        })
+    }
+
+    /// `close`, as an awaitable.
+    fn close_async<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        let store = self.inner.clone();
+        awaitable(py, async move {
+            store.close().await;
+            Ok(())
+        })
+    }
+
+    fn __enter__(slf: Py<Self>) -> Py<Self> {
+        slf
+    }
+
+    #[pyo3(signature = (*_args))]
+    fn __exit__(&self, py: Python<'_>, _args: &Bound<'_, pyo3::types::PyTuple>) -> bool {
+        self.close(py);
+        false
+    }
+
+    fn __aenter__<'py>(slf: Py<Self>, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        awaitable_py(py, async move { Ok(slf) })
+    }
+
+    #[pyo3(signature = (*_args))]
+    fn __aexit__<'py>(
+        &self,
+        py: Python<'py>,
+        _args: &Bound<'py, pyo3::types::PyTuple>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let store = self.inner.clone();
+        awaitable(py, async move {
+            store.close().await;
+            Ok(false)
+        })
+    }
+
+    fn __repr__(&self) -> String {
+        let labels = self.inner.shard_labels();
+        let state = if self.inner.is_closed() {
+            ", closed"
+        } else {
+            ""
+        };
+        match labels.as_slice() {
+            [one] => format!("PieceStore({one:?}{state})"),
+            many => format!(
+                "PieceStore({:?}, shards={}, placement={:?}{state})",
+                many.first().map(String::as_str).unwrap_or(""),
+                many.len(),
+                self.inner.placement().to_string()
+            ),
+        }
+    }
+}
+
+/// The pieces of `PieceStore.list`: iterate with `for` or `async for`.
+#[pyclass(frozen, name = "ListIterator", module = "piecestore")]
+pub struct ListIterator {
+    stream: Arc<tokio::sync::Mutex<BoxStream<'static, piecestore::Result<PieceMeta>>>>,
+}
+
+#[pymethods]
+impl ListIterator {
+    fn __iter__(slf: Py<Self>) -> Py<Self> {
+        slf
+    }
+
+    fn __next__<'py>(&self, py: Python<'py>) -> PyResult<Option<Bound<'py, PyAny>>> {
+        let stream = &self.stream;
+        match py.detach(|| block_on(async { stream.lock().await.next().await })) {
+            None => Ok(None),
+            Some(Ok(m)) => Ok(Some(Info(m).into_pyobject(py)?)),
+            Some(Err(e)) => Err(to_py_with(py, e)),
+        }
+    }
+
+    fn __aiter__(slf: Py<Self>) -> Py<Self> {
+        slf
+    }
+
+    fn __anext__<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        let stream = Arc::clone(&self.stream);
+        awaitable_py(py, async move {
+            match stream.lock().await.next().await {
+                None => Err(PyStopAsyncIteration::new_err(())),
+                Some(Ok(m)) => Ok(Info(m)),
+                Some(Err(e)) => Err(to_py(e)),
+            }
+        })
+    }
+}

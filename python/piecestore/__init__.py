@@ -1,0 +1,75 @@
+"""PieceStore: immutable piece storage over memory, local disk and S3-compatible object stores.
+
+Open a store from a URL, a path or a config, then put and get pieces::
+
+    import piecestore
+
+    with piecestore.PieceStore("file:///var/lib/pieces") as store:
+        store.put("42_s0", b"hello")
+        assert store.get("42_s0") == b"hello"
+
+Every blocking method releases the GIL; each has an asyncio twin named ``*_async``
+(``await store.get_async(key)``), and ``store.list(prefix)`` works with both ``for`` and
+``async for``. ``get`` returns a :class:`Buffer`: the store's bytes without a copy, usable
+anywhere a bytes-like object is (``bytes(b)``, ``memoryview(b)``, ``len(b)``, ``f.write(b)``).
+
+All of it is the Rust core's behaviour; this package only converts arguments, results and
+errors. Errors are :class:`PieceStoreError` subclasses; see :mod:`piecestore._exceptions`.
+"""
+
+from __future__ import annotations
+
+from ._exceptions import (
+    BackendError,
+    ConfigError,
+    CorruptPiece,
+    InvalidKey,
+    InvalidRange,
+    PieceExists,
+    PieceNotFound,
+    PieceStoreError,
+    StoreClosed,
+    Unauthorized,
+)
+from ._native import (
+    MAX_KEY_LEN,
+    OPTION_NAMES,
+    Buffer,
+    ListIterator,
+    PieceStore,
+    __version__,
+    configure_runtime,
+    ec_key,
+    parse_key,
+    segment_key,
+    validate_key,
+    zero_copy_get,
+)
+from ._types import DeleteSummary, PieceInfo
+
+__all__ = [
+    "PieceStore",
+    "Buffer",
+    "ListIterator",
+    "PieceInfo",
+    "DeleteSummary",
+    "PieceStoreError",
+    "PieceNotFound",
+    "PieceExists",
+    "InvalidKey",
+    "InvalidRange",
+    "CorruptPiece",
+    "ConfigError",
+    "BackendError",
+    "Unauthorized",
+    "StoreClosed",
+    "configure_runtime",
+    "validate_key",
+    "segment_key",
+    "ec_key",
+    "parse_key",
+    "zero_copy_get",
+    "MAX_KEY_LEN",
+    "OPTION_NAMES",
+    "__version__",
+]

@@ -1,0 +1,141 @@
+"""Type stubs of the native module (``bindings/python``); import from ``piecestore``."""
+
+import os
+import sys
+from collections.abc import AsyncIterator, Iterable, Iterator, Mapping
+from datetime import timedelta
+from typing import Any, Awaitable, Literal, Optional, Tuple, TypeVar, Union
+
+from ._types import DeleteSummary, PieceInfo
+
+if sys.version_info >= (3, 12):
+    from collections.abc import Buffer as _BytesLike
+else:
+    _BytesLike = Union[bytes, bytearray, memoryview, "Buffer"]
+
+_Self = TypeVar("_Self", bound="PieceStore")
+_OptionValue = Union[bool, int, float, str, timedelta, os.PathLike[str], None]
+
+__version__: str
+MAX_KEY_LEN: int
+OPTION_NAMES: list[str]
+
+class Buffer:
+    """A piece's bytes, shared with the store without a copy (read-only buffer protocol)."""
+
+    def __buffer__(self, flags: int, /) -> memoryview: ...
+    def __len__(self) -> int: ...
+    def __bytes__(self) -> bytes: ...
+    def to_bytes(self) -> bytes:
+        """A ``bytes`` copy."""
+    def __eq__(self, other: object) -> bool: ...
+
+class ListIterator(Iterator[PieceInfo], AsyncIterator[PieceInfo]):
+    """The pieces of ``PieceStore.list``: iterate with ``for`` or ``async for``."""
+
+    def __iter__(self) -> "ListIterator": ...
+    def __next__(self) -> PieceInfo: ...
+    def __aiter__(self) -> "ListIterator": ...
+    def __anext__(self) -> Awaitable[PieceInfo]: ...
+
+class PieceStore:
+    """A store of immutable pieces over memory, a local disk or S3-compatible buckets."""
+
+    def __init__(
+        self,
+        store: Union[str, "os.PathLike[str]", Mapping[str, Any]],
+        /,
+        **options: _OptionValue,
+    ) -> None:
+        """Opens the store at ``store`` (URL, path, or dict laid out like config.toml)."""
+    @classmethod
+    def from_config(
+        cls, path: Union[str, "os.PathLike[str]"], /, **options: _OptionValue
+    ) -> "PieceStore":
+        """Opens the store a ``config.toml`` describes."""
+    def put(self, key: str, data: _BytesLike, /, *, overwrite: bool = False) -> None:
+        """Stores a piece; returns once it is durable."""
+    def get(self, key: str) -> Buffer:
+        """The piece's verified bytes."""
+    def get_range(self, key: str, offset: int, length: int) -> Buffer:
+        """``length`` bytes from ``offset``."""
+    def head(self, key: str) -> PieceInfo:
+        """The piece's metadata."""
+    def exists(self, key: str) -> bool:
+        """Whether a piece exists under ``key``."""
+    def delete(self, key: str) -> None:
+        """Deletes a piece (a missing piece is fine)."""
+    def delete_prefix(self, prefix: str) -> DeleteSummary:
+        """Deletes every piece whose key starts with ``prefix``, on every shard."""
+    def list(self, prefix: str = "") -> ListIterator:
+        """The pieces whose keys start with ``prefix``."""
+    def put_many(
+        self,
+        items: Union[Mapping[str, _BytesLike], Iterable[Tuple[str, _BytesLike]]],
+        /,
+        *,
+        overwrite: bool = False,
+    ) -> None:
+        """Stores many pieces concurrently; raises the first failure."""
+    def get_many(self, keys: Iterable[str]) -> list[Buffer]:
+        """Reads many pieces concurrently, in order; raises the first failure."""
+    def close(self) -> None:
+        """Closes the store; later calls raise ``StoreClosed``."""
+    @property
+    def closed(self) -> bool:
+        """Whether the store was closed."""
+    @property
+    def shard_count(self) -> int:
+        """Number of shards."""
+    @property
+    def shard_labels(self) -> list[str]:
+        """Each shard's backend, without credentials."""
+    @property
+    def placement(self) -> Literal["fnv-mod", "jump"]:
+        """How keys are placed on shards."""
+    def shard_of(self, key: str) -> int:
+        """The shard that holds ``key``."""
+    async def put_async(
+        self, key: str, data: _BytesLike, /, *, overwrite: bool = False
+    ) -> None: ...
+    async def get_async(self, key: str) -> Buffer: ...
+    async def get_range_async(self, key: str, offset: int, length: int) -> Buffer: ...
+    async def head_async(self, key: str) -> PieceInfo: ...
+    async def exists_async(self, key: str) -> bool: ...
+    async def delete_async(self, key: str) -> None: ...
+    async def delete_prefix_async(self, prefix: str) -> DeleteSummary: ...
+    async def put_many_async(
+        self,
+        items: Union[Mapping[str, _BytesLike], Iterable[Tuple[str, _BytesLike]]],
+        /,
+        *,
+        overwrite: bool = False,
+    ) -> None: ...
+    async def get_many_async(self, keys: Iterable[str]) -> list[Buffer]: ...
+    async def close_async(self) -> None: ...
+    def __enter__(self: _Self) -> _Self: ...
+    def __exit__(self, *args: object) -> Literal[False]: ...
+    async def __aenter__(self: _Self) -> _Self: ...
+    async def __aexit__(self, *args: object) -> Literal[False]: ...
+
+def configure_runtime(
+    *, worker_threads: Optional[int] = None, max_blocking_threads: Optional[int] = None
+) -> None:
+    """Sizes the shared runtime before its first use."""
+
+def validate_key(key: str) -> None:
+    """Raises ``InvalidKey`` when ``key`` breaks a key rule."""
+
+def segment_key(object_id: int, segment: int, *, version: Optional[int] = None) -> str:
+    """The key of a Greenfield segment piece."""
+
+def ec_key(
+    object_id: int, segment: int, ec_index: int, *, version: Optional[int] = None
+) -> str:
+    """The key of a Greenfield erasure-coded piece."""
+
+def parse_key(key: str) -> Tuple[int, int, Optional[int], Optional[int]]:
+    """``(object_id, segment, ec_index, version)`` of a Greenfield piece key."""
+
+def zero_copy_get() -> bool:
+    """Whether ``get`` returns zero-copy buffers in this build."""
