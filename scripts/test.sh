@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The whole test suite, on a fresh machine: installs the two S3-compatible test servers
 # (moto in a venv under target/, s3s-fs into ~/.cargo/bin), then lints and runs every test.
-# The test harness starts the servers itself on 127.0.0.1.
+# The test harness starts the servers itself on 127.0.0.1. Then builds the Python package twice
+# (the 3.11+ abi3 wheel with zero-copy gets, and the 3.9+ abi3 wheel) and runs pytest on each.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -25,3 +26,26 @@ cargo clippy --workspace --all-targets --quiet -- -D warnings
 echo "== cargo test"
 # CI=true makes a missing test server a failure instead of a skip.
 CI="${CI:-true}" cargo test --workspace
+
+echo "== python: build the package (release) and run pytest"
+"$venv/bin/pip" install --quiet --disable-pip-version-check \
+  'maturin==1.16.0' 'pytest==9.2.0' 'mypy==2.4.1'
+# The one command the README documents, without build isolation (maturin is already here).
+"$venv/bin/pip" install --quiet --disable-pip-version-check --no-build-isolation \
+  --force-reinstall --no-deps ./python
+CI="${CI:-true}" "$venv/bin/pytest" -q -p no:cacheprovider python/tests
+
+echo "== python: the CPython 3.9+ abi3 wheel (bytes from get instead of zero-copy buffers)"
+py39=target/test-venv-abi3-py39
+rm -rf target/wheels-abi3-py39
+(cd python && "../$venv/bin/maturin" build --release --features abi3-py39 \
+  --out ../target/wheels-abi3-py39 --quiet)
+if [ ! -x "$py39/bin/python" ]; then
+  python3 -m venv "$py39"
+fi
+"$py39/bin/pip" install --quiet --disable-pip-version-check 'pytest==9.2.0' 'mypy==2.4.1'
+"$py39/bin/pip" install --quiet --disable-pip-version-check --force-reinstall --no-deps \
+  target/wheels-abi3-py39/piecestore-*-cp39-abi3-*.whl
+"$py39/bin/python" -c "import piecestore; assert not piecestore.zero_copy_get()"
+# moto_server comes from the first venv, on PATH.
+CI="${CI:-true}" "$py39/bin/pytest" -q -p no:cacheprovider python/tests

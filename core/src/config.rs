@@ -543,6 +543,13 @@ impl Config {
     /// Query parameters set options: `?shards=N`, `&placement=jump`, `&region=...`,
     /// `&endpoint=...`. Everything else comes from the defaults.
     pub fn from_url(url: &str) -> Result<Self> {
+        let config = Self::parse_url(url)?;
+        config.shard_stores()?;
+        Ok(config)
+    }
+
+    /// [`Config::from_url`] without the sharding checks (options may still fix what they find).
+    fn parse_url(url: &str) -> Result<Self> {
         let mut config = Config::default();
         let (base, query) = match url.split_once('?') {
             Some((b, q)) if b.contains("://") => (b, Some(q)),
@@ -563,7 +570,6 @@ impl Config {
                     other => other,
                 })?;
         }
-        config.shard_stores()?;
         Ok(config)
     }
 
@@ -667,11 +673,14 @@ impl Config {
     }
 
     /// A URL, or a path to a `.toml` file (no environment applied).
+    ///
+    /// The sharding rules are checked by [`Config::with_options_and_env`] (or at open), so that
+    /// options can still complete the config: `from_spec("/data/s-%d")` then `shards = 4`.
     pub fn from_spec(spec: &str) -> Result<Self> {
         if spec.ends_with(".toml") && !spec.contains("://") {
-            Self::from_file(spec)
+            Self::read_file(spec.as_ref())
         } else {
-            Self::from_url(spec)
+            Self::parse_url(spec)
         }
     }
 
@@ -689,6 +698,7 @@ impl Config {
 
     /// A configuration from a parsed TOML table: either a whole document with a `PieceStore`
     /// table, or the `[PieceStore]` table itself (what a binding builds from a dict or object).
+    /// Like [`Config::from_spec`], the sharding rules are checked later.
     ///
     /// ```
     /// let t: toml::Table = toml::from_str("Shards = 2\n[Store]\nBucketURL = \"/tmp/p-%d\"").unwrap();
@@ -701,10 +711,7 @@ impl Config {
             Some(_) => return Err(Error::config("PieceStore must be a table")),
             None => table,
         };
-        let config = Config::deserialize(inner)
-            .map_err(|e| Error::config(e.to_string().trim_end().to_string()))?;
-        config.shard_stores()?;
-        Ok(config)
+        Config::deserialize(inner).map_err(|e| Error::config(e.to_string().trim_end().to_string()))
     }
 
     /// Parses the `[PieceStore]` table of a TOML document (no environment applied).
@@ -712,21 +719,29 @@ impl Config {
     /// Other top-level tables are ignored, so a Greenfield SP's whole `config.toml` can be
     /// given; unknown fields inside `[PieceStore]` are an error that names them.
     pub fn from_toml(text: &str) -> Result<Self> {
-        let file: ConfigFile = toml::from_str(text)
-            .map_err(|e| Error::config(format!("config.toml: {}", e.to_string().trim_end())))?;
-        let config = file
-            .piece_store
-            .ok_or_else(|| Error::config("config.toml has no [PieceStore] table"))?;
+        let config = Self::parse_toml(text)?;
         config.shard_stores()?;
         Ok(config)
     }
 
+    fn parse_toml(text: &str) -> Result<Self> {
+        let file: ConfigFile = toml::from_str(text)
+            .map_err(|e| Error::config(format!("config.toml: {}", e.to_string().trim_end())))?;
+        file.piece_store
+            .ok_or_else(|| Error::config("config.toml has no [PieceStore] table"))
+    }
+
     /// Reads and parses a TOML file (no environment applied).
     pub fn from_file(path: impl AsRef<Path>) -> Result<Self> {
-        let path = path.as_ref();
+        let config = Self::read_file(path.as_ref())?;
+        config.shard_stores()?;
+        Ok(config)
+    }
+
+    fn read_file(path: &Path) -> Result<Self> {
         let text = std::fs::read_to_string(path)
             .map_err(|e| Error::config(format!("cannot read {}: {e}", path.display())))?;
-        Self::from_toml(&text).map_err(|e| match e {
+        Self::parse_toml(&text).map_err(|e| match e {
             Error::InvalidConfig(m) => Error::config(format!("{}: {m}", path.display())),
             other => other,
         })

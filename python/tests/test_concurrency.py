@@ -1,0 +1,197 @@
+"""Threads, asyncio, cancellation and fork."""
+
+from __future__ import annotations
+
+import asyncio
+import multiprocessing
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+
+import piecestore
+from conftest import HERE, open_backend
+from test_roundtrip import data_of
+
+
+def test_eight_threads(store: piecestore.PieceStore) -> None:
+    def work(t: int) -> int:
+        n = 0
+        for i in range(50):
+            key = f"{t}_s{i}"
+            data = data_of(1000 + i, t)
+            store.put(key, data)
+            assert store.get(key) == data
+            assert store.get_range(key, 10, 20) == data[10:30]
+            n += 1
+        return n
+
+    with ThreadPoolExecutor(8) as pool:
+        assert sum(pool.map(work, range(8))) == 400
+    assert len(list(store.list())) == 400
+
+
+def test_blocking_calls_release_the_gil(tmp_path: Path) -> None:
+    # While one thread is inside a long put (64 MiB, fsync'd), another thread must run
+    # Python code: count its iterations during the put.
+    st = piecestore.PieceStore(tmp_path)
+    data = data_of(64 << 20)
+    started = threading.Event()
+    done = threading.Event()
+    ticks = 0
+
+    def spin() -> None:
+        nonlocal ticks
+        started.set()
+        while not done.is_set():
+            ticks += 1
+
+    t = threading.Thread(target=spin)
+    t.start()
+    started.wait()
+    before = ticks
+    for i in range(3):
+        st.put(f"{i}_s0", data)
+    during = ticks - before
+    done.set()
+    t.join()
+    assert during > 1000, during
+
+
+def test_gather_1000_gets(store: piecestore.PieceStore) -> None:
+    keys = [f"{i}_s0" for i in range(1000)]
+    store.put_many({k: k.encode() * 3 for k in keys})
+
+    async def main() -> None:
+        got = await asyncio.gather(*[store.get_async(k) for k in keys])
+        assert [bytes(g) for g in got] == [k.encode() * 3 for k in keys]
+        heads = await asyncio.gather(*[store.head_async(k) for k in keys[:50]])
+        assert [h.size for h in heads] == [len(k) * 3 for k in keys[:50]]
+        assert [m.key async for m in store.list("99")] != []
+        with pytest.raises(piecestore.PieceNotFound):
+            await store.get_async("none_s0")
+        await store.put_many_async({"a_s0": b"1", "a_s1": b"2"})
+        assert [bytes(b) for b in await store.get_many_async(["a_s0", "a_s1"])] == [b"1", b"2"]
+        assert await store.get_range_async("a_s1", 0, 1) == b"2"
+        assert await store.exists_async("a_s0")
+        await store.delete_async("a_s0")
+        assert not await store.exists_async("a_s0")
+        assert (await store.delete_prefix_async("a_")).pieces == 1
+
+    asyncio.run(main())
+
+
+def test_cancelled_tasks_leave_the_store_consistent(store: piecestore.PieceStore) -> None:
+    data = data_of(64 << 20)
+
+    async def main() -> None:
+        for i in range(3):
+            task = asyncio.ensure_future(store.put_async(f"{i}_s0", data))
+            await asyncio.sleep(0.001 * i)
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+        getter = asyncio.ensure_future(store.get_async("0_s0"))
+        getter.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await getter
+        # the store still works, from asyncio and from blocking code
+        await store.put_async("ok_s0", b"still fine")
+        assert await store.get_async("ok_s0") == b"still fine"
+
+    asyncio.run(main())
+    # a cancelled put either never happened or finished whole: never a torn piece
+    for i in range(3):
+        if store.exists(f"{i}_s0"):
+            assert store.get(f"{i}_s0") == data
+        store.put(f"{i}_s0", data)  # and the key is usable afterwards
+        assert store.get(f"{i}_s0") == data
+
+
+def test_async_context_manager() -> None:
+    async def main() -> piecestore.PieceStore:
+        async with piecestore.PieceStore("memory://") as st:
+            await st.put_async("1_s0", b"x")
+            assert await st.get_async("1_s0") == b"x"
+        return st
+
+    st = asyncio.run(main())
+    assert st.closed
+    with piecestore.PieceStore("memory://") as st2:
+        st2.put("1_s0", b"y")
+    with pytest.raises(piecestore.StoreClosed):
+        st2.get("1_s0")
+
+
+def _child(store: piecestore.PieceStore, key: str, q: "multiprocessing.Queue[object]") -> None:
+    try:
+        assert store.get(key) == b"from parent"
+        store.put(key + "_child", b"from child")
+        assert store.get(key + "_child") == b"from child"
+
+        async def a() -> bytes:
+            return bytes(await store.get_async(key))
+
+        assert asyncio.run(a()) == b"from parent"
+        q.put("ok")
+    except BaseException as e:  # report, don't hang
+        q.put(repr(e))
+
+
+@pytest.mark.parametrize("kind", ["file", "s3_sharded"])
+def test_fork_child_uses_parent_store(kind: str, tmp_path: Path, request: pytest.FixtureRequest) -> None:
+    s3 = request.getfixturevalue("s3_endpoint") if kind == "s3_sharded" else None
+    st = open_backend(kind, tmp_path, s3)
+    # use the store (and the runtime, and its connection pool) before forking
+    for i in range(20):
+        st.put(f"{i}_s0", b"from parent")
+    assert st.get("0_s0") == b"from parent"
+
+    async def warm() -> None:
+        await asyncio.gather(*[st.get_async(f"{i}_s0") for i in range(20)])
+
+    asyncio.run(warm())
+    ctx = multiprocessing.get_context("fork")
+    q: "multiprocessing.Queue[object]" = ctx.Queue()
+    procs = [ctx.Process(target=_child, args=(st, f"{i}_s0", q)) for i in range(3)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(90)
+    hung = [p for p in procs if p.is_alive()]
+    for p in hung:
+        p.kill()
+    assert not hung, "a forked child hung"
+    results = [q.get(timeout=5) for _ in procs]
+    assert results == ["ok"] * 3, results
+    assert all(p.exitcode == 0 for p in procs)
+    # the parent is unaffected, and sees the children's pieces
+    assert st.get("0_s0_child") == b"from child"
+    st.put("after_s0", b"parent still works")
+    assert st.get("after_s0") == b"parent still works"
+
+
+def test_runtime_configuration() -> None:
+    # the runtime started with the first store of this session: too late to size it
+    piecestore.PieceStore("memory://").put("1_s0", b"x")
+    with pytest.raises(piecestore.ConfigError, match="already started"):
+        piecestore.configure_runtime(worker_threads=2)
+    with pytest.raises(piecestore.ConfigError):
+        piecestore.configure_runtime(worker_threads=0)
+
+
+def test_runtime_can_be_sized_in_a_fresh_process() -> None:
+    import subprocess
+    import sys
+
+    code = (
+        "import piecestore\n"
+        "piecestore.configure_runtime(worker_threads=1, max_blocking_threads=2)\n"
+        "s = piecestore.PieceStore('memory://'); s.put('1_s0', b'x'); print(bytes(s.get('1_s0')))\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd=HERE
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "b'x'"

@@ -1,0 +1,171 @@
+"""Every exception class, from the user's side; messages name key and backend, never a secret."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import piecestore
+from conftest import HERE, S3_KEYS, s3_url
+
+
+def test_hierarchy() -> None:
+    for cls in [
+        piecestore.PieceNotFound,
+        piecestore.PieceExists,
+        piecestore.InvalidKey,
+        piecestore.InvalidRange,
+        piecestore.CorruptPiece,
+        piecestore.ConfigError,
+        piecestore.BackendError,
+        piecestore.Unauthorized,
+        piecestore.StoreClosed,
+    ]:
+        assert issubclass(cls, piecestore.PieceStoreError)
+    assert issubclass(piecestore.PieceNotFound, KeyError)
+    assert issubclass(piecestore.InvalidKey, ValueError)
+    assert issubclass(piecestore.InvalidRange, ValueError)
+    assert issubclass(piecestore.Unauthorized, piecestore.BackendError)
+
+
+def test_not_found_and_invalid_key(store: piecestore.PieceStore) -> None:
+    with pytest.raises(piecestore.PieceNotFound) as e:
+        store.get("404_s0")
+    assert e.value.code == "PIECE_NOT_FOUND" and e.value.key == "404_s0"
+    assert e.value.backend and "404_s0" in str(e.value) and e.value.backend in str(e.value)
+    assert not e.value.retryable
+    with pytest.raises(KeyError):
+        store.head("404_s0")
+    for bad in ["", "a/../b", "x" * (piecestore.MAX_KEY_LEN + 1), ".piecestore/internal", "nul\0"]:
+        with pytest.raises(piecestore.InvalidKey) as ei:
+            store.put(bad, b"x")
+        assert ei.value.code == "INVALID_KEY"
+        with pytest.raises(ValueError):
+            piecestore.validate_key(bad)
+
+
+def test_corrupt_piece_on_disk(tmp_path: Path) -> None:
+    st = piecestore.PieceStore(tmp_path)
+    st.put("1_s0", b"A" * 1000)
+    st.put("2_s0", b"B" * 1000)
+    path = tmp_path / "1_s0"
+    raw = bytearray(path.read_bytes())
+    raw[500] ^= 0x01
+    path.write_bytes(bytes(raw))
+    with pytest.raises(piecestore.CorruptPiece) as e:
+        st.get("1_s0")
+    assert e.value.key == "1_s0" and e.value.code == "CORRUPT_PIECE"
+    with pytest.raises(piecestore.CorruptPiece):
+        st.get_range("1_s0", 0, 10)
+    assert st.get("2_s0") == b"B" * 1000  # the others still read
+
+
+def test_backend_error_is_retryable_and_keeps_secrets(tmp_path: Path) -> None:
+    port = 1  # nothing listens on 127.0.0.1:1
+    with pytest.raises(piecestore.PieceStoreError) as e:
+        piecestore.PieceStore(
+            f"http://127.0.0.1:{port}/bucket",
+            region="us-east-1",
+            max_retries=0,
+            connect_timeout=2,
+            **S3_KEYS,
+        )
+    assert isinstance(e.value, piecestore.BackendError) and e.value.retryable
+    assert e.value.code == "BACKEND" and "127.0.0.1:1" in str(e.value)
+    for secret in S3_KEYS.values():
+        assert secret not in str(e.value) and secret not in repr(e.value)
+
+
+def test_config_errors() -> None:
+    with pytest.raises(piecestore.ConfigError) as e:
+        piecestore.PieceStore("memory://", shardz=2)
+    assert "shardz" in str(e.value) and isinstance(e.value, ValueError)
+    with pytest.raises(piecestore.ConfigError, match="Shards"):
+        piecestore.PieceStore("memory://", shards="many")
+    with pytest.raises(piecestore.ConfigError, match="credentials"):
+        piecestore.PieceStore("s3://bucket?secret_key=hunter2")
+    with pytest.raises(piecestore.ConfigError) as e2:
+        piecestore.PieceStore("s3://bucket", secret_key=5)
+    assert "5" not in str(e2.value).replace("SecretKey", "")
+    with pytest.raises(piecestore.ConfigError):
+        piecestore.PieceStore({"Store": {"BucketURL": "memory://", "Nope": 1}})
+    with pytest.raises(piecestore.ConfigError):
+        piecestore.PieceStore.from_config("/nonexistent/config.toml")
+    with pytest.raises(TypeError):
+        piecestore.PieceStore(42)  # type: ignore[arg-type]
+    with pytest.raises(TypeError):
+        piecestore.PieceStore("memory://", region=object())  # type: ignore[arg-type]
+
+
+def test_store_closed(store: piecestore.PieceStore) -> None:
+    store.put("1_s0", b"x")
+    store.close()
+    assert store.closed and "closed" in repr(store)
+    calls = [
+        lambda: store.get("1_s0"),
+        lambda: store.put("2_s0", b"y"),
+        lambda: store.get_range("1_s0", 0, 1),
+        lambda: store.head("1_s0"),
+        lambda: store.delete("1_s0"),
+        lambda: list(store.list()),
+        lambda: store.get_many(["1_s0"]),
+        lambda: store.put_many({"3_s0": b"z"}),
+        lambda: store.delete_prefix("1"),
+    ]
+    for call in calls:
+        with pytest.raises(piecestore.StoreClosed):
+            call()
+    store.close()  # twice is fine
+
+
+def test_unauthorized_names_no_secret(s3_endpoint: str) -> None:
+    # moto accepts any key, so use the Unauthorized path the core maps from a 403: a bucket
+    # that may not be created (CreateBucket off) is a ConfigError naming the shard instead.
+    with pytest.raises(piecestore.ConfigError) as e:
+        piecestore.PieceStore(s3_url(s3_endpoint, 2), region="us-east-1", create_bucket=False, **S3_KEYS)
+    assert "shard" in str(e.value)
+    for secret in S3_KEYS.values():
+        assert secret not in str(e.value)
+
+
+def test_environment_and_config_file(tmp_path: Path, s3_endpoint: str) -> None:
+    cfg = tmp_path / "config.toml"
+    cfg.write_text(
+        "[Other]\nignored = true\n[PieceStore]\nShards = 2\n"
+        f'[PieceStore.Store]\nBucketURL = "{tmp_path}/f-%d"\n'
+    )
+    st = piecestore.PieceStore.from_config(cfg)
+    st.put("1_s0", b"cfg")
+    assert st.shard_count == 2
+    st2 = piecestore.PieceStore(str(cfg))
+    assert st2.get("1_s0") == b"cfg"
+    st3 = piecestore.PieceStore({"PieceStore": {"Shards": 2, "Store": {"BucketURL": f"{tmp_path}/f-%d"}}})
+    assert st3.get("1_s0") == b"cfg"
+    # credentials and region from the environment, as the core reads them (an http:// endpoint
+    # is MinIO-style: MINIO_* or the standard AWS_* names)
+    code = (
+        "import piecestore, sys\n"
+        "s = piecestore.PieceStore(sys.argv[1])\n"
+        "s.put('1_s0', b'env'); assert s.get('1_s0') == b'env'\n"
+        "print(s.shard_count)\n"
+    )
+    env = dict(os.environ)
+    env.update(
+        AWS_ACCESS_KEY_ID=S3_KEYS["access_key"],
+        AWS_SECRET_ACCESS_KEY=S3_KEYS["secret_key"],
+        AWS_REGION="us-east-1",
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code, s3_url(s3_endpoint, 3)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=HERE,
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "3"
