@@ -195,3 +195,26 @@ def test_runtime_can_be_sized_in_a_fresh_process() -> None:
     )
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "b'x'"
+
+
+def test_no_crash_at_interpreter_exit() -> None:
+    # A script that ends right after its last await: the runtime thread that finished that task
+    # must not be touching Python while the interpreter finalizes (it used to crash about every
+    # second run, when futures were resolved from runtime threads).
+    import subprocess
+    import sys
+
+    code = (
+        "import asyncio, piecestore\n"
+        "async def main():\n"
+        "    async with piecestore.PieceStore('memory://') as s:\n"
+        "        await asyncio.gather(*(s.put_async(f'{i}_s0', b'x' * 100) for i in range(20)))\n"
+        "        assert len(await asyncio.gather(*(s.get_async(f'{i}_s0') for i in range(20)))) == 20\n"
+        "        assert len([m async for m in s.list()]) == 20\n"
+        "asyncio.run(main())\n"
+    )
+    for _ in range(20):
+        out = subprocess.run(
+            [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd=HERE
+        )
+        assert out.returncode == 0, out.stderr[-2000:]

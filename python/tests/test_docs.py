@@ -56,14 +56,18 @@ def test_stubs_pass_mypy_strict(tmp_path: Path) -> None:
         if os.environ.get("CI") == "true":
             pytest.fail("mypy is not installed (bash scripts/test.sh installs it)")
         pytest.skip("mypy not installed")
+
+    def mypy_strict(name: str) -> "subprocess.CompletedProcess[str]":
+        return subprocess.run(
+            [sys.executable, "-m", "mypy", "--strict", "--no-incremental", name],
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+
     shutil.copy(EXAMPLES / "quickstart.py", tmp_path / "quickstart.py")
-    out = subprocess.run(
-        [sys.executable, "-m", "mypy", "--strict", "--no-incremental", "quickstart.py"],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    out = mypy_strict("quickstart.py")
     assert out.returncode == 0, out.stdout + out.stderr
     # and a wrong call is caught, so the check is not vacuous
     (tmp_path / "wrong.py").write_text(
@@ -72,11 +76,5 @@ def test_stubs_pass_mypy_strict(tmp_path: Path) -> None:
         "s.put(1, 'text')\n"
         "n: str = s.get('k')\n"
     )
-    out = subprocess.run(
-        [sys.executable, "-m", "mypy", "--strict", "--no-incremental", "wrong.py"],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    out = mypy_strict("wrong.py")
     assert out.returncode == 1 and out.stdout.count("error:") >= 3, out.stdout

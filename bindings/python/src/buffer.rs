@@ -100,26 +100,14 @@ impl<'py> IntoPyObject<'py> for Piece {
     }
 }
 
-/// Keeps a read-only exported buffer alive while the core holds its bytes.
-#[cfg(any(Py_3_11, not(Py_LIMITED_API)))]
-struct Borrowed(pyo3::buffer::PyUntypedBuffer);
-
-#[cfg(any(Py_3_11, not(Py_LIMITED_API)))]
-impl AsRef<[u8]> for Borrowed {
-    fn as_ref(&self) -> &[u8] {
-        // SAFETY: the buffer is read-only, C-contiguous and held (not released) for as long as
-        // `self` lives, so the memory stays valid and unchanged.
-        unsafe { std::slice::from_raw_parts(self.0.buf_ptr() as *const u8, self.0.len_bytes()) }
-    }
-}
-
 /// The bytes of any bytes-like object, without copying where that is safe.
 ///
-/// - `bytes`, a `Buffer`, and read-only contiguous buffers (a `memoryview` of `bytes`, `mmap`
-///   opened read-only): borrowed, no copy.
-/// - Writable buffers (`bytearray`, numpy arrays): copied once, straight into the core's
-///   buffer, because the caller could change them while the GIL is released and the piece would
-///   no longer match its checksum.
+/// - `bytes` and a `Buffer`: shared, no copy (a `bytes` is immutable; the core holds a
+///   reference to it, released without the GIL).
+/// - Any other buffer (`bytearray`, `memoryview`, numpy arrays): copied once, straight into the
+///   core's buffer. Writable ones could change while the GIL is released and then disagree with
+///   their checksum; and holding an exported buffer would need the GIL to release it, on
+///   whichever runtime thread drops the bytes, which can crash at interpreter exit.
 /// - `str` and other non-buffers: `TypeError`.
 pub fn from_py(obj: &Bound<'_, PyAny>) -> PyResult<Bytes> {
     if let Ok(b) = obj.cast::<Buffer>() {
@@ -140,9 +128,6 @@ pub fn from_py(obj: &Bound<'_, PyAny>) -> PyResult<Bytes> {
 #[cfg(any(Py_3_11, not(Py_LIMITED_API)))]
 fn from_buffer(obj: &Bound<'_, PyAny>) -> PyResult<Bytes> {
     let buf = pyo3::buffer::PyUntypedBuffer::get(obj).map_err(|_| not_bytes_like(obj))?;
-    if buf.readonly() && buf.is_c_contiguous() {
-        return Ok(Bytes::from_owner(Borrowed(buf)));
-    }
     if buf.is_c_contiguous() {
         // SAFETY: contiguous and held while we copy, with the GIL held, so nobody writes it.
         let s = unsafe { std::slice::from_raw_parts(buf.buf_ptr() as *const u8, buf.len_bytes()) };

@@ -9,13 +9,13 @@ use futures::stream::BoxStream;
 use piecestore::config::OptionValue;
 use piecestore::runtime::block_on;
 use piecestore::{Config, PieceMeta, PutOptions};
-use pyo3::exceptions::{PyStopAsyncIteration, PyTypeError};
+use pyo3::exceptions::PyTypeError;
 use pyo3::prelude::*;
 use pyo3::pybacked::PyBackedStr;
 use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyBool, PyDict, PyFloat, PyInt, PyList, PyMapping, PyString};
 
-use crate::asyncio::{awaitable, awaitable_py};
+use crate::asyncio::{PyErrLazy, awaitable, awaitable_py};
 use crate::buffer::{self, Piece};
 use crate::errors::{to_py, to_py_with};
 
@@ -571,9 +571,9 @@ impl ListIterator {
         let stream = Arc::clone(&self.stream);
         awaitable_py(py, async move {
             match stream.lock().await.next().await {
-                None => Err(PyStopAsyncIteration::new_err(())),
+                None => Err(PyErrLazy::StopAsyncIteration),
                 Some(Ok(m)) => Ok(Info(m)),
-                Some(Err(e)) => Err(to_py(e)),
+                Some(Err(e)) => Err(PyErrLazy::Core(e)),
             }
         })
     }
