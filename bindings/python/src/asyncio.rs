@@ -114,11 +114,8 @@ fn waker_for(py: Python<'_>, event_loop: &Bound<'_, PyAny>) -> PyResult<Arc<Shar
                 .map(Bound::unbind)
         })?
         .bind(py);
-    if let Some(w) = wakers
-        .call_method1("get", (event_loop,))?
-        .cast::<Waker>()
-        .ok()
-    {
+    let existing = wakers.call_method1("get", (event_loop,))?;
+    if let Ok(w) = existing.cast::<Waker>() {
         return Ok(Arc::clone(&w.get().shared));
     }
     let waker = Bound::new(py, Waker::new()?)?;
