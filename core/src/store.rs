@@ -243,6 +243,16 @@ impl PieceStore {
         self.backend(key)?.head(key).await
     }
 
+    /// Whether a piece exists under `key` (a HEAD; `NotFound` is `false`, other errors stay
+    /// errors).
+    pub async fn exists(&self, key: &str) -> Result<bool> {
+        match self.head(key).await {
+            Ok(_) => Ok(true),
+            Err(Error::NotFound { .. }) => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
     /// Deletes a piece. Deleting a missing piece succeeds (deletes are idempotent, as on S3).
     pub async fn delete(&self, key: &str) -> Result<()> {
         self.backend(key)?.delete(key).await

@@ -294,11 +294,8 @@ impl PieceStore {
     /// Whether a piece exists under `key`.
     fn exists(&self, py: Python<'_>, key: PyBackedStr) -> PyResult<bool> {
         let store = &self.inner;
-        match py.detach(|| block_on(store.head(&key))) {
-            Ok(_) => Ok(true),
-            Err(e) if e.kind() == piecestore::ErrorKind::NotFound => Ok(false),
-            Err(e) => Err(to_py_with(py, e)),
-        }
+        py.detach(|| block_on(store.exists(&key)))
+            .map_err(|e| to_py_with(py, e))
     }
 
     /// Deletes a piece; deleting a missing piece succeeds.
@@ -432,13 +429,7 @@ impl PieceStore {
     /// `exists`, as an awaitable.
     fn exists_async<'py>(&self, py: Python<'py>, key: String) -> PyResult<Bound<'py, PyAny>> {
         let store = self.inner.clone();
-        awaitable(py, async move {
-            match store.head(&key).await {
-                Ok(_) => Ok(true),
-                Err(e) if e.kind() == piecestore::ErrorKind::NotFound => Ok(false),
-                Err(e) => Err(e),
-            }
-        })
+        awaitable(py, async move { store.exists(&key).await })
     }
 
     /// `delete`, as an awaitable.
