@@ -35,6 +35,30 @@ async fn missing_bucket_is_named_at_open() {
 }
 
 #[tokio::test]
+async fn lazy_open_checks_the_bucket_on_first_use() {
+    let Some(s) = server(ServerKind::Moto) else {
+        return;
+    };
+    let mut c = s.config(&unique_name("lazy"), 0);
+    c.store.bucket_url = format!("{}/no-such-lazy-bucket", s.endpoint);
+    c.backend.create_bucket = false;
+    // No I/O at open: succeeds although the bucket is missing.
+    let store = PieceStore::open_lazy(c).unwrap();
+    // The first operation runs the check and fails with it, not with "piece not found".
+    let e = store.get("1_s0").await.no_ok();
+    assert_eq!(e.kind(), ErrorKind::InvalidConfig, "{e}");
+    assert!(e.to_string().contains("no-such-lazy-bucket"), "{e}");
+    // A failed check is not remembered.
+    let e = store.put("1_s0", &b"x"[..]).await.no_ok();
+    assert_eq!(e.kind(), ErrorKind::InvalidConfig, "{e}");
+    // Once it passes, the store works.
+    let good = s.config(&unique_name("lazyok"), 0);
+    let store = PieceStore::open_lazy(good).unwrap();
+    store.put("1_s0", &b"x"[..]).await.unwrap();
+    assert_eq!(&store.get("1_s0").await.unwrap()[..], b"x");
+}
+
+#[tokio::test]
 async fn missing_bucket_in_a_shard_names_the_shard() {
     let Some(s) = server(ServerKind::Moto) else {
         return;

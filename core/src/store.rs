@@ -58,6 +58,8 @@ struct Inner {
     fork_sensitive: bool,
     /// Shards rebuilt in a forked child, with the generation they were built in.
     reborn: Mutex<Option<(u64, Shards)>>,
+    /// Set once the bucket check passed (or when it is disabled).
+    checked: tokio::sync::OnceCell<()>,
 }
 
 impl PieceStore {
@@ -65,16 +67,23 @@ impl PieceStore {
     /// `[PieceStore.Backend] CheckBucket = false`, checks each S3 bucket exists and accepts our
     /// credentials (a clear `InvalidConfig` or `Unauthorized` naming the shard otherwise).
     pub async fn open(config: Config) -> Result<Self> {
+        let store = Self::open_lazy(config)?;
+        store.ready().await?;
+        Ok(store)
+    }
+
+    /// Builds the store `config` describes without any network I/O, for callers that must not
+    /// wait (a constructor on an event loop). Config errors are returned here; the bucket check
+    /// [`PieceStore::open`] does up front runs on the first operation instead, which fails
+    /// with its error. A failed check is not remembered: the next operation checks again.
+    pub fn open_lazy(config: Config) -> Result<Self> {
         let generation = runtime::fork_generation();
         let shards = build_shards(&config)?;
-        if config.backend.check_bucket {
-            let n = shards.len();
-            let checks = shards
-                .iter()
-                .enumerate()
-                .map(|(i, b)| async move { b.check().await.map_err(|e| in_shard(e, i, n)) });
-            futures::future::try_join_all(checks).await?;
-        }
+        let checked = if config.backend.check_bucket {
+            tokio::sync::OnceCell::new()
+        } else {
+            tokio::sync::OnceCell::new_with(Some(()))
+        };
         tracing::debug!(shards = shards.len(), placement = %config.sharding.placement, "opened piece store");
         Ok(PieceStore {
             inner: Arc::new(Inner {
@@ -82,11 +91,41 @@ impl PieceStore {
                 shards,
                 placement: config.sharding.placement,
                 closed: AtomicBool::new(false),
+                checked,
                 config,
                 generation,
                 reborn: Mutex::new(None),
             }),
         })
+    }
+
+    /// Runs the bucket check once (see [`PieceStore::open_lazy`]); after a success it costs one
+    /// atomic load.
+    async fn ready(&self) -> Result<()> {
+        let inner = &self.inner;
+        if inner.checked.initialized() {
+            return Ok(());
+        }
+        inner
+            .checked
+            .get_or_try_init(|| async {
+                let n = inner.shards.len();
+                let checks =
+                    inner.shards.iter().enumerate().map(|(i, b)| async move {
+                        b.check().await.map_err(|e| in_shard(e, i, n))
+                    });
+                futures::future::try_join_all(checks).await.map(|_| ())
+            })
+            .await
+            .map(|_| ())
+    }
+
+    /// Whether a put keeps a reference to the bytes it was given after it returns (a memory
+    /// shard stores the `Bytes` itself). A binding that passes a caller's *mutable* buffer
+    /// without copying must copy it when this is true, or a later write to that buffer would
+    /// change the stored piece.
+    pub fn retains_put_bytes(&self) -> bool {
+        self.inner.shards.iter().any(|b| b.is_memory())
     }
 
     /// Opens a store from a URL or a path to a `config.toml`, with environment overrides
@@ -200,6 +239,7 @@ impl PieceStore {
         data: impl Into<Bytes>,
         opts: PutOptions,
     ) -> Result<()> {
+        self.ready().await?;
         let backend = self.backend(key)?;
         let data = data.into();
         let crc = checksum::crc32c(&data);
@@ -210,12 +250,14 @@ impl PieceStore {
     /// A piece that carries no checksum (written by another tool) is returned as stored; see
     /// [`PieceStore::head`].
     pub async fn get(&self, key: &str) -> Result<Bytes> {
+        self.ready().await?;
         Ok(self.backend(key)?.get(key).await?.0)
     }
 
     /// Reads a whole piece, verified; also returns the checksum it was verified against
     /// (`None` for a piece stored without one).
     pub(crate) async fn get_with_crc(&self, key: &str) -> Result<(Bytes, Option<u32>)> {
+        self.ready().await?;
         self.backend(key)?.get(key).await
     }
 
@@ -223,6 +265,7 @@ impl PieceStore {
     /// copy), so a range is never returned from a corrupt piece. `InvalidRange` when the range
     /// is not inside the piece.
     pub async fn get_range(&self, key: &str, offset: u64, len: u64) -> Result<Bytes> {
+        self.ready().await?;
         let backend = self.backend(key)?;
         let (bytes, _) = backend.get(key).await?;
         let size = bytes.len() as u64;
@@ -240,6 +283,7 @@ impl PieceStore {
     /// A piece's size and checksum (`crc32c: None`, `unverified()`, for a piece written without
     /// one), in one small request.
     pub async fn head(&self, key: &str) -> Result<PieceMeta> {
+        self.ready().await?;
         self.backend(key)?.head(key).await
     }
 
@@ -255,17 +299,25 @@ impl PieceStore {
 
     /// Deletes a piece. Deleting a missing piece succeeds (deletes are idempotent, as on S3).
     pub async fn delete(&self, key: &str) -> Result<()> {
+        self.ready().await?;
         self.backend(key)?.delete(key).await
     }
 
     /// Lists the pieces whose keys start with `prefix` (any string prefix; "" for all) on every
     /// shard, as a stream. Order is not specified across shards.
     pub fn list(&self, prefix: &str) -> BoxStream<'static, Result<PieceMeta>> {
-        let shards = match key::validate_prefix(prefix).and_then(|()| self.shards_now()) {
-            Ok(shards) => shards,
-            Err(e) => return stream::once(async move { Err(e) }).boxed(),
-        };
-        stream::select_all(shards.iter().map(|b| b.list(prefix))).boxed()
+        if let Err(e) = key::validate_prefix(prefix) {
+            return stream::once(async move { Err(e) }).boxed();
+        }
+        let store = self.clone();
+        let prefix = prefix.to_string();
+        stream::once(async move {
+            store.ready().await?;
+            let shards = store.shards_now()?;
+            Ok(stream::select_all(shards.iter().map(|b| b.list(&prefix))))
+        })
+        .try_flatten()
+        .boxed()
     }
 
     /// Deletes every piece whose key starts with `prefix`, on **every** shard (object-level GC:
@@ -274,6 +326,7 @@ impl PieceStore {
     ///
     /// An empty prefix is refused (`InvalidKey`): delete everything by listing explicitly.
     pub async fn delete_prefix(&self, prefix: &str) -> Result<DeleteSummary> {
+        self.ready().await?;
         let shards = self.shards_now()?;
         if prefix.is_empty() {
             return Err(Error::InvalidKey {

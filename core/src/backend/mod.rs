@@ -175,6 +175,11 @@ impl Backend {
         matches!(self.kind, Kind::S3 { .. })
     }
 
+    /// Whether this is an in-process memory store (it keeps the `Bytes` a put hands it).
+    pub(crate) fn is_memory(&self) -> bool {
+        matches!(self.kind, Kind::Memory)
+    }
+
     /// The label used in messages (URL without credentials).
     pub(crate) fn label(&self) -> &str {
         &self.label
