@@ -1,0 +1,135 @@
+//! The native addon of the `piecestore` npm package: the core's `PieceStore` for Node.js.
+//!
+//! Conversion only: every operation is the core's. Methods return Promises and run on the
+//! core's tokio runtime (registered as napi-rs's async backend, see [`runtime`]); a call that
+//! can answer at once (a memory store, an invalid key) settles without leaving the JavaScript
+//! thread.
+
+#![deny(missing_docs)]
+
+mod buffer;
+mod errors;
+mod promise;
+mod runtime;
+mod store;
+
+use napi::bindgen_prelude::*;
+use napi_derive::napi;
+use piecestore::key::{self, PieceKey};
+
+pub use store::{DeleteSummary, PieceInfo, PieceList, PieceStore, PutOpts, StoreOptions};
+
+#[napi_derive::module_init]
+fn init() {
+    runtime::install();
+}
+
+/// The longest key a piece may have, in bytes.
+#[napi]
+pub const MAX_KEY_LEN: u32 = key::MAX_KEY_LEN as u32;
+
+/// The names `options` accepts, as in `config.toml` (camelCase and snake_case work too).
+#[napi]
+pub fn option_names() -> Vec<&'static str> {
+    piecestore::config::OPTION_NAMES.to_vec()
+}
+
+/// Sizes the process's one runtime, shared by every store (and every binding in the process):
+/// `workerThreads` async threads, `maxBlockingThreads` threads for file I/O. Call it before the
+/// first store is used; afterwards it throws a `CONFIG` error. `PIECESTORE_RUNTIME_THREADS` in
+/// the environment also sets the worker count.
+#[napi]
+pub fn configure_runtime(
+    env: &Env,
+    worker_threads: Option<u32>,
+    max_blocking_threads: Option<u32>,
+) -> Result<()> {
+    let mut o = piecestore::runtime::options();
+    if let Some(n) = worker_threads {
+        o.worker_threads = Some(n as usize);
+    }
+    if let Some(n) = max_blocking_threads {
+        o.max_blocking_threads = Some(n as usize);
+    }
+    piecestore::runtime::configure(o).map_err(|e| errors::to_napi(env, &e))
+}
+
+/// Throws an `INVALID_KEY` error if `key` breaks a key rule.
+#[napi]
+pub fn validate_key(env: &Env, key: String) -> Result<()> {
+    key::validate(&key).map_err(|e| errors::to_napi(env, &e))
+}
+
+/// The key of a Greenfield segment piece: `{objectId}_s{segment}`, or with `version` given the
+/// versioned form `s{objectId}_s{segment}[_v{version}]` (version 0 writes no `_v`).
+#[napi]
+pub fn segment_key(object_id: i64, segment: u32, version: Option<i64>) -> Result<String> {
+    versioned(PieceKey::segment(id(object_id)?, segment), version)
+}
+
+/// The key of a Greenfield erasure-coded piece: `{objectId}_s{segment}_p{ecIndex}`, or with
+/// `version` given `e{objectId}_s{segment}_p{ecIndex}[_v{version}]`.
+#[napi]
+pub fn ec_key(object_id: i64, segment: u32, ec_index: u32, version: Option<i64>) -> Result<String> {
+    versioned(PieceKey::ec(id(object_id)?, segment, ec_index), version)
+}
+
+/// A Greenfield piece key, parsed.
+#[napi(object, object_from_js = false)]
+pub struct ParsedKey {
+    /// The object id.
+    pub object_id: i64,
+    /// The segment index.
+    pub segment: u32,
+    /// The erasure-coding index; `null` for a segment piece.
+    #[napi(ts_type = "number | null")]
+    pub ec_index: OrNull<u32>,
+    /// The version; `null` for the legacy form, 0 for a versioned key without `_v`.
+    #[napi(ts_type = "number | null")]
+    pub version: OrNull<i64>,
+}
+
+/// Parses a Greenfield piece key; throws an `INVALID_KEY` error for anything else.
+#[napi]
+pub fn parse_key(env: &Env, key: String) -> Result<ParsedKey> {
+    let k = PieceKey::parse(&key).map_err(|e| errors::to_napi(env, &e))?;
+    let version = match k.format {
+        key::KeyFormat::Legacy => None,
+        key::KeyFormat::Versioned { version } => Some(version.unwrap_or(0) as i64),
+    };
+    Ok(ParsedKey {
+        object_id: k.object_id as i64,
+        segment: k.segment,
+        ec_index: OrNull(k.ec_index),
+        version: OrNull(version),
+    })
+}
+
+/// An optional value that is `null` in JavaScript when absent (the property always exists;
+/// napi leaves `None` fields out).
+pub struct OrNull<T>(pub Option<T>);
+
+impl<T: ToNapiValue> ToNapiValue for OrNull<T> {
+    unsafe fn to_napi_value(env: sys::napi_env, val: Self) -> Result<sys::napi_value> {
+        match val.0 {
+            Some(v) => unsafe { T::to_napi_value(env, v) },
+            None => unsafe { Null::to_napi_value(env, Null) },
+        }
+    }
+}
+
+fn versioned(k: PieceKey, version: Option<i64>) -> Result<String> {
+    Ok(match version {
+        Some(v) => k.with_version(id(v)?).to_string(),
+        None => k.to_string(),
+    })
+}
+
+fn id(object_id: i64) -> Result<u64> {
+    u64::try_from(object_id).map_err(|_| {
+        Error::new(
+            Status::InvalidArg,
+            "object ids and versions must not be negative",
+        )
+    })
+}

@@ -1,0 +1,60 @@
+// Runs when the package is installed. A package made by `npm pack` carries its prebuilt addon
+// and this does nothing. Installed from a source checkout (`npm install ./node`), it builds the
+// addon with cargo (Rust 1.88 or later) and places it beside index.js, where the loader finds it.
+'use strict'
+
+const { execFileSync } = require('node:child_process')
+const { copyFileSync, existsSync } = require('node:fs')
+const path = require('node:path')
+
+/** The platform part of the addon's file name, as the napi-rs loader (index.js) spells it. */
+function platformName() {
+  const { platform, arch } = process
+  if (platform === 'linux') {
+    const glibc = process.report && process.report.getReport().header.glibcVersionRuntime
+    return `linux-${arch}-${glibc ? 'gnu' : 'musl'}`
+  }
+  if (platform === 'win32') return `win32-${arch}-msvc`
+  return `${platform}-${arch}`
+}
+
+const addon = path.join(__dirname, `piecestore.${platformName()}.node`)
+const manifest = path.join(__dirname, '..', 'bindings', 'node', 'Cargo.toml')
+
+if (existsSync(addon) && !process.env.PIECESTORE_BUILD_FROM_SOURCE) {
+  process.exit(0)
+}
+if (!existsSync(manifest)) {
+  console.error(
+    `piecestore: no prebuilt addon for ${platformName()} in this package, and no Rust source ` +
+      `(${manifest}) to build one from. Install from a PieceStore checkout: npm install ./node`
+  )
+  process.exit(1)
+}
+
+console.error('piecestore: building the native addon with cargo (release; a few minutes the first time)')
+let out
+try {
+  out = execFileSync(
+    'cargo',
+    ['build', '--release', '--manifest-path', manifest, '--message-format=json-render-diagnostics'],
+    { stdio: ['ignore', 'pipe', 'inherit'], maxBuffer: 256 * 1024 * 1024 }
+  )
+} catch (e) {
+  console.error(`piecestore: cargo build failed (${e.message}); is Rust 1.88+ installed (https://rustup.rs)?`)
+  process.exit(1)
+}
+let built = null
+for (const line of out.toString().split('\n')) {
+  if (!line.startsWith('{')) continue
+  const msg = JSON.parse(line)
+  if (msg.reason === 'compiler-artifact' && msg.target && msg.target.name === 'piecestore_node') {
+    built = msg.filenames.find((f) => /\.(so|dylib|dll)$/.test(f)) || built
+  }
+}
+if (!built) {
+  console.error('piecestore: cargo did not report the addon library it built')
+  process.exit(1)
+}
+copyFileSync(built, addon)
+console.error(`piecestore: built ${path.basename(addon)}`)

@@ -1,0 +1,156 @@
+// Round trips on memory, a local directory and a real S3 server (moto, 4 buckets).
+import { test } from 'node:test'
+import assert from 'node:assert/strict'
+
+import { PieceStore, segmentKey, ecKey, parseKey, validateKey, MAX_KEY_LEN, optionNames } from '../index.js'
+import { BACKENDS, open, pattern, rejection, tempDir } from './helpers.mjs'
+
+for (const kind of BACKENDS) {
+  test(`${kind}: round trips of 0 B to 64 MiB`, { timeout: 120_000 }, async (t) => {
+    const store = await open(t, kind)
+    for (const [i, n] of [0, 1, 4096, 1 << 20, 64 << 20].entries()) {
+      const data = pattern(n, i + 1)
+      const key = `${i}_s0`
+      await store.put(key, data)
+      const got = await store.get(key)
+      assert.ok(Buffer.isBuffer(got), 'get returns a Buffer')
+      assert.equal(got.length, n)
+      assert.ok(got.equals(data), `${n} bytes differ`)
+      const info = await store.head(key)
+      assert.equal(info.key, key)
+      assert.equal(info.size, n)
+      assert.equal(typeof info.crc32c, 'number')
+      assert.ok(info.lastModified instanceof Date)
+      assert.ok(Math.abs(info.lastModified.getTime() - Date.now()) < 10 * 60_000)
+    }
+    await store.close()
+  })
+
+  test(`${kind}: ranges`, { timeout: 60_000 }, async (t) => {
+    const store = await open(t, kind)
+    const data = pattern(10_000)
+    await store.put('7_s1', data)
+    assert.ok((await store.getRange('7_s1', 0, 10_000)).equals(data))
+    assert.ok((await store.getRange('7_s1', 1234, 100)).equals(data.subarray(1234, 1334)))
+    assert.equal((await store.getRange('7_s1', 10_000, 0)).length, 0)
+    assert.ok((await store.getRange('7_s1', 9_999, 1)).equals(data.subarray(9_999)))
+    for (const [off, len] of [[9_999, 2], [10_001, 0], [-1, 1], [0, -5], [0.5, 1], [Number.NaN, 1], [0, Infinity]]) {
+      const e = await rejection(store.getRange('7_s1', off, len))
+      assert.equal(e.code, 'INVALID_RANGE', `${off}+${len}: ${e.message}`)
+      assert.match(e.message, /7_s1/)
+    }
+    await store.close()
+  })
+
+  test(`${kind}: inputs, overwrite, exists, delete, list, batches`, { timeout: 60_000 }, async (t) => {
+    const store = await open(t, kind)
+    await store.put('1_s0', 'héllo')
+    assert.equal((await store.get('1_s0')).toString('utf8'), 'héllo')
+    await store.put('2_s0', new Uint8Array([1, 2, 3]))
+    assert.deepEqual([...(await store.get('2_s0'))], [1, 2, 3])
+    const view = new Uint8Array(pattern(100_000).buffer, 10, 70_000) // a view into a larger buffer
+    await store.put('3_s0', view)
+    assert.ok((await store.get('3_s0')).equals(Buffer.from(view)))
+    // Same bytes again: fine. Different bytes: PIECE_EXISTS, unless overwrite.
+    await store.put('1_s0', 'héllo')
+    assert.equal((await rejection(store.put('1_s0', 'other'))).code, 'PIECE_EXISTS')
+    await store.put('1_s0', 'other', { overwrite: true })
+    assert.equal((await store.get('1_s0')).toString(), 'other')
+
+    assert.equal(await store.exists('1_s0'), true)
+    assert.equal(await store.exists('99_s0'), false)
+    await store.delete('1_s0')
+    await store.delete('1_s0') // idempotent
+    assert.equal(await store.exists('1_s0'), false)
+
+    await store.putMany([['10_s0', 'a'], ['10_s1', Buffer.from('bb')]])
+    await store.putMany(new Map([['11_s0', 'ccc']]))
+    await store.putMany({ '12_s0': new Uint8Array(4) })
+    const got = await store.getMany(['10_s0', '10_s1', '11_s0', '12_s0'])
+    assert.deepEqual(got.map((b) => b.length), [1, 2, 3, 4])
+    assert.equal((await rejection(store.getMany(['10_s0', 'missing_s0']))).code, 'PIECE_NOT_FOUND')
+
+    const listed = []
+    for await (const info of store.list('1')) listed.push(info)
+    assert.deepEqual(listed.map((i) => i.key).sort(), ['10_s0', '10_s1', '11_s0', '12_s0'])
+    assert.deepEqual(listed.map((i) => i.size).sort(), [1, 2, 3, 4])
+    const all = []
+    for await (const info of store.list()) all.push(info.key)
+    assert.deepEqual(all.sort(), ['10_s0', '10_s1', '11_s0', '12_s0', '2_s0', '3_s0'])
+    // Breaking out of the loop early is fine.
+    for await (const info of store.list()) {
+      assert.ok(info.key)
+      break
+    }
+
+    const summary = await store.deletePrefix('1')
+    assert.deepEqual(summary, { pieces: 4, bytes: 10 })
+    assert.equal(await store.exists('10_s0'), false)
+    assert.equal(await store.exists('2_s0'), true)
+    await store.close()
+  })
+}
+
+test('a Buffer from get never aliases a stored piece', async () => {
+  const store = new PieceStore('memory://')
+  const src = pattern(200_000)
+  await store.put('1_s0', src)
+  src.fill(0) // the caller reuses its buffer once the put resolved
+  const a = await store.get('1_s0')
+  assert.ok(a.equals(pattern(200_000)), 'a later write to the put buffer changed the piece')
+  a.fill(1) // and writes into what get returned
+  assert.ok((await store.get('1_s0')).equals(pattern(200_000)), 'a write to a got Buffer changed the piece')
+})
+
+test('a large piece from a file store is returned whole (zero-copy path)', async () => {
+  const store = new PieceStore(`file://${tempDir()}`)
+  const data = pattern(3 << 20)
+  await store.put('5_s0', data)
+  const got = await store.get('5_s0')
+  got[0] ^= 0xff // writable, and ours alone
+  got[0] ^= 0xff
+  assert.ok(got.equals(data))
+})
+
+test('sharded stores, placement and the key helpers', async () => {
+  const dir = tempDir()
+  const store = new PieceStore(`${dir}/s-%d`, { shards: 4 })
+  assert.equal(store.shardCount, 4)
+  assert.equal(store.shardLabels.length, 4)
+  assert.equal(store.placement, 'fnv-mod')
+  const key = ecKey(42, 0, 3)
+  assert.equal(key, '42_s0_p3')
+  assert.equal(ecKey(42, 0, 3, 7), 'e42_s0_p3_v7')
+  assert.equal(segmentKey(42, 1), '42_s1')
+  assert.equal(segmentKey(42, 1, 2), 's42_s1_v2')
+  assert.deepEqual(parseKey('e42_s0_p3_v7'), { objectId: 42, segment: 0, ecIndex: 3, version: 7 })
+  assert.deepEqual(parseKey('42_s1'), { objectId: 42, segment: 1, ecIndex: null, version: null })
+  assert.throws(() => parseKey('nope'), (e) => e.code === 'INVALID_KEY')
+  assert.throws(() => segmentKey(-1, 0))
+  assert.ok(store.shardOf(key) >= 0 && store.shardOf(key) < 4)
+  await store.put(key, 'x')
+  const byPath = new PieceStore(`${dir}/s-${store.shardOf(key)}`)
+  assert.equal((await byPath.get(key)).toString(), 'x')
+  validateKey(key)
+  assert.throws(() => validateKey('../x'), (e) => e.code === 'INVALID_KEY')
+  assert.ok(MAX_KEY_LEN >= 200)
+  assert.ok(optionNames().includes('MaxRetries'))
+})
+
+test('config objects and config.toml files', async () => {
+  const { writeFileSync } = await import('node:fs')
+  const dir = tempDir()
+  const cfg = `${dir}/config.toml`
+  writeFileSync(cfg, `[Other]\nignored = true\n[PieceStore]\nShards = 2\n[PieceStore.Store]\nBucketURL = "${dir}/f-%d"\n`)
+  const a = PieceStore.fromConfig(cfg)
+  assert.equal(a.shardCount, 2)
+  await a.put('1_s0', 'cfg')
+  const b = new PieceStore(cfg)
+  assert.equal((await b.get('1_s0')).toString(), 'cfg')
+  const c = new PieceStore({ PieceStore: { Shards: 2, Store: { BucketURL: `${dir}/f-%d` } } })
+  assert.equal((await c.get('1_s0')).toString(), 'cfg')
+  const d = new PieceStore({ Shards: 2, Store: { BucketURL: `${dir}/f-%d` } })
+  assert.equal((await d.get('1_s0')).toString(), 'cfg')
+  const e = await PieceStore.open(`${dir}/f-%d`, { shards: 2, fsync: false, maxRetries: 1, requestTimeout: 2.5 })
+  assert.equal((await e.get('1_s0')).toString(), 'cfg')
+})
