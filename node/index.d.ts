@@ -108,12 +108,11 @@ export declare class PieceStore {
 }
 
 /**
- * Sizes the process's one runtime, shared by every store (and every binding in the process):
- * `workerThreads` async threads, `maxBlockingThreads` threads for file I/O. Call it before the
- * first store is used; afterwards it throws a `CONFIG` error. `PIECESTORE_RUNTIME_THREADS` in
- * the environment also sets the worker count.
+ * Sizes the process's one runtime, shared by every store (and every binding in the process).
+ * Call it before the first store is used; afterwards it throws a `CONFIG` error.
+ * `PIECESTORE_RUNTIME_THREADS` in the environment also sets the worker count.
  */
-export declare function configureRuntime(workerThreads?: number | undefined | null, maxBlockingThreads?: number | undefined | null): void
+export declare function configureRuntime(options: RuntimeOptions): void
 
 /** What `deletePrefix` removed. */
 export interface DeleteSummary {
@@ -169,6 +168,14 @@ export interface PieceInfo {
 export interface PutOpts {
   /** Replace an existing piece with different bytes instead of failing with `PIECE_EXISTS`. */
   overwrite?: boolean
+}
+
+/** How to size the process's one runtime (see `configureRuntime`). */
+export interface RuntimeOptions {
+  /** Threads that run async work (default: one per core). */
+  workerThreads?: number
+  /** Most threads for blocking file I/O at once. */
+  maxBlockingThreads?: number
 }
 
 /**

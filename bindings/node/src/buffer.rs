@@ -1,28 +1,124 @@
 //! Bytes across the boundary: JavaScript `Buffer`/`Uint8Array`/`string` in, `Buffer` out.
 
+use std::cell::RefCell;
 use std::ptr;
+use std::sync::{Arc, Condvar, Mutex};
 
 use bytes::Bytes;
 use napi::bindgen_prelude::*;
 
-/// At or below this size a piece is copied rather than shared: for small buffers a copy is
-/// cheaper than keeping a reference to the other side's memory (and releasing it later).
+/// Above this size a piece read is handed to JavaScript without a copy, and a put's data is
+/// copied off the JavaScript thread; at or below it, copying right away is cheaper.
 const SHARE_MIN: usize = 64 * 1024;
 
 /// The data of a put: a `Buffer` or any `Uint8Array`, or a string (stored as UTF-8).
 pub type Data = Either<Uint8Array, String>;
 
-/// The bytes of `data` for the core.
+/// A put's data on its way to the core.
+pub enum Input {
+    /// Ready bytes: a string, or a small array copied on the calling thread.
+    Ready(Bytes),
+    /// A large array, copied on a runtime thread (see [`Lent`]).
+    Lent(Lent),
+}
+
+impl Input {
+    /// Takes `data` for the core. Up to [`SHARE_MIN`] bytes are copied here; larger arrays
+    /// are copied later, off the JavaScript thread (a 64 MiB copy would stall the event loop).
+    pub fn new(env: &Env, data: Data) -> Result<Self> {
+        Ok(match data {
+            Either::A(a) if a.len() <= SHARE_MIN => Input::Ready(Bytes::copy_from_slice(&a)),
+            Either::A(a) => Input::Lent(Lent::new(env, a)?),
+            Either::B(s) => Input::Ready(Bytes::from(s)),
+        })
+    }
+
+    /// The size in bytes.
+    pub fn len(&self) -> usize {
+        match self {
+            Input::Ready(b) => b.len(),
+            Input::Lent(l) => l.array.len(),
+        }
+    }
+
+    /// The bytes, owned by the core (the copy of a lent array happens here, on the calling
+    /// thread, and then the array is given back).
+    pub fn into_bytes(self) -> Bytes {
+        match self {
+            Input::Ready(b) => b,
+            Input::Lent(l) => Bytes::copy_from_slice(&l.array),
+        }
+    }
+}
+
+/// A JavaScript array read from a runtime thread.
 ///
-/// A large `Uint8Array` is shared, not copied: the core holds a reference to it until the put
-/// completes (the JavaScript object stays alive that long, and napi releases the reference on
-/// the JavaScript thread). `must_copy` forces a copy, for a store that keeps the bytes after the
-/// put returns (a memory store): the caller may reuse its buffer once the promise settles.
-pub fn bytes_of(data: Data, must_copy: bool) -> Bytes {
-    match data {
-        Either::A(a) if must_copy || a.len() <= SHARE_MIN => Bytes::copy_from_slice(&a),
-        Either::A(a) => Bytes::from_owner(a),
-        Either::B(s) => Bytes::from(s),
+/// A reference keeps the array alive while JavaScript runs, but not past its environment:
+/// when a worker thread terminates, V8 frees the worker's array memory whatever references
+/// native code holds. So every `Lent` is counted per JavaScript thread, and an environment
+/// cleanup hook waits, when the environment goes away, until none is left. That wait is
+/// bounded: a `Lent` is only held for the copy in [`Input::into_bytes`], never across I/O.
+pub struct Lent {
+    array: Uint8Array,
+    _guard: LoanGuard,
+}
+
+impl Lent {
+    fn new(env: &Env, array: Uint8Array) -> Result<Self> {
+        Ok(Lent {
+            array,
+            _guard: LoanGuard::new(env)?,
+        })
+    }
+}
+
+/// The loans of one JavaScript thread's environment.
+#[derive(Default)]
+struct Loans {
+    open: Mutex<usize>,
+    returned: Condvar,
+}
+
+thread_local! {
+    /// This thread's environment's loans, once it has lent anything.
+    static LOANS: RefCell<Option<Arc<Loans>>> = const { RefCell::new(None) };
+}
+
+/// One open loan; dropping it (on any thread) returns it.
+struct LoanGuard(Arc<Loans>);
+
+impl LoanGuard {
+    fn new(env: &Env) -> Result<Self> {
+        let loans = LOANS.with(|slot| -> Result<Arc<Loans>> {
+            let mut slot = slot.borrow_mut();
+            if let Some(l) = &*slot {
+                return Ok(Arc::clone(l));
+            }
+            let loans = Arc::new(Loans::default());
+            // Runs when this environment is torn down (a worker ends, the process exits),
+            // before V8 frees its arrays.
+            env.add_env_cleanup_hook(Arc::clone(&loans), |loans| {
+                let mut open = loans.open.lock().unwrap_or_else(|p| p.into_inner());
+                while *open > 0 {
+                    open = loans.returned.wait(open).unwrap_or_else(|p| p.into_inner());
+                }
+                LOANS.with(|slot| slot.borrow_mut().take());
+            })?;
+            *slot = Some(Arc::clone(&loans));
+            Ok(loans)
+        })?;
+        *loans.open.lock().unwrap_or_else(|p| p.into_inner()) += 1;
+        Ok(LoanGuard(loans))
+    }
+}
+
+impl Drop for LoanGuard {
+    fn drop(&mut self) {
+        let mut open = self.0.open.lock().unwrap_or_else(|p| p.into_inner());
+        *open -= 1;
+        if *open == 0 {
+            self.0.returned.notify_all();
+        }
     }
 }
 
@@ -32,7 +128,22 @@ pub fn bytes_of(data: Data, must_copy: bool) -> Bytes {
 /// external `Buffer` over the same memory, without a copy. Small pieces, and pieces whose bytes
 /// are shared with the store (a memory store), are copied: JavaScript may write into a
 /// `Buffer`, and that must never change a stored piece.
-pub struct PieceBuf(pub Bytes);
+pub struct PieceBuf(Bytes);
+
+impl PieceBuf {
+    /// Wraps a piece read by the core. A large piece whose bytes the store shares (a memory
+    /// store) is copied here, on the thread running the read (a runtime thread, unless the read
+    /// was small enough to run inline), so that the JavaScript thread only wraps memory.
+    pub fn new(bytes: Bytes) -> Self {
+        if bytes.len() <= SHARE_MIN {
+            return PieceBuf(bytes);
+        }
+        match bytes.try_into_mut() {
+            Ok(owned) => PieceBuf(owned.freeze()),
+            Err(shared) => PieceBuf(Bytes::from(shared.to_vec())),
+        }
+    }
+}
 
 impl TypeName for PieceBuf {
     fn type_name() -> &'static str {

@@ -34,21 +34,25 @@ pub fn option_names() -> Vec<&'static str> {
     piecestore::config::OPTION_NAMES.to_vec()
 }
 
-/// Sizes the process's one runtime, shared by every store (and every binding in the process):
-/// `workerThreads` async threads, `maxBlockingThreads` threads for file I/O. Call it before the
-/// first store is used; afterwards it throws a `CONFIG` error. `PIECESTORE_RUNTIME_THREADS` in
-/// the environment also sets the worker count.
+/// How to size the process's one runtime (see `configureRuntime`).
+#[napi(object)]
+pub struct RuntimeOptions {
+    /// Threads that run async work (default: one per core).
+    pub worker_threads: Option<u32>,
+    /// Most threads for blocking file I/O at once.
+    pub max_blocking_threads: Option<u32>,
+}
+
+/// Sizes the process's one runtime, shared by every store (and every binding in the process).
+/// Call it before the first store is used; afterwards it throws a `CONFIG` error.
+/// `PIECESTORE_RUNTIME_THREADS` in the environment also sets the worker count.
 #[napi]
-pub fn configure_runtime(
-    env: &Env,
-    worker_threads: Option<u32>,
-    max_blocking_threads: Option<u32>,
-) -> Result<()> {
+pub fn configure_runtime(env: &Env, options: RuntimeOptions) -> Result<()> {
     let mut o = piecestore::runtime::options();
-    if let Some(n) = worker_threads {
+    if let Some(n) = options.worker_threads {
         o.worker_threads = Some(n as usize);
     }
-    if let Some(n) = max_blocking_threads {
+    if let Some(n) = options.max_blocking_threads {
         o.max_blocking_threads = Some(n as usize);
     }
     piecestore::runtime::configure(o).map_err(|e| errors::to_napi(env, &e))

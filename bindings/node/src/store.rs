@@ -12,7 +12,7 @@ use piecestore::config::OptionValue;
 use piecestore::{Config, PieceMeta, PutOptions};
 
 use crate::OrNull;
-use crate::buffer::{Data, PieceBuf, bytes_of};
+use crate::buffer::{Data, Input, PieceBuf};
 use crate::errors::{js_error, to_napi};
 use crate::promise::promise;
 
@@ -361,13 +361,13 @@ impl PieceStore {
         data: Data,
         options: Option<PutOpts>,
     ) -> Result<PromiseRaw<'env, ()>> {
-        let bytes = bytes_of(data, self.inner.retains_put_bytes());
-        let inline = bytes.len() <= INLINE_MAX;
+        let input = Input::new(env, data)?;
+        let inline = matches!(input, Input::Ready(_)) && input.len() <= INLINE_MAX;
         let store = self.inner.clone();
         let opts = PutOpts::core(options);
         promise(
             env,
-            async move { store.put_opts(&key, bytes, opts).await },
+            async move { store.put_opts(&key, input.into_bytes(), opts).await },
             inline,
         )
     }
@@ -380,7 +380,7 @@ impl PieceStore {
         let store = self.inner.clone();
         promise(
             env,
-            async move { store.get(&key).await.map(PieceBuf) },
+            async move { store.get(&key).await.map(PieceBuf::new) },
             inline,
         )
     }
@@ -405,7 +405,7 @@ impl PieceStore {
         let store = self.inner.clone();
         promise(
             env,
-            async move { store.get_range(&key, off, len).await.map(PieceBuf) },
+            async move { store.get_range(&key, off, len).await.map(PieceBuf::new) },
             inline,
         )
     }
@@ -469,16 +469,21 @@ impl PieceStore {
         items: Object<'_>,
         options: Option<PutOpts>,
     ) -> Result<PromiseRaw<'env, ()>> {
-        let copy = self.inner.retains_put_bytes();
-        let items: Vec<(String, Bytes)> = pairs(env, items)?
+        let items: Vec<(String, Input)> = pairs(env, items)?
             .into_iter()
-            .map(|(k, d)| (k, bytes_of(d, copy)))
-            .collect();
+            .map(|(k, d)| Ok((k, Input::new(env, d)?)))
+            .collect::<Result<_>>()?;
         let store = self.inner.clone();
         let opts = PutOpts::core(options);
         promise(
             env,
-            async move { all(store.put_many_opts(items, opts).await).map(|_| ()) },
+            async move {
+                let items: Vec<(String, Bytes)> = items
+                    .into_iter()
+                    .map(|(k, i)| (k, i.into_bytes()))
+                    .collect();
+                all(store.put_many_opts(items, opts).await).map(|_| ())
+            },
             false,
         )
     }
@@ -497,7 +502,7 @@ impl PieceStore {
             async move {
                 Ok(all(store.get_many(keys).await)?
                     .into_iter()
-                    .map(PieceBuf)
+                    .map(PieceBuf::new)
                     .collect())
             },
             false,
