@@ -2,7 +2,8 @@
 # The whole test suite, on a fresh machine: installs the two S3-compatible test servers
 # (moto in a venv under target/, s3s-fs into ~/.cargo/bin), then lints and runs every test.
 # The test harness starts the servers itself on 127.0.0.1. Then builds the Python package twice
-# (the 3.11+ abi3 wheel with zero-copy gets, and the 3.9+ abi3 wheel) and runs pytest on each.
+# (the 3.11+ abi3 wheel with zero-copy gets, and the 3.9+ abi3 wheel) and runs pytest on each,
+# and installs the Node package the README's way into a fresh project and runs `node --test`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -49,3 +50,27 @@ fi
 "$py39/bin/python" -c "import piecestore; assert not piecestore.zero_copy_get()"
 # moto_server comes from the first venv, on PATH.
 CI="${CI:-true}" "$py39/bin/pytest" -q -p no:cacheprovider python/tests
+
+echo "== node: the README's install (npm install ./node builds the addon) in a fresh project"
+rm -f node/piecestore.*.node
+fresh=$(mktemp -d)
+trap 'rm -rf "$fresh"' EXIT
+(cd "$fresh" && npm init -y >/dev/null && npm install --no-audit --no-fund "$OLDPWD/node" >/dev/null)
+(cd "$fresh" && node -e "
+  const { PieceStore } = require('piecestore')
+  new PieceStore('memory://').put('1_s0', 'cjs').then(() => console.log('require: ok'))" &&
+  node --input-type=module -e "
+  import { PieceStore } from 'piecestore'
+  const s = new PieceStore('memory://'); await s.put('1_s0', 'esm')
+  console.log('import: ' + (await s.get('1_s0')).toString())")
+
+echo "== node: dev tools; the generated loader and index.d.ts must be up to date"
+(cd node && npm ci --no-audit --no-fund --ignore-scripts >/dev/null &&
+  npx napi build --platform --release --manifest-path ../bindings/node/Cargo.toml \
+    --output-dir . --js index.js --dts index.d.ts >/dev/null)
+git diff --exit-code -- node/index.js node/index.d.ts ||
+  { echo "node/index.js or node/index.d.ts is stale: run 'npm run build' in node/ and commit"; exit 1; }
+
+echo "== node: node --test"
+# moto_server comes from the first venv and s3s-fs from ~/.cargo/bin, both on PATH.
+(cd node && CI="${CI:-true}" node --test test/)
