@@ -68,7 +68,7 @@ impl PieceStore {
     /// credentials (a clear `InvalidConfig` or `Unauthorized` naming the shard otherwise).
     pub async fn open(config: Config) -> Result<Self> {
         let store = Self::open_lazy(config)?;
-        store.ready().await?;
+        store.check().await?;
         Ok(store)
     }
 
@@ -99,9 +99,10 @@ impl PieceStore {
         })
     }
 
-    /// Runs the bucket check once (see [`PieceStore::open_lazy`]); after a success it costs one
-    /// atomic load.
-    async fn ready(&self) -> Result<()> {
+    /// Runs the bucket check [`PieceStore::open_lazy`] deferred, if it has not passed yet (every
+    /// operation does this first; after a success it costs one atomic load). For a caller that
+    /// opened lazily and wants the check's errors now.
+    pub async fn check(&self) -> Result<()> {
         let inner = &self.inner;
         if inner.checked.initialized() {
             return Ok(());
@@ -239,7 +240,7 @@ impl PieceStore {
         data: impl Into<Bytes>,
         opts: PutOptions,
     ) -> Result<()> {
-        self.ready().await?;
+        self.check().await?;
         let backend = self.backend(key)?;
         let data = data.into();
         let crc = checksum::crc32c(&data);
@@ -250,14 +251,14 @@ impl PieceStore {
     /// A piece that carries no checksum (written by another tool) is returned as stored; see
     /// [`PieceStore::head`].
     pub async fn get(&self, key: &str) -> Result<Bytes> {
-        self.ready().await?;
+        self.check().await?;
         Ok(self.backend(key)?.get(key).await?.0)
     }
 
     /// Reads a whole piece, verified; also returns the checksum it was verified against
     /// (`None` for a piece stored without one).
     pub(crate) async fn get_with_crc(&self, key: &str) -> Result<(Bytes, Option<u32>)> {
-        self.ready().await?;
+        self.check().await?;
         self.backend(key)?.get(key).await
     }
 
@@ -265,7 +266,7 @@ impl PieceStore {
     /// copy), so a range is never returned from a corrupt piece. `InvalidRange` when the range
     /// is not inside the piece.
     pub async fn get_range(&self, key: &str, offset: u64, len: u64) -> Result<Bytes> {
-        self.ready().await?;
+        self.check().await?;
         let backend = self.backend(key)?;
         let (bytes, _) = backend.get(key).await?;
         let size = bytes.len() as u64;
@@ -283,7 +284,7 @@ impl PieceStore {
     /// A piece's size and checksum (`crc32c: None`, `unverified()`, for a piece written without
     /// one), in one small request.
     pub async fn head(&self, key: &str) -> Result<PieceMeta> {
-        self.ready().await?;
+        self.check().await?;
         self.backend(key)?.head(key).await
     }
 
@@ -299,7 +300,7 @@ impl PieceStore {
 
     /// Deletes a piece. Deleting a missing piece succeeds (deletes are idempotent, as on S3).
     pub async fn delete(&self, key: &str) -> Result<()> {
-        self.ready().await?;
+        self.check().await?;
         self.backend(key)?.delete(key).await
     }
 
@@ -312,7 +313,7 @@ impl PieceStore {
         let store = self.clone();
         let prefix = prefix.to_string();
         stream::once(async move {
-            store.ready().await?;
+            store.check().await?;
             let shards = store.shards_now()?;
             Ok(stream::select_all(shards.iter().map(|b| b.list(&prefix))))
         })
@@ -326,7 +327,7 @@ impl PieceStore {
     ///
     /// An empty prefix is refused (`InvalidKey`): delete everything by listing explicitly.
     pub async fn delete_prefix(&self, prefix: &str) -> Result<DeleteSummary> {
-        self.ready().await?;
+        self.check().await?;
         let shards = self.shards_now()?;
         if prefix.is_empty() {
             return Err(Error::InvalidKey {

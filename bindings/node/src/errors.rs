@@ -7,15 +7,36 @@ use napi::bindgen_prelude::*;
 /// `PIECE_NOT_FOUND`, `PIECE_EXISTS`, `INVALID_KEY`, `INVALID_RANGE`, `CONFIG`, `CORRUPT_PIECE`,
 /// `UNAUTHORIZED`, `BACKEND`, `CLOSED`), `key`, `backend` and `retryable`.
 pub fn js_error<'env>(env: &'env Env, e: &piecestore::Error) -> Result<Object<'env>> {
-    let err = napi::Error::new(e.kind().as_str(), e.to_string());
-    let mut obj = JsError::from(err).into_unknown(*env).coerce_to_object()?;
-    if let Some(key) = e.key() {
+    coded_error(
+        env,
+        e.kind().as_str(),
+        e.to_string(),
+        e.key(),
+        e.backend(),
+        e.is_retryable(),
+    )
+}
+
+/// An `Error` with `code`, `message` and the other properties of [`js_error`] (also for
+/// arguments the core never sees, such as a negative range bound).
+pub fn coded_error<'env>(
+    env: &'env Env,
+    code: &str,
+    message: String,
+    key: Option<&str>,
+    backend: Option<&str>,
+    retryable: bool,
+) -> Result<Object<'env>> {
+    let mut obj = JsError::from(napi::Error::new(code, message))
+        .into_unknown(*env)
+        .coerce_to_object()?;
+    if let Some(key) = key {
         obj.set("key", key)?;
     }
-    if let Some(backend) = e.backend() {
+    if let Some(backend) = backend {
         obj.set("backend", backend)?;
     }
-    obj.set("retryable", e.is_retryable())?;
+    obj.set("retryable", retryable)?;
     Ok(obj)
 }
 

@@ -13,7 +13,7 @@ use piecestore::{Config, PieceMeta, PutOptions};
 
 use crate::OrNull;
 use crate::buffer::{Data, Input, PieceBuf};
-use crate::errors::{js_error, to_napi};
+use crate::errors::{coded_error, to_napi};
 use crate::promise::promise;
 
 /// Puts up to this size, and gets of pieces up to this size from a memory store, run their
@@ -272,12 +272,10 @@ fn reject<'env, T: ToNapiValue>(
     message: String,
     key: &str,
 ) -> Result<PromiseRaw<'env, T>> {
-    let mut obj = JsError::from(Error::new(code, message))
-        .into_unknown(*env)
-        .coerce_to_object()?;
-    obj.set("key", key)?;
-    obj.set("retryable", false)?;
-    PromiseRaw::reject(env, obj)
+    PromiseRaw::reject(
+        env,
+        coded_error(env, code, message, Some(key), None, false)?,
+    )
 }
 
 /// A range bound given as a JavaScript number, if it is a non-negative integer.
@@ -338,10 +336,7 @@ impl PieceStore {
         let store = build(env, config(env, store, options)?)?;
         promise(
             env,
-            async move {
-                // Any call runs the check; `exists` on a valid key is the cheapest.
-                store.inner.exists("0_s0").await.map(|_| store)
-            },
+            async move { store.inner.check().await.map(|()| store) },
             false,
         )
     }
@@ -648,13 +643,7 @@ impl ToNapiValue for Listed {
             Ok(m) => unsafe { PieceInfo::to_napi_value(env, PieceInfo::from(m)) },
             // Failing the conversion rejects the iterator's promise with this very error object
             // (napi rethrows the referenced value), so a listing error keeps its `code`.
-            Err(e) => {
-                let env = Env::from_raw(env);
-                Err(match js_error(&env, &e) {
-                    Ok(obj) => Error::from(obj.to_unknown()),
-                    Err(fail) => fail,
-                })
-            }
+            Err(e) => Err(to_napi(&Env::from_raw(env), &e)),
         }
     }
 }
