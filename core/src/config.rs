@@ -367,6 +367,10 @@ pub struct BackendOptions {
     /// Default true.
     #[serde(rename = "CreateBucket", default = "d_true")]
     pub create_bucket: bool,
+    /// Keep operation metrics ([`PieceStore::metrics`](crate::PieceStore::metrics)). Default true;
+    /// their cost is a clock read and a few atomic adds per operation.
+    #[serde(rename = "Metrics", default = "d_true")]
+    pub metrics: bool,
 }
 
 fn d_true() -> bool {
@@ -395,6 +399,7 @@ impl Default for BackendOptions {
             fsync: true,
             check_bucket: true,
             create_bucket: true,
+            metrics: true,
         }
     }
 }
@@ -506,6 +511,7 @@ pub const OPTION_NAMES: &[&str] = &[
     "Fsync",
     "CheckBucket",
     "CreateBucket",
+    "Metrics",
 ];
 
 fn option_field(name: &str) -> Option<OptionField> {
@@ -623,6 +629,7 @@ impl Config {
             "Fsync" => self.backend.fsync = de(v).map_err(bad)?,
             "CheckBucket" => self.backend.check_bucket = de(v).map_err(bad)?,
             "CreateBucket" => self.backend.create_bucket = de(v).map_err(bad)?,
+            "Metrics" => self.backend.metrics = de(v).map_err(bad)?,
             "BucketURL" => self.store.bucket_url = de(v).map_err(bad)?,
             "Storage" => {
                 let kind: StorageKind = de(v).map_err(bad)?;

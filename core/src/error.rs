@@ -33,6 +33,29 @@ pub enum ErrorKind {
 }
 
 impl ErrorKind {
+    /// Every kind, in declaration order (what metrics count errors by).
+    pub const ALL: [ErrorKind; 9] = [
+        ErrorKind::NotFound,
+        ErrorKind::AlreadyExists,
+        ErrorKind::InvalidKey,
+        ErrorKind::InvalidRange,
+        ErrorKind::InvalidConfig,
+        ErrorKind::Corrupt,
+        ErrorKind::Unauthorized,
+        ErrorKind::Backend,
+        ErrorKind::Closed,
+    ];
+
+    /// The kind's position in [`ErrorKind::ALL`].
+    pub(crate) fn index(self) -> usize {
+        self as usize
+    }
+
+    /// The kind whose [`ErrorKind::as_str`] is `code`.
+    pub fn from_code(code: &str) -> Option<ErrorKind> {
+        Self::ALL.into_iter().find(|k| k.as_str() == code)
+    }
+
     /// A stable, upper-snake-case name for the kind (used by the CLI and bindings).
     pub fn as_str(self) -> &'static str {
         match self {

@@ -16,12 +16,14 @@
 #![deny(missing_docs)]
 
 pub mod backend;
+pub mod bench;
 pub mod checksum;
 pub mod config;
 pub mod error;
 pub mod greenfield;
 pub mod key;
 pub mod migrate;
+pub mod profile;
 pub mod runtime;
 pub mod shard;
 mod store;

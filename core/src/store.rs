@@ -2,15 +2,19 @@
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
 use bytes::Bytes;
 use futures::stream::{self, BoxStream, StreamExt, TryStreamExt};
+use tracing::Instrument;
 
 use crate::backend::{Backend, PieceMeta};
 use crate::checksum;
 use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::key;
+use crate::profile::inventory::{self, Inventory, InventoryOptions};
+use crate::profile::metrics::{Metrics, Op, Recorder};
 use crate::runtime;
 use crate::shard::Placement;
 
@@ -60,6 +64,8 @@ struct Inner {
     reborn: Mutex<Option<(u64, Shards)>>,
     /// Set once the bucket check passed (or when it is disabled).
     checked: tokio::sync::OnceCell<()>,
+    /// Operation metrics, per shard and operation.
+    metrics: Recorder,
 }
 
 impl PieceStore {
@@ -85,8 +91,13 @@ impl PieceStore {
             tokio::sync::OnceCell::new_with(Some(()))
         };
         tracing::debug!(shards = shards.len(), placement = %config.sharding.placement, "opened piece store");
+        let metrics = Recorder::new(
+            shards.iter().map(|b| b.kind_name()).collect(),
+            config.backend.metrics,
+        );
         Ok(PieceStore {
             inner: Arc::new(Inner {
+                metrics,
                 fork_sensitive: shards.iter().any(|b| b.is_fork_sensitive()),
                 shards,
                 placement: config.sharding.placement,
@@ -240,52 +251,78 @@ impl PieceStore {
         data: impl Into<Bytes>,
         opts: PutOptions,
     ) -> Result<()> {
-        self.check().await?;
-        let backend = self.backend(key)?;
         let data = data.into();
-        let crc = checksum::crc32c(&data);
-        backend.put(key, data, crc, opts.overwrite).await
+        let len = data.len() as u64;
+        self.observe(Op::Put, key, |_| len, async {
+            self.check().await?;
+            let backend = self.backend(key)?;
+            let crc = checksum::crc32c(&data);
+            backend.put(key, data, crc, opts.overwrite).await
+        })
+        .await
     }
 
     /// Reads a whole piece, verified against its CRC32C (`Corrupt` on mismatch, never wrong bytes).
     /// A piece that carries no checksum (written by another tool) is returned as stored; see
     /// [`PieceStore::head`].
     pub async fn get(&self, key: &str) -> Result<Bytes> {
-        self.check().await?;
-        Ok(self.backend(key)?.get(key).await?.0)
+        Ok(self.get_with_crc(key).await?.0)
     }
 
     /// Reads a whole piece, verified; also returns the checksum it was verified against
     /// (`None` for a piece stored without one).
     pub(crate) async fn get_with_crc(&self, key: &str) -> Result<(Bytes, Option<u32>)> {
-        self.check().await?;
-        self.backend(key)?.get(key).await
+        self.observe(Op::Get, key, |(b, _)| b.len() as u64, async {
+            self.check().await?;
+            self.backend(key)?.get(key).await
+        })
+        .await
+    }
+
+    /// [`PieceStore::get`] that also returns when its first byte could be read (for the
+    /// benchmark's time to first byte; `None` when the get failed before that).
+    pub(crate) async fn get_first_byte(&self, key: &str) -> Result<(Bytes, Option<Instant>)> {
+        let mut first = None;
+        let bytes = self
+            .observe(Op::Get, key, |b: &Bytes| b.len() as u64, async {
+                self.check().await?;
+                let (bytes, _) = self.backend(key)?.get_timed(key, &mut first).await?;
+                Ok(bytes)
+            })
+            .await?;
+        Ok((bytes, first))
     }
 
     /// Reads `len` bytes at `offset`. The whole piece is read and verified, then sliced (no
     /// copy), so a range is never returned from a corrupt piece. `InvalidRange` when the range
     /// is not inside the piece.
     pub async fn get_range(&self, key: &str, offset: u64, len: u64) -> Result<Bytes> {
-        self.check().await?;
-        let backend = self.backend(key)?;
-        let (bytes, _) = backend.get(key).await?;
-        let size = bytes.len() as u64;
-        match offset.checked_add(len) {
-            Some(end) if end <= size => Ok(bytes.slice(offset as usize..end as usize)),
-            _ => Err(Error::InvalidRange {
-                key: key.into(),
-                offset,
-                len,
-                size,
-            }),
-        }
+        self.observe(Op::GetRange, key, |b| b.len() as u64, async {
+            self.check().await?;
+            let backend = self.backend(key)?;
+            let (bytes, _) = backend.get(key).await?;
+            let size = bytes.len() as u64;
+            match offset.checked_add(len) {
+                Some(end) if end <= size => Ok(bytes.slice(offset as usize..end as usize)),
+                _ => Err(Error::InvalidRange {
+                    key: key.into(),
+                    offset,
+                    len,
+                    size,
+                }),
+            }
+        })
+        .await
     }
 
     /// A piece's size and checksum (`crc32c: None`, `unverified()`, for a piece written without
     /// one), in one small request.
     pub async fn head(&self, key: &str) -> Result<PieceMeta> {
-        self.check().await?;
-        self.backend(key)?.head(key).await
+        self.observe(Op::Head, key, |_| 0, async {
+            self.check().await?;
+            self.backend(key)?.head(key).await
+        })
+        .await
     }
 
     /// Whether a piece exists under `key` (a HEAD; `NotFound` is `false`, other errors stay
@@ -300,8 +337,11 @@ impl PieceStore {
 
     /// Deletes a piece. Deleting a missing piece succeeds (deletes are idempotent, as on S3).
     pub async fn delete(&self, key: &str) -> Result<()> {
-        self.check().await?;
-        self.backend(key)?.delete(key).await
+        self.observe(Op::Delete, key, |_| 0, async {
+            self.check().await?;
+            self.backend(key)?.delete(key).await
+        })
+        .await
     }
 
     /// Lists the pieces whose keys start with `prefix` (any string prefix; "" for all) on every
@@ -315,10 +355,102 @@ impl PieceStore {
         stream::once(async move {
             store.check().await?;
             let shards = store.shards_now()?;
-            Ok(stream::select_all(shards.iter().map(|b| b.list(&prefix))))
+            Ok(stream::select_all(
+                shards
+                    .iter()
+                    .enumerate()
+                    .map(|(i, b)| store.observed_list(i, b.list(&prefix))),
+            ))
         })
         .try_flatten()
         .boxed()
+    }
+
+    /// One shard's listing, recorded as one `list` operation when it ends (or is dropped).
+    fn observed_list(
+        &self,
+        shard: usize,
+        inner: BoxStream<'static, Result<PieceMeta>>,
+    ) -> BoxStream<'static, Result<PieceMeta>> {
+        if !self.inner.metrics.enabled() {
+            return inner;
+        }
+        struct Listing {
+            store: PieceStore,
+            shard: usize,
+            start: Instant,
+            outcome: Option<std::result::Result<u64, crate::ErrorKind>>,
+        }
+        impl Drop for Listing {
+            fn drop(&mut self) {
+                let outcome = self.outcome.take().unwrap_or(Ok(0));
+                (self.store.inner.metrics).record(
+                    self.shard,
+                    Op::List,
+                    self.start.elapsed(),
+                    outcome,
+                );
+            }
+        }
+        let mut listing = Listing {
+            store: self.clone(),
+            shard,
+            start: Instant::now(),
+            outcome: None,
+        };
+        inner
+            .inspect(move |item| {
+                if let Err(e) = item {
+                    listing.outcome.get_or_insert(Err(e.kind()));
+                }
+            })
+            .boxed()
+    }
+
+    /// Runs one operation on `key`'s shard inside a `piecestore` tracing span, and records its
+    /// latency and its bytes (`size` of the result) or its error kind.
+    #[inline]
+    async fn observe<T>(
+        &self,
+        op: Op,
+        key: &str,
+        size: impl FnOnce(&T) -> u64,
+        fut: impl Future<Output = Result<T>>,
+    ) -> Result<T> {
+        let shard = self.shard_of(key);
+        let span = tracing::debug_span!("piecestore", op = op.as_str(), key, shard);
+        let metrics = &self.inner.metrics;
+        if !metrics.enabled() {
+            return fut.instrument(span).await;
+        }
+        let start = Instant::now();
+        let result = fut.instrument(span).await;
+        let outcome = match &result {
+            Ok(v) => Ok(size(v)),
+            Err(e) => Err(e.kind()),
+        };
+        metrics.record(shard, op, start.elapsed(), outcome);
+        result
+    }
+
+    /// What the store holds: pieces, bytes, sizes, per-shard balance and orphans, from one
+    /// listing of every shard (`piecestore profile`). `progress` is called with the number of
+    /// objects listed so far, every 1,000 objects.
+    pub async fn inventory(
+        &self,
+        opts: InventoryOptions,
+        progress: &(dyn Fn(u64) + Sync),
+    ) -> Result<Inventory> {
+        self.check().await?;
+        let shards = self.shards_now()?;
+        inventory::collect(&shards, self.inner.placement, &opts, progress).await
+    }
+
+    /// A copy of this store's operation metrics (count, bytes, errors by kind and latency, per
+    /// shard and operation); [`Metrics::to_prometheus`] renders them as Prometheus text.
+    /// Clones of a store share one set of metrics. Empty when the config says `Metrics = false`.
+    pub fn metrics(&self) -> Metrics {
+        self.inner.metrics.snapshot()
     }
 
     /// Deletes every piece whose key starts with `prefix`, on **every** shard (object-level GC:
@@ -336,15 +468,18 @@ impl PieceStore {
             });
         }
         key::validate_prefix(prefix)?;
-        let per_shard = shards.iter().map(|b| {
+        let per_shard = shards.iter().enumerate().map(|(i, b)| {
             let b = Arc::clone(b);
             async move {
-                b.list(prefix)
+                self.observed_list(i, b.list(prefix))
                     .map(|m| {
                         let b = Arc::clone(&b);
                         async move {
                             let m = m?;
-                            b.delete(&m.key).await.map(|()| m.size)
+                            let key = m.key.as_str();
+                            self.observe(Op::Delete, key, |_| 0, b.delete(key))
+                                .await
+                                .map(|()| m.size)
                         }
                     })
                     .buffer_unordered(BATCH_CONCURRENCY)

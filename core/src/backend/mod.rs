@@ -5,7 +5,7 @@ mod s3;
 mod url;
 
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use futures::stream::{BoxStream, StreamExt, TryStreamExt};
@@ -178,6 +178,15 @@ impl Backend {
     /// Whether this is an in-process memory store (it keeps the `Bytes` a put hands it).
     pub(crate) fn is_memory(&self) -> bool {
         matches!(self.kind, Kind::Memory)
+    }
+
+    /// The backend kind, as a metrics label: `memory`, `file` or `s3`.
+    pub(crate) fn kind_name(&self) -> &'static str {
+        match self.kind {
+            Kind::Memory => "memory",
+            Kind::File(_) => "file",
+            Kind::S3 { .. } => "s3",
+        }
     }
 
     /// The label used in messages (URL without credentials).
@@ -466,15 +475,27 @@ impl Backend {
     /// Reads the whole piece and verifies it. Returns the bytes and the checksum they were
     /// verified against (`None`: the piece carries none).
     pub(crate) async fn get(&self, key: &str) -> Result<(Bytes, Option<u32>)> {
+        self.get_timed(key, &mut None).await
+    }
+
+    /// [`Backend::get`] that also notes when the first byte could be read (the response's
+    /// headers arrived, or the file was opened) in `first_byte`: a benchmark's time to first
+    /// byte.
+    pub(crate) async fn get_timed(
+        &self,
+        key: &str,
+        first_byte: &mut Option<Instant>,
+    ) -> Result<(Bytes, Option<u32>)> {
         let path = self.path(key)?;
         if let Kind::File(fs) = &self.kind {
-            return self.get_local(fs, key, &path).await;
+            return self.get_local(fs, key, &path, first_byte).await;
         }
         let result = self
             .store
             .get_opts(&path, GetOptions::default())
             .await
             .map_err(|e| self.map_err("get", Some(key), e))?;
+        *first_byte = Some(Instant::now());
         let expected = self.metadata_crc(key, &result.attributes)?;
         let bytes = result
             .bytes()
@@ -497,6 +518,7 @@ impl Backend {
         fs: &LocalFileSystem,
         key: &str,
         path: &Path,
+        first_byte: &mut Option<Instant>,
     ) -> Result<(Bytes, Option<u32>)> {
         let file_path = fs
             .path_to_filesystem(path)
@@ -507,17 +529,18 @@ impl Backend {
             Damaged,
             Mismatch { expected: u32, actual: u32 },
         }
-        let read = tokio::task::spawn_blocking(move || -> std::io::Result<Read> {
+        let read = tokio::task::spawn_blocking(move || -> std::io::Result<(Read, Instant)> {
             use std::io::Read as _;
             let mut f = std::fs::File::open(&file_path)?;
             let meta = f.metadata()?;
             if meta.is_dir() {
                 return Err(std::io::Error::from(std::io::ErrorKind::NotFound));
             }
+            let opened = Instant::now();
             let mut buf = Vec::with_capacity(meta.len() as usize);
             f.read_to_end(&mut buf)?;
             let total = buf.len() as u64;
-            Ok(
+            Ok((
                 match Trailer::check(&buf[buf.len().saturating_sub(Trailer::LEN)..], total) {
                     TrailerCheck::Absent => Read::Raw(buf),
                     TrailerCheck::Damaged => Read::Damaged,
@@ -534,9 +557,16 @@ impl Backend {
                         }
                     }
                 },
-            )
+                opened,
+            ))
         })
         .await;
+        let read = read.map(|r| {
+            r.map(|(read, opened)| {
+                *first_byte = Some(opened);
+                read
+            })
+        });
         let backend_err = |message: String, retryable| Error::Backend {
             op: "get",
             key: Some(key.into()),
@@ -680,6 +710,70 @@ impl Backend {
                 .try_buffered(32)
                 .boxed(),
         }
+    }
+}
+
+/// One object of a raw listing ([`Backend::list_all`]), classified.
+#[derive(Debug, Clone)]
+pub(crate) enum Listed {
+    /// A piece under a valid key (size without any checksum trailer).
+    Piece(PieceMeta),
+    /// PieceStore's own object under `.piecestore/` (e.g. a conditional-write probe).
+    Internal { key: String, size: u64 },
+    /// An unfinished write's temp file: the original's `.name.tmpN`, or a `name#N` staging
+    /// file of a local write that did not finish.
+    Temp { key: String, size: u64 },
+    /// An object whose name is not a valid piece key.
+    Foreign { key: String, size: u64 },
+}
+
+impl Backend {
+    /// Lists every object of this backend, pieces and everything else, classified (what a data
+    /// profile or a consistency check needs; [`Backend::list`] shows pieces only).
+    pub(crate) fn list_all(self: &Arc<Self>) -> BoxStream<'static, Result<Listed>> {
+        let me = Arc::clone(self);
+        let trailer = self.kind.placement() == Placement::Trailer;
+        self.store
+            .list(None)
+            .map_err({
+                let me = Arc::clone(&me);
+                move |e| me.map_err("list", None, e)
+            })
+            .map_ok(move |m| {
+                let me = Arc::clone(&me);
+                async move {
+                    let key = m.location.to_string();
+                    let size = m.size;
+                    if key.starts_with(RESERVED_PREFIX) {
+                        return Ok(Listed::Internal { key, size });
+                    }
+                    let staging = key.rsplit_once('#').is_some_and(|(_, n)| {
+                        !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit())
+                    });
+                    if is_foreign_temp_file(&key) || staging {
+                        return Ok(Listed::Temp { key, size });
+                    }
+                    if crate::key::validate(&key).is_err() {
+                        return Ok(Listed::Foreign { key, size });
+                    }
+                    if !trailer {
+                        return Ok(Listed::Piece(PieceMeta {
+                            key,
+                            size,
+                            crc32c: None,
+                            last_modified: m.last_modified.into(),
+                        }));
+                    }
+                    match me.head(&key).await {
+                        Ok(meta) => Ok(Listed::Piece(meta)),
+                        // Deleted since it was listed.
+                        Err(Error::NotFound { .. }) => Ok(Listed::Temp { key, size: 0 }),
+                        Err(e) => Err(e),
+                    }
+                }
+            })
+            .try_buffered(32)
+            .boxed()
     }
 }
 
