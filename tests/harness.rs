@@ -505,3 +505,194 @@ pub fn start_proxy(upstream: &str, mode: ProxyMode) -> String {
     });
     format!("http://127.0.0.1:{port}")
 }
+
+/// A server started for one test alone (to stop it mid-test); killed on drop.
+pub struct OwnedServer {
+    /// The server.
+    pub server: S3Server,
+    child: Child,
+}
+
+impl OwnedServer {
+    /// Kills the server (SIGKILL) and waits for it.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for OwnedServer {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Starts an s3s-fs of this test's own, which the test may kill. `None` (with a message) when
+/// s3s-fs is not installed and we are not in CI.
+pub fn start_owned_s3s_fs() -> Option<OwnedServer> {
+    let Some(bin) = find_binary("s3s-fs") else {
+        assert!(!in_ci(), "CI=true but s3s-fs is not installed");
+        eprintln!("SKIPPED: s3s-fs is not installed");
+        return None;
+    };
+    let port = free_port();
+    let dir = tempfile::Builder::new()
+        .prefix("s3s-fs-owned-")
+        .tempdir()
+        .expect("tempdir")
+        .keep();
+    let (ak, sk) = (random_token(20).to_uppercase(), random_token(40));
+    let mut cmd = Command::new(bin);
+    cmd.args([
+        "--host",
+        "127.0.0.1",
+        "--port",
+        &port.to_string(),
+        "--access-key",
+        &ak,
+        "--secret-key",
+        &sk,
+    ])
+    .arg(&dir)
+    .stdout(Stdio::null())
+    .stderr(Stdio::null());
+    let mut child = spawn_owned(cmd).expect("spawn s3s-fs");
+    wait_for_port(port, &mut child, "s3s-fs");
+    Some(OwnedServer {
+        server: S3Server {
+            kind: ServerKind::S3sFs,
+            endpoint: format!("http://127.0.0.1:{port}"),
+            access_key: ak,
+            secret_key: sk,
+            data_dir: Some(dir),
+            atomic_create: false,
+        },
+        child,
+    })
+}
+
+/// One request a [`CountingProxy`] forwarded: method and path with query.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SeenRequest {
+    /// `GET`, `PUT`, `HEAD`, `DELETE`, …
+    pub method: String,
+    /// The request target, e.g. `/bucket-0/key?x-id=PutObject`.
+    pub target: String,
+}
+
+/// An HTTP/1.1 proxy on 127.0.0.1 in front of an S3-compatible server that logs every request
+/// it forwards: what the server saw, to check a client's own counts against.
+pub struct CountingProxy {
+    /// `http://127.0.0.1:PORT`: use it in place of the server's endpoint.
+    pub endpoint: String,
+    seen: std::sync::Arc<std::sync::Mutex<Vec<SeenRequest>>>,
+}
+
+impl CountingProxy {
+    /// Starts a proxy to `upstream` (`http://127.0.0.1:PORT`).
+    pub fn start(upstream: &str) -> CountingProxy {
+        let upstream = upstream.trim_start_matches("http://").to_string();
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind proxy");
+        let port = listener.local_addr().expect("addr").port();
+        let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let log = std::sync::Arc::clone(&seen);
+        std::thread::spawn(move || {
+            for client in listener.incoming().flatten() {
+                let Ok(server) = TcpStream::connect(&upstream) else {
+                    continue;
+                };
+                let log = std::sync::Arc::clone(&log);
+                let (c2, s2) = match (client.try_clone(), server.try_clone()) {
+                    (Ok(c), Ok(s)) => (c, s),
+                    _ => continue,
+                };
+                // Responses pass through untouched.
+                std::thread::spawn(move || {
+                    let (mut from, mut to) = (s2, c2);
+                    let _ = std::io::copy(&mut from, &mut to);
+                    let _ = to.shutdown(std::net::Shutdown::Both);
+                });
+                std::thread::spawn(move || {
+                    let _ = forward_requests(client, server, &log);
+                });
+            }
+        });
+        CountingProxy {
+            endpoint: format!("http://127.0.0.1:{port}"),
+            seen,
+        }
+    }
+
+    /// Every request forwarded so far.
+    pub fn seen(&self) -> Vec<SeenRequest> {
+        self.seen.lock().map(|v| v.clone()).unwrap_or_default()
+    }
+}
+
+/// Reads requests from `client` one by one (headers, then a `Content-Length` or chunked
+/// body), logs each and writes it on to `server`.
+fn forward_requests(
+    client: TcpStream,
+    mut server: TcpStream,
+    log: &std::sync::Mutex<Vec<SeenRequest>>,
+) -> std::io::Result<()> {
+    use std::io::BufRead;
+    let mut r = std::io::BufReader::new(client);
+    loop {
+        let mut head = Vec::new();
+        loop {
+            let mut line = Vec::new();
+            if r.read_until(b'\n', &mut line)? == 0 {
+                let _ = server.shutdown(std::net::Shutdown::Write);
+                return Ok(());
+            }
+            head.extend_from_slice(&line);
+            if line == b"\r\n" {
+                break;
+            }
+        }
+        let text = String::from_utf8_lossy(&head).into_owned();
+        let mut lines = text.split("\r\n");
+        let mut first = lines.next().unwrap_or("").split_whitespace();
+        let (method, target) = (
+            first.next().unwrap_or("").to_string(),
+            first.next().unwrap_or("").to_string(),
+        );
+        let (mut length, mut chunked) = (0usize, false);
+        for l in lines {
+            if let Some((k, v)) = l.split_once(':') {
+                let (k, v) = (k.trim().to_ascii_lowercase(), v.trim());
+                if k == "content-length" {
+                    length = v.parse().unwrap_or(0);
+                } else if k == "transfer-encoding" && v.eq_ignore_ascii_case("chunked") {
+                    chunked = true;
+                }
+            }
+        }
+        if let Ok(mut l) = log.lock() {
+            l.push(SeenRequest { method, target });
+        }
+        server.write_all(&head)?;
+        if chunked {
+            loop {
+                let mut size_line = Vec::new();
+                r.read_until(b'\n', &mut size_line)?;
+                server.write_all(&size_line)?;
+                let size_text = String::from_utf8_lossy(&size_line);
+                let size =
+                    usize::from_str_radix(size_text.trim().split(';').next().unwrap_or("0"), 16)
+                        .unwrap_or(0);
+                let mut chunk = vec![0u8; size + 2];
+                r.read_exact(&mut chunk)?;
+                server.write_all(&chunk)?;
+                if size == 0 {
+                    break;
+                }
+            }
+        } else if length > 0 {
+            let mut body = vec![0u8; length];
+            r.read_exact(&mut body)?;
+            server.write_all(&body)?;
+        }
+    }
+}

@@ -1,5 +1,8 @@
 //! `piecestore`: the command-line front end over one `PieceStore`.
 
+mod bench;
+mod html;
+
 use std::io::{Read, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -24,6 +27,7 @@ Which store:
 Exit codes:
   0 success   1 other error   2 usage   3 piece not found   4 piece exists with other bytes
   5 invalid key, range or config   6 corrupt piece   7 unauthorized   8 backend failure
+  9 a functional check of `bench --check` failed
 
 Examples:
   piecestore put 42_s0 segment.bin            store a file as piece 42_s0 in ./data
@@ -34,7 +38,10 @@ Examples:
   piecestore --config config.toml stat e42_s0_p1 --json
   piecestore rm 42_s0 greeting
   piecestore --config config.toml rm --prefix e42_   delete object 42's EC pieces on every shard
-  piecestore migrate --from old.toml --to 'file:///srv/pieces-%d?shards=4&placement=jump' --dry-run";
+  piecestore migrate --from old.toml --to 'file:///srv/pieces-%d?shards=4&placement=jump' --dry-run
+  piecestore --store http://127.0.0.1:9000/b bench --op get --size 4KiB -c 16 --duration 30s --html r.html
+  piecestore bench compare before.json after.json
+  piecestore --config config.toml profile --json";
 
 /// Store, read and manage immutable pieces on memory, local disk or any S3-compatible store.
 #[derive(Parser, Debug)]
@@ -130,7 +137,32 @@ enum Command {
         #[arg(long, default_value_t = 16)]
         concurrency: usize,
     },
+    /// Benchmark the store: put/get/head/delete/list or a mix, with latency percentiles.
+    ///
+    /// Writes its pieces under a fresh prefix `bench-<random>/` and deletes them at the end
+    /// (unless --keep). Reads, heads, deletes and lists work on --objects pieces written first.
+    /// `piecestore bench compare A.json B.json` sets two runs' JSON side by side.
+    #[command(args_conflicts_with_subcommands = true, after_help = bench::AFTER_HELP)]
+    Bench {
+        #[command(subcommand)]
+        compare: Option<bench::BenchCommand>,
+        #[command(flatten)]
+        args: bench::BenchArgs,
+    },
+    /// Report what the store holds: pieces, bytes, size histogram, per-shard balance and skew,
+    /// orphans (objects no get can reach) and, once packing is on, pack fill and garbage.
+    Profile {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+        /// How many orphan keys to name.
+        #[arg(long, default_value_t = 20)]
+        orphan_samples: usize,
+    },
 }
+
+/// Exit code of `bench --check` when a functional check failed.
+const EXIT_CHECK_FAILED: u8 = 9;
 
 fn exit_code(e: &Error) -> u8 {
     match e.kind() {
@@ -161,6 +193,7 @@ fn main() -> ExitCode {
     };
     match runtime.block_on(run(cli)) {
         Ok(()) => ExitCode::SUCCESS,
+        Err(CliError::Exit(code)) => ExitCode::from(code),
         Err(CliError::Store(e)) => {
             eprintln!("error[{}]: {e}", e.kind());
             ExitCode::from(exit_code(&e))
@@ -176,9 +209,11 @@ fn main() -> ExitCode {
     }
 }
 
-enum CliError {
+pub(crate) enum CliError {
     Store(Error),
     Io(String, std::io::Error),
+    /// Exit with this code; the message was printed already.
+    Exit(u8),
 }
 
 impl From<Error> for CliError {
@@ -187,7 +222,7 @@ impl From<Error> for CliError {
     }
 }
 
-fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> CliError {
+pub(crate) fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> CliError {
     let what = what.into();
     move |e| CliError::Io(what, e)
 }
@@ -214,8 +249,20 @@ async fn run(cli: Cli) -> Result<(), CliError> {
     {
         return migrate(from, to, *dry_run, *concurrency).await;
     }
+    if let Command::Bench {
+        compare: Some(bench::BenchCommand::Compare { a, b }),
+        ..
+    } = &cli.command
+    {
+        return bench::compare_files(a, b);
+    }
     let store = PieceStore::open(load_config(&cli)?).await?;
     match cli.command {
+        Command::Bench { args, .. } => bench::run(&store, args).await?,
+        Command::Profile {
+            json,
+            orphan_samples,
+        } => bench::profile(&store, json, orphan_samples).await?,
         Command::Put {
             key,
             file,
@@ -384,7 +431,7 @@ fn read_stdin() -> Result<Vec<u8>, CliError> {
 
 /// Writes `bytes` to `path` through a temporary file and a rename, so a failed write never
 /// leaves a partial file under the name.
-fn write_file(path: &std::path::Path, bytes: &[u8]) -> Result<(), CliError> {
+pub(crate) fn write_file(path: &std::path::Path, bytes: &[u8]) -> Result<(), CliError> {
     let dir = path
         .parent()
         .filter(|p| !p.as_os_str().is_empty())

@@ -254,9 +254,10 @@ struct Pool {
 }
 
 /// Runs the benchmark `opts` describes on `store`. `progress` is called about four times a
-/// second. Fails only when the run cannot start (bad options, the preparation's writes fail,
-/// or `check` finds a misbehaving store: the report of a failed check is in the error's
-/// message); failed operations while measuring are counted in the report, not returned.
+/// second. Fails only when the run cannot start (bad options, or the preparation's writes
+/// fail); failed operations while measuring are counted in the report, not returned. When a
+/// functional check fails (`check`), no load runs: the report has the checks and says why in
+/// [`Report::stopped_early`] (see [`Report::check_failed`]).
 pub async fn run(
     store: &PieceStore,
     opts: &BenchOptions,
@@ -308,17 +309,17 @@ pub async fn run(
         });
         checks = run_checks(store, &prefix).await;
         if let Some(failed) = checks.iter().find(|c| !c.passed) {
-            return Err(Error::Backend {
-                op: "bench check",
-                key: None,
-                backend: store.shard_labels().join(", "),
-                message: format!(
-                    "check {:?} failed: {}",
-                    failed.name,
-                    failed.detail.as_deref().unwrap_or("")
-                ),
-                retryable: false,
-            });
+            let why = format!(
+                "functional check {:?} failed: {}",
+                failed.name,
+                failed.detail.as_deref().unwrap_or("")
+            );
+            let mut report = merge(Vec::new(), opts, Duration::ZERO, &mut Issued::default());
+            report.started_at = started_at;
+            report.store = store.shard_labels();
+            report.stopped_early = Some(why);
+            report.checks = checks;
+            return Ok(report);
         }
     }
 
@@ -437,12 +438,11 @@ pub async fn run(
             last = (now, 0);
             continue;
         }
-        if phase == PHASE_MEASURE {
-            if let (Some(d), None) = (opts.duration, opts.count)
-                && now.duration_since(phase_start) >= d
-            {
-                shared.stop.store(true, Ordering::Release);
-            }
+        if phase == PHASE_MEASURE
+            && let (Some(d), None) = (opts.duration, opts.count)
+            && now.duration_since(phase_start) >= d
+        {
+            shared.stop.store(true, Ordering::Release);
         }
         let done = shared.done.load(Ordering::Relaxed);
         let rate = (done.saturating_sub(last.1)) as f64
@@ -634,6 +634,9 @@ async fn worker(
     let mut rng = Rng((w as u64 + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1);
     let single = !opts.workload.is_mixed();
     loop {
+        // A memory store's operations never wait: without this, workers would never give
+        // their threads back, and the timers that end the run would never fire.
+        tokio::task::consume_budget().await;
         if shared.stop.load(Ordering::Acquire) {
             break;
         }
@@ -903,6 +906,7 @@ fn merge(
                 } else {
                     s.latency_ns as f64 / n as f64 / 1000.0
                 },
+                span_s: (duration.as_secs_f64() - t as f64).clamp(0.0, 1.0),
             }
         })
         .collect();

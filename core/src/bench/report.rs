@@ -125,6 +125,14 @@ pub struct Second {
     pub bytes: u64,
     /// Mean latency of this second's successful operations, µs.
     pub mean_latency_us: f64,
+    /// How much of the second the run covered (1.0, but less for the last one): divide by it
+    /// for a rate.
+    #[serde(default = "one")]
+    pub span_s: f64,
+}
+
+fn one() -> f64 {
+    1.0
 }
 
 /// Operations issued per phase, by operation name.
@@ -183,6 +191,11 @@ pub fn human_rate(bytes_per_s: f64) -> String {
 }
 
 impl Report {
+    /// Whether a functional check failed (then no load ran).
+    pub fn check_failed(&self) -> bool {
+        self.checks.iter().any(|c| !c.passed)
+    }
+
     /// The human-readable summary `piecestore bench` prints.
     pub fn to_table(&self) -> String {
         let mut out = String::new();
