@@ -33,6 +33,7 @@ pub enum ServerKind {
 }
 
 /// A running (or external) S3-compatible server.
+#[derive(Clone)]
 pub struct S3Server {
     /// Which server.
     pub kind: ServerKind,
@@ -428,6 +429,8 @@ impl<T> NoOk for piecestore::Result<T> {
 /// What a [`start_proxy`] does to the requests it forwards.
 #[derive(Debug, Clone, Copy)]
 pub enum ProxyMode {
+    /// Forward every request as it is (to count what a server saw: [`Proxy::seen`]).
+    PassThrough,
     /// Delete the `If-None-Match` header: a server that ignores conditional writes, as some
     /// S3-compatible ones do.
     StripIfNoneMatch,
@@ -435,28 +438,63 @@ pub enum ProxyMode {
     FailFirst(usize),
 }
 
+/// One request a [`Proxy`] saw: method and target (path with query).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SeenRequest {
+    /// `GET`, `PUT`, `HEAD`, `DELETE`, …
+    pub method: String,
+    /// The request target, e.g. `/bucket-0/key`.
+    pub target: String,
+}
+
+/// A running [`start_proxy`]: its endpoint and every request it received.
+pub struct Proxy {
+    /// `http://127.0.0.1:PORT`: use it in place of the server's endpoint.
+    pub endpoint: String,
+    seen: std::sync::Arc<std::sync::Mutex<Vec<SeenRequest>>>,
+}
+
+impl Proxy {
+    /// Every request received so far (forwarded or answered by the proxy).
+    pub fn seen(&self) -> Vec<SeenRequest> {
+        self.seen.lock().map(|v| v.clone()).unwrap_or_default()
+    }
+}
+
 /// A proxy on 127.0.0.1 in front of an S3 server (path style), running until the test binary
 /// exits. Returns its endpoint.
 pub fn start_proxy(upstream: &str, mode: ProxyMode) -> String {
-    use std::sync::Arc;
-    use std::sync::atomic::AtomicUsize;
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let upstream = upstream.trim_start_matches("http://").to_string();
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind proxy");
-    let port = listener.local_addr().expect("addr").port();
-    listener.set_nonblocking(true).expect("nonblocking");
-    let seen = Arc::new(AtomicUsize::new(0));
-    std::thread::spawn(move || {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .expect("runtime");
-        rt.block_on(async move {
+    Proxy::start(upstream, mode).endpoint
+}
+
+impl Proxy {
+    /// [`start_proxy`], keeping the log of requests.
+    pub fn start(upstream: &str, mode: ProxyMode) -> Proxy {
+        use std::sync::Arc;
+        use std::sync::atomic::AtomicUsize;
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let upstream = upstream.trim_start_matches("http://").to_string();
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind proxy");
+        let port = listener.local_addr().expect("addr").port();
+        listener.set_nonblocking(true).expect("nonblocking");
+        let seen = Arc::new(AtomicUsize::new(0));
+        let log = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let proxy = Proxy {
+            endpoint: format!("http://127.0.0.1:{port}"),
+            seen: Arc::clone(&log),
+        };
+        std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("runtime");
+            rt.block_on(async move {
             let listener = tokio::net::TcpListener::from_std(listener).expect("listener");
             loop {
                 let Ok((mut client, _)) = listener.accept().await else { continue };
                 let upstream = upstream.clone();
                 let seen = Arc::clone(&seen);
+                let log = Arc::clone(&log);
                 tokio::spawn(async move {
                     // Read the request head; one request per connection (Connection: close).
                     let mut buf = Vec::new();
@@ -471,6 +509,11 @@ pub fn start_proxy(upstream: &str, mode: ProxyMode) -> String {
                             break i + 4;
                         }
                     };
+                    let head = String::from_utf8_lossy(&buf[..head_end]).into_owned();
+                    let mut first = head.split_whitespace();
+                    if let (Some(method), Some(target), Ok(mut log)) = (first.next(), first.next(), log.lock()) {
+                        log.push(SeenRequest { method: method.into(), target: target.into() });
+                    }
                     if let ProxyMode::FailFirst(n) = mode
                         && seen.fetch_add(1, Ordering::SeqCst) < n
                     {
@@ -482,7 +525,6 @@ pub fn start_proxy(upstream: &str, mode: ProxyMode) -> String {
                         let _ = client.write_all(resp.as_bytes()).await;
                         return;
                     }
-                    let head = String::from_utf8_lossy(&buf[..head_end]).into_owned();
                     let mut out = String::new();
                     for line in head.split("\r\n").filter(|l| !l.is_empty()) {
                         let lower = line.to_ascii_lowercase();
@@ -502,8 +544,9 @@ pub fn start_proxy(upstream: &str, mode: ProxyMode) -> String {
                 });
             }
         });
-    });
-    format!("http://127.0.0.1:{port}")
+        });
+        proxy
+    }
 }
 
 /// A server started for one test alone (to stop it mid-test); killed on drop.
@@ -569,130 +612,4 @@ pub fn start_owned_s3s_fs() -> Option<OwnedServer> {
         },
         child,
     })
-}
-
-/// One request a [`CountingProxy`] forwarded: method and path with query.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SeenRequest {
-    /// `GET`, `PUT`, `HEAD`, `DELETE`, …
-    pub method: String,
-    /// The request target, e.g. `/bucket-0/key?x-id=PutObject`.
-    pub target: String,
-}
-
-/// An HTTP/1.1 proxy on 127.0.0.1 in front of an S3-compatible server that logs every request
-/// it forwards: what the server saw, to check a client's own counts against.
-pub struct CountingProxy {
-    /// `http://127.0.0.1:PORT`: use it in place of the server's endpoint.
-    pub endpoint: String,
-    seen: std::sync::Arc<std::sync::Mutex<Vec<SeenRequest>>>,
-}
-
-impl CountingProxy {
-    /// Starts a proxy to `upstream` (`http://127.0.0.1:PORT`).
-    pub fn start(upstream: &str) -> CountingProxy {
-        let upstream = upstream.trim_start_matches("http://").to_string();
-        let listener = TcpListener::bind("127.0.0.1:0").expect("bind proxy");
-        let port = listener.local_addr().expect("addr").port();
-        let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
-        let log = std::sync::Arc::clone(&seen);
-        std::thread::spawn(move || {
-            for client in listener.incoming().flatten() {
-                let Ok(server) = TcpStream::connect(&upstream) else {
-                    continue;
-                };
-                let log = std::sync::Arc::clone(&log);
-                let (c2, s2) = match (client.try_clone(), server.try_clone()) {
-                    (Ok(c), Ok(s)) => (c, s),
-                    _ => continue,
-                };
-                // Responses pass through untouched.
-                std::thread::spawn(move || {
-                    let (mut from, mut to) = (s2, c2);
-                    let _ = std::io::copy(&mut from, &mut to);
-                    let _ = to.shutdown(std::net::Shutdown::Both);
-                });
-                std::thread::spawn(move || {
-                    let _ = forward_requests(client, server, &log);
-                });
-            }
-        });
-        CountingProxy {
-            endpoint: format!("http://127.0.0.1:{port}"),
-            seen,
-        }
-    }
-
-    /// Every request forwarded so far.
-    pub fn seen(&self) -> Vec<SeenRequest> {
-        self.seen.lock().map(|v| v.clone()).unwrap_or_default()
-    }
-}
-
-/// Reads requests from `client` one by one (headers, then a `Content-Length` or chunked
-/// body), logs each and writes it on to `server`.
-fn forward_requests(
-    client: TcpStream,
-    mut server: TcpStream,
-    log: &std::sync::Mutex<Vec<SeenRequest>>,
-) -> std::io::Result<()> {
-    use std::io::BufRead;
-    let mut r = std::io::BufReader::new(client);
-    loop {
-        let mut head = Vec::new();
-        loop {
-            let mut line = Vec::new();
-            if r.read_until(b'\n', &mut line)? == 0 {
-                let _ = server.shutdown(std::net::Shutdown::Write);
-                return Ok(());
-            }
-            head.extend_from_slice(&line);
-            if line == b"\r\n" {
-                break;
-            }
-        }
-        let text = String::from_utf8_lossy(&head).into_owned();
-        let mut lines = text.split("\r\n");
-        let mut first = lines.next().unwrap_or("").split_whitespace();
-        let (method, target) = (
-            first.next().unwrap_or("").to_string(),
-            first.next().unwrap_or("").to_string(),
-        );
-        let (mut length, mut chunked) = (0usize, false);
-        for l in lines {
-            if let Some((k, v)) = l.split_once(':') {
-                let (k, v) = (k.trim().to_ascii_lowercase(), v.trim());
-                if k == "content-length" {
-                    length = v.parse().unwrap_or(0);
-                } else if k == "transfer-encoding" && v.eq_ignore_ascii_case("chunked") {
-                    chunked = true;
-                }
-            }
-        }
-        if let Ok(mut l) = log.lock() {
-            l.push(SeenRequest { method, target });
-        }
-        server.write_all(&head)?;
-        if chunked {
-            loop {
-                let mut size_line = Vec::new();
-                r.read_until(b'\n', &mut size_line)?;
-                server.write_all(&size_line)?;
-                let size_text = String::from_utf8_lossy(&size_line);
-                let size =
-                    usize::from_str_radix(size_text.trim().split(';').next().unwrap_or("0"), 16)
-                        .unwrap_or(0);
-                let mut chunk = vec![0u8; size + 2];
-                r.read_exact(&mut chunk)?;
-                server.write_all(&chunk)?;
-                if size == 0 {
-                    break;
-                }
-            }
-        } else if length > 0 {
-            let mut body = vec![0u8; length];
-            r.read_exact(&mut body)?;
-            server.write_all(&body)?;
-        }
-    }
 }

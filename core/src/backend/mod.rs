@@ -319,18 +319,20 @@ impl Backend {
             ConditionalWrites::On => true,
             ConditionalWrites::Off => false,
             ConditionalWrites::Auto if !matches!(self.kind, Kind::S3 { .. }) => true, // memory and local files are atomic
-            ConditionalWrites::Auto => {
-                *self
-                    .honours_create
-                    .get_or_init(|| self.probe_create())
-                    .await
-            }
+            // A probe that could not write at all (403, 503) decides nothing: this put goes
+            // ahead create-only and meets the backend's error itself; the next put probes again.
+            ConditionalWrites::Auto => self
+                .honours_create
+                .get_or_try_init(|| self.probe_create())
+                .await
+                .copied()
+                .unwrap_or(true),
         }
     }
 
     /// Writes a probe object twice with create-only semantics: a backend that honours
-    /// `If-None-Match: *` refuses the second.
-    async fn probe_create(&self) -> bool {
+    /// `If-None-Match: *` refuses the second. `Err` when the first write failed.
+    async fn probe_create(&self) -> std::result::Result<bool, ()> {
         let path = Path::from(format!(
             "{RESERVED_PREFIX}probe/{}-{}",
             std::process::id(),
@@ -352,7 +354,7 @@ impl Backend {
                 Err(object_store::Error::AlreadyExists { .. }
                     | object_store::Error::Precondition { .. })
             ),
-            Err(_) => false,
+            Err(_) => return Err(()),
         };
         let _ = self.store.delete(&path).await;
         if !honoured {
@@ -362,7 +364,7 @@ impl Backend {
                  which cannot stop two writers racing on one new key"
             );
         }
-        honoured
+        Ok(honoured)
     }
 
     /// Stores `data` under `key`. Without `overwrite`, an existing piece with the same bytes is

@@ -766,20 +766,23 @@ fn latency_of(h: &Histogram<u64>) -> Latency {
     .into_iter()
     .map(|p| (p, q(p / 100.0)))
     .collect();
-    // A log-scale histogram: 10 buckets per decade from the fastest sample.
-    let mut histogram = Vec::new();
-    let (lo, hi) = (h.min().max(1), h.max().max(1));
-    let mut edge = 10f64.powf((lo as f64).log10().floor());
-    let mut prev = 0u64;
-    while prev < hi {
-        let next = (edge * 10f64.powf(0.1)).ceil() as u64;
-        let n = h.count_between(prev + 1, next.max(prev + 1));
-        if prev + 1 >= lo || n > 0 {
-            histogram.push((us(next), n));
-        }
-        prev = next.max(prev + 1);
-        edge = next as f64;
+    // A log-scale histogram: 10 buckets per decade (bucket b holds values up to 10^(b/10) ns),
+    // every bucket from the fastest sample's to the slowest's.
+    let mut bins: BTreeMap<i32, u64> = BTreeMap::new();
+    for v in h.iter_recorded() {
+        let value = v.value_iterated_to().max(1) as f64;
+        let b = (value.log10() * 10.0 - 1e-9).ceil() as i32;
+        *bins.entry(b).or_default() += v.count_at_value();
     }
+    let histogram = match (bins.keys().next(), bins.keys().next_back()) {
+        (Some(&lo), Some(&hi)) => (lo..=hi)
+            .map(|b| {
+                let bound = 10f64.powf(f64::from(b) / 10.0) / 1000.0;
+                (bound, bins.get(&b).copied().unwrap_or(0))
+            })
+            .collect(),
+        _ => Vec::new(),
+    };
     Latency {
         min_us: us(h.min()),
         mean_us: h.mean() / 1000.0,
