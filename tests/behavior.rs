@@ -28,6 +28,7 @@ piecestore_tests::behavior_suite!(
     checksum_is_stored_where_the_original_reads_it,
     reopen_sees_everything,
     delete_prefix_removes_an_objects_pieces_from_every_shard,
+    metrics_count_every_operation_on_its_shard,
 );
 
 /// Deterministic pseudo-random bytes.
@@ -510,4 +511,114 @@ async fn delete_prefix_removes_an_objects_pieces_from_every_shard(f: &Fixture) {
         f.store.delete_prefix("").await.no_ok().kind(),
         ErrorKind::InvalidKey
     );
+}
+
+/// Every operation is counted on the shard that holds its key, with its bytes or its error
+/// kind, and the Prometheus text says the same.
+async fn metrics_count_every_operation_on_its_shard(f: &Fixture) {
+    use piecestore::profile::Op;
+    let s = &f.store;
+    let before = s.metrics();
+    assert!(before.enabled);
+    let n = s.shard_count();
+    assert_eq!(
+        before.ops.len(),
+        n * Op::ALL.len(),
+        "one entry per shard and operation"
+    );
+    // Opening checked the buckets; no operation ran yet.
+    assert!(before.ops.iter().all(|m| m.count == 0));
+    let mut puts = vec![0u64; n];
+    let mut put_bytes = vec![0u64; n];
+    for i in 0..24usize {
+        let key = format!("{i}_s0");
+        s.put(&key, data(i * 100, i as u64)).await.unwrap();
+        puts[s.shard_of(&key)] += 1;
+        put_bytes[s.shard_of(&key)] += (i * 100) as u64;
+    }
+    for i in 0..24usize {
+        s.get(&format!("{i}_s0")).await.unwrap();
+    }
+    assert_eq!(s.get_range("5_s0", 10, 20).await.unwrap().len(), 20);
+    let missing = "no-such-piece";
+    assert_eq!(s.get(missing).await.no_ok().kind(), ErrorKind::NotFound);
+    assert!(!s.exists(missing).await.unwrap());
+    assert_eq!(
+        s.get("bad//key").await.no_ok().kind(),
+        ErrorKind::InvalidKey
+    );
+    s.delete("3_s0").await.unwrap();
+    let listed: Vec<_> = s.list("1").try_collect().await.unwrap();
+    assert!(!listed.is_empty());
+
+    let m = s.metrics();
+    for shard in 0..n {
+        let put = m
+            .ops
+            .iter()
+            .find(|o| o.shard == shard && o.op == Op::Put)
+            .unwrap();
+        assert_eq!(
+            (put.count, put.bytes),
+            (puts[shard], put_bytes[shard]),
+            "shard {shard}"
+        );
+        assert_eq!(put.latency.counts.iter().sum::<u64>(), put.count);
+        let list = m
+            .ops
+            .iter()
+            .find(|o| o.shard == shard && o.op == Op::List)
+            .unwrap();
+        assert_eq!(list.count, 1, "each shard lists once");
+    }
+    let get = m.total(Op::Get);
+    assert_eq!(get.count, 24 + 2);
+    assert_eq!(get.bytes, (0..24u64).map(|i| i * 100).sum::<u64>());
+    assert_eq!(get.errors_of(ErrorKind::NotFound), 1);
+    assert_eq!(get.errors_of(ErrorKind::InvalidKey), 1);
+    let miss_shard = s.shard_of(missing);
+    let get_there = m
+        .ops
+        .iter()
+        .find(|o| o.shard == miss_shard && o.op == Op::Get)
+        .unwrap();
+    assert_eq!(
+        get_there.errors_of(ErrorKind::NotFound),
+        1,
+        "the error is on the key's shard"
+    );
+    assert_eq!(m.total(Op::GetRange).bytes, 20);
+    assert_eq!(
+        m.total(Op::Head).errors_of(ErrorKind::NotFound),
+        1,
+        "exists is a head"
+    );
+    assert_eq!(m.total(Op::Delete).count, 1);
+    assert!(get.latency.sum > std::time::Duration::ZERO);
+    let p50 = get.latency.quantile(0.5).unwrap();
+    assert!(p50 <= get.latency.quantile(0.99).unwrap());
+
+    let text = m.to_prometheus();
+    let backend = m.ops[0].backend;
+    assert!(["memory", "file", "s3"].contains(&backend));
+    let line = format!(
+        "piecestore_operation_bytes_total{{backend=\"{backend}\",shard=\"0\",op=\"put\"}} {}",
+        put_bytes[0]
+    );
+    assert!(text.contains(&line), "missing {line}");
+    let count_of = |metric: &str, op: &str| -> u64 {
+        text.lines()
+            .filter(|l| l.starts_with(metric) && l.contains(&format!("op=\"{op}\"")))
+            .map(|l| l.rsplit(' ').next().unwrap().parse::<u64>().unwrap())
+            .sum()
+    };
+    assert_eq!(count_of("piecestore_operations_total{", "put"), 24);
+    assert_eq!(
+        count_of("piecestore_operation_duration_seconds_count{", "get"),
+        26
+    );
+    assert_eq!(count_of("piecestore_operation_errors_total{", "get"), 2);
+    // A clone shares the counters.
+    s.clone().head("5_s0").await.unwrap();
+    assert_eq!(s.metrics().total(Op::Head).count, 2);
 }

@@ -309,3 +309,15 @@ async fn missing_buckets_are_created_at_open_like_the_original() {
         }
     }
 }
+
+/// `Metrics = false` (here as a URL option) keeps no metrics; operations still work.
+#[tokio::test]
+async fn metrics_can_be_turned_off() {
+    let store = PieceStore::open(Config::from_url("memory://?metrics=false").unwrap())
+        .await
+        .unwrap();
+    store.put("1_s0", &b"x"[..]).await.unwrap();
+    let m = store.metrics();
+    assert!(!m.enabled && m.ops.is_empty());
+    assert!(!m.to_prometheus().lines().any(|l| !l.starts_with('#')));
+}
