@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The whole test suite, on a fresh machine: installs the two S3-compatible test servers
-# (moto in a venv under target/, s3s-fs into ~/.cargo/bin), then lints and runs every test.
+# (moto in a venv under target/, s3s-fs into ~/.cargo/bin) and Debian's chromium (for the bench
+# report's screenshot test), then lints and runs every test.
 # The test harness starts the servers itself on 127.0.0.1. Then builds the Python package twice
 # (the 3.11+ abi3 wheel with zero-copy gets, and the 3.9+ abi3 wheel) and runs pytest on each,
 # and installs the Node package the README's way into a fresh project and runs `node --test`.
@@ -18,6 +19,14 @@ export PATH="$PWD/$venv/bin:$HOME/.cargo/bin:$PATH"
 if [ "$(s3s-fs --version 2>/dev/null)" != "s3s-fs 0.14.1" ]; then
   echo "== installing s3s-fs 0.14.1 (about 2 minutes)"
   cargo install s3s-fs --version 0.14.1 --features binary --locked --quiet
+fi
+
+if ! command -v chromium >/dev/null 2>&1; then
+  # The HTML report of `piecestore bench` is rendered and screenshotted in headless Chromium.
+  echo "== installing chromium (Debian's package) for the bench report test"
+  sudo=""; [ "$(id -u)" -ne 0 ] && sudo="sudo"
+  $sudo apt-get install -y -q --no-install-recommends chromium >/dev/null 2>&1 ||
+    { $sudo apt-get update -q >/dev/null && $sudo apt-get install -y -q --no-install-recommends chromium >/dev/null; }
 fi
 
 echo "== cargo fmt --check"
