@@ -105,6 +105,17 @@ export declare class PieceStore {
   get placement(): string
   /** The shard index that holds `key`. */
   shardOf(key: string): number
+  /**
+   * The store's operation metrics in the Prometheus text exposition format (0.0.4):
+   * `piecestore_operations_total`, `piecestore_operation_errors_total` (by `kind`, the error
+   * code), `piecestore_operation_bytes_total` and the histogram
+   * `piecestore_operation_duration_seconds`, each labelled `backend`, `shard` and `op`.
+   * A snapshot of in-memory counters (no I/O); with `{ metrics: false }` only the HELP and
+   * TYPE lines remain.
+   */
+  metrics(): string
+  /** The same metrics as one object per (shard, operation); empty with `{ metrics: false }`. */
+  metricsSummary(): Array<OpMetrics>
 }
 
 /**
@@ -130,6 +141,34 @@ export declare function ecKey(objectId: number, segment: number, ecIndex: number
 
 /** The longest key a piece may have, in bytes. */
 export declare const MAX_KEY_LEN: number
+
+/** The metrics of one operation on one shard, from `metricsSummary()`. */
+export interface OpMetrics {
+  /** The shard's backend kind: `"memory"`, `"file"` or `"s3"`. */
+  backend: string
+  /** The shard index. */
+  shard: number
+  /** The operation: `"put"`, `"get"`, `"get_range"`, `"head"`, `"delete"` or `"list"`. */
+  op: string
+  /** Operations finished, failed ones included. */
+  count: number
+  /** Bytes stored (put) or returned (get, getRange) by successful operations. */
+  bytes: number
+  /**
+   * Failed operations by error code (`PIECE_NOT_FOUND`, ...); codes without failures are
+   * left out.
+   */
+  errors: Record<string, number>
+  /** Total time the operations took, in seconds. */
+  latencySumSeconds: number
+  /**
+   * Median latency in seconds: the upper bound of its histogram bucket (powers of two from
+   * 1 µs); `null` without samples, `Infinity` past the last bucket (~67 s).
+   */
+  p50Seconds: number | null
+  /** 99th percentile latency in seconds, estimated as `p50Seconds`. */
+  p99Seconds: number | null
+}
 
 /** The names `options` accepts, as in `config.toml` (camelCase and snake_case work too). */
 export declare function optionNames(): Array<string>
@@ -235,6 +274,8 @@ export interface StoreOptions {
   checkBucket?: boolean
   /** Create a missing bucket when the check finds none (default true). */
   createBucket?: boolean
+  /** Keep operation metrics (`store.metrics()`; default true). */
+  metrics?: boolean
 }
 
 /** Throws an `INVALID_KEY` error if `key` breaks a key rule. */

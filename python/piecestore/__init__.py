@@ -12,6 +12,8 @@ Every blocking method releases the GIL; each has an asyncio twin named ``*_async
 (``await store.get_async(key)``), and ``store.list(prefix)`` works with both ``for`` and
 ``async for``. ``get`` returns a :class:`Buffer`: the store's bytes without a copy, usable
 anywhere a bytes-like object is (``bytes(b)``, ``memoryview(b)``, ``len(b)``, ``f.write(b)``).
+``store.metrics()`` gives counts, bytes, errors and latencies per shard and operation as
+Prometheus text (``store.metrics_summary()``: as dicts); ``metrics=False`` turns them off.
 
 All of it is the Rust core's behaviour; this package only converts arguments, results and
 errors. Errors are :class:`PieceStoreError` subclasses; see :mod:`piecestore._exceptions`.
@@ -45,7 +47,7 @@ from ._native import (
     validate_key,
     zero_copy_get,
 )
-from ._types import DeleteSummary, PieceInfo
+from ._types import DeleteSummary, OpMetrics, PieceInfo
 
 __all__ = [
     "PieceStore",
@@ -53,6 +55,7 @@ __all__ = [
     "ListIterator",
     "PieceInfo",
     "DeleteSummary",
+    "OpMetrics",
     "PieceStoreError",
     "PieceNotFound",
     "PieceExists",

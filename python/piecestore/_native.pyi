@@ -1,12 +1,13 @@
 """Type stubs of the native module (``bindings/python``); import from ``piecestore``."""
 
+import builtins
 import os
 import sys
 from collections.abc import AsyncIterator, Iterable, Iterator, Mapping
 from datetime import timedelta
 from typing import Any, Awaitable, Literal, Optional, Tuple, TypeVar, Union
 
-from ._types import DeleteSummary, PieceInfo
+from ._types import DeleteSummary, OpMetrics, PieceInfo
 
 if sys.version_info >= (3, 12):
     from collections.abc import Buffer as _BytesLike
@@ -77,7 +78,7 @@ class PieceStore:
         overwrite: bool = False,
     ) -> None:
         """Stores many pieces concurrently; raises the first failure."""
-    def get_many(self, keys: Iterable[str]) -> list[Buffer]:
+    def get_many(self, keys: Iterable[str]) -> builtins.list[Buffer]:
         """Reads many pieces concurrently, in order; raises the first failure."""
     def close(self) -> None:
         """Closes the store; later calls raise ``StoreClosed``."""
@@ -88,13 +89,23 @@ class PieceStore:
     def shard_count(self) -> int:
         """Number of shards."""
     @property
-    def shard_labels(self) -> list[str]:
+    def shard_labels(self) -> builtins.list[str]:
         """Each shard's backend, without credentials."""
     @property
     def placement(self) -> Literal["fnv-mod", "jump"]:
         """How keys are placed on shards."""
     def shard_of(self, key: str) -> int:
         """The shard that holds ``key``."""
+    def metrics(self) -> str:
+        """Operation metrics in the Prometheus text format (a snapshot, no I/O).
+
+        ``piecestore_operations_total``, ``piecestore_operation_errors_total`` (by ``kind``, the
+        error code), ``piecestore_operation_bytes_total`` and the histogram
+        ``piecestore_operation_duration_seconds``, labelled ``backend``, ``shard`` and ``op``.
+        With ``metrics=False`` only the HELP and TYPE lines remain.
+        """
+    def metrics_summary(self) -> builtins.list[OpMetrics]:
+        """The same metrics as one dict per (shard, operation); empty with ``metrics=False``."""
     async def put_async(
         self, key: str, data: _BytesLike, /, *, overwrite: bool = False
     ) -> None: ...
@@ -111,7 +122,7 @@ class PieceStore:
         *,
         overwrite: bool = False,
     ) -> None: ...
-    async def get_many_async(self, keys: Iterable[str]) -> list[Buffer]: ...
+    async def get_many_async(self, keys: Iterable[str]) -> builtins.list[Buffer]: ...
     async def close_async(self) -> None: ...
     def __enter__(self: _Self) -> _Self: ...
     def __exit__(self, *args: object) -> Literal[False]: ...

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import datetime as _dt
 from dataclasses import dataclass
-from typing import Optional
+from typing import Dict, Optional, TypedDict
 
-__all__ = ["PieceInfo", "DeleteSummary"]
+__all__ = ["PieceInfo", "DeleteSummary", "OpMetrics"]
 
 
 @dataclass(frozen=True)
@@ -38,6 +38,31 @@ class DeleteSummary:
     """Pieces deleted."""
     bytes: int
     """Their total size."""
+
+
+class OpMetrics(TypedDict):
+    """One (shard, operation) entry of ``PieceStore.metrics_summary()``."""
+
+    backend: str
+    """The shard's backend kind: ``memory``, ``file`` or ``s3``."""
+    shard: int
+    """The shard index."""
+    op: str
+    """The operation: ``put``, ``get``, ``get_range``, ``head``, ``delete`` or ``list``."""
+    count: int
+    """Operations finished, failed ones included."""
+    bytes: int
+    """Bytes stored (put) or returned (get, get_range) by successful operations."""
+    errors: Dict[str, int]
+    """Failed operations by error code (``PIECE_NOT_FOUND``, ...); codes without failures left
+    out."""
+    latency_sum_s: float
+    """Total time the operations took, in seconds."""
+    p50_s: Optional[float]
+    """Median latency in seconds: the upper bound of its histogram bucket (powers of two from
+    1 µs); ``None`` without samples, ``inf`` past the last bucket (~67 s)."""
+    p99_s: Optional[float]
+    """99th percentile latency in seconds, estimated as ``p50_s``."""
 
 
 def _piece_info(key: str, size: int, crc32c: Optional[int], ts: float) -> PieceInfo:

@@ -17,7 +17,9 @@ use napi::bindgen_prelude::*;
 use napi_derive::napi;
 use piecestore::key::{self, PieceKey};
 
-pub use store::{DeleteSummary, PieceInfo, PieceList, PieceStore, PutOpts, StoreOptions};
+pub use store::{
+    DeleteSummary, OpMetrics, PieceInfo, PieceList, PieceStore, PutOpts, StoreOptions,
+};
 
 #[napi_derive::module_init]
 fn init() {

@@ -1,5 +1,6 @@
 //! `PieceStore`: the core's `PieceStore` with Promise-returning methods.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::UNIX_EPOCH;
 
@@ -75,6 +76,8 @@ pub struct StoreOptions {
     pub check_bucket: Option<bool>,
     /// Create a missing bucket when the check finds none (default true).
     pub create_bucket: Option<bool>,
+    /// Keep operation metrics (`store.metrics()`; default true).
+    pub metrics: Option<bool>,
 }
 
 /// Options of a put.
@@ -146,6 +149,53 @@ pub struct DeleteSummary {
     pub pieces: i64,
     /// Their bytes.
     pub bytes: i64,
+}
+
+/// The metrics of one operation on one shard, from `metricsSummary()`.
+#[napi(object, object_from_js = false)]
+pub struct OpMetrics {
+    /// The shard's backend kind: `"memory"`, `"file"` or `"s3"`.
+    pub backend: String,
+    /// The shard index.
+    pub shard: u32,
+    /// The operation: `"put"`, `"get"`, `"get_range"`, `"head"`, `"delete"` or `"list"`.
+    pub op: String,
+    /// Operations finished, failed ones included.
+    pub count: i64,
+    /// Bytes stored (put) or returned (get, getRange) by successful operations.
+    pub bytes: i64,
+    /// Failed operations by error code (`PIECE_NOT_FOUND`, ...); codes without failures are
+    /// left out.
+    pub errors: HashMap<String, i64>,
+    /// Total time the operations took, in seconds.
+    pub latency_sum_seconds: f64,
+    /// Median latency in seconds: the upper bound of its histogram bucket (powers of two from
+    /// 1 µs); `null` without samples, `Infinity` past the last bucket (~67 s).
+    #[napi(ts_type = "number | null")]
+    pub p50_seconds: OrNull<f64>,
+    /// 99th percentile latency in seconds, estimated as `p50Seconds`.
+    #[napi(ts_type = "number | null")]
+    pub p99_seconds: OrNull<f64>,
+}
+
+impl From<&piecestore::profile::OpMetrics> for OpMetrics {
+    fn from(m: &piecestore::profile::OpMetrics) -> Self {
+        OpMetrics {
+            backend: m.backend.to_string(),
+            shard: m.shard as u32,
+            op: m.op.as_str().to_string(),
+            count: m.count as i64,
+            bytes: m.bytes as i64,
+            errors: m
+                .errors
+                .iter()
+                .map(|(k, n)| (k.as_str().to_string(), *n as i64))
+                .collect(),
+            latency_sum_seconds: m.latency.sum.as_secs_f64(),
+            p50_seconds: OrNull(m.latency.quantile_secs(0.5)),
+            p99_seconds: OrNull(m.latency.quantile_secs(0.99)),
+        }
+    }
 }
 
 /// A JavaScript option value as the core takes it (`undefined`/`null`: not set).
@@ -559,6 +609,28 @@ impl PieceStore {
     pub fn shard_of(&self, key: String) -> u32 {
         self.inner.shard_of(&key) as u32
     }
+
+    /// The store's operation metrics in the Prometheus text exposition format (0.0.4):
+    /// `piecestore_operations_total`, `piecestore_operation_errors_total` (by `kind`, the error
+    /// code), `piecestore_operation_bytes_total` and the histogram
+    /// `piecestore_operation_duration_seconds`, each labelled `backend`, `shard` and `op`.
+    /// A snapshot of in-memory counters (no I/O); with `{ metrics: false }` only the HELP and
+    /// TYPE lines remain.
+    #[napi]
+    pub fn metrics(&self) -> String {
+        self.inner.metrics().to_prometheus()
+    }
+
+    /// The same metrics as one object per (shard, operation); empty with `{ metrics: false }`.
+    #[napi]
+    pub fn metrics_summary(&self) -> Vec<OpMetrics> {
+        self.inner
+            .metrics()
+            .ops
+            .iter()
+            .map(OpMetrics::from)
+            .collect()
+    }
 }
 
 impl PieceStore {
@@ -566,20 +638,10 @@ impl PieceStore {
     /// memory store (which answers at once) for a piece over [`INLINE_MAX`], whose checksum and
     /// copy would hold up the event loop.
     fn small_enough(&self, key: &str) -> bool {
-        if !self.inner.retains_put_bytes() {
-            return true;
-        }
-        let _rt = piecestore::runtime::handle().enter();
-        let mut head = std::pin::pin!(self.inner.head(key));
-        match head
-            .as_mut()
-            .poll(&mut std::task::Context::from_waker(std::task::Waker::noop()))
-        {
-            std::task::Poll::Ready(Ok(m)) => m.size as usize <= INLINE_MAX,
-            // Errors (not found, bad key) are cheap to report at once.
-            std::task::Poll::Ready(Err(_)) => true,
-            std::task::Poll::Pending => false,
-        }
+        // Errors (not found, bad key) are cheap to report at once.
+        self.inner
+            .resident_size(key)
+            .is_none_or(|size| size as usize <= INLINE_MAX)
     }
 }
 

@@ -7,6 +7,7 @@ use bytes::Bytes;
 use futures::StreamExt;
 use futures::stream::BoxStream;
 use piecestore::config::OptionValue;
+use piecestore::profile::OpMetrics;
 use piecestore::runtime::block_on;
 use piecestore::{Config, PieceMeta, PutOptions};
 use pyo3::exceptions::PyTypeError;
@@ -61,6 +62,25 @@ impl<'py> IntoPyObject<'py> for Summary {
             .getattr("DeleteSummary")?
             .call1((self.0.pieces, self.0.bytes))
     }
+}
+
+/// One entry of `metrics_summary`.
+fn op_metrics<'py>(py: Python<'py>, m: &OpMetrics) -> PyResult<Bound<'py, PyDict>> {
+    let errors = PyDict::new(py);
+    for (kind, n) in &m.errors {
+        errors.set_item(kind.as_str(), n)?;
+    }
+    let d = PyDict::new(py);
+    d.set_item("backend", m.backend)?;
+    d.set_item("shard", m.shard)?;
+    d.set_item("op", m.op.as_str())?;
+    d.set_item("count", m.count)?;
+    d.set_item("bytes", m.bytes)?;
+    d.set_item("errors", errors)?;
+    d.set_item("latency_sum_s", m.latency.sum.as_secs_f64())?;
+    d.set_item("p50_s", m.latency.quantile_secs(0.5))?;
+    d.set_item("p99_s", m.latency.quantile_secs(0.99))?;
+    Ok(d)
 }
 
 /// A Python value given as an option, as the core takes it.
@@ -380,6 +400,29 @@ impl PieceStore {
     /// The shard index that holds `key`.
     fn shard_of(&self, key: &str) -> usize {
         self.inner.shard_of(key)
+    }
+
+    /// The store's operation metrics in the Prometheus text exposition format (0.0.4):
+    /// `piecestore_operations_total`, `piecestore_operation_errors_total` (by `kind`, the error
+    /// codes), `piecestore_operation_bytes_total` and the histogram
+    /// `piecestore_operation_duration_seconds`, each labelled `backend`, `shard` and `op`.
+    /// A snapshot of in-memory counters (no I/O); with `metrics=False` only the HELP and TYPE
+    /// lines remain.
+    fn metrics(&self) -> String {
+        self.inner.metrics().to_prometheus()
+    }
+
+    /// The same metrics as a list of dicts, one per (shard, operation): `backend`, `shard`,
+    /// `op`, `count`, `bytes`, `errors` (`{code: n}`), `latency_sum_s`, and `p50_s`/`p99_s`
+    /// (upper bounds of the latency buckets; `None` without samples, `inf` past the last
+    /// bucket). Empty with `metrics=False`.
+    fn metrics_summary<'py>(&self, py: Python<'py>) -> PyResult<Vec<Bound<'py, PyDict>>> {
+        self.inner
+            .metrics()
+            .ops
+            .iter()
+            .map(|m| op_metrics(py, m))
+            .collect()
     }
 
     // ----- asyncio -----

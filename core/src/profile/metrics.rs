@@ -298,6 +298,18 @@ impl LatencyHistogram {
         Some(Duration::MAX)
     }
 
+    /// [`LatencyHistogram::quantile`] in seconds, as bindings report it: `f64::INFINITY`
+    /// past the last bound.
+    pub fn quantile_secs(&self, q: f64) -> Option<f64> {
+        self.quantile(q).map(|d| {
+            if d == Duration::MAX {
+                f64::INFINITY
+            } else {
+                d.as_secs_f64()
+            }
+        })
+    }
+
     fn add(&mut self, other: &LatencyHistogram) {
         if self.counts.len() < other.counts.len() {
             self.counts.resize(other.counts.len(), 0);

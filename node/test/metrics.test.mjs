@@ -1,0 +1,141 @@
+// Operation metrics: the Prometheus text of metrics() and metricsSummary(), on memory and a
+// local directory, and { metrics: false }.
+import { test } from 'node:test'
+import assert from 'node:assert/strict'
+import path from 'node:path'
+
+import { PieceStore } from '../index.js'
+import { rejection, tempDir } from './helpers.mjs'
+
+const OPS = ['put', 'get', 'get_range', 'head', 'delete', 'list']
+
+function openStore(kind, options) {
+  if (kind === 'memory') return new PieceStore('memory://', options)
+  return new PieceStore(path.join(tempDir(), 'pieces'), options)
+}
+
+const samples = (text) => text.split('\n').filter((l) => l && !l.startsWith('#'))
+const labels = (kind, op, shard = 0) => `backend="${kind}",shard="${shard}",op="${op}"`
+
+for (const kind of ['memory', 'file']) {
+  test(`${kind}: counts, bytes and errors`, async () => {
+    const store = openStore(kind)
+    await store.put('1_s0', 'hello')
+    await store.put('2_s0', Buffer.from('abc'))
+    await store.put('3_s0', new Uint8Array(0))
+    assert.equal((await store.get('1_s0')).toString(), 'hello')
+    assert.equal((await store.get('2_s0')).toString(), 'abc')
+    assert.equal((await rejection(store.get('9_s0'))).code, 'PIECE_NOT_FOUND')
+    assert.equal((await store.getRange('1_s0', 1, 2)).toString(), 'el')
+
+    const text = store.metrics()
+    assert.equal(typeof text, 'string')
+    const has = (line) => assert.ok(text.includes(line + '\n'), `missing: ${line}`)
+    has(`piecestore_operations_total{${labels(kind, 'put')}} 3`)
+    has(`piecestore_operations_total{${labels(kind, 'get')}} 3`)
+    has(`piecestore_operations_total{${labels(kind, 'get_range')}} 1`)
+    has(`piecestore_operations_total{${labels(kind, 'delete')}} 0`)
+    has(`piecestore_operation_errors_total{${labels(kind, 'get')},kind="PIECE_NOT_FOUND"} 1`)
+    has(`piecestore_operation_bytes_total{${labels(kind, 'put')}} 8`)
+    has(`piecestore_operation_bytes_total{${labels(kind, 'get')}} 8`)
+    has(`piecestore_operation_bytes_total{${labels(kind, 'get_range')}} 2`)
+    has(`piecestore_operation_duration_seconds_bucket{${labels(kind, 'put')},le="+Inf"} 3`)
+    has(`piecestore_operation_duration_seconds_count{${labels(kind, 'get')}} 3`)
+
+    const summary = store.metricsSummary()
+    assert.deepEqual(summary.map((m) => [m.shard, m.op]), OPS.map((op) => [0, op]))
+    const byOp = Object.fromEntries(summary.map((m) => [m.op, m]))
+    assert.ok(summary.every((m) => m.backend === kind))
+    const { put, get, get_range: range, delete: del } = byOp
+    assert.deepEqual([put.count, put.bytes, put.errors], [3, 8, {}])
+    assert.deepEqual([get.count, get.bytes, get.errors], [3, 8, { PIECE_NOT_FOUND: 1 }])
+    assert.deepEqual([range.count, range.bytes], [1, 2])
+    for (const m of [put, get]) {
+      assert.ok(m.latencySumSeconds > 0)
+      assert.ok(m.p50Seconds > 0 && m.p50Seconds <= m.p99Seconds && Number.isFinite(m.p99Seconds))
+    }
+    assert.deepEqual([del.count, del.bytes, del.errors], [0, 0, {}])
+    assert.deepEqual([del.latencySumSeconds, del.p50Seconds, del.p99Seconds], [0, null, null])
+    await store.close()
+  })
+
+  test(`${kind}: { metrics: false } keeps none`, async () => {
+    for (const options of [{ metrics: false }, { Metrics: false }, { METRICS: false }]) {
+      const store = openStore(kind, options)
+      await store.put('1_s0', 'hello')
+      await store.get('1_s0')
+      await rejection(store.get('9_s0'))
+      const text = store.metrics()
+      assert.deepEqual(samples(text), [], JSON.stringify(options))
+      assert.match(text, /^# TYPE piecestore_operations_total counter$/m)
+      assert.deepEqual(store.metricsSummary(), [])
+      await store.close()
+    }
+  })
+}
+
+test('the file backend counts heads only for head and exists', async () => {
+  // (On a memory store, get and getRange probe the piece's size with a head first; see the
+  // memory test below.)
+  const store = openStore('file')
+  await store.put('1_s0', 'x')
+  await store.get('1_s0')
+  await store.head('1_s0')
+  assert.equal(await store.exists('9_s0'), false)
+  const head = store.metricsSummary().find((m) => m.op === 'head')
+  assert.deepEqual([head.count, head.errors], [2, { PIECE_NOT_FOUND: 1 }])
+  await store.close()
+})
+
+test('memory: gets are not counted as heads', async () => {
+  const store = openStore('memory')
+  await store.put('1_s0', 'x')
+  await store.get('1_s0')
+  await rejection(store.get('9_s0'))
+  const head = store.metricsSummary().find((m) => m.op === 'head')
+  assert.deepEqual([head.count, head.errors], [0, {}])
+  const get = store.metricsSummary().find((m) => m.op === 'get')
+  assert.deepEqual([get.count, get.errors], [2, { PIECE_NOT_FOUND: 1 }])
+  await store.close()
+})
+
+test('shards are labelled; a config object can turn metrics off', async () => {
+  const dir = tempDir()
+  const store = new PieceStore(`${dir}/s-%d`, { shards: 3 })
+  const keys = Array.from({ length: 30 }, (_, i) => `${i}_s0`)
+  await store.putMany(keys.map((k) => [k, Buffer.alloc(10, 1)]))
+  const perShard = [0, 0, 0]
+  for (const k of keys) perShard[store.shardOf(k)]++
+  const text = store.metrics()
+  const summary = store.metricsSummary()
+  assert.equal(summary.length, 3 * OPS.length)
+  perShard.forEach((n, shard) => {
+    assert.ok(text.includes(`piecestore_operations_total{${labels('file', 'put', shard)}} ${n}\n`))
+    const put = summary.find((m) => m.shard === shard && m.op === 'put')
+    assert.deepEqual([put.count, put.bytes], [n, 10 * n])
+  })
+  const listed = []
+  for await (const info of store.list()) listed.push(info.key)
+  assert.equal(listed.length, 30)
+  const lists = store.metricsSummary().filter((m) => m.op === 'list')
+  assert.deepEqual(lists.map((m) => m.count), [1, 1, 1])
+  await store.close()
+
+  const off = new PieceStore({ Store: { BucketURL: 'memory://' }, Backend: { Metrics: false } })
+  await off.put('1_s0', 'x')
+  assert.deepEqual(off.metricsSummary(), [])
+})
+
+test('snapshots; each store has its own counters; metrics outlive close', async () => {
+  const store = openStore('memory')
+  await store.put('1_s0', 'a')
+  const before = store.metricsSummary()
+  await store.put('2_s0', 'bc')
+  const put = store.metricsSummary().find((m) => m.op === 'put')
+  assert.deepEqual([put.count, put.bytes], [2, 3])
+  assert.equal(before.find((m) => m.op === 'put').count, 1)
+  const other = openStore('memory')
+  assert.ok(other.metricsSummary().every((m) => m.count === 0))
+  await store.close()
+  assert.ok(store.metrics().includes(`piecestore_operations_total{${labels('memory', 'put')}} 2\n`))
+})

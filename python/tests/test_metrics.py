@@ -1,0 +1,161 @@
+"""Operation metrics: the Prometheus text of ``metrics()`` and ``metrics_summary()``."""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import re
+from pathlib import Path
+
+import pytest
+
+import piecestore
+
+
+def open_store(kind: str, tmp_path: Path, **options: bool) -> piecestore.PieceStore:
+    if kind == "memory":
+        return piecestore.PieceStore("memory://", **options)
+    return piecestore.PieceStore(tmp_path / "pieces", **options)
+
+
+def sample_lines(text: str) -> list[str]:
+    return [line for line in text.splitlines() if line and not line.startswith("#")]
+
+
+def labels(kind: str, op: str) -> str:
+    return f'backend="{kind}",shard="0",op="{op}"'
+
+
+@pytest.mark.parametrize("kind", ["memory", "file"])
+def test_counts_bytes_errors(kind: str, tmp_path: Path) -> None:
+    with open_store(kind, tmp_path) as store:
+        store.put("1_s0", b"hello")
+        store.put("2_s0", b"abc")
+        store.put("3_s0", b"")
+        assert store.get("1_s0") == b"hello"
+        assert store.get("2_s0") == b"abc"
+        with pytest.raises(piecestore.PieceNotFound):
+            store.get("9_s0")
+        assert store.get_range("1_s0", 1, 2) == b"el"
+
+        text = store.metrics()
+        assert isinstance(text, str)
+        assert f"piecestore_operations_total{{{labels(kind, 'put')}}} 3\n" in text
+        assert f"piecestore_operations_total{{{labels(kind, 'get')}}} 3\n" in text
+        assert f"piecestore_operations_total{{{labels(kind, 'get_range')}}} 1\n" in text
+        assert f"piecestore_operations_total{{{labels(kind, 'delete')}}} 0\n" in text
+        assert (
+            f'piecestore_operation_errors_total{{{labels(kind, "get")},kind="PIECE_NOT_FOUND"}} 1\n'
+            in text
+        )
+        assert f"piecestore_operation_bytes_total{{{labels(kind, 'put')}}} 8\n" in text
+        assert f"piecestore_operation_bytes_total{{{labels(kind, 'get')}}} 8\n" in text
+        assert f"piecestore_operation_bytes_total{{{labels(kind, 'get_range')}}} 2\n" in text
+        assert (
+            f'piecestore_operation_duration_seconds_bucket{{{labels(kind, "put")},le="+Inf"}} 3\n'
+            in text
+        )
+        assert f"piecestore_operation_duration_seconds_count{{{labels(kind, 'get')}}} 3\n" in text
+        # only the one error
+        assert len(re.findall(r"^piecestore_operation_errors_total\{", text, re.M)) == 1
+
+        summary = store.metrics_summary()
+        assert [(m["shard"], m["op"]) for m in summary] == [
+            (0, op) for op in ["put", "get", "get_range", "head", "delete", "list"]
+        ]
+        by_op = {m["op"]: m for m in summary}
+        put, get = by_op["put"], by_op["get"]
+        assert all(m["backend"] == kind for m in summary)
+        assert (put["count"], put["bytes"], put["errors"]) == (3, 8, {})
+        assert (get["count"], get["bytes"], get["errors"]) == (3, 8, {"PIECE_NOT_FOUND": 1})
+        assert (by_op["get_range"]["count"], by_op["get_range"]["bytes"]) == (1, 2)
+        for m in (put, get):
+            assert isinstance(m["latency_sum_s"], float) and m["latency_sum_s"] > 0
+            p50, p99 = m["p50_s"], m["p99_s"]
+            assert p50 is not None and p99 is not None
+            assert 0 < p50 <= p99 and math.isfinite(p99)
+        # a get is not also counted as a head
+        assert by_op["head"]["count"] == 0
+        delete = by_op["delete"]
+        assert (delete["count"], delete["bytes"], delete["errors"]) == (0, 0, {})
+        assert (delete["latency_sum_s"], delete["p50_s"], delete["p99_s"]) == (0.0, None, None)
+
+
+def test_sharded_labels(tmp_path: Path) -> None:
+    with piecestore.PieceStore(f"{tmp_path}/s-%d", shards=3) as store:
+        keys = [f"{i}_s0" for i in range(30)]
+        store.put_many({k: b"x" * 10 for k in keys})
+        per_shard = [0, 0, 0]
+        for k in keys:
+            per_shard[store.shard_of(k)] += 1
+        text = store.metrics()
+        summary = store.metrics_summary()
+        assert len(summary) == 3 * 6
+        for shard, n in enumerate(per_shard):
+            assert (
+                f'piecestore_operations_total{{backend="file",shard="{shard}",op="put"}} {n}\n'
+                in text
+            )
+            (put,) = [m for m in summary if m["shard"] == shard and m["op"] == "put"]
+            assert (put["count"], put["bytes"]) == (n, 10 * n)
+
+
+@pytest.mark.parametrize("kind", ["memory", "file"])
+def test_disabled(kind: str, tmp_path: Path) -> None:
+    with open_store(kind, tmp_path, metrics=False) as store:
+        store.put("1_s0", b"hello")
+        assert store.get("1_s0") == b"hello"
+        with pytest.raises(piecestore.PieceNotFound):
+            store.get("9_s0")
+        text = store.metrics()
+        assert sample_lines(text) == []
+        assert "# TYPE piecestore_operations_total counter" in text
+        assert store.metrics_summary() == []
+
+
+@pytest.mark.parametrize("spelling", ["metrics", "Metrics", "METRICS"])
+def test_option_spellings(spelling: str) -> None:
+    with piecestore.PieceStore("memory://", **{spelling: False}) as store:
+        store.put("1_s0", b"x")
+        assert store.metrics_summary() == []
+    config = {"Store": {"BucketURL": "memory://"}, "Backend": {"Metrics": False}}
+    with piecestore.PieceStore(config) as store:
+        store.put("1_s0", b"x")
+        assert store.metrics_summary() == []
+
+
+def test_async_operations_are_counted() -> None:
+    store = piecestore.PieceStore("memory://")
+
+    async def main() -> None:
+        await store.put_async("1_s0", b"hello")
+        await store.get_async("1_s0")
+        await store.head_async("1_s0")
+        assert await store.exists_async("1_s0")
+        await store.delete_async("1_s0")
+        await store.close_async()
+
+    asyncio.run(main())
+    by_op = {m["op"]: m for m in store.metrics_summary()}
+    assert [by_op[op]["count"] for op in ["put", "get", "head", "delete"]] == [1, 1, 2, 1]
+    assert (by_op["put"]["bytes"], by_op["get"]["bytes"]) == (5, 5)
+
+
+def test_snapshots_and_separate_stores() -> None:
+    store = piecestore.PieceStore("memory://")
+    store.put("1_s0", b"a")
+    before = store.metrics_summary()
+    assert [m["count"] for m in before if m["op"] == "put"] == [1]
+    assert [info.key for info in store.list()] == ["1_s0"]
+    store.put("2_s0", b"bc")
+    after = {m["op"]: m for m in store.metrics_summary()}
+    assert (after["put"]["count"], after["put"]["bytes"]) == (2, 3)
+    assert after["list"]["count"] == 1
+    # a snapshot: the earlier list did not change
+    assert [m["count"] for m in before if m["op"] == "put"] == [1]
+    # another store over the same data has its own counters
+    other = piecestore.PieceStore("memory://")
+    assert all(m["count"] == 0 for m in other.metrics_summary())
+    store.close()
+    # metrics survive close
+    assert f"piecestore_operations_total{{{labels('memory', 'put')}}} 2\n" in store.metrics()
