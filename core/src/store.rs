@@ -442,7 +442,7 @@ impl PieceStore {
         if !metrics.enabled() {
             return fut.instrument(span).await;
         }
-        let start = Instant::now();
+        let start = quanta::Instant::now();
         let result = fut.instrument(span).await;
         let outcome = match &result {
             Ok(v) => Ok(size(v)),

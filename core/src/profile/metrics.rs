@@ -2,8 +2,9 @@
 //! (shard, operation), recorded by the [`PieceStore`](crate::PieceStore) facade on every call and
 //! rendered as Prometheus text.
 //!
-//! Recording is lock-free: a handful of relaxed atomic adds into cells allocated at open (no
-//! allocation, no map lookup, no lock on the hot path). Latency buckets are powers of two from
+//! Recording is lock-free: three relaxed atomic adds (the latency bucket, the latency sum, the
+//! bytes) into cells allocated at open (no allocation, no map lookup, no lock on the hot path);
+//! an operation's count is the sum of its buckets. Latency buckets are powers of two from
 //! 1 µs to 2^26 µs (~67 s), so a sample's bucket is one `leading_zeros`.
 
 use std::fmt::{self, Write as _};
@@ -81,7 +82,6 @@ fn bucket_of(ns: u64) -> usize {
 /// One (shard, operation)'s counters.
 #[derive(Debug)]
 struct Cell {
-    count: AtomicU64,
     bytes: AtomicU64,
     sum_ns: AtomicU64,
     /// Non-cumulative; the last is `+Inf`.
@@ -92,7 +92,6 @@ struct Cell {
 impl Cell {
     fn new() -> Self {
         Cell {
-            count: AtomicU64::new(0),
             bytes: AtomicU64::new(0),
             sum_ns: AtomicU64::new(0),
             buckets: std::array::from_fn(|_| AtomicU64::new(0)),
@@ -150,7 +149,6 @@ impl Recorder {
             return;
         };
         let ns = u64::try_from(elapsed.as_nanos()).unwrap_or(u64::MAX);
-        cell.count.fetch_add(1, Relaxed);
         cell.sum_ns.fetch_add(ns, Relaxed);
         cell.buckets[bucket_of(ns)].fetch_add(1, Relaxed);
         match outcome {
