@@ -143,6 +143,14 @@ fn start_moto() -> Option<S3Server> {
 }
 
 fn start_s3s_fs() -> Option<S3Server> {
+    let (server, child) = spawn_s3s_fs()?;
+    std::mem::forget(child);
+    Some(server)
+}
+
+/// Starts an s3s-fs on a free port with fresh credentials and data directory; `None` when it
+/// is not installed.
+fn spawn_s3s_fs() -> Option<(S3Server, Child)> {
     let bin = find_binary("s3s-fs")?;
     let port = free_port();
     let dir = tempfile::Builder::new()
@@ -167,15 +175,15 @@ fn start_s3s_fs() -> Option<S3Server> {
     .stderr(Stdio::null());
     let mut child = spawn_owned(cmd).expect("spawn s3s-fs");
     wait_for_port(port, &mut child, "s3s-fs");
-    std::mem::forget(child);
-    Some(S3Server {
+    let server = S3Server {
         kind: ServerKind::S3sFs,
         endpoint: format!("http://127.0.0.1:{port}"),
         access_key: ak,
         secret_key: sk,
         data_dir: Some(dir),
         atomic_create: false,
-    })
+    };
+    Some((server, child))
 }
 
 fn external() -> Option<S3Server> {
@@ -264,6 +272,24 @@ impl S3Server {
         c
     }
 }
+
+/// The environment variables the `piecestore` binary reads, which a CLI test removes so that
+/// the host's settings cannot leak in.
+pub const CLI_ENV: &[&str] = &[
+    "PIECESTORE_STORE",
+    "PIECESTORE_CONFIG",
+    "BUCKET_URL",
+    "AWS_ACCESS_KEY",
+    "AWS_SECRET_KEY",
+    "AWS_SESSION_TOKEN",
+    "AWS_ACCESS_KEY_ID",
+    "AWS_SECRET_ACCESS_KEY",
+    "AWS_REGION",
+    "AWS_ENDPOINT_URL",
+    "MINIO_ACCESS_KEY",
+    "MINIO_SECRET_KEY",
+    "MINIO_REGION",
+];
 
 /// Deterministic pseudo-random bytes (xorshift), for test pieces.
 pub fn pseudo_random(len: usize, seed: u64) -> Vec<u8> {
@@ -573,43 +599,10 @@ impl Drop for OwnedServer {
 /// Starts an s3s-fs of this test's own, which the test may kill. `None` (with a message) when
 /// s3s-fs is not installed and we are not in CI.
 pub fn start_owned_s3s_fs() -> Option<OwnedServer> {
-    let Some(bin) = find_binary("s3s-fs") else {
+    let Some((server, child)) = spawn_s3s_fs() else {
         assert!(!in_ci(), "CI=true but s3s-fs is not installed");
         eprintln!("SKIPPED: s3s-fs is not installed");
         return None;
     };
-    let port = free_port();
-    let dir = tempfile::Builder::new()
-        .prefix("s3s-fs-owned-")
-        .tempdir()
-        .expect("tempdir")
-        .keep();
-    let (ak, sk) = (random_token(20).to_uppercase(), random_token(40));
-    let mut cmd = Command::new(bin);
-    cmd.args([
-        "--host",
-        "127.0.0.1",
-        "--port",
-        &port.to_string(),
-        "--access-key",
-        &ak,
-        "--secret-key",
-        &sk,
-    ])
-    .arg(&dir)
-    .stdout(Stdio::null())
-    .stderr(Stdio::null());
-    let mut child = spawn_owned(cmd).expect("spawn s3s-fs");
-    wait_for_port(port, &mut child, "s3s-fs");
-    Some(OwnedServer {
-        server: S3Server {
-            kind: ServerKind::S3sFs,
-            endpoint: format!("http://127.0.0.1:{port}"),
-            access_key: ak,
-            secret_key: sk,
-            data_dir: Some(dir),
-            atomic_create: false,
-        },
-        child,
-    })
+    Some(OwnedServer { server, child })
 }

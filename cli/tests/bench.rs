@@ -13,16 +13,7 @@ use serde_json::Value;
 
 fn bin() -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_piecestore"));
-    for var in [
-        "PIECESTORE_STORE",
-        "PIECESTORE_CONFIG",
-        "BUCKET_URL",
-        "AWS_ACCESS_KEY",
-        "AWS_SECRET_KEY",
-        "AWS_SESSION_TOKEN",
-        "AWS_ACCESS_KEY_ID",
-        "AWS_SECRET_ACCESS_KEY",
-    ] {
+    for var in piecestore_tests::CLI_ENV {
         c.env_remove(var);
     }
     c.stdin(Stdio::null());

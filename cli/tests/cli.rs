@@ -9,21 +9,7 @@ use piecestore_tests::{ServerKind, server, unique_name};
 fn bin() -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_piecestore"));
     // A clean environment for what the CLI reads, so the host's settings cannot leak in.
-    for var in [
-        "PIECESTORE_STORE",
-        "PIECESTORE_CONFIG",
-        "BUCKET_URL",
-        "AWS_ACCESS_KEY",
-        "AWS_SECRET_KEY",
-        "AWS_SESSION_TOKEN",
-        "AWS_ACCESS_KEY_ID",
-        "AWS_SECRET_ACCESS_KEY",
-        "AWS_REGION",
-        "AWS_ENDPOINT_URL",
-        "MINIO_ACCESS_KEY",
-        "MINIO_SECRET_KEY",
-        "MINIO_REGION",
-    ] {
+    for var in piecestore_tests::CLI_ENV {
         c.env_remove(var);
     }
     c
