@@ -193,7 +193,10 @@ pub(crate) async fn collect(
     for t in tallies {
         inv.pieces += t.inv.pieces;
         inv.bytes += t.inv.bytes;
-        inv.min_size = inv.min_size.min(t.min_size);
+        if t.inv.pieces > 0 {
+            // A shard without pieces has no smallest piece (its 0 is no size).
+            inv.min_size = inv.min_size.min(t.min_size);
+        }
         inv.max_size = inv.max_size.max(t.max_size);
         for (k, (p, b)) in t.sizes {
             let e = sizes.entry(k).or_default();
@@ -291,6 +294,19 @@ impl ShardTally {
 #[cfg(test)]
 mod tests {
     use super::size_bucket;
+
+    #[tokio::test]
+    async fn an_empty_shard_does_not_make_the_smallest_piece_zero() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("file://{}/s-%d?shards=4", dir.path().display());
+        let store = crate::PieceStore::open(crate::Config::from_url(&url).unwrap())
+            .await
+            .unwrap();
+        store.put("1_s0", vec![1u8; 700]).await.unwrap();
+        let inv = store.inventory(Default::default(), &|_| {}).await.unwrap();
+        assert!(inv.shards.iter().filter(|s| s.pieces == 0).count() == 3);
+        assert_eq!((inv.min_size, inv.max_size), (700, 700));
+    }
 
     #[test]
     fn size_buckets_tile_the_sizes() {
