@@ -70,14 +70,18 @@ pub fn validate(key: &str) -> Result<()> {
             "." | ".." => return bad("key has a '.' or '..' segment"),
             _ => {}
         }
-        if let Some((_, tail)) = seg.rsplit_once('#')
-            && !tail.is_empty()
-            && tail.bytes().all(|b| b.is_ascii_digit())
-        {
+        if is_staging_name(seg) {
             return bad("key segment ends in '#' and digits (reserved for staging files)");
         }
     }
     Ok(())
+}
+
+/// Whether a path segment ends in `#` and digits: the name object_store gives a local file
+/// while it is being written (so no key may end a segment that way).
+pub(crate) fn is_staging_name(seg: &str) -> bool {
+    seg.rsplit_once('#')
+        .is_some_and(|(_, tail)| !tail.is_empty() && tail.bytes().all(|b| b.is_ascii_digit()))
 }
 
 /// Checks a key prefix for listing: like [`validate`], but empty is allowed and a trailing

@@ -291,9 +291,19 @@ impl PieceStore {
     /// Reads a whole piece, verified; also returns the checksum it was verified against
     /// (`None` for a piece stored without one).
     pub(crate) async fn get_with_crc(&self, key: &str) -> Result<(Bytes, Option<u32>)> {
+        self.get_timed(key, &mut None).await
+    }
+
+    /// The one recorded get: the piece, its checksum, and in `first_byte` when its first byte
+    /// could be read.
+    async fn get_timed(
+        &self,
+        key: &str,
+        first_byte: &mut Option<Instant>,
+    ) -> Result<(Bytes, Option<u32>)> {
         self.observe(Op::Get, key, |(b, _)| b.len() as u64, async {
             self.check().await?;
-            self.backend(key)?.get(key).await
+            self.backend(key)?.get_timed(key, first_byte).await
         })
         .await
     }
@@ -302,13 +312,7 @@ impl PieceStore {
     /// benchmark's time to first byte; `None` when the get failed before that).
     pub(crate) async fn get_first_byte(&self, key: &str) -> Result<(Bytes, Option<Instant>)> {
         let mut first = None;
-        let bytes = self
-            .observe(Op::Get, key, |b: &Bytes| b.len() as u64, async {
-                self.check().await?;
-                let (bytes, _) = self.backend(key)?.get_timed(key, &mut first).await?;
-                Ok(bytes)
-            })
-            .await?;
+        let (bytes, _) = self.get_timed(key, &mut first).await?;
         Ok((bytes, first))
     }
 

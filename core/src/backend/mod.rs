@@ -749,10 +749,8 @@ impl Backend {
                     if key.starts_with(RESERVED_PREFIX) {
                         return Ok(Listed::Internal { key, size });
                     }
-                    let staging = key.rsplit_once('#').is_some_and(|(_, n)| {
-                        !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit())
-                    });
-                    if is_foreign_temp_file(&key) || staging {
+                    let name = key.rsplit('/').next().unwrap_or(&key);
+                    if is_foreign_temp_file(&key) || crate::key::is_staging_name(name) {
                         return Ok(Listed::Temp { key, size });
                     }
                     if crate::key::validate(&key).is_err() {

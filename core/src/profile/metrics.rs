@@ -358,46 +358,40 @@ impl Metrics {
                 m.backend, m.shard, m.op
             )
         };
-        let _ = writeln!(
-            out,
-            "# HELP piecestore_operations_total Operations finished, failed ones included.\n\
-             # TYPE piecestore_operations_total counter"
-        );
-        for m in &self.ops {
-            let _ = writeln!(
-                out,
-                "piecestore_operations_total{{{}}} {}",
-                labels(m),
-                m.count
-            );
-        }
-        let _ = writeln!(
-            out,
-            "# HELP piecestore_operation_errors_total Failed operations, by error kind.\n\
-             # TYPE piecestore_operation_errors_total counter"
-        );
-        for m in &self.ops {
-            for (kind, n) in &m.errors {
-                let _ = writeln!(
-                    out,
-                    "piecestore_operation_errors_total{{{},kind=\"{kind}\"}} {n}",
-                    labels(m)
-                );
+        // One sample line per (shard, op) and value (`kind` for errors, "" otherwise).
+        let family = |out: &mut String,
+                      name: &str,
+                      help: &str,
+                      samples: &dyn Fn(&OpMetrics) -> Vec<(String, u64)>| {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
+            for m in &self.ops {
+                for (extra, v) in samples(m) {
+                    let _ = writeln!(out, "{name}{{{}{extra}}} {v}", labels(m));
+                }
             }
-        }
-        let _ = writeln!(
-            out,
-            "# HELP piecestore_operation_bytes_total Bytes stored (put) or returned (get, get_range).\n\
-             # TYPE piecestore_operation_bytes_total counter"
+        };
+        family(
+            &mut out,
+            "piecestore_operations_total",
+            "Operations finished, failed ones included.",
+            &|m| vec![(String::new(), m.count)],
         );
-        for m in &self.ops {
-            let _ = writeln!(
-                out,
-                "piecestore_operation_bytes_total{{{}}} {}",
-                labels(m),
-                m.bytes
-            );
-        }
+        family(
+            &mut out,
+            "piecestore_operation_errors_total",
+            "Failed operations, by error kind.",
+            &|m| {
+                (m.errors.iter())
+                    .map(|(kind, n)| (format!(",kind=\"{kind}\""), *n))
+                    .collect()
+            },
+        );
+        family(
+            &mut out,
+            "piecestore_operation_bytes_total",
+            "Bytes stored (put) or returned (get, get_range).",
+            &|m| vec![(String::new(), m.bytes)],
+        );
         let _ = writeln!(
             out,
             "# HELP piecestore_operation_duration_seconds How long operations took.\n\
