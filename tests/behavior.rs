@@ -7,7 +7,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use bytes::Bytes;
 use futures::TryStreamExt;
 use object_store::path::Path;
-use object_store::{Attribute, GetOptions, ObjectStoreExt, PutOptions, PutPayload};
+use object_store::{Attribute, GetOptions, ObjectStoreExt, PutPayload};
 use piecestore::checksum::crc32c;
 use piecestore::{ErrorKind, Placement, PutOptions as PsPut};
 use piecestore_tests::{Backend, Fixture, NoOk};
@@ -322,13 +322,7 @@ async fn shards_receive_their_keys(f: &Fixture) {
     // Look in each shard's bucket directly, past the store.
     let mut seen = BTreeSet::new();
     for i in 0..n {
-        let raw = f.store.shard_object_store(i).unwrap();
-        let in_bucket: Vec<String> = raw
-            .list(None)
-            .map_ok(|m| m.location.to_string())
-            .try_collect()
-            .await
-            .unwrap();
+        let in_bucket = piecestore_tests::raw_piece_keys(&f.store, i).await;
         assert!(
             in_bucket.len() >= 20,
             "shard {i} holds only {} of 200 keys",
@@ -347,25 +341,8 @@ async fn shards_receive_their_keys(f: &Fixture) {
     assert_eq!(seen, keys.into_iter().collect::<BTreeSet<_>>());
 }
 
-/// Rewrites a stored piece past the store with one payload byte flipped (bit rot), keeping
-/// its checksum (metadata or trailer) as it was.
 async fn flip_stored_byte(f: &Fixture, key: &str, at: usize) {
-    let raw = f.store.shard_object_store(f.store.shard_of(key)).unwrap();
-    let path = Path::parse(key).unwrap();
-    let r = raw.get_opts(&path, GetOptions::default()).await.unwrap();
-    let attrs = r.attributes.clone();
-    let mut bytes = r.bytes().await.unwrap().to_vec();
-    bytes[at] ^= 0x01;
-    raw.put_opts(
-        &path,
-        PutPayload::from(bytes),
-        PutOptions {
-            attributes: attrs,
-            ..Default::default()
-        },
-    )
-    .await
-    .unwrap();
+    piecestore_tests::flip_stored_byte(&f.store, key, at).await;
 }
 
 async fn corrupt_pieces_are_never_returned(f: &Fixture) {
@@ -417,7 +394,13 @@ async fn raw_pieces_from_other_tools_read_as_unverified(f: &Fixture) {
 }
 
 async fn checksum_is_stored_where_the_original_reads_it(f: &Fixture) {
-    let d = data(3000, 11);
+    // A packed store keeps pieces of 1 MiB and more as objects of their own.
+    let n = if f.store.is_packed() {
+        (1 << 20) + 3000
+    } else {
+        3000
+    };
+    let d = data(n, 11);
     f.store.put("orig", d.clone()).await.unwrap();
     let raw = f
         .store
@@ -429,11 +412,11 @@ async fn checksum_is_stored_where_the_original_reads_it(f: &Fixture) {
         .unwrap();
     let attrs = r.attributes.clone();
     let bytes = r.bytes().await.unwrap();
-    if matches!(f.backend, Backend::File | Backend::FileSharded) {
+    if f.backend.is_file() {
         // Local files: the bytes, then a 20-byte trailer.
-        assert_eq!(bytes.len(), 3020);
-        assert!(bytes.slice(..3000) == d);
-        assert_eq!(&bytes[3000..3004], &crc32c(&d).to_le_bytes());
+        assert_eq!(bytes.len(), n + 20);
+        assert!(bytes.slice(..n) == d);
+        assert_eq!(&bytes[n..n + 4], &crc32c(&d).to_le_bytes());
         return;
     }
     assert!(bytes == d, "S3 objects hold exactly the piece's bytes");
@@ -454,7 +437,7 @@ async fn checksum_is_stored_where_the_original_reads_it(f: &Fixture) {
 }
 
 async fn reopen_sees_everything(f: &Fixture) {
-    if f.backend == Backend::Memory {
+    if matches!(f.backend, Backend::Memory | Backend::MemoryPacked) {
         return; // nothing survives in memory, by design
     }
     f.store.put("persist/1", data(1234, 1)).await.unwrap();
@@ -489,14 +472,7 @@ async fn delete_prefix_removes_an_objects_pieces_from_every_shard(f: &Fixture) {
     // Look in every shard's bucket directly.
     let mut left = BTreeSet::new();
     for i in 0..f.store.shard_count() {
-        let raw = f.store.shard_object_store(i).unwrap();
-        let keys: Vec<String> = raw
-            .list(None)
-            .map_ok(|m| m.location.to_string())
-            .try_collect()
-            .await
-            .unwrap();
-        left.extend(keys);
+        left.extend(piecestore_tests::raw_piece_keys(&f.store, i).await);
     }
     assert_eq!(
         left,

@@ -341,6 +341,29 @@ pub enum Backend {
     S3sFs,
     /// The external server, four buckets.
     External,
+    /// `memory://` with small pieces packed.
+    MemoryPacked,
+    /// A local directory, one object (file) per piece (`Pack = false`).
+    FileUnpacked,
+    /// s3s-fs, four buckets, one object per piece (`Pack = false`).
+    S3sFsUnpacked,
+}
+
+impl Backend {
+    /// The backend without its packing choice, and that choice (`None`: the default).
+    fn base(self) -> (Backend, Option<bool>) {
+        match self {
+            Backend::MemoryPacked => (Backend::Memory, Some(true)),
+            Backend::FileUnpacked => (Backend::File, Some(false)),
+            Backend::S3sFsUnpacked => (Backend::S3sFs, Some(false)),
+            b => (b, None),
+        }
+    }
+
+    /// Whether pieces are stored in local files.
+    pub fn is_file(self) -> bool {
+        matches!(self.base().0, Backend::File | Backend::FileSharded)
+    }
 }
 
 /// A store to test, and what the test needs to reach past it.
@@ -363,11 +386,12 @@ impl Fixture {
     pub async fn new(backend: Backend, name: &str) -> Option<Fixture> {
         let mut dir = None;
         let mut server_ref = None;
-        let config = match backend {
+        let (base, pack) = backend.base();
+        let mut config = match base {
             Backend::Memory => Config::from_url("memory://").expect("memory"),
             Backend::File | Backend::FileSharded => {
                 let d = tempfile::tempdir().expect("tempdir");
-                let c = if backend == Backend::File {
+                let c = if base == Backend::File {
                     Config::from_url(&format!("file://{}/pieces", d.path().display()))
                 } else {
                     Config::from_url(&format!("file://{}/shard-%d?shards=4", d.path().display()))
@@ -390,7 +414,13 @@ impl Fixture {
                 };
                 s.config(&prefix, 4)
             }
+            _ => unreachable!("base() resolves the variants"),
         };
+        if let Some(p) = pack {
+            config
+                .set_option("Pack", piecestore::config::OptionValue::Bool(p))
+                .expect("Pack option");
+        }
         let store = PieceStore::open(config.clone())
             .await
             .unwrap_or_else(|e| panic!("open {backend:?}: {e}"));
@@ -420,6 +450,9 @@ macro_rules! behavior_suite {
         $crate::behavior_suite!(@backend moto_sharded, Moto, $($test),*);
         $crate::behavior_suite!(@backend s3s_fs_sharded, S3sFs, $($test),*);
         $crate::behavior_suite!(@backend external_sharded, External, $($test),*);
+        $crate::behavior_suite!(@backend memory_packed, MemoryPacked, $($test),*);
+        $crate::behavior_suite!(@backend file_unpacked, FileUnpacked, $($test),*);
+        $crate::behavior_suite!(@backend s3s_fs_unpacked, S3sFsUnpacked, $($test),*);
     };
     (@backend $module:ident, $backend:ident, $($test:ident),*) => {
         mod $module {
@@ -605,4 +638,103 @@ pub fn start_owned_s3s_fs() -> Option<OwnedServer> {
         return None;
     };
     Some(OwnedServer { server, child })
+}
+
+/// The piece keys shard `shard` of `store` holds, read past the store: its piece objects, and
+/// for a packed store the pieces its packs hold (a key's newest record wins unless a newer
+/// tombstone deletes it), resolved from the pack bytes alone.
+pub async fn raw_piece_keys(
+    store: &PieceStore,
+    shard: usize,
+) -> std::collections::BTreeSet<String> {
+    use futures::TryStreamExt;
+    use object_store::ObjectStoreExt;
+    use piecestore::pack::format::{self, RecordKind};
+    let raw = store.shard_object_store(shard).expect("shard");
+    let objects: Vec<object_store::ObjectMeta> = raw.list(None).try_collect().await.expect("list");
+    let mut keys = std::collections::BTreeSet::new();
+    let mut newest: std::collections::HashMap<String, (u64, bool)> = Default::default();
+    for m in objects {
+        let name = m.location.to_string();
+        if !name.starts_with(".piecestore/") {
+            keys.insert(name);
+            continue;
+        }
+        if !(name.starts_with(".piecestore/packs/") && name.ends_with(".pack")) {
+            continue;
+        }
+        let bytes = raw
+            .get(&m.location)
+            .await
+            .expect("get")
+            .bytes()
+            .await
+            .expect("bytes");
+        let scan = format::scan(&bytes).expect("pack");
+        for e in scan.entries {
+            let payload = &bytes[e.offset as usize..(e.offset + e.len) as usize];
+            let (seq, live) = match e.kind {
+                RecordKind::Piece => (e.seq, true),
+                RecordKind::Tombstone => {
+                    (format::tombstone_target(payload).expect("target"), false)
+                }
+            };
+            let slot = newest.entry(e.key).or_insert((0, false));
+            // A tombstone wins over the record it names; a newer record wins over both.
+            if seq > slot.0 || (seq == slot.0 && !live) {
+                *slot = (seq, live);
+            }
+        }
+    }
+    keys.extend(
+        newest
+            .into_iter()
+            .filter(|(_, (_, live))| *live)
+            .map(|(k, _)| k),
+    );
+    keys
+}
+
+/// Flips the byte at `at` of `key`'s stored bytes past the store (bit rot), keeping its
+/// checksum: in its object (metadata or trailer kept as they were), or in its pack.
+pub async fn flip_stored_byte(store: &PieceStore, key: &str, at: usize) {
+    use futures::TryStreamExt;
+    use object_store::path::Path as OPath;
+    use object_store::{GetOptions, PutOptions, PutPayload};
+    let raw = store
+        .shard_object_store(store.shard_of(key))
+        .expect("shard");
+    let mut targets = vec![OPath::parse(key).expect("key")];
+    let packs: Vec<object_store::ObjectMeta> = raw
+        .list(Some(&OPath::from(".piecestore/packs")))
+        .try_collect()
+        .await
+        .unwrap_or_default();
+    targets.extend(packs.into_iter().map(|m| m.location));
+    for path in targets {
+        let Ok(r) = raw.get_opts(&path, GetOptions::default()).await else {
+            continue;
+        };
+        let attrs = r.attributes.clone();
+        let mut bytes = r.bytes().await.expect("bytes").to_vec();
+        let offset = if path.as_ref() == key {
+            0
+        } else {
+            let scan = piecestore::pack::format::scan(&bytes).expect("pack");
+            match scan.entries.iter().rev().find(|e| e.key == key) {
+                Some(e) => e.offset as usize,
+                None => continue,
+            }
+        };
+        bytes[offset + at] ^= 0x01;
+        let opts = PutOptions {
+            attributes: attrs,
+            ..Default::default()
+        };
+        raw.put_opts(&path, PutPayload::from(bytes), opts)
+            .await
+            .expect("rewrite");
+        return;
+    }
+    panic!("{key} is stored nowhere");
 }

@@ -51,6 +51,9 @@ pub struct Config {
     /// PieceStore's own backend settings (`[PieceStore.Backend]`).
     #[serde(rename = "Backend", default)]
     pub backend: BackendOptions,
+    /// Small-piece packing and garbage collection (`[PieceStore.Pack]`).
+    #[serde(rename = "Pack", default)]
+    pub pack: PackOptions,
 }
 
 /// What kind of backend a store is.
@@ -404,6 +407,153 @@ impl Default for BackendOptions {
     }
 }
 
+/// Small-piece packing and its garbage collection: `[PieceStore.Pack]`.
+///
+/// Pieces smaller than `Threshold` are appended to an open pack per shard, written as one
+/// object when it reaches `TargetSize` or `MaxAge`; the pack index (redb) says where each piece
+/// is. `piecestore gc` compacts packs whose garbage passes `GarbageRatio` and merges
+/// undersized ones. See `docs/pack-format.md`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PackOptions {
+    /// Pack small pieces. Default: on for local directories and S3-family buckets, off for
+    /// `memory://`.
+    #[serde(rename = "Enabled", default)]
+    pub enabled: Option<bool>,
+    /// Pieces smaller than this many bytes are packed; larger ones stay objects of their own.
+    /// Default 1 MiB. Takes a number of bytes or text such as `"512KiB"`.
+    #[serde(rename = "Threshold", default = "d_1mib", deserialize_with = "de_size")]
+    pub threshold: u64,
+    /// A pack is written once it holds this many bytes. Default 64 MiB.
+    #[serde(
+        rename = "TargetSize",
+        default = "d_64mib",
+        deserialize_with = "de_size"
+    )]
+    pub target_size: u64,
+    /// ... or once it has been open this long (a put waits at most about this long for its
+    /// pack). Default 100ms.
+    #[serde(rename = "MaxAge", default = "d_100ms", deserialize_with = "de_delay")]
+    pub max_age: Duration,
+    /// Compaction rewrites packs with at least this share of garbage, 0.0 to 1.0. Default 0.5.
+    #[serde(rename = "GarbageRatio", default = "d_half")]
+    pub garbage_ratio: f64,
+    /// A compacted pack is deleted this long after its pieces moved, so a read that looked it
+    /// up just before still gets its bytes. Default 1h.
+    #[serde(rename = "Grace", default = "d_1h", deserialize_with = "de_delay")]
+    pub grace: Duration,
+    /// Run garbage collection in the background this often. Default: never (run
+    /// `piecestore gc`).
+    #[serde(rename = "GcInterval", default, deserialize_with = "de_opt_delay")]
+    pub gc_interval: Option<Duration>,
+    /// Where the index of an S3-family store is kept (one file per shard). Default: the user's
+    /// cache directory (`$XDG_CACHE_HOME/piecestore/index/…`). A local directory store keeps
+    /// its index in `.piecestore/index.redb` inside the directory.
+    #[serde(rename = "IndexDir", default)]
+    pub index_dir: Option<std::path::PathBuf>,
+}
+
+fn d_1mib() -> u64 {
+    1 << 20
+}
+fn d_64mib() -> u64 {
+    64 << 20
+}
+fn d_100ms() -> Duration {
+    Duration::from_millis(100)
+}
+fn d_half() -> f64 {
+    0.5
+}
+fn d_1h() -> Duration {
+    Duration::from_secs(3600)
+}
+
+impl Default for PackOptions {
+    fn default() -> Self {
+        PackOptions {
+            enabled: None,
+            threshold: d_1mib(),
+            target_size: d_64mib(),
+            max_age: d_100ms(),
+            garbage_ratio: d_half(),
+            grace: d_1h(),
+            gc_interval: None,
+            index_dir: None,
+        }
+    }
+}
+
+impl PackOptions {
+    /// Whether a store of `kind` packs, after the default.
+    pub fn enabled_for(&self, kind: StorageKind) -> bool {
+        self.enabled.unwrap_or(!matches!(kind, StorageKind::Memory))
+    }
+
+    /// Checks the values are usable.
+    pub fn validate(&self) -> Result<()> {
+        if !(0.0..=1.0).contains(&self.garbage_ratio) || self.garbage_ratio.is_nan() {
+            return Err(Error::config(format!(
+                "Pack.GarbageRatio {} is not between 0.0 and 1.0",
+                self.garbage_ratio
+            )));
+        }
+        if self.threshold > 64 << 20 {
+            return Err(Error::config(format!(
+                "Pack.Threshold {} is over 64 MiB; larger pieces belong in objects of their own",
+                self.threshold
+            )));
+        }
+        if self.target_size < self.threshold || self.target_size > 4 << 30 {
+            return Err(Error::config(format!(
+                "Pack.TargetSize {} must be at least Pack.Threshold ({}) and at most 4 GiB",
+                self.target_size, self.threshold
+            )));
+        }
+        Ok(())
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum SizeRepr {
+    Bytes(u64),
+    Text(String),
+}
+
+/// Parses `"64MiB"`, `"512 KiB"`, `"1MB"`, `"4096"`.
+fn parse_size(text: &str) -> std::result::Result<u64, String> {
+    let t = text.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("{text:?} is not a size like 4096, \"512KiB\" or \"64MiB\""))?;
+    let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kb" => 1000,
+        "kib" => 1 << 10,
+        "m" | "mb" => 1_000_000,
+        "mib" => 1 << 20,
+        "g" | "gb" => 1_000_000_000,
+        "gib" => 1 << 30,
+        _ => {
+            return Err(format!(
+                "{text:?}: unknown size unit {unit:?} (use KiB, MiB or GiB)"
+            ));
+        }
+    };
+    n.checked_mul(mult)
+        .ok_or_else(|| format!("{text:?} is too large"))
+}
+
+fn de_size<'de, D: Deserializer<'de>>(d: D) -> std::result::Result<u64, D::Error> {
+    match SizeRepr::deserialize(d)? {
+        SizeRepr::Bytes(n) => Ok(n),
+        SizeRepr::Text(t) => parse_size(&t).map_err(serde::de::Error::custom),
+    }
+}
+
 #[derive(Deserialize)]
 #[serde(untagged)]
 enum DelayRepr {
@@ -512,6 +662,14 @@ pub const OPTION_NAMES: &[&str] = &[
     "CheckBucket",
     "CreateBucket",
     "Metrics",
+    "Pack",
+    "PackThreshold",
+    "PackTargetSize",
+    "PackMaxAge",
+    "GcGarbageRatio",
+    "GcGrace",
+    "GcInterval",
+    "IndexDir",
 ];
 
 fn option_field(name: &str) -> Option<OptionField> {
@@ -615,6 +773,9 @@ impl Config {
         fn delay(v: toml::Value) -> std::result::Result<Duration, String> {
             de_delay(v).map_err(|e| e.to_string().trim_end().to_string())
         }
+        fn size(v: toml::Value) -> std::result::Result<u64, String> {
+            de_size(v).map_err(|e| e.to_string().trim_end().to_string())
+        }
         let stores = std::iter::once(&mut self.store).chain(self.shard_stores.iter_mut());
         match field.name {
             "Shards" => self.shards = de(v).map_err(bad)?,
@@ -630,6 +791,14 @@ impl Config {
             "CheckBucket" => self.backend.check_bucket = de(v).map_err(bad)?,
             "CreateBucket" => self.backend.create_bucket = de(v).map_err(bad)?,
             "Metrics" => self.backend.metrics = de(v).map_err(bad)?,
+            "Pack" => self.pack.enabled = Some(de(v).map_err(bad)?),
+            "PackThreshold" => self.pack.threshold = size(v).map_err(bad)?,
+            "PackTargetSize" => self.pack.target_size = size(v).map_err(bad)?,
+            "PackMaxAge" => self.pack.max_age = delay(v).map_err(bad)?,
+            "GcGarbageRatio" => self.pack.garbage_ratio = de(v).map_err(bad)?,
+            "GcGrace" => self.pack.grace = delay(v).map_err(bad)?,
+            "GcInterval" => self.pack.gc_interval = Some(delay(v).map_err(bad)?),
+            "IndexDir" => self.pack.index_dir = Some(de(v).map_err(bad)?),
             "BucketURL" => self.store.bucket_url = de(v).map_err(bad)?,
             "Storage" => {
                 let kind: StorageKind = de(v).map_err(bad)?;

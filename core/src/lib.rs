@@ -23,6 +23,7 @@ pub mod error;
 pub mod greenfield;
 pub mod key;
 pub mod migrate;
+pub mod pack;
 pub mod profile;
 pub mod runtime;
 pub mod shard;

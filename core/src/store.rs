@@ -13,6 +13,9 @@ use crate::checksum;
 use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::key;
+use crate::pack::ShardPacker;
+use crate::pack::fsck::{FsckOptions, FsckReport};
+use crate::pack::gc::{GcOptions, GcProgress, GcReport};
 use crate::profile::inventory::{self, Inventory, InventoryOptions};
 use crate::profile::metrics::{Metrics, Op, Recorder};
 use crate::runtime;
@@ -66,6 +69,8 @@ struct Inner {
     checked: tokio::sync::OnceCell<()>,
     /// Operation metrics, per shard and operation.
     metrics: Recorder,
+    /// Each shard's packer, when small pieces are packed.
+    packers: Option<Vec<Arc<ShardPacker>>>,
 }
 
 impl PieceStore {
@@ -95,9 +100,11 @@ impl PieceStore {
             shards.iter().map(|b| b.kind_name()).collect(),
             config.backend.metrics,
         );
+        let packers = build_packers(&config, &shards)?;
         Ok(PieceStore {
             inner: Arc::new(Inner {
                 metrics,
+                packers,
                 fork_sensitive: shards.iter().any(|b| b.is_fork_sensitive()),
                 shards,
                 placement: config.sharding.placement,
@@ -122,10 +129,14 @@ impl PieceStore {
             .checked
             .get_or_try_init(|| async {
                 let n = inner.shards.len();
-                let checks =
-                    inner.shards.iter().enumerate().map(|(i, b)| async move {
-                        b.check().await.map_err(|e| in_shard(e, i, n))
-                    });
+                let checks = inner.shards.iter().enumerate().map(|(i, b)| async move {
+                    b.check().await.map_err(|e| in_shard(e, i, n))?;
+                    // Open the pack index, indexing any pack a crash left unindexed.
+                    if let Some(p) = inner.packers.as_ref().map(|p| &p[i]) {
+                        p.index(b).await.map_err(|e| in_shard(e, i, n))?;
+                    }
+                    Ok::<_, Error>(())
+                });
                 futures::future::try_join_all(checks).await.map(|_| ())
             })
             .await
@@ -276,7 +287,27 @@ impl PieceStore {
             self.check().await?;
             let backend = self.backend(key)?;
             let crc = checksum::crc32c(&data);
-            backend.put(key, data, crc, opts.overwrite).await
+            let Some(packer) = self.packer(key)? else {
+                return backend.put(key, data, crc, opts.overwrite).await;
+            };
+            if len < packer.threshold() {
+                return packer.put(&backend, key, data, crc, opts.overwrite).await;
+            }
+            // A large piece: an object of its own, recorded in the index.
+            if !opts.overwrite
+                && let Some(slot) = packer.slot(&backend, key).await?
+            {
+                return if slot.len() == len && slot.crc() == crc {
+                    Ok(())
+                } else {
+                    Err(Error::AlreadyExists {
+                        key: key.into(),
+                        backend: backend.label().into(),
+                    })
+                };
+            }
+            backend.put(key, data, crc, opts.overwrite).await?;
+            packer.record_object(&backend, key, len, crc).await
         })
         .await
     }
@@ -303,9 +334,25 @@ impl PieceStore {
     ) -> Result<(Bytes, Option<u32>)> {
         self.observe(Op::Get, key, |(b, _)| b.len() as u64, async {
             self.check().await?;
-            self.backend(key)?.get_timed(key, first_byte).await
+            self.get_on(&self.backend(key)?, key, first_byte).await
         })
         .await
+    }
+
+    /// Reads a piece from its pack, or else its object.
+    async fn get_on(
+        &self,
+        backend: &Arc<Backend>,
+        key: &str,
+        first_byte: &mut Option<Instant>,
+    ) -> Result<(Bytes, Option<u32>)> {
+        if let Some(packer) = self.packer(key)?
+            && let Some((bytes, crc)) = packer.get(backend, key).await?
+        {
+            *first_byte = Some(Instant::now());
+            return Ok((bytes, Some(crc)));
+        }
+        backend.get_timed(key, first_byte).await
     }
 
     /// [`PieceStore::get`] that also returns when its first byte could be read (for the
@@ -323,7 +370,7 @@ impl PieceStore {
         self.observe(Op::GetRange, key, |b| b.len() as u64, async {
             self.check().await?;
             let backend = self.backend(key)?;
-            let (bytes, _) = backend.get(key).await?;
+            let (bytes, _) = self.get_on(&backend, key, &mut None).await?;
             let size = bytes.len() as u64;
             match offset.checked_add(len) {
                 Some(end) if end <= size => Ok(bytes.slice(offset as usize..end as usize)),
@@ -343,7 +390,13 @@ impl PieceStore {
     pub async fn head(&self, key: &str) -> Result<PieceMeta> {
         self.observe(Op::Head, key, |_| 0, async {
             self.check().await?;
-            self.backend(key)?.head(key).await
+            let backend = self.backend(key)?;
+            if let Some(packer) = self.packer(key)?
+                && let Some(meta) = packer.head(&backend, key).await?
+            {
+                return Ok(meta);
+            }
+            backend.head(key).await
         })
         .await
     }
@@ -362,9 +415,62 @@ impl PieceStore {
     pub async fn delete(&self, key: &str) -> Result<()> {
         self.observe(Op::Delete, key, |_| 0, async {
             self.check().await?;
-            self.backend(key)?.delete(key).await
+            self.delete_on(&self.backend(key)?, key).await
         })
         .await
+    }
+
+    /// Deletes a piece on its shard's backend: a tombstone when it is packed.
+    async fn delete_on(&self, backend: &Arc<Backend>, key: &str) -> Result<()> {
+        match self.packer(key)? {
+            Some(packer) => packer.delete(backend, key).await,
+            None => backend.delete(key).await,
+        }
+    }
+
+    /// The packer of `key`'s shard, when small pieces are packed. In a process forked after
+    /// the store was opened, a packed store refuses: its index belongs to the parent.
+    fn packer(&self, key: &str) -> Result<Option<&Arc<ShardPacker>>> {
+        let Some(packers) = &self.inner.packers else {
+            return Ok(None);
+        };
+        self.refuse_in_fork_child()?;
+        Ok(Some(&packers[self.shard_of(key)]))
+    }
+
+    fn refuse_in_fork_child(&self) -> Result<()> {
+        if self.inner.packers.is_some() && self.inner.generation != runtime::fork_generation() {
+            return Err(Error::config(
+                "this store packs small pieces, and its pack index belongs to the process that \
+                 opened it; open the store again in the forked child (after the parent closed \
+                 it), or open it with Pack = false to share it across fork()",
+            ));
+        }
+        Ok(())
+    }
+
+    /// One shard's pieces under `prefix`: its objects, then its packed pieces.
+    fn shard_list(
+        &self,
+        shard: usize,
+        backend: &Arc<Backend>,
+        prefix: &str,
+    ) -> BoxStream<'static, Result<PieceMeta>> {
+        let objects = backend.list(prefix);
+        let Some(packers) = &self.inner.packers else {
+            return self.observed_list(shard, objects);
+        };
+        let packer = Arc::clone(&packers[shard]);
+        let b = Arc::clone(backend);
+        let p = prefix.to_string();
+        let store = self.clone();
+        let packed = stream::once(async move {
+            store.refuse_in_fork_child()?;
+            let metas = packer.list_packed(&b, &p).await?;
+            Ok::<_, Error>(stream::iter(metas.into_iter().map(Ok)))
+        })
+        .try_flatten();
+        self.observed_list(shard, objects.chain(packed).boxed())
     }
 
     /// Lists the pieces whose keys start with `prefix` (any string prefix; "" for all) on every
@@ -382,7 +488,7 @@ impl PieceStore {
                 shards
                     .iter()
                     .enumerate()
-                    .map(|(i, b)| store.observed_list(i, b.list(&prefix))),
+                    .map(|(i, b)| store.shard_list(i, b, &prefix)),
             ))
         })
         .try_flatten()
@@ -466,7 +572,21 @@ impl PieceStore {
     ) -> Result<Inventory> {
         self.check().await?;
         let shards = self.shards_now()?;
-        inventory::collect(&shards, self.inner.placement, &opts, progress).await
+        let mut packed = Vec::with_capacity(shards.len());
+        for (i, b) in shards.iter().enumerate() {
+            packed.push(match &self.inner.packers {
+                None => None,
+                Some(p) => {
+                    self.refuse_in_fork_child()?;
+                    let index = p[i].index(b).await?;
+                    Some(inventory::PackedShard {
+                        pieces: p[i].list_packed(b, "").await?,
+                        packs: index.packs()?.into_iter().map(|(_, info)| info).collect(),
+                    })
+                }
+            });
+        }
+        inventory::collect(&shards, packed, self.inner.placement, &opts, progress).await
     }
 
     /// A copy of this store's operation metrics (count, bytes, errors by kind and latency, per
@@ -494,13 +614,13 @@ impl PieceStore {
         let per_shard = shards.iter().enumerate().map(|(i, b)| {
             let b = Arc::clone(b);
             async move {
-                self.observed_list(i, b.list(prefix))
+                self.shard_list(i, &b, prefix)
                     .map(|m| {
                         let b = Arc::clone(&b);
                         async move {
                             let m = m?;
                             let key = m.key.as_str();
-                            self.observe(Op::Delete, key, |_| 0, b.delete(key))
+                            self.observe(Op::Delete, key, |_| 0, self.delete_on(&b, key))
                                 .await
                                 .map(|()| m.size)
                         }
@@ -569,9 +689,91 @@ impl PieceStore {
     }
 
     /// Closes the store: later calls fail with `Closed`. Every put that returned is already
-    /// durable, so there is nothing to flush.
+    /// durable; open packs are written now rather than at their age.
     pub async fn close(&self) {
+        let _ = self.flush().await;
         self.inner.closed.store(true, Ordering::Release);
+        if let Some(packers) = &self.inner.packers {
+            packers.iter().for_each(|p| p.release());
+        }
+    }
+
+    /// Writes every shard's open pack now instead of at its size or age, and waits until it is
+    /// durable (every put already waits for its own pack; this is for a caller that wants the
+    /// open packs out, e.g. before a snapshot). Nothing to do on an unpacked store.
+    pub async fn flush(&self) -> Result<()> {
+        let Some(packers) = &self.inner.packers else {
+            return Ok(());
+        };
+        self.refuse_in_fork_child()?;
+        let shards = self.shards_now()?;
+        let n = shards.len();
+        futures::future::try_join_all(
+            packers
+                .iter()
+                .zip(shards.iter())
+                .enumerate()
+                .map(|(i, (p, b))| async move { p.flush(b).await.map_err(|e| in_shard(e, i, n)) }),
+        )
+        .await
+        .map(|_| ())
+    }
+
+    /// Whether this store packs small pieces (`[PieceStore.Pack]`).
+    pub fn is_packed(&self) -> bool {
+        self.inner.packers.is_some()
+    }
+
+    /// Garbage collection of packs (`piecestore gc`): deletes compacted packs whose grace period
+    /// is over, rewrites packs whose garbage passed `Pack.GarbageRatio`, and merges undersized
+    /// packs (a short-lived process writes small ones). Safe while reads and writes go on.
+    /// `progress` is called with the bytes of packs processed so far. An unpacked store has
+    /// nothing to collect.
+    pub async fn gc(
+        &self,
+        opts: GcOptions,
+        progress: &(dyn Fn(GcProgress) + Sync),
+    ) -> Result<GcReport> {
+        self.check().await?;
+        let Some(packers) = &self.inner.packers else {
+            return Ok(GcReport::default());
+        };
+        self.refuse_in_fork_child()?;
+        let shards = self.shards_now()?;
+        let n = shards.len();
+        let mut total = GcReport::default();
+        for (i, (p, b)) in packers.iter().zip(shards.iter()).enumerate() {
+            let r = crate::pack::gc::gc_shard(p, b, &opts, progress)
+                .await
+                .map_err(|e| in_shard(e, i, n))?;
+            total.add(&r);
+        }
+        Ok(total)
+    }
+
+    /// Checks every pack and every index entry (CRCs, bounds, orphan packs, dangling
+    /// entries, live-byte accounting); with `rebuild_index`, rebuilds the index from the packs
+    /// alone and checks again (`piecestore fsck`). `progress` gets the bytes read so far.
+    pub async fn fsck(
+        &self,
+        opts: FsckOptions,
+        progress: &(dyn Fn(u64) + Sync),
+    ) -> Result<FsckReport> {
+        self.check().await?;
+        let Some(packers) = &self.inner.packers else {
+            return Ok(FsckReport::default());
+        };
+        self.refuse_in_fork_child()?;
+        let shards = self.shards_now()?;
+        let n = shards.len();
+        let mut total = FsckReport::default();
+        for (i, (p, b)) in packers.iter().zip(shards.iter()).enumerate() {
+            let r = crate::pack::fsck::fsck_shard(p, b, i, &opts, progress)
+                .await
+                .map_err(|e| in_shard(e, i, n))?;
+            total.add(r);
+        }
+        Ok(total)
     }
 }
 
@@ -583,6 +785,42 @@ fn build_shards(config: &Config) -> Result<Vec<Arc<Backend>>> {
         shards.push(Arc::new(b));
     }
     Ok(shards)
+}
+
+/// A packer per shard when the config packs small pieces: the index of a local directory in
+/// its `.piecestore/index.redb`, of a bucket under `Pack.IndexDir` (default: the user's cache
+/// directory), of a memory store in memory.
+fn build_packers(
+    config: &Config,
+    shards: &[Arc<Backend>],
+) -> Result<Option<Vec<Arc<ShardPacker>>>> {
+    let all_memory = shards.iter().all(|b| b.is_memory());
+    if !config.pack.enabled.unwrap_or(!all_memory) {
+        return Ok(None);
+    }
+    config.pack.validate()?;
+    let packers = shards
+        .iter()
+        .enumerate()
+        .map(|(i, b)| {
+            let path = if b.is_memory() {
+                None
+            } else if let Some(root) = b.root_dir() {
+                Some(crate::pack::index::default_index_path(
+                    Some(&root),
+                    b.label(),
+                    i,
+                ))
+            } else if let Some(dir) = &config.pack.index_dir {
+                let hash = crate::shard::fnv1a32(b.label().as_bytes());
+                Some(dir.join(format!("shard-{i}-{hash:08x}.redb")))
+            } else {
+                Some(crate::pack::index::default_index_path(None, b.label(), i))
+            };
+            Arc::new(ShardPacker::new(i, config.pack.clone(), path))
+        })
+        .collect();
+    Ok(Some(packers))
 }
 
 fn in_shard(e: Error, i: usize, n: usize) -> Error {

@@ -715,13 +715,145 @@ impl Backend {
     }
 }
 
+/// Where a shard keeps its packs.
+pub(crate) const PACKS_PREFIX: &str = ".piecestore/packs/";
+
+impl Backend {
+    fn pack_path(id: crate::pack::index::PackId) -> Path {
+        Path::from(format!(
+            "{PACKS_PREFIX}{}",
+            crate::pack::index::pack_name(id)
+        ))
+    }
+
+    fn pack_err(
+        &self,
+        op: &'static str,
+        id: crate::pack::index::PackId,
+        e: object_store::Error,
+    ) -> Error {
+        let name = format!("{PACKS_PREFIX}{}", crate::pack::index::pack_name(id));
+        self.map_err(op, Some(&name), e)
+    }
+
+    /// Writes a sealed pack, create-only where the backend honours it (pack ids are unique,
+    /// so a conflict means a bug, never a piece to overwrite). Durable when it returns (files:
+    /// data and directory fsync'd).
+    pub(crate) async fn put_pack(
+        &self,
+        id: crate::pack::index::PackId,
+        bytes: Bytes,
+    ) -> Result<()> {
+        let mode = if self.honours_create().await {
+            PutMode::Create
+        } else {
+            PutMode::Overwrite
+        };
+        let opts = PutOptions {
+            mode,
+            ..Default::default()
+        };
+        self.store
+            .put_opts(&Self::pack_path(id), PutPayload::from(bytes), opts)
+            .await
+            .map(|_| ())
+            .map_err(|e| self.pack_err("put", id, e))
+    }
+
+    /// Reads `range` of a pack (one ranged GET). `NotFound` names the pack.
+    pub(crate) async fn read_pack_range(
+        &self,
+        id: crate::pack::index::PackId,
+        range: std::ops::Range<u64>,
+    ) -> Result<Bytes> {
+        if range.is_empty() {
+            return Ok(Bytes::new());
+        }
+        self.store
+            .get_range(&Self::pack_path(id), range)
+            .await
+            .map_err(|e| self.pack_err("get", id, e))
+    }
+
+    /// Reads a whole pack.
+    pub(crate) async fn read_pack(&self, id: crate::pack::index::PackId) -> Result<Bytes> {
+        let r = self
+            .store
+            .get_opts(&Self::pack_path(id), GetOptions::default())
+            .await
+            .map_err(|e| self.pack_err("get", id, e))?;
+        r.bytes().await.map_err(|e| self.pack_err("get", id, e))
+    }
+
+    /// Deletes a pack; a missing one is success.
+    pub(crate) async fn delete_pack(&self, id: crate::pack::index::PackId) -> Result<()> {
+        match self.store.delete(&Self::pack_path(id)).await {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+            Err(e) => Err(self.pack_err("delete", id, e)),
+        }
+    }
+
+    /// Every pack object of this shard: `(id, size)`, by id. Other objects under the packs
+    /// prefix (a local write's staging file) are left out.
+    pub(crate) async fn list_packs(&self) -> Result<Vec<(crate::pack::index::PackId, u64)>> {
+        let dir = Path::from(PACKS_PREFIX.trim_end_matches('/'));
+        let mut out: Vec<_> = self
+            .store
+            .list(Some(&dir))
+            .map_err(|e| self.map_err("list", None, e))
+            .try_filter_map(|m| {
+                let name = m.location.filename().unwrap_or_default().to_string();
+                futures::future::ready(Ok(
+                    crate::pack::index::parse_pack_name(&name).map(|id| (id, m.size))
+                ))
+            })
+            .try_collect()
+            .await?;
+        out.sort_unstable();
+        Ok(out)
+    }
+
+    /// The directory of a local-file shard.
+    pub(crate) fn root_dir(&self) -> Option<std::path::PathBuf> {
+        match &self.kind {
+            Kind::File(fs) => fs
+                .path_to_filesystem(&Path::from("x"))
+                .ok()?
+                .parent()
+                .map(|p| p.to_path_buf()),
+            _ => None,
+        }
+    }
+
+    /// Free bytes on a local-file shard's filesystem (`None` elsewhere).
+    pub(crate) fn free_space(&self) -> Option<u64> {
+        let root = self.root_dir()?;
+        let c = std::ffi::CString::new(root.as_os_str().as_encoded_bytes()).ok()?;
+        let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+        // SAFETY: `c` is a NUL-terminated path and `st` a writable statvfs.
+        let rc = unsafe { libc::statvfs(c.as_ptr(), &mut st) };
+        (rc == 0).then(|| st.f_bavail as u64 * st.f_frsize as u64)
+    }
+
+    /// Whether this shard holds any piece object (packs and PieceStore's own objects aside).
+    pub(crate) async fn has_objects(self: &Arc<Self>) -> Result<bool> {
+        match self.list("").next().await {
+            None => Ok(false),
+            Some(Ok(_)) => Ok(true),
+            Some(Err(e)) => Err(e),
+        }
+    }
+}
+
 /// One object of a raw listing ([`Backend::list_all`]), classified.
 #[derive(Debug, Clone)]
 pub(crate) enum Listed {
     /// A piece under a valid key (size without any checksum trailer).
     Piece(PieceMeta),
-    /// PieceStore's own object under `.piecestore/` (e.g. a conditional-write probe).
+    /// PieceStore's own object under `.piecestore/` (e.g. a conditional-write probe, the index).
     Internal { key: String, size: u64 },
+    /// A pack of small pieces (counted from the index).
+    Pack,
     /// An unfinished write's temp file: the original's `.name.tmpN`, or a `name#N` staging
     /// file of a local write that did not finish.
     Temp { key: String, size: u64 },
@@ -746,6 +878,11 @@ impl Backend {
                 async move {
                     let key = m.location.to_string();
                     let size = m.size;
+                    if let Some(name) = key.strip_prefix(PACKS_PREFIX)
+                        && crate::pack::index::parse_pack_name(name).is_some()
+                    {
+                        return Ok(Listed::Pack);
+                    }
                     if key.starts_with(RESERVED_PREFIX) {
                         return Ok(Listed::Internal { key, size });
                     }

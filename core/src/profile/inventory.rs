@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::backend::{Backend, Listed};
 use crate::error::Result;
+use crate::pack::index::{PackInfo, PackState};
 use crate::shard::Placement;
 
 /// What [`PieceStore::inventory`](crate::PieceStore::inventory) looks at.
@@ -113,13 +114,19 @@ impl Orphans {
     }
 }
 
-/// Pack statistics (filled in once the store packs small pieces).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// Pack statistics of a store that packs small pieces (from its index).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct PackStats {
     /// Pack objects.
     pub packs: u64,
-    /// Their bytes.
+    /// Of which compacted, waiting for their grace period to end.
+    pub doomed: u64,
+    /// Pieces in packs.
+    pub pieces: u64,
+    /// Pack bytes.
     pub bytes: u64,
+    /// Bytes of live pieces in packs.
+    pub live_bytes: u64,
     /// Live bytes over pack bytes.
     pub fill: f64,
     /// Dead bytes over pack bytes.
@@ -142,6 +149,7 @@ fn size_bucket(size: u64) -> (u64, u64) {
 /// objects seen so far, every 1,000 objects.
 pub(crate) async fn collect(
     shards: &[Arc<Backend>],
+    packed: Vec<Option<PackedShard>>,
     placement: Placement,
     opts: &InventoryOptions,
     progress: &(dyn Fn(u64) + Sync),
@@ -153,29 +161,47 @@ pub(crate) async fn collect(
     };
     let n = shards.len() as u32;
     let seen = AtomicU64::new(0);
-    let per_shard = shards.iter().enumerate().map(|(i, b)| {
-        let seen = &seen;
-        async move {
-            let mut shard = ShardTally {
-                inv: ShardInventory {
-                    shard: i,
-                    backend: b.label().to_string(),
-                    pieces: 0,
-                    bytes: 0,
-                    orphans: 0,
-                },
-                ..Default::default()
-            };
-            let mut listing = b.list_all();
-            while let Some(entry) = listing.try_next().await? {
-                if (seen.fetch_add(1, Ordering::Relaxed) + 1) % 1000 == 0 {
-                    progress(seen.load(Ordering::Relaxed));
+    let per_shard = shards
+        .iter()
+        .zip(packed)
+        .enumerate()
+        .map(|(i, (b, packed))| {
+            let seen = &seen;
+            async move {
+                let mut shard = ShardTally {
+                    inv: ShardInventory {
+                        shard: i,
+                        backend: b.label().to_string(),
+                        pieces: 0,
+                        bytes: 0,
+                        orphans: 0,
+                    },
+                    ..Default::default()
+                };
+                let mut listing = b.list_all();
+                while let Some(entry) = listing.try_next().await? {
+                    if (seen.fetch_add(1, Ordering::Relaxed) + 1) % 1000 == 0 {
+                        progress(seen.load(Ordering::Relaxed));
+                    }
+                    shard.add(i, n, placement, entry, samples);
                 }
-                shard.add(i, n, placement, entry, samples);
+                if let Some(p) = packed {
+                    let stats = shard.packs.get_or_insert_with(PackStats::default);
+                    for info in &p.packs {
+                        stats.packs += 1;
+                        stats.bytes += info.size;
+                        stats.live_bytes += info.live_bytes;
+                        stats.doomed += matches!(info.state, PackState::Doomed { .. }) as u64;
+                        shard.pack_payload += info.payload;
+                    }
+                    stats.pieces += p.pieces.len() as u64;
+                    for m in p.pieces {
+                        shard.add(i, n, placement, Listed::Piece(m), samples);
+                    }
+                }
+                Ok::<_, crate::Error>(shard)
             }
-            Ok::<_, crate::Error>(shard)
-        }
-    });
+        });
     let tallies = futures::future::try_join_all(per_shard).await?;
     let mut inv = Inventory {
         pieces: 0,
@@ -190,7 +216,17 @@ pub(crate) async fn collect(
         packs: None,
     };
     let mut sizes: BTreeMap<(u64, u64), (u64, u64)> = BTreeMap::new();
+    let mut payload = 0u64;
     for t in tallies {
+        if let Some(p) = &t.packs {
+            let s = inv.packs.get_or_insert_with(PackStats::default);
+            s.packs += p.packs;
+            s.doomed += p.doomed;
+            s.pieces += p.pieces;
+            s.bytes += p.bytes;
+            s.live_bytes += p.live_bytes;
+            payload += t.pack_payload;
+        }
         inv.pieces += t.inv.pieces;
         inv.bytes += t.inv.bytes;
         if t.inv.pieces > 0 {
@@ -214,6 +250,18 @@ pub(crate) async fn collect(
         inv.shards.push(t.inv);
     }
     inv.orphans.samples.truncate(samples);
+    if let Some(s) = &mut inv.packs {
+        s.fill = if s.bytes == 0 {
+            0.0
+        } else {
+            s.live_bytes as f64 / s.bytes as f64
+        };
+        s.garbage_ratio = if payload == 0 {
+            0.0
+        } else {
+            1.0 - s.live_bytes as f64 / payload as f64
+        };
+    }
     if inv.pieces == 0 {
         inv.min_size = 0;
     }
@@ -239,8 +287,18 @@ pub(crate) async fn collect(
     Ok(inv)
 }
 
+/// What a packed shard's index says: its packed pieces and its packs.
+pub(crate) struct PackedShard {
+    /// Every packed piece.
+    pub(crate) pieces: Vec<crate::PieceMeta>,
+    /// Every pack.
+    pub(crate) packs: Vec<PackInfo>,
+}
+
 #[derive(Default)]
 struct ShardTally {
+    packs: Option<PackStats>,
+    pack_payload: u64,
     inv: ShardInventory,
     min_size: u64,
     max_size: u64,
@@ -278,6 +336,8 @@ impl ShardTally {
                 self.orphans.foreign += 1;
                 (key, size, "not a valid piece key".to_string())
             }
+            // Packs are counted from the index.
+            Listed::Pack => return,
             Listed::Internal { key, size } => {
                 self.orphans.internal += 1;
                 (key, size, "PieceStore leftover".to_string())

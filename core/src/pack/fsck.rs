@@ -1,0 +1,374 @@
+//! `fsck`: verify every pack and every index entry, and rebuild the index from the packs.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use super::format::{self, Entry, RecordKind};
+use super::index::{self, Change, Loc, PackId, PackInfo, PackState, Slot};
+use super::{ShardPacker, commit, pack_info};
+use crate::backend::Backend;
+use crate::error::Result;
+
+/// Options of [`PieceStore::fsck`](crate::PieceStore::fsck).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct FsckOptions {
+    /// Rebuild each shard's index from its packs alone (after checking), then check again.
+    pub rebuild_index: bool,
+}
+
+/// One thing fsck found wrong.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FsckProblem {
+    /// The shard.
+    pub shard: usize,
+    /// The pack object's name, when the problem is in or about a pack.
+    pub pack: Option<String>,
+    /// The piece key, when one piece is concerned.
+    pub key: Option<String>,
+    /// What is wrong.
+    pub what: String,
+}
+
+impl std::fmt::Display for FsckProblem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "shard {}", self.shard)?;
+        if let Some(p) = &self.pack {
+            write!(f, ", pack {p}")?;
+        }
+        if let Some(k) = &self.key {
+            write!(f, ", piece {k:?}")?;
+        }
+        write!(f, ": {}", self.what)
+    }
+}
+
+/// What fsck checked and found.
+#[derive(Debug, Clone, Default)]
+pub struct FsckReport {
+    /// Pack objects read.
+    pub packs: u64,
+    /// Their bytes.
+    pub bytes: u64,
+    /// Records (pieces and tombstones) verified.
+    pub records: u64,
+    /// Index entries checked.
+    pub entries: u64,
+    /// What is wrong (after the rebuild, when one ran).
+    pub problems: Vec<FsckProblem>,
+    /// Problems found before the rebuild, when one ran.
+    pub problems_before_rebuild: Option<Vec<FsckProblem>>,
+    /// Pieces indexed by the rebuild, when one ran.
+    pub rebuilt_pieces: Option<u64>,
+}
+
+impl FsckReport {
+    /// Whether nothing is wrong.
+    pub fn is_clean(&self) -> bool {
+        self.problems.is_empty()
+    }
+
+    /// Adds another shard's report.
+    pub fn add(&mut self, o: FsckReport) {
+        self.packs += o.packs;
+        self.bytes += o.bytes;
+        self.records += o.records;
+        self.entries += o.entries;
+        self.problems.extend(o.problems);
+        if let Some(b) = o.problems_before_rebuild {
+            self.problems_before_rebuild
+                .get_or_insert_with(Vec::new)
+                .extend(b);
+        }
+        if let Some(n) = o.rebuilt_pieces {
+            *self.rebuilt_pieces.get_or_insert(0) += n;
+        }
+    }
+}
+
+/// What one pack holds, as read by fsck.
+struct Scanned {
+    size: u64,
+    flags: u16,
+    /// Every record (from the footer, or from a forward scan when the footer is damaged).
+    entries: Vec<Entry>,
+    /// Tombstone targets by record index.
+    targets: HashMap<usize, u64>,
+}
+
+/// Checks one shard; with `rebuild`, rebuilds its index from the packs and checks again.
+pub(crate) async fn fsck_shard(
+    packer: &Arc<ShardPacker>,
+    backend: &Arc<Backend>,
+    shard: usize,
+    opts: &FsckOptions,
+    progress: &(dyn Fn(u64) + Sync),
+) -> Result<FsckReport> {
+    let _one = packer.gc_lock.lock().await;
+    let (mut report, scanned) = check(packer, backend, shard, progress).await?;
+    if !opts.rebuild_index {
+        return Ok(report);
+    }
+    let index = packer.index(backend).await?;
+    let pieces = rebuild(backend, &index, &scanned).await?;
+    let (mut after, _) = check(packer, backend, shard, &|_| {}).await?;
+    after.problems_before_rebuild = Some(std::mem::take(&mut report.problems));
+    after.rebuilt_pieces = Some(pieces);
+    Ok(after)
+}
+
+async fn check(
+    packer: &Arc<ShardPacker>,
+    backend: &Arc<Backend>,
+    shard: usize,
+    progress: &(dyn Fn(u64) + Sync),
+) -> Result<(FsckReport, HashMap<PackId, Scanned>)> {
+    let index = packer.index(backend).await?;
+    let mut report = FsckReport::default();
+    let problem = |pack: Option<PackId>, key: Option<&str>, what: String| FsckProblem {
+        shard,
+        pack: pack.map(index::pack_name),
+        key: key.map(str::to_string),
+        what,
+    };
+    let mut scanned: HashMap<PackId, Scanned> = HashMap::new();
+    for (id, _) in backend.list_packs().await? {
+        let bytes = match backend.read_pack(id).await {
+            Ok(b) => b,
+            Err(crate::Error::NotFound { .. }) => continue,
+            Err(e) => return Err(e),
+        };
+        report.packs += 1;
+        report.bytes += bytes.len() as u64;
+        progress(report.bytes);
+        let footer = format::parse_footer(&bytes, bytes.len() as u64);
+        let scan = match format::scan(&bytes) {
+            Ok(s) => s,
+            Err(why) => {
+                report
+                    .problems
+                    .push(problem(Some(id), None, format!("the pack {why}")));
+                continue;
+            }
+        };
+        for (e, actual) in &scan.damaged {
+            report.problems.push(problem(
+                Some(id),
+                Some(&e.key),
+                format!(
+                    "{} at offset {} is corrupt: crc32c is {actual}, expected {}",
+                    if e.kind == RecordKind::Piece {
+                        "piece"
+                    } else {
+                        "tombstone"
+                    },
+                    e.offset,
+                    e.crc
+                ),
+            ));
+        }
+        report.records += (scan.entries.len() + scan.damaged.len()) as u64;
+        let mut from_scan: Vec<Entry> = scan.entries.clone();
+        from_scan.extend(scan.damaged.iter().map(|(e, _)| e.clone()));
+        let (entries, flags) = match footer {
+            Ok(f) => {
+                let mut a: Vec<_> = f
+                    .entries
+                    .iter()
+                    .map(|e| (e.offset, e.len, e.crc, &e.key))
+                    .collect();
+                let mut b: Vec<_> = from_scan
+                    .iter()
+                    .map(|e| (e.offset, e.len, e.crc, &e.key))
+                    .collect();
+                a.sort();
+                b.sort();
+                if a != b {
+                    report.problems.push(problem(
+                        Some(id),
+                        None,
+                        "the footer and the records disagree".into(),
+                    ));
+                }
+                (f.entries, f.flags)
+            }
+            Err(why) => {
+                report
+                    .problems
+                    .push(problem(Some(id), None, format!("the pack {why}")));
+                (from_scan, 0)
+            }
+        };
+        let targets = entries
+            .iter()
+            .enumerate()
+            .filter(|(_, e)| e.kind == RecordKind::Tombstone)
+            .filter_map(|(i, e)| {
+                let p = bytes.get(e.offset as usize..(e.offset + e.len) as usize)?;
+                Some((i, format::tombstone_target(p)?))
+            })
+            .collect();
+        scanned.insert(
+            id,
+            Scanned {
+                size: bytes.len() as u64,
+                flags,
+                entries,
+                targets,
+            },
+        );
+    }
+
+    let packs: HashMap<PackId, PackInfo> = index.packs()?.into_iter().collect();
+    for (id, info) in &packs {
+        if !scanned.contains_key(id) && info.state == PackState::Live {
+            report.problems.push(problem(
+                Some(*id),
+                None,
+                format!(
+                    "the index lists this pack ({} live pieces) but it is missing",
+                    info.live_count
+                ),
+            ));
+        }
+    }
+    for id in scanned.keys() {
+        if !packs.contains_key(id) {
+            report.problems.push(problem(
+                Some(*id),
+                None,
+                "the pack is not in the index (orphan); `fsck --rebuild-index` indexes it".into(),
+            ));
+        }
+    }
+    let mut live: HashMap<PackId, (u64, u64)> = HashMap::new();
+    let at: HashMap<PackId, HashMap<u64, &Entry>> = scanned
+        .iter()
+        .map(|(id, s)| (*id, s.entries.iter().map(|e| (e.offset, e)).collect()))
+        .collect();
+    let entries = {
+        let index = Arc::clone(&index);
+        tokio::task::spawn_blocking(move || index.range(""))
+            .await
+            .map_err(|e| crate::Error::Backend {
+                op: "fsck",
+                key: None,
+                backend: backend.label().into(),
+                message: e.to_string(),
+                retryable: true,
+            })??
+    };
+    for (key, slot) in entries {
+        report.entries += 1;
+        let Slot::Packed(loc) = slot else { continue };
+        let l = live.entry(loc.pack).or_default();
+        l.0 += loc.len;
+        l.1 += 1;
+        let found = at.get(&loc.pack).and_then(|m| m.get(&loc.offset));
+        let ok = found.is_some_and(|e| {
+            e.key == key && e.len == loc.len && e.crc == loc.crc && e.kind == RecordKind::Piece
+        });
+        if !ok {
+            let what = if scanned.contains_key(&loc.pack) {
+                format!(
+                    "dangling index entry: the pack holds no such piece at offset {}",
+                    loc.offset
+                )
+            } else {
+                "dangling index entry: its pack is missing".to_string()
+            };
+            report
+                .problems
+                .push(problem(Some(loc.pack), Some(&key), what));
+        }
+    }
+    for (id, info) in &packs {
+        let (bytes, count) = live.get(id).copied().unwrap_or_default();
+        if (bytes, count) != (info.live_bytes, info.live_count) {
+            report.problems.push(problem(
+                Some(*id),
+                None,
+                format!(
+                    "the index counts {} live pieces ({} bytes) in this pack, its entries say {count} ({bytes} bytes)",
+                    info.live_count, info.live_bytes
+                ),
+            ));
+        }
+    }
+    Ok((report, scanned))
+}
+
+/// Rebuilds the index from the packs alone: for each key the newest write wins, unless a
+/// newer tombstone deletes it.
+async fn rebuild(
+    backend: &Arc<Backend>,
+    index: &Arc<dyn index::PackIndex>,
+    scanned: &HashMap<PackId, Scanned>,
+) -> Result<u64> {
+    let mut ids: Vec<&PackId> = scanned.keys().collect();
+    ids.sort();
+    let mut best: HashMap<&str, Loc> = HashMap::new();
+    let mut dead: HashMap<&str, u64> = HashMap::new();
+    for id in &ids {
+        let s = &scanned[id];
+        for (i, e) in s.entries.iter().enumerate() {
+            match e.kind {
+                RecordKind::Piece => {
+                    let loc = Loc {
+                        pack: **id,
+                        offset: e.offset,
+                        len: e.len,
+                        crc: e.crc,
+                        seq: e.seq,
+                    };
+                    // Equal seq: a compaction's copy, in a newer pack; the copy wins.
+                    if best.get(e.key.as_str()).is_none_or(|b| b.seq <= e.seq) {
+                        best.insert(&e.key, loc);
+                    }
+                }
+                RecordKind::Tombstone => {
+                    if let Some(upto) = s.targets.get(&i) {
+                        let d = dead.entry(&e.key).or_default();
+                        *d = (*d).max(*upto);
+                    }
+                }
+            }
+        }
+    }
+    let index2 = Arc::clone(index);
+    tokio::task::spawn_blocking(move || index2.clear())
+        .await
+        .map_err(|e| crate::Error::Backend {
+            op: "fsck",
+            key: None,
+            backend: backend.label().into(),
+            message: e.to_string(),
+            retryable: true,
+        })??;
+    let mut changes = Vec::new();
+    for id in &ids {
+        let s = &scanned[id];
+        let _ = s.flags;
+        changes.push(Change::AddPack {
+            id: **id,
+            info: pack_info(s.size, &s.entries),
+        });
+    }
+    let mut pieces = 0;
+    for (key, loc) in best {
+        if dead.get(key).is_some_and(|d| *d >= loc.seq) {
+            continue;
+        }
+        pieces += 1;
+        changes.push(Change::Put {
+            key: key.to_string(),
+            slot: Slot::Packed(loc),
+        });
+    }
+    let complete = !backend.has_objects().await?;
+    changes.push(Change::SetMeta {
+        name: index::META_COMPLETE,
+        value: complete as u64,
+    });
+    commit(backend, index, changes).await?;
+    Ok(pieces)
+}
