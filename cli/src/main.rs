@@ -2,6 +2,7 @@
 
 mod bench;
 mod html;
+mod pack;
 
 use std::io::{Read, Write};
 use std::path::PathBuf;
@@ -27,7 +28,7 @@ Which store:
 Exit codes:
   0 success   1 other error   2 usage   3 piece not found   4 piece exists with other bytes
   5 invalid key, range or config   6 corrupt piece   7 unauthorized   8 backend failure
-  9 a functional check of `bench --check` failed
+  9 a functional check of `bench --check` failed   10 `fsck` found damage
 
 Examples:
   piecestore put 42_s0 segment.bin            store a file as piece 42_s0 in ./data
@@ -41,7 +42,9 @@ Examples:
   piecestore migrate --from old.toml --to 'file:///srv/pieces-%d?shards=4&placement=jump' --dry-run
   piecestore --store http://127.0.0.1:9000/b bench --op get --size 4KiB -c 16 --duration 30s --html r.html
   piecestore bench compare before.json after.json
-  piecestore --config config.toml profile --json";
+  piecestore --config config.toml profile --json
+  piecestore gc --grace 0s                    compact packs now, delete compacted packs at once
+  piecestore fsck --rebuild-index             verify every pack; rebuild the index from the packs";
 
 /// Store, read and manage immutable pieces on memory, local disk or any S3-compatible store.
 #[derive(Parser, Debug)]
@@ -149,6 +152,35 @@ enum Command {
         #[command(flatten)]
         args: bench::BenchArgs,
     },
+    /// Compact packs: rewrite those whose garbage passed the threshold, merge undersized ones,
+    /// delete compacted packs whose grace period is over. Safe while others read and write.
+    Gc {
+        /// Delete compacted packs this long after compaction (default: the config's
+        /// Pack.Grace, 1h). `0s` deletes them at once: only when no reader could still be using
+        /// them.
+        #[arg(long, value_parser = humantime::parse_duration)]
+        grace: Option<std::time::Duration>,
+        /// Compact packs with at least this share of garbage, 0.0 to 1.0 (default: the
+        /// config's Pack.GarbageRatio, 0.5).
+        #[arg(long)]
+        garbage_ratio: Option<f64>,
+        /// Only report what would be done.
+        #[arg(long)]
+        dry_run: bool,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Verify every pack (CRCs, bounds, footers) and every index entry (dangling entries,
+    /// orphan packs, live-byte accounting). Exit code 10 when damage remains.
+    Fsck {
+        /// Rebuild the index from the packs alone (after checking), then check again.
+        #[arg(long)]
+        rebuild_index: bool,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Report what the store holds: pieces, bytes, size histogram, per-shard balance and skew,
     /// orphans (objects no get can reach) and, once packing is on, pack fill and garbage.
     Profile {
@@ -160,6 +192,9 @@ enum Command {
         orphan_samples: usize,
     },
 }
+
+/// Exit code of `fsck` when damage remains.
+const EXIT_DAMAGE: u8 = 10;
 
 /// Exit code of `bench --check` when a functional check failed.
 const EXIT_CHECK_FAILED: u8 = 9;
@@ -263,6 +298,23 @@ async fn run(cli: Cli) -> Result<(), CliError> {
             json,
             orphan_samples,
         } => bench::profile(&store, json, orphan_samples).await?,
+        Command::Gc {
+            grace,
+            garbage_ratio,
+            dry_run,
+            json,
+        } => pack::gc(&store, grace, garbage_ratio, dry_run, json).await?,
+        Command::Fsck {
+            rebuild_index,
+            json,
+        } => {
+            let clean = pack::fsck(&store, rebuild_index, json).await?;
+            store.close().await;
+            if !clean {
+                return Err(CliError::Exit(EXIT_DAMAGE));
+            }
+            return Ok(());
+        }
         Command::Put {
             key,
             file,

@@ -715,6 +715,9 @@ impl Backend {
     }
 }
 
+/// The pack index of a local-directory shard.
+pub(crate) const INDEX_FILE: &str = ".piecestore/index.redb";
+
 /// Where a shard keeps its packs.
 pub(crate) const PACKS_PREFIX: &str = ".piecestore/packs/";
 
@@ -852,7 +855,7 @@ pub(crate) enum Listed {
     Piece(PieceMeta),
     /// PieceStore's own object under `.piecestore/` (e.g. a conditional-write probe, the index).
     Internal { key: String, size: u64 },
-    /// A pack of small pieces (counted from the index).
+    /// A pack of small pieces, or the pack index (counted from the index).
     Pack,
     /// An unfinished write's temp file: the original's `.name.tmpN`, or a `name#N` staging
     /// file of a local write that did not finish.
@@ -881,6 +884,9 @@ impl Backend {
                     if let Some(name) = key.strip_prefix(PACKS_PREFIX)
                         && crate::pack::index::parse_pack_name(name).is_some()
                     {
+                        return Ok(Listed::Pack);
+                    }
+                    if key == INDEX_FILE {
                         return Ok(Listed::Pack);
                     }
                     if key.starts_with(RESERVED_PREFIX) {

@@ -17,7 +17,7 @@ pub struct FsckOptions {
 }
 
 /// One thing fsck found wrong.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct FsckProblem {
     /// The shard.
     pub shard: usize,
@@ -43,7 +43,7 @@ impl std::fmt::Display for FsckProblem {
 }
 
 /// What fsck checked and found.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, serde::Serialize)]
 pub struct FsckReport {
     /// Pack objects read.
     pub packs: u64,

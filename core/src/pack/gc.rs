@@ -31,7 +31,7 @@ pub struct GcOptions {
 }
 
 /// What a garbage collection did (summed over shards).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
 pub struct GcReport {
     /// Packs before.
     pub packs_before: u64,

@@ -1,0 +1,197 @@
+//! Packs from the user's side: one short-lived `piecestore put` per piece, then `gc` merges
+//! their small packs; `fsck` finds a flipped byte, exits 10 and names the piece; `rm` of a
+//! packed piece is reclaimed by `gc`.
+
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+
+fn bin(dir: &Path) -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_piecestore"));
+    for var in piecestore_tests::CLI_ENV {
+        c.env_remove(var);
+    }
+    c.current_dir(dir).arg("--store").arg(dir.join("pieces"));
+    c
+}
+
+fn run(mut cmd: Command, stdin: Option<&[u8]>) -> Output {
+    cmd.stdin(if stdin.is_some() {
+        Stdio::piped()
+    } else {
+        Stdio::null()
+    })
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped());
+    let mut child = cmd.spawn().expect("spawn piecestore");
+    if let Some(input) = stdin {
+        use std::io::Write;
+        child
+            .stdin
+            .take()
+            .expect("stdin")
+            .write_all(input)
+            .expect("stdin");
+    }
+    child.wait_with_output().expect("wait")
+}
+
+fn ok(cmd: Command, stdin: Option<&[u8]>) -> String {
+    let shown = format!("{cmd:?}");
+    let out = run(cmd, stdin);
+    assert!(
+        out.status.success(),
+        "{shown} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn packs(dir: &Path) -> usize {
+    std::fs::read_dir(dir.join("pieces/.piecestore/packs"))
+        .map(|d| {
+            d.filter_map(|e| e.ok())
+                .filter(|e| e.file_name().to_string_lossy().ends_with(".pack"))
+                .count()
+        })
+        .unwrap_or(0)
+}
+
+fn piece(i: usize) -> Vec<u8> {
+    piecestore_tests::pseudo_random(100 + i * 37, i as u64)
+}
+
+#[test]
+fn gc_merges_the_small_packs_of_short_lived_processes() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let d = dir.path();
+    for i in 0..24 {
+        let mut c = bin(d);
+        c.args(["put", &format!("{i}_s0"), "-"]);
+        ok(c, Some(&piece(i)));
+    }
+    assert_eq!(packs(d), 24, "one pack per short-lived put");
+    let mut c = bin(d);
+    c.args(["gc", "--grace", "0s", "--json"]);
+    let report: serde_json::Value = serde_json::from_str(&ok(c, None)).expect("gc --json");
+    assert_eq!(report["packs_compacted"], 24, "{report}");
+    assert_eq!(report["pieces_moved"], 24, "{report}");
+    assert_eq!(packs(d), 1, "gc merged them into one pack");
+    for i in 0..24 {
+        let mut c = bin(d);
+        c.args(["get", &format!("{i}_s0")]);
+        let out = run(c, None);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_eq!(out.stdout, piece(i), "piece {i} after gc");
+    }
+    // Deleting most pieces leaves garbage that the next gc reclaims.
+    for i in 0..20 {
+        let mut c = bin(d);
+        c.args(["rm", &format!("{i}_s0")]);
+        ok(c, None);
+    }
+    let mut c = bin(d);
+    c.args(["gc", "--grace", "0s"]);
+    let text = ok(c, None);
+    assert!(text.contains("pieces moved: 4"), "{text}");
+    let mut c = bin(d);
+    c.args(["ls"]);
+    let mut listed: Vec<String> = ok(c, None).lines().map(str::to_string).collect();
+    listed.sort();
+    assert_eq!(listed, ["20_s0", "21_s0", "22_s0", "23_s0"]);
+    let mut c = bin(d);
+    c.arg("fsck");
+    assert!(ok(c, None).contains("clean"));
+}
+
+#[test]
+fn fsck_names_a_corrupt_piece_and_exits_10() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let d = dir.path();
+    for i in 0..3 {
+        let mut c = bin(d);
+        c.args(["put", &format!("k{i}"), "-"]);
+        ok(c, Some(&piece(i)));
+    }
+    // Flip a payload byte of k1 inside its pack (bit rot).
+    let packs_dir = d.join("pieces/.piecestore/packs");
+    let mut flipped = false;
+    for e in std::fs::read_dir(&packs_dir).expect("packs") {
+        let path = e.expect("entry").path();
+        let mut bytes = std::fs::read(&path).expect("read pack");
+        let scan = piecestore::pack::format::scan(&bytes).expect("a pack");
+        if let Some(entry) = scan.entries.iter().find(|e| e.key == "k1") {
+            bytes[entry.offset as usize + 5] ^= 0x20;
+            std::fs::write(&path, &bytes).expect("write pack");
+            flipped = true;
+        }
+    }
+    assert!(flipped, "k1 is in a pack");
+    let mut c = bin(d);
+    c.args(["get", "k1"]);
+    let out = run(c, None);
+    assert_eq!(out.status.code(), Some(6), "corrupt piece exit code");
+    assert!(out.stdout.is_empty(), "no bytes of a corrupt piece");
+    let mut c = bin(d);
+    c.args(["get", "k2"]);
+    assert_eq!(run(c, None).stdout, piece(2), "the others still read");
+    let mut c = bin(d);
+    c.arg("fsck");
+    let out = run(c, None);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(10), "{text}");
+    assert!(
+        text.contains("\"k1\"") && text.contains("corrupt"),
+        "{text}"
+    );
+    assert!(
+        !text.contains("\"k0\"") && !text.contains("\"k2\""),
+        "{text}"
+    );
+    // A rebuilt index cannot make bytes right: still damage, still named.
+    let mut c = bin(d);
+    c.args(["fsck", "--rebuild-index", "--json"]);
+    let out = run(c, None);
+    assert_eq!(out.status.code(), Some(10));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(report["rebuilt_pieces"], 3, "{report}");
+    let problems = report["problems"].as_array().expect("problems");
+    assert!(problems.iter().all(|p| p["key"] == "k1"), "{report}");
+}
+
+#[test]
+fn fsck_rebuilds_a_lost_index() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let d = dir.path();
+    for i in 0..5 {
+        let mut c = bin(d);
+        c.args(["put", &format!("r{i}"), "-"]);
+        ok(c, Some(&piece(i)));
+    }
+    let mut c = bin(d);
+    c.args(["rm", "r0"]);
+    ok(c, None);
+    std::fs::remove_file(d.join("pieces/.piecestore/index.redb")).expect("remove index");
+    // Opening re-indexes every pack it finds; the tombstone keeps r0 deleted.
+    let mut c = bin(d);
+    c.args(["get", "r3"]);
+    assert_eq!(run(c, None).stdout, piece(3));
+    let mut c = bin(d);
+    c.args(["get", "r0"]);
+    assert_eq!(
+        run(c, None).status.code(),
+        Some(3),
+        "a deleted piece stays deleted"
+    );
+    let mut c = bin(d);
+    c.args(["fsck", "--rebuild-index"]);
+    let text = ok(c, None);
+    assert!(
+        text.contains("rebuilt the index from the packs: 4 pieces"),
+        "{text}"
+    );
+    assert!(text.contains("clean"), "{text}");
+}
