@@ -174,6 +174,11 @@ fn fsck_rebuilds_a_lost_index() {
     let mut c = bin(d);
     c.args(["rm", "r0"]);
     ok(c, None);
+    // After gc, the pieces live only in a pack compaction wrote.
+    let mut c = bin(d);
+    c.args(["gc", "--grace", "0s"]);
+    ok(c, None);
+    assert_eq!(packs(d), 1);
     std::fs::remove_file(d.join("pieces/.piecestore/index.redb")).expect("remove index");
     // Opening re-indexes every pack it finds; the tombstone keeps r0 deleted.
     let mut c = bin(d);

@@ -816,6 +816,42 @@ impl Backend {
         Ok(out)
     }
 
+    /// The random token that names this shard's contents (`.piecestore/index-token`, made on
+    /// first use): an index made for other contents (a bucket wiped or recreated since) is
+    /// recognised by its different token.
+    pub(crate) async fn contents_token(&self) -> Result<u64> {
+        let path = Path::from(format!("{RESERVED_PREFIX}index-token"));
+        for _ in 0..3 {
+            match self.store.get(&path).await {
+                Ok(r) => {
+                    let b = r.bytes().await.map_err(|e| self.map_err("get", None, e))?;
+                    let text = String::from_utf8_lossy(&b);
+                    return u64::from_str_radix(text.trim(), 16).map_err(|_| {
+                        self.corrupt(".piecestore/index-token", "not a hex token".into())
+                    });
+                }
+                Err(object_store::Error::NotFound { .. }) => {
+                    let token = (crate::pack::new_pack_id() as u64) | 1;
+                    let opts = PutOptions {
+                        mode: PutMode::Create,
+                        ..Default::default()
+                    };
+                    let body = PutPayload::from(format!("{token:016x}\n").into_bytes());
+                    match self.store.put_opts(&path, body, opts).await {
+                        Ok(_) => return Ok(token),
+                        Err(
+                            object_store::Error::AlreadyExists { .. }
+                            | object_store::Error::Precondition { .. },
+                        ) => continue,
+                        Err(e) => return Err(self.map_err("put", None, e)),
+                    }
+                }
+                Err(e) => return Err(self.map_err("get", None, e)),
+            }
+        }
+        Err(self.corrupt(".piecestore/index-token", "keeps changing".into()))
+    }
+
     /// The directory of a local-file shard.
     pub(crate) fn root_dir(&self) -> Option<std::path::PathBuf> {
         match &self.kind {
@@ -886,7 +922,7 @@ impl Backend {
                     {
                         return Ok(Listed::Pack);
                     }
-                    if key == INDEX_FILE {
+                    if key == INDEX_FILE || key == ".piecestore/index-token" {
                         return Ok(Listed::Pack);
                     }
                     if key.starts_with(RESERVED_PREFIX) {

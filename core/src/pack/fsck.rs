@@ -86,13 +86,60 @@ impl FsckReport {
 }
 
 /// What one pack holds, as read by fsck.
-struct Scanned {
+pub(crate) struct Scanned {
     size: u64,
     flags: u16,
     /// Every record (from the footer, or from a forward scan when the footer is damaged).
     entries: Vec<Entry>,
     /// Tombstone targets by record index.
     targets: HashMap<usize, u64>,
+}
+
+/// Reads packs `ids` for a rebuild: their entries (footer, or a forward scan of a pack whose
+/// footer is damaged) and tombstone targets.
+pub(crate) async fn scan_packs(
+    backend: &Arc<Backend>,
+    ids: &[(PackId, u64)],
+) -> Result<HashMap<PackId, Scanned>> {
+    let mut out = HashMap::new();
+    for (id, _) in ids {
+        let bytes = match backend.read_pack(*id).await {
+            Ok(b) => b,
+            Err(crate::Error::NotFound { .. }) => continue,
+            Err(e) => return Err(e),
+        };
+        let (entries, flags) = match format::parse_footer(&bytes, bytes.len() as u64) {
+            Ok(f) => (f.entries, f.flags),
+            Err(_) => match format::scan(&bytes) {
+                Ok(s) => {
+                    let mut e = s.entries;
+                    e.extend(s.damaged.into_iter().map(|(e, _)| e));
+                    (e, 0)
+                }
+                Err(_) => continue,
+            },
+        };
+        out.insert(*id, scanned(&bytes, entries, flags));
+    }
+    Ok(out)
+}
+
+fn scanned(bytes: &[u8], entries: Vec<Entry>, flags: u16) -> Scanned {
+    let targets = entries
+        .iter()
+        .enumerate()
+        .filter(|(_, e)| e.kind == RecordKind::Tombstone)
+        .filter_map(|(i, e)| {
+            let p = bytes.get(e.offset as usize..(e.offset + e.len) as usize)?;
+            Some((i, format::tombstone_target(p)?))
+        })
+        .collect();
+    Scanned {
+        size: bytes.len() as u64,
+        flags,
+        entries,
+        targets,
+    }
 }
 
 /// Checks one shard; with `rebuild`, rebuilds its index from the packs and checks again.
@@ -198,24 +245,7 @@ async fn check(
                 (from_scan, 0)
             }
         };
-        let targets = entries
-            .iter()
-            .enumerate()
-            .filter(|(_, e)| e.kind == RecordKind::Tombstone)
-            .filter_map(|(i, e)| {
-                let p = bytes.get(e.offset as usize..(e.offset + e.len) as usize)?;
-                Some((i, format::tombstone_target(p)?))
-            })
-            .collect();
-        scanned.insert(
-            id,
-            Scanned {
-                size: bytes.len() as u64,
-                flags,
-                entries,
-                targets,
-            },
-        );
+        scanned.insert(id, self::scanned(&bytes, entries, flags));
     }
 
     let packs: HashMap<PackId, PackInfo> = index.packs()?.into_iter().collect();
@@ -299,7 +329,7 @@ async fn check(
 
 /// Rebuilds the index from the packs alone: for each key the newest write wins, unless a
 /// newer tombstone deletes it.
-async fn rebuild(
+pub(crate) async fn rebuild(
     backend: &Arc<Backend>,
     index: &Arc<dyn index::PackIndex>,
     scanned: &HashMap<PackId, Scanned>,

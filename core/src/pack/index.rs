@@ -289,6 +289,8 @@ pub const META_MAX_SEQ: &str = "max_seq";
 /// Metadata: 1 when every piece of the shard was written through this index (so a key that
 /// is not in it is not stored anywhere), 0 when the shard held objects before.
 pub const META_COMPLETE: &str = "complete";
+/// Metadata: the token of the shard contents the index was made for.
+pub const META_TOKEN: &str = "token";
 /// Metadata: the index layout version.
 pub const META_VERSION: &str = "version";
 
@@ -655,6 +657,7 @@ impl PackIndex for RedbIndex {
             tx.open_table(PACKS).map_err(|e| self.err(e))?;
             let mut meta = tx.open_table(META).map_err(|e| self.err(e))?;
             meta.remove(META_COMPLETE).map_err(|e| self.err(e))?;
+            meta.remove(META_MAX_SEQ).map_err(|e| self.err(e))?;
         }
         tx.commit().map_err(|e| self.err(e))
     }

@@ -186,6 +186,24 @@ impl ShardPacker {
     /// piece, and indexes sealed packs it does not know (a crash after a pack was written and
     /// before its index commit).
     async fn recover(&self, backend: &Arc<Backend>, index: &Arc<dyn PackIndex>) -> Result<()> {
+        if self.index_path.is_some() {
+            let token = backend.contents_token().await?;
+            if index.meta(index::META_TOKEN)? != Some(token) {
+                if !index.is_empty()? || !index.packs()?.is_empty() {
+                    tracing::warn!(shard = self.shard, index = %index.describe(), "the index was made for other contents of this shard (wiped or recreated since): rebuilding it from the packs");
+                    index.clear()?;
+                }
+                commit(
+                    backend,
+                    index,
+                    vec![Change::SetMeta {
+                        name: index::META_TOKEN,
+                        value: token,
+                    }],
+                )
+                .await?;
+            }
+        }
         if index.meta(index::META_COMPLETE)?.is_none() {
             let fresh = index.is_empty()? && index.packs()?.is_empty();
             let complete = fresh && !backend.has_objects().await?;
@@ -201,7 +219,20 @@ impl ShardPacker {
         }
         let known: std::collections::HashSet<PackId> =
             index.packs()?.into_iter().map(|(id, _)| id).collect();
-        for (id, _) in backend.list_packs().await? {
+        let listed = backend.list_packs().await?;
+        if known.is_empty() && !listed.is_empty() {
+            // A new or lost index over existing packs: rebuild it whole (replaying packs one
+            // by one would skip the pieces that live only in compaction's packs).
+            tracing::info!(
+                shard = self.shard,
+                packs = listed.len(),
+                "building the pack index from the packs"
+            );
+            let scanned = fsck::scan_packs(backend, &listed).await?;
+            fsck::rebuild(backend, index, &scanned).await?;
+            return Ok(());
+        }
+        for (id, _) in listed {
             if known.contains(&id) {
                 continue;
             }
