@@ -817,10 +817,39 @@ fn build_packers(
             } else {
                 Some(crate::pack::index::default_index_path(None, b.label(), i))
             };
-            Arc::new(ShardPacker::new(i, config.pack.clone(), path))
+            match path {
+                Some(path) => shared_packer(i, &config.pack, path),
+                None => Arc::new(ShardPacker::new(i, config.pack.clone(), None)),
+            }
         })
         .collect();
     Ok(Some(packers))
+}
+
+/// The packer of the index at `path`, shared by every store this process opened on it (an
+/// index file is one process's, and two handles on one directory must see one open pack).
+fn shared_packer(
+    shard: usize,
+    opts: &crate::config::PackOptions,
+    path: std::path::PathBuf,
+) -> Arc<ShardPacker> {
+    use std::collections::HashMap;
+    use std::sync::Weak;
+    static OPEN: Mutex<Option<HashMap<std::path::PathBuf, Weak<ShardPacker>>>> = Mutex::new(None);
+    let key = path
+        .parent()
+        .and_then(|d| std::fs::canonicalize(d).ok())
+        .map(|d| d.join(path.file_name().unwrap_or_default()))
+        .unwrap_or_else(|| path.clone());
+    let mut open = OPEN.lock().unwrap_or_else(|p| p.into_inner());
+    let map = open.get_or_insert_with(HashMap::new);
+    map.retain(|_, w| w.strong_count() > 0);
+    if let Some(p) = map.get(&key).and_then(Weak::upgrade) {
+        return p;
+    }
+    let p = Arc::new(ShardPacker::new(shard, opts.clone(), Some(path)));
+    map.insert(key, Arc::downgrade(&p));
+    p
 }
 
 fn in_shard(e: Error, i: usize, n: usize) -> Error {

@@ -15,7 +15,7 @@ import time
 import urllib.request
 import uuid
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator
 
 import pytest
 
@@ -80,13 +80,13 @@ def s3_url(endpoint: str, shards: int = 4) -> str:
     return f"{endpoint}/py-{uuid.uuid4().hex[:12]}-%d?shards={shards}"
 
 
-def open_backend(kind: str, tmp_path: Path, s3: str | None) -> piecestore.PieceStore:
+def open_backend(kind: str, tmp_path: Path, s3: str | None, **options: Any) -> piecestore.PieceStore:
     if kind == "memory":
-        return piecestore.PieceStore("memory://")
+        return piecestore.PieceStore("memory://", **options)
     if kind == "file":
-        return piecestore.PieceStore(tmp_path / "pieces")
+        return piecestore.PieceStore(tmp_path / "pieces", **options)
     assert s3 is not None
-    return piecestore.PieceStore(s3_url(s3), region="us-east-1", **S3_KEYS)
+    return piecestore.PieceStore(s3_url(s3), region="us-east-1", **S3_KEYS, **options)
 
 
 @pytest.fixture(params=["memory", "file", "s3_sharded"])

@@ -147,7 +147,9 @@ def _child(store: piecestore.PieceStore, key: str, q: "multiprocessing.Queue[obj
 @pytest.mark.parametrize("kind", ["file", "s3_sharded"])
 def test_fork_child_uses_parent_store(kind: str, tmp_path: Path, request: pytest.FixtureRequest) -> None:
     s3 = request.getfixturevalue("s3_endpoint") if kind == "s3_sharded" else None
-    st = open_backend(kind, tmp_path, s3)
+    # A packed store's index belongs to the process that opened it (see the next test):
+    # sharing a store across fork() takes one object per piece.
+    st = open_backend(kind, tmp_path, s3, pack=False)
     # use the store (and the runtime, and its connection pool) before forking
     for i in range(20):
         st.put(f"{i}_s0", b"from parent")
@@ -223,3 +225,29 @@ def test_no_crash_at_interpreter_exit() -> None:
             [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd=HERE
         )
         assert out.returncode == 0, out.stderr[-2000:]
+
+
+def _packed_child(store: piecestore.PieceStore, q: "multiprocessing.Queue[object]") -> None:
+    try:
+        store.get("0_s0")
+        q.put("no error")
+    except piecestore.ConfigError as e:
+        q.put(str(e))
+    except BaseException as e:  # report, don't hang
+        q.put(repr(e))
+
+
+def test_a_packed_store_refuses_in_a_forked_child(tmp_path: Path) -> None:
+    st = piecestore.PieceStore(tmp_path / "pieces")
+    st.put("0_s0", b"packed")
+    ctx = multiprocessing.get_context("fork")
+    q: "multiprocessing.Queue[object]" = ctx.Queue()
+    p = ctx.Process(target=_packed_child, args=(st, q))
+    p.start()
+    p.join(60)
+    assert not p.is_alive(), "a forked child hung"
+    msg = q.get(timeout=5)
+    assert isinstance(msg, str) and "open the store again in the forked child" in msg, msg
+    # the parent still uses it
+    assert st.get("0_s0") == b"packed"
+    st.close()

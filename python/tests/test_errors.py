@@ -49,7 +49,8 @@ def test_not_found_and_invalid_key(store: piecestore.PieceStore) -> None:
 
 
 def test_corrupt_piece_on_disk(tmp_path: Path) -> None:
-    st = piecestore.PieceStore(tmp_path)
+    # One file per piece, to flip a byte of it (packed pieces: see test_corrupt_packed_piece).
+    st = piecestore.PieceStore(tmp_path, pack=False)
     st.put("1_s0", b"A" * 1000)
     st.put("2_s0", b"B" * 1000)
     path = tmp_path / "1_s0"
@@ -130,6 +131,27 @@ def test_unauthorized_names_no_secret(s3_endpoint: str) -> None:
     assert "shard" in str(e.value)
     for secret in S3_KEYS.values():
         assert secret not in str(e.value)
+
+
+def test_corrupt_packed_piece(tmp_path: Path) -> None:
+    st = piecestore.PieceStore(tmp_path)
+    st.put("1_s0", b"A" * 1000)
+    st.put("2_s0", b"B" * 1000)
+    packs = list((tmp_path / ".piecestore" / "packs").glob("*.pack"))
+    assert packs, "small pieces are packed by default"
+    for pack in packs:
+        raw = bytearray(pack.read_bytes())
+        at = raw.find(b"1_s0" + b"A" * 8)
+        if at >= 0:
+            raw[at + 4 + 500] ^= 0x01
+            pack.write_bytes(bytes(raw))
+            break
+    else:
+        raise AssertionError("1_s0 is in no pack")
+    with pytest.raises(piecestore.CorruptPiece) as e:
+        st.get("1_s0")
+    assert "1_s0" in str(e.value)
+    assert st.get("2_s0") == b"B" * 1000
 
 
 def test_environment_and_config_file(tmp_path: Path, s3_endpoint: str) -> None:

@@ -124,7 +124,8 @@ def test_list_delete_and_batches(store: piecestore.PieceStore) -> None:
 
 
 def test_sharding_is_visible(tmp_path: "os.PathLike[str]") -> None:
-    st = piecestore.PieceStore(os.path.join(tmp_path, "s-%d"), shards=4, placement="jump")
+    # One file per piece, to see each in its shard's directory.
+    st = piecestore.PieceStore(os.path.join(tmp_path, "s-%d"), shards=4, placement="jump", pack=False)
     assert st.shard_count == 4 and st.placement == "jump"
     assert len(st.shard_labels) == 4
     keys = [f"{i}_s0" for i in range(64)]
