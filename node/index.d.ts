@@ -276,6 +276,22 @@ export interface StoreOptions {
   createBucket?: boolean
   /** Keep operation metrics (`store.metrics()`; default true). */
   metrics?: boolean
+  /** Pack small pieces (default: on for directories and buckets, off for `memory://`). */
+  pack?: boolean
+  /** Pieces smaller than this are packed (bytes or `"512KiB"`; default 1 MiB). */
+  packThreshold?: number | string
+  /** A pack is written at this size (default 64 MiB). */
+  packTargetSize?: number | string
+  /** ... or at this age (default `"100ms"`). */
+  packMaxAge?: number | string
+  /** Garbage collection compacts packs with at least this share of garbage (default 0.5). */
+  gcGarbageRatio?: number
+  /** Compacted packs are deleted this long after (default `"1h"`). */
+  gcGrace?: number | string
+  /** Run garbage collection in the background this often (default: never). */
+  gcInterval?: number | string
+  /** Where a bucket's pack index is kept (default: the user's cache directory). */
+  indexDir?: string
 }
 
 /** Throws an `INVALID_KEY` error if `key` breaks a key rule. */

@@ -442,8 +442,8 @@ pub struct PackOptions {
     /// up just before still gets its bytes. Default 1h.
     #[serde(rename = "Grace", default = "d_1h", deserialize_with = "de_delay")]
     pub grace: Duration,
-    /// Run garbage collection in the background this often. Default: never (run
-    /// `piecestore gc`).
+    /// Run garbage collection (with the options above) in the background this often while
+    /// the store is open. Default: never (run `piecestore gc`).
     #[serde(rename = "GcInterval", default, deserialize_with = "de_opt_delay")]
     pub gc_interval: Option<Duration>,
     /// Where the index of an S3-family store is kept (one file per shard). Default: the user's
@@ -795,7 +795,14 @@ impl Config {
             "PackThreshold" => self.pack.threshold = size(v).map_err(bad)?,
             "PackTargetSize" => self.pack.target_size = size(v).map_err(bad)?,
             "PackMaxAge" => self.pack.max_age = delay(v).map_err(bad)?,
-            "GcGarbageRatio" => self.pack.garbage_ratio = de(v).map_err(bad)?,
+            "GcGarbageRatio" => {
+                // A URL gives text ("0.3"); a binding or TOML a number.
+                let r = match &v {
+                    toml::Value::String(t) => t.trim().parse::<f64>().map_err(|e| e.to_string()),
+                    _ => de::<f64>(v.clone()),
+                };
+                self.pack.garbage_ratio = r.map_err(bad)?
+            }
             "GcGrace" => self.pack.grace = delay(v).map_err(bad)?,
             "GcInterval" => self.pack.gc_interval = Some(delay(v).map_err(bad)?),
             "IndexDir" => self.pack.index_dir = Some(de(v).map_err(bad)?),
@@ -1073,6 +1080,38 @@ mod tests {
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect();
         move |k| m.get(k).cloned()
+    }
+
+    #[test]
+    fn pack_options_from_toml_and_url() {
+        let c = Config::from_toml(
+            "[PieceStore.Pack]\nEnabled = true\nThreshold = \"512KiB\"\nTargetSize = 16777216\nMaxAge = \"20ms\"\nGarbageRatio = 0.3\nGrace = \"0s\"\n",
+        )
+        .unwrap();
+        assert_eq!(c.pack.enabled, Some(true));
+        assert_eq!(c.pack.threshold, 512 << 10);
+        assert_eq!(c.pack.target_size, 16 << 20);
+        assert_eq!(c.pack.max_age, Duration::from_millis(20));
+        assert_eq!(c.pack.grace, Duration::ZERO);
+        let u = Config::from_url("memory://?pack=true&gc_garbage_ratio=0.25&pack_threshold=4KiB")
+            .unwrap();
+        assert_eq!(u.pack.garbage_ratio, 0.25);
+        assert_eq!(u.pack.threshold, 4096);
+        assert!(Config::from_url("memory://?pack_threshold=4XB").is_err());
+        assert!(
+            Config::from_toml("[PieceStore.Pack]\nThreshold = \"2GiB\"\n")
+                .unwrap()
+                .pack
+                .validate()
+                .is_err()
+        );
+        assert!(
+            Config::from_toml("[PieceStore.Pack]\nGarbageRatio = 1.5\n")
+                .unwrap()
+                .pack
+                .validate()
+                .is_err()
+        );
     }
 
     #[test]

@@ -137,10 +137,36 @@ impl PieceStore {
                     }
                     Ok::<_, Error>(())
                 });
-                futures::future::try_join_all(checks).await.map(|_| ())
+                futures::future::try_join_all(checks).await?;
+                self.start_background_gc();
+                Ok::<_, Error>(())
             })
             .await
             .map(|_| ())
+    }
+
+    /// With `Pack.GcInterval`, runs [`PieceStore::gc`] that often in the background while the
+    /// store is open (the task holds no strong reference: it ends with the store).
+    fn start_background_gc(&self) {
+        let (Some(_), Some(every)) = (&self.inner.packers, self.inner.config.pack.gc_interval)
+        else {
+            return;
+        };
+        let weak = Arc::downgrade(&self.inner);
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(every).await;
+                let Some(inner) = weak.upgrade() else { return };
+                let store = PieceStore { inner };
+                if store.is_closed() {
+                    return;
+                }
+                match store.gc(GcOptions::default(), &|_| {}).await {
+                    Ok(r) => tracing::debug!(?r, "background gc"),
+                    Err(e) => tracing::warn!(error = %e, "background gc failed"),
+                }
+            }
+        });
     }
 
     /// Whether a put keeps a reference to the bytes it was given after it returns (a memory

@@ -1,7 +1,7 @@
 // Every error code, from the user's side; no secret in any message.
 import { test } from 'node:test'
 import assert from 'node:assert/strict'
-import { readFileSync, writeFileSync } from 'node:fs'
+import { readFileSync, readdirSync, writeFileSync } from 'node:fs'
 import path from 'node:path'
 
 import { PieceStore } from '../index.js'
@@ -46,7 +46,8 @@ test('PIECE_NOT_FOUND, INVALID_KEY, PIECE_EXISTS, INVALID_RANGE name the key and
 
 test('CORRUPT_PIECE: a flipped byte on disk is detected; other pieces still read', async () => {
   const dir = tempDir()
-  const store = new PieceStore(dir)
+  // one file per piece, to flip a byte of it
+  const store = new PieceStore(dir, { pack: false })
   const data = Buffer.alloc(8192, 7)
   await store.put('9_s1_p2', data)
   await store.put('9_s1_p3', data)
@@ -59,6 +60,33 @@ test('CORRUPT_PIECE: a flipped byte on disk is detected; other pieces still read
   assert.equal(e.key, '9_s1_p2')
   isCoded(await rejection(store.getRange('9_s1_p2', 0, 10)), 'CORRUPT_PIECE')
   assert.ok((await store.get('9_s1_p3')).equals(data))
+})
+
+test('CORRUPT_PIECE: a flipped byte inside a pack names the piece; its neighbours still read', async () => {
+  const dir = tempDir()
+  const store = new PieceStore(dir, { packMaxAge: '5ms' })
+  const data = Buffer.alloc(3000, 5)
+  await store.put('7_s0', data)
+  await store.put('8_s0', data)
+  const packs = readdirSync(path.join(dir, '.piecestore', 'packs')).filter((n) => n.endsWith('.pack'))
+  assert.ok(packs.length >= 1, 'small pieces are packed by default')
+  let flipped = false
+  for (const name of packs) {
+    const file = path.join(dir, '.piecestore', 'packs', name)
+    const bytes = readFileSync(file)
+    const at = bytes.indexOf(Buffer.concat([Buffer.from('7_s0'), data.subarray(0, 8)]))
+    if (at >= 0) {
+      bytes[at + 4 + 100] ^= 0x01
+      writeFileSync(file, bytes)
+      flipped = true
+    }
+  }
+  assert.ok(flipped, '7_s0 is in a pack')
+  const e = await rejection(store.get('7_s0'))
+  isCoded(e, 'CORRUPT_PIECE')
+  assert.equal(e.key, '7_s0')
+  assert.ok((await store.get('8_s0')).equals(data))
+  await store.close()
 })
 
 test('CONFIG: bad URLs, options and values throw at construction', () => {

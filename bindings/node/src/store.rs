@@ -78,6 +78,27 @@ pub struct StoreOptions {
     pub create_bucket: Option<bool>,
     /// Keep operation metrics (`store.metrics()`; default true).
     pub metrics: Option<bool>,
+    /// Pack small pieces (default: on for directories and buckets, off for `memory://`).
+    pub pack: Option<bool>,
+    /// Pieces smaller than this are packed (bytes or `"512KiB"`; default 1 MiB).
+    #[napi(ts_type = "number | string")]
+    pub pack_threshold: Option<String>,
+    /// A pack is written at this size (default 64 MiB).
+    #[napi(ts_type = "number | string")]
+    pub pack_target_size: Option<String>,
+    /// ... or at this age (default `"100ms"`).
+    #[napi(ts_type = "number | string")]
+    pub pack_max_age: Option<String>,
+    /// Garbage collection compacts packs with at least this share of garbage (default 0.5).
+    pub gc_garbage_ratio: Option<f64>,
+    /// Compacted packs are deleted this long after (default `"1h"`).
+    #[napi(ts_type = "number | string")]
+    pub gc_grace: Option<String>,
+    /// Run garbage collection in the background this often (default: never).
+    #[napi(ts_type = "number | string")]
+    pub gc_interval: Option<String>,
+    /// Where a bucket's pack index is kept (default: the user's cache directory).
+    pub index_dir: Option<String>,
 }
 
 /// Options of a put.

@@ -703,13 +703,21 @@ impl Backend {
                     last_modified: m.last_modified.into(),
                 })
                 .boxed(),
-            // Sizes on disk include the trailer: read each one's trailer.
+            // Sizes on disk include the trailer: read each one's trailer. A piece deleted
+            // since the directory was read is left out, as if listed after the delete.
             Placement::Trailer => stream
                 .map_ok(move |m| {
                     let me = Arc::clone(&me);
-                    async move { me.head(m.location.as_ref()).await }
+                    async move {
+                        match me.head(m.location.as_ref()).await {
+                            Ok(meta) => Ok(Some(meta)),
+                            Err(Error::NotFound { .. }) => Ok(None),
+                            Err(e) => Err(e),
+                        }
+                    }
                 })
                 .try_buffered(32)
+                .try_filter_map(|m| futures::future::ready(Ok(m)))
                 .boxed(),
         }
     }
