@@ -320,20 +320,9 @@ impl PieceStore {
                 return packer.put(&backend, key, data, crc, opts.overwrite).await;
             }
             // A large piece: an object of its own, recorded in the index.
-            if !opts.overwrite
-                && let Some(slot) = packer.slot(&backend, key).await?
-            {
-                return if slot.len() == len && slot.crc() == crc {
-                    Ok(())
-                } else {
-                    Err(Error::AlreadyExists {
-                        key: key.into(),
-                        backend: backend.label().into(),
-                    })
-                };
-            }
-            backend.put(key, data, crc, opts.overwrite).await?;
-            packer.record_object(&backend, key, len, crc).await
+            packer
+                .put_object(&backend, key, data, crc, opts.overwrite)
+                .await
         })
         .await
     }

@@ -352,7 +352,12 @@ impl RedbIndex {
             })?;
         }
         let label = path.display().to_string();
+        if !path.exists() {
+            create_whole(path)
+                .map_err(|e| Error::config(format!("cannot create the pack index {label}: {e}")))?;
+        }
         let deadline = std::time::Instant::now() + wait;
+        let mut set_aside = false;
         let db = loop {
             match Database::create(path) {
                 Ok(db) => break db,
@@ -372,14 +377,27 @@ impl RedbIndex {
                         retryable: true,
                     });
                 }
+                // The index is a cache of the packs: a damaged one is set aside and rebuilt
+                // from them (by the caller's recovery, which finds an empty index).
+                Err(e) if !set_aside => {
+                    let aside = path.with_extension(format!("redb.damaged-{}", std::process::id()));
+                    tracing::warn!(index = %label, error = %e, aside = %aside.display(), "the pack index cannot be opened: setting it aside and rebuilding it from the packs");
+                    std::fs::rename(path, &aside)
+                        .and_then(|()| create_whole(path))
+                        .map_err(|io| Error::Corrupt {
+                            key: String::new(),
+                            backend: label.clone(),
+                            detail: format!(
+                                "the pack index cannot be opened ({e}) nor set aside ({io})"
+                            ),
+                        })?;
+                    set_aside = true;
+                }
                 Err(e) => {
                     return Err(Error::Corrupt {
                         key: String::new(),
                         backend: label,
-                        detail: format!(
-                            "the pack index cannot be opened ({e}); `piecestore fsck \
-                             --rebuild-index` rebuilds it from the packs"
-                        ),
+                        detail: format!("the pack index cannot be opened ({e})"),
                     });
                 }
             }
@@ -665,6 +683,21 @@ impl PackIndex for RedbIndex {
     fn describe(&self) -> String {
         self.label.clone()
     }
+}
+
+/// Creates an empty index at `path` whole or not at all: built under a temporary name, then
+/// renamed (a process killed while redb creates a file leaves one it cannot open).
+fn create_whole(path: &Path) -> std::io::Result<()> {
+    let tmp = path.with_extension(format!("redb.new-{}", std::process::id()));
+    let _ = std::fs::remove_file(&tmp);
+    let db = Database::create(&tmp).map_err(std::io::Error::other)?;
+    drop(db);
+    std::fs::File::open(&tmp)?.sync_all()?;
+    std::fs::rename(&tmp, path)?;
+    if let Some(dir) = path.parent() {
+        std::fs::File::open(dir)?.sync_all()?;
+    }
+    Ok(())
 }
 
 /// Where the index of a store is kept when the config does not say: next to the packs for a

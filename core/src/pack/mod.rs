@@ -504,11 +504,6 @@ impl ShardPacker {
         })
     }
 
-    /// Where the index says `key` is.
-    pub(crate) async fn slot(&self, backend: &Arc<Backend>, key: &str) -> Result<Option<Slot>> {
-        self.index(backend).await?.get(key)
-    }
-
     /// Deletes a piece: a tombstone for a packed one (returns once durable), the object for
     /// any other.
     pub(crate) async fn delete(self: &Arc<Self>, backend: &Arc<Backend>, key: &str) -> Result<()> {
@@ -554,6 +549,74 @@ impl ShardPacker {
             .await?;
         }
         Ok(())
+    }
+
+    /// Stores a large piece as an object of its own and records it in the index. The key is
+    /// reserved while the object is written, so a packed put of the same key racing it either
+    /// waits for it (same bytes) or fails with `AlreadyExists`, and the other way round.
+    pub(crate) async fn put_object(
+        self: &Arc<Self>,
+        backend: &Arc<Backend>,
+        key: &str,
+        data: Bytes,
+        crc: u32,
+        overwrite: bool,
+    ) -> Result<()> {
+        let index = self.index(backend).await?;
+        let len = data.len() as u64;
+        let reservation = new_pack_id();
+        enum Action {
+            Wait(watch::Receiver<Outcome>),
+            Reserved(watch::Sender<Outcome>),
+        }
+        let action = {
+            let mut st = self.lock();
+            match st.inflight.get(key) {
+                Some(p) if !p.tombstone && p.crc == crc && p.len == len => {
+                    Action::Wait(p.done.clone())
+                }
+                Some(p) if !p.tombstone && !overwrite => return Err(already_exists(backend, key)),
+                _ => {
+                    if !overwrite && let Some(slot) = index.get(key)? {
+                        return same_or_exists(
+                            backend,
+                            key,
+                            slot.len(),
+                            Some(slot.crc()),
+                            &data,
+                            crc,
+                        );
+                    }
+                    let (done, rx) = watch::channel(None);
+                    st.inflight.insert(
+                        key.to_string(),
+                        Pending {
+                            crc,
+                            len,
+                            tombstone: false,
+                            done: rx,
+                            pack: reservation,
+                        },
+                    );
+                    Action::Reserved(done)
+                }
+            }
+        };
+        let done = match action {
+            Action::Wait(rx) => return wait(backend, key, rx).await,
+            Action::Reserved(done) => done,
+        };
+        let result = async {
+            backend.put(key, data, crc, overwrite).await?;
+            self.record_object(backend, key, len, crc).await
+        }
+        .await;
+        self.lock().inflight.retain(|_, p| p.pack != reservation);
+        let _ = done.send(Some(match &result {
+            Ok(()) => Ok(()),
+            Err(e) => Err((e.is_retryable(), e.to_string())),
+        }));
+        result
     }
 
     /// Records a large piece written as an object of its own, after the object is durable.

@@ -1,0 +1,174 @@
+//! `pack-writer DIR SEED [--gc]`: writes small packed pieces into the store at `DIR` from 32
+//! concurrent tasks until it is killed, for the crash test (`tests/pack_crash.rs`). With
+//! `--gc`, a task also runs garbage collection (grace 0, garbage ratio 0.3) in a loop, so
+//! the kill also lands inside compactions.
+//!
+//! Keys are `w{SEED}_{task}_{i}`; a key's bytes follow from the key alone ([`piece`]), so the
+//! checker recomputes them. Each task also deletes some of its own earlier acknowledged keys.
+//! One line per event goes to stdout, flushed before the writer goes on:
+//!
+//! - `R` once the store is open;
+//! - `P key` after a put of `key` returned `Ok`;
+//! - `d key` before a delete of `key` is issued (the delete may be durable before it returns,
+//!   so a killed writer leaves such a key either present or gone);
+//! - `D key` after that delete returned `Ok`.
+//!
+//! A key is never put again once deleted. Any error ends the writer with exit status 1 and the
+//! error on stderr: the crash test then fails, as the writer must never see an error here.
+
+use std::io::Write;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use piecestore::config::OptionValue;
+use piecestore::{Config, PieceStore};
+
+/// Concurrent writer tasks.
+const TASKS: u64 = 32;
+
+/// FNV-1a, 64 bits: the key's hash, from which its length and bytes follow.
+pub fn key_hash(key: &str) -> u64 {
+    key.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
+    })
+}
+
+/// The bytes the writer puts under `key`: 1 to 8192 of them, determined by the key.
+pub fn piece(key: &str) -> Vec<u8> {
+    let h = key_hash(key);
+    let len = 1 + (h % 8192) as usize;
+    piecestore_tests::pseudo_random(len, h)
+}
+
+/// The store config both the writer and the checker use for `dir`.
+pub fn config(dir: &str) -> piecestore::Result<Config> {
+    let mut c = Config::from_url(&format!("file://{dir}"))?;
+    c.set_option("Pack", OptionValue::Bool(true))?;
+    c.set_option("PackMaxAge", OptionValue::Str("5ms".into()))?;
+    c.set_option("PackThreshold", OptionValue::Int(16 << 10))?;
+    c.set_option("PackTargetSize", OptionValue::Int(256 << 10))?;
+    Ok(c)
+}
+
+/// Writes one event line and flushes it (a line is written whole: it is far shorter than a
+/// pipe's atomic write size).
+fn say(event: char, key: &str) -> std::io::Result<()> {
+    let line = format!("{event} {key}\n");
+    let mut out = std::io::stdout().lock();
+    out.write_all(line.as_bytes())?;
+    out.flush()
+}
+
+/// A small xorshift generator, per task.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+}
+
+/// Puts `w{seed}_{t}_{i}` for i = 0, 1, ... and deletes some of them, until killed.
+async fn task(store: PieceStore, seed: u64, t: u64) -> Result<(), String> {
+    let mut rng = Rng(key_hash(&format!("rng {seed} {t}")) | 1);
+    let mut acked: Vec<String> = Vec::new();
+    for i in 0u64.. {
+        let key = format!("w{seed}_{t}_{i}");
+        store
+            .put(&key, piece(&key))
+            .await
+            .map_err(|e| format!("put {key}: {e}"))?;
+        say('P', &key).map_err(|e| format!("stdout: {e}"))?;
+        acked.push(key);
+        // About one delete per four puts, of a random earlier acknowledged key.
+        if rng.next() & 3 == 0 {
+            let at = (rng.next() % acked.len() as u64) as usize;
+            let victim = acked.swap_remove(at);
+            say('d', &victim).map_err(|e| format!("stdout: {e}"))?;
+            store
+                .delete(&victim)
+                .await
+                .map_err(|e| format!("delete {victim}: {e}"))?;
+            say('D', &victim).map_err(|e| format!("stdout: {e}"))?;
+        }
+    }
+    Ok(())
+}
+
+/// Garbage collection in a loop, racing the writers.
+async fn collect(store: PieceStore) -> Result<(), String> {
+    let opts = piecestore::pack::gc::GcOptions {
+        grace: Some(Duration::ZERO),
+        garbage_ratio: Some(0.3),
+        dry_run: false,
+    };
+    loop {
+        match store.gc(opts, &|_| {}).await {
+            Ok(_) => {}
+            // Refused on a nearly full disk: by design; the writers go on.
+            Err(piecestore::Error::Backend {
+                op: "gc", message, ..
+            }) if message.starts_with("not compacting") => {}
+            Err(e) => return Err(format!("gc: {e}")),
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+}
+
+async fn run(dir: String, seed: u64, gc: bool) -> Result<(), String> {
+    let cfg = config(&dir).map_err(|e| format!("config: {e}"))?;
+    let store = PieceStore::open(cfg)
+        .await
+        .map_err(|e| format!("open {dir}: {e}"))?;
+    say('R', "").map_err(|e| format!("stdout: {e}"))?;
+    let mut tasks: Vec<_> = (0..TASKS)
+        .map(|t| tokio::spawn(task(store.clone(), seed, t)))
+        .collect();
+    if gc {
+        tasks.push(tokio::spawn(collect(store.clone())));
+    }
+    // The tasks run until the writer is killed: any end is an error.
+    let (ended, _, _) = futures::future::select_all(tasks).await;
+    match ended {
+        Ok(Err(e)) => Err(e),
+        Ok(Ok(())) => Err("a writer task ended".into()),
+        Err(e) => Err(format!("a writer task panicked: {e}")),
+    }
+}
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().collect();
+    let (Some(dir), Some(seed)) = (args.get(1), args.get(2).and_then(|s| s.parse().ok())) else {
+        eprintln!("usage: pack-writer DIR SEED [--gc]");
+        return ExitCode::from(2);
+    };
+    let gc = match args.get(3).map(String::as_str) {
+        None => false,
+        Some("--gc") => true,
+        Some(other) => {
+            eprintln!("pack-writer: unknown argument {other:?}");
+            return ExitCode::from(2);
+        }
+    };
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("pack-writer: runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    match rt.block_on(run(dir.clone(), seed, gc)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("pack-writer: {e}");
+            ExitCode::from(1)
+        }
+    }
+}
