@@ -62,7 +62,12 @@ async fn migration_survives_sigkill_and_resumes_to_identical_stores() {
         return;
     };
     let bucket = unique_name("migrate-src");
-    let source_config = s.config(&bucket, 0);
+    // The original's layout: one object per piece (and the CLI below opens this bucket too,
+    // which a packed store's index, one process's, would not allow while this one is open).
+    let mut source_config = s.config(&bucket, 0);
+    source_config
+        .set_option("Pack", piecestore::config::OptionValue::Bool(false))
+        .unwrap();
     let source = PieceStore::open(source_config).await.unwrap();
     let (keys, datas): (Vec<String>, Vec<Vec<u8>>) = (0..PIECES).map(piece).unzip();
     let results = source
@@ -84,7 +89,8 @@ async fn migration_survives_sigkill_and_resumes_to_identical_stores() {
     let dir = tempfile::tempdir().unwrap();
     let from = format!("{}/{bucket}", s.endpoint);
     let to = format!(
-        "file://{}/shard-%d?shards=4&placement=jump",
+        // One file per piece, so the test can watch pieces land and kill halfway.
+        "file://{}/shard-%d?shards=4&placement=jump&pack=false",
         dir.path().display()
     );
 

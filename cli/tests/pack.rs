@@ -105,6 +105,20 @@ fn gc_merges_the_small_packs_of_short_lived_processes() {
     let mut c = bin(d);
     c.arg("fsck");
     assert!(ok(c, None).contains("clean"));
+    // The profile counts packed pieces, and says what the packs hold.
+    let mut c = bin(d);
+    c.args(["profile", "--json"]);
+    let p: serde_json::Value = serde_json::from_str(&ok(c, None)).expect("profile --json");
+    assert_eq!(p["pieces"], 4, "{p}");
+    let expected: usize = (20..24).map(|i| piece(i).len()).sum();
+    assert_eq!(p["bytes"], expected, "{p}");
+    assert_eq!(p["packs"]["packs"], 1, "{p}");
+    assert_eq!(p["packs"]["pieces"], 4, "{p}");
+    assert_eq!(p["packs"]["live_bytes"], expected, "{p}");
+    assert_eq!(
+        p["orphans"]["internal"], 0,
+        "the index is not an orphan: {p}"
+    );
 }
 
 #[test]
