@@ -115,10 +115,11 @@ async fn unreachable_endpoint_is_a_retryable_backend_error() {
 #[tokio::test]
 async fn flipped_byte_on_disk_is_corrupt() {
     let dir = tempfile::tempdir().unwrap();
-    let store =
-        PieceStore::open(Config::from_url(&format!("file://{}", dir.path().display())).unwrap())
-            .await
-            .unwrap();
+    let store = PieceStore::open(
+        Config::from_url(&format!("file://{}?pack=false", dir.path().display())).unwrap(),
+    )
+    .await
+    .unwrap();
     store.put("9_s1_p2", vec![7u8; 8192]).await.unwrap();
     let path = dir.path().join("9_s1_p2");
     let mut bytes = std::fs::read(&path).unwrap();
@@ -138,9 +139,12 @@ async fn flipped_byte_on_disk_is_corrupt() {
 async fn file_pieces_stay_inside_the_root() {
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path().join("root");
-    let store = PieceStore::open(Config::from_url(&format!("file://{}", root.display())).unwrap())
-        .await
-        .unwrap();
+    // One file per piece, to look for them on disk.
+    let store = PieceStore::open(
+        Config::from_url(&format!("file://{}?pack=false", root.display())).unwrap(),
+    )
+    .await
+    .unwrap();
     for k in ["../escape", "a/../../escape", "/etc/passwd"] {
         assert_eq!(
             store.put(k, vec![1u8]).await.no_ok().kind(),
@@ -178,6 +182,8 @@ async fn a_backend_that_ignores_conditional_writes_is_detected_and_never_overwri
     };
     let name = unique_name("ignores-inm");
     let mut base = s.config(&name, 0);
+    // Conditional writes of pieces: one object per piece (packs have unique names).
+    base.pack.enabled = Some(false);
     let proxy =
         piecestore_tests::start_proxy(&s.endpoint, piecestore_tests::ProxyMode::StripIfNoneMatch);
     base.store.bucket_url = format!("{proxy}/{name}");
