@@ -708,3 +708,41 @@ async fn racing_packed_and_object_puts_of_one_key() {
         store.close().await;
     }
 }
+
+/// A large put cancelled while its object is written frees its key: the same put again
+/// succeeds (it used to wait forever on, then fail with, the cancelled put's reservation).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancelled_object_put_frees_its_key() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let url = format!("file://{}/pieces", dir.path().display());
+    let store = PieceStore::open(Config::from_url(&url).expect("config"))
+        .await
+        .expect("open");
+    assert!(store.is_packed());
+    let data = Bytes::from(piecestore_tests::pseudo_random(32 << 20, 5));
+    let mut cancelled = 0;
+    for i in 0..5 {
+        let key = format!("big{i}");
+        let put = store.put(&key, data.clone());
+        if tokio::time::timeout(Duration::from_micros(200), put)
+            .await
+            .is_err()
+        {
+            cancelled += 1;
+        }
+        store
+            .put(&key, data.clone())
+            .await
+            .expect("the same put again");
+        assert!(store.get(&key).await.expect("get") == data);
+        assert_eq!(
+            store
+                .put(&key, Bytes::from_static(b"other"))
+                .await
+                .unwrap_err()
+                .kind(),
+            ErrorKind::AlreadyExists
+        );
+    }
+    assert!(cancelled > 0, "no put was cancelled mid-way");
+}

@@ -115,6 +115,32 @@ pub(crate) struct ShardPacker {
     pub(crate) gc_lock: tokio::sync::Mutex<()>,
 }
 
+/// A key reserved while its object is written. Dropped without [`Reservation::finish`] (the
+/// put was cancelled), it still frees the key and tells whoever waits.
+struct Reservation {
+    packer: Arc<ShardPacker>,
+    id: PackId,
+    done: watch::Sender<Outcome>,
+}
+
+impl Reservation {
+    fn finish(self, outcome: std::result::Result<(), (bool, String)>) {
+        self.packer.lock().inflight.retain(|_, p| p.pack != self.id);
+        let _ = self.done.send(Some(outcome));
+    }
+}
+
+impl Drop for Reservation {
+    fn drop(&mut self) {
+        if self.done.borrow().is_none() {
+            self.packer.lock().inflight.retain(|_, p| p.pack != self.id);
+            let _ = self
+                .done
+                .send(Some(Err((true, "the put was cancelled".to_string()))));
+        }
+    }
+}
+
 /// How a put went into a pack.
 enum Enqueued {
     /// Already stored with the same bytes (a retried put).
@@ -564,59 +590,78 @@ impl ShardPacker {
     ) -> Result<()> {
         let index = self.index(backend).await?;
         let len = data.len() as u64;
-        let reservation = new_pack_id();
         enum Action {
             Wait(watch::Receiver<Outcome>),
-            Reserved(watch::Sender<Outcome>),
+            Reserved(Reservation),
         }
-        let action = {
-            let mut st = self.lock();
-            match st.inflight.get(key) {
-                Some(p) if !p.tombstone && p.crc == crc && p.len == len => {
-                    Action::Wait(p.done.clone())
-                }
-                Some(p) if !p.tombstone && !overwrite => return Err(already_exists(backend, key)),
-                _ => {
-                    if !overwrite && let Some(slot) = index.get(key)? {
-                        return same_or_exists(
-                            backend,
-                            key,
-                            slot.len(),
-                            Some(slot.crc()),
-                            &data,
-                            crc,
-                        );
+        // A put of the same bytes in flight is waited for; if it fails or is cancelled, this
+        // one tries itself (a few times: each failure is another writer's).
+        for _ in 0..4 {
+            let action = {
+                let mut st = self.lock();
+                match st.inflight.get(key) {
+                    Some(p) if !p.tombstone && p.crc == crc && p.len == len => {
+                        Action::Wait(p.done.clone())
                     }
-                    let (done, rx) = watch::channel(None);
-                    st.inflight.insert(
-                        key.to_string(),
-                        Pending {
-                            crc,
-                            len,
-                            tombstone: false,
-                            done: rx,
-                            pack: reservation,
-                        },
-                    );
-                    Action::Reserved(done)
+                    Some(p) if !p.tombstone && !overwrite => {
+                        return Err(already_exists(backend, key));
+                    }
+                    _ => {
+                        if !overwrite && let Some(slot) = index.get(key)? {
+                            return same_or_exists(
+                                backend,
+                                key,
+                                slot.len(),
+                                Some(slot.crc()),
+                                &data,
+                                crc,
+                            );
+                        }
+                        let id = new_pack_id();
+                        let (done, rx) = watch::channel(None);
+                        st.inflight.insert(
+                            key.to_string(),
+                            Pending {
+                                crc,
+                                len,
+                                tombstone: false,
+                                done: rx,
+                                pack: id,
+                            },
+                        );
+                        Action::Reserved(Reservation {
+                            packer: Arc::clone(self),
+                            id,
+                            done,
+                        })
+                    }
                 }
+            };
+            let reservation = match action {
+                Action::Wait(rx) => match wait(backend, key, rx).await {
+                    Ok(()) => return Ok(()),
+                    Err(_) => continue,
+                },
+                Action::Reserved(r) => r,
+            };
+            let result = async {
+                backend.put(key, data, crc, overwrite).await?;
+                self.record_object(backend, key, len, crc).await
             }
-        };
-        let done = match action {
-            Action::Wait(rx) => return wait(backend, key, rx).await,
-            Action::Reserved(done) => done,
-        };
-        let result = async {
-            backend.put(key, data, crc, overwrite).await?;
-            self.record_object(backend, key, len, crc).await
+            .await;
+            reservation.finish(match &result {
+                Ok(()) => Ok(()),
+                Err(e) => Err((e.is_retryable(), e.to_string())),
+            });
+            return result;
         }
-        .await;
-        self.lock().inflight.retain(|_, p| p.pack != reservation);
-        let _ = done.send(Some(match &result {
-            Ok(()) => Ok(()),
-            Err(e) => Err((e.is_retryable(), e.to_string())),
-        }));
-        result
+        Err(Error::Backend {
+            op: "put",
+            key: Some(key.into()),
+            backend: backend.label().into(),
+            message: "concurrent puts of this key kept failing".into(),
+            retryable: true,
+        })
     }
 
     /// Records a large piece written as an object of its own, after the object is durable.
