@@ -26,6 +26,20 @@ pub fn crc32c(data: &[u8]) -> u32 {
     crc_fast::checksum(crc_fast::CrcAlgorithm::Crc32Iscsi, data) as u32
 }
 
+/// The CRC32C of `parts` one after another, without joining them.
+///
+/// ```
+/// use piecestore::checksum::{crc32c, crc32c_of_parts};
+/// assert_eq!(crc32c_of_parts(&[b"1234", b"56789"]), crc32c(b"123456789"));
+/// ```
+pub fn crc32c_of_parts(parts: &[&[u8]]) -> u32 {
+    let mut d = crc_fast::Digest::new(crc_fast::CrcAlgorithm::Crc32Iscsi);
+    for p in parts {
+        d.update(p);
+    }
+    d.finalize() as u32
+}
+
 /// Parses a metadata checksum value: the decimal of a `u32`, every value, with surrounding
 /// whitespace ignored. `None` when the value is not such a number.
 pub fn parse_metadata(value: &str) -> Option<u32> {

@@ -19,7 +19,7 @@
 
 use bytes::Bytes;
 
-use crate::checksum::crc32c;
+use crate::checksum::{crc32c, crc32c_of_parts};
 
 /// The first 8 bytes of every pack.
 pub const PACK_MAGIC: [u8; 8] = *b"PSPACK\0\x01";
@@ -179,9 +179,8 @@ impl PackBuilder {
         self.buf
             .extend_from_slice(&(data.len() as u64).to_le_bytes());
         self.buf.extend_from_slice(&crc.to_le_bytes());
-        let mut h = self.buf[start..start + 28].to_vec();
-        h.extend_from_slice(key.as_bytes());
-        self.buf.extend_from_slice(&crc32c(&h).to_le_bytes());
+        let header_crc = crc32c_of_parts(&[&self.buf[start..start + 28], key.as_bytes()]);
+        self.buf.extend_from_slice(&header_crc.to_le_bytes());
         self.buf.extend_from_slice(key.as_bytes());
         let offset = self.buf.len() as u64;
         self.buf.extend_from_slice(data);
@@ -363,9 +362,7 @@ pub fn scan(pack: &[u8]) -> Result<Scan, FormatError> {
         if pack.len() - key_start < key_len {
             return Ok(out);
         }
-        let mut covered = h[..28].to_vec();
-        covered.extend_from_slice(&pack[key_start..key_start + key_len]);
-        if crc32c(&covered) != header_crc {
+        if crc32c_of_parts(&[&h[..28], &pack[key_start..key_start + key_len]]) != header_crc {
             return Ok(out);
         }
         let Ok(key) = std::str::from_utf8(&pack[key_start..key_start + key_len]) else {
