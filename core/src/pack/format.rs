@@ -332,6 +332,16 @@ pub struct Scan {
     pub end: u64,
 }
 
+impl Scan {
+    /// Every record whose header verified, damaged or not, in pack order.
+    pub fn all_entries(&self) -> Vec<Entry> {
+        let mut all: Vec<Entry> = self.entries.clone();
+        all.extend(self.damaged.iter().map(|(e, _)| e.clone()));
+        all.sort_by_key(|e| e.offset);
+        all
+    }
+}
+
 /// Reads a pack's records from its start without the footer, verifying each header and
 /// payload; stops at the first bytes that are not a valid record header (the footer, or a torn
 /// tail). A record whose payload fails its CRC is listed in `damaged` and the scan goes on.

@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use super::format::{self, Entry, RecordKind};
 use super::index::{self, Change, Loc, PackId, PackInfo, PackState, Slot};
-use super::{ShardPacker, commit, pack_info};
+use super::{ShardPacker, commit, join_err, pack_info};
 use crate::backend::Backend;
 use crate::error::Result;
 
@@ -88,7 +88,6 @@ impl FsckReport {
 /// What one pack holds, as read by fsck.
 pub(crate) struct Scanned {
     size: u64,
-    flags: u16,
     /// Every record (from the footer, or from a forward scan when the footer is damaged).
     entries: Vec<Entry>,
     /// Tombstone targets by record index.
@@ -108,23 +107,19 @@ pub(crate) async fn scan_packs(
             Err(crate::Error::NotFound { .. }) => continue,
             Err(e) => return Err(e),
         };
-        let (entries, flags) = match format::parse_footer(&bytes, bytes.len() as u64) {
-            Ok(f) => (f.entries, f.flags),
+        let entries = match format::parse_footer(&bytes, bytes.len() as u64) {
+            Ok(f) => f.entries,
             Err(_) => match format::scan(&bytes) {
-                Ok(s) => {
-                    let mut e = s.entries;
-                    e.extend(s.damaged.into_iter().map(|(e, _)| e));
-                    (e, 0)
-                }
+                Ok(s) => s.all_entries(),
                 Err(_) => continue,
             },
         };
-        out.insert(*id, scanned(&bytes, entries, flags));
+        out.insert(*id, scanned(&bytes, entries));
     }
     Ok(out)
 }
 
-fn scanned(bytes: &[u8], entries: Vec<Entry>, flags: u16) -> Scanned {
+fn scanned(bytes: &[u8], entries: Vec<Entry>) -> Scanned {
     let targets = entries
         .iter()
         .enumerate()
@@ -136,7 +131,6 @@ fn scanned(bytes: &[u8], entries: Vec<Entry>, flags: u16) -> Scanned {
         .collect();
     Scanned {
         size: bytes.len() as u64,
-        flags,
         entries,
         targets,
     }
@@ -214,9 +208,8 @@ async fn check(
             ));
         }
         report.records += (scan.entries.len() + scan.damaged.len()) as u64;
-        let mut from_scan: Vec<Entry> = scan.entries.clone();
-        from_scan.extend(scan.damaged.iter().map(|(e, _)| e.clone()));
-        let (entries, flags) = match footer {
+        let from_scan = scan.all_entries();
+        let entries = match footer {
             Ok(f) => {
                 let mut a: Vec<_> = f
                     .entries
@@ -236,16 +229,16 @@ async fn check(
                         "the footer and the records disagree".into(),
                     ));
                 }
-                (f.entries, f.flags)
+                f.entries
             }
             Err(why) => {
                 report
                     .problems
                     .push(problem(Some(id), None, format!("the pack {why}")));
-                (from_scan, 0)
+                from_scan
             }
         };
-        scanned.insert(id, self::scanned(&bytes, entries, flags));
+        scanned.insert(id, self::scanned(&bytes, entries));
     }
 
     let packs: HashMap<PackId, PackInfo> = index.packs()?.into_iter().collect();
@@ -279,13 +272,7 @@ async fn check(
         let index = Arc::clone(&index);
         tokio::task::spawn_blocking(move || index.range(""))
             .await
-            .map_err(|e| crate::Error::Backend {
-                op: "fsck",
-                key: None,
-                backend: backend.label().into(),
-                message: e.to_string(),
-                retryable: true,
-            })??
+            .map_err(|e| join_err(backend, e))??
     };
     for (key, slot) in entries {
         report.entries += 1;
@@ -367,17 +354,10 @@ pub(crate) async fn rebuild(
     let index2 = Arc::clone(index);
     tokio::task::spawn_blocking(move || index2.clear())
         .await
-        .map_err(|e| crate::Error::Backend {
-            op: "fsck",
-            key: None,
-            backend: backend.label().into(),
-            message: e.to_string(),
-            retryable: true,
-        })??;
+        .map_err(|e| join_err(backend, e))??;
     let mut changes = Vec::new();
     for id in &ids {
         let s = &scanned[id];
-        let _ = s.flags;
         changes.push(Change::AddPack {
             id: **id,
             info: pack_info(s.size, &s.entries),
