@@ -151,6 +151,7 @@ pub(crate) async fn fsck_shard(
     }
     let index = packer.index(backend).await?;
     let pieces = rebuild(backend, &index, &scanned).await?;
+    packer.refresh_complete(&index)?;
     let (mut after, _) = check(packer, backend, shard, &|_| {}).await?;
     after.problems_before_rebuild = Some(std::mem::take(&mut report.problems));
     after.rebuilt_pieces = Some(pieces);

@@ -22,7 +22,7 @@ pub mod index;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -98,6 +98,34 @@ struct State {
     inflight: HashMap<String, Pending>,
 }
 
+impl State {
+    /// What a put of `data` (checksum `crc`) finds, with the state locked: the same write in
+    /// flight (wait for it), the same piece stored (done), a conflict (`AlreadyExists`), or
+    /// nothing in its way. A delete in flight counts as the key being gone.
+    fn precheck(
+        &self,
+        backend: &Backend,
+        index: &Arc<dyn PackIndex>,
+        key: &str,
+        data: &[u8],
+        crc: u32,
+        overwrite: bool,
+    ) -> Result<Precheck> {
+        let len = data.len() as u64;
+        match self.inflight.get(key) {
+            Some(p) if p.tombstone => return Ok(Precheck::Go),
+            Some(p) if p.crc == crc && p.len == len => return Ok(Precheck::Wait(p.done.clone())),
+            Some(_) if !overwrite => return Err(already_exists(backend, key)),
+            _ => {}
+        }
+        if !overwrite && let Some(slot) = index.get(key)? {
+            return same_or_exists(backend, key, slot.len(), Some(slot.crc()), data, crc)
+                .map(|()| Precheck::Same);
+        }
+        Ok(Precheck::Go)
+    }
+}
+
 /// The packer of one shard: its open pack and its index.
 #[derive(Debug)]
 pub(crate) struct ShardPacker {
@@ -111,6 +139,9 @@ pub(crate) struct ShardPacker {
     opening: tokio::sync::Mutex<()>,
     state: Mutex<State>,
     seq: AtomicU64,
+    /// The index's `META_COMPLETE`: every piece of the shard is in it (read at open and after
+    /// a rebuild, not on every put).
+    complete: AtomicBool,
     /// One compaction per shard at a time.
     pub(crate) gc_lock: tokio::sync::Mutex<()>,
 }
@@ -141,12 +172,14 @@ impl Drop for Reservation {
     }
 }
 
-/// How a put went into a pack.
-enum Enqueued {
+/// What a put finds before it writes (`State::precheck`).
+enum Precheck {
     /// Already stored with the same bytes (a retried put).
     Same,
-    /// Waiting for this pack.
+    /// The same write is in flight: wait for it.
     Wait(watch::Receiver<Outcome>),
+    /// Nothing in the way: go ahead.
+    Go,
 }
 
 impl ShardPacker {
@@ -159,6 +192,7 @@ impl ShardPacker {
             opening: tokio::sync::Mutex::new(()),
             state: Mutex::new(State::default()),
             seq: AtomicU64::new(0),
+            complete: AtomicBool::new(false),
             gc_lock: tokio::sync::Mutex::new(()),
         }
     }
@@ -190,10 +224,18 @@ impl ShardPacker {
         .await
         .map_err(|e| join_err(backend, e))??;
         self.recover(backend, &index).await?;
+        self.refresh_complete(&index)?;
         let max = index.meta(index::META_MAX_SEQ)?.unwrap_or(0);
         self.seq.fetch_max(max, Ordering::Relaxed);
         *self.index.lock().unwrap_or_else(|p| p.into_inner()) = Some(Arc::clone(&index));
         Ok(index)
+    }
+
+    /// Rereads whether the index knows every piece (after it was rebuilt).
+    pub(crate) fn refresh_complete(&self, index: &Arc<dyn PackIndex>) -> Result<()> {
+        let complete = index.meta(index::META_COMPLETE)? == Some(1);
+        self.complete.store(complete, Ordering::Relaxed);
+        Ok(())
     }
 
     fn index_now(&self) -> Option<Arc<dyn PackIndex>> {
@@ -309,7 +351,7 @@ impl ShardPacker {
         let index = self.index(backend).await?;
         // A key the index does not know may still be an object written before packing.
         let mut standalone = None;
-        if index.meta(index::META_COMPLETE)? != Some(1) && index.get(key)?.is_none() {
+        if !self.complete.load(Ordering::Relaxed) && index.get(key)?.is_none() {
             match backend.head(key).await {
                 Ok(m) => standalone = Some(m),
                 Err(Error::NotFound { .. }) => {}
@@ -321,20 +363,19 @@ impl ShardPacker {
         {
             return same_or_exists(backend, key, m.size, m.crc32c, &data, crc);
         }
-        let enqueued = self.enqueue(backend, &index, key, &data, crc, overwrite)?;
-        match enqueued {
-            Enqueued::Same => Ok(()),
-            Enqueued::Wait(rx) => {
-                wait(backend, key, rx).await?;
-                if standalone.is_some() {
-                    // Overwritten: the packed piece is durable, the old object goes.
-                    backend.delete(key).await?;
-                }
-                Ok(())
-            }
+        let Some(rx) = self.enqueue(backend, &index, key, &data, crc, overwrite)? else {
+            return Ok(()); // already stored with these bytes
+        };
+        wait(backend, key, rx).await?;
+        if standalone.is_some() {
+            // Overwritten: the packed piece is durable, the old object goes.
+            backend.delete(key).await?;
         }
+        Ok(())
     }
 
+    /// Appends a small piece to the open pack; `None` when the same piece is stored already,
+    /// else what to wait on until it is durable.
     fn enqueue(
         self: &Arc<Self>,
         backend: &Arc<Backend>,
@@ -343,25 +384,13 @@ impl ShardPacker {
         data: &[u8],
         crc: u32,
         overwrite: bool,
-    ) -> Result<Enqueued> {
+    ) -> Result<Option<watch::Receiver<Outcome>>> {
         let len = data.len() as u64;
         let mut st = self.lock();
-        if let Some(p) = st.inflight.get(key)
-            && !p.tombstone
-        {
-            if p.crc == crc && p.len == len {
-                return Ok(Enqueued::Wait(p.done.clone()));
-            }
-            if !overwrite {
-                return Err(already_exists(backend, key));
-            }
-        }
-        if !overwrite
-            && !st.inflight.get(key).is_some_and(|p| p.tombstone)
-            && let Some(slot) = index.get(key)?
-        {
-            return same_or_exists(backend, key, slot.len(), Some(slot.crc()), data, crc)
-                .map(|()| Enqueued::Same);
+        match st.precheck(backend, index, key, data, crc, overwrite)? {
+            Precheck::Go => {}
+            Precheck::Same => return Ok(None),
+            Precheck::Wait(rx) => return Ok(Some(rx)),
         }
         let seq = self.next_seq();
         let open = self.open_pack(&mut st, backend);
@@ -376,7 +405,7 @@ impl ShardPacker {
         let rx = pending.done.clone();
         st.inflight.insert(key.to_string(), pending);
         self.seal_if_full(&mut st, backend);
-        Ok(Enqueued::Wait(rx))
+        Ok(Some(rx))
     }
 
     /// The open pack, opened now if there is none (with a timer that seals it at `MaxAge`).
@@ -590,33 +619,15 @@ impl ShardPacker {
     ) -> Result<()> {
         let index = self.index(backend).await?;
         let len = data.len() as u64;
-        enum Action {
-            Wait(watch::Receiver<Outcome>),
-            Reserved(Reservation),
-        }
         // A put of the same bytes in flight is waited for; if it fails or is cancelled, this
         // one tries itself (a few times: each failure is another writer's).
         for _ in 0..4 {
-            let action = {
+            let reservation = {
                 let mut st = self.lock();
-                match st.inflight.get(key) {
-                    Some(p) if !p.tombstone && p.crc == crc && p.len == len => {
-                        Action::Wait(p.done.clone())
-                    }
-                    Some(p) if !p.tombstone && !overwrite => {
-                        return Err(already_exists(backend, key));
-                    }
-                    _ => {
-                        if !overwrite && let Some(slot) = index.get(key)? {
-                            return same_or_exists(
-                                backend,
-                                key,
-                                slot.len(),
-                                Some(slot.crc()),
-                                &data,
-                                crc,
-                            );
-                        }
+                match st.precheck(backend, &index, key, &data, crc, overwrite)? {
+                    Precheck::Same => return Ok(()),
+                    Precheck::Wait(rx) => Err(rx),
+                    Precheck::Go => {
                         let id = new_pack_id();
                         let (done, rx) = watch::channel(None);
                         st.inflight.insert(
@@ -629,7 +640,7 @@ impl ShardPacker {
                                 pack: id,
                             },
                         );
-                        Action::Reserved(Reservation {
+                        Ok(Reservation {
                             packer: Arc::clone(self),
                             id,
                             done,
@@ -637,12 +648,12 @@ impl ShardPacker {
                     }
                 }
             };
-            let reservation = match action {
-                Action::Wait(rx) => match wait(backend, key, rx).await {
+            let reservation = match reservation {
+                Ok(r) => r,
+                Err(rx) => match wait(backend, key, rx).await {
                     Ok(()) => return Ok(()),
                     Err(_) => continue,
                 },
-                Action::Reserved(r) => r,
             };
             let result = async {
                 backend.put(key, data, crc, overwrite).await?;
