@@ -738,3 +738,38 @@ pub async fn flip_stored_byte(store: &PieceStore, key: &str, at: usize) {
     }
     panic!("{key} is stored nowhere");
 }
+
+/// A small deterministic xorshift generator, for randomized tests that must replay from a
+/// seed (the seed must not be 0).
+pub struct XorShift(pub u64);
+
+impl XorShift {
+    /// The next number.
+    #[allow(clippy::should_implement_trait)]
+    pub fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+
+    /// A number in `0..n` (0 when `n` is 0).
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next() % n.max(1)
+    }
+
+    /// True one time in `one_in`.
+    pub fn chance(&mut self, one_in: u64) -> bool {
+        self.below(one_in) == 0
+    }
+}
+
+/// fsck's problems, one indented line each, for an assertion message.
+pub fn fsck_problems(report: &piecestore::pack::fsck::FsckReport) -> String {
+    report
+        .problems
+        .iter()
+        .map(|p| format!("  {p}"))
+        .collect::<Vec<_>>()
+        .join("\n")
+}

@@ -89,15 +89,6 @@ async fn pack_of(store: &PieceStore, key: &str) -> (String, Vec<Entry>) {
         .unwrap_or_else(|| panic!("no pack holds {key}"))
 }
 
-fn show(report: &FsckReport) -> String {
-    report
-        .problems
-        .iter()
-        .map(|p| format!("  {p}"))
-        .collect::<Vec<_>>()
-        .join("\n")
-}
-
 async fn fsck(store: &PieceStore, rebuild_index: bool) -> FsckReport {
     store
         .fsck(FsckOptions { rebuild_index }, &|_| {})
@@ -158,7 +149,7 @@ async fn flip_and_check(store: &PieceStore, pieces: &BTreeMap<String, Bytes>) ->
             .any(|p| p.key.as_deref() == Some(victim.as_str())
                 && p.pack.as_deref() == Some(pack.as_str())),
         "fsck does not name piece {victim} in pack {pack}:\n{}",
-        show(&report)
+        piecestore_tests::fsck_problems(&report)
     );
     assert!(
         report
@@ -166,7 +157,7 @@ async fn flip_and_check(store: &PieceStore, pieces: &BTreeMap<String, Bytes>) ->
             .iter()
             .all(|p| p.key.as_deref() == Some(victim.as_str())),
         "fsck reports problems beyond the flipped piece {victim}:\n{}",
-        show(&report)
+        piecestore_tests::fsck_problems(&report)
     );
     (victim, pack)
 }
@@ -235,7 +226,7 @@ async fn flipped_byte_in_a_pack_is_named_by_reads_and_fsck_and_not_compacted_awa
             .iter()
             .any(|p| p.key.as_deref() == Some(victim.as_str())),
         "after gc, fsck no longer names {victim}:\n{}",
-        show(&report)
+        piecestore_tests::fsck_problems(&report)
     );
     store.close().await;
 }
@@ -299,13 +290,13 @@ async fn torn_pack_is_reported_and_rebuild_index_keeps_every_other_piece() {
             .iter()
             .any(|p| p.pack.as_deref() == Some(torn.as_str()) && p.key.is_none()),
         "fsck does not report the torn pack {torn}:\n{}",
-        show(&report)
+        piecestore_tests::fsck_problems(&report)
     );
     for k in &lost {
         assert!(
             report.problems.iter().any(|p| p.key.as_deref() == Some(k)),
             "fsck does not name {k}, which the torn pack lost:\n{}",
-            show(&report)
+            piecestore_tests::fsck_problems(&report)
         );
         // Never bytes from a torn pack. (The piece cut in two is `Corrupt`; those past the
         // cut are a `Backend` error today, the range read failing.)
@@ -330,7 +321,7 @@ async fn torn_pack_is_reported_and_rebuild_index_keeps_every_other_piece() {
             .iter()
             .all(|p| p.pack.as_deref() == Some(torn.as_str()) && p.key.is_none()),
         "after the rebuild fsck reports:\n{}",
-        show(&report)
+        piecestore_tests::fsck_problems(&report)
     );
     let kept: BTreeMap<String, Bytes> = all
         .iter()

@@ -23,6 +23,7 @@ use piecestore::{ErrorKind, PieceStore};
 mod pack_writer;
 
 use pack_writer::piece;
+use piecestore_tests::XorShift as Rng;
 
 /// A writer process, killed when dropped (a failing test leaves no writer behind).
 struct Writer(Child);
@@ -51,17 +52,6 @@ fn spawn_writer(dir: &str, seed: u64, gc: bool) -> Writer {
         });
     }
     Writer(cmd.spawn().expect("spawn pack-writer"))
-}
-
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
 }
 
 fn env_u64(name: &str) -> Option<u64> {
@@ -268,12 +258,7 @@ async fn verify(
         report.is_clean(),
         "round {round}: fsck found {} problems:\n{}",
         report.problems.len(),
-        report
-            .problems
-            .iter()
-            .map(|p| format!("  {p}"))
-            .collect::<Vec<_>>()
-            .join("\n")
+        piecestore_tests::fsck_problems(&report)
     );
 
     // Every fifth round and the last: the index is a cache of the packs; rebuilt from the
@@ -291,12 +276,7 @@ async fn verify(
         assert!(
             report.is_clean(),
             "round {round}: fsck --rebuild-index leaves problems:\n{}",
-            report
-                .problems
-                .iter()
-                .map(|p| format!("  {p}"))
-                .collect::<Vec<_>>()
-                .join("\n")
+            piecestore_tests::fsck_problems(&report)
         );
         let rebuilt: BTreeSet<String> = store
             .list("")

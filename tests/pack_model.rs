@@ -20,6 +20,7 @@ use piecestore::config::OptionValue;
 use piecestore::pack::fsck::FsckOptions;
 use piecestore::pack::gc::{GcOptions, GcReport};
 use piecestore::{Config, ErrorKind, PieceStore};
+use piecestore_tests::XorShift as Rng;
 
 /// Pieces below this many bytes are packed; the model also writes some larger ones, which
 /// are objects of their own, recorded in the same index.
@@ -28,23 +29,6 @@ const THRESHOLD: i64 = 8 << 10;
 const PREFIXES: [&str; 4] = ["a/", "b_", "c/d/", "e"];
 /// Keys per prefix.
 const KEYS_PER_PREFIX: u64 = 400;
-
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n.max(1)
-    }
-    fn chance(&mut self, one_in: u64) -> bool {
-        self.below(one_in) == 0
-    }
-}
 
 fn env_u64(name: &str) -> Option<u64> {
     std::env::var(name).ok().and_then(|v| v.trim().parse().ok())
@@ -345,12 +329,7 @@ async fn fsck_clean(store: &PieceStore, when: &str) {
         report.is_clean(),
         "fsck {when} found {} problems:\n{}",
         report.problems.len(),
-        report
-            .problems
-            .iter()
-            .map(|p| format!("  {p}"))
-            .collect::<Vec<_>>()
-            .join("\n")
+        piecestore_tests::fsck_problems(&report)
     );
 }
 

@@ -22,6 +22,7 @@ use std::time::Duration;
 
 use piecestore::config::OptionValue;
 use piecestore::{Config, PieceStore};
+use piecestore_tests::XorShift as Rng;
 
 /// Concurrent writer tasks.
 const TASKS: u64 = 32;
@@ -57,18 +58,6 @@ fn say(event: char, key: &str) -> std::io::Result<()> {
     let mut out = std::io::stdout().lock();
     out.write_all(line.as_bytes())?;
     out.flush()
-}
-
-/// A small xorshift generator, per task.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
 }
 
 /// Puts `w{seed}_{t}_{i}` for i = 0, 1, ... and deletes some of them, until killed.
