@@ -204,14 +204,14 @@ pub(crate) async fn gc_shard(
                         damaged = true;
                         break;
                     }
-                    copied.push((e.key.clone(), here, payload));
+                    copied.push(Keep::Piece(e.key.clone(), here, payload));
                 }
                 RecordKind::Tombstone => {
                     let Some(upto) = format::tombstone_target(&payload) else {
                         continue;
                     };
                     if floor <= upto {
-                        copied.push((e.key.clone(), tomb_loc(e.seq, upto), Bytes::new()));
+                        copied.push(Keep::Tombstone(e.key.clone(), e.seq, upto));
                     } else {
                         report.tombstones_dropped += 1;
                     }
@@ -223,15 +223,18 @@ pub(crate) async fn gc_shard(
             report.packs_damaged += 1;
             continue;
         }
-        for (key, from, payload) in copied {
-            if from.pack == TOMB {
-                out.builder.push_tombstone(&key, from.seq, from.offset);
-            } else {
-                let e = out.builder.push_piece(&key, from.seq, &payload, from.crc);
-                let (offset, len) = (e.offset, e.len);
-                out.moves.push((key, from, offset, len));
-                report.pieces_moved += 1;
-                report.bytes_moved += len;
+        for keep in copied {
+            match keep {
+                Keep::Tombstone(key, seq, upto) => {
+                    out.builder.push_tombstone(&key, seq, upto);
+                }
+                Keep::Piece(key, from, payload) => {
+                    let e = out.builder.push_piece(&key, from.seq, &payload, from.crc);
+                    let (offset, len) = (e.offset, e.len);
+                    out.moves.push((key, from, offset, len));
+                    report.pieces_moved += 1;
+                    report.bytes_moved += len;
+                }
             }
         }
         out.sources.push(*id);
@@ -266,16 +269,12 @@ pub(crate) async fn gc_shard(
     Ok(report)
 }
 
-/// Marks a copied tombstone among copied pieces (its `offset` holds the seq it deletes).
-const TOMB: PackId = 0;
-fn tomb_loc(seq: u64, upto: u64) -> Loc {
-    Loc {
-        pack: TOMB,
-        offset: upto,
-        len: 0,
-        crc: 0,
-        seq,
-    }
+/// A record of a compacted pack that goes into the new pack.
+enum Keep {
+    /// A live piece: its key, where it is now, its bytes.
+    Piece(String, Loc, Bytes),
+    /// A tombstone still needed: its key, its seq, and the seq it deletes.
+    Tombstone(String, u64, u64),
 }
 
 /// Writes a compaction output (if it holds anything), then commits the moves and dooms its
