@@ -1,0 +1,549 @@
+//! The store's operations over the C ABI.
+
+use std::ffi::{CStr, c_char, c_void};
+use std::future::Future;
+use std::pin::pin;
+use std::ptr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::UNIX_EPOCH;
+
+use bytes::Bytes;
+use futures::StreamExt;
+use futures::stream::BoxStream;
+use piecestore::config::OptionValue;
+use piecestore::runtime::block_on;
+use piecestore::{Config, PieceMeta, PutOptions};
+use tokio::sync::Notify;
+
+use crate::error::{Failure, PsError, PsStatus, call};
+
+/// An open store. Safe to use from many threads at once.
+pub struct PsStore(piecestore::PieceStore);
+
+/// A listing in progress (see [`ps_list_open`]). One thread at a time.
+pub struct PsList {
+    stream: BoxStream<'static, piecestore::Result<PieceMeta>>,
+    /// The key of the entry last returned, which that entry's `key` points into.
+    key: String,
+}
+
+/// A cancellation token: [`ps_cancel`] makes every call running with it return
+/// `PS_CANCELLED`, and every later call with it fail at once.
+pub struct PsCancel {
+    cancelled: AtomicBool,
+    notify: Notify,
+}
+
+impl PsCancel {
+    async fn cancelled(&self) {
+        loop {
+            let mut wake = pin!(self.notify.notified());
+            // Registered before the flag is read, so a cancel in between is not missed.
+            wake.as_mut().enable();
+            if self.cancelled.load(Ordering::Acquire) {
+                return;
+            }
+            wake.await;
+        }
+    }
+}
+
+/// Bytes read from the store, borrowed from the library: `data[0..len]` stays valid until
+/// [`ps_bytes_free`]. `owner` is the library's; do not touch it.
+#[repr(C)]
+pub struct PsBytes {
+    /// The first byte (never NULL; dangling when `len` is 0).
+    pub data: *const u8,
+    /// How many bytes.
+    pub len: usize,
+    /// The buffer that owns the bytes.
+    pub owner: *mut c_void,
+}
+
+/// A piece's metadata.
+#[repr(C)]
+pub struct PsPieceInfo {
+    /// The key (UTF-8, not NUL-terminated): from [`ps_list_next`], valid until the next call on
+    /// that list or its free; NULL from [`ps_head`], whose caller knows the key.
+    pub key: *const u8,
+    /// The key's length in bytes.
+    pub key_len: usize,
+    /// The piece's size in bytes.
+    pub size: u64,
+    /// The piece's CRC32C, when `has_crc32c`.
+    pub crc32c: u32,
+    /// False for a raw piece written by another tool, which reads cannot verify.
+    pub has_crc32c: bool,
+    /// When the piece was stored, in nanoseconds since the Unix epoch.
+    pub last_modified_unix_ns: i64,
+}
+
+impl PsPieceInfo {
+    fn new(m: &PieceMeta, key: *const u8, key_len: usize) -> Self {
+        let ns = m
+            .last_modified
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX));
+        PsPieceInfo {
+            key,
+            key_len,
+            size: m.size,
+            crc32c: m.crc32c.unwrap_or(0),
+            has_crc32c: m.crc32c.is_some(),
+            last_modified_unix_ns: ns,
+        }
+    }
+}
+
+/// Runs `op` on the core's runtime from the calling thread, until done or cancelled.
+fn run<T>(
+    cancel: *const PsCancel,
+    op: impl Future<Output = piecestore::Result<T>>,
+) -> Result<T, Failure> {
+    // SAFETY: the caller passes NULL or a live token (the ABI's contract).
+    match unsafe { cancel.as_ref() } {
+        None => block_on(op).map_err(Failure::from),
+        Some(c) => block_on(async {
+            tokio::select! {
+                biased;
+                () = c.cancelled() => Err(Failure::Cancelled),
+                r = op => r.map_err(Failure::from),
+            }
+        }),
+    }
+}
+
+fn store<'a>(p: *const PsStore) -> Result<&'a piecestore::PieceStore, Failure> {
+    // SAFETY: the caller passes NULL or a live store (the ABI's contract).
+    unsafe { p.as_ref() }
+        .map(|s| &s.0)
+        .ok_or_else(|| Failure::Argument("store is NULL".into()))
+}
+
+fn out<'a, T>(p: *mut T, what: &str) -> Result<&'a mut T, Failure> {
+    // SAFETY: the caller passes NULL or a writable slot (the ABI's contract).
+    unsafe { p.as_mut() }.ok_or_else(|| Failure::Argument(format!("{what} is NULL")))
+}
+
+/// `len` bytes at `p` (NULL allowed when `len` is 0).
+fn slice<'a>(p: *const u8, len: usize, what: &str) -> Result<&'a [u8], Failure> {
+    if len == 0 {
+        return Ok(&[]);
+    }
+    if p.is_null() {
+        return Err(Failure::Argument(format!("{what} is NULL but its length is {len}")));
+    }
+    // SAFETY: the caller passes `len` readable bytes at `p` (the ABI's contract).
+    Ok(unsafe { std::slice::from_raw_parts(p, len) })
+}
+
+/// A key or prefix: UTF-8 text, else the core's `InvalidKey`.
+fn key<'a>(p: *const u8, len: usize) -> Result<&'a str, Failure> {
+    let b = slice(p, len, "key")?;
+    std::str::from_utf8(b).map_err(|_| {
+        Failure::Core(piecestore::Error::InvalidKey {
+            key: String::from_utf8_lossy(b).chars().take(200).collect(),
+            reason: "is not UTF-8",
+        })
+    })
+}
+
+/// A NUL-terminated string argument.
+fn c_str<'a>(p: *const c_char, what: &str) -> Result<&'a str, Failure> {
+    if p.is_null() {
+        return Err(Failure::Argument(format!("{what} is NULL")));
+    }
+    // SAFETY: the caller passes a NUL-terminated string (the ABI's contract).
+    unsafe { CStr::from_ptr(p) }
+        .to_str()
+        .map_err(|_| Failure::Argument(format!("{what} is not UTF-8")))
+}
+
+/// The library's version, NUL-terminated and static.
+#[unsafe(no_mangle)]
+pub extern "C" fn ps_version() -> *const c_char {
+    concat!(env!("CARGO_PKG_VERSION"), "\0").as_ptr().cast()
+}
+
+/// Opens a store and stores its handle in `*out`.
+///
+/// `spec` is a URL (`memory://`, `file:///var/lib/pieces`, `s3://bucket/prefix?region=...`,
+/// `http://127.0.0.1:9000/bucket-%d?shards=4`) or the path of a directory or of a `.toml`
+/// config file. `names[i]` = `values[i]` (`n_options` of them, NUL-terminated; NULL arrays when
+/// `n_options` is 0) are options as every binding takes them (`shards`, `region`, `access_key`,
+/// `pack`, `max_retries`, `request_timeout` = `"2.5s"`, ...); then the environment applies
+/// (`BUCKET_URL`, `AWS_ACCESS_KEY`, ...).
+///
+/// # Safety
+/// Pointers are NULL or valid as described; `out` is writable.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn ps_open(
+    spec: *const c_char,
+    names: *const *const c_char,
+    values: *const *const c_char,
+    n_options: usize,
+    out: *mut *mut PsStore,
+    err: *mut *mut PsError,
+) -> PsStatus {
+    call(err, || {
+        let out = self::out(out, "out")?;
+        let spec = c_str(spec, "spec")?;
+        let mut options = Vec::with_capacity(n_options);
+        if n_options > 0 {
+            if names.is_null() || values.is_null() {
+                return Err(Failure::Argument("option arrays are NULL".into()));
+            }
+            for i in 0..n_options {
+                // SAFETY: the caller passes `n_options` entries in each array.
+                let (n, v) = unsafe { (*names.add(i), *values.add(i)) };
+                options.push((c_str(n, "option name")?, c_str(v, "option value")?));
+            }
+        }
+        let config = Config::load_with(
+            spec,
+            options
+                .iter()
+                .map(|(n, v)| (*n, OptionValue::from_text(v))),
+        )?;
+        let store = block_on(piecestore::PieceStore::open(config))?;
+        *out = Box::into_raw(Box::new(PsStore(store)));
+        Ok(())
+    })
+}
+
+/// Frees a store's handle (after [`ps_close`], or without it: puts that returned are durable
+/// either way). NULL is a no-op.
+///
+/// # Safety
+/// `store` is NULL or a live store on which no call is running; it is not used afterwards.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn ps_store_free(store: *mut PsStore) {
+    if !store.is_null() {
+        // SAFETY: per the contract above: the box `ps_open` leaked.
+        drop(unsafe { Box::from_raw(store) });
+    }
+}
+
+/// Closes the store: writes open packs, releases the pack index, and makes later calls fail
+/// with `PS_CLOSED`. The handle must still be freed.
+///
+/// # Safety
+/// `store` is NULL or a live store.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn ps_close(store: *const PsStore, err: *mut *mut PsError) -> PsStatus {
+    call(err, || {
+        let s = self::store(store)?;
+        block_on(s.close());
+        Ok(())
+    })
+}
+
+/// Stores `data[0..data_len]` under `key`; returns once it is durable. The same bytes again
+/// succeed; different bytes under an existing key fail with `PS_ALREADY_EXISTS` unless
+/// `overwrite`. The bytes are copied before the call returns.
+///
+/// # Safety
+/// Pointers are NULL or valid for their lengths; `cancel` is NULL or a live token.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn ps_put(
+    store: *const PsStore,
+    key: *const u8,
+    key_len: usize,
+    data: *const u8,
+    data_len: usize,
+    overwrite: bool,
+    cancel: *const PsCancel,
+    err: *mut *mut PsError,
+) -> PsStatus {
+    call(err, || {
+        let s = self::store(store)?;
+        let key = self::key(key, key_len)?;
+        let data = Bytes::copy_from_slice(slice(data, data_len, "data")?);
+        run(cancel, s.put_opts(key, data, PutOptions { overwrite }))
+    })
+}
+
+fn fill(out: &mut PsBytes, b: Bytes) {
+    out.data = b.as_ptr();
+    out.len = b.len();
+    out.owner = Box::into_raw(Box::new(b)).cast();
+}
+
+/// Reads the piece under `key`, checksum-verified, into `*out` (borrowed; free it with
+/// [`ps_bytes_free`]).
+///
+/// # Safety
+/// Pointers are NULL or valid for their lengths; `out` is writable; `cancel` is NULL or live.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn ps_get(
+    store: *const PsStore,
+    key: *const u8,
+    key_len: usize,
+    cancel: *const PsCancel,
+    out: *mut PsBytes,
+    err: *mut *mut PsError,
+) -> PsStatus {
+    call(err, || {
+        let (s, out) = (self::store(store)?, self::out(out, "out")?);
+        let key = self::key(key, key_len)?;
+        fill(out, run(cancel, s.get(key))?);
+        Ok(())
+    })
+}
+
+/// Reads `length` bytes from `offset` of the piece under `key` (the piece is verified) into
+/// `*out`. A range outside the piece fails with `PS_INVALID_RANGE`.
+///
+/// # Safety
+/// As [`ps_get`].
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn ps_get_range(
+    store: *const PsStore,
+    key: *const u8,
+    key_len: usize,
+    offset: u64,
+    length: u64,
+    cancel: *const PsCancel,
+    out: *mut PsBytes,
+    err: *mut *mut PsError,
+) -> PsStatus {
+    call(err, || {
+        let (s, out) = (self::store(store)?, self::out(out, "out")?);
+        let key = self::key(key, key_len)?;
+        fill(out, run(cancel, s.get_range(key, offset, length))?);
+        Ok(())
+    })
+}
+
+/// Releases the bytes of a read and zeroes `*bytes`. NULL, or an already released `PsBytes`,
+/// is a no-op.
+///
+/// # Safety
+/// `bytes` is NULL or a `PsBytes` filled by this library (or zeroed).
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn ps_bytes_free(bytes: *mut PsBytes) {
+    // SAFETY: per the contract above.
+    let Some(b) = (unsafe { bytes.as_mut() }) else {
+        return;
+    };
+    if !b.owner.is_null() {
+        // SAFETY: `owner` is the box `fill` leaked, released once (zeroed below).
+        drop(unsafe { Box::from_raw(b.owner.cast::<Bytes>()) });
+    }
+    *b = PsBytes {
+        data: ptr::null(),
+        len: 0,
+        owner: ptr::null_mut(),
+    };
+}
+
+/// The metadata of the piece under `key`, into `*out` (its `key` is NULL).
+///
+/// # Safety
+/// As [`ps_get`].
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn ps_head(
+    store: *const PsStore,
+    key: *const u8,
+    key_len: usize,
+    cancel: *const PsCancel,
+    out: *mut PsPieceInfo,
+    err: *mut *mut PsError,
+) -> PsStatus {
+    call(err, || {
+        let (s, out) = (self::store(store)?, self::out(out, "out")?);
+        let key = self::key(key, key_len)?;
+        let m = run(cancel, s.head(key))?;
+        *out = PsPieceInfo::new(&m, ptr::null(), 0);
+        Ok(())
+    })
+}
+
+/// Whether a piece exists under `key`, into `*out`.
+///
+/// # Safety
+/// As [`ps_get`].
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn ps_exists(
+    store: *const PsStore,
+    key: *const u8,
+    key_len: usize,
+    cancel: *const PsCancel,
+    out: *mut bool,
+    err: *mut *mut PsError,
+) -> PsStatus {
+    call(err, || {
+        let (s, out) = (self::store(store)?, self::out(out, "out")?);
+        let key = self::key(key, key_len)?;
+        *out = run(cancel, s.exists(key))?;
+        Ok(())
+    })
+}
+
+/// Deletes the piece under `key`; deleting a missing piece succeeds.
+///
+/// # Safety
+/// As [`ps_get`].
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn ps_delete(
+    store: *const PsStore,
+    key: *const u8,
+    key_len: usize,
+    cancel: *const PsCancel,
+    err: *mut *mut PsError,
+) -> PsStatus {
+    call(err, || {
+        let s = self::store(store)?;
+        let key = self::key(key, key_len)?;
+        run(cancel, s.delete(key))
+    })
+}
+
+/// Deletes every piece whose key starts with `prefix`, on every shard; how many pieces and
+/// bytes went into `*pieces` and `*bytes` (either may be NULL).
+///
+/// # Safety
+/// As [`ps_get`]; `pieces` and `bytes` are NULL or writable.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn ps_delete_prefix(
+    store: *const PsStore,
+    prefix: *const u8,
+    prefix_len: usize,
+    cancel: *const PsCancel,
+    pieces: *mut u64,
+    bytes: *mut u64,
+    err: *mut *mut PsError,
+) -> PsStatus {
+    call(err, || {
+        let s = self::store(store)?;
+        let prefix = key(prefix, prefix_len)?;
+        let summary = run(cancel, s.delete_prefix(prefix))?;
+        // SAFETY: NULL or writable, per the contract above.
+        unsafe {
+            if let Some(p) = pieces.as_mut() {
+                *p = summary.pieces;
+            }
+            if let Some(b) = bytes.as_mut() {
+                *b = summary.bytes;
+            }
+        }
+        Ok(())
+    })
+}
+
+/// Writes every shard's open pack now and waits until it is durable (puts already wait for
+/// their own pack; this is for a caller that wants the open packs out).
+///
+/// # Safety
+/// `store` is NULL or live; `cancel` is NULL or live.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn ps_flush(
+    store: *const PsStore,
+    cancel: *const PsCancel,
+    err: *mut *mut PsError,
+) -> PsStatus {
+    call(err, || run(cancel, self::store(store)?.flush()))
+}
+
+/// Starts listing the pieces whose key starts with `prefix` (empty: all), in no particular
+/// order across shards; read them with [`ps_list_next`], free the listing with
+/// [`ps_list_free`]. The listing holds its own reference to the store's backends, so it may
+/// outlive the store's handle.
+///
+/// # Safety
+/// As [`ps_get`]; `out` is writable.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn ps_list_open(
+    store: *const PsStore,
+    prefix: *const u8,
+    prefix_len: usize,
+    out: *mut *mut PsList,
+    err: *mut *mut PsError,
+) -> PsStatus {
+    call(err, || {
+        let (s, out) = (self::store(store)?, self::out(out, "out")?);
+        let prefix = key(prefix, prefix_len)?;
+        *out = Box::into_raw(Box::new(PsList {
+            stream: s.list(prefix),
+            key: String::new(),
+        }));
+        Ok(())
+    })
+}
+
+/// The next piece of a listing into `*out`, with `*has_item` = true; at the end, `*has_item` =
+/// false. `out->key` stays valid until the next call on this listing or its free.
+///
+/// # Safety
+/// `list` is NULL or a live listing used by no other thread; `out` and `has_item` writable;
+/// `cancel` NULL or live.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn ps_list_next(
+    list: *mut PsList,
+    cancel: *const PsCancel,
+    out: *mut PsPieceInfo,
+    has_item: *mut bool,
+    err: *mut *mut PsError,
+) -> PsStatus {
+    call(err, || {
+        let list = self::out(list, "list")?;
+        let (out, has_item) = (self::out(out, "out")?, self::out(has_item, "has_item")?);
+        *has_item = false;
+        let next = run(cancel, async { list.stream.next().await.transpose() })?;
+        if let Some(m) = next {
+            *out = PsPieceInfo::new(&m, ptr::null(), 0);
+            list.key = m.key;
+            out.key = list.key.as_ptr();
+            out.key_len = list.key.len();
+            *has_item = true;
+        }
+        Ok(())
+    })
+}
+
+/// Frees a listing. NULL is a no-op.
+///
+/// # Safety
+/// `list` is NULL or a live listing; it is not used afterwards.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn ps_list_free(list: *mut PsList) {
+    if !list.is_null() {
+        // SAFETY: per the contract above: the box `ps_list_open` leaked.
+        drop(unsafe { Box::from_raw(list) });
+    }
+}
+
+/// A new cancellation token (free it with [`ps_cancel_free`] once no call uses it).
+#[unsafe(no_mangle)]
+pub extern "C" fn ps_cancel_new() -> *mut PsCancel {
+    Box::into_raw(Box::new(PsCancel {
+        cancelled: AtomicBool::new(false),
+        notify: Notify::new(),
+    }))
+}
+
+/// Cancels every call running with `cancel` (they return `PS_CANCELLED`) and every later one.
+/// Callable from any thread. NULL is a no-op.
+///
+/// # Safety
+/// `cancel` is NULL or a live token.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn ps_cancel(cancel: *const PsCancel) {
+    // SAFETY: per the contract above.
+    if let Some(c) = unsafe { cancel.as_ref() } {
+        c.cancelled.store(true, Ordering::Release);
+        c.notify.notify_waiters();
+    }
+}
+
+/// Frees a token. NULL is a no-op.
+///
+/// # Safety
+/// `cancel` is NULL or a live token that no running call uses; it is not used afterwards.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn ps_cancel_free(cancel: *mut PsCancel) {
+    if !cancel.is_null() {
+        // SAFETY: per the contract above: the box `ps_cancel_new` leaked.
+        drop(unsafe { Box::from_raw(cancel) });
+    }
+}

@@ -1,0 +1,3 @@
+module github.com/piecestore/piecestore/bindings/go
+
+go 1.24

@@ -1,0 +1,382 @@
+// Package piecestore stores immutable pieces (erasure-coded segments of objects, from a few
+// bytes to tens of MiB) on a local disk, in memory, or on any S3-compatible object store,
+// through the PieceStore Rust core.
+//
+// The package is a thin layer over the core's C ABI (bindings/c): every check, checksum and
+// retry happens in the core, the same as from Rust, Python and Node.
+//
+//	s, err := piecestore.Open("file:///var/lib/pieces")
+//	if err != nil { ... }
+//	defer s.Close()
+//	err = s.Put(ctx, "1_s0", data)
+//	b, err := s.Get(ctx, "1_s0")
+//	if errors.Is(err, piecestore.ErrNotFound) { ... }
+//
+// A Store is safe for use by many goroutines at once. Every operation takes a
+// context.Context: a cancelled context makes a running operation return the context's error
+// promptly (whether a cancelled Put was stored is unknown, as for any interrupted write;
+// repeating it is safe).
+//
+// Building needs the Rust library; see the README beside this file for static and dynamic
+// linking.
+package piecestore
+
+// #cgo CFLAGS: -I${SRCDIR}/../c/include
+// #include <stdlib.h>
+// #include "piecestore.h"
+import "C"
+
+import (
+	"context"
+	"iter"
+	"runtime"
+	"strconv"
+	"sync"
+	"time"
+	"unsafe"
+)
+
+// Store is an open piece store. Close it when done.
+type Store struct {
+	// mu is held shared by every call into the library and exclusively by Close, so that the
+	// handle is never freed under a running call.
+	mu      sync.RWMutex
+	h       *C.PsStore
+	cleanup runtime.Cleanup
+}
+
+// PieceInfo is a piece's metadata.
+type PieceInfo struct {
+	// Key is the piece key.
+	Key string
+	// Size is the piece's size in bytes.
+	Size int64
+	// CRC32C is the piece's checksum (valid when HasCRC32C).
+	CRC32C uint32
+	// HasCRC32C is false for a raw piece written by another tool, which reads cannot verify.
+	HasCRC32C bool
+	// LastModified is when the piece was stored.
+	LastModified time.Time
+}
+
+// DeleteSummary is what DeletePrefix removed.
+type DeleteSummary struct {
+	// Pieces is how many pieces were deleted.
+	Pieces int64
+	// Bytes is their size in bytes.
+	Bytes int64
+}
+
+// Option sets one option of Open.
+type Option func(*options)
+
+type options struct{ names, values []string }
+
+func (o *options) set(name, value string) {
+	o.names = append(o.names, name)
+	o.values = append(o.values, value)
+}
+
+// WithOption sets an option by its name, as every PieceStore binding and the URL query take it
+// (see docs/config.md): WithOption("pack_threshold", "512KiB"), WithOption("max_retries", "3").
+func WithOption(name, value string) Option { return func(o *options) { o.set(name, value) } }
+
+// WithShards spreads pieces over n buckets or directories; the URL holds a %d for the shard.
+func WithShards(n int) Option { return WithOption("shards", strconv.Itoa(n)) }
+
+// WithRegion sets the S3 region.
+func WithRegion(region string) Option { return WithOption("region", region) }
+
+// WithCredentials sets static S3 credentials (otherwise they come from the environment:
+// AWS_ACCESS_KEY / AWS_SECRET_KEY or the standard AWS names).
+func WithCredentials(accessKey, secretKey string) Option {
+	return func(o *options) { o.set("access_key", accessKey); o.set("secret_key", secretKey) }
+}
+
+// WithSessionToken sets the session token of temporary S3 credentials.
+func WithSessionToken(token string) Option { return WithOption("session_token", token) }
+
+// WithPacking turns small-piece packing on or off (default: on for file and S3 stores).
+func WithPacking(enabled bool) Option { return WithOption("pack", strconv.FormatBool(enabled)) }
+
+// WithMaxRetries sets how often a failed backend request is retried.
+func WithMaxRetries(n int) Option { return WithOption("max_retries", strconv.Itoa(n)) }
+
+// WithRequestTimeout bounds each backend request.
+func WithRequestTimeout(d time.Duration) Option { return WithOption("request_timeout", d.String()) }
+
+// Open opens the store at url: "memory://", "file:///var/lib/pieces", a directory path,
+// "s3://bucket/prefix?region=us-east-1", "http://127.0.0.1:9000/bucket" (MinIO, Ceph RGW
+// path style), "https://bucket-%d.s3.us-east-1.amazonaws.com" with WithShards, or a
+// config.toml path. Options override the URL; then the environment applies (BUCKET_URL,
+// AWS_ACCESS_KEY, AWS_SECRET_KEY, AWS_SESSION_TOKEN, ...).
+func Open(url string, opts ...Option) (*Store, error) {
+	var o options
+	for _, opt := range opts {
+		opt(&o)
+	}
+	cspec := C.CString(url)
+	defer C.free(unsafe.Pointer(cspec))
+	n := len(o.names)
+	var names, values **C.char
+	if n > 0 {
+		size := C.size_t(n) * C.size_t(unsafe.Sizeof((*C.char)(nil)))
+		names, values = (**C.char)(C.malloc(size)), (**C.char)(C.malloc(size))
+		ns, vs := unsafe.Slice(names, n), unsafe.Slice(values, n)
+		for i := range n {
+			ns[i], vs[i] = C.CString(o.names[i]), C.CString(o.values[i])
+		}
+		defer func() {
+			for i := range n {
+				C.free(unsafe.Pointer(ns[i]))
+				C.free(unsafe.Pointer(vs[i]))
+			}
+			C.free(unsafe.Pointer(names))
+			C.free(unsafe.Pointer(values))
+		}()
+	}
+	var h *C.PsStore
+	var cerr *C.PsError
+	if st := C.ps_open(cspec, names, values, C.size_t(n), &h, &cerr); st != C.PS_OK {
+		return nil, failure(context.Background(), st, cerr)
+	}
+	s := &Store{h: h}
+	// A Store dropped without Close still frees its handle.
+	s.cleanup = runtime.AddCleanup(s, func(h *C.PsStore) { C.ps_store_free(h) }, h)
+	return s, nil
+}
+
+// Close writes any open packs, releases the store's files and frees it. It waits for
+// operations still running; later operations fail with ErrClosed. Closing twice is a no-op.
+func (s *Store) Close() error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.h == nil {
+		return nil
+	}
+	s.cleanup.Stop()
+	var cerr *C.PsError
+	st := C.ps_close(s.h, &cerr)
+	C.ps_store_free(s.h)
+	s.h = nil
+	if st != C.PS_OK {
+		return failure(context.Background(), st, cerr)
+	}
+	return nil
+}
+
+// call runs one library call with the store's handle and a cancellation token tied to ctx
+// (none for a context that cannot be cancelled).
+func (s *Store) call(ctx context.Context, f func(h *C.PsStore, c *C.PsCancel, e **C.PsError) C.PsStatus) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	if s.h == nil {
+		return errClosed
+	}
+	var cerr *C.PsError
+	var st C.PsStatus
+	if ctx.Done() == nil {
+		st = f(s.h, nil, &cerr)
+	} else {
+		tok := C.ps_cancel_new()
+		fired := make(chan struct{})
+		stop := context.AfterFunc(ctx, func() { C.ps_cancel(tok); close(fired) })
+		st = f(s.h, tok, &cerr)
+		if !stop() {
+			<-fired // the cancel is running: the token must outlive it
+		}
+		C.ps_cancel_free(tok)
+	}
+	if st != C.PS_OK {
+		return failure(ctx, st, cerr)
+	}
+	return nil
+}
+
+// str passes a Go string's bytes to C for the duration of a call (no copy).
+func str(s string) (*C.uint8_t, C.size_t) {
+	return (*C.uint8_t)(unsafe.Pointer(unsafe.StringData(s))), C.size_t(len(s))
+}
+
+// PutOption sets one option of Put.
+type PutOption func(*putOptions)
+
+type putOptions struct{ overwrite bool }
+
+// Overwrite makes Put replace a piece that exists with different bytes instead of failing
+// with ErrExists.
+func Overwrite() PutOption { return func(o *putOptions) { o.overwrite = true } }
+
+// Put stores data under key and returns once it is durable. Pieces are immutable: the same
+// bytes again succeed; different bytes under an existing key fail with ErrExists unless
+// Overwrite is given. data is copied before Put returns.
+func (s *Store) Put(ctx context.Context, key string, data []byte, opts ...PutOption) error {
+	var o putOptions
+	for _, opt := range opts {
+		opt(&o)
+	}
+	k, kl := str(key)
+	d := (*C.uint8_t)(unsafe.Pointer(unsafe.SliceData(data)))
+	return s.call(ctx, func(h *C.PsStore, c *C.PsCancel, e **C.PsError) C.PsStatus {
+		return C.ps_put(h, k, kl, d, C.size_t(len(data)), C.bool(o.overwrite), c, e)
+	})
+}
+
+// take copies a read's bytes into Go memory and releases the library's buffer.
+func take(b *C.PsBytes) []byte {
+	out := make([]byte, int(b.len))
+	if b.len > 0 {
+		copy(out, unsafe.Slice((*byte)(unsafe.Pointer(b.data)), int(b.len)))
+	}
+	C.ps_bytes_free(b)
+	return out
+}
+
+// Get returns the piece under key, verified against its checksum (ErrCorrupt, never wrong
+// bytes).
+func (s *Store) Get(ctx context.Context, key string) ([]byte, error) {
+	k, kl := str(key)
+	var b C.PsBytes
+	err := s.call(ctx, func(h *C.PsStore, c *C.PsCancel, e **C.PsError) C.PsStatus {
+		return C.ps_get(h, k, kl, c, &b, e)
+	})
+	if err != nil {
+		return nil, err
+	}
+	return take(&b), nil
+}
+
+// GetRange returns length bytes from offset of the piece under key (the whole piece is
+// verified first). A range outside the piece fails with ErrInvalidRange.
+func (s *Store) GetRange(ctx context.Context, key string, offset, length int64) ([]byte, error) {
+	if offset < 0 || length < 0 {
+		return nil, &Error{Kind: ErrInvalidRange, Key: key, Message: "invalid range " +
+			strconv.FormatInt(offset, 10) + "+" + strconv.FormatInt(length, 10) + " for piece " + strconv.Quote(key) + ": negative"}
+	}
+	k, kl := str(key)
+	var b C.PsBytes
+	err := s.call(ctx, func(h *C.PsStore, c *C.PsCancel, e **C.PsError) C.PsStatus {
+		return C.ps_get_range(h, k, kl, C.uint64_t(offset), C.uint64_t(length), c, &b, e)
+	})
+	if err != nil {
+		return nil, err
+	}
+	return take(&b), nil
+}
+
+func info(key string, i *C.PsPieceInfo) PieceInfo {
+	return PieceInfo{
+		Key:          key,
+		Size:         int64(i.size),
+		CRC32C:       uint32(i.crc32c),
+		HasCRC32C:    bool(i.has_crc32c),
+		LastModified: time.Unix(0, int64(i.last_modified_unix_ns)),
+	}
+}
+
+// Head returns the metadata of the piece under key.
+func (s *Store) Head(ctx context.Context, key string) (PieceInfo, error) {
+	k, kl := str(key)
+	var i C.PsPieceInfo
+	err := s.call(ctx, func(h *C.PsStore, c *C.PsCancel, e **C.PsError) C.PsStatus {
+		return C.ps_head(h, k, kl, c, &i, e)
+	})
+	if err != nil {
+		return PieceInfo{}, err
+	}
+	return info(key, &i), nil
+}
+
+// Exists reports whether a piece exists under key.
+func (s *Store) Exists(ctx context.Context, key string) (bool, error) {
+	k, kl := str(key)
+	var ok C.bool
+	err := s.call(ctx, func(h *C.PsStore, c *C.PsCancel, e **C.PsError) C.PsStatus {
+		return C.ps_exists(h, k, kl, c, &ok, e)
+	})
+	return bool(ok), err
+}
+
+// Delete deletes the piece under key; deleting a missing piece succeeds.
+func (s *Store) Delete(ctx context.Context, key string) error {
+	k, kl := str(key)
+	return s.call(ctx, func(h *C.PsStore, c *C.PsCancel, e **C.PsError) C.PsStatus {
+		return C.ps_delete(h, k, kl, c, e)
+	})
+}
+
+// DeletePrefix deletes every piece whose key starts with prefix, on every shard.
+func (s *Store) DeletePrefix(ctx context.Context, prefix string) (DeleteSummary, error) {
+	p, pl := str(prefix)
+	var pieces, bytes C.uint64_t
+	err := s.call(ctx, func(h *C.PsStore, c *C.PsCancel, e **C.PsError) C.PsStatus {
+		return C.ps_delete_prefix(h, p, pl, c, &pieces, &bytes, e)
+	})
+	return DeleteSummary{Pieces: int64(pieces), Bytes: int64(bytes)}, err
+}
+
+// Flush writes every shard's open pack now and waits until it is durable. Puts already wait
+// for their own pack; Flush is for a caller that wants the open packs out (before a snapshot).
+func (s *Store) Flush(ctx context.Context) error {
+	return s.call(ctx, func(h *C.PsStore, c *C.PsCancel, e **C.PsError) C.PsStatus {
+		return C.ps_flush(h, c, e)
+	})
+}
+
+// Walk calls fn for every piece whose key starts with prefix (empty: all), in no particular
+// order across shards, and stops at fn's first error, which it returns.
+func (s *Store) Walk(ctx context.Context, prefix string, fn func(PieceInfo) error) error {
+	p, pl := str(prefix)
+	var list *C.PsList
+	err := s.call(ctx, func(h *C.PsStore, _ *C.PsCancel, e **C.PsError) C.PsStatus {
+		return C.ps_list_open(h, p, pl, &list, e)
+	})
+	if err != nil {
+		return err
+	}
+	// The listing holds its own reference to the store's backends: no lock is needed while
+	// fn runs (fn may use the store, even close it).
+	defer C.ps_list_free(list)
+	for {
+		var i C.PsPieceInfo
+		var more C.bool
+		err := s.call(ctx, func(_ *C.PsStore, c *C.PsCancel, e **C.PsError) C.PsStatus {
+			return C.ps_list_next(list, c, &i, &more, e)
+		})
+		if err != nil {
+			return err
+		}
+		if !more {
+			return nil
+		}
+		key := C.GoStringN((*C.char)(unsafe.Pointer(i.key)), C.int(i.key_len))
+		if err := fn(info(key, &i)); err != nil {
+			return err
+		}
+	}
+}
+
+// List returns the pieces whose key starts with prefix as an iterator; an error ends it,
+// yielded as the last pair:
+//
+//	for p, err := range s.List(ctx, "1_") { if err != nil { ... }; use(p) }
+func (s *Store) List(ctx context.Context, prefix string) iter.Seq2[PieceInfo, error] {
+	return func(yield func(PieceInfo, error) bool) {
+		stopped := false
+		err := s.Walk(ctx, prefix, func(p PieceInfo) error {
+			if !yield(p, nil) {
+				stopped = true
+				return errStopped
+			}
+			return nil
+		})
+		if err != nil && !stopped {
+			yield(PieceInfo{}, err)
+		}
+	}
+}
+
+var errStopped = &Error{Kind: ErrInternal, Message: "iteration stopped"}

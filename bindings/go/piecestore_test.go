@@ -1,0 +1,589 @@
+package piecestore_test
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"hash/crc32"
+	"net"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/piecestore/piecestore/bindings/go"
+)
+
+var ctx = context.Background()
+
+// backend opens a fresh, empty store of one kind.
+type backend struct {
+	name string
+	// racy: different bytes put under one key at the same moment may all succeed. Only on
+	// s3s-fs without packing: it ignores If-None-Match (the core's suite marks it so too);
+	// packing serializes puts in the process, and memory and file create atomically.
+	racy bool
+	open func(t testing.TB, opts ...piecestore.Option) (*piecestore.Store, string)
+}
+
+func mustOpen(t testing.TB, url string, opts ...piecestore.Option) *piecestore.Store {
+	t.Helper()
+	s, err := piecestore.Open(url, opts...)
+	if err != nil {
+		t.Fatalf("Open(%q): %v", url, err)
+	}
+	t.Cleanup(func() { _ = s.Close() })
+	return s
+}
+
+func backends(t *testing.T) []backend {
+	file := func(pack bool) func(t testing.TB, opts ...piecestore.Option) (*piecestore.Store, string) {
+		return func(t testing.TB, opts ...piecestore.Option) (*piecestore.Store, string) {
+			url := "file://" + t.TempDir()
+			opts = append([]piecestore.Option{piecestore.WithPacking(pack)}, opts...)
+			return mustOpen(t, url, opts...), url
+		}
+	}
+	bs := []backend{
+		{name: "memory", open: func(t testing.TB, opts ...piecestore.Option) (*piecestore.Store, string) {
+			return mustOpen(t, "memory://", opts...), "memory://"
+		}},
+		{name: "file", open: file(true)},
+		{name: "file-unpacked", open: file(false)},
+	}
+	s3b := func(pack bool) func(t testing.TB, opts ...piecestore.Option) (*piecestore.Store, string) {
+		return func(t testing.TB, opts ...piecestore.Option) (*piecestore.Store, string) {
+			url := s3.bucket(t)
+			opts = append([]piecestore.Option{
+				piecestore.WithCredentials(s3.accessKey, s3.secretKey),
+				piecestore.WithMaxRetries(2),
+				piecestore.WithPacking(pack),
+				// The pack index of a bucket lives on local disk.
+				piecestore.WithOption("index_dir", t.TempDir()),
+			}, opts...)
+			return mustOpen(t, url, opts...), url
+		}
+	}
+	if s3 != nil {
+		bs = append(bs, backend{name: "s3", open: s3b(true)},
+			backend{name: "s3-unpacked", racy: true, open: s3b(false)})
+	} else {
+		t.Log("SKIPPED the S3 cases: s3s-fs is not installed")
+	}
+	return bs
+}
+
+// eachBackend runs f as a subtest on every backend.
+func eachBackend(t *testing.T, f func(t *testing.T, b backend, s *piecestore.Store)) {
+	for _, b := range backends(t) {
+		t.Run(b.name, func(t *testing.T) {
+			s, _ := b.open(t)
+			f(t, b, s)
+		})
+	}
+}
+
+// pseudoRandom returns n deterministic bytes (xorshift) that differ per seed.
+func pseudoRandom(n int, seed uint64) []byte {
+	b := make([]byte, n)
+	x := seed*0x9E3779B97F4A7C15 | 1
+	for i := range b {
+		x ^= x << 13
+		x ^= x >> 7
+		x ^= x << 17
+		b[i] = byte(x)
+	}
+	return b
+}
+
+var castagnoli = crc32.MakeTable(crc32.Castagnoli)
+
+func TestRoundTrip(t *testing.T) {
+	sizes := []int{0, 1, 4 << 10, 1 << 20, 1<<20 + 1, 64 << 20}
+	eachBackend(t, func(t *testing.T, _ backend, s *piecestore.Store) {
+		for i, n := range sizes {
+			key := fmt.Sprintf("rt/%d_s%d", n, i)
+			data := pseudoRandom(n, uint64(i+1))
+			if err := s.Put(ctx, key, data); err != nil {
+				t.Fatalf("Put %d bytes: %v", n, err)
+			}
+			got, err := s.Get(ctx, key)
+			if err != nil {
+				t.Fatalf("Get %d bytes: %v", n, err)
+			}
+			if !bytes.Equal(got, data) {
+				t.Fatalf("Get %d bytes: got %d other bytes", n, len(got))
+			}
+			info, err := s.Head(ctx, key)
+			if err != nil {
+				t.Fatalf("Head: %v", err)
+			}
+			want := crc32.Checksum(data, castagnoli)
+			if info.Key != key || info.Size != int64(n) || !info.HasCRC32C || info.CRC32C != want {
+				t.Fatalf("Head = %+v, want size %d crc %08x", info, n, want)
+			}
+			if time.Since(info.LastModified) > time.Hour || info.LastModified.After(time.Now().Add(time.Minute)) {
+				t.Fatalf("Head LastModified = %v, not now", info.LastModified)
+			}
+			if ok, err := s.Exists(ctx, key); err != nil || !ok {
+				t.Fatalf("Exists = %v, %v", ok, err)
+			}
+		}
+	})
+}
+
+func TestRanges(t *testing.T) {
+	data := pseudoRandom(1000, 7)
+	eachBackend(t, func(t *testing.T, _ backend, s *piecestore.Store) {
+		if err := s.Put(ctx, "range_s0", data); err != nil {
+			t.Fatal(err)
+		}
+		for _, r := range [][2]int64{{0, 1000}, {0, 1}, {10, 20}, {999, 1}, {1000, 0}, {500, 0}} {
+			got, err := s.GetRange(ctx, "range_s0", r[0], r[1])
+			if err != nil {
+				t.Fatalf("GetRange%v: %v", r, err)
+			}
+			if !bytes.Equal(got, data[r[0]:r[0]+r[1]]) {
+				t.Fatalf("GetRange%v: other bytes", r)
+			}
+		}
+		for _, r := range [][2]int64{{990, 20}, {1001, 0}, {0, 1001}, {-1, 1}, {0, -1}} {
+			_, err := s.GetRange(ctx, "range_s0", r[0], r[1])
+			if !errors.Is(err, piecestore.ErrInvalidRange) {
+				t.Fatalf("GetRange%v: want ErrInvalidRange, got %v", r, err)
+			}
+		}
+		if _, err := s.GetRange(ctx, "missing_s0", 0, 1); !errors.Is(err, piecestore.ErrNotFound) {
+			t.Fatalf("GetRange of a missing piece: %v", err)
+		}
+	})
+}
+
+func TestImmutabilityAndNotFound(t *testing.T) {
+	eachBackend(t, func(t *testing.T, _ backend, s *piecestore.Store) {
+		_, err := s.Get(ctx, "nope_s0")
+		var pe *piecestore.Error
+		if !errors.Is(err, piecestore.ErrNotFound) || !errors.As(err, &pe) || pe.Key != "nope_s0" {
+			t.Fatalf("Get of a missing piece: %#v", err)
+		}
+		if !strings.Contains(err.Error(), "nope_s0") {
+			t.Fatalf("message does not name the key: %v", err)
+		}
+		if _, err := s.Head(ctx, "nope_s0"); !errors.Is(err, piecestore.ErrNotFound) {
+			t.Fatalf("Head of a missing piece: %v", err)
+		}
+		if ok, err := s.Exists(ctx, "nope_s0"); ok || err != nil {
+			t.Fatalf("Exists of a missing piece: %v, %v", ok, err)
+		}
+		if err := s.Delete(ctx, "nope_s0"); err != nil {
+			t.Fatalf("Delete of a missing piece: %v", err)
+		}
+
+		if err := s.Put(ctx, "imm_s0", []byte("first")); err != nil {
+			t.Fatal(err)
+		}
+		if err := s.Put(ctx, "imm_s0", []byte("first")); err != nil {
+			t.Fatalf("the same bytes again: %v", err)
+		}
+		err = s.Put(ctx, "imm_s0", []byte("second"))
+		if !errors.Is(err, piecestore.ErrExists) || errors.Is(err, piecestore.ErrNotFound) {
+			t.Fatalf("different bytes: want ErrExists, got %v", err)
+		}
+		if got, _ := s.Get(ctx, "imm_s0"); string(got) != "first" {
+			t.Fatalf("a refused put changed the piece: %q", got)
+		}
+		if err := s.Put(ctx, "imm_s0", []byte("second"), piecestore.Overwrite()); err != nil {
+			t.Fatalf("Overwrite: %v", err)
+		}
+		if got, _ := s.Get(ctx, "imm_s0"); string(got) != "second" {
+			t.Fatalf("after Overwrite: %q", got)
+		}
+		if err := s.Delete(ctx, "imm_s0"); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := s.Get(ctx, "imm_s0"); !errors.Is(err, piecestore.ErrNotFound) {
+			t.Fatalf("Get after Delete: %v", err)
+		}
+	})
+}
+
+func TestInvalidKeys(t *testing.T) {
+	s := mustOpen(t, "memory://")
+	for _, key := range []string{"", "../etc/passwd", "a//b", "/abs", "bad\xffutf8", strings.Repeat("k", 2000)} {
+		if err := s.Put(ctx, key, []byte("x")); !errors.Is(err, piecestore.ErrInvalidKey) {
+			t.Errorf("Put(%q): want ErrInvalidKey, got %v", key, err)
+		}
+		if _, err := s.Get(ctx, key); !errors.Is(err, piecestore.ErrInvalidKey) {
+			t.Errorf("Get(%q): want ErrInvalidKey, got %v", key, err)
+		}
+	}
+	// Nothing was stored by the refused puts.
+	n := 0
+	for _, err := range s.List(ctx, "") {
+		if err != nil {
+			t.Fatal(err)
+		}
+		n++
+	}
+	if n != 0 {
+		t.Fatalf("%d pieces after refused puts", n)
+	}
+}
+
+func TestInvalidConfig(t *testing.T) {
+	const secret = "sEcReT-do-not-print-0123456789"
+	cases := []struct {
+		url  string
+		opts []piecestore.Option
+	}{
+		{"bogus://x", nil},
+		{"memory://", []piecestore.Option{piecestore.WithOption("shardz", "2")}},
+		{"memory://", []piecestore.Option{piecestore.WithOption("max_retries", "many")}},
+		{"file:///tmp/ps-%d", []piecestore.Option{piecestore.WithShards(0)}},
+		{"http://127.0.0.1:9/b", []piecestore.Option{piecestore.WithCredentials("AK", secret), piecestore.WithOption("request_timeout", "soon")}},
+	}
+	for _, c := range cases {
+		s, err := piecestore.Open(c.url, c.opts...)
+		if s != nil || !errors.Is(err, piecestore.ErrInvalidConfig) {
+			t.Errorf("Open(%q): want ErrInvalidConfig, got %v", c.url, err)
+			continue
+		}
+		if strings.Contains(err.Error(), secret) || strings.Contains(fmt.Sprintf("%#v", err), secret) {
+			t.Errorf("the error shows the secret key: %v", err)
+		}
+	}
+}
+
+func TestCorruptPieceIsNeverReturned(t *testing.T) {
+	dir := t.TempDir()
+	s := mustOpen(t, dir, piecestore.WithPacking(false))
+	data := pseudoRandom(4096, 3)
+	if err := s.Put(ctx, "bad_s0", data); err != nil {
+		t.Fatal(err)
+	}
+	// One piece is one file whose payload comes first: flip its first byte.
+	path := filepath.Join(dir, "bad_s0")
+	raw, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	raw[0] ^= 0x40
+	if err := os.WriteFile(path, raw, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	got, err := s.Get(ctx, "bad_s0")
+	var pe *piecestore.Error
+	if !errors.Is(err, piecestore.ErrCorrupt) || got != nil || !errors.As(err, &pe) || pe.Key != "bad_s0" {
+		t.Fatalf("Get of a corrupt piece: %v (%d bytes)", err, len(got))
+	}
+	if _, err := s.GetRange(ctx, "bad_s0", 0, 10); !errors.Is(err, piecestore.ErrCorrupt) {
+		t.Fatalf("GetRange of a corrupt piece: %v", err)
+	}
+}
+
+func TestUnauthorized(t *testing.T) {
+	if s3 == nil {
+		t.Skip("s3s-fs is not installed")
+	}
+	url := s3.bucket(t)
+	const wrong = "wrong-secret-0123456789abcdef0123456789"
+	s, err := piecestore.Open(url, piecestore.WithCredentials(s3.accessKey, wrong), piecestore.WithMaxRetries(0))
+	if s != nil || !errors.Is(err, piecestore.ErrUnauthorized) {
+		t.Fatalf("Open with a wrong secret key: want ErrUnauthorized, got %v", err)
+	}
+	if strings.Contains(err.Error(), wrong) || strings.Contains(err.Error(), s3.secretKey) {
+		t.Fatalf("the error shows a secret key: %v", err)
+	}
+}
+
+func TestBackendError(t *testing.T) {
+	// A port with nothing listening: the request fails at connect.
+	port, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := port.Addr().String()
+	port.Close()
+	s := mustOpen(t, "http://"+addr+"/bucket",
+		piecestore.WithCredentials("AK", "SK"), piecestore.WithMaxRetries(0),
+		piecestore.WithOption("check_bucket", "false"), piecestore.WithPacking(false))
+	_, err = s.Get(ctx, "x_s0")
+	var pe *piecestore.Error
+	if !errors.Is(err, piecestore.ErrBackend) || !errors.As(err, &pe) || pe.Backend == "" {
+		t.Fatalf("Get from a dead endpoint: want ErrBackend naming the backend, got %#v", err)
+	}
+}
+
+func TestContextCancellation(t *testing.T) {
+	// A server that accepts connections and never answers.
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var conns []net.Conn
+	var mu sync.Mutex
+	go func() {
+		for {
+			c, err := l.Accept()
+			if err != nil {
+				return
+			}
+			mu.Lock()
+			conns = append(conns, c)
+			mu.Unlock()
+		}
+	}()
+	t.Cleanup(func() {
+		l.Close()
+		mu.Lock()
+		for _, c := range conns {
+			c.Close()
+		}
+		mu.Unlock()
+	})
+	s := mustOpen(t, "http://"+l.Addr().String()+"/bucket",
+		piecestore.WithCredentials("AK", "SK"), piecestore.WithMaxRetries(0),
+		piecestore.WithRequestTimeout(time.Minute),
+		piecestore.WithOption("check_bucket", "false"), piecestore.WithPacking(false))
+
+	tctx, cancel := context.WithTimeout(ctx, 200*time.Millisecond)
+	defer cancel()
+	start := time.Now()
+	_, err = s.Get(tctx, "x_s0")
+	if !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("Get past its deadline: want context.DeadlineExceeded, got %v", err)
+	}
+	// Bounded, not timed: the request itself would wait a minute.
+	if waited := time.Since(start); waited > 20*time.Second {
+		t.Fatalf("Get returned %v after its deadline", waited)
+	}
+
+	cctx, cancel2 := context.WithCancel(ctx)
+	go func() { time.Sleep(100 * time.Millisecond); cancel2() }()
+	if err := s.Put(cctx, "y_s0", []byte("x")); !errors.Is(err, context.Canceled) {
+		t.Fatalf("Put cancelled while running: want context.Canceled, got %v", err)
+	}
+	// An already-cancelled context never reaches the store.
+	if _, err := s.Get(cctx, "y_s0"); !errors.Is(err, context.Canceled) {
+		t.Fatalf("Get with a cancelled context: %v", err)
+	}
+}
+
+func TestListAndDeletePrefix(t *testing.T) {
+	eachBackend(t, func(t *testing.T, _ backend, s *piecestore.Store) {
+		var want []string
+		for i := range 25 {
+			k := fmt.Sprintf("list/%02d_s0", i)
+			want = append(want, k)
+			if err := s.Put(ctx, k, pseudoRandom(100+i, uint64(i))); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if err := s.Put(ctx, "other_s0", []byte("x")); err != nil {
+			t.Fatal(err)
+		}
+		var got []string
+		for p, err := range s.List(ctx, "list/") {
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !strings.HasPrefix(p.Key, "list/") || p.Size < 100 {
+				t.Fatalf("listed %+v", p)
+			}
+			got = append(got, p.Key)
+		}
+		slices.Sort(got)
+		if !slices.Equal(got, want) {
+			t.Fatalf("List = %v, want %v", got, want)
+		}
+		// Breaking out of the loop ends the listing.
+		n := 0
+		for _, err := range s.List(ctx, "") {
+			if err != nil {
+				t.Fatal(err)
+			}
+			n++
+			if n == 3 {
+				break
+			}
+		}
+		// Walk stops at the callback's error and returns it.
+		stop := errors.New("stop")
+		calls := 0
+		if err := s.Walk(ctx, "list/", func(piecestore.PieceInfo) error { calls++; return stop }); err != stop || calls != 1 {
+			t.Fatalf("Walk = %v after %d calls", err, calls)
+		}
+		sum, err := s.DeletePrefix(ctx, "list/")
+		if err != nil || sum.Pieces != 25 {
+			t.Fatalf("DeletePrefix = %+v, %v", sum, err)
+		}
+		for p, err := range s.List(ctx, "list/") {
+			t.Fatalf("listed %+v, %v after DeletePrefix", p, err)
+		}
+		if ok, _ := s.Exists(ctx, "other_s0"); !ok {
+			t.Fatal("DeletePrefix removed a piece outside the prefix")
+		}
+	})
+}
+
+func TestParallelGoroutines(t *testing.T) {
+	eachBackend(t, func(t *testing.T, b backend, s *piecestore.Store) {
+		const workers, perWorker = 64, 20
+		var wg sync.WaitGroup
+		errs := make(chan error, workers)
+		winners := make(chan int, workers)
+		for w := range workers {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				for i := range perWorker {
+					key := fmt.Sprintf("par/%d/%d_s0", w, i)
+					data := pseudoRandom(512+w*37+i, uint64(w*1000+i))
+					if err := s.Put(ctx, key, data); err != nil {
+						errs <- fmt.Errorf("Put %s: %w", key, err)
+						return
+					}
+					got, err := s.Get(ctx, key)
+					if err != nil || !bytes.Equal(got, data) {
+						errs <- fmt.Errorf("Get %s: %v (equal %v)", key, err, bytes.Equal(got, data))
+						return
+					}
+					if i%4 == 0 {
+						if err := s.Delete(ctx, key); err != nil {
+							errs <- err
+							return
+						}
+					}
+				}
+				// Every worker races for one key with its own bytes: one wins.
+				switch err := s.Put(ctx, "race_s0", []byte(fmt.Sprint("worker ", w))); {
+				case err == nil:
+					winners <- w
+				case !errors.Is(err, piecestore.ErrExists):
+					errs <- fmt.Errorf("racing Put: %w", err)
+				}
+			}()
+		}
+		wg.Wait()
+		close(errs)
+		close(winners)
+		for err := range errs {
+			t.Error(err)
+		}
+		var won []int
+		for w := range winners {
+			won = append(won, w)
+		}
+		if len(won) == 0 || (len(won) > 1 && !b.racy) {
+			t.Fatalf("%d racing puts of different bytes succeeded (%v), want exactly 1", len(won), won)
+		}
+		got, err := s.Get(ctx, "race_s0")
+		if err != nil || !slices.ContainsFunc(won, func(w int) bool { return string(got) == fmt.Sprint("worker ", w) }) {
+			t.Fatalf("race_s0 = %q, %v; the winners were workers %v", got, err, won)
+		}
+		n := 0
+		for _, err := range s.List(ctx, "par/") {
+			if err != nil {
+				t.Fatal(err)
+			}
+			n++
+		}
+		if want := workers * (perWorker - perWorker/4); n != want {
+			t.Fatalf("listed %d pieces, want %d", n, want)
+		}
+	})
+}
+
+func TestUseAfterClose(t *testing.T) {
+	for _, b := range backends(t) {
+		t.Run(b.name, func(t *testing.T) {
+			s, _ := b.open(t)
+			if err := s.Put(ctx, "c_s0", []byte("x")); err != nil {
+				t.Fatal(err)
+			}
+			if err := s.Close(); err != nil {
+				t.Fatalf("Close: %v", err)
+			}
+			if err := s.Close(); err != nil {
+				t.Fatalf("Close again: %v", err)
+			}
+			checks := map[string]error{
+				"Put":    s.Put(ctx, "c_s0", []byte("x")),
+				"Delete": s.Delete(ctx, "c_s0"),
+				"Flush":  s.Flush(ctx),
+			}
+			_, checks["Get"] = s.Get(ctx, "c_s0")
+			_, checks["GetRange"] = s.GetRange(ctx, "c_s0", 0, 1)
+			_, checks["Head"] = s.Head(ctx, "c_s0")
+			_, checks["Exists"] = s.Exists(ctx, "c_s0")
+			_, checks["DeletePrefix"] = s.DeletePrefix(ctx, "c")
+			checks["Walk"] = s.Walk(ctx, "", func(piecestore.PieceInfo) error { return nil })
+			for _, err := range s.List(ctx, "") {
+				checks["List"] = err
+			}
+			for op, err := range checks {
+				if !errors.Is(err, piecestore.ErrClosed) {
+					t.Errorf("%s after Close: want ErrClosed, got %v", op, err)
+				}
+			}
+		})
+	}
+}
+
+func TestCloseWaitsForRunningCalls(t *testing.T) {
+	s, err := piecestore.Open("memory://")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var wg sync.WaitGroup
+	for w := range 16 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := 0; ; i++ {
+				err := s.Put(ctx, fmt.Sprintf("cl/%d/%d_s0", w, i), []byte("x"))
+				if errors.Is(err, piecestore.ErrClosed) {
+					return
+				}
+				if err != nil {
+					t.Error(err)
+					return
+				}
+			}
+		}()
+	}
+	time.Sleep(50 * time.Millisecond)
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	wg.Wait()
+}
+
+func TestFileStoreSurvivesReopen(t *testing.T) {
+	dir := t.TempDir()
+	for _, pack := range []bool{true, false} {
+		s := mustOpen(t, "file://"+dir, piecestore.WithPacking(pack))
+		key := fmt.Sprintf("durable/%v_s0", pack)
+		if err := s.Put(ctx, key, pseudoRandom(3000, 9)); err != nil {
+			t.Fatal(err)
+		}
+		if err := s.Flush(ctx); err != nil {
+			t.Fatal(err)
+		}
+		if err := s.Close(); err != nil {
+			t.Fatal(err)
+		}
+		s = mustOpen(t, "file://"+dir, piecestore.WithPacking(pack))
+		got, err := s.Get(ctx, key)
+		if err != nil || !bytes.Equal(got, pseudoRandom(3000, 9)) {
+			t.Fatalf("after reopen (pack=%v): %v", pack, err)
+		}
+		if err := s.Close(); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
