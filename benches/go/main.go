@@ -1,0 +1,233 @@
+// Command gobench measures the Go binding of PieceStore against minio-go (github.com/minio/
+// minio-go/v7) doing the same 4 KiB and 1 MiB puts and gets on the same S3-compatible server
+// in one run, and the Go binding's per-operation latency on memory:// (whose difference from
+// the Rust core's, measured by benches/examples/core_latency.rs in the same run by run.sh, is
+// the cost of the cgo boundary).
+//
+//	bash benches/go/run.sh          # starts s3s-fs on 127.0.0.1 and runs everything
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"flag"
+	"fmt"
+	"io"
+	"net/url"
+	"os"
+	"sort"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/minio/minio-go/v7"
+	"github.com/minio/minio-go/v7/pkg/credentials"
+	"github.com/piecestore/piecestore/bindings/go"
+)
+
+var ctx = context.Background()
+
+// client is one way to put and get an object.
+type client struct {
+	name string
+	put  func(key string, data []byte) error
+	get  func(key string) ([]byte, error)
+}
+
+type result struct {
+	Client      string  `json:"client"`
+	Op          string  `json:"op"`
+	Size        int     `json:"size"`
+	Concurrency int     `json:"concurrency"`
+	Ops         int     `json:"ops"`
+	Errors      int64   `json:"errors"`
+	OpsPerSec   float64 `json:"ops_per_s"`
+	MBPerSec    float64 `json:"mb_per_s"`
+	P50us       float64 `json:"p50_us"`
+	P99us       float64 `json:"p99_us"`
+}
+
+// run does op for d with c workers; workers take keys from keyOf(worker, n).
+func run(name, op string, size, c int, d time.Duration, f func(w, n int) error) result {
+	var stop atomic.Bool
+	var errs atomic.Int64
+	lat := make([][]time.Duration, c)
+	var wg sync.WaitGroup
+	start := time.Now()
+	for w := range c {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for n := 0; !stop.Load(); n++ {
+				t0 := time.Now()
+				if err := f(w, n); err != nil {
+					if errs.Add(1) == 1 {
+						fmt.Fprintf(os.Stderr, "%s %s: %v\n", name, op, err)
+					}
+					continue
+				}
+				lat[w] = append(lat[w], time.Since(t0))
+			}
+		}()
+	}
+	time.Sleep(d)
+	stop.Store(true)
+	wg.Wait()
+	secs := time.Since(start).Seconds()
+	var all []time.Duration
+	for _, l := range lat {
+		all = append(all, l...)
+	}
+	sort.Slice(all, func(i, j int) bool { return all[i] < all[j] })
+	pct := func(p float64) float64 {
+		if len(all) == 0 {
+			return 0
+		}
+		return float64(all[min(int(p*float64(len(all))), len(all)-1)].Nanoseconds()) / 1e3
+	}
+	return result{Client: name, Op: op, Size: size, Concurrency: c, Ops: len(all),
+		Errors: errs.Load(), OpsPerSec: float64(len(all)) / secs,
+		MBPerSec: float64(len(all)*size) / secs / 1e6, P50us: pct(0.5), P99us: pct(0.99)}
+}
+
+func payload(size int, seed byte) []byte {
+	b := make([]byte, size)
+	for i := range b {
+		b[i] = byte(i*31) ^ seed
+	}
+	return b
+}
+
+func minioClient(endpoint, bucket, ak, sk string) client {
+	u, err := url.Parse(endpoint)
+	check(err)
+	mc, err := minio.New(u.Host, &minio.Options{
+		Creds: credentials.NewStaticV4(ak, sk, ""), Secure: u.Scheme == "https", Region: "us-east-1",
+	})
+	check(err)
+	return client{
+		name: "minio-go v7",
+		put: func(key string, data []byte) error {
+			// minio-go's fastest settings for small objects: no payload hash, one PUT.
+			_, err := mc.PutObject(ctx, bucket, key, bytes.NewReader(data), int64(len(data)),
+				minio.PutObjectOptions{DisableContentSha256: true, DisableMultipart: true})
+			return err
+		},
+		get: func(key string) ([]byte, error) {
+			obj, err := mc.GetObject(ctx, bucket, key, minio.GetObjectOptions{})
+			if err != nil {
+				return nil, err
+			}
+			defer obj.Close()
+			return io.ReadAll(obj)
+		},
+	}
+}
+
+func storeClient(name string, s *piecestore.Store) client {
+	return client{
+		name: name,
+		put:  func(key string, data []byte) error { return s.Put(ctx, key, data) },
+		get:  func(key string) ([]byte, error) { return s.Get(ctx, key) },
+	}
+}
+
+func check(err error) {
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+}
+
+// latency is the binding's per-operation latency on a store, one operation at a time (best
+// of 3 rounds of n), as core_latency.rs measures the core's.
+func latency(s *piecestore.Store, size, n int) (putUs, getUs float64) {
+	data := payload(size, 1)
+	putUs, getUs = 1e18, 1e18
+	for round := range 3 {
+		keys := make([]string, n)
+		for i := range keys {
+			keys[i] = fmt.Sprintf("%d_s%d", round, i)
+		}
+		t := time.Now()
+		for _, k := range keys {
+			check(s.Put(ctx, k, data))
+		}
+		putUs = min(putUs, float64(time.Since(t).Nanoseconds())/1e3/float64(n))
+		t = time.Now()
+		for _, k := range keys {
+			_, err := s.Get(ctx, k)
+			check(err)
+		}
+		getUs = min(getUs, float64(time.Since(t).Nanoseconds())/1e3/float64(n))
+	}
+	return putUs, getUs
+}
+
+func main() {
+	endpoint := flag.String("endpoint", "", "S3 endpoint, http://127.0.0.1:PORT (empty: only the memory latency)")
+	bucket := flag.String("bucket", "bench", "bucket (must exist)")
+	concurrency := flag.Int("concurrency", 16, "workers per run")
+	duration := flag.Duration("duration", 5*time.Second, "how long each run lasts")
+	latencyOps := flag.Int("latency-ops", 20000, "operations per round of the memory latency")
+	flag.Parse()
+	enc := json.NewEncoder(os.Stdout)
+	ak, sk := os.Getenv("AWS_ACCESS_KEY_ID"), os.Getenv("AWS_SECRET_ACCESS_KEY")
+
+	if *endpoint != "" {
+		base := *endpoint + "/" + *bucket
+		creds := piecestore.WithCredentials(ak, sk)
+		// One object per piece, as minio-go writes them. s3s-fs ignores If-None-Match, so
+		// conditional_writes=on makes a create-only put one PUT (as minio-go's), not HEAD+PUT.
+		unpacked, err := piecestore.Open(base, creds, piecestore.WithPacking(false),
+			piecestore.WithOption("conditional_writes", "on"))
+		check(err)
+		idx, err := os.MkdirTemp("", "gobench-index-")
+		check(err)
+		defer os.RemoveAll(idx)
+		// Packing groups the puts in flight; at 16 in flight a short MaxAge (5 ms) keeps a put from
+		// waiting for company that does not come (the 100 ms default suits thousands in flight).
+		packed, err := piecestore.Open(base, creds, piecestore.WithOption("index_dir", idx),
+			piecestore.WithOption("pack_max_age", "5ms"),
+			piecestore.WithOption("conditional_writes", "on"))
+		check(err)
+		clients := []client{
+			minioClient(*endpoint, *bucket, ak, sk),
+			storeClient("piecestore-go", unpacked),
+			storeClient("piecestore-go packed", packed),
+		}
+		for _, size := range []int{4 << 10, 1 << 20} {
+			for ci, c := range clients {
+				data := payload(size, byte(ci))
+				prefix := fmt.Sprintf("c%d/%d", ci, size)
+				written := make([]atomic.Int64, *concurrency)
+				key := func(w, n int) string { return fmt.Sprintf("%s/%d/%d_s0", prefix, w, n) }
+				check(enc.Encode(run(c.name, "put", size, *concurrency, *duration, func(w, n int) error {
+					if err := c.put(key(w, n), data); err != nil {
+						return err
+					}
+					written[w].Store(int64(n + 1))
+					return nil
+				})))
+				check(enc.Encode(run(c.name, "get", size, *concurrency, *duration, func(w, n int) error {
+					k := key(w, n%int(max(written[w].Load(), 1)))
+					b, err := c.get(k)
+					if err == nil && len(b) != size {
+						err = fmt.Errorf("%s: %d bytes, want %d", k, len(b), size)
+					}
+					return err
+				})))
+			}
+		}
+		check(unpacked.Close())
+		check(packed.Close())
+	}
+
+	mem, err := piecestore.Open("memory://")
+	check(err)
+	defer mem.Close()
+	putUs, getUs := latency(mem, 4<<10, *latencyOps)
+	check(enc.Encode(map[string]any{"client": "piecestore-go", "store": "memory://",
+		"size": 4 << 10, "put_us": putUs, "get_us": getUs}))
+}
