@@ -374,6 +374,11 @@ pub struct BackendOptions {
     /// their cost is a clock read and a few atomic adds per operation.
     #[serde(rename = "Metrics", default = "d_true")]
     pub metrics: bool,
+    /// Sign S3 requests without hashing their bodies (SigV4 `UNSIGNED-PAYLOAD`, as minio-go
+    /// with `DisableContentSha256` and the AWS SDKs over TLS do). Saves a SHA-256 pass over
+    /// every piece put; each piece keeps its CRC32C, which every read verifies. Default false.
+    #[serde(rename = "UnsignedPayload", default)]
+    pub unsigned_payload: bool,
 }
 
 fn d_true() -> bool {
@@ -403,6 +408,7 @@ impl Default for BackendOptions {
             check_bucket: true,
             create_bucket: true,
             metrics: true,
+            unsigned_payload: false,
         }
     }
 }
@@ -597,16 +603,33 @@ pub enum OptionValue {
 }
 
 impl OptionValue {
-    /// Reads a value written as text (a URL query parameter, an environment variable): `true`
-    /// and `false` are booleans, integers are integers, anything else is text.
+    /// Reads a value written as text (a URL query parameter, an environment variable, a
+    /// binding's string option): `true` and `false` are booleans, integers are integers,
+    /// decimals such as `2.5` are fractional numbers (seconds, for a duration), anything else
+    /// is text.
+    ///
+    /// ```
+    /// use piecestore::config::OptionValue;
+    /// assert_eq!(OptionValue::from_text("3"), OptionValue::Int(3));
+    /// assert_eq!(OptionValue::from_text("2.5"), OptionValue::Float(2.5));
+    /// assert_eq!(OptionValue::from_text("200ms"), OptionValue::Str("200ms".into()));
+    /// assert_eq!(OptionValue::from_text("1e3"), OptionValue::Str("1e3".into()));
+    /// ```
     pub fn from_text(text: &str) -> Self {
+        let decimal = |t: &str| {
+            let digits = t.strip_prefix('-').unwrap_or(t);
+            digits.contains('.')
+                && digits.chars().all(|c| c.is_ascii_digit() || c == '.')
+                && digits.chars().any(|c| c.is_ascii_digit())
+        };
         match text {
             "true" => OptionValue::Bool(true),
             "false" => OptionValue::Bool(false),
-            t => t
-                .parse::<i64>()
-                .map(OptionValue::Int)
-                .unwrap_or_else(|_| OptionValue::Str(t.to_string())),
+            t => match (t.parse::<i64>(), t.parse::<f64>()) {
+                (Ok(i), _) => OptionValue::Int(i),
+                (_, Ok(f)) if decimal(t) => OptionValue::Float(f),
+                _ => OptionValue::Str(t.to_string()),
+            },
         }
     }
 
@@ -660,6 +683,7 @@ pub const OPTION_NAMES: &[&str] = &[
     "ConditionalWrites",
     "Fsync",
     "CheckBucket",
+    "UnsignedPayload",
     "CreateBucket",
     "Metrics",
     "Pack",
@@ -789,6 +813,7 @@ impl Config {
             "ConditionalWrites" => self.backend.conditional_writes = de(v).map_err(bad)?,
             "Fsync" => self.backend.fsync = de(v).map_err(bad)?,
             "CheckBucket" => self.backend.check_bucket = de(v).map_err(bad)?,
+            "UnsignedPayload" => self.backend.unsigned_payload = de(v).map_err(bad)?,
             "CreateBucket" => self.backend.create_bucket = de(v).map_err(bad)?,
             "Metrics" => self.backend.metrics = de(v).map_err(bad)?,
             "Pack" => self.pack.enabled = Some(de(v).map_err(bad)?),

@@ -90,6 +90,7 @@ pub(super) fn build_s3(
         .with_endpoint(&s3.endpoint)
         .with_virtual_hosted_style_request(s3.virtual_hosted)
         .with_retry(retry)
+        .with_unsigned_payload(opts.unsigned_payload)
         .with_client_options(client);
     if store.no_sign_request {
         b = b.with_skip_signature(true);

@@ -144,10 +144,19 @@ pub fn parse(
         let path = match scheme {
             None => url,
             Some("file") => &url["file://".len()..],
-            Some(other) => {
+            Some(other @ ("s3" | "s3a" | "oss" | "b2" | "http" | "https")) => {
                 return Err(bad(
                     url,
                     format!("Storage is \"file\" but the URL scheme is {other:?}"),
+                ));
+            }
+            Some(other) => {
+                return Err(bad(
+                    url,
+                    format!(
+                        "unknown URL scheme {other:?} (expected memory://, file://, s3://, \
+                         oss://, b2://, http:// or https://, or a directory path)"
+                    ),
                 ));
             }
         };
