@@ -5,6 +5,9 @@
 # The test harness starts the servers itself on 127.0.0.1. Then builds the Python package twice
 # (the 3.11+ abi3 wheel with zero-copy gets, and the 3.9+ abi3 wheel) and runs pytest on each,
 # and installs the Node package the README's way into a fresh project and runs `node --test`.
+# Then the C ABI's example, the Go module's `go vet` + `go test` (static and dynamic linking),
+# and the UniFFI binding: its generated Kotlin compiled and tested on the JVM (Maven fetches
+# the Kotlin compiler and JNA), its generated Python, and Swift generated (no Swift toolchain).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -33,6 +36,8 @@ echo "== cargo fmt --check"
 cargo fmt --all -- --check
 echo "== cargo clippy"
 cargo clippy --workspace --all-targets --quiet -- -D warnings
+# The UniFFI crate's generator binary needs its `cli` feature.
+cargo clippy -p piecestore-uniffi --features cli --all-targets --quiet -- -D warnings
 echo "== cargo test"
 # CI=true makes a missing test server a failure instead of a skip.
 CI="${CI:-true}" cargo test --workspace
@@ -83,3 +88,24 @@ git diff --exit-code -- node/index.js node/index.d.ts ||
 echo "== node: node --test"
 # moto_server comes from the first venv and s3s-fs from ~/.cargo/bin, both on PATH.
 (cd node && CI="${CI:-true}" node --test test/)
+
+echo "== C ABI: the release library, and examples/example.c built against the header and run"
+# (The header's staleness is checked by cargo test: bindings/c/tests/header.rs.)
+cargo build --release -q -p piecestore-c
+cc -Wall -Wextra -Werror bindings/c/examples/example.c -I bindings/c/include \
+  target/release/libpiecestore_c.a -lpthread -ldl -lm -o target/c-example
+target/c-example memory://
+cdir=$(mktemp -d)
+target/c-example "file://$cdir"
+rm -rf "$cdir"
+
+echo "== go: go vet and go test (the release library linked statically)"
+# s3s-fs from ~/.cargo/bin is on PATH: the tests start it on 127.0.0.1.
+(cd bindings/go && go vet ./... && CI="${CI:-true}" go test -count=1 ./...)
+echo "== go: dynamic linking (-tags piecestore_dynamic), and the benchmark builds"
+(cd bindings/go && go vet -tags piecestore_dynamic ./... &&
+  go test -tags piecestore_dynamic -count=1 -run 'Example' ./...)
+(cd benches/go && go vet ./... && go build -o /dev/null .)
+
+echo "== uniffi: the generated Kotlin on the JVM, the generated Python, Swift generated"
+bash bindings/uniffi/test.sh

@@ -5,14 +5,16 @@
 # whose difference is the cost of the cgo boundary. Prints JSON lines, then a markdown table
 # (the figures in benches/RESULTS.md).
 #
-#   bash benches/go/run.sh [SECONDS_PER_RUN]
+#   bash benches/go/run.sh [SECONDS_PER_RUN]     (3 interleaved rounds of every client)
 #
 # Needs: s3s-fs (scripts/test.sh installs it), Go, Rust.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
-secs=${1:-5}
+secs=${1:-3}
 export PATH="$HOME/.cargo/bin:$PATH"
-cargo build --release -q -p piecestore-c -p piecestore-benches --example core_latency
+# (Two commands: a target flag like --example would limit the first package to it too.)
+cargo build --release -q -p piecestore-c
+cargo build --release -q -p piecestore-benches --example core_latency
 (cd benches/go && go build -o ../../target/gobench .)
 
 dir=$(mktemp -d)
@@ -28,22 +30,35 @@ for _ in $(seq 100); do (echo >/dev/tcp/127.0.0.1/"$port") 2>/dev/null && break;
 target/gobench -endpoint "http://127.0.0.1:$port" -bucket bench -duration "${secs}s" | tee "$dir/go.jsonl"
 cargo run --release -q -p piecestore-benches --example core_latency -- memory:// 4096 20000 |
   tee "$dir/core.json"
+cargo run --release -q -p piecestore-benches --example core_latency -- memory:// 4096 20000 copy |
+  tee "$dir/core_copy.json"
 
-python3 - "$dir/go.jsonl" "$dir/core.json" <<'PY'
+python3 - "$dir/go.jsonl" "$dir/core.json" "$dir/core_copy.json" <<'PY'
 import json, sys
 rows = [json.loads(l) for l in open(sys.argv[1])]
 core = json.load(open(sys.argv[2]))
-print("\n| size | op | client | ops/s | MB/s | p50 µs | p99 µs | errors |")
-print("|---|---|---|---|---|---|---|---|")
+copy = json.load(open(sys.argv[3]))
+med = lambda xs: sorted(xs)[len(xs) // 2]
+runs = {}
 for r in rows:
     if "op" in r:
-        size = "4 KiB" if r["size"] == 4096 else "1 MiB"
-        print(f"| {size} | {r['op']} | {r['client']} | {r['ops_per_s']:,.0f} | {r['mb_per_s']:,.1f} "
-              f"| {r['p50_us']:,.0f} | {r['p99_us']:,.0f} | {r['errors']} |")
+        runs.setdefault((r["size"], r["op"], r["client"]), []).append(r)
+print("\n| size | op | client | ops/s (median of rounds) | each round | MB/s | p50 µs | p99 µs | errors |")
+print("|---|---|---|---|---|---|---|---|---|")
+for (size, op, client), rs in runs.items():
+    ops = [r["ops_per_s"] for r in rs]
+    print(f"| {'4 KiB' if size == 4096 else '1 MiB'} | {op} | {client} | {med(ops):,.0f} "
+          f"| {' / '.join(f'{o:,.0f}' for o in ops)} | {med([r['mb_per_s'] for r in rs]):,.1f} "
+          f"| {med([r['p50_us'] for r in rs]):,.0f} | {med([r['p99_us'] for r in rs]):,.0f} "
+          f"| {sum(r['errors'] for r in rs)} |")
 go = [r for r in rows if "put_us" in r][0]
 print("\n| memory://, 4 KiB, one at a time | put µs/op | get µs/op |")
 print("|---|---|---|")
-print(f"| Rust core | {core['put_us']:.2f} | {core['get_us']:.2f} |")
-print(f"| Go binding (cgo) | {go['put_us']:.2f} | {go['get_us']:.2f} |")
-print(f"| ratio | {go['put_us']/core['put_us']:.2f}× | {go['get_us']/core['get_us']:.2f}× |")
+print(f"| Rust core, the same Bytes every put (no copy) | {core['put_us']:.2f} | {core['get_us']:.2f} |")
+print(f"| Rust core, copying the caller's slice per put | {copy['put_us']:.2f} | {copy['get_us']:.2f} |")
+print(f"| Go binding (cgo; Put copies in, Get copies out) | {go['put_us']:.2f} | {go['get_us']:.2f} |")
+print(f"| Go binding, GetBuffer (the library's buffer lent, no copy) | | {go['getbuffer_us']:.2f} |")
+print(f"| Go ÷ core (no copy) | {go['put_us']/core['put_us']:.2f}× | {go['get_us']/core['get_us']:.2f}× |")
+print(f"| Go ÷ core (copying) | {go['put_us']/copy['put_us']:.2f}× | {go['get_us']/copy['get_us']:.2f}× |")
+print(f"| Go GetBuffer ÷ core | | {go['getbuffer_us']/core['get_us']:.2f}× |")
 PY

@@ -227,10 +227,8 @@ func (s *Store) Put(ctx context.Context, key string, data []byte, opts ...PutOpt
 
 // take copies a read's bytes into Go memory and releases the library's buffer.
 func take(b *C.PsBytes) []byte {
-	out := make([]byte, int(b.len))
-	if b.len > 0 {
-		copy(out, unsafe.Slice((*byte)(unsafe.Pointer(b.data)), int(b.len)))
-	}
+	// append, unlike make+copy, does not zero the memory it then overwrites.
+	out := append([]byte{}, unsafe.Slice((*byte)(unsafe.Pointer(b.data)), int(b.len))...)
 	C.ps_bytes_free(b)
 	return out
 }
@@ -247,6 +245,49 @@ func (s *Store) Get(ctx context.Context, key string) ([]byte, error) {
 		return nil, err
 	}
 	return take(&b), nil
+}
+
+// Buffer is a piece's bytes lent by the library without a copy (see GetBuffer). Bytes is
+// valid until Release; a Buffer is not safe for concurrent Release.
+type Buffer struct {
+	b       C.PsBytes
+	cleanup runtime.Cleanup
+}
+
+// Bytes returns the piece's bytes: read-only, and valid only until Release (nil after it).
+func (b *Buffer) Bytes() []byte {
+	if b.b.owner == nil {
+		return nil
+	}
+	return unsafe.Slice((*byte)(unsafe.Pointer(b.b.data)), int(b.b.len))
+}
+
+// Release gives the bytes back to the library. Releasing twice is a no-op; a Buffer dropped
+// without Release is released by the garbage collector.
+func (b *Buffer) Release() {
+	if b.b.owner != nil {
+		b.cleanup.Stop()
+		C.ps_bytes_free(&b.b)
+	}
+}
+
+// GetBuffer is Get without the copy into Go memory: the bytes stay in the library's buffer
+// until Release. For large pieces, or readers that only pass the bytes on (hashing, writing to
+// a socket or file); Get is the simpler choice otherwise.
+func (s *Store) GetBuffer(ctx context.Context, key string) (*Buffer, error) {
+	k, kl := str(key)
+	buf := &Buffer{}
+	err := s.call(ctx, func(h *C.PsStore, c *C.PsCancel, e **C.PsError) C.PsStatus {
+		return C.ps_get(h, k, kl, c, &buf.b, e)
+	})
+	if err != nil {
+		return nil, err
+	}
+	buf.cleanup = runtime.AddCleanup(buf, func(owner unsafe.Pointer) {
+		b := C.PsBytes{owner: owner}
+		C.ps_bytes_free(&b)
+	}, buf.b.owner)
+	return buf, nil
 }
 
 // GetRange returns length bytes from offset of the piece under key (the whole piece is

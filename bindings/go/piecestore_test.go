@@ -69,8 +69,12 @@ func backends(t *testing.T) []backend {
 		}
 	}
 	if s3 != nil {
+		unsigned := func(t testing.TB, opts ...piecestore.Option) (*piecestore.Store, string) {
+			return s3b(false)(t, append([]piecestore.Option{piecestore.WithOption("unsigned_payload", "true")}, opts...)...)
+		}
 		bs = append(bs, backend{name: "s3", open: s3b(true)},
-			backend{name: "s3-unpacked", racy: true, open: s3b(false)})
+			backend{name: "s3-unpacked", racy: true, open: s3b(false)},
+			backend{name: "s3-unsigned-payload", racy: true, open: unsigned})
 	} else {
 		t.Log("SKIPPED the S3 cases: s3s-fs is not installed")
 	}
@@ -586,4 +590,31 @@ func TestFileStoreSurvivesReopen(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
+}
+
+func TestGetBufferLendsTheBytes(t *testing.T) {
+	eachBackend(t, func(t *testing.T, _ backend, s *piecestore.Store) {
+		for i, n := range []int{0, 5000, 3 << 20} {
+			key := fmt.Sprintf("buf/%d_s0", i)
+			data := pseudoRandom(n, uint64(40+i))
+			if err := s.Put(ctx, key, data); err != nil {
+				t.Fatal(err)
+			}
+			b, err := s.GetBuffer(ctx, key)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !bytes.Equal(b.Bytes(), data) {
+				t.Fatalf("GetBuffer of %d bytes: other bytes", n)
+			}
+			b.Release()
+			b.Release()
+			if b.Bytes() != nil {
+				t.Fatal("Bytes after Release is not nil")
+			}
+		}
+		if _, err := s.GetBuffer(ctx, "buf/none_s0"); !errors.Is(err, piecestore.ErrNotFound) {
+			t.Fatalf("GetBuffer of a missing piece: %v", err)
+		}
+	})
 }

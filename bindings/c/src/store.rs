@@ -131,7 +131,9 @@ fn slice<'a>(p: *const u8, len: usize, what: &str) -> Result<&'a [u8], Failure> 
         return Ok(&[]);
     }
     if p.is_null() {
-        return Err(Failure::Argument(format!("{what} is NULL but its length is {len}")));
+        return Err(Failure::Argument(format!(
+            "{what} is NULL but its length is {len}"
+        )));
     }
     // SAFETY: the caller passes `len` readable bytes at `p` (the ABI's contract).
     Ok(unsafe { std::slice::from_raw_parts(p, len) })
@@ -201,9 +203,7 @@ pub unsafe extern "C" fn ps_open(
         }
         let config = Config::load_with(
             spec,
-            options
-                .iter()
-                .map(|(n, v)| (*n, OptionValue::from_text(v))),
+            options.iter().map(|(n, v)| (*n, OptionValue::from_text(v))),
         )?;
         let store = block_on(piecestore::PieceStore::open(config))?;
         *out = Box::into_raw(Box::new(PsStore(store)));
