@@ -272,6 +272,8 @@ export interface StoreOptions {
   fsync?: boolean
   /** Check each bucket exists (on first use) and accepts the credentials (default true). */
   checkBucket?: boolean
+  /** Sign S3 requests without hashing their bodies (SigV4 `UNSIGNED-PAYLOAD`; default false). */
+  unsignedPayload?: boolean
   /** Create a missing bucket when the check finds none (default true). */
   createBucket?: boolean
   /** Keep operation metrics (`store.metrics()`; default true). */

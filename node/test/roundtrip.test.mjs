@@ -3,7 +3,7 @@ import { test } from 'node:test'
 import assert from 'node:assert/strict'
 
 import { PieceStore, segmentKey, ecKey, parseKey, validateKey, MAX_KEY_LEN, optionNames } from '../index.js'
-import { BACKENDS, open, pattern, rejection, tempDir } from './helpers.mjs'
+import { BACKENDS, open, pattern, rejection, s3Url, server, tempDir } from './helpers.mjs'
 
 for (const kind of BACKENDS) {
   test(`${kind}: round trips of 0 B to 64 MiB`, { timeout: 120_000 }, async (t) => {
@@ -153,4 +153,15 @@ test('config objects and config.toml files', async () => {
   assert.equal((await d.get('1_s0')).toString(), 'cfg')
   const e = await PieceStore.open(`${dir}/f-%d`, { shards: 2, fsync: false, maxRetries: 1, requestTimeout: 2.5 })
   assert.equal((await e.get('1_s0')).toString(), 'cfg')
+})
+
+test('s3s-fs: unsignedPayload puts without hashing the body, and s3s-fs (which checks SigV4) accepts them', { timeout: 60_000 }, async (t) => {
+  const s = await server(t, 's3s-fs')
+  const store = new PieceStore(s3Url(s, 0), {
+    accessKey: s.accessKey, secretKey: s.secretKey, unsignedPayload: true, pack: false,
+  })
+  const data = pattern(1 << 20, 9)
+  await store.put('9_s0', data)
+  assert.ok((await store.get('9_s0')).equals(data))
+  await store.close()
 })

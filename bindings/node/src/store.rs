@@ -74,6 +74,8 @@ pub struct StoreOptions {
     pub fsync: Option<bool>,
     /// Check each bucket exists (on first use) and accepts the credentials (default true).
     pub check_bucket: Option<bool>,
+    /// Sign S3 requests without hashing their bodies (SigV4 `UNSIGNED-PAYLOAD`; default false).
+    pub unsigned_payload: Option<bool>,
     /// Create a missing bucket when the check finds none (default true).
     pub create_bucket: Option<bool>,
     /// Keep operation metrics (`store.metrics()`; default true).
