@@ -15,7 +15,8 @@ export PATH="$HOME/.cargo/bin:$PATH"
 # (Two commands: a target flag like --example would limit the first package to it too.)
 cargo build --release -q -p piecestore-c
 cargo build --release -q -p piecestore-benches --example core_latency
-(cd benches/go && go build -o ../../target/gobench .)
+# -a: Go's build cache does not hash the Rust library just rebuilt.
+(cd benches/go && go build -a -o ../../target/gobench .)
 
 dir=$(mktemp -d)
 port=$(python3 -c "import socket; s=socket.socket(); s.bind(('127.0.0.1',0)); print(s.getsockname()[1])")

@@ -30,7 +30,8 @@ var (
 	ErrBackend = errors.New("piecestore: backend error")
 	// ErrClosed: the store was closed.
 	ErrClosed = errors.New("piecestore: store is closed")
-	// ErrInvalidArgument: an argument the library cannot take (a bug in the binding if seen).
+	// ErrInvalidArgument: an argument the library cannot take (a NUL byte in the URL or an
+	// option, an option that is not UTF-8).
 	ErrInvalidArgument = errors.New("piecestore: invalid argument")
 	// ErrInternal: the library failed in a way it does not expect (a bug: please report it).
 	ErrInternal = errors.New("piecestore: internal error")

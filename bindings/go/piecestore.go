@@ -31,6 +31,7 @@ import (
 	"iter"
 	"runtime"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 	"unsafe"
@@ -38,11 +39,36 @@ import (
 
 // Store is an open piece store. Close it when done.
 type Store struct {
-	// mu is held shared by every call into the library and exclusively by Close, so that the
-	// handle is never freed under a running call.
-	mu      sync.RWMutex
+	// mu guards h, closing and calls; done is signalled when the last call ends. Every call
+	// into the library counts itself in calls, so Close frees the handle only once no call
+	// uses it, while new calls fail at once with ErrClosed instead of queueing behind Close.
+	mu      sync.Mutex
+	done    sync.Cond
 	h       *C.PsStore
+	closing bool
+	calls   int
 	cleanup runtime.Cleanup
+}
+
+// acquire counts a call in and returns the handle, or nil once the store is closing.
+func (s *Store) acquire() *C.PsStore {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closing {
+		return nil
+	}
+	s.calls++
+	return s.h
+}
+
+// release counts a call out.
+func (s *Store) release() {
+	s.mu.Lock()
+	s.calls--
+	if s.calls == 0 && s.closing {
+		s.done.Broadcast()
+	}
+	s.mu.Unlock()
 }
 
 // PieceInfo is a piece's metadata.
@@ -110,10 +136,18 @@ func WithRequestTimeout(d time.Duration) Option { return WithOption("request_tim
 // path style), "https://bucket-%d.s3.us-east-1.amazonaws.com" with WithShards, or a
 // config.toml path. Options override the URL; then the environment applies (BUCKET_URL,
 // AWS_ACCESS_KEY, AWS_SECRET_KEY, AWS_SESSION_TOKEN, ...).
+//
+// Open checks an S3 bucket before it returns (unless check_bucket=false), so it may block for
+// up to the connect and request timeouts and their retries.
 func Open(url string, opts ...Option) (*Store, error) {
 	var o options
 	for _, opt := range opts {
 		opt(&o)
+	}
+	for _, t := range append(append([]string{url}, o.names...), o.values...) {
+		if strings.IndexByte(t, 0) >= 0 {
+			return nil, &Error{Kind: ErrInvalidArgument, Message: "the store URL or an option contains a NUL byte"}
+		}
 	}
 	cspec := C.CString(url)
 	defer C.free(unsafe.Pointer(cspec))
@@ -141,24 +175,42 @@ func Open(url string, opts ...Option) (*Store, error) {
 		return nil, failure(context.Background(), st, cerr)
 	}
 	s := &Store{h: h}
+	s.done.L = &s.mu
 	// A Store dropped without Close still frees its handle.
 	s.cleanup = runtime.AddCleanup(s, func(h *C.PsStore) { C.ps_store_free(h) }, h)
 	return s, nil
 }
 
-// Close writes any open packs, releases the store's files and frees it. It waits for
-// operations still running; later operations fail with ErrClosed. Closing twice is a no-op.
+// Close writes any open packs, releases the store's files and frees it. Operations started
+// after Close fail with ErrClosed at once; Close waits for the ones still running (cancel their
+// contexts to end them sooner). Closing again, or concurrently, waits for the first Close and
+// returns nil.
 func (s *Store) Close() error {
 	s.mu.Lock()
-	defer s.mu.Unlock()
-	if s.h == nil {
+	if s.closing {
+		for s.h != nil {
+			s.done.Wait()
+		}
+		s.mu.Unlock()
 		return nil
 	}
-	s.cleanup.Stop()
+	s.closing = true
+	h := s.h
+	s.mu.Unlock()
+
+	// Safe beside running calls: the store stops taking new work and writes its open packs.
 	var cerr *C.PsError
-	st := C.ps_close(s.h, &cerr)
-	C.ps_store_free(s.h)
+	st := C.ps_close(h, &cerr)
+
+	s.mu.Lock()
+	for s.calls > 0 {
+		s.done.Wait()
+	}
+	s.cleanup.Stop()
+	C.ps_store_free(h)
 	s.h = nil
+	s.done.Broadcast()
+	s.mu.Unlock()
 	if st != C.PS_OK {
 		return failure(context.Background(), st, cerr)
 	}
@@ -171,20 +223,20 @@ func (s *Store) call(ctx context.Context, f func(h *C.PsStore, c *C.PsCancel, e 
 	if err := ctx.Err(); err != nil {
 		return err
 	}
-	s.mu.RLock()
-	defer s.mu.RUnlock()
-	if s.h == nil {
+	h := s.acquire()
+	if h == nil {
 		return errClosed
 	}
+	defer s.release()
 	var cerr *C.PsError
 	var st C.PsStatus
 	if ctx.Done() == nil {
-		st = f(s.h, nil, &cerr)
+		st = f(h, nil, &cerr)
 	} else {
 		tok := C.ps_cancel_new()
 		fired := make(chan struct{})
 		stop := context.AfterFunc(ctx, func() { C.ps_cancel(tok); close(fired) })
-		st = f(s.h, tok, &cerr)
+		st = f(h, tok, &cerr)
 		if !stop() {
 			<-fired // the cancel is running: the token must outlive it
 		}
@@ -250,8 +302,7 @@ func (s *Store) Get(ctx context.Context, key string) ([]byte, error) {
 // Buffer is a piece's bytes lent by the library without a copy (see GetBuffer). Bytes is
 // valid until Release; a Buffer is not safe for concurrent Release.
 type Buffer struct {
-	b       C.PsBytes
-	cleanup runtime.Cleanup
+	b C.PsBytes
 }
 
 // Bytes returns the piece's bytes: read-only, and valid only until Release (nil after it).
@@ -262,11 +313,11 @@ func (b *Buffer) Bytes() []byte {
 	return unsafe.Slice((*byte)(unsafe.Pointer(b.b.data)), int(b.b.len))
 }
 
-// Release gives the bytes back to the library. Releasing twice is a no-op; a Buffer dropped
-// without Release is released by the garbage collector.
+// Release gives the bytes back to the library; releasing twice is a no-op. It must be called:
+// a Buffer is never released by the garbage collector (which could not know that a slice from
+// Bytes is still in use), so a Buffer dropped without Release leaks its bytes.
 func (b *Buffer) Release() {
 	if b.b.owner != nil {
-		b.cleanup.Stop()
 		C.ps_bytes_free(&b.b)
 	}
 }
@@ -283,10 +334,6 @@ func (s *Store) GetBuffer(ctx context.Context, key string) (*Buffer, error) {
 	if err != nil {
 		return nil, err
 	}
-	buf.cleanup = runtime.AddCleanup(buf, func(owner unsafe.Pointer) {
-		b := C.PsBytes{owner: owner}
-		C.ps_bytes_free(&b)
-	}, buf.b.owner)
 	return buf, nil
 }
 
@@ -349,7 +396,8 @@ func (s *Store) Delete(ctx context.Context, key string) error {
 	})
 }
 
-// DeletePrefix deletes every piece whose key starts with prefix, on every shard.
+// DeletePrefix deletes every piece whose key starts with prefix, on every shard. An empty
+// prefix (everything) is refused with ErrInvalidKey: delete a store's pieces by prefix.
 func (s *Store) DeletePrefix(ctx context.Context, prefix string) (DeleteSummary, error) {
 	p, pl := str(prefix)
 	var pieces, bytes C.uint64_t

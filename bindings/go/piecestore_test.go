@@ -249,6 +249,7 @@ func TestInvalidConfig(t *testing.T) {
 		{"memory://", []piecestore.Option{piecestore.WithOption("max_retries", "many")}},
 		{"file:///tmp/ps-%d", []piecestore.Option{piecestore.WithShards(0)}},
 		{"http://127.0.0.1:9/b", []piecestore.Option{piecestore.WithCredentials("AK", secret), piecestore.WithOption("request_timeout", "soon")}},
+		{"http://AKID:" + secret + "@127.0.0.1:9/b", []piecestore.Option{piecestore.WithOption("request_timeout", "soon")}},
 	}
 	for _, c := range cases {
 		s, err := piecestore.Open(c.url, c.opts...)
@@ -260,6 +261,27 @@ func TestInvalidConfig(t *testing.T) {
 			t.Errorf("the error shows the secret key: %v", err)
 		}
 	}
+	// A NUL byte would cut the C string short: refused, not truncated.
+	if _, err := piecestore.Open("memory://\x00/elsewhere"); !errors.Is(err, piecestore.ErrInvalidArgument) {
+		t.Errorf("a URL with a NUL byte: want ErrInvalidArgument, got %v", err)
+	}
+}
+
+func TestTextOptionsStayText(t *testing.T) {
+	// Keys and secrets that look like numbers or booleans are still strings.
+	for _, pair := range [][2]string{{"12345678", "0070"}, {"true", "1.5"}} {
+		s, err := piecestore.Open("memory://", piecestore.WithCredentials(pair[0], pair[1]), piecestore.WithRegion("1"))
+		if err != nil {
+			t.Fatalf("credentials %q: %v", pair, err)
+		}
+		s.Close()
+	}
+	// Number-valued options still take numbers, and decimals are seconds.
+	s, err := piecestore.Open("memory://", piecestore.WithMaxRetries(3), piecestore.WithOption("request_timeout", "2.5"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.Close()
 }
 
 func TestCorruptPieceIsNeverReturned(t *testing.T) {
@@ -323,37 +345,12 @@ func TestBackendError(t *testing.T) {
 }
 
 func TestContextCancellation(t *testing.T) {
-	// A server that accepts connections and never answers.
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	var conns []net.Conn
-	var mu sync.Mutex
-	go func() {
-		for {
-			c, err := l.Accept()
-			if err != nil {
-				return
-			}
-			mu.Lock()
-			conns = append(conns, c)
-			mu.Unlock()
-		}
-	}()
-	t.Cleanup(func() {
-		l.Close()
-		mu.Lock()
-		for _, c := range conns {
-			c.Close()
-		}
-		mu.Unlock()
-	})
-	s := mustOpen(t, "http://"+l.Addr().String()+"/bucket",
+	s := mustOpen(t, silentServer(t),
 		piecestore.WithCredentials("AK", "SK"), piecestore.WithMaxRetries(0),
 		piecestore.WithRequestTimeout(time.Minute),
 		piecestore.WithOption("check_bucket", "false"), piecestore.WithPacking(false))
 
+	var err error
 	tctx, cancel := context.WithTimeout(ctx, 200*time.Millisecond)
 	defer cancel()
 	start := time.Now()
@@ -538,18 +535,98 @@ func TestUseAfterClose(t *testing.T) {
 	}
 }
 
-func TestCloseWaitsForRunningCalls(t *testing.T) {
+// silentServer accepts connections and never answers; it is closed with the test.
+func silentServer(t *testing.T) string {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var conns []net.Conn
+	var mu sync.Mutex
+	go func() {
+		for {
+			c, err := l.Accept()
+			if err != nil {
+				return
+			}
+			mu.Lock()
+			conns = append(conns, c)
+			mu.Unlock()
+		}
+	}()
+	t.Cleanup(func() {
+		l.Close()
+		mu.Lock()
+		for _, c := range conns {
+			c.Close()
+		}
+		mu.Unlock()
+	})
+	return "http://" + l.Addr().String() + "/bucket"
+}
+
+func TestCloseWaitsForRunningCallsAndRefusesNewOnes(t *testing.T) {
+	s := mustOpen(t, silentServer(t),
+		piecestore.WithCredentials("AK", "SK"), piecestore.WithMaxRetries(0),
+		piecestore.WithRequestTimeout(time.Minute),
+		piecestore.WithOption("check_bucket", "false"), piecestore.WithPacking(false))
+	cctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	running := make(chan error, 1)
+	go func() { _, err := s.Get(cctx, "x_s0"); running <- err }()
+	time.Sleep(100 * time.Millisecond) // let the Get reach the server
+
+	closed := make(chan error, 1)
+	go func() { closed <- s.Close() }()
+	// While Close waits for the Get, a new call fails at once instead of queueing behind it.
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		// A probe that got in before Close began would wait on the silent server: bound it.
+		pctx, pcancel := context.WithTimeout(ctx, 50*time.Millisecond)
+		_, err := s.Get(pctx, "y_s0")
+		pcancel()
+		if errors.Is(err, piecestore.ErrClosed) {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("calls are still accepted after Close began")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	select {
+	case err := <-closed:
+		t.Fatalf("Close returned (%v) while a call was still running", err)
+	case <-time.After(200 * time.Millisecond):
+	}
+	cancel()
+	if err := <-running; !errors.Is(err, context.Canceled) {
+		t.Fatalf("the running Get: want context.Canceled, got %v", err)
+	}
+	if err := <-closed; err != nil {
+		t.Fatalf("Close: %v", err)
+	}
+	if err := s.Close(); err != nil {
+		t.Fatalf("Close again: %v", err)
+	}
+}
+
+func TestCloseWhileManyGoroutinesPut(t *testing.T) {
 	s, err := piecestore.Open("memory://")
 	if err != nil {
 		t.Fatal(err)
 	}
 	var wg sync.WaitGroup
+	var puts sync.WaitGroup
+	puts.Add(16)
 	for w := range 16 {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
 			for i := 0; ; i++ {
 				err := s.Put(ctx, fmt.Sprintf("cl/%d/%d_s0", w, i), []byte("x"))
+				if i == 0 {
+					puts.Done()
+				}
 				if errors.Is(err, piecestore.ErrClosed) {
 					return
 				}
@@ -560,7 +637,7 @@ func TestCloseWaitsForRunningCalls(t *testing.T) {
 			}
 		}()
 	}
-	time.Sleep(50 * time.Millisecond)
+	puts.Wait() // every goroutine has put at least once
 	if err := s.Close(); err != nil {
 		t.Fatal(err)
 	}

@@ -633,6 +633,39 @@ impl OptionValue {
         }
     }
 
+    /// Reads option `name`'s value written as text, as [`OptionValue::from_text`] does, except
+    /// that options whose value is text (keys, secrets, region, endpoint, paths, names) keep it
+    /// as given: a secret key `"12345678"` or `"007"` stays that string. What the bindings that
+    /// take options as strings (C, Go, Swift, Kotlin) call.
+    ///
+    /// ```
+    /// use piecestore::config::OptionValue;
+    /// assert_eq!(OptionValue::from_option_text("secret_key", "007"), OptionValue::Str("007".into()));
+    /// assert_eq!(OptionValue::from_option_text("max_retries", "3"), OptionValue::Int(3));
+    /// ```
+    pub fn from_option_text(name: &str, text: &str) -> Self {
+        let textual = option_field(name).is_some_and(|f| {
+            matches!(
+                f.name,
+                "AccessKey"
+                    | "SecretKey"
+                    | "SessionToken"
+                    | "Region"
+                    | "Endpoint"
+                    | "BucketURL"
+                    | "IndexDir"
+                    | "Storage"
+                    | "Placement"
+                    | "IAMType"
+            )
+        });
+        if textual {
+            OptionValue::Str(text.to_string())
+        } else {
+            OptionValue::from_text(text)
+        }
+    }
+
     fn into_toml(self) -> toml::Value {
         match self {
             OptionValue::Bool(b) => toml::Value::Boolean(b),

@@ -3,7 +3,8 @@
  *
  * Every call returns a PsStatus (PS_OK = 0). On failure it stores a PsError in *err when err
  * is not NULL; read it with ps_error_status/ps_error_message/... and free it with ps_error_free.
- * Handles (PsStore, PsList, PsCancel, PsError) and read buffers (PsBytes) are opaque and freed by their ps_*_free.
+ * Handles (PsStore, PsList, PsCancel, PsError) are opaque and freed by their ps_*_free; a
+ * read fills a PsBytes (a plain struct lending the library's buffer) released by ps_bytes_free.
  * A PsStore is safe to use from many threads at once; it must not be freed while a call on it
  * is running.
  */
@@ -222,8 +223,9 @@ PsStatus ps_get_range(const struct PsStore *store,
                       struct PsBytes *out,
                       struct PsError **err);
 
-// Releases the bytes of a read and zeroes `*bytes`. NULL, or an already released `PsBytes`,
-// is a no-op.
+// Releases the bytes of a read and zeroes `*bytes`. NULL, or a `PsBytes` this call already
+// released (and zeroed), is a no-op; releasing a by-value copy of a released `PsBytes` frees
+// twice.
 //
 // # Safety
 // `bytes` is NULL or a `PsBytes` filled by this library (or zeroed).

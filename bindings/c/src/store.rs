@@ -203,7 +203,9 @@ pub unsafe extern "C" fn ps_open(
         }
         let config = Config::load_with(
             spec,
-            options.iter().map(|(n, v)| (*n, OptionValue::from_text(v))),
+            options
+                .iter()
+                .map(|(n, v)| (*n, OptionValue::from_option_text(n, v))),
         )?;
         let store = block_on(piecestore::PieceStore::open(config))?;
         *out = Box::into_raw(Box::new(PsStore(store)));
@@ -315,8 +317,9 @@ pub unsafe extern "C" fn ps_get_range(
     })
 }
 
-/// Releases the bytes of a read and zeroes `*bytes`. NULL, or an already released `PsBytes`,
-/// is a no-op.
+/// Releases the bytes of a read and zeroes `*bytes`. NULL, or a `PsBytes` this call already
+/// released (and zeroed), is a no-op; releasing a by-value copy of a released `PsBytes` frees
+/// twice.
 ///
 /// # Safety
 /// `bytes` is NULL or a `PsBytes` filled by this library (or zeroed).

@@ -83,7 +83,7 @@ fn blocking<T>(op: impl Future<Output = piecestore::Result<T>>) -> Result<T> {
 fn config(base: piecestore::Result<Config>, options: &HashMap<String, String>) -> Result<Config> {
     let options = options
         .iter()
-        .map(|(k, v)| (k.as_str(), OptionValue::from_text(v)));
+        .map(|(k, v)| (k.as_str(), OptionValue::from_option_text(k, v)));
     Ok(base.and_then(|c| c.with_options_and_env(options))?)
 }
 
