@@ -3,6 +3,8 @@ package piecestore_test
 import (
 	"fmt"
 	"testing"
+
+	"github.com/piecestore/piecestore/bindings/go"
 )
 
 // The binding's per-operation cost on memory://, one operation at a time (go test -bench .).
@@ -19,7 +21,8 @@ func BenchmarkPut4KiB(b *testing.B) {
 	}
 }
 
-func BenchmarkGet4KiB(b *testing.B) {
+// storeOf1000 is a memory store holding 1,000 pieces of 4 KiB, and their keys.
+func storeOf1000(b *testing.B) (*piecestore.Store, []string) {
 	s := mustOpen(b, "memory://")
 	keys := make([]string, 1000)
 	for i := range keys {
@@ -29,6 +32,11 @@ func BenchmarkGet4KiB(b *testing.B) {
 		}
 	}
 	b.SetBytes(4096)
+	return s, keys
+}
+
+func BenchmarkGet4KiB(b *testing.B) {
+	s, keys := storeOf1000(b)
 	for i := 0; b.Loop(); i++ {
 		if _, err := s.Get(ctx, keys[i%len(keys)]); err != nil {
 			b.Fatal(err)
@@ -37,15 +45,7 @@ func BenchmarkGet4KiB(b *testing.B) {
 }
 
 func BenchmarkGetBuffer4KiB(b *testing.B) {
-	s := mustOpen(b, "memory://")
-	keys := make([]string, 1000)
-	for i := range keys {
-		keys[i] = fmt.Sprintf("b/%d_s0", i)
-		if err := s.Put(ctx, keys[i], pseudoRandom(4096, uint64(i))); err != nil {
-			b.Fatal(err)
-		}
-	}
-	b.SetBytes(4096)
+	s, keys := storeOf1000(b)
 	for i := 0; b.Loop(); i++ {
 		buf, err := s.GetBuffer(ctx, keys[i%len(keys)])
 		if err != nil {

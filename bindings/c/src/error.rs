@@ -196,14 +196,23 @@ pub unsafe extern "C" fn ps_error_retryable(err: *const PsError) -> bool {
     unsafe { err.as_ref() }.is_some_and(|e| e.retryable)
 }
 
+/// Drops a box this library leaked to the caller (`Box::into_raw`); NULL is a no-op.
+///
+/// # Safety
+/// `p` is NULL or came from `Box::into_raw` of a `Box<T>`, not yet freed.
+pub(crate) unsafe fn free_box<T>(p: *mut T) {
+    if !p.is_null() {
+        // SAFETY: per the contract above.
+        drop(unsafe { Box::from_raw(p) });
+    }
+}
+
 /// Frees `err`. NULL is a no-op.
 ///
 /// # Safety
 /// `err` is NULL or an error from this library, not yet freed; it is not used afterwards.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn ps_error_free(err: *mut PsError) {
-    if !err.is_null() {
-        // SAFETY: per the contract above: the box this library leaked.
-        drop(unsafe { Box::from_raw(err) });
-    }
+    // SAFETY: per the contract above.
+    unsafe { free_box(err) }
 }

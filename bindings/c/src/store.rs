@@ -15,7 +15,7 @@ use piecestore::runtime::block_on;
 use piecestore::{Config, PieceMeta, PutOptions};
 use tokio::sync::Notify;
 
-use crate::error::{Failure, PsError, PsStatus, call};
+use crate::error::{Failure, PsError, PsStatus, call, free_box};
 
 /// An open store. Safe to use from many threads at once.
 pub struct PsStore(piecestore::PieceStore);
@@ -220,10 +220,8 @@ pub unsafe extern "C" fn ps_open(
 /// `store` is NULL or a live store on which no call is running; it is not used afterwards.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn ps_store_free(store: *mut PsStore) {
-    if !store.is_null() {
-        // SAFETY: per the contract above: the box `ps_open` leaked.
-        drop(unsafe { Box::from_raw(store) });
-    }
+    // SAFETY: per the contract above: the box `ps_open` leaked, or NULL.
+    unsafe { free_box(store) }
 }
 
 /// Closes the store: writes open packs, releases the pack index, and makes later calls fail
@@ -510,10 +508,8 @@ pub unsafe extern "C" fn ps_list_next(
 /// `list` is NULL or a live listing; it is not used afterwards.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn ps_list_free(list: *mut PsList) {
-    if !list.is_null() {
-        // SAFETY: per the contract above: the box `ps_list_open` leaked.
-        drop(unsafe { Box::from_raw(list) });
-    }
+    // SAFETY: per the contract above: the box `ps_list_open` leaked, or NULL.
+    unsafe { free_box(list) }
 }
 
 /// A new cancellation token (free it with [`ps_cancel_free`] once no call uses it).
@@ -545,8 +541,6 @@ pub unsafe extern "C" fn ps_cancel(cancel: *const PsCancel) {
 /// `cancel` is NULL or a live token that no running call uses; it is not used afterwards.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn ps_cancel_free(cancel: *mut PsCancel) {
-    if !cancel.is_null() {
-        // SAFETY: per the contract above: the box `ps_cancel_new` leaked.
-        drop(unsafe { Box::from_raw(cancel) });
-    }
+    // SAFETY: per the contract above: the box `ps_cancel_new` leaked, or NULL.
+    unsafe { free_box(cancel) }
 }
