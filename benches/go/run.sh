@@ -7,7 +7,8 @@
 #
 #   bash benches/go/run.sh [SECONDS_PER_RUN]     (3 interleaved rounds of every client)
 #
-# Needs: s3s-fs (scripts/test.sh installs it), Go, Rust.
+# Needs: s3s-fs (scripts/test.sh installs it), Go, Rust, and about 15 GB free under $TMPDIR
+# (s3s-fs keeps every 1 MiB object; a full disk shows up as HTTP 500 errors).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 secs=${1:-3}
