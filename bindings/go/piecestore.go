@@ -28,6 +28,7 @@ import "C"
 
 import (
 	"context"
+	"errors"
 	"iter"
 	"runtime"
 	"strconv"
@@ -454,18 +455,17 @@ func (s *Store) Walk(ctx context.Context, prefix string, fn func(PieceInfo) erro
 //	for p, err := range s.List(ctx, "1_") { if err != nil { ... }; use(p) }
 func (s *Store) List(ctx context.Context, prefix string) iter.Seq2[PieceInfo, error] {
 	return func(yield func(PieceInfo, error) bool) {
-		stopped := false
 		err := s.Walk(ctx, prefix, func(p PieceInfo) error {
 			if !yield(p, nil) {
-				stopped = true
 				return errStopped
 			}
 			return nil
 		})
-		if err != nil && !stopped {
+		if err != nil && err != errStopped {
 			yield(PieceInfo{}, err)
 		}
 	}
 }
 
-var errStopped = &Error{Kind: ErrInternal, Message: "iteration stopped"}
+// errStopped ends a Walk when the caller of List stops iterating; it never reaches the caller.
+var errStopped = errors.New("piecestore: iteration stopped")
