@@ -645,8 +645,8 @@ func TestCloseWhileManyGoroutinesPut(t *testing.T) {
 }
 
 func TestFileStoreSurvivesReopen(t *testing.T) {
-	dir := t.TempDir()
 	for _, pack := range []bool{true, false} {
+		dir := t.TempDir()
 		s := mustOpen(t, "file://"+dir, piecestore.WithPacking(pack))
 		key := fmt.Sprintf("durable/%v_s0", pack)
 		if err := s.Put(ctx, key, pseudoRandom(3000, 9)); err != nil {
@@ -665,6 +665,13 @@ func TestFileStoreSurvivesReopen(t *testing.T) {
 		}
 		if err := s.Close(); err != nil {
 			t.Fatal(err)
+		}
+		if pack {
+			// A store that holds packs refuses to open unpacked (it would not see them).
+			_, err := piecestore.Open("file://"+dir, piecestore.WithPacking(false))
+			if !errors.Is(err, piecestore.ErrInvalidConfig) || !strings.Contains(err.Error(), "piecestore migrate") {
+				t.Fatalf("a packed store opened unpacked: %v", err)
+			}
 		}
 	}
 }

@@ -54,6 +54,12 @@ pub struct Config {
     /// Small-piece packing and garbage collection (`[PieceStore.Pack]`).
     #[serde(rename = "Pack", default)]
     pub pack: PackOptions,
+    /// Whether this config is in the original Go piecestore's layout and nothing else: read
+    /// from a `config.toml` whose `[PieceStore]` holds only `Shards` and `[PieceStore.Store]`.
+    /// Such a store's defaults follow the original (its file pieces carry no checksum, so
+    /// `AllowUnverified` defaults to true).
+    #[serde(skip)]
+    pub original_layout: bool,
 }
 
 /// What kind of backend a store is.
@@ -379,6 +385,12 @@ pub struct BackendOptions {
     /// every piece put; each piece keeps its CRC32C, which every read verifies. Default false.
     #[serde(rename = "UnsignedPayload", default)]
     pub unsigned_payload: bool,
+    /// Return pieces that carry no checksum (written by another tool, such as the original Go
+    /// piecestore, whose local files have none) instead of failing with `Corrupt`; such reads
+    /// are counted in the metrics (`piecestore_unverified_reads_total`). Default: true for a
+    /// config in the original's layout, false otherwise.
+    #[serde(rename = "AllowUnverified", default)]
+    pub allow_unverified: Option<bool>,
 }
 
 fn d_true() -> bool {
@@ -409,6 +421,7 @@ impl Default for BackendOptions {
             create_bucket: true,
             metrics: true,
             unsigned_payload: false,
+            allow_unverified: None,
         }
     }
 }
@@ -437,9 +450,11 @@ pub struct PackOptions {
         deserialize_with = "de_size"
     )]
     pub target_size: u64,
-    /// ... or once it has been open this long (a put waits at most about this long for its
-    /// pack). Default 100ms.
-    #[serde(rename = "MaxAge", default = "d_100ms", deserialize_with = "de_delay")]
+    /// Kept for configs written for earlier versions, where a put waited up to this long for
+    /// its pack; puts no longer wait for a timer (a put that finds the pack writer idle is
+    /// written at once, and puts that arrive while a write is in flight share the next one),
+    /// so this has no effect. Default 0.
+    #[serde(rename = "MaxAge", default, deserialize_with = "de_delay")]
     pub max_age: Duration,
     /// Compaction rewrites packs with at least this share of garbage, 0.0 to 1.0. Default 0.5.
     #[serde(rename = "GarbageRatio", default = "d_half")]
@@ -465,9 +480,6 @@ fn d_1mib() -> u64 {
 fn d_64mib() -> u64 {
     64 << 20
 }
-fn d_100ms() -> Duration {
-    Duration::from_millis(100)
-}
 fn d_half() -> f64 {
     0.5
 }
@@ -481,7 +493,7 @@ impl Default for PackOptions {
             enabled: None,
             threshold: d_1mib(),
             target_size: d_64mib(),
-            max_age: d_100ms(),
+            max_age: Duration::ZERO,
             garbage_ratio: d_half(),
             grace: d_1h(),
             gc_interval: None,
@@ -494,6 +506,43 @@ impl PackOptions {
     /// Whether a store of `kind` packs, after the default.
     pub fn enabled_for(&self, kind: StorageKind) -> bool {
         self.enabled.unwrap_or(!matches!(kind, StorageKind::Memory))
+    }
+
+    /// How these options pack differently from `other`, naming the fields; `None` when they
+    /// pack alike (`Enabled`, `GcInterval` and `IndexDir` aside, which are each handle's own).
+    pub fn packing_differs(&self, other: &PackOptions) -> Option<String> {
+        let mut diff = Vec::new();
+        let mut field = |name: &str, a: String, b: String| {
+            if a != b {
+                diff.push(format!("{name} {a}, not {b}"));
+            }
+        };
+        field(
+            "Threshold",
+            self.threshold.to_string(),
+            other.threshold.to_string(),
+        );
+        field(
+            "TargetSize",
+            self.target_size.to_string(),
+            other.target_size.to_string(),
+        );
+        field(
+            "MaxAge",
+            format!("{:?}", self.max_age),
+            format!("{:?}", other.max_age),
+        );
+        field(
+            "GarbageRatio",
+            self.garbage_ratio.to_string(),
+            other.garbage_ratio.to_string(),
+        );
+        field(
+            "Grace",
+            format!("{:?}", self.grace),
+            format!("{:?}", other.grace),
+        );
+        (!diff.is_empty()).then(|| diff.join(", "))
     }
 
     /// Checks the values are usable.
@@ -717,6 +766,7 @@ pub const OPTION_NAMES: &[&str] = &[
     "Fsync",
     "CheckBucket",
     "UnsignedPayload",
+    "AllowUnverified",
     "CreateBucket",
     "Metrics",
     "Pack",
@@ -742,6 +792,11 @@ fn option_field(name: &str) -> Option<OptionField> {
             name,
             secret: matches!(name, "AccessKey" | "SecretKey" | "SessionToken"),
         })
+}
+
+/// Whether a `[PieceStore]` table holds only what the original Go piecestore's does.
+fn is_original_layout(table: &toml::Table) -> bool {
+    table.keys().all(|k| k == "Shards" || k == "Store")
 }
 
 #[derive(Deserialize)]
@@ -847,6 +902,7 @@ impl Config {
             "Fsync" => self.backend.fsync = de(v).map_err(bad)?,
             "CheckBucket" => self.backend.check_bucket = de(v).map_err(bad)?,
             "UnsignedPayload" => self.backend.unsigned_payload = de(v).map_err(bad)?,
+            "AllowUnverified" => self.backend.allow_unverified = Some(de(v).map_err(bad)?),
             "CreateBucket" => self.backend.create_bucket = de(v).map_err(bad)?,
             "Metrics" => self.backend.metrics = de(v).map_err(bad)?,
             "Pack" => self.pack.enabled = Some(de(v).map_err(bad)?),
@@ -952,7 +1008,7 @@ impl Config {
             Some(_) => return Err(Error::config("PieceStore must be a table")),
             None => table,
         };
-        Config::deserialize(inner).map_err(|e| Error::config(e.to_string().trim_end().to_string()))
+        Self::from_inner_table(inner)
     }
 
     /// Parses the `[PieceStore]` table of a TOML document (no environment applied).
@@ -966,10 +1022,28 @@ impl Config {
     }
 
     fn parse_toml(text: &str) -> Result<Self> {
+        // Parsed as the typed file first, for errors that point at a line.
         let file: ConfigFile = toml::from_str(text)
             .map_err(|e| Error::config(format!("config.toml: {}", e.to_string().trim_end())))?;
-        file.piece_store
-            .ok_or_else(|| Error::config("config.toml has no [PieceStore] table"))
+        let mut config = file
+            .piece_store
+            .ok_or_else(|| Error::config("config.toml has no [PieceStore] table"))?;
+        let table: toml::Table = toml::from_str(text)
+            .map_err(|e| Error::config(format!("config.toml: {}", e.to_string().trim_end())))?;
+        config.original_layout = match table.get("PieceStore") {
+            Some(toml::Value::Table(t)) => is_original_layout(t),
+            _ => false,
+        };
+        Ok(config)
+    }
+
+    /// The `[PieceStore]` table's contents, noting whether they are in the original's layout.
+    fn from_inner_table(table: toml::Table) -> Result<Self> {
+        let original = is_original_layout(&table);
+        let mut config = Config::deserialize(table)
+            .map_err(|e| Error::config(e.to_string().trim_end().to_string()))?;
+        config.original_layout = original;
+        Ok(config)
     }
 
     /// Reads and parses a TOML file (no environment applied).

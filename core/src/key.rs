@@ -9,7 +9,8 @@
 //! - NUL and every other control character;
 //! - a segment ending in `#` and digits only (`name#12`), which the local-file backend reserves
 //!   for its staging files;
-//! - keys under `.piecestore/`, which PieceStore reserves for its own objects.
+//! - `.piecestore` and keys under `.piecestore/`, which PieceStore reserves for its own
+//!   objects.
 //!
 //! # Greenfield keys
 //! [`PieceKey`] encodes and parses both generations of the keys Greenfield storage providers use:
@@ -61,8 +62,8 @@ pub fn validate(key: &str) -> Result<()> {
     if key.chars().any(char::is_control) {
         return bad("key contains a NUL or control character");
     }
-    if key.starts_with(RESERVED_PREFIX) {
-        return bad("keys under '.piecestore/' are reserved");
+    if key.starts_with(RESERVED_PREFIX) || key == RESERVED_PREFIX.trim_end_matches('/') {
+        return bad("'.piecestore' and keys under '.piecestore/' are reserved");
     }
     for seg in key.split('/') {
         match seg {

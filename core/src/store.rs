@@ -43,15 +43,26 @@ pub struct PutOptions {
 /// A store of immutable pieces over one or more backends (shards).
 ///
 /// Cheap to clone: clones share the backends. All methods are safe to call concurrently.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct PieceStore {
     inner: Arc<Inner>,
+}
+
+/// Labels only: never a credential (the backends' own `Debug` would show an access key id).
+impl std::fmt::Debug for PieceStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PieceStore")
+            .field("shards", &self.shard_labels())
+            .field("placement", &self.inner.placement)
+            .field("packed", &self.is_packed())
+            .field("closed", &self.is_closed())
+            .finish()
+    }
 }
 
 /// The backends of all shards, by shard index.
 type Shards = Arc<[Arc<Backend>]>;
 
-#[derive(Debug)]
 struct Inner {
     shards: Vec<Arc<Backend>>,
     placement: Placement,
@@ -71,6 +82,11 @@ struct Inner {
     metrics: Recorder,
     /// Each shard's packer, when small pieces are packed.
     packers: Option<Vec<Arc<ShardPacker>>>,
+    /// Return pieces that carry no checksum (`AllowUnverified`) instead of `Corrupt`.
+    allow_unverified: bool,
+    /// Held (shared) by every running operation; `close` takes it whole, so that it returns
+    /// only when no operation of this store runs any more.
+    gate: tokio::sync::RwLock<()>,
 }
 
 impl PieceStore {
@@ -105,6 +121,11 @@ impl PieceStore {
             inner: Arc::new(Inner {
                 metrics,
                 packers,
+                allow_unverified: config
+                    .backend
+                    .allow_unverified
+                    .unwrap_or(config.original_layout),
+                gate: tokio::sync::RwLock::new(()),
                 fork_sensitive: shards.iter().any(|b| b.is_fork_sensitive()),
                 shards,
                 placement: config.sharding.placement,
@@ -131,9 +152,10 @@ impl PieceStore {
                 let n = inner.shards.len();
                 let checks = inner.shards.iter().enumerate().map(|(i, b)| async move {
                     b.check().await.map_err(|e| in_shard(e, i, n))?;
-                    // Open the pack index, indexing any pack a crash left unindexed.
-                    if let Some(p) = inner.packers.as_ref().map(|p| &p[i]) {
-                        p.index(b).await.map_err(|e| in_shard(e, i, n))?;
+                    match inner.packers.as_ref().map(|p| &p[i]) {
+                        // Open the pack index, indexing any pack a crash left unindexed.
+                        Some(p) => p.open(b).await.map_err(|e| in_shard(e, i, n))?,
+                        None => refuse_packed(b).await.map_err(|e| in_shard(e, i, n))?,
                     }
                     Ok::<_, Error>(())
                 });
@@ -167,14 +189,6 @@ impl PieceStore {
                 }
             }
         });
-    }
-
-    /// Whether a put keeps a reference to the bytes it was given after it returns (a memory
-    /// shard stores the `Bytes` itself). A binding that passes a caller's *mutable* buffer
-    /// without copying must copy it when this is true, or a later write to that buffer would
-    /// change the stored piece.
-    pub fn retains_put_bytes(&self) -> bool {
-        self.inner.shards.iter().any(|b| b.is_memory())
     }
 
     /// The size of a piece held in process memory (a memory shard), looked up at once: no I/O,
@@ -367,7 +381,22 @@ impl PieceStore {
             *first_byte = Some(Instant::now());
             return Ok((bytes, Some(crc)));
         }
-        backend.get_timed(key, first_byte).await
+        let (bytes, crc) = backend.get_timed(key, first_byte).await?;
+        if crc.is_none() {
+            if !self.inner.allow_unverified {
+                return Err(Error::Corrupt {
+                    key: key.into(),
+                    backend: backend.label().into(),
+                    detail: "the piece carries no checksum, so its bytes cannot be verified \
+                             (written by another program, or its checksum was wiped); a store of \
+                             the original Go piecestore's pieces reads them with \
+                             [PieceStore.Backend] AllowUnverified = true"
+                        .into(),
+                });
+            }
+            self.inner.metrics.unverified_read(self.shard_of(key));
+        }
+        Ok((bytes, crc))
     }
 
     /// [`PieceStore::get`] that also returns when its first byte could be read (for the
@@ -477,6 +506,17 @@ impl PieceStore {
         };
         let packer = Arc::clone(&packers[shard]);
         let b = Arc::clone(backend);
+        // An object whose key the index holds as a packed piece is not that piece (an object
+        // an overwrite left, about to go): the packed piece is listed instead.
+        let objects = {
+            let (packer, b) = (Arc::clone(&packer), Arc::clone(&b));
+            objects
+                .try_filter_map(move |m| {
+                    let (packer, b) = (Arc::clone(&packer), Arc::clone(&b));
+                    async move { Ok((!packer.holds_packed(&b, &m.key).await?).then_some(m)) }
+                })
+                .boxed()
+        };
         let p = prefix.to_string();
         let store = self.clone();
         let packed = stream::once(async move {
@@ -551,6 +591,16 @@ impl PieceStore {
             .boxed()
     }
 
+    /// Enters the store for one operation: `Closed` once `close` has begun; else a share of
+    /// the gate that `close` waits for.
+    async fn enter(&self) -> Result<tokio::sync::RwLockReadGuard<'_, ()>> {
+        let guard = self.inner.gate.read().await;
+        if self.inner.closed.load(Ordering::Acquire) {
+            return Err(Error::Closed);
+        }
+        Ok(guard)
+    }
+
     /// Runs one operation on `key`'s shard inside a `piecestore` tracing span, and records its
     /// latency and its bytes (`size` of the result) or its error kind.
     #[inline]
@@ -563,6 +613,10 @@ impl PieceStore {
     ) -> Result<T> {
         let shard = self.shard_of(key);
         let span = tracing::debug_span!("piecestore", op = op.as_str(), key, shard);
+        let fut = async {
+            let _entered = self.enter().await?;
+            fut.await
+        };
         let metrics = &self.inner.metrics;
         if !metrics.enabled() {
             return fut.instrument(span).await;
@@ -585,6 +639,7 @@ impl PieceStore {
         opts: InventoryOptions,
         progress: &(dyn Fn(u64) + Sync),
     ) -> Result<Inventory> {
+        let _entered = self.enter().await?;
         self.check().await?;
         let shards = self.shards_now()?;
         let mut packed = Vec::with_capacity(shards.len());
@@ -703,13 +758,23 @@ impl PieceStore {
         self.inner.closed.load(Ordering::Acquire)
     }
 
-    /// Closes the store: later calls fail with `Closed`. Every put that returned is already
-    /// durable; open packs are written now rather than at their age.
+    /// Closes the store: later calls fail with `Closed`; calls already running are waited for,
+    /// then every write is finished and durable, and the pack index is let go (another process
+    /// may open the store). Every put that returned was durable already. Closing a closed
+    /// store (or a clone of one) does nothing.
     pub async fn close(&self) {
-        let _ = self.flush().await;
-        self.inner.closed.store(true, Ordering::Release);
-        if let Some(packers) = &self.inner.packers {
-            packers.iter().for_each(|p| p.release());
+        if self.inner.closed.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let _quiet = self.inner.gate.write().await;
+        let Some(packers) = &self.inner.packers else {
+            return;
+        };
+        if self.inner.generation == runtime::fork_generation() {
+            let _ = self.flush_packers().await;
+        }
+        for p in packers {
+            p.release_user().await;
         }
     }
 
@@ -717,11 +782,16 @@ impl PieceStore {
     /// durable (every put already waits for its own pack; this is for a caller that wants the
     /// open packs out, e.g. before a snapshot). Nothing to do on an unpacked store.
     pub async fn flush(&self) -> Result<()> {
+        let _entered = self.enter().await?;
+        self.refuse_in_fork_child()?;
+        self.flush_packers().await
+    }
+
+    async fn flush_packers(&self) -> Result<()> {
         let Some(packers) = &self.inner.packers else {
             return Ok(());
         };
-        self.refuse_in_fork_child()?;
-        let shards = self.shards_now()?;
+        let shards = &self.inner.shards;
         let n = shards.len();
         futures::future::try_join_all(
             packers
@@ -749,6 +819,7 @@ impl PieceStore {
         opts: GcOptions,
         progress: &(dyn Fn(GcProgress) + Sync),
     ) -> Result<GcReport> {
+        let _entered = self.enter().await?;
         self.check().await?;
         let Some(packers) = &self.inner.packers else {
             return Ok(GcReport::default());
@@ -774,6 +845,7 @@ impl PieceStore {
         opts: FsckOptions,
         progress: &(dyn Fn(u64) + Sync),
     ) -> Result<FsckReport> {
+        let _entered = self.enter().await?;
         self.check().await?;
         let Some(packers) = &self.inner.packers else {
             return Ok(FsckReport::default());
@@ -833,21 +905,25 @@ fn build_packers(
                 Some(crate::pack::index::default_index_path(None, b.label(), i))
             };
             match path {
-                Some(path) => shared_packer(i, &config.pack, path),
-                None => Arc::new(ShardPacker::new(i, config.pack.clone(), None)),
+                Some(path) => shared_packer(i, &config.pack, path, b.label()),
+                None => Ok(Arc::new(ShardPacker::new(i, config.pack.clone(), None))),
             }
         })
-        .collect();
+        .collect::<Result<Vec<_>>>()?;
+    // Counted only once every shard's packer is there (a refused one leaves no count behind).
+    packers.iter().for_each(|p| p.add_user());
     Ok(Some(packers))
 }
 
 /// The packer of the index at `path`, shared by every store this process opened on it (an
-/// index file is one process's, and two handles on one directory must see one open pack).
+/// index file is one process's, and two handles on one directory must see one writer). A
+/// second handle must pack as the first does: other options are refused, not ignored.
 fn shared_packer(
     shard: usize,
     opts: &crate::config::PackOptions,
     path: std::path::PathBuf,
-) -> Arc<ShardPacker> {
+    label: &str,
+) -> Result<Arc<ShardPacker>> {
     use std::collections::HashMap;
     use std::sync::Weak;
     static OPEN: Mutex<Option<HashMap<std::path::PathBuf, Weak<ShardPacker>>>> = Mutex::new(None);
@@ -860,11 +936,40 @@ fn shared_packer(
     let map = open.get_or_insert_with(HashMap::new);
     map.retain(|_, w| w.strong_count() > 0);
     if let Some(p) = map.get(&key).and_then(Weak::upgrade) {
-        return p;
+        if let Some(diff) = p.opts().packing_differs(opts) {
+            return Err(Error::config(format!(
+                "{label} is already open in this process with other pack options ({diff}); \
+                 open it with the same [PieceStore.Pack] options, or close the other store first"
+            )));
+        }
+        return Ok(p);
     }
     let p = Arc::new(ShardPacker::new(shard, opts.clone(), Some(path)));
     map.insert(key, Arc::downgrade(&p));
-    p
+    Ok(p)
+}
+
+/// An unpacked store must not open a packed one: it would answer `NotFound` for every packed
+/// piece. A store that was opened packed but holds no pack yet is fine; its index token goes,
+/// so that the packed store, opened again, knows its index no longer knows every object.
+async fn refuse_packed(b: &Arc<Backend>) -> Result<()> {
+    if b.is_memory() {
+        return Ok(());
+    }
+    let (packs, token) = b.packed_marks().await?;
+    if packs {
+        return Err(Error::config(format!(
+            "{} holds packed pieces (.piecestore/packs/), which a store opened with Pack = false \
+             cannot see; open it with packing on, or copy it into an unpacked store with \
+             `piecestore migrate --from <this store> --to '<new store>?pack=false'`",
+            b.label()
+        )));
+    }
+    if token {
+        tracing::info!(backend = %b.label(), "opened unpacked: forgetting the pack index token, so that a packed store opened here again rebuilds its index");
+        b.forget_contents_token().await?;
+    }
+    Ok(())
 }
 
 fn in_shard(e: Error, i: usize, n: usize) -> Error {

@@ -94,7 +94,6 @@ impl Kind {
 }
 
 /// One backend store (one shard).
-#[derive(Debug)]
 pub(crate) struct Backend {
     label: String,
     store: Arc<dyn ObjectStore>,
@@ -103,6 +102,17 @@ pub(crate) struct Backend {
     /// Whether create-only puts are honoured; probed once on first write in `Auto` mode.
     honours_create: OnceCell<bool>,
     redactor: Redactor,
+}
+
+/// Labels only: the wrapped store's own `Debug` shows credentials (object_store's
+/// `AwsCredential` prints its key id).
+impl std::fmt::Debug for Backend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Backend")
+            .field("label", &self.label)
+            .field("kind", &self.kind_name())
+            .finish_non_exhaustive()
+    }
 }
 
 fn now_nanos() -> u128 {
@@ -178,6 +188,11 @@ impl Backend {
     /// Whether this is an in-process memory store (it keeps the `Bytes` a put hands it).
     pub(crate) fn is_memory(&self) -> bool {
         matches!(self.kind, Kind::Memory)
+    }
+
+    /// Whether this is a local directory.
+    pub(crate) fn is_local(&self) -> bool {
+        matches!(self.kind, Kind::File(_))
     }
 
     /// The backend kind, as a metrics label: `memory`, `file` or `s3`.
@@ -455,22 +470,35 @@ impl Backend {
         crc: u32,
         existing: PieceMeta,
     ) -> Result<()> {
-        let same = existing.size == data.len() as u64
-            && match existing.crc32c {
-                Some(c) => c == crc,
-                None => self
-                    .get(key)
-                    .await
-                    .map(|(b, _)| b == *data)
-                    .unwrap_or(false),
-            };
-        if same {
+        if self.stored_same(key, &existing, data, crc).await? {
             Ok(())
         } else {
             Err(Error::AlreadyExists {
                 key: key.into(),
                 backend: self.label.clone(),
             })
+        }
+    }
+
+    /// Whether the piece stored under `key` (whose metadata is `existing`) holds exactly
+    /// `data` (checksum `crc`): a different length or checksum says no at once; otherwise the
+    /// stored bytes are read and compared (a checksum match alone proves nothing: CRC32C
+    /// collisions are easy to make). The one rule every "same bytes again" decision uses.
+    pub(crate) async fn stored_same(
+        &self,
+        key: &str,
+        existing: &PieceMeta,
+        data: &Bytes,
+        crc: u32,
+    ) -> Result<bool> {
+        if existing.size != data.len() as u64 || existing.crc32c.is_some_and(|c| c != crc) {
+            return Ok(false);
+        }
+        match self.get(key).await {
+            Ok((stored, _)) => Ok(stored == *data),
+            // Gone since it was looked at: not the same bytes (the caller looks again or fails).
+            Err(Error::NotFound { .. }) => Ok(false),
+            Err(e) => Err(e),
         }
     }
 
@@ -729,6 +757,9 @@ pub(crate) const INDEX_FILE: &str = ".piecestore/index.redb";
 /// Where a shard keeps its packs.
 pub(crate) const PACKS_PREFIX: &str = ".piecestore/packs/";
 
+/// The token that names a packed shard's contents (see [`Backend::contents_token`]).
+const TOKEN_FILE: &str = ".piecestore/index-token";
+
 impl Backend {
     fn pack_path(id: crate::pack::index::PackId) -> Path {
         Path::from(format!(
@@ -786,6 +817,15 @@ impl Backend {
             .map_err(|e| self.pack_err("get", id, e))
     }
 
+    /// A pack's size in bytes.
+    pub(crate) async fn pack_size(&self, id: crate::pack::index::PackId) -> Result<u64> {
+        self.store
+            .head(&Self::pack_path(id))
+            .await
+            .map(|m| m.size)
+            .map_err(|e| self.pack_err("head", id, e))
+    }
+
     /// Reads a whole pack.
     pub(crate) async fn read_pack(&self, id: crate::pack::index::PackId) -> Result<Bytes> {
         let r = self
@@ -828,7 +868,7 @@ impl Backend {
     /// first use): an index made for other contents (a bucket wiped or recreated since) is
     /// recognised by its different token.
     pub(crate) async fn contents_token(&self) -> Result<u64> {
-        let path = Path::from(format!("{RESERVED_PREFIX}index-token"));
+        let path = Path::from(TOKEN_FILE);
         for _ in 0..3 {
             match self.store.get(&path).await {
                 Ok(r) => {
@@ -858,6 +898,33 @@ impl Backend {
             }
         }
         Err(self.corrupt(".piecestore/index-token", "keeps changing".into()))
+    }
+
+    /// Whether this shard holds packs, and whether it holds a pack index token (a packed store
+    /// opened it), from one listing of `.piecestore/` that stops at the first pack.
+    pub(crate) async fn packed_marks(&self) -> Result<(bool, bool)> {
+        let dir = Path::from(RESERVED_PREFIX.trim_end_matches('/'));
+        let mut listing = self.store.list(Some(&dir));
+        let mut token = false;
+        while let Some(m) = listing.next().await {
+            let m = m.map_err(|e| self.map_err("list", None, e))?;
+            let name = m.location.as_ref();
+            if let Some(file) = name.strip_prefix(PACKS_PREFIX)
+                && crate::pack::index::parse_pack_name(file).is_some()
+            {
+                return Ok((true, token));
+            }
+            token |= name == TOKEN_FILE;
+        }
+        Ok((false, token))
+    }
+
+    /// Deletes the pack index token (see [`Backend::contents_token`]).
+    pub(crate) async fn forget_contents_token(&self) -> Result<()> {
+        match self.store.delete(&Path::from(TOKEN_FILE)).await {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+            Err(e) => Err(self.map_err("delete", None, e)),
+        }
     }
 
     /// The directory of a local-file shard.
@@ -930,7 +997,7 @@ impl Backend {
                     {
                         return Ok(Listed::Pack);
                     }
-                    if key == INDEX_FILE || key == ".piecestore/index-token" {
+                    if key == INDEX_FILE || key == TOKEN_FILE {
                         return Ok(Listed::Pack);
                     }
                     if key.starts_with(RESERVED_PREFIX) {

@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use super::format::{self, Entry, RecordKind};
 use super::index::{self, Change, Loc, PackId, PackInfo, PackState, Slot};
-use super::{ShardPacker, commit, join_err, pack_info};
+use super::{ShardPacker, join_err, pack_info};
 use crate::backend::Backend;
 use crate::error::Result;
 
@@ -145,12 +145,26 @@ pub(crate) async fn fsck_shard(
     progress: &(dyn Fn(u64) + Sync),
 ) -> Result<FsckReport> {
     let _one = packer.gc_lock.lock().await;
-    let (mut report, scanned) = check(packer, backend, shard, progress).await?;
+    let (mut report, mut scanned) = check(packer, backend, shard, progress).await?;
     if !opts.rebuild_index {
         return Ok(report);
     }
     let index = packer.index(backend).await?;
-    let pieces = rebuild(backend, &index, &scanned).await?;
+    let pieces = {
+        // No commit between the last look at the packs and the rebuild: a put indexed since
+        // the scan is in a pack that the second listing finds.
+        let mut stuck = packer.commits.lock().await;
+        let new: Vec<(PackId, u64)> = backend
+            .list_packs()
+            .await?
+            .into_iter()
+            .filter(|(id, _)| !scanned.contains_key(id))
+            .collect();
+        scanned.extend(scan_packs(backend, &new).await?);
+        let (changes, pieces) = rebuild_changes(backend, &scanned).await?;
+        super::apply_after(backend, &index, &mut stuck, changes).await?;
+        pieces
+    };
     packer.refresh_complete(&index)?;
     let (mut after, _) = check(packer, backend, shard, &|_| {}).await?;
     after.problems_before_rebuild = Some(std::mem::take(&mut report.problems));
@@ -179,80 +193,33 @@ async fn check(
             Err(crate::Error::NotFound { .. }) => continue,
             Err(e) => return Err(e),
         };
-        report.packs += 1;
-        report.bytes += bytes.len() as u64;
+        scan_into(&mut report, &mut scanned, shard, id, &bytes);
         progress(report.bytes);
-        let footer = format::parse_footer(&bytes, bytes.len() as u64);
-        let scan = match format::scan(&bytes) {
-            Ok(s) => s,
-            Err(why) => {
-                report
-                    .problems
-                    .push(problem(Some(id), None, format!("the pack {why}")));
-                continue;
-            }
-        };
-        for (e, actual) in &scan.damaged {
-            report.problems.push(problem(
-                Some(id),
-                Some(&e.key),
-                format!(
-                    "{} at offset {} is corrupt: crc32c is {actual}, expected {}",
-                    if e.kind == RecordKind::Piece {
-                        "piece"
-                    } else {
-                        "tombstone"
-                    },
-                    e.offset,
-                    e.crc
-                ),
-            ));
-        }
-        report.records += (scan.entries.len() + scan.damaged.len()) as u64;
-        let from_scan = scan.all_entries();
-        let entries = match footer {
-            Ok(f) => {
-                let mut a: Vec<_> = f
-                    .entries
-                    .iter()
-                    .map(|e| (e.offset, e.len, e.crc, &e.key))
-                    .collect();
-                let mut b: Vec<_> = from_scan
-                    .iter()
-                    .map(|e| (e.offset, e.len, e.crc, &e.key))
-                    .collect();
-                a.sort();
-                b.sort();
-                if a != b {
-                    report.problems.push(problem(
-                        Some(id),
-                        None,
-                        "the footer and the records disagree".into(),
-                    ));
-                }
-                f.entries
-            }
-            Err(why) => {
-                report
-                    .problems
-                    .push(problem(Some(id), None, format!("the pack {why}")));
-                from_scan
-            }
-        };
-        scanned.insert(id, self::scanned(&bytes, entries));
     }
-
-    let packs: HashMap<PackId, PackInfo> = index.packs()?.into_iter().collect();
+    // The index at one moment (writes may go on while fsck runs).
+    let (packs, entries) = {
+        let index = Arc::clone(&index);
+        tokio::task::spawn_blocking(move || index.snapshot())
+            .await
+            .map_err(|e| join_err(backend, e))??
+    };
+    let packs: HashMap<PackId, PackInfo> = packs.into_iter().collect();
     for (id, info) in &packs {
-        if !scanned.contains_key(id) && info.state == PackState::Live {
-            report.problems.push(problem(
+        if scanned.contains_key(id) || info.state != PackState::Live {
+            continue;
+        }
+        // Written and indexed since the listing, or missing.
+        match backend.read_pack(*id).await {
+            Ok(bytes) => scan_into(&mut report, &mut scanned, shard, *id, &bytes),
+            Err(crate::Error::NotFound { .. }) => report.problems.push(problem(
                 Some(*id),
                 None,
                 format!(
                     "the index lists this pack ({} live pieces) but it is missing",
                     info.live_count
                 ),
-            ));
+            )),
+            Err(e) => return Err(e),
         }
     }
     for id in scanned.keys() {
@@ -269,12 +236,6 @@ async fn check(
         .iter()
         .map(|(id, s)| (*id, s.entries.iter().map(|e| (e.offset, e)).collect()))
         .collect();
-    let entries = {
-        let index = Arc::clone(&index);
-        tokio::task::spawn_blocking(move || index.range(""))
-            .await
-            .map_err(|e| join_err(backend, e))??
-    };
     for (key, slot) in entries {
         report.entries += 1;
         let Slot::Packed(loc) = slot else { continue };
@@ -315,20 +276,97 @@ async fn check(
     Ok((report, scanned))
 }
 
-/// Rebuilds the index from the packs alone: for each key the newest write wins, unless a
-/// newer tombstone deletes it.
-pub(crate) async fn rebuild(
+/// Checks one pack's bytes (records, footer) into `report` and keeps what it holds in
+/// `scanned`.
+fn scan_into(
+    report: &mut FsckReport,
+    scanned: &mut HashMap<PackId, Scanned>,
+    shard: usize,
+    id: PackId,
+    bytes: &[u8],
+) {
+    let problem = |key: Option<&str>, what: String| FsckProblem {
+        shard,
+        pack: Some(index::pack_name(id)),
+        key: key.map(str::to_string),
+        what,
+    };
+    report.packs += 1;
+    report.bytes += bytes.len() as u64;
+    let footer = format::parse_footer(bytes, bytes.len() as u64);
+    let scan = match format::scan(bytes) {
+        Ok(s) => s,
+        Err(why) => {
+            report
+                .problems
+                .push(problem(None, format!("the pack {why}")));
+            return;
+        }
+    };
+    for (e, actual) in &scan.damaged {
+        report.problems.push(problem(
+            Some(&e.key),
+            format!(
+                "{} at offset {} is corrupt: crc32c is {actual}, expected {}",
+                if e.kind == RecordKind::Piece {
+                    "piece"
+                } else {
+                    "tombstone"
+                },
+                e.offset,
+                e.crc
+            ),
+        ));
+    }
+    report.records += (scan.entries.len() + scan.damaged.len()) as u64;
+    let from_scan = scan.all_entries();
+    let entries = match footer {
+        Ok(f) => {
+            let mut a: Vec<_> = f
+                .entries
+                .iter()
+                .map(|e| (e.offset, e.len, e.crc, &e.key))
+                .collect();
+            let mut b: Vec<_> = from_scan
+                .iter()
+                .map(|e| (e.offset, e.len, e.crc, &e.key))
+                .collect();
+            a.sort();
+            b.sort();
+            if a != b {
+                report
+                    .problems
+                    .push(problem(None, "the footer and the records disagree".into()));
+            }
+            f.entries
+        }
+        Err(why) => {
+            report
+                .problems
+                .push(problem(None, format!("the pack {why}")));
+            from_scan
+        }
+    };
+    scanned.insert(id, self::scanned(bytes, entries));
+}
+
+/// The changes that rebuild the index from the packs alone, in one transaction: everything
+/// forgotten (intents and the sequence counter aside), then each pack, then each key's newest
+/// write unless a newer tombstone deletes it; the counter raised past every record. Returns
+/// them and the number of pieces indexed.
+pub(crate) async fn rebuild_changes(
     backend: &Arc<Backend>,
-    index: &Arc<dyn index::PackIndex>,
     scanned: &HashMap<PackId, Scanned>,
-) -> Result<u64> {
+) -> Result<(Vec<Change>, u64)> {
     let mut ids: Vec<&PackId> = scanned.keys().collect();
     ids.sort();
     let mut best: HashMap<&str, Loc> = HashMap::new();
     let mut dead: HashMap<&str, u64> = HashMap::new();
+    let mut max_seq = 0;
     for id in &ids {
         let s = &scanned[id];
         for (i, e) in s.entries.iter().enumerate() {
+            max_seq = max_seq.max(e.seq);
             match e.kind {
                 RecordKind::Piece => {
                     let loc = Loc {
@@ -352,11 +390,7 @@ pub(crate) async fn rebuild(
             }
         }
     }
-    let index2 = Arc::clone(index);
-    tokio::task::spawn_blocking(move || index2.clear())
-        .await
-        .map_err(|e| join_err(backend, e))??;
-    let mut changes = Vec::new();
+    let mut changes = vec![Change::Clear { intents: false }];
     for id in &ids {
         let s = &scanned[id];
         changes.push(Change::AddPack {
@@ -375,11 +409,11 @@ pub(crate) async fn rebuild(
             slot: Slot::Packed(loc),
         });
     }
+    changes.push(Change::BumpSeq(max_seq));
     let complete = !backend.has_objects().await?;
     changes.push(Change::SetMeta {
         name: index::META_COMPLETE,
         value: complete as u64,
     });
-    commit(backend, index, changes).await?;
-    Ok(pieces)
+    Ok((changes, pieces))
 }

@@ -14,7 +14,7 @@ use bytes::Bytes;
 
 use super::format::{self, PackBuilder, RecordKind};
 use super::index::{Change, Loc, PackId, PackInfo, PackState, Slot};
-use super::{ShardPacker, commit, new_pack_id, now_ms, pack_info};
+use super::{ShardPacker, new_pack_id, now_ms, pack_info};
 use crate::backend::Backend;
 use crate::error::{Error, Result};
 
@@ -116,7 +116,7 @@ pub(crate) async fn gc_shard(
     let packs = index.packs()?;
     report.packs_before = packs.len() as u64;
 
-    report.add(&delete_doomed(backend, &index, &packs, grace, opts.dry_run).await?);
+    report.add(&delete_doomed(packer, backend, &packs, grace, opts.dry_run).await?);
 
     let undersized = |i: &PackInfo| i.size < cfg.target_size / 2;
     let live: Vec<(PackId, PackInfo)> = packs
@@ -242,7 +242,7 @@ pub(crate) async fn gc_shard(
         done += info.size;
         progress(GcProgress { done, total });
         if out.builder.len() >= cfg.target_size {
-            write_output(backend, &index, std::mem::replace(&mut out, Output::new())).await?;
+            write_output(packer, backend, std::mem::replace(&mut out, Output::new())).await?;
             report.packs_written += 1;
         }
     }
@@ -250,11 +250,11 @@ pub(crate) async fn gc_shard(
         if !out.builder.is_empty() {
             report.packs_written += 1;
         }
-        write_output(backend, &index, out).await?;
+        write_output(packer, backend, out).await?;
     }
     if grace.is_zero() {
         let packs = index.packs()?;
-        let again = delete_doomed(backend, &index, &packs, grace, false).await?;
+        let again = delete_doomed(packer, backend, &packs, grace, false).await?;
         report.packs_deleted += again.packs_deleted;
         report.bytes_reclaimed += again.bytes_reclaimed;
         report.packs_doomed = again.packs_doomed;
@@ -280,8 +280,8 @@ enum Keep {
 /// Writes a compaction output (if it holds anything), then commits the moves and dooms its
 /// sources in one transaction.
 async fn write_output(
+    packer: &Arc<ShardPacker>,
     backend: &Arc<Backend>,
-    index: &Arc<dyn super::index::PackIndex>,
     out: Output,
 ) -> Result<()> {
     let mut changes = Vec::new();
@@ -311,15 +311,15 @@ async fn write_output(
     for id in out.sources {
         changes.push(Change::Doom { id, since_ms });
     }
-    commit(backend, index, changes).await?;
+    packer.commit(backend, changes).await?;
     Ok(())
 }
 
 /// Deletes doomed packs whose grace period is over: the object first, then its record (a
 /// crash between the two leaves a record whose object is gone; the next run removes it).
 async fn delete_doomed(
+    packer: &Arc<ShardPacker>,
     backend: &Arc<Backend>,
-    index: &Arc<dyn super::index::PackIndex>,
     packs: &[(PackId, PackInfo)],
     grace: Duration,
     dry_run: bool,
@@ -336,7 +336,9 @@ async fn delete_doomed(
         }
         if !dry_run {
             backend.delete_pack(*id).await?;
-            commit(backend, index, vec![Change::RemovePack { id: *id }]).await?;
+            packer
+                .commit(backend, vec![Change::RemovePack { id: *id }])
+                .await?;
         }
         report.packs_deleted += 1;
         report.bytes_reclaimed += info.size;

@@ -227,11 +227,78 @@ impl PackInfo {
     }
 }
 
+/// An object operation in progress on a key, recorded before it starts so that a crash or a
+/// failure half-way leaves the key known to the index (see `docs/pack-format.md`, "Objects of
+/// their own"): recovery, or the next operation on the key, finishes or undoes it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Intent {
+    /// A large piece's object is being written: once an object with this length and checksum is
+    /// found under the key, it becomes the key's slot (`Object`, with this `seq`).
+    PutObject {
+        /// The piece's length.
+        len: u64,
+        /// Its CRC32C.
+        crc: u32,
+        /// The write's sequence number.
+        seq: u64,
+    },
+    /// The object under the key is to be deleted (it was deleted, or replaced by a packed
+    /// piece); its slot goes too if it is still an `Object` with a sequence number of at most
+    /// `upto_seq`.
+    DeleteObject {
+        /// The sequence number of the object slot to remove (0: none).
+        upto_seq: u64,
+    },
+}
+
+impl Intent {
+    fn encode(&self) -> Vec<u8> {
+        let mut v = Vec::with_capacity(21);
+        match self {
+            Intent::PutObject { len, crc, seq } => {
+                v.push(0);
+                v.extend_from_slice(&len.to_le_bytes());
+                v.extend_from_slice(&crc.to_le_bytes());
+                v.extend_from_slice(&seq.to_le_bytes());
+            }
+            Intent::DeleteObject { upto_seq } => {
+                v.push(1);
+                v.extend_from_slice(&upto_seq.to_le_bytes());
+            }
+        }
+        v
+    }
+
+    fn decode(b: &[u8]) -> Option<Intent> {
+        let u64_at = |at: usize| -> Option<u64> {
+            Some(u64::from_le_bytes(b.get(at..at + 8)?.try_into().ok()?))
+        };
+        match b.first()? {
+            0 => Some(Intent::PutObject {
+                len: u64_at(1)?,
+                crc: u32::from_le_bytes(b.get(9..13)?.try_into().ok()?),
+                seq: u64_at(13)?,
+            }),
+            1 => Some(Intent::DeleteObject {
+                upto_seq: u64_at(1)?,
+            }),
+            _ => None,
+        }
+    }
+}
+
 /// One change of an [`PackIndex::apply`] batch. Live-byte accounting follows from the slot
 /// changes: the index does it, so no caller can get it wrong.
 #[derive(Debug, Clone)]
 pub enum Change {
+    /// Forgets every piece and pack, and with `intents` every intent (never the sequence
+    /// counter): the first change of a rebuild, so that the rebuild is one transaction.
+    Clear {
+        /// Forget the intents too (an index made for other contents of the shard).
+        intents: bool,
+    },
     /// Records a new pack (its live counts start at 0 and grow with the `Put`s that follow).
+    /// A pack the index already has is left as it is.
     AddPack {
         /// The pack.
         id: PackId,
@@ -275,6 +342,21 @@ pub enum Change {
         /// The pack.
         id: PackId,
     },
+    /// Records an object operation about to start on `key` (replacing any other intent).
+    SetIntent {
+        /// The piece key.
+        key: String,
+        /// What is about to happen.
+        intent: Intent,
+    },
+    /// Forgets `key`'s intent (the operation finished, or was undone).
+    ClearIntent {
+        /// The piece key.
+        key: String,
+    },
+    /// Raises the sequence counter ([`META_MAX_SEQ`]) to at least this (every record's
+    /// sequence number, tombstones included, goes through it).
+    BumpSeq(u64),
     /// Sets a number in the index's metadata.
     SetMeta {
         /// The name.
@@ -284,7 +366,8 @@ pub enum Change {
     },
 }
 
-/// Metadata: the highest sequence number written.
+/// Metadata: the highest sequence number used by any record (piece, tombstone or object), so
+/// the next write gets a higher one whatever the clock says.
 pub const META_MAX_SEQ: &str = "max_seq";
 /// Metadata: 1 when every piece of the shard was written through this index (so a key that
 /// is not in it is not stored anywhere), 0 when the shard held objects before.
@@ -293,6 +376,9 @@ pub const META_COMPLETE: &str = "complete";
 pub const META_TOKEN: &str = "token";
 /// Metadata: the index layout version.
 pub const META_VERSION: &str = "version";
+
+/// Every pack and every piece of an index, read at one moment ([`PackIndex::snapshot`]).
+pub type Snapshot = (Vec<(PackId, PackInfo)>, Vec<(String, Slot)>);
 
 /// The index of one shard's packs. Implementations must apply a batch atomically and durably.
 pub trait PackIndex: Send + Sync + fmt::Debug {
@@ -307,6 +393,13 @@ pub trait PackIndex: Send + Sync + fmt::Debug {
     fn pack(&self, id: PackId) -> Result<Option<PackInfo>>;
     /// Every pack, by id.
     fn packs(&self) -> Result<Vec<(PackId, PackInfo)>>;
+    /// Every pack and every piece, read at one moment (what a check compares with the packs
+    /// while writes go on).
+    fn snapshot(&self) -> Result<Snapshot>;
+    /// The object operation in progress on `key`, if any.
+    fn intent(&self, key: &str) -> Result<Option<Intent>>;
+    /// Every key with an object operation in progress.
+    fn intents(&self) -> Result<Vec<(String, Intent)>>;
     /// A metadata number.
     fn meta(&self, name: &str) -> Result<Option<u64>>;
     /// Number of keys.
@@ -315,8 +408,6 @@ pub trait PackIndex: Send + Sync + fmt::Debug {
     fn is_empty(&self) -> Result<bool> {
         Ok(self.len()? == 0)
     }
-    /// Removes everything (before a rebuild).
-    fn clear(&self) -> Result<()>;
     /// Where it lives, for messages.
     fn describe(&self) -> String;
 }
@@ -324,6 +415,7 @@ pub trait PackIndex: Send + Sync + fmt::Debug {
 const PIECES: TableDefinition<&str, &[u8]> = TableDefinition::new("pieces");
 const PACKS: TableDefinition<u128, &[u8]> = TableDefinition::new("packs");
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+const INTENTS: TableDefinition<&str, &[u8]> = TableDefinition::new("intents");
 
 /// The embedded index: a redb database, in a file or in memory.
 pub struct RedbIndex {
@@ -419,6 +511,7 @@ impl RedbIndex {
         {
             tx.open_table(PIECES).map_err(|e| me.err(e))?;
             tx.open_table(PACKS).map_err(|e| me.err(e))?;
+            tx.open_table(INTENTS).map_err(|e| me.err(e))?;
             let mut meta = tx.open_table(META).map_err(|e| me.err(e))?;
             let version = meta
                 .get(META_VERSION)
@@ -498,6 +591,7 @@ impl PackIndex for RedbIndex {
             let mut pieces = tx.open_table(PIECES).map_err(|e| self.err(e))?;
             let mut packs = tx.open_table(PACKS).map_err(|e| self.err(e))?;
             let mut meta = tx.open_table(META).map_err(|e| self.err(e))?;
+            let mut intents = tx.open_table(INTENTS).map_err(|e| self.err(e))?;
             let mut max_seq = meta
                 .get(META_MAX_SEQ)
                 .map_err(|e| self.err(e))?
@@ -529,6 +623,19 @@ impl PackIndex for RedbIndex {
             };
             for change in changes {
                 let took = match change {
+                    Change::Clear { intents: all } => {
+                        pieces.retain(|_, _| false).map_err(|e| self.err(e))?;
+                        packs.retain(|_, _| false).map_err(|e| self.err(e))?;
+                        if *all {
+                            intents.retain(|_, _| false).map_err(|e| self.err(e))?;
+                        }
+                        true
+                    }
+                    Change::AddPack { id, .. }
+                        if packs.get(*id).map_err(|e| self.err(e))?.is_some() =>
+                    {
+                        false
+                    }
                     Change::AddPack { id, info } => {
                         let mut info = *info;
                         info.live_bytes = 0;
@@ -617,6 +724,23 @@ impl PackIndex for RedbIndex {
                     Change::RemovePack { id } => {
                         packs.remove(*id).map_err(|e| self.err(e))?.is_some()
                     }
+                    Change::SetIntent { key, intent } => {
+                        if let Intent::PutObject { seq, .. } = intent {
+                            max_seq = max_seq.max(*seq);
+                        }
+                        intents
+                            .insert(key.as_str(), intent.encode().as_slice())
+                            .map_err(|e| self.err(e))?;
+                        true
+                    }
+                    Change::ClearIntent { key } => intents
+                        .remove(key.as_str())
+                        .map_err(|e| self.err(e))?
+                        .is_some(),
+                    Change::BumpSeq(seq) => {
+                        max_seq = max_seq.max(*seq);
+                        true
+                    }
                     Change::SetMeta { name, value } => {
                         meta.insert(*name, *value).map_err(|e| self.err(e))?;
                         true
@@ -666,18 +790,46 @@ impl PackIndex for RedbIndex {
         t.len().map_err(|e| self.err(e))
     }
 
-    fn clear(&self) -> Result<()> {
-        let tx = self.db.begin_write().map_err(|e| self.err(e))?;
-        tx.delete_table(PIECES).map_err(|e| self.err(e))?;
-        tx.delete_table(PACKS).map_err(|e| self.err(e))?;
-        {
-            tx.open_table(PIECES).map_err(|e| self.err(e))?;
-            tx.open_table(PACKS).map_err(|e| self.err(e))?;
-            let mut meta = tx.open_table(META).map_err(|e| self.err(e))?;
-            meta.remove(META_COMPLETE).map_err(|e| self.err(e))?;
-            meta.remove(META_MAX_SEQ).map_err(|e| self.err(e))?;
+    fn snapshot(&self) -> Result<Snapshot> {
+        let tx = self.db.begin_read().map_err(|e| self.err(e))?;
+        let t = tx.open_table(PACKS).map_err(|e| self.err(e))?;
+        let mut packs = Vec::new();
+        for item in t.iter().map_err(|e| self.err(e))? {
+            let (k, v) = item.map_err(|e| self.err(e))?;
+            let info = PackInfo::decode(v.value()).ok_or_else(|| self.corrupt("pack record"))?;
+            packs.push((k.value(), info));
         }
-        tx.commit().map_err(|e| self.err(e))
+        let t = tx.open_table(PIECES).map_err(|e| self.err(e))?;
+        let mut pieces = Vec::new();
+        for item in t.iter().map_err(|e| self.err(e))? {
+            let (k, v) = item.map_err(|e| self.err(e))?;
+            let slot = Slot::decode(v.value()).ok_or_else(|| self.corrupt(k.value()))?;
+            pieces.push((k.value().to_string(), slot));
+        }
+        Ok((packs, pieces))
+    }
+
+    fn intent(&self, key: &str) -> Result<Option<Intent>> {
+        let tx = self.db.begin_read().map_err(|e| self.err(e))?;
+        let t = tx.open_table(INTENTS).map_err(|e| self.err(e))?;
+        match t.get(key).map_err(|e| self.err(e))? {
+            None => Ok(None),
+            Some(v) => Intent::decode(v.value())
+                .map(Some)
+                .ok_or_else(|| self.corrupt(key)),
+        }
+    }
+
+    fn intents(&self) -> Result<Vec<(String, Intent)>> {
+        let tx = self.db.begin_read().map_err(|e| self.err(e))?;
+        let t = tx.open_table(INTENTS).map_err(|e| self.err(e))?;
+        let mut out = Vec::new();
+        for item in t.iter().map_err(|e| self.err(e))? {
+            let (k, v) = item.map_err(|e| self.err(e))?;
+            let intent = Intent::decode(v.value()).ok_or_else(|| self.corrupt(k.value()))?;
+            out.push((k.value().to_string(), intent));
+        }
+        Ok(out)
     }
 
     fn describe(&self) -> String {
@@ -826,6 +978,67 @@ mod tests {
         assert_eq!(ix.pack(1).unwrap().unwrap().live_count, 0);
         assert_eq!(ix.range("").unwrap().len(), 1);
         assert_eq!(ix.meta(META_MAX_SEQ).unwrap(), Some(2));
+    }
+
+    #[test]
+    fn intents_counter_and_clear() {
+        let ix = RedbIndex::in_memory().unwrap();
+        let put = Intent::PutObject {
+            len: 5,
+            crc: 9,
+            seq: 40,
+        };
+        ix.apply(&[
+            Change::AddPack {
+                id: 1,
+                info: info(),
+            },
+            Change::Put {
+                key: "k".into(),
+                slot: Slot::Packed(loc(1, 40, 3)),
+            },
+            Change::SetIntent {
+                key: "big".into(),
+                intent: put,
+            },
+            // A tombstone's own seq counts too.
+            Change::BumpSeq(77),
+        ])
+        .unwrap();
+        assert_eq!(ix.intent("big").unwrap(), Some(put));
+        assert_eq!(ix.meta(META_MAX_SEQ).unwrap(), Some(77));
+        // A pack the index has is left as it is (its live counts too).
+        assert_eq!(
+            ix.apply(&[Change::AddPack {
+                id: 1,
+                info: info()
+            }])
+            .unwrap(),
+            vec![false]
+        );
+        assert_eq!(ix.pack(1).unwrap().unwrap().live_count, 1);
+        // A rebuild's clear keeps intents and the counter; a clear for other contents does not.
+        ix.apply(&[Change::Clear { intents: false }]).unwrap();
+        assert!(ix.is_empty().unwrap() && ix.packs().unwrap().is_empty());
+        assert_eq!(ix.intents().unwrap().len(), 1);
+        assert_eq!(ix.meta(META_MAX_SEQ).unwrap(), Some(77));
+        ix.apply(&[Change::Clear { intents: true }]).unwrap();
+        assert!(ix.intents().unwrap().is_empty());
+        let del = Intent::DeleteObject { upto_seq: 12 };
+        ix.apply(&[Change::SetIntent {
+            key: "x".into(),
+            intent: del,
+        }])
+        .unwrap();
+        assert_eq!(ix.intent("x").unwrap(), Some(del));
+        assert_eq!(
+            ix.apply(&[
+                Change::ClearIntent { key: "x".into() },
+                Change::ClearIntent { key: "x".into() }
+            ])
+            .unwrap(),
+            vec![true, false]
+        );
     }
 
     #[test]

@@ -1,35 +1,44 @@
 //! Small-piece aggregation: packs, their index, compaction and checks.
 //!
-//! A shard's small pieces are appended to its open pack ([`format::PackBuilder`]); the pack is
-//! sealed at `TargetSize` or `MaxAge` and written as one object under `.piecestore/packs/`.
-//! Then, in one transaction, the index learns where each piece is; then every put that waited
-//! on the pack returns. Concurrent puts share one write (group commit).
+//! A shard's small pieces are written in *groups* ([`writer`]): when the shard's writer is
+//! idle, a put starts a write at once; puts that arrive while a write is in flight form the
+//! next group (group commit, no timer on the critical path). A group is written as one pack
+//! object under `.piecestore/packs/`, then, in one transaction, the index learns where each of
+//! its pieces is; then every put of the group returns.
 //!
-//! The order of durability: pack first, then index, then the acknowledgement. A crash between
-//! the first two leaves a sealed pack the index does not know: opening the store re-indexes it
-//! (its puts were never acknowledged, but nothing is half-visible either: a pack object exists
-//! whole or not at all, on S3 by PUT semantics, on disk by fsync + rename).
+//! The order of durability: pack first, then index, then the acknowledgement. Index commits
+//! are applied in order, one at a time; a commit that fails is kept and applied before any
+//! later one, so the index never skips a group. A crash between a pack and its commit leaves
+//! a pack the index does not know; opening the store re-indexes it ([`recovery`]). A pack
+//! whose write was reported failed is recorded as doomed (its write may have happened all the
+//! same), so it is never replayed.
+//!
+//! Large pieces are objects of their own, recorded in the same index. An object operation is
+//! recorded as an *intent* before it starts (writing an object, or deleting one), so that every
+//! object of a packed shard is known to its index, even after a crash half-way; recovery, or
+//! the next operation on the key, finishes or undoes it.
 //!
 //! Deletes append a tombstone (durable in the packs, so a rebuilt index does not resurrect the
-//! piece). Compaction ([`gc`]) copies live pieces into a new pack, makes it durable, moves each
-//! index entry with a compare-and-swap, and deletes the old pack only after a grace period;
-//! a read that meets a vanished pack looks the piece up again.
+//! piece), also for keys the index does not know. Compaction ([`gc`]) copies live pieces into
+//! a new pack, makes it durable, moves each index entry with a compare-and-swap, and deletes
+//! the old pack only after a grace period; a read that meets a vanished pack looks the piece
+//! up again.
 
 pub mod format;
 pub mod fsck;
 pub mod gc;
 pub mod index;
+mod recovery;
+mod writer;
 
-use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
-use tokio::sync::watch;
 
-use self::format::{Entry, PackBuilder, RecordKind};
+use self::format::{Entry, RecordKind};
 use self::index::{Change, Loc, PackId, PackIndex, PackInfo, PackState, RedbIndex, Slot};
 use crate::backend::{Backend, PieceMeta};
 use crate::config::PackOptions;
@@ -42,13 +51,6 @@ pub(crate) fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
-        .unwrap_or_default()
-}
-
-fn now_micros() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_micros() as u64)
         .unwrap_or_default()
 }
 
@@ -71,115 +73,80 @@ pub(crate) fn new_pack_id() -> PackId {
     ((now_ms() as u128) << 80) | (random & ((1u128 << 80) - 1))
 }
 
-/// The outcome of sealing a pack, shared by every put that waits on it.
-type Outcome = Option<std::result::Result<(), (bool, String)>>;
-
-/// A write waiting to become durable.
-#[derive(Debug)]
-struct Pending {
-    crc: u32,
-    len: u64,
-    tombstone: bool,
-    done: watch::Receiver<Outcome>,
-    pack: PackId,
-}
-
-#[derive(Debug)]
-struct OpenPack {
-    id: PackId,
-    builder: PackBuilder,
-    done: watch::Sender<Outcome>,
-}
-
+/// Tasks that write on a shard's behalf (its group writer, object writes, intent resolutions):
+/// `close` waits until none runs.
 #[derive(Debug, Default)]
-struct State {
-    open: Option<OpenPack>,
-    /// Keys whose write is in an open or sealing pack, until the index has them.
-    inflight: HashMap<String, Pending>,
+struct Tasks {
+    running: AtomicUsize,
+    idle: tokio::sync::Notify,
 }
 
-impl State {
-    /// What a put of `data` (checksum `crc`) finds, with the state locked: the same write in
-    /// flight (wait for it), the same piece stored (done), a conflict (`AlreadyExists`), or
-    /// nothing in its way. A delete in flight counts as the key being gone.
-    fn precheck(
-        &self,
-        backend: &Backend,
-        index: &Arc<dyn PackIndex>,
-        key: &str,
-        data: &[u8],
-        crc: u32,
-        overwrite: bool,
-    ) -> Result<Precheck> {
-        let len = data.len() as u64;
-        match self.inflight.get(key) {
-            Some(p) if p.tombstone => return Ok(Precheck::Go),
-            Some(p) if p.crc == crc && p.len == len => return Ok(Precheck::Wait(p.done.clone())),
-            Some(_) if !overwrite => return Err(already_exists(backend, key)),
-            _ => {}
+/// One running task of [`Tasks`]; counted out when dropped.
+struct TaskGuard(Arc<Tasks>);
+
+impl Tasks {
+    fn enter(self: &Arc<Self>) -> TaskGuard {
+        self.running.fetch_add(1, Ordering::SeqCst);
+        TaskGuard(Arc::clone(self))
+    }
+
+    async fn wait_idle(&self) {
+        loop {
+            let idle = self.idle.notified();
+            tokio::pin!(idle);
+            idle.as_mut().enable();
+            if self.running.load(Ordering::SeqCst) == 0 {
+                return;
+            }
+            idle.await;
         }
-        if !overwrite && let Some(slot) = index.get(key)? {
-            return same_or_exists(backend, key, slot.len(), Some(slot.crc()), data, crc)
-                .map(|()| Precheck::Same);
-        }
-        Ok(Precheck::Go)
     }
 }
 
-/// The packer of one shard: its open pack and its index.
-#[derive(Debug)]
+impl Drop for TaskGuard {
+    fn drop(&mut self) {
+        if self.0.running.fetch_sub(1, Ordering::SeqCst) == 1 {
+            self.0.idle.notify_waiters();
+        }
+    }
+}
+
+/// The packer of one shard: its writer, its index and its reads.
 pub(crate) struct ShardPacker {
     shard: usize,
     opts: PackOptions,
     /// Where the index file is; `None`: in memory.
     index_path: Option<PathBuf>,
-    /// The open index; `None` before the first operation and after `close`.
+    /// The open index; `None` before the first operation and after the last user closed.
     index: Mutex<Option<Arc<dyn PackIndex>>>,
     /// Serializes opening the index.
     opening: tokio::sync::Mutex<()>,
-    state: Mutex<State>,
+    /// The write path's state ([`writer`]).
+    state: Mutex<writer::State>,
+    /// The highest sequence number handed out (records, tombstones and objects alike); starts
+    /// from the index's persisted counter, never from the clock.
     seq: AtomicU64,
-    /// The index's `META_COMPLETE`: every piece of the shard is in it (read at open and after
-    /// a rebuild, not on every put).
+    /// The index's `META_COMPLETE`: every object of the shard is known to it (read at open and
+    /// after a rebuild, not on every put).
     complete: AtomicBool,
-    /// One compaction per shard at a time.
+    /// One compaction (or fsck) per shard at a time.
     pub(crate) gc_lock: tokio::sync::Mutex<()>,
+    /// Serializes index commits. Holds the changes of a commit that failed, which go first in
+    /// the next one (the index never skips a change it was given).
+    commits: tokio::sync::Mutex<Vec<Change>>,
+    /// Tasks writing for this shard.
+    tasks: Arc<Tasks>,
+    /// Open stores using this packer; the index is let go when the last one closes.
+    users: AtomicUsize,
 }
 
-/// A key reserved while its object is written. Dropped without [`Reservation::finish`] (the
-/// put was cancelled), it still frees the key and tells whoever waits.
-struct Reservation {
-    packer: Arc<ShardPacker>,
-    id: PackId,
-    done: watch::Sender<Outcome>,
-}
-
-impl Reservation {
-    fn finish(self, outcome: std::result::Result<(), (bool, String)>) {
-        self.packer.lock().inflight.retain(|_, p| p.pack != self.id);
-        let _ = self.done.send(Some(outcome));
+impl std::fmt::Debug for ShardPacker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ShardPacker")
+            .field("shard", &self.shard)
+            .field("index", &self.index_path)
+            .finish_non_exhaustive()
     }
-}
-
-impl Drop for Reservation {
-    fn drop(&mut self) {
-        if self.done.borrow().is_none() {
-            self.packer.lock().inflight.retain(|_, p| p.pack != self.id);
-            let _ = self
-                .done
-                .send(Some(Err((true, "the put was cancelled".to_string()))));
-        }
-    }
-}
-
-/// What a put finds before it writes (`State::precheck`).
-enum Precheck {
-    /// Already stored with the same bytes (a retried put).
-    Same,
-    /// The same write is in flight: wait for it.
-    Wait(watch::Receiver<Outcome>),
-    /// Nothing in the way: go ahead.
-    Go,
 }
 
 impl ShardPacker {
@@ -190,10 +157,13 @@ impl ShardPacker {
             index_path,
             index: Mutex::new(None),
             opening: tokio::sync::Mutex::new(()),
-            state: Mutex::new(State::default()),
+            state: Mutex::new(writer::State::default()),
             seq: AtomicU64::new(0),
             complete: AtomicBool::new(false),
             gc_lock: tokio::sync::Mutex::new(()),
+            commits: tokio::sync::Mutex::new(Vec::new()),
+            tasks: Arc::default(),
+            users: AtomicUsize::new(0),
         }
     }
 
@@ -207,8 +177,33 @@ impl ShardPacker {
         &self.opts
     }
 
+    /// A store starts using this packer.
+    pub(crate) fn add_user(&self) {
+        self.users.fetch_add(1, Ordering::SeqCst);
+    }
+
+    /// A store using this packer closed: when it was the last, waits for every write running
+    /// for the shard, then lets go of a file index so that another process may open it. (A
+    /// memory index is kept: it holds the pieces.)
+    pub(crate) async fn release_user(&self) {
+        let last = self
+            .users
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+            .is_ok_and(|n| n == 1);
+        if !last {
+            return;
+        }
+        self.tasks.wait_idle().await;
+        if self.index_path.is_some() {
+            self.index.lock().unwrap_or_else(|p| p.into_inner()).take();
+        }
+    }
+
     /// The shard's index, opened (and recovered) on first use.
-    pub(crate) async fn index(&self, backend: &Arc<Backend>) -> Result<Arc<dyn PackIndex>> {
+    pub(crate) async fn index(
+        self: &Arc<Self>,
+        backend: &Arc<Backend>,
+    ) -> Result<Arc<dyn PackIndex>> {
         if let Some(i) = self.index_now() {
             return Ok(i);
         }
@@ -223,15 +218,25 @@ impl ShardPacker {
         })
         .await
         .map_err(|e| join_err(backend, e))??;
-        self.recover(backend, &index).await?;
+        recovery::recover(self, backend, &index).await?;
         self.refresh_complete(&index)?;
         let max = index.meta(index::META_MAX_SEQ)?.unwrap_or(0);
-        self.seq.fetch_max(max, Ordering::Relaxed);
+        self.seq.fetch_max(max, Ordering::SeqCst);
         *self.index.lock().unwrap_or_else(|p| p.into_inner()) = Some(Arc::clone(&index));
         Ok(index)
     }
 
-    /// Rereads whether the index knows every piece (after it was rebuilt).
+    /// Opens the shard's index ([`ShardPacker::index`]) and finishes the object operations a
+    /// crash (or a failure) left half-way, so that the opened store shows none of them.
+    pub(crate) async fn open(self: &Arc<Self>, backend: &Arc<Backend>) -> Result<()> {
+        let index = self.index(backend).await?;
+        for (key, _) in index.intents()? {
+            self.resolve_key(backend, &key).await?;
+        }
+        Ok(())
+    }
+
+    /// Rereads whether the index knows every object (after it was rebuilt).
     pub(crate) fn refresh_complete(&self, index: &Arc<dyn PackIndex>) -> Result<()> {
         let complete = index.meta(index::META_COMPLETE)? == Some(1);
         self.complete.store(complete, Ordering::Relaxed);
@@ -242,262 +247,27 @@ impl ShardPacker {
         self.index.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
-    /// Lets go of a file index (on `close`), so another store (or process) may open it. A
-    /// memory index is kept: it holds the pieces.
-    pub(crate) fn release(&self) {
-        if self.index_path.is_some() {
-            self.index.lock().unwrap_or_else(|p| p.into_inner()).take();
-        }
-    }
-
-    /// Brings a freshly opened index up to date with the shard: marks whether it knows every
-    /// piece, and indexes sealed packs it does not know (a crash after a pack was written and
-    /// before its index commit).
-    async fn recover(&self, backend: &Arc<Backend>, index: &Arc<dyn PackIndex>) -> Result<()> {
-        if self.index_path.is_some() {
-            let token = backend.contents_token().await?;
-            if index.meta(index::META_TOKEN)? != Some(token) {
-                if !index.is_empty()? || !index.packs()?.is_empty() {
-                    tracing::warn!(shard = self.shard, index = %index.describe(), "the index was made for other contents of this shard (wiped or recreated since): rebuilding it from the packs");
-                    index.clear()?;
-                }
-                commit(
-                    backend,
-                    index,
-                    vec![Change::SetMeta {
-                        name: index::META_TOKEN,
-                        value: token,
-                    }],
-                )
-                .await?;
-            }
-        }
-        if index.meta(index::META_COMPLETE)?.is_none() {
-            let fresh = index.is_empty()? && index.packs()?.is_empty();
-            let complete = fresh && !backend.has_objects().await?;
-            commit(
-                backend,
-                index,
-                vec![Change::SetMeta {
-                    name: index::META_COMPLETE,
-                    value: complete as u64,
-                }],
-            )
-            .await?;
-        }
-        let known: std::collections::HashSet<PackId> =
-            index.packs()?.into_iter().map(|(id, _)| id).collect();
-        let listed = backend.list_packs().await?;
-        if known.is_empty() && !listed.is_empty() {
-            // A new or lost index over existing packs: rebuild it whole (replaying packs one
-            // by one would skip the pieces that live only in compaction's packs).
-            tracing::info!(
-                shard = self.shard,
-                packs = listed.len(),
-                "building the pack index from the packs"
-            );
-            let scanned = fsck::scan_packs(backend, &listed).await?;
-            fsck::rebuild(backend, index, &scanned).await?;
-            return Ok(());
-        }
-        for (id, _) in listed {
-            if known.contains(&id) {
-                continue;
-            }
-            let bytes = backend.read_pack(id).await?;
-            let footer = match format::parse_footer(&bytes, bytes.len() as u64) {
-                Ok(f) => f,
-                Err(why) => {
-                    tracing::warn!(shard = self.shard, pack = %index::pack_name(id), %why, "not indexing a damaged pack; run `piecestore fsck`");
-                    continue;
-                }
-            };
-            let replay = footer.flags & format::FLAG_COMPACTED == 0;
-            let changes = pack_changes(id, &bytes, &footer.entries, replay);
-            tracing::info!(shard = self.shard, pack = %index::pack_name(id), records = footer.entries.len(), "indexing a pack the index did not know");
-            commit(backend, index, changes).await?;
-        }
-        Ok(())
-    }
-
+    /// The next sequence number.
     fn next_seq(&self) -> u64 {
-        let now = now_micros();
-        let mut cur = self.seq.load(Ordering::Relaxed);
-        loop {
-            let next = now.max(cur + 1);
-            match self
-                .seq
-                .compare_exchange_weak(cur, next, Ordering::Relaxed, Ordering::Relaxed)
-            {
-                Ok(_) => return next,
-                Err(c) => cur = c,
-            }
-        }
+        self.seq.fetch_add(1, Ordering::SeqCst) + 1
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    /// Stores a small piece in a pack; returns once the pack is durable and indexed.
-    pub(crate) async fn put(
+    /// Applies `changes` to the index in one transaction, after any earlier commit that
+    /// failed (see [`ShardPacker::commits`]); returns for each change whether it took effect.
+    pub(crate) async fn commit(
         self: &Arc<Self>,
         backend: &Arc<Backend>,
-        key: &str,
-        data: Bytes,
-        crc: u32,
-        overwrite: bool,
-    ) -> Result<()> {
+        changes: Vec<Change>,
+    ) -> Result<Vec<bool>> {
         let index = self.index(backend).await?;
-        // A key the index does not know may still be an object written before packing.
-        let mut standalone = None;
-        if !self.complete.load(Ordering::Relaxed) && index.get(key)?.is_none() {
-            match backend.head(key).await {
-                Ok(m) => standalone = Some(m),
-                Err(Error::NotFound { .. }) => {}
-                Err(e) => return Err(e),
-            }
-        }
-        if let Some(m) = &standalone
-            && !overwrite
-        {
-            return same_or_exists(backend, key, m.size, m.crc32c, &data, crc);
-        }
-        let Some(rx) = self.enqueue(backend, &index, key, &data, crc, overwrite)? else {
-            return Ok(()); // already stored with these bytes
-        };
-        wait(backend, key, rx).await?;
-        if standalone.is_some() {
-            // Overwritten: the packed piece is durable, the old object goes.
-            backend.delete(key).await?;
-        }
-        Ok(())
+        let mut stuck = self.commits.lock().await;
+        apply_after(backend, &index, &mut stuck, changes).await
     }
 
-    /// Appends a small piece to the open pack; `None` when the same piece is stored already,
-    /// else what to wait on until it is durable.
-    fn enqueue(
-        self: &Arc<Self>,
-        backend: &Arc<Backend>,
-        index: &Arc<dyn PackIndex>,
-        key: &str,
-        data: &[u8],
-        crc: u32,
-        overwrite: bool,
-    ) -> Result<Option<watch::Receiver<Outcome>>> {
-        let len = data.len() as u64;
-        let mut st = self.lock();
-        match st.precheck(backend, index, key, data, crc, overwrite)? {
-            Precheck::Go => {}
-            Precheck::Same => return Ok(None),
-            Precheck::Wait(rx) => return Ok(Some(rx)),
-        }
-        let seq = self.next_seq();
-        let open = self.open_pack(&mut st, backend);
-        open.builder.push_piece(key, seq, data, crc);
-        let pending = Pending {
-            crc,
-            len,
-            tombstone: false,
-            done: open.done.subscribe(),
-            pack: open.id,
-        };
-        let rx = pending.done.clone();
-        st.inflight.insert(key.to_string(), pending);
-        self.seal_if_full(&mut st, backend);
-        Ok(Some(rx))
-    }
-
-    /// The open pack, opened now if there is none (with a timer that seals it at `MaxAge`).
-    fn open_pack<'a>(
-        self: &Arc<Self>,
-        st: &'a mut State,
-        backend: &Arc<Backend>,
-    ) -> &'a mut OpenPack {
-        if st.open.is_none() {
-            let id = new_pack_id();
-            let (done, _) = watch::channel(None);
-            st.open = Some(OpenPack {
-                id,
-                builder: PackBuilder::new(),
-                done,
-            });
-            let me = Arc::clone(self);
-            let backend = Arc::clone(backend);
-            let age = self.opts.max_age;
-            tokio::spawn(async move {
-                tokio::time::sleep(age).await;
-                let taken = {
-                    let mut st = me.lock();
-                    match &st.open {
-                        Some(p) if p.id == id => st.open.take(),
-                        _ => None,
-                    }
-                };
-                if let Some(pack) = taken {
-                    me.seal(backend, pack).await;
-                }
-            });
-        }
-        st.open.as_mut().expect("just opened")
-    }
-
-    fn seal_if_full(self: &Arc<Self>, st: &mut State, backend: &Arc<Backend>) {
-        if st
-            .open
-            .as_ref()
-            .is_some_and(|p| p.builder.len() >= self.opts.target_size)
-        {
-            let pack = st.open.take().expect("checked");
-            let me = Arc::clone(self);
-            let backend = Arc::clone(backend);
-            tokio::spawn(async move { me.seal(backend, pack).await });
-        }
-    }
-
-    /// Seals the open pack now (`flush`), and waits until it is durable.
-    pub(crate) async fn flush(self: &Arc<Self>, backend: &Arc<Backend>) -> Result<()> {
-        let taken = self.lock().open.take();
-        if let Some(pack) = taken {
-            let rx = pack.done.subscribe();
-            let me = Arc::clone(self);
-            let b = Arc::clone(backend);
-            tokio::spawn(async move { me.seal(b, pack).await });
-            wait(backend, "", rx).await?;
-        }
-        Ok(())
-    }
-
-    /// Writes a pack, indexes it, and tells its waiters. Runs as its own task, so a put that
-    /// is cancelled does not cancel the write other puts wait on.
-    async fn seal(self: Arc<Self>, backend: Arc<Backend>, pack: OpenPack) {
-        let id = pack.id;
-        let (bytes, entries) = pack.builder.finish();
-        let result = async {
-            let index = self.index(&backend).await?;
-            backend.put_pack(id, bytes.clone()).await?;
-            let changes = pack_changes(id, &bytes, &entries, true);
-            commit(&backend, &index, changes).await.map(|_| ())
-        }
-        .await;
-        {
-            let mut st = self.lock();
-            st.inflight.retain(|_, p| p.pack != id);
-        }
-        let outcome = match result {
-            Ok(()) => Ok(()),
-            Err(e) => {
-                tracing::warn!(shard = self.shard, pack = %index::pack_name(id), error = %e, "writing a pack failed");
-                Err((e.is_retryable(), e.to_string()))
-            }
-        };
-        let _ = pack.done.send(Some(outcome));
-    }
-
-    /// Reads a piece: `None` when the index does not know the key (the caller reads the
-    /// object), or when it is an object of its own.
+    /// Reads a piece: `None` when the index does not know the key as a packed piece (the caller
+    /// reads the object).
     pub(crate) async fn get(
-        &self,
+        self: &Arc<Self>,
         backend: &Arc<Backend>,
         key: &str,
     ) -> Result<Option<(Bytes, u32)>> {
@@ -511,26 +281,8 @@ impl ShardPacker {
             if last == Some(loc) {
                 break;
             }
-            match backend
-                .read_pack_range(loc.pack, loc.offset..loc.offset + loc.len)
-                .await
-            {
-                Ok(bytes) => {
-                    let actual = crate::checksum::crc32c(&bytes);
-                    if actual != loc.crc || bytes.len() as u64 != loc.len {
-                        return Err(Error::Corrupt {
-                            key: key.into(),
-                            backend: backend.label().into(),
-                            detail: format!(
-                                "crc32c is {actual}, expected {} (pack {} at offset {})",
-                                loc.crc,
-                                index::pack_name(loc.pack),
-                                loc.offset
-                            ),
-                        });
-                    }
-                    return Ok(Some((bytes, loc.crc)));
-                }
+            match read_packed(backend, key, &loc).await {
+                Ok(bytes) => return Ok(Some((bytes, loc.crc))),
                 // Compacted and deleted since we looked: look again, once.
                 Err(Error::NotFound { .. }) => last = Some(loc),
                 Err(e) => return Err(e),
@@ -548,7 +300,7 @@ impl ShardPacker {
 
     /// A packed piece's metadata; `None` as for [`ShardPacker::get`].
     pub(crate) async fn head(
-        &self,
+        self: &Arc<Self>,
         backend: &Arc<Backend>,
         key: &str,
     ) -> Result<Option<PieceMeta>> {
@@ -559,151 +311,20 @@ impl ShardPacker {
         })
     }
 
-    /// Deletes a piece: a tombstone for a packed one (returns once durable), the object for
-    /// any other.
-    pub(crate) async fn delete(self: &Arc<Self>, backend: &Arc<Backend>, key: &str) -> Result<()> {
-        let index = self.index(backend).await?;
-        let rx = {
-            let mut st = self.lock();
-            match st.inflight.get(key) {
-                Some(p) if p.tombstone => Some(p.done.clone()),
-                _ => match index.get(key)? {
-                    Some(Slot::Packed(loc)) => {
-                        let seq = self.next_seq();
-                        let open = self.open_pack(&mut st, backend);
-                        open.builder.push_tombstone(key, seq, loc.seq);
-                        let pending = Pending {
-                            crc: 0,
-                            len: 0,
-                            tombstone: true,
-                            done: open.done.subscribe(),
-                            pack: open.id,
-                        };
-                        let rx = pending.done.clone();
-                        st.inflight.insert(key.to_string(), pending);
-                        self.seal_if_full(&mut st, backend);
-                        Some(rx)
-                    }
-                    _ => None,
-                },
-            }
-        };
-        if let Some(rx) = rx {
-            return wait(backend, key, rx).await;
-        }
-        backend.delete(key).await?;
-        if let Some(slot @ Slot::Object { .. }) = index.get(key)? {
-            commit(
-                backend,
-                &index,
-                vec![Change::Delete {
-                    key: key.into(),
-                    upto_seq: slot.seq(),
-                }],
-            )
-            .await?;
-        }
-        Ok(())
-    }
-
-    /// Stores a large piece as an object of its own and records it in the index. The key is
-    /// reserved while the object is written, so a packed put of the same key racing it either
-    /// waits for it (same bytes) or fails with `AlreadyExists`, and the other way round.
-    pub(crate) async fn put_object(
+    /// Whether the index holds `key` as a packed piece (its object, if one is left over from
+    /// an overwrite, is not the piece).
+    pub(crate) async fn holds_packed(
         self: &Arc<Self>,
         backend: &Arc<Backend>,
         key: &str,
-        data: Bytes,
-        crc: u32,
-        overwrite: bool,
-    ) -> Result<()> {
+    ) -> Result<bool> {
         let index = self.index(backend).await?;
-        let len = data.len() as u64;
-        // A put of the same bytes in flight is waited for; if it fails or is cancelled, this
-        // one tries itself (a few times: each failure is another writer's).
-        for _ in 0..4 {
-            let reservation = {
-                let mut st = self.lock();
-                match st.precheck(backend, &index, key, &data, crc, overwrite)? {
-                    Precheck::Same => return Ok(()),
-                    Precheck::Wait(rx) => Err(rx),
-                    Precheck::Go => {
-                        let id = new_pack_id();
-                        let (done, rx) = watch::channel(None);
-                        st.inflight.insert(
-                            key.to_string(),
-                            Pending {
-                                crc,
-                                len,
-                                tombstone: false,
-                                done: rx,
-                                pack: id,
-                            },
-                        );
-                        Ok(Reservation {
-                            packer: Arc::clone(self),
-                            id,
-                            done,
-                        })
-                    }
-                }
-            };
-            let reservation = match reservation {
-                Ok(r) => r,
-                Err(rx) => match wait(backend, key, rx).await {
-                    Ok(()) => return Ok(()),
-                    Err(_) => continue,
-                },
-            };
-            let result = async {
-                backend.put(key, data, crc, overwrite).await?;
-                self.record_object(backend, key, len, crc).await
-            }
-            .await;
-            reservation.finish(match &result {
-                Ok(()) => Ok(()),
-                Err(e) => Err((e.is_retryable(), e.to_string())),
-            });
-            return result;
-        }
-        Err(Error::Backend {
-            op: "put",
-            key: Some(key.into()),
-            backend: backend.label().into(),
-            message: "concurrent puts of this key kept failing".into(),
-            retryable: true,
-        })
-    }
-
-    /// Records a large piece written as an object of its own, after the object is durable.
-    /// Replaces (and, in the packs, deletes with a tombstone) a packed piece it overwrote.
-    pub(crate) async fn record_object(
-        self: &Arc<Self>,
-        backend: &Arc<Backend>,
-        key: &str,
-        len: u64,
-        crc: u32,
-    ) -> Result<()> {
-        let index = self.index(backend).await?;
-        if let Some(Slot::Packed(_)) = index.get(key)? {
-            self.delete(backend, key).await?;
-        }
-        let seq = self.next_seq();
-        commit(
-            backend,
-            &index,
-            vec![Change::Put {
-                key: key.into(),
-                slot: Slot::Object { len, crc, seq },
-            }],
-        )
-        .await
-        .map(|_| ())
+        Ok(matches!(index.get(key)?, Some(Slot::Packed(_))))
     }
 
     /// Every packed piece whose key starts with `prefix`.
     pub(crate) async fn list_packed(
-        &self,
+        self: &Arc<Self>,
         backend: &Arc<Backend>,
         prefix: &str,
     ) -> Result<Vec<PieceMeta>> {
@@ -722,6 +343,50 @@ impl ShardPacker {
     }
 }
 
+/// Reads a packed piece's bytes and verifies them. A pack shorter than the index says (cut
+/// short on disk, or a truncated copy) is `Corrupt`, never a retryable error: retrying cannot
+/// bring the bytes back. A missing pack is `NotFound` (the caller looks the piece up again).
+pub(crate) async fn read_packed(backend: &Backend, key: &str, loc: &Loc) -> Result<Bytes> {
+    let corrupt = |detail: String| Error::Corrupt {
+        key: key.into(),
+        backend: backend.label().into(),
+        detail,
+    };
+    let end = loc.offset + loc.len;
+    let bytes = match backend.read_pack_range(loc.pack, loc.offset..end).await {
+        Ok(b) => b,
+        Err(e @ Error::NotFound { .. }) => return Err(e),
+        Err(e) => {
+            return match backend.pack_size(loc.pack).await {
+                Ok(size) if size < end => Err(corrupt(format!(
+                    "pack {} is {size} bytes, but the piece ends at byte {end}: the pack is truncated",
+                    index::pack_name(loc.pack)
+                ))),
+                _ => Err(e),
+            };
+        }
+    };
+    if bytes.len() as u64 != loc.len {
+        return Err(corrupt(format!(
+            "pack {} gave {} bytes at offset {}, the piece has {}: the pack is truncated",
+            index::pack_name(loc.pack),
+            bytes.len(),
+            loc.offset,
+            loc.len
+        )));
+    }
+    let actual = crate::checksum::crc32c(&bytes);
+    if actual != loc.crc {
+        return Err(corrupt(format!(
+            "crc32c is {actual}, expected {} (pack {} at offset {})",
+            loc.crc,
+            index::pack_name(loc.pack),
+            loc.offset
+        )));
+    }
+    Ok(bytes)
+}
+
 fn packed_meta(key: &str, loc: &Loc) -> PieceMeta {
     PieceMeta {
         key: key.into(),
@@ -731,50 +396,7 @@ fn packed_meta(key: &str, loc: &Loc) -> PieceMeta {
     }
 }
 
-fn already_exists(backend: &Backend, key: &str) -> Error {
-    Error::AlreadyExists {
-        key: key.into(),
-        backend: backend.label().into(),
-    }
-}
-
-fn same_or_exists(
-    backend: &Backend,
-    key: &str,
-    len: u64,
-    crc: Option<u32>,
-    data: &[u8],
-    data_crc: u32,
-) -> Result<()> {
-    if len == data.len() as u64 && crc.is_none_or(|c| c == data_crc) {
-        Ok(())
-    } else {
-        Err(already_exists(backend, key))
-    }
-}
-
-async fn wait(backend: &Backend, key: &str, mut rx: watch::Receiver<Outcome>) -> Result<()> {
-    let outcome = rx.wait_for(|o| o.is_some()).await.map(|o| o.clone());
-    match outcome {
-        Ok(Some(Ok(()))) => Ok(()),
-        Ok(Some(Err((retryable, message)))) => Err(Error::Backend {
-            op: "put",
-            key: (!key.is_empty()).then(|| key.to_string()),
-            backend: backend.label().into(),
-            message: format!("the pack holding this write was not stored: {message}"),
-            retryable,
-        }),
-        _ => Err(Error::Backend {
-            op: "put",
-            key: (!key.is_empty()).then(|| key.to_string()),
-            backend: backend.label().into(),
-            message: "the pack holding this write was abandoned (runtime shut down)".into(),
-            retryable: true,
-        }),
-    }
-}
-
-fn join_err(backend: &Backend, e: tokio::task::JoinError) -> Error {
+pub(crate) fn join_err(backend: &Backend, e: tokio::task::JoinError) -> Error {
     Error::Backend {
         op: "index",
         key: None,
@@ -784,8 +406,10 @@ fn join_err(backend: &Backend, e: tokio::task::JoinError) -> Error {
     }
 }
 
-/// Applies index changes on the blocking pool (a commit fsyncs).
-pub(crate) async fn commit(
+/// Applies `changes` in one transaction on the blocking pool (a commit fsyncs), with no
+/// ordering: for an index nobody else writes yet (recovery) and for callers that hold the
+/// commit lock.
+pub(crate) async fn apply(
     backend: &Backend,
     index: &Arc<dyn PackIndex>,
     changes: Vec<Change>,
@@ -796,19 +420,62 @@ pub(crate) async fn commit(
         .map_err(|e| join_err(backend, e))?
 }
 
+/// Applies the changes of earlier failed commits (`stuck`), then `changes`, in one
+/// transaction, retrying a failure twice; if it still fails, every change is kept in `stuck`
+/// for the next commit. Returns whether each of `changes` took effect.
+async fn apply_after(
+    backend: &Backend,
+    index: &Arc<dyn PackIndex>,
+    stuck: &mut Vec<Change>,
+    changes: Vec<Change>,
+) -> Result<Vec<bool>> {
+    let skip = stuck.len();
+    let mut all = std::mem::take(stuck);
+    all.extend(changes);
+    let mut delay = Duration::from_millis(10);
+    let mut attempt = 0;
+    loop {
+        let ix = Arc::clone(index);
+        let (result, back) = tokio::task::spawn_blocking(move || {
+            let r = ix.apply(&all);
+            (r, all)
+        })
+        .await
+        .map_err(|e| join_err(backend, e))?;
+        all = back;
+        match result {
+            Ok(mut took) => return Ok(took.split_off(skip.min(took.len()))),
+            Err(e) if attempt == 2 => {
+                tracing::warn!(index = %index.describe(), error = %e, "an index commit failed; it will be retried before the next one");
+                *stuck = all;
+                return Err(e);
+            }
+            Err(_) => {
+                attempt += 1;
+                tokio::time::sleep(delay).await;
+                delay *= 4;
+            }
+        }
+    }
+}
+
 /// The index changes that record pack `id` (whose bytes are `bytes`, records `entries`):
-/// the pack, and, when `replay`, each piece (newest write wins) and each tombstone.
+/// the pack, its highest sequence number, and, when `replay`, each piece (newest write wins)
+/// and each tombstone.
 pub(crate) fn pack_changes(
     id: PackId,
     bytes: &[u8],
     entries: &[Entry],
     replay: bool,
 ) -> Vec<Change> {
-    let mut changes = Vec::with_capacity(entries.len() + 1);
+    let mut changes = Vec::with_capacity(entries.len() + 2);
     changes.push(Change::AddPack {
         id,
         info: pack_info(bytes.len() as u64, entries),
     });
+    changes.push(Change::BumpSeq(
+        entries.iter().map(|e| e.seq).max().unwrap_or(0),
+    ));
     if !replay {
         return changes;
     }

@@ -108,6 +108,8 @@ pub(crate) struct Recorder {
     backends: Vec<&'static str>,
     /// `cells[shard * ops + op]`.
     cells: Box<[Cell]>,
+    /// Per shard: reads that returned a piece carrying no checksum.
+    unverified: Box<[AtomicU64]>,
 }
 
 impl Recorder {
@@ -121,6 +123,9 @@ impl Recorder {
         };
         Recorder {
             enabled,
+            unverified: (0..if enabled { backends.len() } else { 0 })
+                .map(|_| AtomicU64::new(0))
+                .collect(),
             backends,
             cells: (0..n).map(|_| Cell::new()).collect(),
         }
@@ -162,6 +167,13 @@ impl Recorder {
         }
     }
 
+    /// Counts a read that returned a piece carrying no checksum (`AllowUnverified`).
+    pub(crate) fn unverified_read(&self, shard: usize) {
+        if let Some(c) = self.unverified.get(shard) {
+            c.fetch_add(1, Relaxed);
+        }
+    }
+
     /// A consistent-enough copy of every counter (each counter is read once; counters of
     /// operations running meanwhile may be a sample apart).
     pub(crate) fn snapshot(&self) -> Metrics {
@@ -196,6 +208,12 @@ impl Recorder {
         Metrics {
             enabled: self.enabled,
             ops,
+            unverified_reads: self
+                .backends
+                .iter()
+                .zip(self.unverified.iter())
+                .map(|(b, n)| (*b, n.load(Relaxed)))
+                .collect(),
         }
     }
 }
@@ -222,6 +240,9 @@ pub struct Metrics {
     pub enabled: bool,
     /// One entry per (shard, operation), shards in order.
     pub ops: Vec<OpMetrics>,
+    /// Per shard, in order (its backend kind, and the count): reads that returned a piece
+    /// carrying no checksum, which `AllowUnverified` lets through unverified.
+    pub unverified_reads: Vec<(&'static str, u64)>,
 }
 
 /// The metrics of one operation on one shard (or, from [`Metrics::total`], on all shards).
@@ -349,7 +370,7 @@ impl Metrics {
     /// `piecestore_operations_total`, `piecestore_operation_errors_total` (by `kind`, the
     /// error codes of [`ErrorKind::as_str`]), `piecestore_operation_bytes_total` and the
     /// histogram `piecestore_operation_duration_seconds`, each labelled `backend`, `shard`
-    /// and `op`.
+    /// and `op`; and `piecestore_unverified_reads_total`, labelled `backend` and `shard`.
     pub fn to_prometheus(&self) -> String {
         let mut out = String::with_capacity(256 + self.ops.len() * 2048);
         let labels = |m: &OpMetrics| {
@@ -416,6 +437,17 @@ impl Metrics {
                 m.count,
                 m.latency.sum.as_secs_f64(),
                 m.count
+            );
+        }
+        let _ = writeln!(
+            out,
+            "# HELP piecestore_unverified_reads_total Reads that returned a piece carrying no checksum.\n\
+             # TYPE piecestore_unverified_reads_total counter"
+        );
+        for (shard, (backend, n)) in self.unverified_reads.iter().enumerate() {
+            let _ = writeln!(
+                out,
+                "piecestore_unverified_reads_total{{backend=\"{backend}\",shard=\"{shard}\"}} {n}"
             );
         }
         out

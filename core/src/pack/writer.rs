@@ -1,0 +1,864 @@
+//! The write path of a shard: group commit of packed records, one operation per key at a time,
+//! and objects of their own with their intents.
+//!
+//! **Groups.** Records (pieces and tombstones) are appended to the *forming* group. When the
+//! shard's writer task is idle, the first record starts it and the write begins at once.
+//! Records that arrive while a write is in flight form the next group, so batching comes from
+//! concurrency, never from a timer.
+//! A group reaching `TargetSize` is closed and the next record starts another. Groups are
+//! written and committed one at a time, in order: a tombstone is never indexed before the
+//! piece it deletes.
+//!
+//! **Keys.** While a put or delete of a key runs, the key is held ([`State::inflight`]): a put
+//! of the same bytes joins it, a put of other bytes is `AlreadyExists` (or, to overwrite, waits
+//! for it), anything else waits for it and looks again. A packed record holds its key until its
+//! group is indexed (or failed), so a caller cancelled while it waits changes nothing.
+//!
+//! **Same bytes** means the same bytes: the length and the CRC32C reject quickly, then the
+//! stored piece is read and compared.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use tokio::sync::watch;
+
+use super::format::PackBuilder;
+use super::index::{Change, Intent, PackIndex, PackState, Slot};
+use super::{ShardPacker, join_err, new_pack_id, now_ms, pack_changes, pack_info};
+use crate::backend::Backend;
+use crate::error::{Error, Result};
+
+/// How often an operation looks again after waiting for another operation on its key.
+const ATTEMPTS: usize = 16;
+
+/// The outcome of a write, shared by everyone waiting on it: `(retryable, message)` on failure.
+pub(super) type Outcome = Option<std::result::Result<(), (bool, String)>>;
+
+/// What holds a key.
+#[derive(Debug)]
+enum Holder {
+    /// A put of these bytes.
+    Put(Bytes),
+    /// A delete, or another operation that is not a put (an intent being finished).
+    Other,
+}
+
+/// A key's running operation.
+#[derive(Debug)]
+struct Pending {
+    what: Holder,
+    /// The group (or reservation) whose end frees the key.
+    ticket: u64,
+    done: watch::Receiver<Outcome>,
+}
+
+/// Records waiting to be written together.
+#[derive(Debug)]
+struct Group {
+    ticket: u64,
+    builder: PackBuilder,
+    /// Index changes to commit with the group's records.
+    extra: Vec<Change>,
+    done: watch::Sender<Outcome>,
+}
+
+/// The write path's state (behind the packer's mutex; never held across an await).
+#[derive(Debug, Default)]
+pub(crate) struct State {
+    /// Groups to write, oldest first; records go into the last one.
+    forming: VecDeque<Group>,
+    /// Whether the writer task runs.
+    writing: bool,
+    /// The outcome of the group being written.
+    current: Option<watch::Receiver<Outcome>>,
+    /// Keys whose operation runs.
+    inflight: HashMap<String, Pending>,
+    /// The last ticket handed out.
+    tickets: u64,
+}
+
+impl State {
+    fn ticket(&mut self) -> u64 {
+        self.tickets += 1;
+        self.tickets
+    }
+}
+
+/// A record to append.
+enum Record<'a> {
+    Piece {
+        key: &'a str,
+        data: &'a Bytes,
+        crc: u32,
+    },
+    Tombstone {
+        key: &'a str,
+        /// The sequence number of the write it deletes (and of anything older).
+        upto: u64,
+    },
+}
+
+/// What an operation on a key finds, with the state locked.
+enum Look {
+    /// Nothing runs on the key; this is its slot in the index.
+    Free(Option<Slot>),
+    /// The same put runs: its outcome is ours.
+    Join(watch::Receiver<Outcome>),
+    /// Another operation runs: wait for it, then look again.
+    After(watch::Receiver<Outcome>),
+    /// An object operation was left half-way: finish it, then look again.
+    Resolve,
+}
+
+/// A key held by an operation that is not a packed record (object writes and deletes, intent
+/// resolutions). Dropped without [`Reservation::finish`], it still frees the key.
+struct Reservation {
+    packer: Arc<ShardPacker>,
+    key: String,
+    ticket: u64,
+    done: watch::Sender<Outcome>,
+}
+
+impl Reservation {
+    fn finish(self, result: &Result<()>) {
+        self.release(match result {
+            Ok(()) => Ok(()),
+            Err(e) => Err((e.is_retryable(), e.to_string())),
+        });
+    }
+
+    fn release(&self, outcome: std::result::Result<(), (bool, String)>) {
+        {
+            let mut st = self.packer.lock();
+            if st
+                .inflight
+                .get(&self.key)
+                .is_some_and(|p| p.ticket == self.ticket)
+            {
+                st.inflight.remove(&self.key);
+            }
+        }
+        self.done.send_if_modified(|o| {
+            let first = o.is_none();
+            if first {
+                *o = Some(outcome);
+            }
+            first
+        });
+    }
+}
+
+impl Drop for Reservation {
+    fn drop(&mut self) {
+        if self.done.borrow().is_none() {
+            self.release(Err((true, "the operation was abandoned".into())));
+        }
+    }
+}
+
+/// What is stored under a key, compared with the bytes of a put.
+enum Stored {
+    Same,
+    Other,
+    /// The slot's object is gone (a crash between deleting it and its slot, or a delete behind
+    /// the store's back): a put may take the key.
+    Gone,
+}
+
+impl ShardPacker {
+    pub(super) fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Whether a put of a key the index does not know must look for an object first: always
+    /// on local files (a file that another program, such as the original Go piecestore, wrote
+    /// costs a `stat` to find), and on other backends until the index knows every object.
+    fn must_probe(&self, backend: &Backend) -> bool {
+        backend.is_local() || !self.complete.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    fn look(
+        &self,
+        st: &State,
+        index: &Arc<dyn PackIndex>,
+        backend: &Backend,
+        key: &str,
+        data: Option<&Bytes>,
+        overwrite: bool,
+    ) -> Result<Look> {
+        if let Some(p) = st.inflight.get(key) {
+            return match (&p.what, data) {
+                (Holder::Put(held), Some(d)) if held == d => Ok(Look::Join(p.done.clone())),
+                (Holder::Put(_), Some(_)) if !overwrite => Err(already_exists(backend, key)),
+                _ => Ok(Look::After(p.done.clone())),
+            };
+        }
+        if index.intent(key)?.is_some() {
+            return Ok(Look::Resolve);
+        }
+        Ok(Look::Free(index.get(key)?))
+    }
+
+    /// Holds `key` for an operation that is not a packed record.
+    fn reserve(self: &Arc<Self>, st: &mut State, key: &str, what: Holder) -> Reservation {
+        let ticket = st.ticket();
+        let (done, rx) = watch::channel(None);
+        st.inflight.insert(
+            key.to_string(),
+            Pending {
+                what,
+                ticket,
+                done: rx,
+            },
+        );
+        Reservation {
+            packer: Arc::clone(self),
+            key: key.to_string(),
+            ticket,
+            done,
+        }
+    }
+
+    /// Appends a record to the forming group (starting the writer if it is idle); with
+    /// `holder`, the key is held until the group is indexed. Returns the group's outcome.
+    fn enqueue(
+        self: &Arc<Self>,
+        st: &mut State,
+        backend: &Arc<Backend>,
+        record: Record<'_>,
+        extra: Vec<Change>,
+        holder: Option<Holder>,
+    ) -> watch::Receiver<Outcome> {
+        let full = st
+            .forming
+            .back()
+            .is_none_or(|g| g.builder.len() >= self.opts.target_size);
+        if full {
+            let ticket = st.ticket();
+            st.forming.push_back(Group {
+                ticket,
+                builder: PackBuilder::new(),
+                extra: Vec::new(),
+                done: watch::channel(None).0,
+            });
+        }
+        let seq = self.next_seq();
+        let group = st.forming.back_mut().expect("a forming group");
+        let key = match record {
+            Record::Piece { key, data, crc } => {
+                group.builder.push_piece(key, seq, data, crc);
+                key
+            }
+            Record::Tombstone { key, upto } => {
+                group.builder.push_tombstone(key, seq, upto);
+                key
+            }
+        };
+        group.extra.extend(extra);
+        let rx = group.done.subscribe();
+        if let Some(what) = holder {
+            let ticket = group.ticket;
+            st.inflight.insert(
+                key.to_string(),
+                Pending {
+                    what,
+                    ticket,
+                    done: rx.clone(),
+                },
+            );
+        }
+        if !st.writing {
+            st.writing = true;
+            let me = Arc::clone(self);
+            let backend = Arc::clone(backend);
+            let task = self.tasks.enter();
+            tokio::spawn(async move {
+                let _task = task;
+                me.run_writer(backend).await
+            });
+        }
+        rx
+    }
+
+    /// Writes groups one after another until none is left.
+    async fn run_writer(self: Arc<Self>, backend: Arc<Backend>) {
+        // On a panic or a runtime shutdown, the groups left are failed and the writer marked
+        // idle, so that no put waits forever and the next one starts a writer again.
+        struct Idle<'a>(&'a ShardPacker, bool);
+        impl Drop for Idle<'_> {
+            fn drop(&mut self) {
+                if self.1 {
+                    return;
+                }
+                let mut st = self.0.lock();
+                st.writing = false;
+                st.current = None;
+                for g in std::mem::take(&mut st.forming) {
+                    st.inflight.retain(|_, p| p.ticket != g.ticket);
+                    let _ = g
+                        .done
+                        .send(Some(Err((true, "the pack writer stopped".into()))));
+                }
+            }
+        }
+        let mut idle = Idle(&self, false);
+        loop {
+            let group = {
+                let mut st = self.lock();
+                match st.forming.pop_front() {
+                    Some(g) => {
+                        st.current = Some(g.done.subscribe());
+                        g
+                    }
+                    None => {
+                        st.writing = false;
+                        st.current = None;
+                        idle.1 = true;
+                        return;
+                    }
+                }
+            };
+            let Group {
+                ticket,
+                builder,
+                extra,
+                done,
+            } = group;
+            let result = self.write_group(&backend, builder, extra).await;
+            self.lock().inflight.retain(|_, p| p.ticket != ticket);
+            let _ = done.send(Some(match result {
+                Ok(()) => Ok(()),
+                Err(e) => {
+                    tracing::warn!(shard = self.shard, error = %e, "writing a pack failed");
+                    Err((e.is_retryable(), e.to_string()))
+                }
+            }));
+        }
+    }
+
+    /// Writes one group as a pack and indexes it.
+    async fn write_group(
+        self: &Arc<Self>,
+        backend: &Arc<Backend>,
+        builder: PackBuilder,
+        extra: Vec<Change>,
+    ) -> Result<()> {
+        let id = new_pack_id();
+        let (bytes, entries) = builder.finish();
+        match backend.put_pack(id, bytes.clone()).await {
+            Ok(()) => {
+                let mut changes = pack_changes(id, &bytes, &entries, true);
+                changes.extend(extra);
+                self.commit(backend, changes).await.map(drop)
+            }
+            Err(e) => {
+                // The write may have happened all the same (a lost response): the pack is
+                // recorded as doomed, so that recovery never replays what its puts were told
+                // failed, and gc deletes it.
+                let mut info = pack_info(bytes.len() as u64, &entries);
+                info.state = PackState::Doomed { since_ms: now_ms() };
+                let seq = entries.iter().map(|e| e.seq).max().unwrap_or(0);
+                let _ = self
+                    .commit(
+                        backend,
+                        vec![Change::AddPack { id, info }, Change::BumpSeq(seq)],
+                    )
+                    .await;
+                Err(e)
+            }
+        }
+    }
+
+    /// Stores a small piece in a pack; returns once the pack is durable and indexed.
+    pub(crate) async fn put(
+        self: &Arc<Self>,
+        backend: &Arc<Backend>,
+        key: &str,
+        data: Bytes,
+        crc: u32,
+        overwrite: bool,
+    ) -> Result<()> {
+        let index = self.index(backend).await?;
+        for _ in 0..ATTEMPTS {
+            let look = {
+                let st = self.lock();
+                self.look(&st, &index, backend, key, Some(&data), overwrite)?
+            };
+            let slot = match look {
+                Look::Join(rx) => match wait(backend, key, rx).await {
+                    Ok(()) => return Ok(()),
+                    Err(_) => continue,
+                },
+                Look::After(rx) => {
+                    let _ = wait(backend, key, rx).await;
+                    continue;
+                }
+                Look::Resolve => {
+                    self.resolve_key(backend, key).await?;
+                    continue;
+                }
+                Look::Free(slot) => slot,
+            };
+            // What is stored, checked without the lock; looked at again before enqueueing.
+            let mut stale_object = None;
+            match slot {
+                Some(s) if !overwrite => match self.stored(backend, key, &s, &data, crc).await? {
+                    Stored::Same => return Ok(()),
+                    Stored::Other => return Err(already_exists(backend, key)),
+                    Stored::Gone => {}
+                },
+                // Overwriting an object: it goes once the packed piece is indexed.
+                Some(Slot::Object { seq, .. }) => stale_object = Some(seq),
+                Some(Slot::Packed(_)) => {}
+                None if self.must_probe(backend) => match backend.head(key).await {
+                    Ok(meta) if !overwrite => {
+                        return if backend.stored_same(key, &meta, &data, crc).await? {
+                            Ok(())
+                        } else {
+                            Err(already_exists(backend, key))
+                        };
+                    }
+                    Ok(_) => stale_object = Some(0),
+                    Err(Error::NotFound { .. }) => {}
+                    Err(e) => return Err(e),
+                },
+                None => {}
+            }
+            let rx = {
+                let mut st = self.lock();
+                if st.inflight.contains_key(key)
+                    || index.intent(key)?.is_some()
+                    || index.get(key)? != slot
+                {
+                    continue; // someone else got there meanwhile: look again
+                }
+                let extra = stale_object
+                    .map(|upto_seq| {
+                        vec![Change::SetIntent {
+                            key: key.into(),
+                            intent: Intent::DeleteObject { upto_seq },
+                        }]
+                    })
+                    .unwrap_or_default();
+                self.enqueue(
+                    &mut st,
+                    backend,
+                    Record::Piece {
+                        key,
+                        data: &data,
+                        crc,
+                    },
+                    extra,
+                    Some(Holder::Put(data.clone())),
+                )
+            };
+            wait(backend, key, rx).await?;
+            if stale_object.is_some() {
+                // The packed piece is indexed; the overwritten object goes (if this is cut
+                // short, its intent makes recovery or the next operation finish it).
+                self.resolve_key(backend, key).await?;
+            }
+            return Ok(());
+        }
+        Err(busy(backend, key, "put"))
+    }
+
+    /// Stores a large piece as an object of its own, recorded in the index: the intent first,
+    /// then the object, then its slot. Runs as a task of its own, so a caller that is
+    /// cancelled leaves no object the index does not know.
+    pub(crate) async fn put_object(
+        self: &Arc<Self>,
+        backend: &Arc<Backend>,
+        key: &str,
+        data: Bytes,
+        crc: u32,
+        overwrite: bool,
+    ) -> Result<()> {
+        let index = self.index(backend).await?;
+        for _ in 0..ATTEMPTS {
+            let look = {
+                let mut st = self.lock();
+                match self.look(&st, &index, backend, key, Some(&data), overwrite)? {
+                    Look::Free(slot) => {
+                        Ok((self.reserve(&mut st, key, Holder::Put(data.clone())), slot))
+                    }
+                    other => Err(other),
+                }
+            };
+            let (reservation, slot) = match look {
+                Ok(free) => free,
+                Err(Look::Join(rx)) => match wait(backend, key, rx).await {
+                    Ok(()) => return Ok(()),
+                    Err(_) => continue,
+                },
+                Err(Look::After(rx)) => {
+                    let _ = wait(backend, key, rx).await;
+                    continue;
+                }
+                Err(_) => {
+                    self.resolve_key(backend, key).await?;
+                    continue;
+                }
+            };
+            let me = Arc::clone(self);
+            let backend2 = Arc::clone(backend);
+            let key2 = key.to_string();
+            let task = self.tasks.enter();
+            let handle = tokio::spawn(async move {
+                let _task = task;
+                let r = me
+                    .write_object(&backend2, &key2, data, crc, overwrite, slot)
+                    .await;
+                reservation.finish(&r);
+                r
+            });
+            return handle.await.map_err(|e| join_err(backend, e))?;
+        }
+        Err(busy(backend, key, "put"))
+    }
+
+    async fn write_object(
+        self: &Arc<Self>,
+        backend: &Arc<Backend>,
+        key: &str,
+        data: Bytes,
+        crc: u32,
+        overwrite: bool,
+        slot: Option<Slot>,
+    ) -> Result<()> {
+        let len = data.len() as u64;
+        if !overwrite && let Some(s) = &slot {
+            match self.stored(backend, key, s, &data, crc).await? {
+                Stored::Same => return Ok(()),
+                Stored::Other => return Err(already_exists(backend, key)),
+                Stored::Gone => {}
+            }
+        }
+        let seq = self.next_seq();
+        self.commit(
+            backend,
+            vec![Change::SetIntent {
+                key: key.into(),
+                intent: Intent::PutObject { len, crc, seq },
+            }],
+        )
+        .await?;
+        match backend.put(key, data, crc, overwrite).await {
+            Ok(()) => self.record_object(backend, key, len, crc, seq).await,
+            // Did the write happen although it was reported failed?
+            Err(e) if e.is_retryable() => match backend.head(key).await {
+                Ok(m) if m.size == len && m.crc32c == Some(crc) => {
+                    self.record_object(backend, key, len, crc, seq).await
+                }
+                Ok(_) | Err(Error::NotFound { .. }) => {
+                    self.clear_intent(backend, key).await?;
+                    Err(e)
+                }
+                Err(_) => Err(e), // the intent stays: recovery decides
+            },
+            Err(e) => {
+                self.clear_intent(backend, key).await?;
+                Err(e)
+            }
+        }
+    }
+
+    async fn clear_intent(self: &Arc<Self>, backend: &Arc<Backend>, key: &str) -> Result<()> {
+        self.commit(backend, vec![Change::ClearIntent { key: key.into() }])
+            .await
+            .map(drop)
+    }
+
+    /// Makes a durable object the key's slot and forgets its intent; a packed piece it
+    /// replaces gets a tombstone in the packs (so that a rebuilt index does not bring it back),
+    /// committed together with the slot.
+    async fn record_object(
+        self: &Arc<Self>,
+        backend: &Arc<Backend>,
+        key: &str,
+        len: u64,
+        crc: u32,
+        seq: u64,
+    ) -> Result<()> {
+        let index = self.index(backend).await?;
+        let finish = vec![
+            Change::Put {
+                key: key.into(),
+                slot: Slot::Object { len, crc, seq },
+            },
+            Change::ClearIntent { key: key.into() },
+        ];
+        match index.get(key)? {
+            Some(Slot::Packed(loc)) if loc.seq < seq => {
+                let rx = {
+                    let mut st = self.lock();
+                    let record = Record::Tombstone { key, upto: loc.seq };
+                    self.enqueue(&mut st, backend, record, finish, None)
+                };
+                wait(backend, key, rx).await
+            }
+            _ => self.commit(backend, finish).await.map(drop),
+        }
+    }
+
+    /// What is stored in `slot`, compared with `data`.
+    async fn stored(
+        self: &Arc<Self>,
+        backend: &Arc<Backend>,
+        key: &str,
+        slot: &Slot,
+        data: &Bytes,
+        crc: u32,
+    ) -> Result<Stored> {
+        if slot.len() != data.len() as u64 || slot.crc() != crc {
+            return Ok(Stored::Other);
+        }
+        let stored = match slot {
+            // Through the index: compaction may have moved the piece since the slot was read.
+            Slot::Packed(_) => match self.get(backend, key).await? {
+                Some((b, _)) => Ok(b),
+                None => return Ok(Stored::Gone),
+            },
+            Slot::Object { .. } => backend.get(key).await.map(|(b, _)| b),
+        };
+        match stored {
+            Ok(b) if b == *data => Ok(Stored::Same),
+            Ok(_) => Ok(Stored::Other),
+            Err(Error::NotFound { .. }) => Ok(Stored::Gone),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Deletes a piece: a tombstone for a packed one, the object (after its intent) for an
+    /// object of its own, and for a key the index does not know both a tombstone (a pack the
+    /// index missed may hold it) and a delete of any object under it. Returns once durable.
+    pub(crate) async fn delete(self: &Arc<Self>, backend: &Arc<Backend>, key: &str) -> Result<()> {
+        let index = self.index(backend).await?;
+        for _ in 0..ATTEMPTS {
+            enum Step {
+                Wait(watch::Receiver<Outcome>),
+                Resolve,
+                Tombstone(watch::Receiver<Outcome>),
+                Object(Reservation, u64),
+                Unknown(Reservation),
+            }
+            let step = {
+                let mut st = self.lock();
+                match self.look(&st, &index, backend, key, None, false)? {
+                    Look::Join(rx) | Look::After(rx) => Step::Wait(rx),
+                    Look::Resolve => Step::Resolve,
+                    Look::Free(Some(Slot::Packed(loc))) => {
+                        let record = Record::Tombstone { key, upto: loc.seq };
+                        Step::Tombstone(self.enqueue(
+                            &mut st,
+                            backend,
+                            record,
+                            Vec::new(),
+                            Some(Holder::Other),
+                        ))
+                    }
+                    Look::Free(Some(Slot::Object { seq, .. })) => {
+                        Step::Object(self.reserve(&mut st, key, Holder::Other), seq)
+                    }
+                    Look::Free(None) => Step::Unknown(self.reserve(&mut st, key, Holder::Other)),
+                }
+            };
+            let (reservation, object_seq) = match step {
+                Step::Wait(rx) => {
+                    let _ = wait(backend, key, rx).await;
+                    continue;
+                }
+                Step::Resolve => {
+                    self.resolve_key(backend, key).await?;
+                    continue;
+                }
+                Step::Tombstone(rx) => return wait(backend, key, rx).await,
+                Step::Object(r, seq) => (r, Some(seq)),
+                Step::Unknown(r) => (r, None),
+            };
+            let me = Arc::clone(self);
+            let backend2 = Arc::clone(backend);
+            let key2 = key.to_string();
+            let task = self.tasks.enter();
+            let handle = tokio::spawn(async move {
+                let _task = task;
+                let r = match object_seq {
+                    Some(upto_seq) => {
+                        me.delete_object(&backend2, &key2, Intent::DeleteObject { upto_seq })
+                            .await
+                    }
+                    None => me.delete_unknown(&backend2, &key2).await,
+                };
+                reservation.finish(&r);
+                r
+            });
+            return handle.await.map_err(|e| join_err(backend, e))?;
+        }
+        Err(busy(backend, key, "delete"))
+    }
+
+    /// Deletes the object of an object slot: the intent, the object, then the slot.
+    async fn delete_object(
+        self: &Arc<Self>,
+        backend: &Arc<Backend>,
+        key: &str,
+        intent: Intent,
+    ) -> Result<()> {
+        self.commit(
+            backend,
+            vec![Change::SetIntent {
+                key: key.into(),
+                intent,
+            }],
+        )
+        .await?;
+        self.finish_intent(backend, key, intent).await
+    }
+
+    /// Deletes a key the index does not know: any object under it (written before packing,
+    /// or by another program), and a tombstone for any record of it a pack may hold.
+    async fn delete_unknown(self: &Arc<Self>, backend: &Arc<Backend>, key: &str) -> Result<()> {
+        backend.delete(key).await?;
+        let rx = {
+            let mut st = self.lock();
+            // Deletes every write older than the tombstone itself.
+            let upto = self.seq.load(std::sync::atomic::Ordering::SeqCst);
+            self.enqueue(
+                &mut st,
+                backend,
+                Record::Tombstone { key, upto },
+                Vec::new(),
+                None,
+            )
+        };
+        wait(backend, key, rx).await
+    }
+
+    /// Finishes (or undoes) an object operation left half-way on `key`, holding the key.
+    pub(super) async fn resolve_key(
+        self: &Arc<Self>,
+        backend: &Arc<Backend>,
+        key: &str,
+    ) -> Result<()> {
+        let index = self.index(backend).await?;
+        for _ in 0..ATTEMPTS {
+            let step = {
+                let mut st = self.lock();
+                match st.inflight.get(key) {
+                    Some(p) => Err(p.done.clone()),
+                    None => match index.intent(key)? {
+                        None => return Ok(()),
+                        Some(intent) => Ok((self.reserve(&mut st, key, Holder::Other), intent)),
+                    },
+                }
+            };
+            let (reservation, intent) = match step {
+                Ok(held) => held,
+                Err(rx) => {
+                    let _ = wait(backend, key, rx).await;
+                    continue;
+                }
+            };
+            let r = self.finish_intent(backend, key, intent).await;
+            reservation.finish(&r);
+            return r;
+        }
+        Err(busy(backend, key, "resolve"))
+    }
+
+    /// Carries an intent through: a written object becomes the key's slot (one that is not
+    /// there, or holds other bytes, was never written: the intent goes); an object to delete
+    /// is deleted, then its slot and intent go.
+    async fn finish_intent(
+        self: &Arc<Self>,
+        backend: &Arc<Backend>,
+        key: &str,
+        intent: Intent,
+    ) -> Result<()> {
+        match intent {
+            Intent::PutObject { len, crc, seq } => match backend.head(key).await {
+                Ok(m) if m.size == len && m.crc32c == Some(crc) => {
+                    self.record_object(backend, key, len, crc, seq).await
+                }
+                Ok(_) | Err(Error::NotFound { .. }) => self.clear_intent(backend, key).await,
+                Err(e) => Err(e),
+            },
+            Intent::DeleteObject { upto_seq } => {
+                backend.delete(key).await?;
+                self.commit(
+                    backend,
+                    vec![
+                        Change::Delete {
+                            key: key.into(),
+                            upto_seq,
+                        },
+                        Change::ClearIntent { key: key.into() },
+                    ],
+                )
+                .await
+                .map(drop)
+            }
+        }
+    }
+
+    /// Starts writing whatever is waiting now, and waits until everything written before this
+    /// call is durable (every put already waits for its own group; this is for a caller that
+    /// wants all of them out, e.g. before a snapshot).
+    pub(crate) async fn flush(self: &Arc<Self>, backend: &Arc<Backend>) -> Result<()> {
+        let last = {
+            let st = self.lock();
+            st.forming
+                .back()
+                .map(|g| g.done.subscribe())
+                .or_else(|| st.current.clone())
+        };
+        match last {
+            Some(rx) => wait(backend, "", rx).await,
+            None => Ok(()),
+        }
+    }
+}
+
+fn already_exists(backend: &Backend, key: &str) -> Error {
+    Error::AlreadyExists {
+        key: key.into(),
+        backend: backend.label().into(),
+    }
+}
+
+fn busy(backend: &Backend, key: &str, op: &'static str) -> Error {
+    Error::Backend {
+        op,
+        key: Some(key.into()),
+        backend: backend.label().into(),
+        message: "other operations on this key kept running into this one".into(),
+        retryable: true,
+    }
+}
+
+/// Waits for a write's outcome.
+pub(super) async fn wait(
+    backend: &Backend,
+    key: &str,
+    mut rx: watch::Receiver<Outcome>,
+) -> Result<()> {
+    let outcome = rx.wait_for(|o| o.is_some()).await.map(|o| o.clone());
+    match outcome {
+        Ok(Some(Ok(()))) => Ok(()),
+        Ok(Some(Err((retryable, message)))) => Err(Error::Backend {
+            op: "write",
+            key: (!key.is_empty()).then(|| key.to_string()),
+            backend: backend.label().into(),
+            message: format!("the write this call waited for failed: {message}"),
+            retryable,
+        }),
+        _ => Err(Error::Backend {
+            op: "write",
+            key: (!key.is_empty()).then(|| key.to_string()),
+            backend: backend.label().into(),
+            message: "the write this call waited for was abandoned (runtime shut down)".into(),
+            retryable: true,
+        }),
+    }
+}
