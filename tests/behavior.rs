@@ -244,6 +244,7 @@ async fn every_invalid_key_class_is_rejected(f: &Fixture) {
         "nul\0",
         "ctl\u{1b}",
         ".piecestore/x",
+        ".piecestore",
         "stage#3",
     ];
     for k in bad {
@@ -377,20 +378,43 @@ async fn raw_pieces_from_other_tools_read_as_unverified(f: &Fixture) {
     raw.put(&Path::parse(key).unwrap(), PutPayload::from(data(777, 7)))
         .await
         .unwrap();
-    assert!(
-        f.store.get(key).await.unwrap() == data(777, 7),
-        "returned as stored"
-    );
+    // Refused by default: bytes without a checksum cannot be verified.
+    assert_eq!(f.store.get(key).await.no_ok().kind(), ErrorKind::Corrupt);
     let meta = f.store.head(key).await.unwrap();
     assert_eq!(meta.size, 777);
     assert!(
         meta.unverified(),
         "a piece with no checksum is reported unverified"
     );
+    if matches!(f.backend, Backend::Memory | Backend::MemoryPacked) {
+        return; // a second handle on memory:// is another store
+    }
+    // Read as stored where the config allows unverified pieces (the original's files).
+    let mut config = f.config.clone();
+    config
+        .set_option(
+            "AllowUnverified",
+            piecestore::config::OptionValue::Bool(true),
+        )
+        .unwrap();
+    f.store.close().await;
+    let allowing = piecestore::PieceStore::open(config).await.unwrap();
+    assert!(
+        allowing.get(key).await.unwrap() == data(777, 7),
+        "returned as stored"
+    );
     assert_eq!(
-        f.store.get_range(key, 700, 77).await.unwrap(),
+        allowing.get_range(key, 700, 77).await.unwrap(),
         data(777, 7).slice(700..)
     );
+    let counted: u64 = allowing
+        .metrics()
+        .unverified_reads
+        .iter()
+        .map(|(_, n)| n)
+        .sum();
+    assert_eq!(counted, 2, "unverified reads are counted");
+    allowing.close().await;
 }
 
 async fn checksum_is_stored_where_the_original_reads_it(f: &Fixture) {

@@ -449,10 +449,27 @@ macro_rules! behavior_suite {
         $crate::behavior_suite!(@backend file_sharded, FileSharded, $($test),*);
         $crate::behavior_suite!(@backend moto_sharded, Moto, $($test),*);
         $crate::behavior_suite!(@backend s3s_fs_sharded, S3sFs, $($test),*);
-        $crate::behavior_suite!(@backend external_sharded, External, $($test),*);
+        $crate::behavior_suite!(@external $($test),*);
         $crate::behavior_suite!(@backend memory_packed, MemoryPacked, $($test),*);
         $crate::behavior_suite!(@backend file_unpacked, FileUnpacked, $($test),*);
         $crate::behavior_suite!(@backend s3s_fs_unpacked, S3sFsUnpacked, $($test),*);
+    };
+    // The server named by PIECESTORE_TEST_S3_ENDPOINT: ignored unless run with `--ignored`
+    // (a test that cannot run must not pass as if it had).
+    (@external $($test:ident),*) => {
+        mod external_sharded {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                #[ignore = "needs PIECESTORE_TEST_S3_ENDPOINT; run with --ignored"]
+                async fn $test() {
+                    let name = concat!("external_sharded-", stringify!($test));
+                    let f = $crate::Fixture::new($crate::Backend::External, name)
+                        .await
+                        .expect("PIECESTORE_TEST_S3_ENDPOINT is not set");
+                    super::$test(&f).await;
+                }
+            )*
+        }
     };
     (@backend $module:ident, $backend:ident, $($test:ident),*) => {
         mod $module {
@@ -495,6 +512,11 @@ pub enum ProxyMode {
     StripIfNoneMatch,
     /// Answer the first `n` requests with `503 Service Unavailable`, then forward.
     FailFirst(usize),
+    /// Forward every `PUT` of the first object whose target contains the text (the first
+    /// attempt and its retries), let the server store it, and answer the client `500 Internal
+    /// Server Error` instead of the server's answer: a write that happened although its writer
+    /// was told it failed (a lost response).
+    LoseResponse(&'static str),
 }
 
 /// One request a [`Proxy`] saw: method and target (path with query).
@@ -537,6 +559,7 @@ impl Proxy {
         let port = listener.local_addr().expect("addr").port();
         listener.set_nonblocking(true).expect("nonblocking");
         let seen = Arc::new(AtomicUsize::new(0));
+        let lost: Arc<std::sync::Mutex<Option<String>>> = Arc::default();
         let log = Arc::new(std::sync::Mutex::new(Vec::new()));
         let proxy = Proxy {
             endpoint: format!("http://127.0.0.1:{port}"),
@@ -553,6 +576,7 @@ impl Proxy {
                 let Ok((mut client, _)) = listener.accept().await else { continue };
                 let upstream = upstream.clone();
                 let seen = Arc::clone(&seen);
+                let lost = Arc::clone(&lost);
                 let log = Arc::clone(&log);
                 tokio::spawn(async move {
                     // Read the request head; one request per connection (Connection: close).
@@ -597,6 +621,39 @@ impl Proxy {
                     out.push_str("Connection: close\r\n\r\n");
                     let Ok(mut server) = tokio::net::TcpStream::connect(&upstream).await else { return };
                     if server.write_all(out.as_bytes()).await.is_err() || server.write_all(&buf[head_end..]).await.is_err() {
+                        return;
+                    }
+                    let target = head.split_whitespace().nth(1).unwrap_or("").to_string();
+                    if let ProxyMode::LoseResponse(needle) = mode
+                        && head.starts_with("PUT ")
+                        && target.contains(needle)
+                        && lost.lock().map(|mut l| l.get_or_insert_with(|| target.clone()) == &target).unwrap_or(false)
+                    {
+                        // The rest of the body, then the server's whole answer, which is dropped.
+                        let (mut from_client, mut to_server) = (client, server);
+                        let body_len = head
+                            .lines()
+                            .find_map(|l| l.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().parse::<usize>().unwrap_or(0)))
+                            .unwrap_or(0);
+                        let mut left = body_len.saturating_sub(buf.len() - head_end);
+                        while left > 0 {
+                            let n = match from_client.read(&mut chunk).await {
+                                Ok(0) | Err(_) => return,
+                                Ok(n) => n,
+                            };
+                            if to_server.write_all(&chunk[..n]).await.is_err() {
+                                return;
+                            }
+                            left = left.saturating_sub(n);
+                        }
+                        let mut answer = Vec::new();
+                        let _ = to_server.read_to_end(&mut answer).await;
+                        let body = "<Error><Code>InternalError</Code></Error>";
+                        let resp = format!(
+                            "HTTP/1.1 500 Internal Server Error\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                            body.len()
+                        );
+                        let _ = from_client.write_all(resp.as_bytes()).await;
                         return;
                     }
                     let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
@@ -772,4 +829,55 @@ pub fn fsck_problems(report: &piecestore::pack::fsck::FsckReport) -> String {
         .map(|p| format!("  {p}"))
         .collect::<Vec<_>>()
         .join("\n")
+}
+
+/// Other bytes of the same length and the same CRC32C as `a` (at least 8 bytes): its first byte
+/// changed and its last four chosen to bring the checksum back (CRC32C is affine in its input
+/// bits, so the four bytes solve a 32×32 linear system over GF(2)).
+pub fn crc32c_twin(a: &[u8]) -> Vec<u8> {
+    use piecestore::checksum::crc32c;
+    assert!(a.len() >= 8, "crc32c_twin needs at least 8 bytes");
+    let n = a.len();
+    let target = crc32c(a);
+    let mut b = a.to_vec();
+    b[0] ^= 0xa5;
+    let mut eval = |x: u32| {
+        b[n - 4..].copy_from_slice(&x.to_le_bytes());
+        crc32c(&b)
+    };
+    let f0 = eval(0);
+    // basis[bit]: a combination of input bits (mask) whose output has `bit` as its top bit.
+    let mut basis: [Option<(u32, u32)>; 32] = [None; 32];
+    for i in 0..32 {
+        let (mut v, mut m) = (eval(1 << i) ^ f0, 1u32 << i);
+        for bit in (0..32).rev() {
+            if v & (1 << bit) == 0 {
+                continue;
+            }
+            match basis[bit] {
+                Some((bv, bm)) => {
+                    v ^= bv;
+                    m ^= bm;
+                }
+                None => {
+                    basis[bit] = Some((v, m));
+                    break;
+                }
+            }
+        }
+    }
+    let (mut y, mut x) = (target ^ f0, 0u32);
+    for bit in (0..32).rev() {
+        if y & (1 << bit) != 0 {
+            let (bv, bm) = basis[bit].expect("CRC32C of the last 32 bits is a bijection");
+            y ^= bv;
+            x ^= bm;
+        }
+    }
+    let mut twin = a.to_vec();
+    twin[0] ^= 0xa5;
+    twin[n - 4..].copy_from_slice(&x.to_le_bytes());
+    assert_eq!(crc32c(&twin), target);
+    assert_ne!(twin.as_slice(), a);
+    twin
 }

@@ -1,14 +1,16 @@
 //! Crash consistency of packed writes: a writer process (`pack-writer`) is SIGKILLed again and
 //! again at random moments on one store directory, and after every kill the store, reopened
-//! here, must hold every acknowledged put, none of the acknowledged deletes, nothing
-//! half-visible, exactly what the previous check saw of earlier rounds, and pass `fsck`.
+//! here, must hold every acknowledged put and overwrite, none of the acknowledged deletes,
+//! nothing half-visible, exactly what the previous check saw of earlier rounds, and pass
+//! `fsck`. The writer puts small (packed) and large pieces (objects of their own), overwrites
+//! either kind with either kind, and deletes both.
 //! Every other writer also runs gc, so kills land inside compactions; every fifth round the
 //! index is rebuilt from the packs (`fsck --rebuild-index`) and must say the same.
 //!
 //! `PIECESTORE_CRASH_ROUNDS` sets the number of rounds (default 20; a nightly run uses more),
 //! `PIECESTORE_CRASH_SEED` the seed of the kill times (printed, to replay a run).
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::io::{BufRead, BufReader, Read};
 use std::os::unix::process::CommandExt;
 use std::process::{Child, Command, Stdio};
@@ -22,7 +24,7 @@ use piecestore::{ErrorKind, PieceStore};
 #[path = "bin/pack_writer.rs"]
 mod pack_writer;
 
-use pack_writer::piece;
+use pack_writer::piece_v;
 use piecestore_tests::XorShift as Rng;
 
 /// A writer process, killed when dropped (a failing test leaves no writer behind).
@@ -61,48 +63,86 @@ fn env_u64(name: &str) -> Option<u64> {
 /// What the writers acknowledged, over all rounds.
 #[derive(Default)]
 struct Ledger {
-    /// Put acknowledged, no delete issued: must read back.
-    live: BTreeSet<String>,
-    /// Delete issued, not acknowledged: present with its bytes, or gone.
-    maybe_deleted: BTreeSet<String>,
+    /// Put (or overwrite) acknowledged, no delete issued: must read back at this version.
+    live: BTreeMap<String, u32>,
+    /// Overwrite issued, not acknowledged: the old version or the new one.
+    overwriting: BTreeMap<String, (u32, u32)>,
+    /// Delete issued, not acknowledged: present at this version, or gone.
+    maybe_deleted: BTreeMap<String, u32>,
     /// Delete acknowledged: must be gone.
     deleted: BTreeSet<String>,
     puts: u64,
+    overwrites: u64,
     deletes: u64,
 }
 
 impl Ledger {
     fn apply(&mut self, line: &str) {
-        let (event, key) = line
-            .split_once(' ')
-            .unwrap_or_else(|| panic!("writer wrote a malformed line {line:?}"));
+        let mut parts = line.split(' ');
+        let (event, key) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
+        let version = || -> u32 {
+            line.split(' ')
+                .nth(2)
+                .and_then(|v| v.parse().ok())
+                .unwrap_or_else(|| panic!("writer wrote a malformed line {line:?}"))
+        };
         match event {
             "R" => {}
             "P" => {
                 assert!(
-                    !self.deleted.contains(key) && !self.maybe_deleted.contains(key),
+                    !self.deleted.contains(key) && !self.maybe_deleted.contains_key(key),
                     "the writer put {key} again after deleting it"
                 );
                 assert!(
-                    self.live.insert(key.to_string()),
+                    self.live.insert(key.to_string(), 0).is_none(),
                     "{key} acknowledged twice"
                 );
                 self.puts += 1;
             }
+            "o" => {
+                let old = self
+                    .live
+                    .remove(key)
+                    .unwrap_or_else(|| panic!("the writer overwrites {key}, which is not live"));
+                self.overwriting.insert(key.to_string(), (old, version()));
+            }
+            "O" => {
+                let (_, new) = self
+                    .overwriting
+                    .remove(key)
+                    .unwrap_or_else(|| panic!("{key}: O without o"));
+                assert_eq!(new, version(), "{key}: O names another version than o");
+                self.live.insert(key.to_string(), new);
+                self.overwrites += 1;
+            }
             "d" => {
-                assert!(
-                    self.live.remove(key),
-                    "the writer deletes {key}, which it never acknowledged"
-                );
-                self.maybe_deleted.insert(key.to_string());
+                let v = self.live.remove(key).unwrap_or_else(|| {
+                    panic!("the writer deletes {key}, which it never acknowledged")
+                });
+                self.maybe_deleted.insert(key.to_string(), v);
             }
             "D" => {
-                assert!(self.maybe_deleted.remove(key), "{key}: D without d");
+                assert!(
+                    self.maybe_deleted.remove(key).is_some(),
+                    "{key}: D without d"
+                );
                 self.deleted.insert(key.to_string());
                 self.deletes += 1;
             }
             _ => panic!("writer wrote an unknown line {line:?}"),
         }
+    }
+
+    /// The versions `key` may read as (a key the ledger does not know: its first put was in
+    /// flight at a kill, so version 0).
+    fn versions(&self, key: &str) -> Vec<u32> {
+        if let Some(v) = self.live.get(key).or(self.maybe_deleted.get(key)) {
+            return vec![*v];
+        }
+        if let Some((old, new)) = self.overwriting.get(key) {
+            return vec![*old, *new];
+        }
+        vec![0]
     }
 }
 
@@ -154,14 +194,14 @@ fn drain(rx: &mpsc::Receiver<String>, limit: Duration, what: &str) -> Vec<String
 }
 
 /// Reopens the store and checks it against the ledger. `before`: the keys of earlier rounds
-/// the previous check saw; returns the keys this check saw.
+/// the previous check saw, with the version each read as; returns what this check saw.
 async fn verify(
     dir: &str,
     round: u64,
     rounds: u64,
     ledger: &Ledger,
-    before: &BTreeSet<String>,
-) -> BTreeSet<String> {
+    before: &BTreeMap<String, u32>,
+) -> BTreeMap<String, u32> {
     let t0 = Instant::now();
     let store = PieceStore::open(pack_writer::config(dir).expect("config"))
         .await
@@ -185,17 +225,23 @@ async fn verify(
             "round {round}: list shows {:?}, which no writer wrote",
             m.key
         );
-        assert_eq!(
-            m.size,
-            piece(&m.key).len() as u64,
-            "round {round}: list gives {} the wrong size",
-            m.key
+        let sizes: Vec<u64> = (ledger.versions(&m.key).iter())
+            .map(|v| piece_v(&m.key, *v).len() as u64)
+            .collect();
+        assert!(
+            sizes.contains(&m.size),
+            "round {round}: list gives {} the size {}, not one of {sizes:?}",
+            m.key,
+            m.size
         );
     }
-    check_bytes(&store, round, listed.iter().cloned(), false).await;
+    let seen = check_bytes(&store, round, ledger, listed.iter().cloned(), false).await;
 
     // Every acknowledged put (not deleted since) is listed, so it was just read back.
-    let missing: Vec<&String> = ledger.live.difference(&listed).collect();
+    let missing: Vec<&String> = (ledger.live.keys())
+        .chain(ledger.overwriting.keys())
+        .filter(|k| !listed.contains(*k))
+        .collect();
     assert!(
         missing.is_empty(),
         "round {round}: {} acknowledged puts are not listed, e.g. {:?}",
@@ -203,7 +249,14 @@ async fn verify(
         &missing[..missing.len().min(5)]
     );
     // A delete in flight at the kill: the piece is whole or gone (whole ones were listed).
-    check_bytes(&store, round, ledger.maybe_deleted.iter().cloned(), true).await;
+    check_bytes(
+        &store,
+        round,
+        ledger,
+        ledger.maybe_deleted.keys().cloned(),
+        true,
+    )
+    .await;
     // Every acknowledged delete is gone, from the listing and from reads.
     let resurrected: Vec<&String> = ledger.deleted.intersection(&listed).collect();
     assert!(
@@ -235,18 +288,24 @@ async fn verify(
     // What an earlier check saw of earlier rounds' keys stays exactly so: later crashes and
     // recoveries neither lose nor resurrect anything.
     let this_round = format!("w{round}_");
-    let older: BTreeSet<String> = listed
+    let older: BTreeMap<String, u32> = seen
         .iter()
-        .filter(|k| !k.starts_with(&this_round))
-        .cloned()
+        .filter(|(k, _)| !k.starts_with(&this_round))
+        .map(|(k, v)| (k.clone(), *v))
         .collect();
     if older != *before {
-        let lost: Vec<_> = before.difference(&older).take(5).collect();
-        let new: Vec<_> = older.difference(before).take(5).collect();
+        let changed: Vec<_> = before
+            .iter()
+            .filter(|(k, v)| older.get(*k) != Some(v))
+            .take(5)
+            .collect();
+        let new: Vec<_> = older
+            .keys()
+            .filter(|k| !before.contains_key(*k))
+            .take(5)
+            .collect();
         panic!(
-            "round {round}: earlier rounds' pieces changed since the last check: lost {} (e.g. {lost:?}), appeared {} (e.g. {new:?})",
-            before.difference(&older).count(),
-            older.difference(before).count()
+            "round {round}: earlier rounds' pieces changed since the last check: lost or changed e.g. {changed:?}, appeared e.g. {new:?}"
         );
     }
 
@@ -293,7 +352,11 @@ async fn verify(
                 rebuilt.difference(&listed).count()
             );
         }
-        check_bytes(&store, round, rebuilt.into_iter(), false).await;
+        let again = check_bytes(&store, round, ledger, rebuilt.into_iter(), false).await;
+        assert_eq!(
+            again, seen,
+            "round {round}: the rebuilt index reads other versions"
+        );
     }
     store.close().await;
     eprintln!(
@@ -301,17 +364,18 @@ async fn verify(
         listed.len(),
         t0.elapsed()
     );
-    listed
+    seen
 }
 
-/// Reads `keys` and compares each with the bytes its key determines; `may_be_gone`: a missing
-/// key is fine too.
+/// Reads `keys` and compares each with the bytes one of the versions the ledger allows
+/// determines; `may_be_gone`: a missing key is fine too. Returns the version each read as.
 async fn check_bytes(
     store: &PieceStore,
     round: u64,
+    ledger: &Ledger,
     keys: impl Iterator<Item = String>,
     may_be_gone: bool,
-) {
+) -> BTreeMap<String, u32> {
     let results = futures::stream::iter(keys)
         .map(|k| {
             let store = store.clone();
@@ -320,18 +384,24 @@ async fn check_bytes(
         .buffer_unordered(32)
         .collect::<Vec<_>>()
         .await;
+    let mut seen = BTreeMap::new();
     for (got, k) in results {
         match got {
-            Ok(b) => assert!(
-                b == piece(&k),
-                "round {round}: {k} reads back {} bytes that differ from what was put ({} bytes)",
-                b.len(),
-                piece(&k).len()
-            ),
+            Ok(b) => {
+                let versions = ledger.versions(&k);
+                let Some(v) = versions.iter().find(|v| b == piece_v(&k, **v)) else {
+                    panic!(
+                        "round {round}: {k} reads back {} bytes that are none of its versions {versions:?}",
+                        b.len()
+                    );
+                };
+                seen.insert(k, *v);
+            }
             Err(e) if may_be_gone && e.kind() == ErrorKind::NotFound => {}
             Err(e) => panic!("round {round}: get {k}: {e}"),
         }
     }
+    seen
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -348,7 +418,7 @@ async fn acknowledged_packed_writes_survive_sigkill() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let dir = tmp.path().join("store").display().to_string();
     let mut ledger = Ledger::default();
-    let mut seen = BTreeSet::new();
+    let mut seen = BTreeMap::new();
     for round in 0..rounds {
         // Every other writer also runs gc, so kills land inside compactions too.
         let gc = round % 2 == 1;
@@ -375,14 +445,15 @@ async fn acknowledged_packed_writes_survive_sigkill() {
             "round {round}: the writer ended with {status}, not by the kill"
         );
         let output = drain(&lines, Duration::from_secs(30), "the writer's stdout");
-        let (p0, d0) = (ledger.puts, ledger.deletes);
+        let (p0, o0, d0) = (ledger.puts, ledger.overwrites, ledger.deletes);
         for line in &output {
             ledger.apply(line);
         }
         eprintln!(
-            "round {round}: killed after {after:?}{}: {} puts, {} deletes acknowledged",
+            "round {round}: killed after {after:?}{}: {} puts, {} overwrites, {} deletes acknowledged",
             if gc { " (writer running gc)" } else { "" },
             ledger.puts - p0,
+            ledger.overwrites - o0,
             ledger.deletes - d0,
         );
         let check = verify(&dir, round, rounds, &ledger, &seen);
@@ -392,23 +463,19 @@ async fn acknowledged_packed_writes_survive_sigkill() {
     }
     // The test means something only if the writers got work acknowledged.
     assert!(
-        ledger.puts > 0 && ledger.deletes > 0,
-        "the writers acknowledged {} puts and {} deletes in {rounds} rounds: nothing was tested",
+        ledger.puts > 0 && ledger.overwrites > 0 && ledger.deletes > 0,
+        "the writers acknowledged {} puts, {} overwrites and {} deletes in {rounds} rounds: nothing was tested",
         ledger.puts,
+        ledger.overwrites,
         ledger.deletes
     );
 }
 
 /// A writer killed while it creates a new store's pack index (its first few dozen
-/// milliseconds) must leave a store that opens, with its acknowledged writes.
-///
-/// Fails today: redb writes a new database file's magic number last, so a kill during
-/// `Database::create` leaves `.piecestore/index.redb` (about 1.5 MiB) without it; every later
-/// open fails with `Corrupt` ("the pack index cannot be opened (I/O error: invalid data)"),
-/// and so does the `fsck --rebuild-index` that message recommends, as it opens the index
-/// first. The store is unusable until the file is deleted by hand.
+/// milliseconds) must leave a store that opens, with its acknowledged writes. (redb writes a
+/// new database file's magic number last; the index is created whole under another name and
+/// renamed, and a damaged one is set aside and rebuilt.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-
 async fn a_kill_while_the_index_is_created_leaves_a_store_that_opens() {
     let seed = env_u64("PIECESTORE_CRASH_SEED").unwrap_or(7);
     let mut rng = Rng(seed | 1);
@@ -427,7 +494,7 @@ async fn a_kill_while_the_index_is_created_leaves_a_store_that_opens() {
             ledger.apply(&line);
         }
         eprintln!("attempt {attempt}: {} puts acknowledged", ledger.puts);
-        let none = BTreeSet::new();
+        let none = BTreeMap::new();
         let check = verify(&dir, 0, 1, &ledger, &none);
         tokio::time::timeout(Duration::from_secs(120), check)
             .await

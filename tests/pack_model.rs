@@ -612,14 +612,9 @@ async fn packed_file_store_matches_the_model_while_gc_races_and_reopens() {
 }
 
 /// A packed put (small piece) racing an object put (large piece) of one new key, with
-/// different bytes: exactly one may succeed, and the key must then read as that one.
-///
-/// Fails today: both puts return `Ok` and one of the acknowledged writes is silently lost
-/// (the large-piece path of `PieceStore::put_opts` checks the index, then writes the object
-/// create-only and records it, without seeing a packed write of the key in flight; and
-/// `ShardPacker::record_object` replaces a packed piece it finds even without `overwrite`).
+/// different bytes: exactly one may succeed, and the key must then read as that one (a key
+/// is held by one write at a time, packed or not).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-
 async fn racing_packed_and_object_puts_of_one_key() {
     let dir = tempfile::tempdir().expect("tempdir");
     for url in [

@@ -68,6 +68,14 @@ async fn migration_survives_sigkill_and_resumes_to_identical_stores() {
     source_config
         .set_option("Pack", piecestore::config::OptionValue::Bool(false))
         .unwrap();
+    // Those pieces carry no checksum: reading them is allowed explicitly (here and, below, by
+    // the source URL's `allow_unverified`); by default they are refused as corrupt.
+    source_config
+        .set_option(
+            "AllowUnverified",
+            piecestore::config::OptionValue::Bool(true),
+        )
+        .unwrap();
     let source = PieceStore::open(source_config).await.unwrap();
     let (keys, datas): (Vec<String>, Vec<Vec<u8>>) = (0..PIECES).map(piece).unzip();
     let results = source
@@ -87,7 +95,16 @@ async fn migration_survives_sigkill_and_resumes_to_identical_stores() {
     let total = PIECES + 20;
 
     let dir = tempfile::tempdir().unwrap();
-    let from = format!("{}/{bucket}", s.endpoint);
+    let refused = migrate_cmd(&format!("{}/{bucket}", s.endpoint), "memory://", &[])
+        .output()
+        .unwrap();
+    let refusal = String::from_utf8_lossy(&refused.stdout).into_owned()
+        + &String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        !refused.status.success() && refusal.contains("AllowUnverified"),
+        "unverified pieces are refused unless allowed: {refusal}"
+    );
+    let from = format!("{}/{bucket}?allow_unverified=true", s.endpoint);
     let to = format!(
         // One file per piece, so the test can watch pieces land and kill halfway.
         "file://{}/shard-%d?shards=4&placement=jump&pack=false",

@@ -214,3 +214,47 @@ fn fsck_rebuilds_a_lost_index() {
     );
     assert!(text.contains("clean"), "{text}");
 }
+
+/// The grace period of a compacted pack holds across processes: one `piecestore gc` compacts
+/// and dooms, the next (a new process, within the grace) leaves the doomed pack, and one run
+/// after the grace deletes it.
+#[test]
+fn gc_grace_holds_across_processes() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let d = dir.path();
+    for i in 0..6 {
+        let mut c = bin(d);
+        c.args(["put", &format!("g{i}"), "-"]);
+        ok(c, Some(&piece(i)));
+    }
+    for i in 0..5 {
+        let mut c = bin(d);
+        c.args(["rm", &format!("g{i}")]);
+        ok(c, None);
+    }
+    let gc = |grace: &str| -> serde_json::Value {
+        let mut c = bin(d);
+        c.args(["gc", "--grace", grace, "--json"]);
+        serde_json::from_str(&ok(c, None)).expect("gc --json")
+    };
+    let first = gc("3s");
+    assert!(
+        first["packs_compacted"].as_u64() > Some(0) && first["packs_doomed"].as_u64() > Some(0),
+        "{first}"
+    );
+    let doomed = first["packs_doomed"].clone();
+    let second = gc("3s");
+    assert_eq!(
+        second["packs_deleted"], 0,
+        "deleted within its grace: {second}"
+    );
+    assert_eq!(second["packs_doomed"], doomed, "{second}");
+    std::thread::sleep(std::time::Duration::from_millis(3200));
+    let third = gc("3s");
+    assert_eq!(third["packs_deleted"], doomed, "{third}");
+    assert_eq!(third["packs_doomed"], 0, "{third}");
+    assert_eq!(packs(d), 1, "only the compacted pack is left");
+    let mut c = bin(d);
+    c.args(["get", "g5"]);
+    assert_eq!(run(c, None).stdout, piece(5));
+}

@@ -1,14 +1,19 @@
-//! `pack-writer DIR SEED [--gc]`: writes small packed pieces into the store at `DIR` from 32
-//! concurrent tasks until it is killed, for the crash test (`tests/pack_crash.rs`). With
-//! `--gc`, a task also runs garbage collection (grace 0, garbage ratio 0.3) in a loop, so
+//! `pack-writer DIR SEED [--gc]`: writes pieces into the packed store at `DIR` from 32
+//! concurrent tasks until it is killed, for the crash test (`tests/pack_crash.rs`). Most pieces
+//! are small (packed); one in eight is large (an object of its own, recorded in the index).
+//! With `--gc`, a task also runs garbage collection (grace 0, garbage ratio 0.3) in a loop, so
 //! the kill also lands inside compactions.
 //!
-//! Keys are `w{SEED}_{task}_{i}`; a key's bytes follow from the key alone ([`piece`]), so the
-//! checker recomputes them. Each task also deletes some of its own earlier acknowledged keys.
-//! One line per event goes to stdout, flushed before the writer goes on:
+//! Keys are `w{SEED}_{task}_{i}`; a key's bytes follow from the key and its version alone
+//! ([`piece_v`]), so the checker recomputes them. Each task also overwrites some of its earlier
+//! acknowledged keys with a new version (small over large, large over small, either over its
+//! own kind) and deletes some. One line per event goes to stdout, flushed before the writer
+//! goes on:
 //!
 //! - `R` once the store is open;
-//! - `P key` after a put of `key` returned `Ok`;
+//! - `P key` after a put of `key` (version 0) returned `Ok`;
+//! - `o key v` before an overwrite of `key` with version `v` is issued, `O key v` after it
+//!   returned `Ok` (a killed writer leaves the key at the old or the new version);
 //! - `d key` before a delete of `key` is issued (the delete may be durable before it returns,
 //!   so a killed writer leaves such a key either present or gone);
 //! - `D key` after that delete returned `Ok`.
@@ -34,10 +39,16 @@ pub fn key_hash(key: &str) -> u64 {
     })
 }
 
-/// The bytes the writer puts under `key`: 1 to 8192 of them, determined by the key.
-pub fn piece(key: &str) -> Vec<u8> {
-    let h = key_hash(key);
-    let len = 1 + (h % 8192) as usize;
+/// The bytes the writer puts under `key` at `version`, determined by both: 1 to 8192 of them
+/// (packed), or one time in eight 16 to 48 KiB (an object of its own; the threshold is
+/// 16 KiB).
+pub fn piece_v(key: &str, version: u32) -> Vec<u8> {
+    let h = key_hash(key) ^ u64::from(version).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    let len = if h.is_multiple_of(8) {
+        (16 << 10) + ((h >> 8) % (32 << 10)) as usize
+    } else {
+        1 + (h % 8192) as usize
+    };
     piecestore_tests::pseudo_random(len, h)
 }
 
@@ -45,7 +56,6 @@ pub fn piece(key: &str) -> Vec<u8> {
 pub fn config(dir: &str) -> piecestore::Result<Config> {
     let mut c = Config::from_url(&format!("file://{dir}"))?;
     c.set_option("Pack", OptionValue::Bool(true))?;
-    c.set_option("PackMaxAge", OptionValue::Str("5ms".into()))?;
     c.set_option("PackThreshold", OptionValue::Int(16 << 10))?;
     c.set_option("PackTargetSize", OptionValue::Int(256 << 10))?;
     Ok(c)
@@ -53,29 +63,48 @@ pub fn config(dir: &str) -> piecestore::Result<Config> {
 
 /// Writes one event line and flushes it (a line is written whole: it is far shorter than a
 /// pipe's atomic write size).
-fn say(event: char, key: &str) -> std::io::Result<()> {
-    let line = format!("{event} {key}\n");
+fn say(event: char, what: &str) -> std::io::Result<()> {
+    let line = format!("{event} {what}\n");
     let mut out = std::io::stdout().lock();
     out.write_all(line.as_bytes())?;
     out.flush()
 }
 
-/// Puts `w{seed}_{t}_{i}` for i = 0, 1, ... and deletes some of them, until killed.
+/// Puts `w{seed}_{t}_{i}` for i = 0, 1, ..., overwrites and deletes some of them, until
+/// killed.
 async fn task(store: PieceStore, seed: u64, t: u64) -> Result<(), String> {
     let mut rng = Rng(key_hash(&format!("rng {seed} {t}")) | 1);
-    let mut acked: Vec<String> = Vec::new();
+    // Acknowledged keys and their versions.
+    let mut acked: Vec<(String, u32)> = Vec::new();
     for i in 0u64.. {
         let key = format!("w{seed}_{t}_{i}");
         store
-            .put(&key, piece(&key))
+            .put(&key, piece_v(&key, 0))
             .await
             .map_err(|e| format!("put {key}: {e}"))?;
         say('P', &key).map_err(|e| format!("stdout: {e}"))?;
-        acked.push(key);
+        acked.push((key, 0));
+        // About one overwrite per eight puts, of a random earlier acknowledged key.
+        if rng.next() & 7 == 0 {
+            let at = (rng.next() % acked.len() as u64) as usize;
+            let (k, v) = &mut acked[at];
+            let next = *v + 1;
+            say('o', &format!("{k} {next}")).map_err(|e| format!("stdout: {e}"))?;
+            store
+                .put_opts(
+                    k,
+                    piece_v(k, next),
+                    piecestore::PutOptions { overwrite: true },
+                )
+                .await
+                .map_err(|e| format!("overwrite {k}: {e}"))?;
+            *v = next;
+            say('O', &format!("{k} {next}")).map_err(|e| format!("stdout: {e}"))?;
+        }
         // About one delete per four puts, of a random earlier acknowledged key.
         if rng.next() & 3 == 0 {
             let at = (rng.next() % acked.len() as u64) as usize;
-            let victim = acked.swap_remove(at);
+            let (victim, _) = acked.swap_remove(at);
             say('d', &victim).map_err(|e| format!("stdout: {e}"))?;
             store
                 .delete(&victim)
