@@ -409,6 +409,15 @@ async fn run(cli: Cli) -> Result<(), CliError> {
                 store.shard_count(),
                 store.placement()
             );
+            println!(
+                "layout: {}{}",
+                store.layout().as_str(),
+                if store.is_packed() {
+                    ", small pieces packed"
+                } else {
+                    ", one object per piece"
+                }
+            );
             for (i, label) in store.shard_labels().iter().enumerate() {
                 println!("  {i}: {label}");
             }

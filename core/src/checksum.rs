@@ -4,11 +4,12 @@
 //! - on backends with object metadata (S3 family, memory) in the metadata field `Crc32c`, as
 //!   the decimal of the `u32` — the layout the original Go piecestore uses, so each can read
 //!   what the other wrote;
-//! - on the local-file backend, which has no metadata, in a 20-byte trailer after the bytes
-//!   (see [`Trailer`]).
+//! - on local files, in PieceStore's own layout a 20-byte trailer after the bytes (see
+//!   [`Trailer`]); in the original's layout (exactly the bytes in the file) an extended
+//!   attribute, `user.piecestore.crc32c`, which the original never sees.
 //!
-//! A piece with no checksum at all (written by another tool) is returned as-is and reported
-//! as unverified; a checksum that is present but does not match is always [`Corrupt`].
+//! A piece with no checksum at all (written by another tool) is refused unless the store allows
+//! unverified pieces; a checksum that is present but does not match is always [`Corrupt`].
 //!
 //! [`Corrupt`]: crate::Error::Corrupt
 
@@ -50,14 +51,15 @@ pub fn parse_metadata(value: &str) -> Option<u32> {
     v.parse::<u32>().ok()
 }
 
-/// The trailer a local-file piece ends with: `crc32c: u32 LE | len: u64 LE | magic: 8 bytes`.
+/// The trailer a local-file piece ends with in PieceStore's own layout: `crc32c: u32 LE |
+/// len: u64 LE | magic: 8 bytes`.
 ///
-/// `len` is the length of the piece's bytes (the file's length minus 20). A file counts as
-/// carrying a trailer when its magic is within 8 flipped bits of [`Trailer::MAGIC`] *or* its
-/// length field matches; a trailer found that way that does not agree in full is damage
-/// (`Corrupt`), so one flipped bit anywhere in the trailer can never make a piece read as an
-/// unverified raw file; neither can a file cut short by up to four bytes (inside the magic).
-/// (Files written by PieceStore are never torn: they are fsync'd before they are linked in.)
+/// `len` is the length of the piece's bytes (the file's length minus 20). Whether a directory's
+/// files carry trailers at all is decided by the directory's layout marker, never by a file's
+/// last bytes (see `backend/local.rs`); in such a directory a file whose last 8 bytes are the
+/// magic carries a trailer, which is damage (`Corrupt`) when its length disagrees, and a file
+/// without the magic carries no checksum. (Files written by PieceStore are never torn: they are
+/// fsync'd before they are linked in.)
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Trailer {
     /// CRC32C of the piece's bytes.
@@ -66,14 +68,14 @@ pub struct Trailer {
     pub len: u64,
 }
 
-/// What the end of a local file says about its checksum.
+/// What the end of a local file in PieceStore's own layout says about its checksum.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TrailerCheck {
     /// A well-formed trailer.
     Valid(Trailer),
-    /// No trailer: a raw piece written by another tool.
+    /// No trailer (the file carries no checksum).
     Absent,
-    /// Something that was a trailer, damaged.
+    /// A trailer (its magic) that does not agree with the file.
     Damaged,
 }
 
@@ -94,23 +96,15 @@ impl Trailer {
 
     /// Reads the trailer from the last [`Trailer::LEN`] bytes of a file of `file_len` bytes.
     pub fn check(tail: &[u8], file_len: u64) -> TrailerCheck {
-        if file_len < Self::LEN as u64 || tail.len() != Self::LEN {
+        if file_len < Self::LEN as u64 || tail.len() != Self::LEN || tail[12..20] != Self::MAGIC {
             return TrailerCheck::Absent;
         }
         let crc = u32::from_le_bytes(tail[0..4].try_into().unwrap_or_default());
         let len = u64::from_le_bytes(tail[4..12].try_into().unwrap_or_default());
-        let magic_bits_off: u32 = tail[12..20]
-            .iter()
-            .zip(Self::MAGIC)
-            .map(|(a, b)| (a ^ b).count_ones())
-            .sum();
-        let len_ok = len == file_len - Self::LEN as u64;
-        // A file cut short inside its trailer ends with the first bytes of the magic.
-        let cut_in_magic = (4..Self::MAGIC.len()).any(|k| tail.ends_with(&Self::MAGIC[..k]));
-        match (magic_bits_off, len_ok) {
-            (0, true) => TrailerCheck::Valid(Trailer { crc, len }),
-            (off, ok) if off <= 8 || ok || cut_in_magic => TrailerCheck::Damaged,
-            _ => TrailerCheck::Absent,
+        if len == file_len - Self::LEN as u64 {
+            TrailerCheck::Valid(Trailer { crc, len })
+        } else {
+            TrailerCheck::Damaged
         }
     }
 }
@@ -132,7 +126,7 @@ mod tests {
     }
 
     #[test]
-    fn trailer_round_trips_and_any_single_flip_is_damage() {
+    fn trailer_round_trips_and_flips_are_never_a_valid_other_piece() {
         let t = Trailer {
             crc: 0xdead_beef,
             len: 100,
@@ -142,20 +136,15 @@ mod tests {
         for i in 0..Trailer::LEN * 8 {
             let mut b = bytes;
             b[i / 8] ^= 1 << (i % 8);
-            match Trailer::check(&b, 120) {
-                TrailerCheck::Absent => panic!("bit {i} flipped reads as a raw file"),
-                TrailerCheck::Valid(v) => assert_ne!(v, t, "bit {i}"),
-                TrailerCheck::Damaged => {}
+            let got = Trailer::check(&b, 120);
+            match i / 8 {
+                // The checksum: still a trailer, whose checksum then does not match.
+                0..=3 => assert!(matches!(got, TrailerCheck::Valid(v) if v.crc != t.crc)),
+                // The length: damage.
+                4..=11 => assert_eq!(got, TrailerCheck::Damaged, "bit {i}"),
+                // The magic: no trailer, so no checksum (refused unless allowed).
+                _ => assert_eq!(got, TrailerCheck::Absent, "bit {i}"),
             }
-        }
-        for cut in 1..=4 {
-            let mut torn = vec![0u8; cut];
-            torn.extend_from_slice(&bytes[..Trailer::LEN - cut]);
-            assert_eq!(
-                Trailer::check(&torn, 120 - cut as u64),
-                TrailerCheck::Damaged,
-                "cut {cut}"
-            );
         }
         assert_eq!(Trailer::check(&[0u8; 20], 120), TrailerCheck::Absent);
         assert_eq!(Trailer::check(&[0u8; 3], 3), TrailerCheck::Absent);

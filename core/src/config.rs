@@ -60,6 +60,11 @@ pub struct Config {
     /// `AllowUnverified` defaults to true).
     #[serde(skip)]
     pub original_layout: bool,
+    /// Whether a `%d` in a one-shard `BucketURL` is kept as written, as the original keeps it
+    /// (a config file's `Shards` of 1 or less), instead of being refused as a likely mistake
+    /// (a URL's `?shards=1`).
+    #[serde(skip)]
+    pub literal_bucket_url: bool,
 }
 
 /// What kind of backend a store is.
@@ -197,11 +202,14 @@ pub struct StoreConfig {
     /// Send unsigned requests (public buckets).
     #[serde(rename = "NoSignRequest", default)]
     pub no_sign_request: bool,
-    /// How often a failed request is retried. Default 5.
+    /// How often a failed request is retried. Default 5; in `config.toml` 0 also means 5, as
+    /// the original's SP reads it (set 0 retries by name: `max_retries=0`).
     #[serde(rename = "MaxRetries", default = "default_max_retries")]
     pub max_retries: u32,
-    /// First retry delay (later ones grow exponentially, with jitter): an integer number of
-    /// seconds, or a duration string (`"200ms"`, `"1s"`). Default 100ms.
+    /// First retry delay (later ones grow exponentially, with jitter), at least 1 ms: in
+    /// `config.toml` an integer counts nanoseconds, as in the original (0 meaning 1 ns, the
+    /// SP's default); by name (URL, binding option) an integer counts seconds; either way a
+    /// duration string (`"200ms"`, `"1s"`) is what it says. Default 100ms.
     #[serde(rename = "MinRetryDelay", default, deserialize_with = "de_opt_delay")]
     pub min_retry_delay: Option<Duration>,
     /// Accept any TLS certificate (testing only).
@@ -325,6 +333,31 @@ impl<'de> Deserialize<'de> for ConditionalWrites {
     }
 }
 
+/// Whose layout a store keeps its pieces in: `[PieceStore.Backend] Layout`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+pub enum Layout {
+    /// PieceStore's own: small pieces packed (by default), local files with a checksum
+    /// trailer (a directory marked by `.piecestore/layout`).
+    #[serde(rename = "piecestore", alias = "PieceStore")]
+    PieceStore,
+    /// The original Go piecestore's, byte for byte, so that each reads what the other wrote:
+    /// one object or file per piece holding exactly its bytes (S3 metadata `Crc32c`; on local
+    /// files PieceStore's checksum in an extended attribute), no packs unless asked for, its
+    /// key layout for every URL form it accepts.
+    #[serde(rename = "original", alias = "Original")]
+    Original,
+}
+
+impl Layout {
+    /// `piecestore` or `original`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Layout::PieceStore => "piecestore",
+            Layout::Original => "original",
+        }
+    }
+}
+
 /// `[PieceStore.Backend]`: PieceStore's own backend settings.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -391,6 +424,10 @@ pub struct BackendOptions {
     /// config in the original's layout, false otherwise.
     #[serde(rename = "AllowUnverified", default)]
     pub allow_unverified: Option<bool>,
+    /// Whose layout the store keeps its pieces in (see [`Layout`]). Default: `original` for a
+    /// config in the original's layout, `piecestore` otherwise.
+    #[serde(rename = "Layout", default)]
+    pub layout: Option<Layout>,
 }
 
 fn d_true() -> bool {
@@ -422,6 +459,7 @@ impl Default for BackendOptions {
             metrics: true,
             unsigned_payload: false,
             allow_unverified: None,
+            layout: None,
         }
     }
 }
@@ -706,6 +744,7 @@ impl OptionValue {
                     | "Storage"
                     | "Placement"
                     | "IAMType"
+                    | "Layout"
             )
         });
         if textual {
@@ -767,6 +806,7 @@ pub const OPTION_NAMES: &[&str] = &[
     "CheckBucket",
     "UnsignedPayload",
     "AllowUnverified",
+    "Layout",
     "CreateBucket",
     "Metrics",
     "Pack",
@@ -799,10 +839,109 @@ fn is_original_layout(table: &toml::Table) -> bool {
     table.keys().all(|k| k == "Shards" || k == "Store")
 }
 
-#[derive(Deserialize)]
-struct ConfigFile {
-    #[serde(rename = "PieceStore")]
-    piece_store: Option<Config>,
+/// The original's fields of `[PieceStore]`.
+const ORIGINAL_TOP: &[&str] = &["Shards", "Store"];
+/// PieceStore's own tables in `[PieceStore]`, read strictly.
+const OWN_TABLES: &[&str] = &["ShardStores", "Sharding", "Backend", "Pack"];
+/// The fields of `[PieceStore.Store]` (the original's, and PieceStore's credentials).
+const STORE_FIELDS: &[&str] = &[
+    "Storage",
+    "BucketURL",
+    "AccessKey",
+    "SecretKey",
+    "SessionToken",
+    "NoSignRequest",
+    "MaxRetries",
+    "MinRetryDelay",
+    "TLSInsecureSkipVerify",
+    "IAMType",
+];
+
+/// Renames `table`'s keys that match one of `names` in another case to that spelling, and
+/// drops (with a warning naming them) those that match none, as the original's TOML reader
+/// (go-toml v2: the exact name, else any case; unknown fields ignored) does; `own` names are
+/// kept as they are.
+fn fold_keys(table: &mut toml::Table, where_: &str, names: &[&str], own: &[&str]) -> Result<()> {
+    let keys: Vec<String> = table.keys().cloned().collect();
+    for k in keys {
+        if names.contains(&k.as_str()) || own.contains(&k.as_str()) {
+            continue;
+        }
+        let value = table.remove(&k).expect("a key of the table");
+        if let Some(name) = names.iter().find(|n| n.eq_ignore_ascii_case(&k)) {
+            if table.contains_key(*name) {
+                return Err(Error::config(format!("{where_}: {k} repeats {name}")));
+            }
+            table.insert(name.to_string(), value);
+        } else if let Some(name) = own.iter().find(|n| n.eq_ignore_ascii_case(&k)) {
+            return Err(Error::config(format!(
+                "{where_}: PieceStore's own table {k:?} must be spelled {name:?}"
+            )));
+        } else {
+            tracing::warn!(
+                "config: {where_}: ignoring the unknown field {k:?}, as the original Go \
+                 piecestore does"
+            );
+        }
+    }
+    Ok(())
+}
+
+/// Reads the original's tables, `[PieceStore]` and `[PieceStore.Store]`, as the original Go
+/// piecestore (with its storage provider's defaults) reads them: field names in any case,
+/// unknown fields ignored (with a warning), empty `Storage` and `IAMType` meaning the
+/// defaults, `MaxRetries = 0` meaning 5, an integer `MinRetryDelay` counting nanoseconds (0
+/// meaning the SP's 1 ns), and a `Shards` of 1 or less (even negative) meaning one store whose
+/// `BucketURL` is taken as written. PieceStore's own tables stay strict. Returns whether the
+/// bucket URL is to be taken as written.
+fn read_as_the_original(table: &mut toml::Table) -> Result<bool> {
+    fold_keys(table, "[PieceStore]", ORIGINAL_TOP, OWN_TABLES)?;
+    let mut literal = true;
+    if let Some(toml::Value::Integer(n)) = table.get("Shards") {
+        literal = *n <= 1;
+        if *n < 0 {
+            table.insert("Shards".into(), toml::Value::Integer(0));
+        }
+    }
+    let Some(toml::Value::Table(store)) = table.get_mut("Store") else {
+        return Ok(literal);
+    };
+    fold_keys(store, "[PieceStore.Store]", STORE_FIELDS, &[])?;
+    for field in ["Storage", "IAMType"] {
+        if store
+            .get(field)
+            .is_some_and(|v| v.as_str().is_some_and(str::is_empty))
+        {
+            store.remove(field);
+        }
+    }
+    match store.get("MaxRetries") {
+        Some(toml::Value::Integer(n)) if *n < 0 => {
+            return Err(Error::config(format!(
+                "[PieceStore.Store]: MaxRetries {n} is negative"
+            )));
+        }
+        Some(toml::Value::Integer(0)) => {
+            store.insert("MaxRetries".into(), toml::Value::Integer(5));
+        }
+        _ => {}
+    }
+    if let Some(toml::Value::Integer(n)) = store.get("MinRetryDelay") {
+        let ns = match *n {
+            n if n < 0 => {
+                return Err(Error::config(format!(
+                    "[PieceStore.Store]: MinRetryDelay {n} is negative"
+                )));
+            }
+            0 => 1,
+            n => n,
+        };
+        store.insert(
+            "MinRetryDelay".into(),
+            toml::Value::String(format!("{ns}ns")),
+        );
+    }
+    Ok(literal)
 }
 
 /// Reads an environment variable; `None` when unset or empty.
@@ -814,6 +953,16 @@ pub fn process_env(name: &str) -> Option<String> {
 }
 
 impl Config {
+    /// The layout the store keeps its pieces in: `Layout` if set, else the original's for a
+    /// config in the original's layout.
+    pub fn layout(&self) -> Layout {
+        self.backend.layout.unwrap_or(if self.original_layout {
+            Layout::Original
+        } else {
+            Layout::PieceStore
+        })
+    }
+
     /// A configuration for one store at `url` (no environment applied).
     ///
     /// Query parameters set options: `?shards=N`, `&placement=jump`, `&region=...`,
@@ -903,6 +1052,7 @@ impl Config {
             "CheckBucket" => self.backend.check_bucket = de(v).map_err(bad)?,
             "UnsignedPayload" => self.backend.unsigned_payload = de(v).map_err(bad)?,
             "AllowUnverified" => self.backend.allow_unverified = Some(de(v).map_err(bad)?),
+            "Layout" => self.backend.layout = Some(de(v).map_err(bad)?),
             "CreateBucket" => self.backend.create_bucket = de(v).map_err(bad)?,
             "Metrics" => self.backend.metrics = de(v).map_err(bad)?,
             "Pack" => self.pack.enabled = Some(de(v).map_err(bad)?),
@@ -1022,27 +1172,28 @@ impl Config {
     }
 
     fn parse_toml(text: &str) -> Result<Self> {
-        // Parsed as the typed file first, for errors that point at a line.
-        let file: ConfigFile = toml::from_str(text)
+        let mut file: toml::Table = toml::from_str(text)
             .map_err(|e| Error::config(format!("config.toml: {}", e.to_string().trim_end())))?;
-        let mut config = file
-            .piece_store
-            .ok_or_else(|| Error::config("config.toml has no [PieceStore] table"))?;
-        let table: toml::Table = toml::from_str(text)
-            .map_err(|e| Error::config(format!("config.toml: {}", e.to_string().trim_end())))?;
-        config.original_layout = match table.get("PieceStore") {
-            Some(toml::Value::Table(t)) => is_original_layout(t),
-            _ => false,
-        };
-        Ok(config)
+        match file.remove("PieceStore") {
+            Some(toml::Value::Table(t)) => Self::from_inner_table(t).map_err(|e| match e {
+                Error::InvalidConfig(m) => Error::config(format!("config.toml: [PieceStore]: {m}")),
+                other => other,
+            }),
+            Some(_) => Err(Error::config("config.toml: PieceStore must be a table")),
+            None => Err(Error::config("config.toml has no [PieceStore] table")),
+        }
     }
 
-    /// The `[PieceStore]` table's contents, noting whether they are in the original's layout.
-    fn from_inner_table(table: toml::Table) -> Result<Self> {
+    /// The `[PieceStore]` table's contents: the original's tables read as the original reads
+    /// them ([`read_as_the_original`]), PieceStore's own strictly; noting whether the config is
+    /// in the original's layout.
+    fn from_inner_table(mut table: toml::Table) -> Result<Self> {
+        let literal = read_as_the_original(&mut table)?;
         let original = is_original_layout(&table);
         let mut config = Config::deserialize(table)
             .map_err(|e| Error::config(e.to_string().trim_end().to_string()))?;
         config.original_layout = original;
+        config.literal_bucket_url = literal;
         Ok(config)
     }
 
@@ -1128,7 +1279,7 @@ impl Config {
         }
         let url = self.store.url();
         if self.shards <= 1 {
-            if url.contains("%d") {
+            if url.contains("%d") && !self.literal_bucket_url {
                 return Err(Error::config(format!(
                     "BucketURL {:?} contains %d but Shards is {}: set Shards to the number of buckets",
                     crate::backend::redact_url(url),
@@ -1258,14 +1409,16 @@ mod tests {
             Storage = "s3"
             BucketURL = "https://s3.us-east-1.amazonaws.com/my-bucket"
             MaxRetries = 3
-            MinRetryDelay = 2
+            MinRetryDelay = 2000000000
             TLSInsecureSkipVerify = false
             IAMType = "AKSK"
             "#,
         )
         .unwrap();
+        assert!(c.original_layout);
         assert_eq!(c.store.storage, Some(StorageKind::S3));
         assert_eq!(c.store.max_retries, 3);
+        // An integer is nanoseconds, as in the original.
         assert_eq!(c.store.min_retry_delay, Some(Duration::from_secs(2)));
         assert_eq!(c.store.iam_type, IamType::Aksk);
         let d = Config::from_toml("[PieceStore]\n").unwrap();
@@ -1278,8 +1431,9 @@ mod tests {
     #[test]
     fn unknown_and_invalid_fields_are_named() {
         for (toml, needle) in [
-            ("[PieceStore]\nShardz = 2\n", "Shardz"),
-            ("[PieceStore.Store]\nBucketUrl = \"x\"\n", "BucketUrl"),
+            // PieceStore's own tables are strict (the original's ignore unknown fields).
+            ("[PieceStore.Backend]\nRegon = \"x\"\n", "Regon"),
+            ("[PieceStore.pack]\nThreshold = 1\n", "Pack"),
             ("[PieceStore.Store]\nStorage = \"ftp\"\n", "Storage"),
             ("[PieceStore.Store]\nIAMType = \"KEY\"\n", "IAMType"),
             ("[PieceStore.Store]\nMinRetryDelay = \"soon\"\n", "soon"),
@@ -1296,7 +1450,6 @@ mod tests {
                 "[PieceStore]\nShards = 4\n[PieceStore.Store]\nBucketURL = \"memory://\"\n",
                 "%d",
             ),
-            ("[PieceStore]\nShards = -1\n", "Shards"),
             ("[Other]\nx = 1\n", "[PieceStore]"),
             ("[PieceStore.Store]\nMaxRetries = -1\n", "MaxRetries"),
             (

@@ -124,7 +124,7 @@ impl PieceStore {
                 allow_unverified: config
                     .backend
                     .allow_unverified
-                    .unwrap_or(config.original_layout),
+                    .unwrap_or(config.layout() == crate::config::Layout::Original),
                 gate: tokio::sync::RwLock::new(()),
                 fork_sensitive: shards.iter().any(|b| b.is_fork_sensitive()),
                 shards,
@@ -259,7 +259,7 @@ impl PieceStore {
         let shards: Shards = (self.inner.shards.iter().zip(&stores).enumerate())
             .map(|(i, (b, sc))| {
                 if b.is_fork_sensitive() {
-                    let b = Backend::build(sc, &config.backend)
+                    let b = Backend::build(sc, &config.backend, config.layout())
                         .map_err(|e| in_shard(e, i, stores.len()))?;
                     Ok(Arc::new(b))
                 } else {
@@ -804,6 +804,11 @@ impl PieceStore {
         .map(|_| ())
     }
 
+    /// The layout the store keeps its pieces in ([`crate::config::Layout`]).
+    pub fn layout(&self) -> crate::config::Layout {
+        self.inner.config.layout()
+    }
+
     /// Whether this store packs small pieces (`[PieceStore.Pack]`).
     pub fn is_packed(&self) -> bool {
         self.inner.packers.is_some()
@@ -868,7 +873,8 @@ fn build_shards(config: &Config) -> Result<Vec<Arc<Backend>>> {
     let stores = config.shard_stores()?;
     let mut shards = Vec::with_capacity(stores.len());
     for (i, sc) in stores.iter().enumerate() {
-        let b = Backend::build(sc, &config.backend).map_err(|e| in_shard(e, i, stores.len()))?;
+        let b = Backend::build(sc, &config.backend, config.layout())
+            .map_err(|e| in_shard(e, i, stores.len()))?;
         shards.push(Arc::new(b));
     }
     Ok(shards)
@@ -881,8 +887,10 @@ fn build_packers(
     config: &Config,
     shards: &[Arc<Backend>],
 ) -> Result<Option<Vec<Arc<ShardPacker>>>> {
+    // Packing is PieceStore's own layout: off by default for memory:// and for the original's.
     let all_memory = shards.iter().all(|b| b.is_memory());
-    if !config.pack.enabled.unwrap_or(!all_memory) {
+    let default = !all_memory && config.layout() == crate::config::Layout::PieceStore;
+    if !config.pack.enabled.unwrap_or(default) {
         return Ok(None);
     }
     config.pack.validate()?;

@@ -1,6 +1,7 @@
 //! Backends: an `object_store` store built from a [`StoreConfig`], and the piece-level
 //! operations on it (checksum placement, create-only puts, error mapping).
 
+mod local;
 mod s3;
 mod url;
 
@@ -15,15 +16,16 @@ use object_store::memory::InMemory;
 use object_store::path::Path;
 use object_store::prefix::PrefixStore;
 use object_store::{
-    Attribute, AttributeValue, Attributes, GetOptions, GetRange, ObjectStore, ObjectStoreExt,
-    PutMode, PutOptions, PutPayload,
+    Attribute, AttributeValue, Attributes, GetOptions, ObjectStore, ObjectStoreExt, PutMode,
+    PutOptions, PutPayload,
 };
 use tokio::sync::OnceCell;
 
+use self::local::FileFormat;
 use self::s3::Diagnosis;
 pub use self::url::{Location, S3Location, redact_url};
-use crate::checksum::{self, Trailer, TrailerCheck};
-use crate::config::{BackendOptions, ConditionalWrites, StoreConfig};
+use crate::checksum;
+use crate::config::{BackendOptions, ConditionalWrites, Layout, StorageKind, StoreConfig};
 use crate::error::{Error, Redactor, Result};
 use crate::key::RESERVED_PREFIX;
 
@@ -52,9 +54,12 @@ impl PieceMeta {
 enum Kind {
     /// In process memory: checksum in metadata, sorted listings.
     Memory,
-    /// A local directory: checksum in a trailer (files have no metadata), unsorted listings,
-    /// reads that open, read and verify in one blocking task.
-    File(Arc<LocalFileSystem>),
+    /// A local directory, one file per piece in either layout ([`local`]): unsorted listings;
+    /// puts, reads and heads of its own, each in one blocking task.
+    File {
+        fs: Arc<LocalFileSystem>,
+        format: FileFormat,
+    },
     /// An S3-compatible bucket: checksum in metadata, sorted listings.
     S3 {
         /// Set when a missing bucket may be created at open (signed requests, `CreateBucket`).
@@ -68,28 +73,14 @@ struct BucketCreator {
     s3: Arc<AmazonS3>,
     location: S3Location,
     opts: BackendOptions,
-}
-
-/// Where a backend keeps a piece's checksum.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Placement {
-    /// Object metadata `Crc32c` (S3 family, memory).
-    Metadata,
-    /// A 20-byte trailer after the bytes (local files, which have no metadata).
-    Trailer,
+    /// The empty object the original's bucket check leaves (see [`Backend::build`]).
+    empty_object: Option<String>,
 }
 
 impl Kind {
-    /// Where pieces keep their checksum.
-    fn placement(&self) -> Placement {
-        match self {
-            Kind::File(_) => Placement::Trailer,
-            Kind::Memory | Kind::S3 { .. } => Placement::Metadata,
-        }
-    }
     /// Whether listings come back in key order, so a prefix listing may stop early.
     fn sorted_listing(&self) -> bool {
-        !matches!(self, Kind::File(_))
+        !matches!(self, Kind::File { .. })
     }
 }
 
@@ -99,6 +90,8 @@ pub(crate) struct Backend {
     store: Arc<dyn ObjectStore>,
     kind: Kind,
     conditional: ConditionalWrites,
+    /// fsync local files and their directories before a put returns.
+    fsync: bool,
     /// Whether create-only puts are honoured; probed once on first write in `Auto` mode.
     honours_create: OnceCell<bool>,
     redactor: Redactor,
@@ -123,11 +116,39 @@ fn now_nanos() -> u128 {
 }
 
 impl Backend {
-    /// Builds the backend for one shard.
-    pub(crate) fn build(store: &StoreConfig, opts: &BackendOptions) -> Result<Self> {
+    /// Builds the backend for one shard, in `layout` (the config's [`Config::layout`]).
+    ///
+    /// [`Config::layout`]: crate::Config::layout
+    pub(crate) fn build(
+        store: &StoreConfig,
+        opts: &BackendOptions,
+        layout: Layout,
+    ) -> Result<Self> {
         let kind = store.storage_kind();
-        let url = store.url();
-        let location = url::parse(url, kind, opts.region.as_deref(), opts.endpoint.as_deref())?;
+        let original = layout == Layout::Original;
+        let url = match kind {
+            StorageKind::Minio if original => url::original_minio_url(store.url())?,
+            _ => store.url().to_string(),
+        };
+        let mut location =
+            url::parse(&url, kind, opts.region.as_deref(), opts.endpoint.as_deref())?;
+        // The original's S3 client keeps a non-AWS endpoint's path, bucket included, and adds
+        // the bucket again: its pieces are `bucket/<key>` inside the bucket, beside the empty
+        // object its bucket check creates at `bucket`.
+        let mut empty_object = None;
+        if let Location::S3(s3) = &mut location
+            && original
+            && kind == StorageKind::S3
+            && !s3.virtual_hosted
+            && !s3.endpoint.contains(".amazonaws.com")
+        {
+            s3.prefix = if s3.prefix.is_empty() {
+                s3.bucket.clone()
+            } else {
+                format!("{}/{}", s3.prefix, s3.bucket)
+            };
+            empty_object = Some(s3.prefix.clone());
+        }
         let label = location.label();
         let redactor = Redactor::new([
             store.access_key.expose(),
@@ -143,11 +164,16 @@ impl Backend {
                         root.display()
                     ))
                 })?;
+                let format = local::decide_format(root, original, opts.layout.is_some())
+                    .map_err(Error::config)?;
                 let fs = LocalFileSystem::new_with_prefix(root)
                     .map_err(|e| Error::config(format!("store directory {}: {e}", root.display())))?
                     .with_fsync(opts.fsync);
                 let fs = Arc::new(fs);
-                (Arc::clone(&fs) as Arc<dyn ObjectStore>, Kind::File(fs))
+                (
+                    Arc::clone(&fs) as Arc<dyn ObjectStore>,
+                    Kind::File { fs, format },
+                )
             }
             Location::S3(s3) => {
                 let built = Arc::new(
@@ -159,6 +185,7 @@ impl Backend {
                         s3: Arc::clone(&built),
                         location: s3.clone(),
                         opts: opts.clone(),
+                        empty_object: empty_object.clone(),
                     })
                 });
                 let inner: Arc<dyn ObjectStore> = if s3.prefix.is_empty() {
@@ -174,6 +201,7 @@ impl Backend {
             store: object_store,
             kind,
             conditional: opts.conditional_writes,
+            fsync: opts.fsync,
             honours_create: OnceCell::new(),
             redactor,
         })
@@ -192,14 +220,14 @@ impl Backend {
 
     /// Whether this is a local directory.
     pub(crate) fn is_local(&self) -> bool {
-        matches!(self.kind, Kind::File(_))
+        matches!(self.kind, Kind::File { .. })
     }
 
     /// The backend kind, as a metrics label: `memory`, `file` or `s3`.
     pub(crate) fn kind_name(&self) -> &'static str {
         match self.kind {
             Kind::Memory => "memory",
-            Kind::File(_) => "file",
+            Kind::File { .. } => "file",
             Kind::S3 { .. } => "s3",
         }
     }
@@ -222,7 +250,10 @@ impl Backend {
         let probe = Path::from(RESERVED_PREFIX.trim_end_matches('/'));
         let first = self.store.list(Some(&probe)).next().await;
         let err = match first {
-            None | Some(Ok(_)) => return Ok(()),
+            None | Some(Ok(_)) => {
+                self.leave_the_originals_empty_object().await;
+                return Ok(());
+            }
             Some(Err(e)) => e,
         };
         let missing = Diagnosis::of(&err).code.as_deref() == Some("NoSuchBucket");
@@ -240,11 +271,34 @@ impl Backend {
                     })?;
                 tracing::info!(backend = %self.label, "created missing bucket");
                 match self.store.list(Some(&probe)).next().await {
-                    None | Some(Ok(_)) => Ok(()),
+                    None | Some(Ok(_)) => {
+                        self.leave_the_originals_empty_object().await;
+                        Ok(())
+                    }
                     Some(Err(e)) => Err(self.map_err("open", None, e)),
                 }
             }
             _ => Err(self.map_err("open", None, err)),
+        }
+    }
+
+    /// Creates the empty object the original's bucket check leaves when its endpoint keeps
+    /// the bucket in its path (see [`Backend::build`]), so that the bucket holds what it
+    /// would hold had the original opened it. Cosmetic: a failure is only logged.
+    async fn leave_the_originals_empty_object(&self) {
+        let Kind::S3 {
+            creator: Some(c), ..
+        } = &self.kind
+        else {
+            return;
+        };
+        let Some(name) = &c.empty_object else { return };
+        let path = Path::from(name.as_str());
+        if c.s3.head(&path).await.is_ok() {
+            return;
+        }
+        if let Err(e) = c.s3.put(&path, PutPayload::new()).await {
+            tracing::warn!(backend = %self.label, error = %self.redactor.redact(&e.to_string()), "could not create the empty object the original keeps at {name:?}");
         }
     }
 
@@ -392,24 +446,19 @@ impl Backend {
         overwrite: bool,
     ) -> Result<()> {
         let path = self.path(key)?;
-        let len = data.len() as u64;
+        if let Kind::File { fs, format } = &self.kind {
+            return self
+                .put_local(fs, *format, key, &path, data, crc, overwrite)
+                .await;
+        }
         let make = |mode: PutMode| {
-            let (payload, attributes) = match self.kind.placement() {
-                Placement::Metadata => {
-                    let mut a = Attributes::new();
-                    a.insert(
-                        Attribute::Metadata(checksum::METADATA_KEY.into()),
-                        AttributeValue::from(crc.to_string()),
-                    );
-                    (PutPayload::from(data.clone()), a)
-                }
-                Placement::Trailer => {
-                    let t = Bytes::copy_from_slice(&Trailer { crc, len }.encode());
-                    (PutPayload::from_iter([data.clone(), t]), Attributes::new())
-                }
-            };
+            let mut attributes = Attributes::new();
+            attributes.insert(
+                Attribute::Metadata(checksum::METADATA_KEY.into()),
+                AttributeValue::from(crc.to_string()),
+            );
             (
-                payload,
+                PutPayload::from(data.clone()),
                 PutOptions {
                     mode,
                     attributes,
@@ -461,6 +510,68 @@ impl Backend {
             message: "create-only put kept conflicting with another writer".into(),
             retryable: true,
         })
+    }
+
+    /// A local piece file, written whole by [`local::write_piece`] in one blocking task.
+    #[allow(clippy::too_many_arguments)]
+    async fn put_local(
+        &self,
+        fs: &LocalFileSystem,
+        format: FileFormat,
+        key: &str,
+        path: &Path,
+        data: Bytes,
+        crc: u32,
+        overwrite: bool,
+    ) -> Result<()> {
+        let file = fs
+            .path_to_filesystem(path)
+            .map_err(|e| self.map_err("put", Some(key), e))?;
+        let fsync = self.fsync;
+        for _ in 0..3 {
+            let (file, data2) = (file.clone(), data.clone());
+            let written = tokio::task::spawn_blocking(move || {
+                local::write_piece(&file, &data2, crc, format, !overwrite, fsync)
+            })
+            .await
+            .map_err(|e| self.io_err("put", key, std::io::Error::other(e)))?
+            .map_err(|e| self.io_err("put", key, e))?;
+            if written == local::Written::Done {
+                return Ok(());
+            }
+            match self.head(key).await {
+                Ok(existing) => return self.same_or_exists(key, &data, crc, existing).await,
+                // Deleted since: try again.
+                Err(Error::NotFound { .. }) => continue,
+                Err(e) => return Err(e),
+            }
+        }
+        Err(Error::Backend {
+            op: "put",
+            key: Some(key.into()),
+            backend: self.label.clone(),
+            message: "create-only put kept conflicting with another writer".into(),
+            retryable: true,
+        })
+    }
+
+    fn io_err(&self, op: &'static str, key: &str, e: std::io::Error) -> Error {
+        if e.kind() == std::io::ErrorKind::NotFound {
+            return Error::NotFound {
+                key: key.into(),
+                backend: self.label.clone(),
+            };
+        }
+        Error::Backend {
+            op,
+            key: Some(key.into()),
+            backend: self.label.clone(),
+            retryable: matches!(
+                e.kind(),
+                std::io::ErrorKind::Interrupted | std::io::ErrorKind::TimedOut
+            ),
+            message: e.to_string(),
+        }
     }
 
     async fn same_or_exists(
@@ -517,8 +628,8 @@ impl Backend {
         first_byte: &mut Option<Instant>,
     ) -> Result<(Bytes, Option<u32>)> {
         let path = self.path(key)?;
-        if let Kind::File(fs) = &self.kind {
-            return self.get_local(fs, key, &path, first_byte).await;
+        if let Kind::File { fs, format } = &self.kind {
+            return self.get_local(fs, *format, key, &path, first_byte).await;
         }
         let result = self
             .store
@@ -540,12 +651,13 @@ impl Backend {
         Ok((bytes, expected))
     }
 
-    /// A local piece: open, read, check the trailer and verify in one blocking task (object_store's
-    /// own get takes two hops through the blocking pool, and the checksum would then run on an
-    /// async worker).
+    /// A local piece: open, read, check its checksum and verify, in one blocking task
+    /// (object_store's own get takes two hops through the blocking pool, and the checksum would
+    /// then run on an async worker).
     async fn get_local(
         &self,
         fs: &LocalFileSystem,
+        format: FileFormat,
         key: &str,
         path: &Path,
         first_byte: &mut Option<Instant>,
@@ -553,125 +665,59 @@ impl Backend {
         let file_path = fs
             .path_to_filesystem(path)
             .map_err(|e| self.map_err("get", Some(key), e))?;
-        enum Read {
-            Raw(Vec<u8>),
-            Verified(Vec<u8>, u32),
-            Damaged,
-            Mismatch { expected: u32, actual: u32 },
-        }
-        let read = tokio::task::spawn_blocking(move || -> std::io::Result<(Read, Instant)> {
-            use std::io::Read as _;
-            let mut f = std::fs::File::open(&file_path)?;
-            let meta = f.metadata()?;
-            if meta.is_dir() {
-                return Err(std::io::Error::from(std::io::ErrorKind::NotFound));
-            }
-            let opened = Instant::now();
-            let mut buf = Vec::with_capacity(meta.len() as usize);
-            f.read_to_end(&mut buf)?;
-            let total = buf.len() as u64;
-            Ok((
-                match Trailer::check(&buf[buf.len().saturating_sub(Trailer::LEN)..], total) {
-                    TrailerCheck::Absent => Read::Raw(buf),
-                    TrailerCheck::Damaged => Read::Damaged,
-                    TrailerCheck::Valid(t) => {
-                        buf.truncate(t.len as usize);
-                        let actual = checksum::crc32c(&buf);
-                        if actual == t.crc {
-                            Read::Verified(buf, actual)
-                        } else {
-                            Read::Mismatch {
-                                expected: t.crc,
-                                actual,
-                            }
-                        }
-                    }
-                },
-                opened,
-            ))
-        })
-        .await;
-        let read = read.map(|r| {
-            r.map(|(read, opened)| {
-                *first_byte = Some(opened);
-                read
-            })
-        });
-        let backend_err = |message: String, retryable| Error::Backend {
-            op: "get",
-            key: Some(key.into()),
-            backend: self.label.clone(),
-            message,
-            retryable,
-        };
+        let (read, opened) =
+            tokio::task::spawn_blocking(move || local::read_piece(&file_path, format))
+                .await
+                .map_err(|e| self.io_err("get", key, std::io::Error::other(e)))?
+                .map_err(|e| self.io_err("get", key, e))?;
+        *first_byte = Some(opened);
         match read {
-            Ok(Ok(Read::Raw(buf))) => Ok((Bytes::from(buf), None)),
-            Ok(Ok(Read::Verified(buf, crc))) => Ok((Bytes::from(buf), Some(crc))),
-            Ok(Ok(Read::Damaged)) => Err(self.corrupt(key, "checksum trailer is damaged".into())),
-            Ok(Ok(Read::Mismatch { expected, actual })) => {
+            local::Read::Unverified(buf) => Ok((Bytes::from(buf), None)),
+            local::Read::Verified(buf, crc) => Ok((Bytes::from(buf), Some(crc))),
+            local::Read::DamagedTrailer => Err(self.corrupt(key, damaged(format))),
+            local::Read::Mismatch { expected, actual } => {
                 Err(self.corrupt(key, format!("crc32c is {actual}, expected {expected}")))
             }
-            Ok(Err(e)) if e.kind() == std::io::ErrorKind::NotFound => Err(Error::NotFound {
-                key: key.into(),
-                backend: self.label.clone(),
-            }),
-            Ok(Err(e)) => Err(backend_err(e.to_string(), false)),
-            Err(join) => Err(backend_err(join.to_string(), true)),
         }
     }
 
     /// The piece's metadata, in one small request.
     pub(crate) async fn head(&self, key: &str) -> Result<PieceMeta> {
         let path = self.path(key)?;
-        match self.kind.placement() {
-            Placement::Metadata => {
-                let opts = GetOptions {
-                    head: true,
-                    ..Default::default()
-                };
-                let r = self
-                    .store
-                    .get_opts(&path, opts)
-                    .await
-                    .map_err(|e| self.map_err("head", Some(key), e))?;
-                let crc32c = self.metadata_crc(key, &r.attributes)?;
-                Ok(PieceMeta {
-                    key: key.into(),
-                    size: r.meta.size,
-                    crc32c,
-                    last_modified: r.meta.last_modified.into(),
-                })
-            }
-            Placement::Trailer => {
-                let opts = GetOptions {
-                    range: Some(GetRange::Suffix(Trailer::LEN as u64)),
-                    ..Default::default()
-                };
-                let r = self
-                    .store
-                    .get_opts(&path, opts)
-                    .await
-                    .map_err(|e| self.map_err("head", Some(key), e))?;
-                let (size, modified) = (r.meta.size, r.meta.last_modified);
-                let tail = r
-                    .bytes()
-                    .await
-                    .map_err(|e| self.map_err("head", Some(key), e))?;
-                let (size, crc32c) = match Trailer::check(&tail, size) {
-                    TrailerCheck::Absent => (size, None),
-                    TrailerCheck::Damaged => {
-                        return Err(self.corrupt(key, "checksum trailer is damaged".into()));
-                    }
-                    TrailerCheck::Valid(t) => (t.len, Some(t.crc)),
-                };
-                Ok(PieceMeta {
-                    key: key.into(),
-                    size,
-                    crc32c,
-                    last_modified: modified.into(),
-                })
-            }
+        if let Kind::File { fs, format } = &self.kind {
+            let (file, format) = (
+                fs.path_to_filesystem(&path)
+                    .map_err(|e| self.map_err("head", Some(key), e))?,
+                *format,
+            );
+            let head = tokio::task::spawn_blocking(move || local::head_piece(&file, format))
+                .await
+                .map_err(|e| self.io_err("head", key, std::io::Error::other(e)))?
+                .map_err(|e| self.io_err("head", key, e))?
+                .ok_or_else(|| self.corrupt(key, damaged(format)))?;
+            return Ok(PieceMeta {
+                key: key.into(),
+                size: head.size,
+                crc32c: head.crc,
+                last_modified: head.modified,
+            });
         }
+        let opts = GetOptions {
+            head: true,
+            ..Default::default()
+        };
+        let r = self
+            .store
+            .get_opts(&path, opts)
+            .await
+            .map_err(|e| self.map_err("head", Some(key), e))?;
+        let crc32c = self.metadata_crc(key, &r.attributes)?;
+        Ok(PieceMeta {
+            key: key.into(),
+            size: r.meta.size,
+            crc32c,
+            last_modified: r.meta.last_modified.into(),
+        })
     }
 
     /// Deletes a piece; deleting a missing piece succeeds.
@@ -722,8 +768,13 @@ impl Backend {
                         && !is_foreign_temp_file(k),
                 )
             });
-        match self.kind.placement() {
-            Placement::Metadata => stream
+        match self.kind {
+            Kind::Memory
+            | Kind::S3 { .. }
+            | Kind::File {
+                format: FileFormat::Raw,
+                ..
+            } => stream
                 .map_ok(|m| PieceMeta {
                     key: m.location.to_string(),
                     size: m.size,
@@ -733,13 +784,24 @@ impl Backend {
                 .boxed(),
             // Sizes on disk include the trailer: read each one's trailer. A piece deleted
             // since the directory was read is left out, as if listed after the delete.
-            Placement::Trailer => stream
+            Kind::File {
+                format: FileFormat::Trailer,
+                ..
+            } => stream
                 .map_ok(move |m| {
                     let me = Arc::clone(&me);
                     async move {
                         match me.head(m.location.as_ref()).await {
                             Ok(meta) => Ok(Some(meta)),
                             Err(Error::NotFound { .. }) => Ok(None),
+                            // A listing never stops at one piece's content: a damaged
+                            // trailer is listed as the file is (a read says Corrupt).
+                            Err(Error::Corrupt { .. }) => Ok(Some(PieceMeta {
+                                key: m.location.to_string(),
+                                size: m.size,
+                                crc32c: None,
+                                last_modified: m.last_modified.into(),
+                            })),
                             Err(e) => Err(e),
                         }
                     }
@@ -930,7 +992,7 @@ impl Backend {
     /// The directory of a local-file shard.
     pub(crate) fn root_dir(&self) -> Option<std::path::PathBuf> {
         match &self.kind {
-            Kind::File(fs) => fs
+            Kind::File { fs, .. } => fs
                 .path_to_filesystem(&Path::from("x"))
                 .ok()?
                 .parent()
@@ -966,7 +1028,8 @@ pub(crate) enum Listed {
     Piece(PieceMeta),
     /// PieceStore's own object under `.piecestore/` (e.g. a conditional-write probe, the index).
     Internal { key: String, size: u64 },
-    /// A pack of small pieces, or the pack index (counted from the index).
+    /// A pack of small pieces, the pack index, or PieceStore's other metadata of the store
+    /// (counted from the index, or not at all).
     Pack,
     /// An unfinished write's temp file: the original's `.name.tmpN`, or a `name#N` staging
     /// file of a local write that did not finish.
@@ -980,7 +1043,13 @@ impl Backend {
     /// profile or a consistency check needs; [`Backend::list`] shows pieces only).
     pub(crate) fn list_all(self: &Arc<Self>) -> BoxStream<'static, Result<Listed>> {
         let me = Arc::clone(self);
-        let trailer = self.kind.placement() == Placement::Trailer;
+        let trailer = matches!(
+            self.kind,
+            Kind::File {
+                format: FileFormat::Trailer,
+                ..
+            }
+        );
         self.store
             .list(None)
             .map_err({
@@ -997,7 +1066,7 @@ impl Backend {
                     {
                         return Ok(Listed::Pack);
                     }
-                    if key == INDEX_FILE || key == TOKEN_FILE {
+                    if key == INDEX_FILE || key == TOKEN_FILE || key == local::LAYOUT_MARKER {
                         return Ok(Listed::Pack);
                     }
                     if key.starts_with(RESERVED_PREFIX) {
@@ -1022,12 +1091,27 @@ impl Backend {
                         Ok(meta) => Ok(Listed::Piece(meta)),
                         // Deleted since it was listed.
                         Err(Error::NotFound { .. }) => Ok(Listed::Temp { key, size: 0 }),
+                        // A damaged trailer: the file as it is (a read says Corrupt).
+                        Err(Error::Corrupt { .. }) => Ok(Listed::Piece(PieceMeta {
+                            key,
+                            size,
+                            crc32c: None,
+                            last_modified: m.last_modified.into(),
+                        })),
                         Err(e) => Err(e),
                     }
                 }
             })
             .try_buffered(32)
             .boxed()
+    }
+}
+
+/// What a damaged checksum of a local piece file is called.
+fn damaged(format: FileFormat) -> String {
+    match format {
+        FileFormat::Trailer => "checksum trailer is damaged".into(),
+        FileFormat::Raw => "checksum attribute user.piecestore.crc32c is not a u32".into(),
     }
 }
 

@@ -69,7 +69,13 @@ pub(super) fn build_s3(
     store: &StoreConfig,
     opts: &BackendOptions,
 ) -> std::result::Result<AmazonS3, String> {
-    let min_delay = store.min_retry_delay.unwrap_or(Duration::from_millis(100));
+    // At least 1 ms: object_store draws each delay from [first, 2 × previous), which is empty
+    // (a panic) for 0, the value the original's config template holds (its SP reads it as
+    // 1 ns: practically no delay, as here).
+    let min_delay = store
+        .min_retry_delay
+        .unwrap_or(Duration::from_millis(100))
+        .max(Duration::from_millis(1));
     let retry = RetryConfig {
         backoff: BackoffConfig {
             init_backoff: min_delay,

@@ -168,6 +168,10 @@ pub fn parse(
         });
     }
     let Some(scheme) = scheme else {
+        // MinIO URLs without a scheme are http, as the original reads them.
+        if kind == StorageKind::Minio {
+            return parse_http(&format!("http://{url}"), "http", region);
+        }
         return Err(bad(
             url,
             format!("Storage is {:?} but the URL has no scheme", kind.as_str()),
@@ -237,6 +241,30 @@ pub fn parse(
             ),
         )),
     }
+}
+
+/// A MinIO bucket URL read as the original reads it: `http://` when it has no scheme, the
+/// bucket the first path segment after an optional `minio/`, and any further segments
+/// ignored (not a key prefix). Returns the URL of that bucket.
+pub fn original_minio_url(url: &str) -> Result<String> {
+    let full = if url.contains("://") {
+        url.to_string()
+    } else {
+        format!("http://{url}")
+    };
+    let parsed = url::Url::parse(&full).map_err(|e| bad(url, e))?;
+    let path = parsed.path().strip_prefix('/').unwrap_or(parsed.path());
+    let path = match path.strip_prefix("minio/") {
+        Some(rest) if !rest.is_empty() => rest,
+        _ => path,
+    };
+    let bucket = path.split('/').next().unwrap_or("");
+    if bucket.is_empty() {
+        return Err(bad(url, "no bucket name in the path"));
+    }
+    let host = parsed.host_str().ok_or_else(|| bad(url, "no host"))?;
+    let port = parsed.port().map(|p| format!(":{p}")).unwrap_or_default();
+    Ok(format!("{}://{host}{port}/{bucket}", parsed.scheme()))
 }
 
 fn parse_http(url: &str, scheme: &str, region_override: Option<&str>) -> Result<Location> {
@@ -368,6 +396,19 @@ fn parse_http(url: &str, scheme: &str, region_override: Option<&str>) -> Result<
 mod tests {
     use super::*;
     use crate::config::infer_storage;
+
+    #[test]
+    fn the_originals_minio_forms() {
+        for (given, want) in [
+            ("127.0.0.1:9000/bkt", "http://127.0.0.1:9000/bkt"),
+            ("http://h:1/minio/bkt", "http://h:1/bkt"),
+            ("http://h:1/minio", "http://h:1/minio"),
+            ("https://h/bkt/extra/path", "https://h/bkt"),
+        ] {
+            assert_eq!(original_minio_url(given).unwrap(), want, "{given}");
+        }
+        assert!(original_minio_url("http://h/").is_err());
+    }
 
     fn s3(url: &str) -> S3Location {
         match parse(url, infer_storage(url), None, None).unwrap() {
