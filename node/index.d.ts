@@ -278,13 +278,23 @@ export interface StoreOptions {
   createBucket?: boolean
   /** Keep operation metrics (`store.metrics()`; default true). */
   metrics?: boolean
+  /**
+   * Return pieces that carry no checksum (written by another program) instead of failing
+   * with `CORRUPT_PIECE` (default: true in the original's layout, else false).
+   */
+  allowUnverified?: boolean
+  /**
+   * Whose layout the pieces are kept in: `"piecestore"` (PieceStore's own) or `"original"`
+   * (byte for byte the original Go piecestore's; the default for a config in its layout).
+   */
+  layout?: string
   /** Pack small pieces (default: on for directories and buckets, off for `memory://`). */
   pack?: boolean
   /** Pieces smaller than this are packed (bytes or `"512KiB"`; default 1 MiB). */
   packThreshold?: number | string
   /** A pack is written at this size (default 64 MiB). */
   packTargetSize?: number | string
-  /** ... or at this age (default `"100ms"`). */
+  /** Accepted for configs of earlier versions; puts no longer wait for a timer (no effect). */
   packMaxAge?: number | string
   /** Garbage collection compacts packs with at least this share of garbage (default 0.5). */
   gcGarbageRatio?: number

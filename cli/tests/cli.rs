@@ -205,10 +205,12 @@ fn sharded_s3_store_from_an_original_style_config() {
     let info = String::from_utf8(ok(bin().current_dir(dir.path()).envs(env).arg("info"))).unwrap();
     assert!(info.starts_with("shards: 4 (placement fnv-mod)"), "{info}");
     assert!(info.contains(&format!("{name}-3")), "{info}");
-    // A config error names the field.
+    // A config error in PieceStore's own tables names the field (the original's tables ignore
+    // unknown fields, as the original does).
     std::fs::write(
         dir.path().join("bad.toml"),
-        "[PieceStore]\nShards = 4\n[PieceStore.Store]\nBucketUrl = \"x\"\n",
+        "[PieceStore]\nShards = 4\n[PieceStore.Store]\nBucketUrl = \"x-%d\"\n\
+         [PieceStore.Backend]\nRegon = \"x\"\n",
     )
     .unwrap();
     let (c, err) = code(
@@ -217,5 +219,57 @@ fn sharded_s3_store_from_an_original_style_config() {
             .args(["--config", "bad.toml", "ls"]),
     );
     assert_eq!(c, 5);
-    assert!(err.contains("BucketUrl"), "{err}");
+    assert!(err.contains("Regon"), "{err}");
+}
+
+/// `ls -l` with an SP's config.toml over the original's files, some of which end in bytes that
+/// look like PieceStore's checksum trailer: every file listed at its size, exit 0.
+#[test]
+fn ls_lists_every_file_of_the_original_whatever_it_ends_with() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    let mut files: Vec<(String, Vec<u8>)> = (0..10)
+        .map(|i| {
+            (
+                format!("s{i}_s0"),
+                piecestore_tests::pseudo_random(100 + i * 50, i as u64),
+            )
+        })
+        .collect();
+    let mut a = piecestore_tests::pseudo_random(100, 77);
+    a[84..92].copy_from_slice(&80u64.to_le_bytes());
+    files.push(("e1_s0_p0".into(), a));
+    let mut b = piecestore_tests::pseudo_random(200, 78);
+    b.extend_from_slice(b"PSCR");
+    files.push(("e1_s0_p1".into(), b));
+    let mut c = piecestore_tests::pseudo_random(200, 79);
+    c.extend_from_slice(b"PSCRC32C");
+    files.push(("e1_s0_p2".into(), c));
+    for (k, v) in &files {
+        std::fs::write(data.join(k), v).unwrap();
+    }
+    std::fs::write(
+        dir.path().join("config.toml"),
+        "[PieceStore]\nShards = 0\n[PieceStore.Store]\nStorage = ''\nBucketURL = ''\nIAMType = ''\n",
+    )
+    .unwrap();
+    let out = String::from_utf8(ok(bin().current_dir(dir.path()).args(["ls", "-l"]))).unwrap();
+    assert_eq!(out.lines().count(), files.len(), "{out}");
+    for (k, v) in &files {
+        assert!(
+            out.lines()
+                .any(|l| l.contains(k.as_str()) && l.contains(&v.len().to_string())),
+            "{k} ({} bytes) not listed at its size:\n{out}",
+            v.len()
+        );
+        let got = ok(bin().current_dir(dir.path()).args(["get", k]));
+        assert!(got == *v, "{k}: get gives other bytes");
+    }
+    let info = String::from_utf8(ok(bin().current_dir(dir.path()).arg("info"))).unwrap();
+    assert!(info.contains("layout: original"), "{info}");
+    assert!(
+        !data.join(".piecestore").exists(),
+        "no .piecestore/ in the SP's directory"
+    );
 }

@@ -35,7 +35,9 @@ fn count_files(dir: &Path) -> usize {
     rd.flatten()
         .map(|e| {
             let p = e.path();
-            if p.is_dir() {
+            if p.ends_with(".piecestore") {
+                0 // PieceStore's own metadata (the layout marker), not pieces
+            } else if p.is_dir() {
                 count_files(&p)
             } else {
                 usize::from(!p.to_string_lossy().contains('#'))

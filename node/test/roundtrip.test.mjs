@@ -151,7 +151,9 @@ test('config objects and config.toml files', async () => {
   assert.equal((await c.get('1_s0')).toString(), 'cfg')
   const d = new PieceStore({ Shards: 2, Store: { BucketURL: `${dir}/f-%d` } })
   assert.equal((await d.get('1_s0')).toString(), 'cfg')
-  const e = await PieceStore.open(`${dir}/f-%d`, { shards: 2, fsync: false, maxRetries: 1, requestTimeout: 2.5 })
+  // A URL is PieceStore's own layout unless told: the original's files are refused, not misread.
+  await assert.rejects(PieceStore.open(`${dir}/f-%d`, { shards: 2 }), (err) => err.code === 'CONFIG' && /layout=original/.test(err.message))
+  const e = await PieceStore.open(`${dir}/f-%d`, { shards: 2, layout: 'original', fsync: false, maxRetries: 1, requestTimeout: 2.5 })
   assert.equal((await e.get('1_s0')).toString(), 'cfg')
 })
 

@@ -80,6 +80,12 @@ pub struct StoreOptions {
     pub create_bucket: Option<bool>,
     /// Keep operation metrics (`store.metrics()`; default true).
     pub metrics: Option<bool>,
+    /// Return pieces that carry no checksum (written by another program) instead of failing
+    /// with `CORRUPT_PIECE` (default: true in the original's layout, else false).
+    pub allow_unverified: Option<bool>,
+    /// Whose layout the pieces are kept in: `"piecestore"` (PieceStore's own) or `"original"`
+    /// (byte for byte the original Go piecestore's; the default for a config in its layout).
+    pub layout: Option<String>,
     /// Pack small pieces (default: on for directories and buckets, off for `memory://`).
     pub pack: Option<bool>,
     /// Pieces smaller than this are packed (bytes or `"512KiB"`; default 1 MiB).
@@ -88,7 +94,7 @@ pub struct StoreOptions {
     /// A pack is written at this size (default 64 MiB).
     #[napi(ts_type = "number | string")]
     pub pack_target_size: Option<String>,
-    /// ... or at this age (default `"100ms"`).
+    /// Accepted for configs of earlier versions; puts no longer wait for a timer (no effect).
     #[napi(ts_type = "number | string")]
     pub pack_max_age: Option<String>,
     /// Garbage collection compacts packs with at least this share of garbage (default 0.5).
