@@ -78,7 +78,8 @@ class ErrorsTest {
         assertNull(bad.key)
         assertFailsWith<PieceStoreException.InvalidConfig> { PieceStore.open("memory://", mapOf("no_such_option" to "1")) }
         assertFailsWith<PieceStoreException.InvalidConfig> { PieceStore.open("memory://?shards=x") }
-        assertFailsWith<PieceStoreException.InvalidConfig> { PieceStore.fromToml("[PieceStore]\nNoSuchField = 1") }
+        // PieceStore's own tables are strict (the original's ignore unknown fields, as it does).
+        assertFailsWith<PieceStoreException.InvalidConfig> { PieceStore.fromToml("[PieceStore.Backend]\nNoSuchField = 1") }
         assertFailsWith<PieceStoreException.InvalidConfig> { PieceStore.fromToml("this is not toml") }
         runBlocking { assertFailsWith<PieceStoreException.InvalidConfig> { PieceStore.openAsync("nosuch://bucket") } }
     }

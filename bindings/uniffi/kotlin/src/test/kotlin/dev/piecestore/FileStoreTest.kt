@@ -51,7 +51,12 @@ class FileStoreTest {
             s.closeBlocking()
         }
         assertTrue(data.exists())
-        fileStore(data).use { assertContentEquals(pattern(77), it.getBlocking("from/toml")) }
+        // A config with only the original's tables keeps the original's layout: the file holds
+        // exactly the piece, and a URL reads it back when told that layout.
+        assertContentEquals(pattern(77), Files.readAllBytes(data.resolve("from/toml")))
+        PieceStore.open("file://${data.toAbsolutePath()}", mapOf("layout" to "original")).use {
+            assertContentEquals(pattern(77), it.getBlocking("from/toml"))
+        }
     }
 
     @Test
