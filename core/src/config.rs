@@ -467,7 +467,7 @@ impl Default for BackendOptions {
 /// Small-piece packing and its garbage collection: `[PieceStore.Pack]`.
 ///
 /// Pieces smaller than `Threshold` are appended to an open pack per shard, written as one
-/// object when it reaches `TargetSize` or `MaxAge`; the pack index (redb) says where each piece
+/// object when it reaches `TargetSize` or `MaxAge`; the pack index (SQLite) says where each piece
 /// is. `piecestore gc` compacts packs whose garbage passes `GarbageRatio` and merges
 /// undersized ones. See `docs/pack-format.md`.
 #[derive(Debug, Clone, Deserialize)]
@@ -507,7 +507,7 @@ pub struct PackOptions {
     pub gc_interval: Option<Duration>,
     /// Where the index of an S3-family store is kept (one file per shard). Default: the user's
     /// cache directory (`$XDG_CACHE_HOME/piecestore/index/…`). A local directory store keeps
-    /// its index in `.piecestore/index.redb` inside the directory.
+    /// its index in `.piecestore/index.sqlite` inside the directory.
     #[serde(rename = "IndexDir", default)]
     pub index_dir: Option<std::path::PathBuf>,
 }

@@ -881,7 +881,7 @@ fn build_shards(config: &Config) -> Result<Vec<Arc<Backend>>> {
 }
 
 /// A packer per shard when the config packs small pieces: the index of a local directory in
-/// its `.piecestore/index.redb`, of a bucket under `Pack.IndexDir` (default: the user's cache
+/// its `.piecestore/index.sqlite`, of a bucket under `Pack.IndexDir` (default: the user's cache
 /// directory), of a memory store in memory.
 fn build_packers(
     config: &Config,
@@ -908,13 +908,19 @@ fn build_packers(
                 ))
             } else if let Some(dir) = &config.pack.index_dir {
                 let hash = crate::shard::fnv1a32(b.label().as_bytes());
-                Some(dir.join(format!("shard-{i}-{hash:08x}.redb")))
+                Some(dir.join(format!("shard-{i}-{hash:08x}.sqlite")))
             } else {
                 Some(crate::pack::index::default_index_path(None, b.label(), i))
             };
+            let packs_dir = b.root_dir().map(|r| r.join(".piecestore").join("packs"));
             match path {
-                Some(path) => shared_packer(i, &config.pack, path, b.label()),
-                None => Ok(Arc::new(ShardPacker::new(i, config.pack.clone(), None))),
+                Some(path) => shared_packer(i, &config.pack, path, packs_dir, b.label()),
+                None => Ok(Arc::new(ShardPacker::new(
+                    i,
+                    config.pack.clone(),
+                    None,
+                    None,
+                ))),
             }
         })
         .collect::<Result<Vec<_>>>()?;
@@ -930,6 +936,7 @@ fn shared_packer(
     shard: usize,
     opts: &crate::config::PackOptions,
     path: std::path::PathBuf,
+    packs_dir: Option<std::path::PathBuf>,
     label: &str,
 ) -> Result<Arc<ShardPacker>> {
     use std::collections::HashMap;
@@ -952,7 +959,7 @@ fn shared_packer(
         }
         return Ok(p);
     }
-    let p = Arc::new(ShardPacker::new(shard, opts.clone(), Some(path)));
+    let p = Arc::new(ShardPacker::new(shard, opts.clone(), Some(path), packs_dir));
     map.insert(key, Arc::downgrade(&p));
     Ok(p)
 }

@@ -218,6 +218,25 @@ impl Backend {
         matches!(self.kind, Kind::Memory)
     }
 
+    /// Whether local files are fsync'd before a put returns (`Backend.Fsync`).
+    pub(crate) fn fsync(&self) -> bool {
+        self.fsync
+    }
+
+    /// On a local directory, whether no file of `key` exists, by one `stat` on the calling
+    /// thread (it costs microseconds); `None` elsewhere, or when it cannot tell.
+    pub(crate) fn local_file_absent(&self, key: &str) -> Option<bool> {
+        let Kind::File { fs, .. } = &self.kind else {
+            return None;
+        };
+        let path = fs.path_to_filesystem(&Path::parse(key).ok()?).ok()?;
+        match std::fs::symlink_metadata(path) {
+            Ok(_) => Some(false),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Some(true),
+            Err(_) => None,
+        }
+    }
+
     /// Whether this is a local directory.
     pub(crate) fn is_local(&self) -> bool {
         matches!(self.kind, Kind::File { .. })
@@ -813,8 +832,8 @@ impl Backend {
     }
 }
 
-/// The pack index of a local-directory shard.
-pub(crate) const INDEX_FILE: &str = ".piecestore/index.redb";
+/// The pack index of a local-directory shard (with its `-wal`, `-shm` and `.lock` files).
+pub(crate) const INDEX_FILE: &str = ".piecestore/index.sqlite";
 
 /// Where a shard keeps its packs.
 pub(crate) const PACKS_PREFIX: &str = ".piecestore/packs/";
@@ -846,7 +865,7 @@ impl Backend {
     pub(crate) async fn put_pack(
         &self,
         id: crate::pack::index::PackId,
-        bytes: Bytes,
+        payload: impl Into<PutPayload>,
     ) -> Result<()> {
         let mode = if self.honours_create().await {
             PutMode::Create
@@ -858,7 +877,7 @@ impl Backend {
             ..Default::default()
         };
         self.store
-            .put_opts(&Self::pack_path(id), PutPayload::from(bytes), opts)
+            .put_opts(&Self::pack_path(id), payload.into(), opts)
             .await
             .map(|_| ())
             .map_err(|e| self.pack_err("put", id, e))
@@ -1066,7 +1085,10 @@ impl Backend {
                     {
                         return Ok(Listed::Pack);
                     }
-                    if key == INDEX_FILE || key == TOKEN_FILE || key == local::LAYOUT_MARKER {
+                    if key.starts_with(INDEX_FILE)
+                        || key == TOKEN_FILE
+                        || key == local::LAYOUT_MARKER
+                    {
                         return Ok(Listed::Pack);
                     }
                     if key.starts_with(RESERVED_PREFIX) {

@@ -163,25 +163,13 @@ impl PackBuilder {
 
     /// Appends a tombstone for the record of `key` with sequence number `deletes`.
     pub fn push_tombstone(&mut self, key: &str, seq: u64, deletes: u64) -> &Entry {
-        let payload = deletes.to_le_bytes();
+        let payload = tombstone_payload(deletes);
         let crc = crc32c(&payload);
         self.push(key, RecordKind::Tombstone, seq, &payload, crc)
     }
 
     fn push(&mut self, key: &str, kind: RecordKind, seq: u64, data: &[u8], crc: u32) -> &Entry {
-        let start = self.buf.len();
-        self.buf.extend_from_slice(&RECORD_MAGIC);
-        self.buf
-            .extend_from_slice(&(key.len() as u16).to_le_bytes());
-        self.buf.push(kind.code());
-        self.buf.push(0);
-        self.buf.extend_from_slice(&seq.to_le_bytes());
-        self.buf
-            .extend_from_slice(&(data.len() as u64).to_le_bytes());
-        self.buf.extend_from_slice(&crc.to_le_bytes());
-        let header_crc = crc32c_of_parts(&[&self.buf[start..start + 28], key.as_bytes()]);
-        self.buf.extend_from_slice(&header_crc.to_le_bytes());
-        self.buf.extend_from_slice(key.as_bytes());
+        write_record_head(&mut self.buf, key, kind, seq, data.len() as u64, crc);
         let offset = self.buf.len() as u64;
         self.buf.extend_from_slice(data);
         self.entries.push(Entry {
@@ -197,30 +185,63 @@ impl PackBuilder {
 
     /// The complete pack: records, then the sorted footer and the trailer.
     pub fn finish(mut self) -> (Bytes, Vec<Entry>) {
-        let mut sorted: Vec<&Entry> = self.entries.iter().collect();
-        sorted.sort_by(|a, b| a.key.cmp(&b.key).then(a.seq.cmp(&b.seq)));
-        let footer_start = self.buf.len();
-        for e in sorted {
-            self.buf
-                .extend_from_slice(&(e.key.len() as u16).to_le_bytes());
-            self.buf.push(e.kind.code());
-            self.buf.extend_from_slice(&e.seq.to_le_bytes());
-            self.buf.extend_from_slice(&e.offset.to_le_bytes());
-            self.buf.extend_from_slice(&e.len.to_le_bytes());
-            self.buf.extend_from_slice(&e.crc.to_le_bytes());
-            self.buf.extend_from_slice(e.key.as_bytes());
-        }
-        let footer_len = (self.buf.len() - footer_start) as u64;
-        let footer_crc = crc32c(&self.buf[footer_start..]);
-        self.buf.extend_from_slice(&footer_len.to_le_bytes());
-        self.buf
-            .extend_from_slice(&(self.entries.len() as u64).to_le_bytes());
-        self.buf.extend_from_slice(&footer_crc.to_le_bytes());
-        self.buf.extend_from_slice(&VERSION.to_le_bytes());
-        self.buf.extend_from_slice(&self.flags.to_le_bytes());
-        self.buf.extend_from_slice(&END_MAGIC);
+        let tail = footer_and_trailer(&self.entries, self.flags);
+        self.buf.extend_from_slice(&tail);
         (Bytes::from(self.buf), self.entries)
     }
+}
+
+fn write_record_head(buf: &mut Vec<u8>, key: &str, kind: RecordKind, seq: u64, len: u64, crc: u32) {
+    let start = buf.len();
+    buf.extend_from_slice(&RECORD_MAGIC);
+    buf.extend_from_slice(&(key.len() as u16).to_le_bytes());
+    buf.push(kind.code());
+    buf.push(0);
+    buf.extend_from_slice(&seq.to_le_bytes());
+    buf.extend_from_slice(&len.to_le_bytes());
+    buf.extend_from_slice(&crc.to_le_bytes());
+    let header_crc = crc32c_of_parts(&[&buf[start..start + 28], key.as_bytes()]);
+    buf.extend_from_slice(&header_crc.to_le_bytes());
+    buf.extend_from_slice(key.as_bytes());
+}
+
+/// What precedes a record's payload in a pack: its 32-byte header, then its key (so a record
+/// can be written as this and the caller's payload, without copying the payload).
+pub fn record_head(key: &str, kind: RecordKind, seq: u64, len: u64, crc: u32) -> Vec<u8> {
+    let mut buf = Vec::with_capacity(RECORD_HEADER + key.len());
+    write_record_head(&mut buf, key, kind, seq, len, crc);
+    buf
+}
+
+/// A tombstone's payload: the sequence number of the write it deletes.
+pub fn tombstone_payload(deletes: u64) -> [u8; 8] {
+    deletes.to_le_bytes()
+}
+
+/// The footer (the entries sorted by key, then sequence number) and the trailer that end a
+/// pack holding `entries`.
+pub fn footer_and_trailer(entries: &[Entry], flags: u16) -> Vec<u8> {
+    let mut sorted: Vec<&Entry> = entries.iter().collect();
+    sorted.sort_by(|a, b| a.key.cmp(&b.key).then(a.seq.cmp(&b.seq)));
+    let mut buf = Vec::with_capacity(entries.len() * 48 + TRAILER);
+    for e in sorted {
+        buf.extend_from_slice(&(e.key.len() as u16).to_le_bytes());
+        buf.push(e.kind.code());
+        buf.extend_from_slice(&e.seq.to_le_bytes());
+        buf.extend_from_slice(&e.offset.to_le_bytes());
+        buf.extend_from_slice(&e.len.to_le_bytes());
+        buf.extend_from_slice(&e.crc.to_le_bytes());
+        buf.extend_from_slice(e.key.as_bytes());
+    }
+    let footer_len = buf.len() as u64;
+    let footer_crc = crc32c(&buf);
+    buf.extend_from_slice(&footer_len.to_le_bytes());
+    buf.extend_from_slice(&(entries.len() as u64).to_le_bytes());
+    buf.extend_from_slice(&footer_crc.to_le_bytes());
+    buf.extend_from_slice(&VERSION.to_le_bytes());
+    buf.extend_from_slice(&flags.to_le_bytes());
+    buf.extend_from_slice(&END_MAGIC);
+    buf
 }
 
 fn u16_at(b: &[u8], at: usize) -> u16 {
@@ -352,17 +373,27 @@ pub fn scan(pack: &[u8]) -> Result<Scan, FormatError> {
     if pack[..8] != PACK_MAGIC {
         return Err(FormatError::BadMagic);
     }
+    Ok(scan_records(pack, PACK_MAGIC.len() as u64))
+}
+
+/// [`scan`] of a pack's records from byte `start`: `pack` holds the pack's bytes from its
+/// beginning (only those from `start` are read). Offsets are the pack's.
+pub fn scan_from(pack: &[u8], start: u64) -> Scan {
+    scan_records(pack, start)
+}
+
+fn scan_records(pack: &[u8], start: u64) -> Scan {
     let mut out = Scan::default();
-    let mut at = PACK_MAGIC.len();
+    let mut at = start as usize;
     loop {
         out.end = at as u64;
-        if pack.len() - at < RECORD_HEADER || pack[at..at + 4] != RECORD_MAGIC {
-            return Ok(out);
+        if pack.len() < at + RECORD_HEADER || pack[at..at + 4] != RECORD_MAGIC {
+            return out;
         }
         let h = &pack[at..at + RECORD_HEADER];
         let key_len = u16_at(h, 4) as usize;
         let Some(kind) = RecordKind::from_code(h[6]) else {
-            return Ok(out);
+            return out;
         };
         let seq = u64_at(h, 8);
         let len = u64_at(h, 16);
@@ -370,17 +401,17 @@ pub fn scan(pack: &[u8]) -> Result<Scan, FormatError> {
         let header_crc = u32_at(h, 28);
         let key_start = at + RECORD_HEADER;
         if pack.len() - key_start < key_len {
-            return Ok(out);
+            return out;
         }
         if crc32c_of_parts(&[&h[..28], &pack[key_start..key_start + key_len]]) != header_crc {
-            return Ok(out);
+            return out;
         }
         let Ok(key) = std::str::from_utf8(&pack[key_start..key_start + key_len]) else {
-            return Ok(out);
+            return out;
         };
         let offset = key_start + key_len;
         if ((pack.len() - offset) as u64) < len {
-            return Ok(out);
+            return out;
         }
         let end = offset + len as usize;
         let entry = Entry {

@@ -88,6 +88,10 @@ impl FsckReport {
 /// What one pack holds, as read by fsck.
 pub(crate) struct Scanned {
     size: u64,
+    /// Whether it has a valid footer (else: an active pack, or a damaged one).
+    sealed: bool,
+    /// Where its whole records end.
+    end: u64,
     /// Every record (from the footer, or from a forward scan when the footer is damaged).
     entries: Vec<Entry>,
     /// Tombstone targets by record index.
@@ -107,19 +111,19 @@ pub(crate) async fn scan_packs(
             Err(crate::Error::NotFound { .. }) => continue,
             Err(e) => return Err(e),
         };
-        let entries = match format::parse_footer(&bytes, bytes.len() as u64) {
-            Ok(f) => f.entries,
+        let (entries, sealed) = match format::parse_footer(&bytes, bytes.len() as u64) {
+            Ok(f) => (f.entries, true),
             Err(_) => match format::scan(&bytes) {
-                Ok(s) => s.all_entries(),
+                Ok(s) => (s.all_entries(), false),
                 Err(_) => continue,
             },
         };
-        out.insert(*id, scanned(&bytes, entries));
+        out.insert(*id, scanned(&bytes, entries, sealed));
     }
     Ok(out)
 }
 
-fn scanned(bytes: &[u8], entries: Vec<Entry>) -> Scanned {
+fn scanned(bytes: &[u8], entries: Vec<Entry>, sealed: bool) -> Scanned {
     let targets = entries
         .iter()
         .enumerate()
@@ -129,8 +133,19 @@ fn scanned(bytes: &[u8], entries: Vec<Entry>) -> Scanned {
             Some((i, format::tombstone_target(p)?))
         })
         .collect();
+    let end = if sealed {
+        bytes.len() as u64
+    } else {
+        entries
+            .iter()
+            .map(|e| e.offset + e.len)
+            .max()
+            .unwrap_or(format::PACK_MAGIC.len() as u64)
+    };
     Scanned {
         size: bytes.len() as u64,
+        sealed,
+        end,
         entries,
         targets,
     }
@@ -152,8 +167,11 @@ pub(crate) async fn fsck_shard(
     let index = packer.index(backend).await?;
     let pieces = {
         // No commit between the last look at the packs and the rebuild: a put indexed since
-        // the scan is in a pack that the second listing finds.
+        // the scan is in a pack that the second listing finds, or in an active pack, read
+        // again now.
         let mut stuck = packer.commits.lock().await;
+        // An active pack may have grown since it was read: read it again too.
+        scanned.retain(|_, s| s.sealed);
         let new: Vec<(PackId, u64)> = backend
             .list_packs()
             .await?
@@ -162,7 +180,7 @@ pub(crate) async fn fsck_shard(
             .collect();
         scanned.extend(scan_packs(backend, &new).await?);
         let (changes, pieces) = rebuild_changes(backend, &scanned).await?;
-        super::apply_after(backend, &index, &mut stuck, changes).await?;
+        super::apply_after(backend, &index, &mut stuck, changes, false).await?;
         pieces
     };
     packer.refresh_complete(&index)?;
@@ -187,13 +205,24 @@ async fn check(
         what,
     };
     let mut scanned: HashMap<PackId, Scanned> = HashMap::new();
+    // Active packs (appended to while fsck runs) are read after the index snapshot below, so
+    // that every record the snapshot knows is in what is read.
+    let active: std::collections::HashSet<PackId> = index
+        .packs()?
+        .into_iter()
+        .filter(|(_, i)| i.state == PackState::Active)
+        .map(|(id, _)| id)
+        .collect();
     for (id, _) in backend.list_packs().await? {
+        if active.contains(&id) {
+            continue;
+        }
         let bytes = match backend.read_pack(id).await {
             Ok(b) => b,
             Err(crate::Error::NotFound { .. }) => continue,
             Err(e) => return Err(e),
         };
-        scan_into(&mut report, &mut scanned, shard, id, &bytes);
+        scan_into(&mut report, &mut scanned, shard, id, &bytes, true);
         progress(report.bytes);
     }
     // The index at one moment (writes may go on while fsck runs).
@@ -205,12 +234,13 @@ async fn check(
     };
     let packs: HashMap<PackId, PackInfo> = packs.into_iter().collect();
     for (id, info) in &packs {
-        if scanned.contains_key(id) || info.state != PackState::Live {
+        if scanned.contains_key(id) || matches!(info.state, PackState::Doomed { .. }) {
             continue;
         }
-        // Written and indexed since the listing, or missing.
+        // Active; or written and indexed since the listing; or missing.
+        let sealed = info.state == PackState::Live;
         match backend.read_pack(*id).await {
-            Ok(bytes) => scan_into(&mut report, &mut scanned, shard, *id, &bytes),
+            Ok(bytes) => scan_into(&mut report, &mut scanned, shard, *id, &bytes, sealed),
             Err(crate::Error::NotFound { .. }) => report.problems.push(problem(
                 Some(*id),
                 None,
@@ -284,6 +314,7 @@ fn scan_into(
     shard: usize,
     id: PackId,
     bytes: &[u8],
+    expect_footer: bool,
 ) {
     let problem = |key: Option<&str>, what: String| FsckProblem {
         shard,
@@ -320,6 +351,7 @@ fn scan_into(
     }
     report.records += (scan.entries.len() + scan.damaged.len()) as u64;
     let from_scan = scan.all_entries();
+    let sealed = footer.is_ok();
     let entries = match footer {
         Ok(f) => {
             let mut a: Vec<_> = f
@@ -340,6 +372,8 @@ fn scan_into(
             }
             f.entries
         }
+        // An active pack has no footer yet (and may end in a group being written).
+        Err(_) if !expect_footer => from_scan,
         Err(why) => {
             report
                 .problems
@@ -347,7 +381,7 @@ fn scan_into(
             from_scan
         }
     };
-    scanned.insert(id, self::scanned(bytes, entries));
+    scanned.insert(id, self::scanned(bytes, entries, sealed));
 }
 
 /// The changes that rebuild the index from the packs alone, in one transaction: everything
@@ -358,6 +392,7 @@ pub(crate) async fn rebuild_changes(
     backend: &Arc<Backend>,
     scanned: &HashMap<PackId, Scanned>,
 ) -> Result<(Vec<Change>, u64)> {
+    let local = backend.is_local();
     let mut ids: Vec<&PackId> = scanned.keys().collect();
     ids.sort();
     let mut best: HashMap<&str, Loc> = HashMap::new();
@@ -393,10 +428,13 @@ pub(crate) async fn rebuild_changes(
     let mut changes = vec![Change::Clear { intents: false }];
     for id in &ids {
         let s = &scanned[id];
-        changes.push(Change::AddPack {
-            id: **id,
-            info: pack_info(s.size, &s.entries),
-        });
+        // On a local directory a pack without a footer is an active pack.
+        let mut info = pack_info(s.size, &s.entries);
+        if local && !s.sealed {
+            info.state = PackState::Active;
+            info.size = s.end;
+        }
+        changes.push(Change::AddPack { id: **id, info });
     }
     let mut pieces = 0;
     for (key, loc) in best {

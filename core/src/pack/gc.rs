@@ -113,6 +113,9 @@ pub(crate) async fn gc_shard(
     let ratio = opts.garbage_ratio.unwrap_or(cfg.garbage_ratio);
     let grace = opts.grace.unwrap_or(cfg.grace);
     let mut report = GcReport::default();
+    if !opts.dry_run {
+        packer.seal_active_for_gc(backend, ratio).await?;
+    }
     let packs = index.packs()?;
     report.packs_before = packs.len() as u64;
 
@@ -336,6 +339,7 @@ async fn delete_doomed(
         }
         if !dry_run {
             backend.delete_pack(*id).await?;
+            packer.forget_pack(*id);
             packer
                 .commit(backend, vec![Change::RemovePack { id: *id }])
                 .await?;

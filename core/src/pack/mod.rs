@@ -24,9 +24,11 @@
 //! the old pack only after a grace period; a read that meets a vanished pack looks the piece
 //! up again.
 
+mod active;
 pub mod format;
 pub mod fsck;
 pub mod gc;
+mod handles;
 pub mod index;
 mod recovery;
 mod writer;
@@ -39,7 +41,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use bytes::Bytes;
 
 use self::format::{Entry, RecordKind};
-use self::index::{Change, Loc, PackId, PackIndex, PackInfo, PackState, RedbIndex, Slot};
+use self::index::{Change, Loc, PackId, PackIndex, PackInfo, PackState, Slot, SqliteIndex};
 use crate::backend::{Backend, PieceMeta};
 use crate::config::PackOptions;
 use crate::error::{Error, Result};
@@ -138,6 +140,12 @@ pub(crate) struct ShardPacker {
     tasks: Arc<Tasks>,
     /// Open stores using this packer; the index is let go when the last one closes.
     users: AtomicUsize,
+    /// On a local directory: the open pack files for reads, in its `.piecestore/packs/`.
+    handles: Option<handles::Handles>,
+    /// On a local directory: the active pack groups are appended to ([`active`]).
+    active: tokio::sync::Mutex<Option<active::ActivePack>>,
+    /// Lazy (not yet durable) index commits since the last durable one.
+    lazy: AtomicU64,
 }
 
 impl std::fmt::Debug for ShardPacker {
@@ -149,8 +157,18 @@ impl std::fmt::Debug for ShardPacker {
     }
 }
 
+/// A durable index commit at least every this many lazy ones (it bounds what a crash can roll back).
+const LAZY_COMMITS: u64 = 256;
+
 impl ShardPacker {
-    pub(crate) fn new(shard: usize, opts: PackOptions, index_path: Option<PathBuf>) -> Self {
+    /// The packer of shard `shard`; `packs_dir`: a local directory's `.piecestore/packs/`
+    /// (write groups are appended to an active pack there, and reads keep files open).
+    pub(crate) fn new(
+        shard: usize,
+        opts: PackOptions,
+        index_path: Option<PathBuf>,
+        packs_dir: Option<PathBuf>,
+    ) -> Self {
         ShardPacker {
             shard,
             opts,
@@ -164,6 +182,9 @@ impl ShardPacker {
             commits: tokio::sync::Mutex::new(Vec::new()),
             tasks: Arc::default(),
             users: AtomicUsize::new(0),
+            handles: packs_dir.map(|d| handles::Handles::new(d, handles::DEFAULT_HANDLES)),
+            active: tokio::sync::Mutex::new(None),
+            lazy: AtomicU64::new(0),
         }
     }
 
@@ -195,6 +216,9 @@ impl ShardPacker {
         }
         self.tasks.wait_idle().await;
         if self.index_path.is_some() {
+            // The active pack goes with the index: another process may open the store now,
+            // and resumes the pack from the file as it finds it.
+            self.active.lock().await.take();
             self.index.lock().unwrap_or_else(|p| p.into_inner()).take();
         }
     }
@@ -213,8 +237,8 @@ impl ShardPacker {
         }
         let path = self.index_path.clone();
         let index: Arc<dyn PackIndex> = tokio::task::spawn_blocking(move || match path {
-            Some(p) => RedbIndex::open(&p, INDEX_WAIT).map(|i| Arc::new(i) as _),
-            None => RedbIndex::in_memory().map(|i| Arc::new(i) as _),
+            Some(p) => SqliteIndex::open(&p, INDEX_WAIT).map(|i| Arc::new(i) as _),
+            None => SqliteIndex::in_memory().map(|i| Arc::new(i) as _),
         })
         .await
         .map_err(|e| join_err(backend, e))??;
@@ -261,7 +285,23 @@ impl ShardPacker {
     ) -> Result<Vec<bool>> {
         let index = self.index(backend).await?;
         let mut stuck = self.commits.lock().await;
-        apply_after(backend, &index, &mut stuck, changes).await
+        self.lazy.store(0, Ordering::Relaxed);
+        apply_after(backend, &index, &mut stuck, changes, false).await
+    }
+
+    /// [`ShardPacker::commit`] without waiting for the disk, for changes that the packs can
+    /// replay after a crash (a write group's records); every [`LAZY_COMMITS`]th is durable.
+    pub(crate) async fn commit_lazy(
+        self: &Arc<Self>,
+        backend: &Arc<Backend>,
+        changes: Vec<Change>,
+    ) -> Result<Vec<bool>> {
+        if self.lazy.fetch_add(1, Ordering::Relaxed) + 1 >= LAZY_COMMITS {
+            return self.commit(backend, changes).await;
+        }
+        let index = self.index(backend).await?;
+        let mut stuck = self.commits.lock().await;
+        apply_after(backend, &index, &mut stuck, changes, true).await
     }
 
     /// Reads a piece: `None` when the index does not know the key as a packed piece (the caller
@@ -281,7 +321,7 @@ impl ShardPacker {
             if last == Some(loc) {
                 break;
             }
-            match read_packed(backend, key, &loc).await {
+            match self.read_packed(backend, key, &loc).await {
                 Ok(bytes) => return Ok(Some((bytes, loc.crc))),
                 // Compacted and deleted since we looked: look again, once.
                 Err(Error::NotFound { .. }) => last = Some(loc),
@@ -343,10 +383,71 @@ impl ShardPacker {
     }
 }
 
-/// Reads a packed piece's bytes and verifies them. A pack shorter than the index says (cut
-/// short on disk, or a truncated copy) is `Corrupt`, never a retryable error: retrying cannot
-/// bring the bytes back. A missing pack is `NotFound` (the caller looks the piece up again).
-pub(crate) async fn read_packed(backend: &Backend, key: &str, loc: &Loc) -> Result<Bytes> {
+impl ShardPacker {
+    /// Reads a packed piece's bytes and verifies them: on a local directory one positioned
+    /// read of a cached open file, in one blocking task; elsewhere one ranged GET. A pack
+    /// shorter than the index says (cut short on disk, or a truncated copy) is `Corrupt`, never
+    /// a retryable error: retrying cannot bring the bytes back. A missing pack is `NotFound`
+    /// (the caller looks the piece up again).
+    pub(crate) async fn read_packed(
+        self: &Arc<Self>,
+        backend: &Backend,
+        key: &str,
+        loc: &Loc,
+    ) -> Result<Bytes> {
+        if self.handles.is_none() {
+            return read_packed_object(backend, key, loc).await;
+        }
+        let me = Arc::clone(self);
+        let (pack, offset, len, crc) = (loc.pack, loc.offset, loc.len, loc.crc);
+        let read = tokio::task::spawn_blocking(move || {
+            let handles = me.handles.as_ref().expect("checked");
+            let bytes = handles.read(pack, offset, len)?;
+            let actual = crate::checksum::crc32c(&bytes);
+            Ok::<_, std::io::Error>((bytes, actual))
+        })
+        .await
+        .map_err(|e| join_err(backend, e))?;
+        let corrupt = |detail: String| Error::Corrupt {
+            key: key.into(),
+            backend: backend.label().into(),
+            detail,
+        };
+        match read {
+            Ok((bytes, actual)) if actual == crc => Ok(Bytes::from(bytes)),
+            Ok((_, actual)) => Err(corrupt(format!(
+                "crc32c is {actual}, expected {crc} (pack {} at offset {offset})",
+                index::pack_name(pack)
+            ))),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(Error::NotFound {
+                key: key.into(),
+                backend: backend.label().into(),
+            }),
+            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => Err(corrupt(format!(
+                "pack {} ends before the piece's end at byte {}: the pack is truncated",
+                index::pack_name(pack),
+                offset + len
+            ))),
+            Err(e) => Err(Error::Backend {
+                op: "get",
+                key: Some(key.into()),
+                backend: backend.label().into(),
+                message: format!("reading pack {}: {e}", index::pack_name(pack)),
+                retryable: false,
+            }),
+        }
+    }
+
+    /// Forgets the read handle of a pack that was deleted.
+    pub(crate) fn forget_pack(&self, id: PackId) {
+        if let Some(h) = &self.handles {
+            h.evict(id);
+        }
+    }
+}
+
+/// [`ShardPacker::read_packed`] on a bucket (or memory): one ranged GET.
+async fn read_packed_object(backend: &Backend, key: &str, loc: &Loc) -> Result<Bytes> {
     let corrupt = |detail: String| Error::Corrupt {
         key: key.into(),
         backend: backend.label().into(),
@@ -421,13 +522,34 @@ pub(crate) async fn apply(
 }
 
 /// Applies the changes of earlier failed commits (`stuck`), then `changes`, in one
-/// transaction, retrying a failure twice; if it still fails, every change is kept in `stuck`
-/// for the next commit. Returns whether each of `changes` took effect.
+/// transaction (`lazy`: without waiting for the disk), retrying a failure twice; if it still
+/// fails, every change is kept in `stuck` for the next commit. Returns whether each of
+/// `changes` took effect.
 async fn apply_after(
     backend: &Backend,
     index: &Arc<dyn PackIndex>,
     stuck: &mut Vec<Change>,
     changes: Vec<Change>,
+    lazy: bool,
+) -> Result<Vec<bool>> {
+    let ix = Arc::clone(index);
+    let mut held = std::mem::take(stuck);
+    let (result, held) = tokio::task::spawn_blocking(move || {
+        let r = apply_after_blocking(&*ix, &mut held, changes, lazy);
+        (r, held)
+    })
+    .await
+    .map_err(|e| join_err(backend, e))?;
+    *stuck = held;
+    result
+}
+
+/// [`apply_after`] on the calling thread (for a caller already on the blocking pool).
+fn apply_after_blocking(
+    index: &dyn PackIndex,
+    stuck: &mut Vec<Change>,
+    changes: Vec<Change>,
+    lazy: bool,
 ) -> Result<Vec<bool>> {
     let skip = stuck.len();
     let mut all = std::mem::take(stuck);
@@ -435,14 +557,11 @@ async fn apply_after(
     let mut delay = Duration::from_millis(10);
     let mut attempt = 0;
     loop {
-        let ix = Arc::clone(index);
-        let (result, back) = tokio::task::spawn_blocking(move || {
-            let r = ix.apply(&all);
-            (r, all)
-        })
-        .await
-        .map_err(|e| join_err(backend, e))?;
-        all = back;
+        let result = if lazy {
+            index.apply_lazy(&all)
+        } else {
+            index.apply(&all)
+        };
         match result {
             Ok(mut took) => return Ok(took.split_off(skip.min(took.len()))),
             Err(e) if attempt == 2 => {
@@ -452,7 +571,7 @@ async fn apply_after(
             }
             Err(_) => {
                 attempt += 1;
-                tokio::time::sleep(delay).await;
+                std::thread::sleep(delay);
                 delay *= 4;
             }
         }

@@ -13,10 +13,11 @@
 //! Intents (object operations left half-way) are finished afterwards, when the store opens
 //! ([`ShardPacker::open`]), or by the next operation on their key.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
-use super::index::{self, Change, PackId, PackIndex};
+use super::active::ActivePack;
+use super::index::{self, Change, PackId, PackIndex, PackInfo, PackState};
 use super::{ShardPacker, apply, apply_after, format, fsck, pack_changes};
 use crate::backend::Backend;
 use crate::error::Result;
@@ -29,7 +30,7 @@ pub(super) async fn recover(
     {
         let mut stuck = packer.commits.lock().await;
         if !stuck.is_empty() {
-            apply_after(backend, index, &mut stuck, Vec::new()).await?;
+            apply_after(backend, index, &mut stuck, Vec::new(), false).await?;
         }
     }
     let mut cleared = false;
@@ -75,15 +76,29 @@ pub(super) async fn recover(
         let scanned = fsck::scan_packs(backend, &listed).await?;
         let (changes, _) = fsck::rebuild_changes(backend, &scanned).await?;
         apply(backend, index, changes).await?;
-        return Ok(());
+        return resume_active(packer, backend, index).await;
     }
+    let infos: HashMap<PackId, PackInfo> = index.packs()?.into_iter().collect();
+    let local = packer.handles.is_some();
     for (id, _) in listed {
-        if known.contains(&id) {
+        let info = infos.get(&id);
+        if info.is_some_and(|i| i.state != PackState::Active) {
             continue;
         }
         let bytes = backend.read_pack(id).await?;
+        if let Some(info) = info {
+            // A local active pack: records appended since the index was last durable.
+            replay_active(packer, backend, index, id, Some(info), &bytes).await?;
+            continue;
+        }
         let footer = match format::parse_footer(&bytes, bytes.len() as u64) {
             Ok(f) => f,
+            // On a local directory, a pack without a footer is an active pack the index did
+            // not know yet (its first group's commit was not durable).
+            Err(_) if local && format::scan(&bytes).is_ok() => {
+                replay_active(packer, backend, index, id, None, &bytes).await?;
+                continue;
+            }
             Err(why) => {
                 tracing::warn!(shard = packer.shard, pack = %index::pack_name(id), %why, "not indexing a damaged pack; run `piecestore fsck`");
                 continue;
@@ -93,6 +108,164 @@ pub(super) async fn recover(
         let changes = pack_changes(id, &bytes, &footer.entries, replay);
         tracing::info!(shard = packer.shard, pack = %index::pack_name(id), records = footer.entries.len(), "indexing a pack the index did not know");
         apply(backend, index, changes).await?;
+    }
+    if local {
+        resume_active(packer, backend, index).await?;
+    }
+    Ok(())
+}
+
+/// Indexes the records of a local active pack past the end its durable index knows (`info`;
+/// `None`: the index does not know the pack), in order, and cuts off a torn tail: a record
+/// cut by the crash, or a damaged one after the last whole record (never acknowledged).
+async fn replay_active(
+    packer: &Arc<ShardPacker>,
+    backend: &Arc<Backend>,
+    index: &Arc<dyn PackIndex>,
+    id: PackId,
+    info: Option<&PackInfo>,
+    bytes: &[u8],
+) -> Result<()> {
+    let base = info.map_or(format::PACK_MAGIC.len() as u64, |i| i.size);
+    let scan = format::scan_from(bytes, base);
+    let last_whole = scan.entries.iter().map(|e| e.offset).max().unwrap_or(0);
+    let end = scan
+        .damaged
+        .iter()
+        .filter(|(e, _)| e.offset > last_whole)
+        .map(|(e, _)| e.offset - (e.key.len() + format::RECORD_HEADER) as u64)
+        .min()
+        .unwrap_or(scan.end);
+    let mut changes = Vec::new();
+    let (mut payload, mut records, mut min_seq) =
+        info.map_or((0, 0, u64::MAX), |i| (i.payload, i.records, i.min_seq));
+    if info.is_none() {
+        changes.push(Change::AddPack {
+            id,
+            info: PackInfo {
+                size: base,
+                payload: 0,
+                live_bytes: 0,
+                live_count: 0,
+                records: 0,
+                min_seq: u64::MAX,
+                state: PackState::Active,
+            },
+        });
+    }
+    let mut kept: Vec<_> = scan
+        .entries
+        .iter()
+        .chain(scan.damaged.iter().map(|(e, _)| e))
+        .filter(|e| e.offset < end)
+        .collect();
+    kept.sort_by_key(|e| e.offset);
+    let mut max_seq = 0;
+    for e in &kept {
+        records += 1;
+        min_seq = min_seq.min(e.seq);
+        max_seq = max_seq.max(e.seq);
+        if e.kind == format::RecordKind::Piece {
+            payload += e.len;
+        }
+    }
+    // Only whole, verified records are indexed (a damaged one is fsck's to report).
+    changes.extend(
+        pack_changes(id, bytes, &scan.entries, true)
+            .into_iter()
+            .skip(2)
+            .filter(|c| match c {
+                Change::Put {
+                    slot: index::Slot::Packed(l),
+                    ..
+                } => l.offset < end,
+                _ => true,
+            }),
+    );
+    changes.push(Change::PackGrew {
+        id,
+        size: end,
+        payload,
+        records,
+        min_seq,
+    });
+    changes.push(Change::BumpSeq(max_seq));
+    if (bytes.len() as u64) > end
+        && let Some(h) = &packer.handles
+    {
+        tracing::info!(shard = packer.shard, pack = %index::pack_name(id), at = end, "cutting a torn tail off the active pack");
+        let path = h.path(id);
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(&path)
+            .and_then(|f| {
+                f.set_len(end)?;
+                f.sync_all()
+            })
+            .map_err(|e| crate::Error::Backend {
+                op: "open",
+                key: None,
+                backend: backend.label().into(),
+                message: format!("cutting the torn tail of {}: {e}", path.display()),
+                retryable: false,
+            })?;
+    }
+    if !kept.is_empty() || info.is_none() {
+        tracing::info!(shard = packer.shard, pack = %index::pack_name(id), records = kept.len(), "indexing records appended to the active pack since the index was durable");
+    }
+    apply(backend, index, changes).await.map(drop)
+}
+
+/// Takes up the newest active pack of a local directory, so that write groups go on being
+/// appended to it (and short-lived processes do not leave a pack each); seals any other (and
+/// a full one).
+async fn resume_active(
+    packer: &Arc<ShardPacker>,
+    backend: &Arc<Backend>,
+    index: &Arc<dyn PackIndex>,
+) -> Result<()> {
+    let Some(h) = &packer.handles else {
+        return Ok(());
+    };
+    let mut actives: Vec<(PackId, PackInfo)> = index
+        .packs()?
+        .into_iter()
+        .filter(|(_, i)| i.state == PackState::Active)
+        .collect();
+    actives.sort_by_key(|(id, _)| *id);
+    let newest = actives.last().map(|(id, _)| *id);
+    let io = |e: std::io::Error| crate::Error::Backend {
+        op: "open",
+        key: None,
+        backend: backend.label().into(),
+        message: format!("taking up the active pack: {e}"),
+        retryable: false,
+    };
+    for (id, info) in actives {
+        let path = h.path(id);
+        let resume = move || {
+            ActivePack::resume(
+                path,
+                id,
+                info.size,
+                info.payload,
+                info.records,
+                info.min_seq,
+            )
+        };
+        if Some(id) == newest && info.size < packer.opts.target_size {
+            let pack = tokio::task::spawn_blocking(resume)
+                .await
+                .map_err(|e| super::join_err(backend, e))?
+                .map_err(io)?;
+            *packer.active.lock().await = Some(pack);
+            continue;
+        }
+        let sealed = tokio::task::spawn_blocking(move || resume().and_then(ActivePack::seal))
+            .await
+            .map_err(|e| super::join_err(backend, e))?
+            .map_err(io)?;
+        apply(backend, index, vec![Change::Seal { id, size: sealed.0 }]).await?;
     }
     Ok(())
 }

@@ -23,9 +23,10 @@ use std::sync::Arc;
 use bytes::Bytes;
 use tokio::sync::watch;
 
-use super::format::PackBuilder;
-use super::index::{Change, Intent, PackIndex, PackState, Slot};
-use super::{ShardPacker, join_err, new_pack_id, now_ms, pack_changes, pack_info};
+use super::active::{ActivePack, Appended};
+use super::format::{self, Entry, RecordKind};
+use super::index::{Change, Intent, Loc, PackId, PackIndex, PackInfo, PackState, Slot};
+use super::{ShardPacker, join_err, new_pack_id, now_ms, pack_info};
 use crate::backend::Backend;
 use crate::error::{Error, Result};
 
@@ -53,11 +54,23 @@ struct Pending {
     done: watch::Receiver<Outcome>,
 }
 
+/// One record of a group: the caller's bytes, not a copy.
+#[derive(Debug)]
+struct GroupRecord {
+    key: String,
+    kind: RecordKind,
+    seq: u64,
+    payload: Bytes,
+    crc: u32,
+}
+
 /// Records waiting to be written together.
 #[derive(Debug)]
 struct Group {
     ticket: u64,
-    builder: PackBuilder,
+    records: Vec<GroupRecord>,
+    /// Their size in a pack.
+    bytes: u64,
     /// Index changes to commit with the group's records.
     extra: Vec<Change>,
     done: watch::Sender<Outcome>,
@@ -74,6 +87,8 @@ pub(crate) struct State {
     current: Option<watch::Receiver<Outcome>>,
     /// Keys whose operation runs.
     inflight: HashMap<String, Pending>,
+    /// A caller started the idle writer and is about to write the first group itself.
+    leader: bool,
     /// The last ticket handed out.
     tickets: u64,
 }
@@ -194,10 +209,11 @@ impl ShardPacker {
                 _ => Ok(Look::After(p.done.clone())),
             };
         }
-        if index.intent(key)?.is_some() {
+        let (slot, intent) = index.lookup(key)?;
+        if intent.is_some() {
             return Ok(Look::Resolve);
         }
-        Ok(Look::Free(index.get(key)?))
+        Ok(Look::Free(slot))
     }
 
     /// Holds `key` for an operation that is not a packed record.
@@ -233,28 +249,35 @@ impl ShardPacker {
         let full = st
             .forming
             .back()
-            .is_none_or(|g| g.builder.len() >= self.opts.target_size);
+            .is_none_or(|g| g.bytes >= self.opts.target_size);
         if full {
             let ticket = st.ticket();
             st.forming.push_back(Group {
                 ticket,
-                builder: PackBuilder::new(),
+                records: Vec::new(),
+                bytes: 0,
                 extra: Vec::new(),
                 done: watch::channel(None).0,
             });
         }
         let seq = self.next_seq();
         let group = st.forming.back_mut().expect("a forming group");
-        let key = match record {
-            Record::Piece { key, data, crc } => {
-                group.builder.push_piece(key, seq, data, crc);
-                key
-            }
+        let (key, kind, payload, crc) = match record {
+            Record::Piece { key, data, crc } => (key, RecordKind::Piece, data.clone(), crc),
             Record::Tombstone { key, upto } => {
-                group.builder.push_tombstone(key, seq, upto);
-                key
+                let payload = Bytes::copy_from_slice(&format::tombstone_payload(upto));
+                let crc = crate::checksum::crc32c(&payload);
+                (key, RecordKind::Tombstone, payload, crc)
             }
         };
+        group.bytes += (format::RECORD_HEADER + key.len() + payload.len()) as u64;
+        group.records.push(GroupRecord {
+            key: key.to_string(),
+            kind,
+            seq,
+            payload,
+            crc,
+        });
         group.extra.extend(extra);
         let rx = group.done.subscribe();
         if let Some(what) = holder {
@@ -270,38 +293,149 @@ impl ShardPacker {
         }
         if !st.writing {
             st.writing = true;
-            let me = Arc::clone(self);
-            let backend = Arc::clone(backend);
-            let task = self.tasks.enter();
+            if self.handles.is_some() {
+                // A local store's caller writes this group itself ([`ShardPacker::lead`]).
+                st.leader = true;
+            } else {
+                self.spawn_writer(backend);
+            }
+        }
+        rx
+    }
+
+    /// Starts the writer: on a local directory a blocking task that writes groups one after
+    /// another until none is left (one hand-off per busy spell, not per group); elsewhere an
+    /// async task (a group is a network request).
+    fn spawn_writer(self: &Arc<Self>, backend: &Arc<Backend>) {
+        let me = Arc::clone(self);
+        let backend = Arc::clone(backend);
+        let task = self.tasks.enter();
+        if self.handles.is_some() {
+            tokio::task::spawn_blocking(move || {
+                let _task = task;
+                me.drain_local(&backend)
+            });
+        } else {
             tokio::spawn(async move {
                 let _task = task;
                 me.run_writer(backend).await
             });
         }
-        rx
     }
 
-    /// Writes groups one after another until none is left.
-    async fn run_writer(self: Arc<Self>, backend: Arc<Backend>) {
-        // On a panic or a runtime shutdown, the groups left are failed and the writer marked
-        // idle, so that no put waits forever and the next one starts a writer again.
-        struct Idle<'a>(&'a ShardPacker, bool);
-        impl Drop for Idle<'_> {
-            fn drop(&mut self) {
-                if self.1 {
-                    return;
+    /// The local writer's loop, on a blocking thread: appends groups until none is left.
+    fn drain_local(self: &Arc<Self>, backend: &Arc<Backend>) {
+        let mut idle = Idle(self, false);
+        let Some(index) = self.index_now() else {
+            return; // the guard fails the groups: the index was let go
+        };
+        loop {
+            let group = {
+                let mut st = self.lock();
+                match st.forming.pop_front() {
+                    Some(g) => {
+                        st.current = Some(g.done.subscribe());
+                        g
+                    }
+                    None => {
+                        st.writing = false;
+                        st.current = None;
+                        idle.1 = true;
+                        return;
+                    }
                 }
-                let mut st = self.0.lock();
-                st.writing = false;
-                st.current = None;
-                for g in std::mem::take(&mut st.forming) {
-                    st.inflight.retain(|_, p| p.ticket != g.ticket);
-                    let _ = g
-                        .done
-                        .send(Some(Err((true, "the pack writer stopped".into()))));
-                }
+            };
+            let Group {
+                ticket,
+                records,
+                extra,
+                done,
+                ..
+            } = group;
+            let result = {
+                let mut slot = self.active.blocking_lock();
+                let mut stuck = self.commits.blocking_lock();
+                let job = self.append_job(backend, &mut slot, records, extra);
+                let (pack, r) = job.run(&*index, &mut stuck);
+                *slot = pack;
+                r
+            };
+            self.finish_group(backend, ticket, done, append_result(backend, result));
+        }
+    }
+
+    /// Writes the group a caller started on an idle local writer, on the caller's own thread
+    /// (group commit's leader: a lone put costs one append, one `fdatasync` and one commit,
+    /// and no hand-off to another thread), then hands whatever groups formed meanwhile to a
+    /// writer task. Synchronous, so a caller cancelled afterwards cannot leave a group
+    /// unwritten; when the locks it needs are taken, everything goes to the writer task.
+    fn lead(self: &Arc<Self>, backend: &Arc<Backend>) {
+        {
+            let mut st = self.lock();
+            if !st.leader {
+                return; // no group waits for a leader (or another caller took it)
+            }
+            st.leader = false;
+        }
+        let inline = (|| {
+            let index = self.index_now()?;
+            let slot = self.active.try_lock().ok()?;
+            let stuck = self.commits.try_lock().ok()?;
+            Some((index, slot, stuck))
+        })();
+        if let Some((index, mut slot, mut stuck)) = inline {
+            let group = {
+                let mut st = self.lock();
+                st.forming
+                    .pop_front()
+                    .inspect(|g| st.current = Some(g.done.subscribe()))
+            };
+            if let Some(group) = group {
+                let Group {
+                    ticket,
+                    records,
+                    extra,
+                    done,
+                    ..
+                } = group;
+                let job = self.append_job(backend, &mut slot, records, extra);
+                let (pack, result) = job.run(&*index, &mut stuck);
+                *slot = pack;
+                drop((slot, stuck));
+                self.finish_group(backend, ticket, done, append_result(backend, result));
             }
         }
+        let mut st = self.lock();
+        if st.forming.is_empty() {
+            st.writing = false;
+            st.current = None;
+        } else {
+            drop(st);
+            self.spawn_writer(backend);
+        }
+    }
+
+    /// Ends a group: its keys freed, its waiters told.
+    fn finish_group(
+        &self,
+        _backend: &Arc<Backend>,
+        ticket: u64,
+        done: watch::Sender<Outcome>,
+        result: Result<()>,
+    ) {
+        self.lock().inflight.retain(|_, p| p.ticket != ticket);
+        let _ = done.send(Some(match result {
+            Ok(()) => Ok(()),
+            Err(e) => {
+                tracing::warn!(shard = self.shard, error = %e, "writing a pack failed");
+                Err((e.is_retryable(), e.to_string()))
+            }
+        }));
+    }
+
+    /// A bucket's writer: writes groups one after another (each one pack object) until none
+    /// is left.
+    async fn run_writer(self: Arc<Self>, backend: Arc<Backend>) {
         let mut idle = Idle(&self, false);
         loop {
             let group = {
@@ -321,53 +455,119 @@ impl ShardPacker {
             };
             let Group {
                 ticket,
-                builder,
+                records,
                 extra,
                 done,
+                ..
             } = group;
-            let result = self.write_group(&backend, builder, extra).await;
-            self.lock().inflight.retain(|_, p| p.ticket != ticket);
-            let _ = done.send(Some(match result {
-                Ok(()) => Ok(()),
-                Err(e) => {
-                    tracing::warn!(shard = self.shard, error = %e, "writing a pack failed");
-                    Err((e.is_retryable(), e.to_string()))
-                }
-            }));
+            let result = self.put_group(&backend, records, extra).await;
+            self.finish_group(&backend, ticket, done, result);
         }
     }
 
-    /// Writes one group as a pack and indexes it.
-    async fn write_group(
+    /// A group as one pack object: a create-only PUT whose body is the callers' bytes between
+    /// record headers (no copy), then a lazy index commit (a crash before the index is durable
+    /// leaves a pack recovery replays).
+    async fn put_group(
         self: &Arc<Self>,
         backend: &Arc<Backend>,
-        builder: PackBuilder,
+        records: Vec<GroupRecord>,
         extra: Vec<Change>,
     ) -> Result<()> {
         let id = new_pack_id();
-        let (bytes, entries) = builder.finish();
-        match backend.put_pack(id, bytes.clone()).await {
+        let mut chunks = Vec::with_capacity(records.len() * 2 + 2);
+        chunks.push(Bytes::from_static(&format::PACK_MAGIC));
+        let mut at = format::PACK_MAGIC.len() as u64;
+        let mut entries = Vec::with_capacity(records.len());
+        for r in &records {
+            let head = format::record_head(&r.key, r.kind, r.seq, r.payload.len() as u64, r.crc);
+            at += head.len() as u64;
+            entries.push(entry_of(r, at));
+            at += r.payload.len() as u64;
+            chunks.push(Bytes::from(head));
+            chunks.push(r.payload.clone());
+        }
+        let tail = format::footer_and_trailer(&entries, 0);
+        let size = at + tail.len() as u64;
+        chunks.push(Bytes::from(tail));
+        let max_seq = records.iter().map(|r| r.seq).max().unwrap_or(0);
+        match backend
+            .put_pack(id, object_store::PutPayload::from_iter(chunks))
+            .await
+        {
             Ok(()) => {
-                let mut changes = pack_changes(id, &bytes, &entries, true);
-                changes.extend(extra);
-                self.commit(backend, changes).await.map(drop)
+                let mut changes = vec![
+                    Change::AddPack {
+                        id,
+                        info: pack_info(size, &entries),
+                    },
+                    Change::BumpSeq(max_seq),
+                ];
+                changes.extend(record_changes(id, &records, &entries));
+                self.commit_group(backend, changes, extra).await
             }
             Err(e) => {
                 // The write may have happened all the same (a lost response): the pack is
                 // recorded as doomed, so that recovery never replays what its puts were told
                 // failed, and gc deletes it.
-                let mut info = pack_info(bytes.len() as u64, &entries);
+                let mut info = pack_info(size, &entries);
                 info.state = PackState::Doomed { since_ms: now_ms() };
-                let seq = entries.iter().map(|e| e.seq).max().unwrap_or(0);
                 let _ = self
                     .commit(
                         backend,
-                        vec![Change::AddPack { id, info }, Change::BumpSeq(seq)],
+                        vec![Change::AddPack { id, info }, Change::BumpSeq(max_seq)],
                     )
                     .await;
                 Err(e)
             }
         }
+    }
+
+    /// A group to append to the active pack in `slot` (taken out of it; the job gives it
+    /// back), committed lazily unless it carries other changes or is due a durable commit.
+    fn append_job(
+        &self,
+        backend: &Backend,
+        slot: &mut Option<ActivePack>,
+        records: Vec<GroupRecord>,
+        extra: Vec<Change>,
+    ) -> AppendJob {
+        let lazy = extra.is_empty()
+            && self.lazy.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1
+                < super::LAZY_COMMITS;
+        if !lazy {
+            self.lazy.store(0, std::sync::atomic::Ordering::Relaxed);
+        }
+        AppendJob {
+            dir: self
+                .handles
+                .as_ref()
+                .expect("a local packer")
+                .dir()
+                .to_path_buf(),
+            pack: slot.take(),
+            records,
+            extra,
+            fsync: backend.fsync(),
+            target: self.opts.target_size,
+            lazy,
+            shard: self.shard,
+        }
+    }
+
+    /// Commits a group's index changes: lazily, unless the group carries other changes (an
+    /// intent must be durable before the operation it announces goes on).
+    async fn commit_group(
+        self: &Arc<Self>,
+        backend: &Arc<Backend>,
+        mut changes: Vec<Change>,
+        extra: Vec<Change>,
+    ) -> Result<()> {
+        if extra.is_empty() {
+            return self.commit_lazy(backend, changes).await.map(drop);
+        }
+        changes.extend(extra);
+        self.commit(backend, changes).await.map(drop)
     }
 
     /// Stores a small piece in a pack; returns once the pack is durable and indexed.
@@ -382,8 +582,35 @@ impl ShardPacker {
         let index = self.index(backend).await?;
         for _ in 0..ATTEMPTS {
             let look = {
-                let st = self.lock();
-                self.look(&st, &index, backend, key, Some(&data), overwrite)?
+                let mut st = self.lock();
+                let look = self.look(&st, &index, backend, key, Some(&data), overwrite)?;
+                // The common case, a new key (no slot, and no object: on a local directory a
+                // `stat` says so), is enqueued at once, under the same lock.
+                if let Look::Free(None) = look
+                    && (!self.must_probe(backend) || backend.local_file_absent(key) == Some(true))
+                {
+                    let rx = self.enqueue(
+                        &mut st,
+                        backend,
+                        Record::Piece {
+                            key,
+                            data: &data,
+                            crc,
+                        },
+                        Vec::new(),
+                        Some(Holder::Put(data.clone())),
+                    );
+                    Err(rx)
+                } else {
+                    Ok(look)
+                }
+            };
+            let look = match look {
+                Ok(look) => look,
+                Err(rx) => {
+                    self.lead(backend);
+                    return wait(backend, key, rx).await;
+                }
             };
             let slot = match look {
                 Look::Join(rx) => match wait(backend, key, rx).await {
@@ -411,6 +638,9 @@ impl ShardPacker {
                 // Overwriting an object: it goes once the packed piece is indexed.
                 Some(Slot::Object { seq, .. }) => stale_object = Some(seq),
                 Some(Slot::Packed(_)) => {}
+                // A local file that is not there costs one `stat`, done here (no trip
+                // through the blocking pool for the common case of a new key).
+                None if backend.local_file_absent(key) == Some(true) => {}
                 None if self.must_probe(backend) => match backend.head(key).await {
                     Ok(meta) if !overwrite => {
                         return if backend.stored_same(key, &meta, &data, crc).await? {
@@ -453,6 +683,7 @@ impl ShardPacker {
                     Some(Holder::Put(data.clone())),
                 )
             };
+            self.lead(backend);
             wait(backend, key, rx).await?;
             if stale_object.is_some() {
                 // The packed piece is indexed; the overwritten object goes (if this is cut
@@ -596,6 +827,7 @@ impl ShardPacker {
                     let record = Record::Tombstone { key, upto: loc.seq };
                     self.enqueue(&mut st, backend, record, finish, None)
                 };
+                self.lead(backend);
                 wait(backend, key, rx).await
             }
             _ => self.commit(backend, finish).await.map(drop),
@@ -673,7 +905,10 @@ impl ShardPacker {
                     self.resolve_key(backend, key).await?;
                     continue;
                 }
-                Step::Tombstone(rx) => return wait(backend, key, rx).await,
+                Step::Tombstone(rx) => {
+                    self.lead(backend);
+                    return wait(backend, key, rx).await;
+                }
                 Step::Object(r, seq) => (r, Some(seq)),
                 Step::Unknown(r) => (r, None),
             };
@@ -732,6 +967,7 @@ impl ShardPacker {
                 None,
             )
         };
+        self.lead(backend);
         wait(backend, key, rx).await
     }
 
@@ -802,6 +1038,50 @@ impl ShardPacker {
         }
     }
 
+    /// Seals the shard's active pack when its garbage share reached `ratio` (for gc: an active
+    /// pack is never compacted, since it is still being written; sealed, it is a pack like any
+    /// other). Returns whether it sealed one.
+    pub(crate) async fn seal_active_for_gc(
+        self: &Arc<Self>,
+        backend: &Arc<Backend>,
+        ratio: f64,
+    ) -> Result<bool> {
+        let index = self.index(backend).await?;
+        let mut slot = self.active.lock().await;
+        let Some(id) = slot.as_ref().map(|p| p.id) else {
+            return Ok(false);
+        };
+        let due = index
+            .packs()?
+            .into_iter()
+            .find(|(p, _)| *p == id)
+            .is_some_and(|(_, i)| i.payload > 0 && i.garbage_ratio() >= ratio);
+        if !due {
+            return Ok(false);
+        }
+        let Some(pack) = slot.take() else {
+            return Ok(false);
+        };
+        let sealed = tokio::task::spawn_blocking(move || pack.seal())
+            .await
+            .map_err(|e| join_err(backend, e))?;
+        // Should sealing fail, the pack stays active in the index (the next open seals it)
+        // and the next group starts another.
+        let (size, _) = sealed.map_err(|e| Error::Backend {
+            op: "gc",
+            key: None,
+            backend: backend.label().into(),
+            message: format!(
+                "sealing the active pack {}: {e}",
+                super::index::pack_name(id)
+            ),
+            retryable: false,
+        })?;
+        self.commit(backend, vec![Change::Seal { id, size }])
+            .await?;
+        Ok(true)
+    }
+
     /// Starts writing whatever is waiting now, and waits until everything written before this
     /// call is durable (every put already waits for its own group; this is for a caller that
     /// wants all of them out, e.g. before a snapshot).
@@ -813,11 +1093,213 @@ impl ShardPacker {
                 .map(|g| g.done.subscribe())
                 .or_else(|| st.current.clone())
         };
-        match last {
-            Some(rx) => wait(backend, "", rx).await,
-            None => Ok(()),
+        if let Some(rx) = last {
+            wait(backend, "", rx).await?;
+        }
+        // Everything committed lazily becomes durable.
+        self.commit(backend, Vec::new()).await.map(drop)
+    }
+}
+
+/// Marks the writer idle when it ends: normally (`.1` set), or on a panic or a runtime
+/// shutdown, when the groups left are failed, so that no put waits forever and the next one
+/// starts a writer again.
+struct Idle<'a>(&'a ShardPacker, bool);
+
+impl Drop for Idle<'_> {
+    fn drop(&mut self) {
+        if self.1 {
+            return;
+        }
+        let mut st = self.0.lock();
+        st.writing = false;
+        st.current = None;
+        for g in std::mem::take(&mut st.forming) {
+            st.inflight.retain(|_, p| p.ticket != g.ticket);
+            let _ = g
+                .done
+                .send(Some(Err((true, "the pack writer stopped".into()))));
         }
     }
+}
+
+/// What an append's error is, as the store says it.
+fn append_result(backend: &Backend, result: std::result::Result<(), AppendError>) -> Result<()> {
+    result.map_err(|e| match e {
+        AppendError::Index(e) => e,
+        AppendError::Io(what, e) => Error::Backend {
+            op: "put",
+            key: None,
+            backend: backend.label().into(),
+            message: format!("{what}: {e}"),
+            retryable: false,
+        },
+    })
+}
+
+/// A write group to append ([`ShardPacker::drain_local`], [`ShardPacker::lead`]).
+struct AppendJob {
+    dir: std::path::PathBuf,
+    pack: Option<ActivePack>,
+    records: Vec<GroupRecord>,
+    extra: Vec<Change>,
+    fsync: bool,
+    target: u64,
+    /// Commit without waiting for the disk.
+    lazy: bool,
+    shard: usize,
+}
+
+enum AppendError {
+    Io(&'static str, std::io::Error),
+    Index(Error),
+}
+
+impl AppendJob {
+    /// Appends the group and commits its index changes (after `stuck`, the changes of earlier
+    /// failed commits); returns the active pack to keep (none when it was sealed, or cannot
+    /// be written again).
+    fn run(
+        self,
+        index: &dyn PackIndex,
+        stuck: &mut Vec<Change>,
+    ) -> (Option<ActivePack>, std::result::Result<(), AppendError>) {
+        let AppendJob {
+            dir,
+            pack,
+            records,
+            extra,
+            fsync,
+            target,
+            lazy,
+            shard,
+        } = self;
+        let mut changes = Vec::new();
+        let mut pack = match pack {
+            Some(p) => p,
+            None => match ActivePack::create(&dir, new_pack_id()) {
+                Ok(p) => {
+                    changes.push(Change::AddPack {
+                        id: p.id,
+                        info: PackInfo {
+                            size: p.end,
+                            payload: 0,
+                            live_bytes: 0,
+                            live_count: 0,
+                            records: 0,
+                            min_seq: u64::MAX,
+                            state: PackState::Active,
+                        },
+                    });
+                    p
+                }
+                Err(e) => return (None, Err(AppendError::Io("creating an active pack", e))),
+            },
+        };
+        let appended: Vec<Appended> = records
+            .iter()
+            .map(|r| Appended {
+                head: format::record_head(&r.key, r.kind, r.seq, r.payload.len() as u64, r.crc),
+                payload: r.payload.clone(),
+            })
+            .collect();
+        let start = match pack.append(&appended, fsync) {
+            Ok(start) => start,
+            Err(e) => {
+                // Cut back (a failed group never stays), unless even that failed: then this
+                // pack is left as it is and the next group starts another.
+                let keep = pack.end == std::fs::metadata(&pack.path).map(|m| m.len()).unwrap_or(0);
+                if !changes.is_empty()
+                    && let Err(ie) = super::apply_after_blocking(index, stuck, changes, false)
+                {
+                    return (keep.then_some(pack), Err(AppendError::Index(ie)));
+                }
+                return (
+                    keep.then_some(pack),
+                    Err(AppendError::Io("appending to the active pack", e)),
+                );
+            }
+        };
+        let id = pack.id;
+        let mut at = start;
+        let mut entries = Vec::with_capacity(records.len());
+        for (r, a) in records.iter().zip(&appended) {
+            at += a.head.len() as u64;
+            entries.push(entry_of(r, at));
+            at += r.payload.len() as u64;
+        }
+        pack.note(&entries);
+        changes.push(Change::PackGrew {
+            id,
+            size: pack.end,
+            payload: pack.payload,
+            records: pack.records,
+            min_seq: pack.min_seq,
+        });
+        changes.push(Change::BumpSeq(
+            records.iter().map(|r| r.seq).max().unwrap_or(0),
+        ));
+        changes.extend(record_changes(id, &records, &entries));
+        changes.extend(extra);
+        let mut lazy = lazy;
+        let kept = if pack.end >= target {
+            match pack.seal() {
+                Ok((size, _)) => {
+                    changes.push(Change::Seal { id, size });
+                    lazy = false;
+                }
+                // The records are durable; the pack stays active in the index, and the next
+                // open seals it. The next group starts another pack.
+                Err(e) => {
+                    tracing::warn!(shard, pack = %super::index::pack_name(id), error = %e, "sealing the active pack failed")
+                }
+            }
+            None
+        } else {
+            Some(pack)
+        };
+        let committed = super::apply_after_blocking(index, stuck, changes, lazy)
+            .map(drop)
+            .map_err(AppendError::Index);
+        (kept, committed)
+    }
+}
+
+/// The pack entry of a group record whose payload is at `offset`.
+fn entry_of(r: &GroupRecord, offset: u64) -> Entry {
+    Entry {
+        key: r.key.clone(),
+        kind: r.kind,
+        seq: r.seq,
+        offset,
+        len: r.payload.len() as u64,
+        crc: r.crc,
+    }
+}
+
+/// The index changes of a group's records in pack `id`: a slot for each piece, a delete for
+/// each tombstone (newest write wins, as in a replay).
+fn record_changes(id: PackId, records: &[GroupRecord], entries: &[Entry]) -> Vec<Change> {
+    records
+        .iter()
+        .zip(entries)
+        .map(|(r, e)| match r.kind {
+            RecordKind::Piece => Change::Put {
+                key: r.key.clone(),
+                slot: Slot::Packed(Loc {
+                    pack: id,
+                    offset: e.offset,
+                    len: e.len,
+                    crc: e.crc,
+                    seq: e.seq,
+                }),
+            },
+            RecordKind::Tombstone => Change::Delete {
+                key: r.key.clone(),
+                upto_seq: format::tombstone_target(&r.payload).unwrap_or(0),
+            },
+        })
+        .collect()
 }
 
 fn already_exists(backend: &Backend, key: &str) -> Error {

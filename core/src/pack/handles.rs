@@ -1,0 +1,124 @@
+//! Open pack files of a local directory, kept for reads: a packed read is one positioned read
+//! of an already open file (no open and close per read), in one blocking task.
+//!
+//! The cache holds at most its bound of files, and forgets the least recently used one first.
+//! A pack that compaction deleted while a handle to it was cached still reads right: its
+//! records are immutable, and the open file keeps them until the handle goes (compaction evicts
+//! the handles of the packs it deletes, so their space is freed).
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::io;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use super::index::{self, PackId};
+
+/// How many pack files a shard keeps open for reads.
+pub(crate) const DEFAULT_HANDLES: usize = 64;
+
+/// The open pack files of one shard's directory.
+#[derive(Debug)]
+pub(crate) struct Handles {
+    dir: PathBuf,
+    bound: usize,
+    open: Mutex<HashMap<PackId, (Arc<File>, u64)>>,
+    tick: AtomicU64,
+}
+
+impl Handles {
+    /// A cache for the packs under `dir`, of at most `bound` open files.
+    pub fn new(dir: PathBuf, bound: usize) -> Self {
+        Handles {
+            dir,
+            bound: bound.max(1),
+            open: Mutex::new(HashMap::new()),
+            tick: AtomicU64::new(0),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<PackId, (Arc<File>, u64)>> {
+        self.open.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The pack's path.
+    pub fn path(&self, id: PackId) -> PathBuf {
+        self.dir.join(index::pack_name(id))
+    }
+
+    /// The packs directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// An open file of pack `id` (opened now if not cached; `NotFound` if the pack is gone).
+    fn file(&self, id: PackId) -> io::Result<Arc<File>> {
+        let now = self.tick.fetch_add(1, Ordering::Relaxed);
+        if let Some((f, used)) = self.lock().get_mut(&id) {
+            *used = now;
+            return Ok(Arc::clone(f));
+        }
+        let f = Arc::new(File::open(self.path(id))?);
+        let mut open = self.lock();
+        if open.len() >= self.bound && !open.contains_key(&id) {
+            let oldest = open
+                .iter()
+                .min_by_key(|(_, (_, used))| *used)
+                .map(|(k, _)| *k);
+            if let Some(k) = oldest {
+                open.remove(&k);
+            }
+        }
+        open.insert(id, (Arc::clone(&f), now));
+        Ok(f)
+    }
+
+    /// Reads `len` bytes at `offset` of pack `id`: `UnexpectedEof` when the pack is shorter.
+    /// Blocking: call it from a blocking task.
+    pub fn read(&self, id: PackId, offset: u64, len: u64) -> io::Result<Vec<u8>> {
+        let f = self.file(id)?;
+        let mut buf = vec![0u8; len as usize];
+        f.read_exact_at(&mut buf, offset)?;
+        Ok(buf)
+    }
+
+    /// Forgets pack `id`'s handle (its file was deleted).
+    pub fn evict(&self, id: PackId) {
+        self.lock().remove(&id);
+    }
+
+    /// How many files are open now.
+    #[cfg(test)]
+    pub fn len(&self) -> usize {
+        self.lock().len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bounded_least_recently_used_and_reads_a_deleted_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let h = Handles::new(dir.path().to_path_buf(), 3);
+        for id in 0..5u128 {
+            std::fs::write(h.path(id), vec![id as u8; 10]).unwrap();
+        }
+        for id in 0..5u128 {
+            assert_eq!(h.read(id, 2, 3).unwrap(), vec![id as u8; 3]);
+            assert!(h.len() <= 3);
+        }
+        // A cached pack deleted since still reads its bytes; an evicted one is gone.
+        std::fs::remove_file(h.path(4)).unwrap();
+        assert_eq!(h.read(4, 0, 10).unwrap(), vec![4u8; 10]);
+        h.evict(4);
+        assert_eq!(h.read(4, 0, 1).unwrap_err().kind(), io::ErrorKind::NotFound);
+        assert_eq!(
+            h.read(3, 5, 10).unwrap_err().kind(),
+            io::ErrorKind::UnexpectedEof
+        );
+    }
+}
