@@ -89,6 +89,17 @@ fn pack_files(dir: &Path) -> BTreeSet<PathBuf> {
         .unwrap_or_default()
 }
 
+/// The pack files and their sizes (an active pack grows in place).
+fn pack_sizes(dir: &Path) -> Vec<(PathBuf, u64)> {
+    pack_files(dir)
+        .into_iter()
+        .map(|p| {
+            let n = std::fs::metadata(&p).map(|m| m.len()).unwrap_or(0);
+            (p, n)
+        })
+        .collect()
+}
+
 /// Overwriting a large piece (an object of its own) with a small one (packed) leaves one piece:
 /// listed once, the old object gone, and after a delete nothing to fall back to.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -557,10 +568,10 @@ async fn close_waits_for_running_writes() {
             .collect();
         tokio::time::sleep(Duration::from_millis(5 + round * 10)).await;
         store.close().await;
-        let at_close = pack_files(dir.path());
+        let at_close = pack_sizes(dir.path());
         tokio::time::sleep(Duration::from_millis(300)).await;
         assert_eq!(
-            pack_files(dir.path()),
+            pack_sizes(dir.path()),
             at_close,
             "round {round}: packs were written after close returned"
         );
@@ -726,7 +737,11 @@ async fn an_unpacked_open_of_a_packed_store_is_refused() {
 async fn gc_grace_holds_across_a_reopen() {
     use piecestore::pack::gc::GcOptions;
     let dir = tempfile::tempdir().expect("tempdir");
-    let config = file_config(dir.path());
+    // Small packs, so that they seal (an active pack is never compacted).
+    let mut config = file_config(dir.path());
+    config
+        .set_option("PackTargetSize", OptionValue::Int(THRESHOLD))
+        .expect("target");
     let store = PieceStore::open(config.clone()).await.expect("open");
     let items: Vec<(String, Bytes)> = (0..40).map(|i| (format!("g{i}"), bytes(1500, i))).collect();
     assert!(
@@ -778,6 +793,7 @@ async fn gc_interval_compacts_in_the_background() {
     let dir = tempfile::tempdir().expect("tempdir");
     let mut config = file_config(dir.path());
     for (opt, v) in [
+        ("PackTargetSize", OptionValue::Int(THRESHOLD)),
         ("GcInterval", OptionValue::Str("100ms".into())),
         ("GcGrace", OptionValue::Str("0s".into())),
         ("GcGarbageRatio", OptionValue::Float(0.3)),
