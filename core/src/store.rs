@@ -663,7 +663,16 @@ impl PieceStore {
     /// shard and operation); [`Metrics::to_prometheus`] renders them as Prometheus text.
     /// Clones of a store share one set of metrics. Empty when the config says `Metrics = false`.
     pub fn metrics(&self) -> Metrics {
-        self.inner.metrics.snapshot()
+        let mut m = self.inner.metrics.snapshot();
+        if m.enabled
+            && let Some(packers) = &self.inner.packers
+        {
+            m.pack_writes = (m.unverified_reads.iter().map(|(b, _)| *b))
+                .zip(packers)
+                .map(|(b, p)| (b, p.written()))
+                .collect();
+        }
+        m
     }
 
     /// Deletes every piece whose key starts with `prefix`, on **every** shard (object-level GC:

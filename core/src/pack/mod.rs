@@ -146,6 +146,8 @@ pub(crate) struct ShardPacker {
     active: tokio::sync::Mutex<Option<active::ActivePack>>,
     /// Lazy (not yet durable) index commits since the last durable one.
     lazy: AtomicU64,
+    /// Write groups written, their records and their payload bytes (for the metrics).
+    written: [AtomicU64; 3],
 }
 
 impl std::fmt::Debug for ShardPacker {
@@ -185,7 +187,27 @@ impl ShardPacker {
             handles: packs_dir.map(|d| handles::Handles::new(d, handles::DEFAULT_HANDLES)),
             active: tokio::sync::Mutex::new(None),
             lazy: AtomicU64::new(0),
+            written: Default::default(),
         }
+    }
+
+    /// What the shard's writer wrote so far in this process (every store on the shard shares
+    /// its writer): write groups (appends or pack objects), records, payload bytes.
+    pub(crate) fn written(&self) -> crate::profile::PackWrites {
+        let [groups, records, bytes] = &self.written;
+        crate::profile::PackWrites {
+            groups: groups.load(Ordering::Relaxed),
+            records: records.load(Ordering::Relaxed),
+            bytes: bytes.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Counts a write group written.
+    fn count_written(&self, records: u64, bytes: u64) {
+        let [groups, r, b] = &self.written;
+        groups.fetch_add(1, Ordering::Relaxed);
+        r.fetch_add(records, Ordering::Relaxed);
+        b.fetch_add(bytes, Ordering::Relaxed);
     }
 
     /// Pieces smaller than this are packed.

@@ -93,6 +93,13 @@ pub(super) async fn recover(
         }
         let footer = match format::parse_footer(&bytes, bytes.len() as u64) {
             Ok(f) => f,
+            // A pack file cut short while it was created (no whole header: nothing was ever
+            // appended to it) holds nothing: removed.
+            Err(_) if local && format::PACK_MAGIC.starts_with(&bytes[..]) => {
+                tracing::info!(shard = packer.shard, pack = %index::pack_name(id), "removing an active pack whose creation a crash cut short");
+                backend.delete_pack(id).await?;
+                continue;
+            }
             // On a local directory, a pack without a footer is an active pack the index did
             // not know yet (its first group's commit was not durable).
             Err(_) if local && format::scan(&bytes).is_ok() => {

@@ -27,7 +27,7 @@ use super::active::{ActivePack, Appended};
 use super::format::{self, Entry, RecordKind};
 use super::index::{Change, Intent, Loc, PackId, PackIndex, PackInfo, PackState, Slot};
 use super::{ShardPacker, join_err, new_pack_id, now_ms, pack_info};
-use crate::backend::Backend;
+use crate::backend::{Backend, PieceMeta};
 use crate::error::{Error, Result};
 
 /// How often an operation looks again after waiting for another operation on its key.
@@ -352,6 +352,7 @@ impl ShardPacker {
                 done,
                 ..
             } = group;
+            let size = group_size(&records);
             let result = {
                 let mut slot = self.active.blocking_lock();
                 let mut stuck = self.commits.blocking_lock();
@@ -360,7 +361,7 @@ impl ShardPacker {
                 *slot = pack;
                 r
             };
-            self.finish_group(backend, ticket, done, append_result(backend, result));
+            self.finish_group(size, ticket, done, append_result(backend, result));
         }
     }
 
@@ -398,11 +399,12 @@ impl ShardPacker {
                     done,
                     ..
                 } = group;
+                let size = group_size(&records);
                 let job = self.append_job(backend, &mut slot, records, extra);
                 let (pack, result) = job.run(&*index, &mut stuck);
                 *slot = pack;
                 drop((slot, stuck));
-                self.finish_group(backend, ticket, done, append_result(backend, result));
+                self.finish_group(size, ticket, done, append_result(backend, result));
             }
         }
         let mut st = self.lock();
@@ -415,14 +417,17 @@ impl ShardPacker {
         }
     }
 
-    /// Ends a group: its keys freed, its waiters told.
+    /// Ends a group of `size` (records, payload bytes): its keys freed, its waiters told.
     fn finish_group(
         &self,
-        _backend: &Arc<Backend>,
+        size: (u64, u64),
         ticket: u64,
         done: watch::Sender<Outcome>,
         result: Result<()>,
     ) {
+        if result.is_ok() {
+            self.count_written(size.0, size.1);
+        }
         self.lock().inflight.retain(|_, p| p.ticket != ticket);
         let _ = done.send(Some(match result {
             Ok(()) => Ok(()),
@@ -460,8 +465,9 @@ impl ShardPacker {
                 done,
                 ..
             } = group;
+            let size = group_size(&records);
             let result = self.put_group(&backend, records, extra).await;
-            self.finish_group(&backend, ticket, done, result);
+            self.finish_group(size, ticket, done, result);
         }
     }
 
@@ -1017,7 +1023,8 @@ impl ShardPacker {
                 Ok(m) if m.size == len && m.crc32c == Some(crc) => {
                     self.record_object(backend, key, len, crc, seq).await
                 }
-                Ok(_) | Err(Error::NotFound { .. }) => self.clear_intent(backend, key).await,
+                Ok(m) => self.settle_object(backend, key, m, (len, crc, seq)).await,
+                Err(Error::NotFound { .. }) => self.clear_intent(backend, key).await,
                 Err(e) => Err(e),
             },
             Intent::DeleteObject { upto_seq } => {
@@ -1036,6 +1043,64 @@ impl ShardPacker {
                 .map(drop)
             }
         }
+    }
+
+    /// An object put whose intent is left, and whose object's metadata says neither "the new
+    /// piece" nor nothing: decided by the object's bytes. A server that keeps an object's
+    /// metadata apart from its bytes and stops work on a request when its client goes away
+    /// (s3s-fs does both) can leave a killed put's new bytes without their checksum, or under
+    /// the old one. The new bytes are stored again with their checksum and recorded; the
+    /// key's earlier object is kept (its checksum restored the same way); anything else is
+    /// not a piece anyone was told is stored, and is deleted with the key's slot.
+    async fn settle_object(
+        self: &Arc<Self>,
+        backend: &Arc<Backend>,
+        key: &str,
+        meta: PieceMeta,
+        (len, crc, seq): (u64, u32, u64),
+    ) -> Result<()> {
+        let index = self.index(backend).await?;
+        let earlier = match index.get(key)? {
+            Some(Slot::Object { len, crc, seq }) => Some((len, crc, seq)),
+            _ => None,
+        };
+        let bytes = match backend.get_unverified(key).await {
+            Ok(b) => b,
+            Err(Error::NotFound { .. }) => return self.clear_intent(backend, key).await,
+            Err(e) => return Err(e),
+        };
+        let actual = (bytes.len() as u64, crate::checksum::crc32c(&bytes));
+        if actual == (len, crc) {
+            tracing::info!(
+                shard = self.shard,
+                key,
+                "storing again an object a put left without its checksum"
+            );
+            backend.put(key, bytes, crc, true).await?;
+            return self.record_object(backend, key, len, crc, seq).await;
+        }
+        if let Some((len, crc, _)) = earlier
+            && actual == (len, crc)
+        {
+            if meta.crc32c != Some(crc) {
+                backend.put(key, bytes, crc, true).await?;
+            }
+            return self.clear_intent(backend, key).await;
+        }
+        tracing::warn!(
+            shard = self.shard,
+            key,
+            "deleting an object an unfinished put left behind"
+        );
+        backend.delete(key).await?;
+        let mut changes = vec![Change::ClearIntent { key: key.into() }];
+        if let Some((_, _, upto_seq)) = earlier {
+            changes.push(Change::Delete {
+                key: key.into(),
+                upto_seq,
+            });
+        }
+        self.commit(backend, changes).await.map(drop)
     }
 
     /// Seals the shard's active pack when its garbage share reached `ratio` (for gc: an active
@@ -1263,6 +1328,12 @@ impl AppendJob {
             .map_err(AppendError::Index);
         (kept, committed)
     }
+}
+
+/// A group's records and payload bytes.
+fn group_size(records: &[GroupRecord]) -> (u64, u64) {
+    let bytes = records.iter().map(|r| r.payload.len() as u64).sum();
+    (records.len() as u64, bytes)
 }
 
 /// The pack entry of a group record whose payload is at `offset`.

@@ -214,6 +214,7 @@ impl Recorder {
                 .zip(self.unverified.iter())
                 .map(|(b, n)| (*b, n.load(Relaxed)))
                 .collect(),
+            pack_writes: Vec::new(),
         }
     }
 }
@@ -243,6 +244,22 @@ pub struct Metrics {
     /// Per shard, in order (its backend kind, and the count): reads that returned a piece
     /// carrying no checksum, which `AllowUnverified` lets through unverified.
     pub unverified_reads: Vec<(&'static str, u64)>,
+    /// Per shard, in order (its backend kind, and the counts): what its pack writer wrote;
+    /// empty when the store does not pack.
+    pub pack_writes: Vec<(&'static str, PackWrites)>,
+}
+
+/// What a shard's pack writer wrote in this process (shared by every store open on the shard
+/// in the process). `records / groups` is how many pieces (and tombstones) shared a write: one
+/// append and `fdatasync` on a local directory, one PUT on a bucket.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct PackWrites {
+    /// Write groups written.
+    pub groups: u64,
+    /// Records (pieces and tombstones) in them.
+    pub records: u64,
+    /// Payload bytes in them.
+    pub bytes: u64,
 }
 
 /// The metrics of one operation on one shard (or, from [`Metrics::total`], on all shards).
@@ -370,7 +387,9 @@ impl Metrics {
     /// `piecestore_operations_total`, `piecestore_operation_errors_total` (by `kind`, the
     /// error codes of [`ErrorKind::as_str`]), `piecestore_operation_bytes_total` and the
     /// histogram `piecestore_operation_duration_seconds`, each labelled `backend`, `shard`
-    /// and `op`; and `piecestore_unverified_reads_total`, labelled `backend` and `shard`.
+    /// and `op`; `piecestore_unverified_reads_total`, and for a packed store
+    /// `piecestore_pack_writes_total`, `piecestore_pack_write_records_total` and
+    /// `piecestore_pack_write_bytes_total`, labelled `backend` and `shard`.
     pub fn to_prometheus(&self) -> String {
         let mut out = String::with_capacity(256 + self.ops.len() * 2048);
         let labels = |m: &OpMetrics| {
@@ -449,6 +468,36 @@ impl Metrics {
                 out,
                 "piecestore_unverified_reads_total{{backend=\"{backend}\",shard=\"{shard}\"}} {n}"
             );
+        }
+        if !self.pack_writes.is_empty() {
+            type Field = fn(&PackWrites) -> u64;
+            let families: [(&str, &str, Field); 3] = [
+                (
+                    "piecestore_pack_writes_total",
+                    "Pack write groups written (appends or pack objects).",
+                    |w| w.groups,
+                ),
+                (
+                    "piecestore_pack_write_records_total",
+                    "Records (pieces and tombstones) in pack write groups.",
+                    |w| w.records,
+                ),
+                (
+                    "piecestore_pack_write_bytes_total",
+                    "Payload bytes in pack write groups.",
+                    |w| w.bytes,
+                ),
+            ];
+            for (name, help, field) in families {
+                let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
+                for (shard, (backend, w)) in self.pack_writes.iter().enumerate() {
+                    let _ = writeln!(
+                        out,
+                        "{name}{{backend=\"{backend}\",shard=\"{shard}\"}} {}",
+                        field(w)
+                    );
+                }
+            }
         }
         out
     }

@@ -5,4 +5,4 @@ pub mod inventory;
 pub mod metrics;
 
 pub use inventory::{Inventory, InventoryOptions, ShardInventory};
-pub use metrics::{LatencyHistogram, Metrics, Op, OpMetrics};
+pub use metrics::{LatencyHistogram, Metrics, Op, OpMetrics, PackWrites};
