@@ -24,7 +24,7 @@ use piecestore::{ErrorKind, PieceStore};
 #[path = "bin/pack_writer.rs"]
 mod pack_writer;
 
-use pack_writer::piece_v;
+use pack_writer::{Bucket, piece_v};
 use piecestore_tests::XorShift as Rng;
 
 /// A writer process, killed when dropped (a failing test leaves no writer behind).
@@ -37,11 +37,16 @@ impl Drop for Writer {
     }
 }
 
-fn spawn_writer(dir: &str, seed: u64, gc: bool) -> Writer {
+fn spawn_writer(dir: &str, bucket: Option<&Bucket>, seed: u64, gc: bool) -> Writer {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_pack-writer"));
     cmd.arg(dir).arg(seed.to_string());
     if gc {
         cmd.arg("--gc");
+    }
+    if let Some(b) = bucket {
+        cmd.arg("--url").arg(&b.url);
+        cmd.env("PACK_WRITER_ACCESS_KEY", &b.access_key);
+        cmd.env("PACK_WRITER_SECRET_KEY", &b.secret_key);
     }
     cmd.stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -197,13 +202,14 @@ fn drain(rx: &mpsc::Receiver<String>, limit: Duration, what: &str) -> Vec<String
 /// the previous check saw, with the version each read as; returns what this check saw.
 async fn verify(
     dir: &str,
+    bucket: Option<&Bucket>,
     round: u64,
     rounds: u64,
     ledger: &Ledger,
     before: &BTreeMap<String, u32>,
 ) -> BTreeMap<String, u32> {
     let t0 = Instant::now();
-    let store = PieceStore::open(pack_writer::config(dir).expect("config"))
+    let store = PieceStore::open(pack_writer::config(dir, bucket).expect("config"))
         .await
         .unwrap_or_else(|e| panic!("round {round}: reopening after the kill: {e}"));
 
@@ -406,6 +412,38 @@ async fn check_bytes(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn acknowledged_packed_writes_survive_sigkill() {
+    crash_rounds("file", None).await;
+}
+
+/// The crash test on a real S3-compatible server: packs are create-only PUTs of one write
+/// group each, and the index (in a local `IndexDir`) learns of the ones it missed on open.
+async fn crash_rounds_on(kind: piecestore_tests::ServerKind) {
+    let Some(server) = piecestore_tests::server(kind) else {
+        return;
+    };
+    let name = piecestore_tests::unique_name("crash");
+    server.create_bucket(&name);
+    let bucket = Bucket {
+        url: format!("{}/{name}", server.endpoint),
+        access_key: server.access_key.clone(),
+        secret_key: server.secret_key.clone(),
+    };
+    crash_rounds(&format!("{kind:?}"), Some(&bucket)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acknowledged_packed_writes_survive_sigkill_on_s3s_fs() {
+    crash_rounds_on(piecestore_tests::ServerKind::S3sFs).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acknowledged_packed_writes_survive_sigkill_on_moto() {
+    crash_rounds_on(piecestore_tests::ServerKind::Moto).await;
+}
+
+/// Kills a writer `PIECESTORE_CRASH_ROUNDS` times on one store (a directory, or `bucket` with
+/// its index in a directory) and checks the store after each kill.
+async fn crash_rounds(name: &str, bucket: Option<&Bucket>) {
     let rounds = env_u64("PIECESTORE_CRASH_ROUNDS").unwrap_or(20);
     let seed = env_u64("PIECESTORE_CRASH_SEED").unwrap_or_else(|| {
         std::time::SystemTime::now()
@@ -413,7 +451,7 @@ async fn acknowledged_packed_writes_survive_sigkill() {
             .map(|d| d.as_nanos() as u64)
             .unwrap_or(1)
     });
-    eprintln!("pack_crash: {rounds} rounds, PIECESTORE_CRASH_SEED={seed}");
+    eprintln!("pack_crash {name}: {rounds} rounds, PIECESTORE_CRASH_SEED={seed}");
     let mut rng = Rng(seed | 1);
     let tmp = tempfile::tempdir().expect("tempdir");
     let dir = tmp.path().join("store").display().to_string();
@@ -422,7 +460,7 @@ async fn acknowledged_packed_writes_survive_sigkill() {
     for round in 0..rounds {
         // Every other writer also runs gc, so kills land inside compactions too.
         let gc = round % 2 == 1;
-        let mut w = spawn_writer(&dir, round, gc);
+        let mut w = spawn_writer(&dir, bucket, round, gc);
         let (lines, errors) = read_output(&mut w);
         let after = Duration::from_millis(50 + rng.next() % 351);
         tokio::time::sleep(after).await;
@@ -450,13 +488,13 @@ async fn acknowledged_packed_writes_survive_sigkill() {
             ledger.apply(line);
         }
         eprintln!(
-            "round {round}: killed after {after:?}{}: {} puts, {} overwrites, {} deletes acknowledged",
+            "{name} round {round}: killed after {after:?}{}: {} puts, {} overwrites, {} deletes acknowledged",
             if gc { " (writer running gc)" } else { "" },
             ledger.puts - p0,
             ledger.overwrites - o0,
             ledger.deletes - d0,
         );
-        let check = verify(&dir, round, rounds, &ledger, &seen);
+        let check = verify(&dir, bucket, round, rounds, &ledger, &seen);
         seen = tokio::time::timeout(Duration::from_secs(300), check)
             .await
             .unwrap_or_else(|_| panic!("round {round}: checking took over 300s"));
@@ -482,7 +520,7 @@ async fn a_kill_while_the_index_is_created_leaves_a_store_that_opens() {
     for attempt in 0..40u64 {
         let tmp = tempfile::tempdir().expect("tempdir");
         let dir = tmp.path().join("store").display().to_string();
-        let mut w = spawn_writer(&dir, 0, false);
+        let mut w = spawn_writer(&dir, None, 0, false);
         let (lines, _errors) = read_output(&mut w);
         tokio::time::sleep(Duration::from_millis(5 + rng.next() % 56)).await;
         // Killed, or already dead of its own (then the checks below say why it matters).
@@ -495,7 +533,7 @@ async fn a_kill_while_the_index_is_created_leaves_a_store_that_opens() {
         }
         eprintln!("attempt {attempt}: {} puts acknowledged", ledger.puts);
         let none = BTreeMap::new();
-        let check = verify(&dir, 0, 1, &ledger, &none);
+        let check = verify(&dir, None, 0, 1, &ledger, &none);
         tokio::time::timeout(Duration::from_secs(120), check)
             .await
             .unwrap_or_else(|_| panic!("attempt {attempt}: checking took over 120s"));

@@ -352,9 +352,9 @@ async fn check_all(store: &PieceStore, oracle: &HashMap<String, Bytes>, when: &s
     }
 }
 
-/// Runs the model on the store `url` opens; `reopen`: also close and reopen it now and then
-/// (a store that keeps its pieces across opens).
-async fn model(name: &str, url: &str, reopen: bool) {
+/// Runs the model on the store `config` opens (packing options set here); `reopen`: also close
+/// and reopen it now and then (a store that keeps its pieces across opens).
+async fn model(name: &str, mut config: Config, reopen: bool) {
     let seed = env_u64("PIECESTORE_MODEL_SEED").unwrap_or_else(|| {
         std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -367,7 +367,6 @@ async fn model(name: &str, url: &str, reopen: bool) {
     eprintln!(
         "{name}: PIECESTORE_MODEL_SEED={seed}, {ops_wanted} operations, PackTargetSize {target}"
     );
-    let mut config = Config::from_url(url).expect("url");
     for (opt, v) in [
         ("Pack", OptionValue::Bool(true)),
         ("PackThreshold", OptionValue::Int(THRESHOLD)),
@@ -597,18 +596,41 @@ async fn model(name: &str, url: &str, reopen: bool) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn packed_memory_store_matches_the_model_while_gc_races() {
-    model("memory", "memory://", false).await;
+    model("memory", Config::from_url("memory://").expect("url"), false).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn packed_file_store_matches_the_model_while_gc_races_and_reopens() {
     let dir = tempfile::tempdir().expect("tempdir");
-    model(
-        "file",
-        &format!("file://{}/pieces", dir.path().display()),
-        true,
-    )
-    .await;
+    let url = format!("file://{}/pieces", dir.path().display());
+    model("file", Config::from_url(&url).expect("url"), true).await;
+}
+
+/// The model on a real S3-compatible server: packs are objects of one create-only PUT per
+/// write group, the index lives in a local `IndexDir`, and the store is reopened now and then.
+async fn model_on_s3(kind: piecestore_tests::ServerKind, name: &str) {
+    let Some(server) = piecestore_tests::server(kind) else {
+        return;
+    };
+    let index = tempfile::tempdir().expect("tempdir");
+    let mut config = server.config(&piecestore_tests::unique_name(name), 2);
+    config
+        .set_option(
+            "IndexDir",
+            OptionValue::Str(index.path().display().to_string()),
+        )
+        .expect("IndexDir");
+    model(name, config, true).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn packed_s3s_fs_store_matches_the_model_while_gc_races_and_reopens() {
+    model_on_s3(piecestore_tests::ServerKind::S3sFs, "s3s-fs").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn packed_moto_store_matches_the_model_while_gc_races_and_reopens() {
+    model_on_s3(piecestore_tests::ServerKind::Moto, "moto").await;
 }
 
 /// A packed put (small piece) racing an object put (large piece) of one new key, with

@@ -1,5 +1,7 @@
-//! `pack-writer DIR SEED [--gc]`: writes pieces into the packed store at `DIR` from 32
-//! concurrent tasks until it is killed, for the crash test (`tests/pack_crash.rs`). Most pieces
+//! `pack-writer DIR SEED [--gc] [--url URL]`: writes pieces into the packed store at `DIR` (or,
+//! with `--url`, in the bucket at `URL` with its index in `DIR`; the keys in the environment
+//! variables `PACK_WRITER_ACCESS_KEY` and `PACK_WRITER_SECRET_KEY`) from 32 concurrent tasks
+//! until it is killed, for the crash test (`tests/pack_crash.rs`). Most pieces
 //! are small (packed); one in eight is large (an object of its own, recorded in the index).
 //! With `--gc`, a task also runs garbage collection (grace 0, garbage ratio 0.3) in a loop, so
 //! the kill also lands inside compactions.
@@ -52,9 +54,31 @@ pub fn piece_v(key: &str, version: u32) -> Vec<u8> {
     piecestore_tests::pseudo_random(len, h)
 }
 
-/// The store config both the writer and the checker use for `dir`.
-pub fn config(dir: &str) -> piecestore::Result<Config> {
-    let mut c = Config::from_url(&format!("file://{dir}"))?;
+/// A bucket the writer writes to: its URL and keys.
+#[derive(Clone)]
+pub struct Bucket {
+    /// `http://127.0.0.1:PORT/bucket`.
+    pub url: String,
+    /// Its access key.
+    pub access_key: String,
+    /// Its secret key.
+    pub secret_key: String,
+}
+
+/// The store config both the writer and the checker use: the directory `dir`, or `bucket`
+/// with its index in `dir`.
+pub fn config(dir: &str, bucket: Option<&Bucket>) -> piecestore::Result<Config> {
+    let mut c = match bucket {
+        None => Config::from_url(&format!("file://{dir}"))?,
+        Some(b) => {
+            let mut c = Config::from_url(&b.url)?;
+            c.store.access_key = piecestore::config::Secret::new(&b.access_key);
+            c.store.secret_key = piecestore::config::Secret::new(&b.secret_key);
+            c.store.max_retries = 2;
+            c.set_option("IndexDir", OptionValue::Str(dir.into()))?;
+            c
+        }
+    };
     c.set_option("Pack", OptionValue::Bool(true))?;
     c.set_option("PackThreshold", OptionValue::Int(16 << 10))?;
     c.set_option("PackTargetSize", OptionValue::Int(256 << 10))?;
@@ -136,8 +160,8 @@ async fn collect(store: PieceStore) -> Result<(), String> {
     }
 }
 
-async fn run(dir: String, seed: u64, gc: bool) -> Result<(), String> {
-    let cfg = config(&dir).map_err(|e| format!("config: {e}"))?;
+async fn run(dir: String, bucket: Option<Bucket>, seed: u64, gc: bool) -> Result<(), String> {
+    let cfg = config(&dir, bucket.as_ref()).map_err(|e| format!("config: {e}"))?;
     let store = PieceStore::open(cfg)
         .await
         .map_err(|e| format!("open {dir}: {e}"))?;
@@ -160,17 +184,29 @@ async fn run(dir: String, seed: u64, gc: bool) -> Result<(), String> {
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().collect();
     let (Some(dir), Some(seed)) = (args.get(1), args.get(2).and_then(|s| s.parse().ok())) else {
-        eprintln!("usage: pack-writer DIR SEED [--gc]");
+        eprintln!("usage: pack-writer DIR SEED [--gc] [--url URL]");
         return ExitCode::from(2);
     };
-    let gc = match args.get(3).map(String::as_str) {
-        None => false,
-        Some("--gc") => true,
-        Some(other) => {
-            eprintln!("pack-writer: unknown argument {other:?}");
-            return ExitCode::from(2);
+    let (mut gc, mut bucket) = (false, None);
+    let mut rest = args[3..].iter();
+    while let Some(arg) = rest.next() {
+        match (arg.as_str(), rest.as_slice().first()) {
+            ("--gc", _) => gc = true,
+            ("--url", Some(url)) => {
+                let key = |name: &str| std::env::var(name).unwrap_or_default();
+                bucket = Some(Bucket {
+                    url: url.clone(),
+                    access_key: key("PACK_WRITER_ACCESS_KEY"),
+                    secret_key: key("PACK_WRITER_SECRET_KEY"),
+                });
+                rest.next();
+            }
+            (other, _) => {
+                eprintln!("pack-writer: unknown argument {other:?}");
+                return ExitCode::from(2);
+            }
         }
-    };
+    }
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -182,7 +218,7 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    match rt.block_on(run(dir.clone(), seed, gc)) {
+    match rt.block_on(run(dir.clone(), bucket, seed, gc)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("pack-writer: {e}");

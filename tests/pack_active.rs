@@ -1,0 +1,553 @@
+//! The packed write and read paths as a user meets them: a lone put returns at once even with
+//! `MaxAge = 1h` (no timer on the critical path); puts in flight share writes (one append and
+//! `fdatasync` on a local directory, one PUT on a bucket); an active pack cut at every byte of
+//! its last record keeps every acknowledged piece and shows nothing half-written; an active
+//! pack file cut short while it was created is removed; packed reads from cached pack files
+//! survive compaction, and the cache stays within its bound.
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::TryStreamExt;
+use piecestore::config::OptionValue;
+use piecestore::pack::fsck::FsckOptions;
+use piecestore::pack::gc::GcOptions;
+use piecestore::{Config, ErrorKind, PieceStore};
+use piecestore_tests::{NoOk, Proxy, ProxyMode, ServerKind, pseudo_random, server};
+
+/// Pieces below this are packed in these tests.
+const THRESHOLD: i64 = 16 << 10;
+
+/// How many pack files the read cache keeps open per shard (`pack::handles`).
+const HANDLE_BOUND: usize = 64;
+
+fn bytes(len: usize, seed: u64) -> Bytes {
+    Bytes::from(pseudo_random(len, seed))
+}
+
+/// Packing on, with `MaxAge = 1h`: were a put to wait for the timer, it would wait an hour.
+fn packed(mut c: Config, target: i64) -> Config {
+    for (opt, v) in [
+        ("Pack", OptionValue::Bool(true)),
+        ("PackThreshold", OptionValue::Int(THRESHOLD)),
+        ("PackTargetSize", OptionValue::Int(target)),
+        ("PackMaxAge", OptionValue::Str("1h".into())),
+    ] {
+        c.set_option(opt, v).expect(opt);
+    }
+    c
+}
+
+fn file_config(dir: &Path, target: i64) -> Config {
+    packed(
+        Config::from_url(&format!("file://{}", dir.display())).expect("url"),
+        target,
+    )
+}
+
+/// A packed config on `kind` (one bucket of its own, reached through `proxy` when given, its
+/// index in `index_dir`); `None` when the server is not installed outside CI.
+fn s3_config(
+    kind: ServerKind,
+    name: &str,
+    index_dir: &Path,
+    proxy: bool,
+) -> Option<(Config, Option<Proxy>)> {
+    let s = server(kind)?;
+    let bucket = piecestore_tests::unique_name(name);
+    let mut c = packed(s.config(&bucket, 0), 64 << 20);
+    let proxy = proxy.then(|| Proxy::start(&s.endpoint, ProxyMode::PassThrough));
+    if let Some(p) = &proxy {
+        c.store.bucket_url = format!("{}/{bucket}", p.endpoint);
+    }
+    c.set_option(
+        "IndexDir",
+        OptionValue::Str(index_dir.display().to_string()),
+    )
+    .expect("IndexDir");
+    Some((c, proxy))
+}
+
+fn pack_files(dir: &Path) -> BTreeSet<PathBuf> {
+    std::fs::read_dir(dir.join(".piecestore/packs"))
+        .map(|d| {
+            d.filter_map(|e| e.ok())
+                .map(|e| e.path())
+                .filter(|p| p.extension().is_some_and(|x| x == "pack"))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+async fn listed(store: &PieceStore) -> BTreeSet<String> {
+    store
+        .list("")
+        .map_ok(|m| m.key)
+        .try_collect()
+        .await
+        .expect("list")
+}
+
+async fn fsck_clean(store: &PieceStore, when: &str) {
+    let report = store
+        .fsck(FsckOptions::default(), &|_| {})
+        .await
+        .unwrap_or_else(|e| panic!("{when}: fsck: {e}"));
+    assert!(
+        report.is_clean(),
+        "{when}: fsck found problems:\n{}",
+        piecestore_tests::fsck_problems(&report)
+    );
+}
+
+/// Write groups, records in them (summed over shards).
+fn pack_writes(store: &PieceStore) -> (u64, u64) {
+    let m = store.metrics();
+    assert!(
+        !m.pack_writes.is_empty(),
+        "a packed store reports its pack writes"
+    );
+    m.pack_writes
+        .iter()
+        .fold((0, 0), |(g, r), (_, w)| (g + w.groups, r + w.records))
+}
+
+/// A loop of puts, one at a time, on an idle store with `MaxAge = 1h`: each returns at once
+/// (the test's bound is an hour short of the timer), each is its own write, and each reads back.
+async fn lone_puts_return_without_a_timer(config: Config, what: &str) {
+    let store = PieceStore::open(config.clone()).await.expect("open");
+    let (g0, _) = pack_writes(&store);
+    let loop_of_puts = async {
+        for i in 0..20u64 {
+            store
+                .put(&format!("lone{i}"), bytes(4096, i))
+                .await
+                .unwrap_or_else(|e| panic!("{what}: put {i}: {e}"));
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(120), loop_of_puts)
+        .await
+        .unwrap_or_else(|_| panic!("{what}: 20 lone puts did not return: they wait for MaxAge"));
+    let (groups, records) = pack_writes(&store);
+    assert_eq!(
+        (groups - g0, records),
+        (20, 20),
+        "{what}: one write per lone put"
+    );
+    for i in 0..20u64 {
+        assert_eq!(
+            store.get(&format!("lone{i}")).await.expect("get"),
+            bytes(4096, i)
+        );
+    }
+    store.close().await;
+    drop(store);
+    // Durable: a new open finds them (a local store from its active pack).
+    let again = PieceStore::open(config).await.expect("reopen");
+    for i in 0..20u64 {
+        assert_eq!(
+            again.get(&format!("lone{i}")).await.expect("get"),
+            bytes(4096, i)
+        );
+    }
+    fsck_clean(&again, what).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lone_put_returns_without_waiting_for_max_age_on_a_directory() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    lone_puts_return_without_a_timer(file_config(dir.path(), 64 << 20), "file").await;
+    assert_eq!(
+        pack_files(dir.path()).len(),
+        1,
+        "every put appended to one active pack"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lone_put_returns_without_waiting_for_max_age_in_memory() {
+    let c = packed(Config::from_url("memory://").expect("url"), 64 << 20);
+    let store = PieceStore::open(c).await.expect("open");
+    let put = store.put("one", bytes(100, 1));
+    tokio::time::timeout(Duration::from_secs(60), put)
+        .await
+        .expect("a lone put waits for MaxAge")
+        .expect("put");
+    assert_eq!(store.get("one").await.expect("get"), bytes(100, 1));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lone_put_returns_without_waiting_for_max_age_on_s3s_fs() {
+    let idx = tempfile::tempdir().expect("tempdir");
+    if let Some((c, _)) = s3_config(ServerKind::S3sFs, "lone", idx.path(), false) {
+        lone_puts_return_without_a_timer(c, "s3s-fs").await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lone_put_returns_without_waiting_for_max_age_on_moto() {
+    let idx = tempfile::tempdir().expect("tempdir");
+    if let Some((c, _)) = s3_config(ServerKind::Moto, "lone", idx.path(), false) {
+        lone_puts_return_without_a_timer(c, "moto").await;
+    }
+}
+
+/// `n` puts started at once; all must succeed and read back.
+async fn puts_in_flight(store: &PieceStore, n: u64) {
+    let puts: Vec<_> = (0..n)
+        .map(|i| {
+            let store = store.clone();
+            tokio::spawn(async move { store.put(&format!("many{i}"), bytes(4096, i)).await })
+        })
+        .collect();
+    let all = async {
+        for (i, p) in puts.into_iter().enumerate() {
+            p.await
+                .expect("put task")
+                .unwrap_or_else(|e| panic!("put {i}: {e}"));
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(300), all)
+        .await
+        .expect("puts in flight did not return (waiting for MaxAge?)");
+    for i in 0..n {
+        assert_eq!(
+            store.get(&format!("many{i}")).await.expect("get"),
+            bytes(4096, i)
+        );
+    }
+}
+
+/// 512 puts in flight on a directory share appends: one pack file, and on average at least
+/// four pieces per append (and `fdatasync`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn puts_in_flight_share_appends_on_a_directory() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = PieceStore::open(file_config(dir.path(), 64 << 20))
+        .await
+        .expect("open");
+    puts_in_flight(&store, 512).await;
+    let (groups, records) = pack_writes(&store);
+    assert_eq!(records, 512);
+    assert!(
+        groups * 4 <= records,
+        "512 puts in flight took {groups} appends: they do not share writes"
+    );
+    assert_eq!(pack_files(dir.path()).len(), 1);
+    eprintln!("512 puts in flight: {groups} appends");
+}
+
+/// 256 puts in flight on a bucket share PUTs: counted by a proxy in front of the server, on
+/// average at least four pieces per pack PUT, and the metrics say the same number of writes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn puts_in_flight_share_pack_puts_on_s3s_fs() {
+    let idx = tempfile::tempdir().expect("tempdir");
+    let Some((c, Some(proxy))) = s3_config(ServerKind::S3sFs, "shared", idx.path(), true) else {
+        return;
+    };
+    let store = PieceStore::open(c).await.expect("open");
+    puts_in_flight(&store, 256).await;
+    let pack_puts = proxy
+        .seen()
+        .iter()
+        .filter(|r| r.method == "PUT" && r.target.contains(".piecestore/packs/"))
+        .count() as u64;
+    let (groups, records) = pack_writes(&store);
+    assert_eq!(records, 256);
+    assert_eq!(groups, pack_puts, "one PUT per write group");
+    assert!(
+        pack_puts * 4 <= 256,
+        "256 puts in flight took {pack_puts} pack PUTs: they do not share writes"
+    );
+    eprintln!("256 puts in flight: {pack_puts} pack PUTs");
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).expect("mkdir");
+    for e in std::fs::read_dir(from).expect("read_dir") {
+        let e = e.expect("entry");
+        let target = to.join(e.file_name());
+        if e.file_type().expect("type").is_dir() {
+            copy_dir(&e.path(), &target);
+        } else {
+            std::fs::copy(e.path(), &target).expect("copy");
+        }
+    }
+}
+
+/// The state a crash can leave: the index as it was durable before the last put, and the
+/// active pack cut anywhere inside that put's record (its append was not made durable, so it
+/// was never acknowledged). Every cut, at every byte: the earlier pieces read back, the last
+/// one is absent unless its record is whole, nothing else is listed, fsck is clean, the torn
+/// tail is cut off, and the store goes on appending where the whole records end.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_active_pack_cut_at_every_byte_of_its_last_record() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let live = tmp.path().join("live");
+    let config = |d: &Path| file_config(d, 64 << 20);
+    let earlier: Vec<(String, Bytes)> = (0..5u64)
+        .map(|i| (format!("k{i}"), bytes(50 + 40 * i as usize, i)))
+        .collect();
+    let store = PieceStore::open(config(&live)).await.expect("open");
+    for (k, v) in &earlier {
+        store.put(k, v.clone()).await.expect("put");
+    }
+    store.close().await;
+    drop(store);
+    let before = tmp.path().join("before");
+    copy_dir(&live, &before);
+    let packs = pack_files(&live);
+    assert_eq!(packs.len(), 1, "one active pack");
+    let pack = packs.into_iter().next().expect("a pack");
+    let pack_name = pack.file_name().expect("name").to_owned();
+    let whole_before = std::fs::metadata(&pack).expect("pack").len();
+
+    let store = PieceStore::open(config(&live)).await.expect("open");
+    let last = bytes(100, 99);
+    store.put("last", last.clone()).await.expect("put last");
+    store.close().await;
+    drop(store);
+    let full = std::fs::read(&pack).expect("pack");
+    let whole_after = full.len() as u64;
+    assert!(
+        whole_after > whole_before + 100,
+        "the last record was appended"
+    );
+    assert_eq!(
+        full[..whole_before as usize],
+        std::fs::read(before.join(".piecestore/packs").join(&pack_name)).expect("pack")[..],
+        "appends never rewrite earlier bytes"
+    );
+
+    for cut in whole_before..=whole_after {
+        let what = format!("cut at {cut} of {whole_before}..={whole_after}");
+        let d = tmp.path().join(format!("cut{cut}"));
+        copy_dir(&before, &d);
+        std::fs::write(
+            d.join(".piecestore/packs").join(&pack_name),
+            &full[..cut as usize],
+        )
+        .expect("write the cut pack");
+        let store = PieceStore::open(config(&d))
+            .await
+            .unwrap_or_else(|e| panic!("{what}: open: {e}"));
+        let whole = cut == whole_after;
+        for (k, v) in &earlier {
+            let got = store
+                .get(k)
+                .await
+                .unwrap_or_else(|e| panic!("{what}: get {k}: {e}"));
+            assert_eq!(&got, v, "{what}: {k}");
+        }
+        let mut want: BTreeSet<String> = earlier.iter().map(|(k, _)| k.clone()).collect();
+        if whole {
+            assert_eq!(store.get("last").await.expect("get last"), last, "{what}");
+            want.insert("last".into());
+        } else {
+            assert_eq!(
+                store.get("last").await.no_ok().kind(),
+                ErrorKind::NotFound,
+                "{what}: a record cut short is visible"
+            );
+        }
+        assert_eq!(listed(&store).await, want, "{what}");
+        fsck_clean(&store, &what).await;
+        let cut_to = std::fs::metadata(d.join(".piecestore/packs").join(&pack_name))
+            .expect("pack")
+            .len();
+        assert_eq!(
+            cut_to,
+            if whole { whole_after } else { whole_before },
+            "{what}: the torn tail is cut off"
+        );
+        // Appends go on after the whole records, and survive another open.
+        store.put("after", bytes(64, 7)).await.expect("put after");
+        store.close().await;
+        drop(store);
+        let again = PieceStore::open(config(&d)).await.expect("reopen");
+        assert_eq!(
+            again.get("after").await.expect("get after"),
+            bytes(64, 7),
+            "{what}"
+        );
+        want.insert("after".into());
+        assert_eq!(listed(&again).await, want, "{what}: after a reopen");
+        again.close().await;
+        drop(again);
+        std::fs::remove_dir_all(&d).expect("cleanup");
+    }
+}
+
+/// A pack file a crash cut short while it was created (empty, or part of the pack header:
+/// nothing was ever appended) is removed when the store opens; nothing else changes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pack_file_cut_short_at_creation_is_removed() {
+    for len in [0usize, 3, 7] {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = PieceStore::open(file_config(dir.path(), 64 << 20))
+            .await
+            .expect("open");
+        store.put("kept", bytes(200, 1)).await.expect("put");
+        store.close().await;
+        drop(store);
+        let torn = dir
+            .path()
+            .join(".piecestore/packs/0000000000000000000000000000ffff.pack");
+        std::fs::write(&torn, &piecestore::pack::format::PACK_MAGIC[..len]).expect("torn pack");
+        let store = PieceStore::open(file_config(dir.path(), 64 << 20))
+            .await
+            .expect("open");
+        assert_eq!(store.get("kept").await.expect("get"), bytes(200, 1));
+        assert!(!torn.exists(), "a {len}-byte pack file is left");
+        fsck_clean(&store, &format!("a {len}-byte pack file")).await;
+    }
+}
+
+/// Open files under `dir` held by this process: (all, those whose file was deleted).
+fn open_files_under(dir: &Path) -> (usize, usize) {
+    let dir = dir.canonicalize().expect("canonical");
+    let mut open = (0, 0);
+    for e in std::fs::read_dir("/proc/self/fd")
+        .expect("/proc/self/fd")
+        .flatten()
+    {
+        let Ok(target) = std::fs::read_link(e.path()) else {
+            continue;
+        };
+        if target.starts_with(&dir) {
+            open.0 += 1;
+            if target.to_string_lossy().ends_with(" (deleted)") {
+                open.1 += 1;
+            }
+        }
+    }
+    open
+}
+
+/// Readers go on while gc compacts and deletes the packs their cached handles point at: every
+/// read returns the right bytes (a read re-resolves through the index). Afterwards no handle
+/// to a deleted pack is left open (their space is freed).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn packed_reads_from_cached_handles_survive_compaction() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = PieceStore::open(file_config(dir.path(), THRESHOLD))
+        .await
+        .expect("open");
+    let pieces: Vec<(String, Bytes)> = (0..240u64)
+        .map(|i| (format!("c{i}"), bytes(1000 + (i as usize * 37) % 3000, i)))
+        .collect();
+    for (k, v) in &pieces {
+        store.put(k, v.clone()).await.expect("put");
+    }
+    let sealed = pack_files(dir.path()).len();
+    assert!(sealed > 10, "{sealed} packs: want many sealed ones");
+    // Every pack read once, so its handle is cached.
+    for (k, v) in &pieces {
+        assert_eq!(&store.get(k).await.expect("get"), v);
+    }
+    let (kept, dropped): (Vec<_>, Vec<_>) = pieces.iter().partition(|(k, _)| {
+        k.trim_start_matches('c')
+            .parse::<u64>()
+            .is_ok_and(|i| i % 5 == 0)
+    });
+    for (k, _) in &dropped {
+        store.delete(k).await.expect("delete");
+    }
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let readers: Vec<_> = (0..2)
+        .map(|r| {
+            let (store, stop) = (store.clone(), stop.clone());
+            let kept: Vec<(String, Bytes)> =
+                kept.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+            tokio::spawn(async move {
+                let mut reads = 0u64;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    for (k, v) in kept.iter().skip(r) {
+                        let got = store
+                            .get(k)
+                            .await
+                            .unwrap_or_else(|e| panic!("get {k} during gc: {e}"));
+                        assert_eq!(&got, v, "{k} during gc");
+                        reads += 1;
+                    }
+                }
+                reads
+            })
+        })
+        .collect();
+    let report = store
+        .gc(
+            GcOptions {
+                grace: Some(Duration::ZERO),
+                garbage_ratio: Some(0.5),
+                dry_run: false,
+            },
+            &|_| {},
+        )
+        .await
+        .expect("gc");
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let mut reads = 0;
+    for r in readers {
+        reads += r.await.expect("reader");
+    }
+    assert!(
+        report.packs_compacted > 5 && report.packs_deleted == report.packs_compacted,
+        "{report:?}"
+    );
+    assert!(reads > 0, "the readers read nothing while gc ran");
+    for (k, v) in &kept {
+        assert_eq!(&store.get(k).await.expect("get after gc"), v);
+    }
+    let (open, deleted) = open_files_under(&dir.path().join(".piecestore/packs"));
+    assert_eq!(
+        deleted, 0,
+        "handles of deleted packs are kept open ({open} open)"
+    );
+    fsck_clean(&store, "after gc").await;
+}
+
+/// Reading from far more packs than the cache holds never keeps more than its bound of pack
+/// files open (plus the active pack being appended to), and does keep some.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_pack_handle_cache_stays_within_its_bound() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = PieceStore::open(file_config(dir.path(), THRESHOLD))
+        .await
+        .expect("open");
+    for i in 0..400u64 {
+        store
+            .put(&format!("h{i}"), bytes(6000, i))
+            .await
+            .expect("put");
+    }
+    let packs = pack_files(dir.path()).len();
+    assert!(
+        packs > 2 * HANDLE_BOUND,
+        "{packs} packs: want more than twice the bound"
+    );
+    let packs_dir = dir.path().join(".piecestore/packs");
+    let mut most = 0;
+    for round in 0..2 {
+        for i in 0..400u64 {
+            assert_eq!(
+                store.get(&format!("h{i}")).await.expect("get"),
+                bytes(6000, i)
+            );
+            if i % 25 == 0 {
+                let (open, _) = open_files_under(&packs_dir);
+                assert!(
+                    open <= HANDLE_BOUND + 1,
+                    "round {round}: {open} pack files open, over the bound {HANDLE_BOUND} (+1 active)"
+                );
+                most = most.max(open);
+            }
+        }
+    }
+    assert!(
+        most > HANDLE_BOUND / 2,
+        "the cache kept at most {most} files open"
+    );
+}
