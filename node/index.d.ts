@@ -292,7 +292,7 @@ export interface StoreOptions {
   pack?: boolean
   /** Pieces smaller than this are packed (bytes or `"512KiB"`; default 1 MiB). */
   packThreshold?: number | string
-  /** A pack is written at this size (default 64 MiB). */
+  /** A pack is closed at this size (default 64 MiB). */
   packTargetSize?: number | string
   /** Accepted for configs of earlier versions; puts no longer wait for a timer (no effect). */
   packMaxAge?: number | string

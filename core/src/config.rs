@@ -466,9 +466,10 @@ impl Default for BackendOptions {
 
 /// Small-piece packing and its garbage collection: `[PieceStore.Pack]`.
 ///
-/// Pieces smaller than `Threshold` are appended to an open pack per shard, written as one
-/// object when it reaches `TargetSize` or `MaxAge`; the pack index (SQLite) says where each piece
-/// is. `piecestore gc` compacts packs whose garbage passes `GarbageRatio` and merges
+/// Pieces smaller than `Threshold` are written in groups, as puts arrive (group commit, no
+/// timer): on a local directory appended to the shard's active pack file, sealed at
+/// `TargetSize`; on a bucket one pack object per group. The pack index (SQLite) says where each
+/// piece is. `piecestore gc` compacts packs whose garbage passes `GarbageRatio` and merges
 /// undersized ones. See `docs/pack-format.md`.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -481,7 +482,8 @@ pub struct PackOptions {
     /// Default 1 MiB. Takes a number of bytes or text such as `"512KiB"`.
     #[serde(rename = "Threshold", default = "d_1mib", deserialize_with = "de_size")]
     pub threshold: u64,
-    /// A pack is written once it holds this many bytes. Default 64 MiB.
+    /// A pack is closed once it holds this many bytes (a local active pack is sealed, a
+    /// bucket's write group is put). Default 64 MiB.
     #[serde(
         rename = "TargetSize",
         default = "d_64mib",

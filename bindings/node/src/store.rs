@@ -91,7 +91,7 @@ pub struct StoreOptions {
     /// Pieces smaller than this are packed (bytes or `"512KiB"`; default 1 MiB).
     #[napi(ts_type = "number | string")]
     pub pack_threshold: Option<String>,
-    /// A pack is written at this size (default 64 MiB).
+    /// A pack is closed at this size (default 64 MiB).
     #[napi(ts_type = "number | string")]
     pub pack_target_size: Option<String>,
     /// Accepted for configs of earlier versions; puts no longer wait for a timer (no effect).
