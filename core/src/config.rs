@@ -1284,7 +1284,7 @@ impl Config {
             if url.contains("%d") && !self.literal_bucket_url {
                 return Err(Error::config(format!(
                     "BucketURL {:?} contains %d but Shards is {}: set Shards to the number of buckets",
-                    crate::backend::redact_url(url),
+                    crate::error::redact_url(url),
                     self.shards
                 )));
             }
@@ -1293,7 +1293,7 @@ impl Config {
         if url.matches("%d").count() != 1 {
             return Err(Error::config(format!(
                 "BucketURL {:?} must contain %d exactly once when Shards is {}",
-                crate::backend::redact_url(url),
+                crate::error::redact_url(url),
                 self.shards
             )));
         }

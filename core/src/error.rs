@@ -260,6 +260,22 @@ impl fmt::Debug for Redactor {
     }
 }
 
+/// Removes userinfo and the query from a URL for display.
+pub fn redact_url(url: &str) -> String {
+    let no_query = url.split('?').next().unwrap_or("");
+    match no_query.split_once("://") {
+        Some((scheme, rest)) => {
+            let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+            let host = authority
+                .rsplit_once('@')
+                .map(|(_, h)| h)
+                .unwrap_or(authority);
+            format!("{scheme}://{host}{path}")
+        }
+        None => no_query.to_string(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

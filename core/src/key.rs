@@ -32,7 +32,8 @@ use crate::error::{Error, Result};
 /// The longest key, in bytes.
 pub const MAX_KEY_LEN: usize = 1024;
 
-/// The prefix PieceStore reserves for its own objects (probes, later packs and indexes).
+/// The prefix PieceStore reserves for its own objects (probes, packs, the index of a local
+/// directory, the contents token, the layout marker).
 pub const RESERVED_PREFIX: &str = ".piecestore/";
 
 /// Checks `key` against the key rules (see the module docs).

@@ -25,6 +25,7 @@ pub mod key;
 pub mod migrate;
 pub mod pack;
 pub mod profile;
+mod reserved;
 pub mod runtime;
 pub mod shard;
 mod store;

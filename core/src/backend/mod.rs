@@ -23,11 +23,13 @@ use tokio::sync::OnceCell;
 
 use self::local::FileFormat;
 use self::s3::Diagnosis;
-pub use self::url::{Location, S3Location, redact_url};
+pub use self::url::{Location, S3Location};
 use crate::checksum;
 use crate::config::{BackendOptions, ConditionalWrites, Layout, StorageKind, StoreConfig};
+pub use crate::error::redact_url;
 use crate::error::{Error, Redactor, Result};
 use crate::key::RESERVED_PREFIX;
+use crate::reserved::{INDEX_FILE, TOKEN_FILE};
 
 /// What a piece's metadata says: its size and, if it carries one, its checksum.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -402,7 +404,8 @@ impl Backend {
         }
     }
 
-    async fn honours_create(&self) -> bool {
+    /// Whether a create-only put (`If-None-Match: *`) is honoured here (probed once on S3).
+    pub(crate) async fn honours_create(&self) -> bool {
         match self.conditional {
             ConditionalWrites::On => true,
             ConditionalWrites::Off => false,
@@ -849,180 +852,91 @@ impl Backend {
     }
 }
 
-/// The pack index of a local-directory shard (with its `-wal`, `-shm` and `.lock` files).
-pub(crate) const INDEX_FILE: &str = ".piecestore/index.sqlite";
-
-/// Where a shard keeps its packs.
-pub(crate) const PACKS_PREFIX: &str = ".piecestore/packs/";
-
-/// The token that names a packed shard's contents (see [`Backend::contents_token`]).
-const TOKEN_FILE: &str = ".piecestore/index-token";
-
+/// Plain operations on PieceStore's own objects (`path` from the shard's root, under
+/// `.piecestore/`): no piece checksum, no key rules. The pack layer builds its pack and token
+/// I/O on them (`pack/io.rs`).
 impl Backend {
-    fn pack_path(id: crate::pack::index::PackId) -> Path {
-        Path::from(format!(
-            "{PACKS_PREFIX}{}",
-            crate::pack::index::pack_name(id)
-        ))
-    }
-
-    fn pack_err(
+    /// Writes an object whole; `create`: create-only (`If-None-Match: *`), so that `Ok(false)`
+    /// says it existed already. Durable when it returns (files: data and directory fsync'd).
+    pub(crate) async fn put_reserved(
         &self,
-        op: &'static str,
-        id: crate::pack::index::PackId,
-        e: object_store::Error,
-    ) -> Error {
-        let name = format!("{PACKS_PREFIX}{}", crate::pack::index::pack_name(id));
-        self.map_err(op, Some(&name), e)
-    }
-
-    /// Writes a sealed pack, create-only where the backend honours it (pack ids are unique,
-    /// so a conflict means a bug, never a piece to overwrite). Durable when it returns (files:
-    /// data and directory fsync'd).
-    pub(crate) async fn put_pack(
-        &self,
-        id: crate::pack::index::PackId,
-        payload: impl Into<PutPayload>,
-    ) -> Result<()> {
-        let mode = if self.honours_create().await {
-            PutMode::Create
-        } else {
-            PutMode::Overwrite
-        };
+        path: &str,
+        payload: PutPayload,
+        create: bool,
+    ) -> Result<bool> {
         let opts = PutOptions {
-            mode,
+            mode: if create {
+                PutMode::Create
+            } else {
+                PutMode::Overwrite
+            },
             ..Default::default()
         };
-        self.store
-            .put_opts(&Self::pack_path(id), payload.into(), opts)
-            .await
-            .map(|_| ())
-            .map_err(|e| self.pack_err("put", id, e))
+        match self.store.put_opts(&Path::from(path), payload, opts).await {
+            Ok(_) => Ok(true),
+            Err(
+                object_store::Error::AlreadyExists { .. }
+                | object_store::Error::Precondition { .. },
+            ) if create => Ok(false),
+            Err(e) => Err(self.map_err("put", Some(path), e)),
+        }
     }
 
-    /// Reads `range` of a pack (one ranged GET). `NotFound` names the pack.
-    pub(crate) async fn read_pack_range(
+    /// Reads an object whole. A missing one is `NotFound` naming `path`.
+    pub(crate) async fn get_reserved(&self, path: &str) -> Result<Bytes> {
+        let r = self
+            .store
+            .get_opts(&Path::from(path), GetOptions::default())
+            .await
+            .map_err(|e| self.map_err("get", Some(path), e))?;
+        r.bytes()
+            .await
+            .map_err(|e| self.map_err("get", Some(path), e))
+    }
+
+    /// Reads `range` of an object (one ranged GET).
+    pub(crate) async fn get_reserved_range(
         &self,
-        id: crate::pack::index::PackId,
+        path: &str,
         range: std::ops::Range<u64>,
     ) -> Result<Bytes> {
         if range.is_empty() {
             return Ok(Bytes::new());
         }
         self.store
-            .get_range(&Self::pack_path(id), range)
+            .get_range(&Path::from(path), range)
             .await
-            .map_err(|e| self.pack_err("get", id, e))
+            .map_err(|e| self.map_err("get", Some(path), e))
     }
 
-    /// A pack's size in bytes.
-    pub(crate) async fn pack_size(&self, id: crate::pack::index::PackId) -> Result<u64> {
+    /// An object's size in bytes.
+    pub(crate) async fn head_reserved(&self, path: &str) -> Result<u64> {
         self.store
-            .head(&Self::pack_path(id))
+            .head(&Path::from(path))
             .await
             .map(|m| m.size)
-            .map_err(|e| self.pack_err("head", id, e))
+            .map_err(|e| self.map_err("head", Some(path), e))
     }
 
-    /// Reads a whole pack.
-    pub(crate) async fn read_pack(&self, id: crate::pack::index::PackId) -> Result<Bytes> {
-        let r = self
-            .store
-            .get_opts(&Self::pack_path(id), GetOptions::default())
-            .await
-            .map_err(|e| self.pack_err("get", id, e))?;
-        r.bytes().await.map_err(|e| self.pack_err("get", id, e))
-    }
-
-    /// Deletes a pack; a missing one is success.
-    pub(crate) async fn delete_pack(&self, id: crate::pack::index::PackId) -> Result<()> {
-        match self.store.delete(&Self::pack_path(id)).await {
+    /// Deletes an object; a missing one is success.
+    pub(crate) async fn delete_reserved(&self, path: &str) -> Result<()> {
+        match self.store.delete(&Path::from(path)).await {
             Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
-            Err(e) => Err(self.pack_err("delete", id, e)),
+            Err(e) => Err(self.map_err("delete", Some(path), e)),
         }
     }
 
-    /// Every pack object of this shard: `(id, size)`, by id. Other objects under the packs
-    /// prefix (a local write's staging file) are left out.
-    pub(crate) async fn list_packs(&self) -> Result<Vec<(crate::pack::index::PackId, u64)>> {
-        let dir = Path::from(PACKS_PREFIX.trim_end_matches('/'));
-        let mut out: Vec<_> = self
-            .store
+    /// The objects under `prefix` (a directory, ending in `/`): `(path, size)`, in the
+    /// backend's order.
+    pub(crate) fn list_reserved(&self, prefix: &str) -> BoxStream<'_, Result<(String, u64)>> {
+        let dir = Path::from(prefix.trim_end_matches('/'));
+        self.store
             .list(Some(&dir))
-            .map_err(|e| self.map_err("list", None, e))
-            .try_filter_map(|m| {
-                let name = m.location.filename().unwrap_or_default().to_string();
-                futures::future::ready(Ok(
-                    crate::pack::index::parse_pack_name(&name).map(|id| (id, m.size))
-                ))
+            .map(move |r| {
+                r.map(|m| (m.location.to_string(), m.size))
+                    .map_err(|e| self.map_err("list", None, e))
             })
-            .try_collect()
-            .await?;
-        out.sort_unstable();
-        Ok(out)
-    }
-
-    /// The random token that names this shard's contents (`.piecestore/index-token`, made on
-    /// first use): an index made for other contents (a bucket wiped or recreated since) is
-    /// recognised by its different token.
-    pub(crate) async fn contents_token(&self) -> Result<u64> {
-        let path = Path::from(TOKEN_FILE);
-        for _ in 0..3 {
-            match self.store.get(&path).await {
-                Ok(r) => {
-                    let b = r.bytes().await.map_err(|e| self.map_err("get", None, e))?;
-                    let text = String::from_utf8_lossy(&b);
-                    return u64::from_str_radix(text.trim(), 16).map_err(|_| {
-                        self.corrupt(".piecestore/index-token", "not a hex token".into())
-                    });
-                }
-                Err(object_store::Error::NotFound { .. }) => {
-                    let token = (crate::pack::new_pack_id() as u64) | 1;
-                    let opts = PutOptions {
-                        mode: PutMode::Create,
-                        ..Default::default()
-                    };
-                    let body = PutPayload::from(format!("{token:016x}\n").into_bytes());
-                    match self.store.put_opts(&path, body, opts).await {
-                        Ok(_) => return Ok(token),
-                        Err(
-                            object_store::Error::AlreadyExists { .. }
-                            | object_store::Error::Precondition { .. },
-                        ) => continue,
-                        Err(e) => return Err(self.map_err("put", None, e)),
-                    }
-                }
-                Err(e) => return Err(self.map_err("get", None, e)),
-            }
-        }
-        Err(self.corrupt(".piecestore/index-token", "keeps changing".into()))
-    }
-
-    /// Whether this shard holds packs, and whether it holds a pack index token (a packed store
-    /// opened it), from one listing of `.piecestore/` that stops at the first pack.
-    pub(crate) async fn packed_marks(&self) -> Result<(bool, bool)> {
-        let dir = Path::from(RESERVED_PREFIX.trim_end_matches('/'));
-        let mut listing = self.store.list(Some(&dir));
-        let mut token = false;
-        while let Some(m) = listing.next().await {
-            let m = m.map_err(|e| self.map_err("list", None, e))?;
-            let name = m.location.as_ref();
-            if let Some(file) = name.strip_prefix(PACKS_PREFIX)
-                && crate::pack::index::parse_pack_name(file).is_some()
-            {
-                return Ok((true, token));
-            }
-            token |= name == TOKEN_FILE;
-        }
-        Ok((false, token))
-    }
-
-    /// Deletes the pack index token (see [`Backend::contents_token`]).
-    pub(crate) async fn forget_contents_token(&self) -> Result<()> {
-        match self.store.delete(&Path::from(TOKEN_FILE)).await {
-            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
-            Err(e) => Err(self.map_err("delete", None, e)),
-        }
+            .boxed()
     }
 
     /// The directory of a local-file shard.
@@ -1097,9 +1011,7 @@ impl Backend {
                 async move {
                     let key = m.location.to_string();
                     let size = m.size;
-                    if let Some(name) = key.strip_prefix(PACKS_PREFIX)
-                        && crate::pack::index::parse_pack_name(name).is_some()
-                    {
+                    if crate::reserved::is_pack_path(&key) {
                         return Ok(Listed::Pack);
                     }
                     if key.starts_with(INDEX_FILE)

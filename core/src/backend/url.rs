@@ -14,7 +14,7 @@
 use std::path::PathBuf;
 
 use crate::config::StorageKind;
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, redact_url};
 
 /// Where one store lives, resolved from its URL.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -64,22 +64,6 @@ impl Location {
                 }
             }
         }
-    }
-}
-
-/// Removes userinfo and the query from a URL for display.
-pub fn redact_url(url: &str) -> String {
-    let no_query = url.split('?').next().unwrap_or("");
-    match no_query.split_once("://") {
-        Some((scheme, rest)) => {
-            let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
-            let host = authority
-                .rsplit_once('@')
-                .map(|(_, h)| h)
-                .unwrap_or(authority);
-            format!("{scheme}://{host}{path}")
-        }
-        None => no_query.to_string(),
     }
 }
 

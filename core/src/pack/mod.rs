@@ -30,6 +30,7 @@ pub mod fsck;
 pub mod gc;
 mod handles;
 pub mod index;
+mod io;
 mod recovery;
 mod writer;
 

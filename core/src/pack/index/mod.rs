@@ -15,27 +15,7 @@ use std::path::{Path, PathBuf};
 
 use crate::error::Result;
 
-/// A pack's id: 48 bits of milliseconds since the Unix epoch, then 80 bits that make it unique,
-/// so ids sort by the time the pack was opened.
-pub type PackId = u128;
-
-/// The object name of a pack, under the shard's `.piecestore/packs/`.
-pub fn pack_name(id: PackId) -> String {
-    format!("{id:032x}.pack")
-}
-
-/// The pack id in an object name made by [`pack_name`].
-pub fn parse_pack_name(name: &str) -> Option<PackId> {
-    let hex = name.strip_suffix(".pack")?;
-    (hex.len() == 32)
-        .then(|| u128::from_str_radix(hex, 16).ok())
-        .flatten()
-}
-
-/// When a pack was opened, in milliseconds since the Unix epoch.
-pub fn pack_millis(id: PackId) -> u64 {
-    (id >> 80) as u64
-}
+pub use crate::reserved::{PackId, pack_millis, pack_name, parse_pack_name};
 
 /// Where a packed piece's bytes are.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -509,13 +489,5 @@ mod tests {
             .unwrap(),
             vec![true, false]
         );
-    }
-
-    #[test]
-    fn pack_names_round_trip() {
-        let id: PackId = (1_700_000_000_000u128 << 80) | 12345;
-        assert_eq!(parse_pack_name(&pack_name(id)), Some(id));
-        assert_eq!(pack_millis(id), 1_700_000_000_000);
-        assert_eq!(parse_pack_name("nope.pack"), None);
     }
 }
