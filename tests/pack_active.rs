@@ -551,3 +551,60 @@ async fn the_pack_handle_cache_stays_within_its_bound() {
         "the cache kept at most {most} files open"
     );
 }
+
+/// A put whose caller is dropped while its pack's PUT is in flight (the caller led the write
+/// group, so the PUT runs in its task): the write goes on by itself, its group ends (the piece
+/// is there and indexed), and the next puts are not left waiting for a writer that is gone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_put_dropped_during_its_pack_put_still_ends_its_group_on_s3s_fs() {
+    let idx = tempfile::tempdir().expect("tempdir");
+    let Some((c, _)) = s3_config(ServerKind::S3sFs, "dropped", idx.path(), false) else {
+        return;
+    };
+    let store = PieceStore::open(c.clone()).await.expect("open");
+    store.put("warm", bytes(10, 0)).await.expect("first put");
+    let mut dropped = 0;
+    for i in 0..20u64 {
+        // `timeout` polls the put once (which starts the PUT and waits for its answer), then
+        // drops it: the deadline has passed.
+        let key = format!("dropped{i}");
+        let put = store.put(&key, bytes(4096, i));
+        if tokio::time::timeout(Duration::ZERO, put).await.is_err() {
+            dropped += 1;
+        }
+    }
+    assert!(
+        dropped >= 15,
+        "only {dropped} of 20 puts were dropped in flight"
+    );
+    let next = async {
+        for i in 0..5u64 {
+            store
+                .put(&format!("after{i}"), bytes(4096, 100 + i))
+                .await
+                .expect("a put after the dropped ones");
+        }
+        store.flush().await.expect("flush");
+    };
+    tokio::time::timeout(Duration::from_secs(60), next)
+        .await
+        .expect("puts after dropped ones hang: a dropped leader left its group unfinished");
+    let expect = |store: PieceStore| async move {
+        for i in 0..20u64 {
+            assert_eq!(
+                store
+                    .get(&format!("dropped{i}"))
+                    .await
+                    .expect("dropped put's piece"),
+                bytes(4096, i),
+                "dropped{i}"
+            );
+        }
+        store
+    };
+    let store = expect(store).await;
+    fsck_clean(&store, "after dropped puts").await;
+    store.close().await;
+    let store = expect(PieceStore::open(c).await.expect("reopen")).await;
+    store.close().await;
+}

@@ -217,11 +217,20 @@ async fn check_list(
     oracle: &HashMap<String, Bytes>,
     touched: &HashSet<String>,
 ) -> Result<(), String> {
-    let metas: Vec<piecestore::PieceMeta> = store
-        .list(prefix)
-        .try_collect()
-        .await
-        .map_err(|e| format!("list {prefix:?}: {e}"))?;
+    // s3s-fs walks its directories to list, and a file that gc deletes during the walk makes
+    // it answer 500 (its listing is not atomic with deletes); object_store retries twice here.
+    // A server error is the server's, not a wrong answer: the list is tried again, a few times.
+    let mut attempt = 0;
+    let metas: Vec<piecestore::PieceMeta> = loop {
+        match store.list(prefix).try_collect().await {
+            Ok(m) => break m,
+            Err(e) if e.is_retryable() && attempt < 5 => {
+                attempt += 1;
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
+            Err(e) => return Err(format!("list {prefix:?}: {e}")),
+        }
+    };
     let mut got = BTreeSet::new();
     for m in metas {
         if !got.insert(m.key.clone()) {

@@ -236,12 +236,12 @@ impl ShardPacker {
         }
     }
 
-    /// Appends a record to the forming group (starting the writer if it is idle); with
+    /// Appends a record to the forming group (making the caller its leader, who then calls
+    /// [`ShardPacker::lead`], when the writer is idle); with
     /// `holder`, the key is held until the group is indexed. Returns the group's outcome.
     fn enqueue(
         self: &Arc<Self>,
         st: &mut State,
-        backend: &Arc<Backend>,
         record: Record<'_>,
         extra: Vec<Change>,
         holder: Option<Holder>,
@@ -292,13 +292,9 @@ impl ShardPacker {
             );
         }
         if !st.writing {
+            // The caller writes this group itself ([`ShardPacker::lead`]).
             st.writing = true;
-            if self.handles.is_some() {
-                // A local store's caller writes this group itself ([`ShardPacker::lead`]).
-                st.leader = true;
-            } else {
-                self.spawn_writer(backend);
-            }
+            st.leader = true;
         }
         rx
     }
@@ -318,7 +314,7 @@ impl ShardPacker {
         } else {
             tokio::spawn(async move {
                 let _task = task;
-                me.run_writer(backend).await
+                me.run_writer(backend, false).await
             });
         }
     }
@@ -365,18 +361,32 @@ impl ShardPacker {
         }
     }
 
-    /// Writes the group a caller started on an idle local writer, on the caller's own thread
-    /// (group commit's leader: a lone put costs one append, one `fdatasync` and one commit,
-    /// and no hand-off to another thread), then hands whatever groups formed meanwhile to a
-    /// writer task. Synchronous, so a caller cancelled afterwards cannot leave a group
-    /// unwritten; when the locks it needs are taken, everything goes to the writer task.
-    fn lead(self: &Arc<Self>, backend: &Arc<Backend>) {
+    /// Writes the group a caller started on an idle writer in the caller's own task (group
+    /// commit's leader: a lone put costs one write and one commit, and no hand-off to another
+    /// thread), then hands whatever groups formed meanwhile to a writer task.
+    ///
+    /// On a local directory the append is synchronous (no await point), so a caller cancelled
+    /// afterwards cannot leave a group unwritten; when the locks it needs are taken,
+    /// everything goes to the writer task. On a bucket the PUT is awaited in the caller's task
+    /// inside a [`Detach`], which, should the caller be dropped, lets it finish in a task of
+    /// its own.
+    async fn lead(self: &Arc<Self>, backend: &Arc<Backend>) {
         {
             let mut st = self.lock();
             if !st.leader {
                 return; // no group waits for a leader (or another caller took it)
             }
             st.leader = false;
+        }
+        if self.handles.is_none() {
+            let me = Arc::clone(self);
+            let backend = Arc::clone(backend);
+            let task = self.tasks.enter();
+            return Detach(Some(Box::pin(async move {
+                let _task = task;
+                me.run_writer(backend, true).await
+            })))
+            .await;
         }
         let inline = (|| {
             let index = self.index_now()?;
@@ -439,10 +449,23 @@ impl ShardPacker {
     }
 
     /// A bucket's writer: writes groups one after another (each one pack object) until none
-    /// is left.
-    async fn run_writer(self: Arc<Self>, backend: Arc<Backend>) {
+    /// is left; as a caller's leader (`leader`), only the first, and then hands the groups
+    /// that formed meanwhile to a writer task.
+    async fn run_writer(self: Arc<Self>, backend: Arc<Backend>, leader: bool) {
         let mut idle = Idle(&self, false);
-        loop {
+        for round in 0.. {
+            if leader && round == 1 {
+                let mut st = self.lock();
+                st.current = None;
+                if st.forming.is_empty() {
+                    st.writing = false;
+                } else {
+                    drop(st);
+                    self.spawn_writer(&backend);
+                }
+                idle.1 = true;
+                return;
+            }
             let group = {
                 let mut st = self.lock();
                 match st.forming.pop_front() {
@@ -597,7 +620,6 @@ impl ShardPacker {
                 {
                     let rx = self.enqueue(
                         &mut st,
-                        backend,
                         Record::Piece {
                             key,
                             data: &data,
@@ -614,7 +636,7 @@ impl ShardPacker {
             let look = match look {
                 Ok(look) => look,
                 Err(rx) => {
-                    self.lead(backend);
+                    self.lead(backend).await;
                     return wait(backend, key, rx).await;
                 }
             };
@@ -679,7 +701,6 @@ impl ShardPacker {
                     .unwrap_or_default();
                 self.enqueue(
                     &mut st,
-                    backend,
                     Record::Piece {
                         key,
                         data: &data,
@@ -689,7 +710,7 @@ impl ShardPacker {
                     Some(Holder::Put(data.clone())),
                 )
             };
-            self.lead(backend);
+            self.lead(backend).await;
             wait(backend, key, rx).await?;
             if stale_object.is_some() {
                 // The packed piece is indexed; the overwritten object goes (if this is cut
@@ -831,9 +852,9 @@ impl ShardPacker {
                 let rx = {
                     let mut st = self.lock();
                     let record = Record::Tombstone { key, upto: loc.seq };
-                    self.enqueue(&mut st, backend, record, finish, None)
+                    self.enqueue(&mut st, record, finish, None)
                 };
-                self.lead(backend);
+                self.lead(backend).await;
                 wait(backend, key, rx).await
             }
             _ => self.commit(backend, finish).await.map(drop),
@@ -890,7 +911,6 @@ impl ShardPacker {
                         let record = Record::Tombstone { key, upto: loc.seq };
                         Step::Tombstone(self.enqueue(
                             &mut st,
-                            backend,
                             record,
                             Vec::new(),
                             Some(Holder::Other),
@@ -912,7 +932,7 @@ impl ShardPacker {
                     continue;
                 }
                 Step::Tombstone(rx) => {
-                    self.lead(backend);
+                    self.lead(backend).await;
                     return wait(backend, key, rx).await;
                 }
                 Step::Object(r, seq) => (r, Some(seq)),
@@ -965,15 +985,9 @@ impl ShardPacker {
             let mut st = self.lock();
             // Deletes every write older than the tombstone itself.
             let upto = self.seq.load(std::sync::atomic::Ordering::SeqCst);
-            self.enqueue(
-                &mut st,
-                backend,
-                Record::Tombstone { key, upto },
-                Vec::new(),
-                None,
-            )
+            self.enqueue(&mut st, Record::Tombstone { key, upto }, Vec::new(), None)
         };
-        self.lead(backend);
+        self.lead(backend).await;
         wait(backend, key, rx).await
     }
 
@@ -1163,6 +1177,40 @@ impl ShardPacker {
         }
         // Everything committed lazily becomes durable.
         self.commit(backend, Vec::new()).await.map(drop)
+    }
+}
+
+/// A future that, dropped before it finished, goes on in a task of its own: a write group a
+/// caller leads must reach its end (its pack recorded, its waiters told) whether or not that
+/// caller still waits.
+struct Detach(Option<std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>>);
+
+impl std::future::Future for Detach {
+    type Output = ();
+
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<()> {
+        let Some(f) = self.0.as_mut() else {
+            return std::task::Poll::Ready(());
+        };
+        let r = f.as_mut().poll(cx);
+        if r.is_ready() {
+            self.0 = None;
+        }
+        r
+    }
+}
+
+impl Drop for Detach {
+    fn drop(&mut self) {
+        if let Some(f) = self.0.take()
+            && let Ok(rt) = tokio::runtime::Handle::try_current()
+        {
+            // (Without a runtime the future is dropped: its writer's guard fails the groups.)
+            rt.spawn(f);
+        }
     }
 }
 
