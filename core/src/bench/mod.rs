@@ -202,12 +202,32 @@ struct Shared {
     /// Workers that ran out of pieces to delete.
     exhausted: AtomicU64,
     measure_start: std::sync::OnceLock<Instant>,
+    /// Latency histograms: one per worker up to [`HIST_STRIPES`] workers, beyond that worker
+    /// `w` shares stripe `w % HIST_STRIPES` (a histogram of 1 ns to 1 hour at 3 significant
+    /// digits is ~270 KB: one per worker would take 9 GB at 32,768 workers).
+    hists: Vec<std::sync::Mutex<Hists>>,
+}
+
+/// The most latency histograms a run keeps (see [`Shared::hists`]).
+const HIST_STRIPES: usize = 64;
+
+/// Latency histograms of some workers, per operation, and their gets' time to first byte.
+struct Hists {
+    latency: Vec<Option<Histogram<u64>>>,
+    ttfb: Option<Histogram<u64>>,
+}
+
+impl Hists {
+    fn new() -> Self {
+        Hists {
+            latency: (0..5).map(|_| None).collect(),
+            ttfb: None,
+        }
+    }
 }
 
 /// One worker's results.
 struct WorkerStats {
-    latency: Vec<Option<Histogram<u64>>>,
-    ttfb: Option<Histogram<u64>>,
     count: [u64; 5],
     bytes: [u64; 5],
     errors: [BTreeMap<&'static str, u64>; 5],
@@ -233,8 +253,6 @@ fn histogram() -> Histogram<u64> {
 impl WorkerStats {
     fn new() -> Self {
         WorkerStats {
-            latency: (0..5).map(|_| None).collect(),
-            ttfb: None,
             count: [0; 5],
             bytes: [0; 5],
             errors: Default::default(),
@@ -314,7 +332,13 @@ pub async fn run(
                 failed.name,
                 failed.detail.as_deref().unwrap_or("")
             );
-            let mut report = merge(Vec::new(), opts, Duration::ZERO, &mut Issued::default());
+            let mut report = merge(
+                Vec::new(),
+                Vec::new(),
+                opts,
+                Duration::ZERO,
+                &mut Issued::default(),
+            );
             report.started_at = started_at;
             report.store = store.shard_labels();
             report.stopped_early = Some(why);
@@ -335,6 +359,9 @@ pub async fn run(
         errors: AtomicU64::new(0),
         exhausted: AtomicU64::new(0),
         measure_start: std::sync::OnceLock::new(),
+        hists: (0..opts.concurrency.clamp(1, HIST_STRIPES))
+            .map(|_| std::sync::Mutex::new(Hists::new()))
+            .collect(),
     });
 
     // Prepare.
@@ -507,7 +534,17 @@ pub async fn run(
         None
     };
 
-    let mut report = merge(stats, opts, duration, &mut issued);
+    let hists = shared
+        .hists
+        .iter()
+        .map(|h| {
+            std::mem::replace(
+                &mut *h.lock().unwrap_or_else(|p| p.into_inner()),
+                Hists::new(),
+            )
+        })
+        .collect();
+    let mut report = merge(stats, hists, opts, duration, &mut issued);
     report.started_at = started_at;
     report.store = store.shard_labels();
     report.prepared_objects = prepared;
@@ -734,13 +771,17 @@ async fn worker(
                 sec.ops[i] += 1;
                 sec.bytes += bytes;
                 sec.latency_ns += ns;
-                stats.latency[i]
+                // With at most HIST_STRIPES workers each has its own: the lock is never
+                // contended; beyond, a few workers share one.
+                let mut h = shared.hists[w % shared.hists.len()]
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner());
+                h.latency[i]
                     .get_or_insert_with(histogram)
                     .saturating_record(ns.max(1));
                 if let Some(fb) = first_byte {
                     let t = fb.saturating_duration_since(start).as_nanos() as u64;
-                    stats
-                        .ttfb
+                    h.ttfb
                         .get_or_insert_with(histogram)
                         .saturating_record(t.max(1));
                 }
@@ -799,6 +840,7 @@ fn latency_of(h: &Histogram<u64>) -> Latency {
 /// Merges the workers' results into a report (the caller fills in what it knows).
 fn merge(
     stats: Vec<WorkerStats>,
+    hists: Vec<Hists>,
     opts: &BenchOptions,
     duration: Duration,
     issued: &mut Issued,
@@ -812,7 +854,7 @@ fn merge(
     let mut timeline: Vec<SecondAcc> = Vec::new();
     let mut warm = [0u64; 5];
     let mut meas = [0u64; 5];
-    for s in stats {
+    for s in hists {
         for (i, h) in s.latency.into_iter().enumerate() {
             if let Some(h) = h {
                 match &mut latency[i] {
@@ -831,6 +873,8 @@ fn merge(
                 slot => *slot = Some(h),
             }
         }
+    }
+    for s in stats {
         for i in 0..5 {
             count[i] += s.count[i];
             bytes[i] += s.bytes[i];
