@@ -857,7 +857,10 @@ impl ShardPacker {
                 self.lead(backend).await;
                 wait(backend, key, rx).await
             }
-            _ => self.commit(backend, finish).await.map(drop),
+            // Lazily: the intent is durable, and the object is written whole with its
+            // checksum, so should this commit be lost, the intent finishes it on recovery (the
+            // object is there with its length and checksum: it becomes the key's slot).
+            _ => self.commit_lazy(backend, finish).await.map(drop),
         }
     }
 
