@@ -52,7 +52,9 @@ fn pairs(rt: &tokio::runtime::Runtime) -> Vec<Pair> {
     std::fs::create_dir_all(&raw_root).unwrap();
     let file = rt
         .block_on(PieceStore::open(
-            Config::from_url(&format!("file://{}", ps_root.display())).unwrap(),
+            // One file per piece, like object_store's LocalFileSystem (packing is measured by
+            // benches/packing.sh against this same setting).
+            Config::from_url(&format!("file://{}?pack=false", ps_root.display())).unwrap(),
         ))
         .unwrap();
     let raw_file = LocalFileSystem::new_with_prefix(&raw_root)

@@ -9,7 +9,7 @@
 //!    fsync), twice each; the best dd run is the reference.
 //! 2. Local files: 4 KiB puts, one file per piece (`Pack = false`, `Fsync = true`: data and
 //!    directory fsync'd per put) at each of `PACKING_FILE_CONC` in flight, against packed
-//!    (default options: 64 MiB or 100 ms packs) with `PACKING_PACKED_CONC` in flight; then gets
+//!    (default options: group commit, 64 MiB packs) with `PACKING_PACKED_CONC` in flight; then gets
 //!    of every piece; then packing with only the peer's in-flight count.
 //! 3. S3: s3s-fs on 127.0.0.1 behind the test harness's counting proxy (one connection per
 //!    request); 4 KiB puts unpacked (one PUT per piece) and packed at the same `PACKING_S3_CONC`
@@ -566,8 +566,8 @@ async fn file_section(
     drop(store);
     std::fs::remove_dir_all(&dir)?;
 
-    // Packing at the peer's concurrency: each put waits for its pack (MaxAge), so few puts in
-    // flight means small, slow packs.
+    // Packing at the peer's concurrency (before issue 18 a put waited for its pack's MaxAge
+    // here; with group commit it does not).
     if let Some(&conc) = set.file_conc.last()
         && set.packed_low_n > 0
     {

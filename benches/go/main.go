@@ -207,10 +207,10 @@ func main() {
 		idx, err := os.MkdirTemp("", "gobench-index-")
 		check(err)
 		defer os.RemoveAll(idx)
-		// Packing groups the puts in flight; at 16 in flight a short MaxAge (5 ms) keeps a put from
-		// waiting for company that does not come (the 100 ms default suits thousands in flight).
+		// Packing (the default for buckets) groups the puts in flight: a put that finds the
+		// writer idle is sent at once, puts that arrive meanwhile share the next PUT.
 		packed, err := piecestore.Open(base, creds, piecestore.WithOption("index_dir", idx),
-			piecestore.WithOption("pack_max_age", "5ms"), cw, unsignedPayload)
+			piecestore.WithPacking(true), cw, unsignedPayload)
 		check(err)
 		clients := []client{
 			minioClient(*endpoint, *bucket, ak, sk),

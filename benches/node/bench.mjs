@@ -38,8 +38,11 @@ function clients(backend) {
     out.push(['piecestore', () => { const s = new PieceStore('memory://'); return { put: (k, d) => s.put(k, d), get: (k) => s.get(k) } }])
     out.push(['opendal', () => { const o = new Operator('memory', {}); return { put: (k, d) => o.write(k, d), get: (k) => o.read(k) } }])
   } else {
-    out.push(['piecestore (fsync)', () => { const s = new PieceStore(dir('ps')); return { put: (k, d) => s.put(k, d), get: (k) => s.get(k) } }])
-    out.push(['piecestore (fsync: false)', () => { const s = new PieceStore(dir('psnf'), { fsync: false }); return { put: (k, d) => s.put(k, d), get: (k) => s.get(k) } }])
+    // Like with like: one file per piece (pack: false), as opendal writes; then the default
+    // (packed) local store, where packing is the point.
+    out.push(['piecestore (fsync)', () => { const s = new PieceStore(dir('ps'), { pack: false }); return { put: (k, d) => s.put(k, d), get: (k) => s.get(k) } }])
+    out.push(['piecestore (fsync: false)', () => { const s = new PieceStore(dir('psnf'), { fsync: false, pack: false }); return { put: (k, d) => s.put(k, d), get: (k) => s.get(k) } }])
+    out.push(['piecestore (packed, the default)', () => { const s = new PieceStore(dir('psp')); return { put: (k, d) => s.put(k, d), get: (k) => s.get(k) } }])
     out.push(['opendal fs', () => { const o = new Operator('fs', { root: dir('od') }); return { put: (k, d) => o.write(k, d), get: (k) => o.read(k) } }])
   }
   return out
@@ -101,7 +104,7 @@ console.log('| backend | op | Node (µs) | Rust core (µs) | ratio |')
 console.log('|---|---|---:|---:|---:|')
 for (const backend of ['memory', 'file']) {
   const d = dir('core')
-  const url = backend === 'memory' ? 'memory://' : `file://${d}`
+  const url = backend === 'memory' ? 'memory://' : `file://${d}?pack=false` // as the Node rows it is set beside
   const out = execFileSync('cargo', ['run', '-q', '--release', '-p', 'piecestore-benches', '--example', 'core_latency', '--', url, '4096', '10000'], { cwd: ROOT })
   const core = JSON.parse(out.toString())
   rmSync(d, { recursive: true, force: true })

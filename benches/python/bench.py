@@ -7,7 +7,9 @@ Each case puts N pieces then gets them back (single thread), on memory and on a 
 then 1 MiB gets with 4 threads against 1 thread. Every figure is the best of 3 rounds, in ops/s.
 PieceStore verifies a CRC32C on every get and computes one on every put; the peers do neither.
 PieceStore's file puts fsync (its durability contract); `fsync=False` is shown beside them, as
-obstore's LocalStore and opendal's fs do not fsync.
+obstore's LocalStore and opendal's fs do not fsync. Every store names its packing setting: the
+like-with-like rows use `pack=False` (one file per piece, as the peers write), and a row of the
+default (packed) local store shows what packing gives; `memory://` is never packed.
 """
 
 from __future__ import annotations
@@ -46,12 +48,14 @@ def clients(kind: str, root: str) -> List[Client]:
         od = opendal.Operator("memory")
         out.append(Client("opendal", od.write, od.read))
     else:
-        for sub in ["ps", "ps-nofsync", "ob", "od"]:
+        for sub in ["ps", "ps-nofsync", "ps-packed", "ob", "od"]:
             os.makedirs(os.path.join(root, sub), exist_ok=True)
-        ps = piecestore.PieceStore(os.path.join(root, "ps"))
+        ps = piecestore.PieceStore(os.path.join(root, "ps"), pack=False)
         out.append(Client("piecestore (fsync)", ps.put, ps.get))
-        ps2 = piecestore.PieceStore(os.path.join(root, "ps-nofsync"), fsync=False)
+        ps2 = piecestore.PieceStore(os.path.join(root, "ps-nofsync"), fsync=False, pack=False)
         out.append(Client("piecestore (fsync=False)", ps2.put, ps2.get))
+        ps3 = piecestore.PieceStore(os.path.join(root, "ps-packed"))
+        out.append(Client("piecestore (packed, the default)", ps3.put, ps3.get))
         ob = LocalStore(os.path.join(root, "ob"))
         out.append(Client("obstore LocalStore", lambda k, d: obstore.put(ob, k, d), lambda k: obstore.get(ob, k).bytes()))
         od = opendal.Operator("fs", root=os.path.join(root, "od"))
@@ -144,6 +148,8 @@ def main() -> None:
             ("file", "piecestore (fsync)", "obstore LocalStore"),
             ("file", "piecestore (fsync=False)", "obstore LocalStore"),
             ("file", "piecestore (fsync)", "opendal fs"),
+            ("file", "piecestore (packed, the default)", "piecestore (fsync)"),
+            ("file", "piecestore (packed, the default)", "obstore LocalStore"),
         ]:
             for size, _ in cases:
                 a, b = results[(kind, ours, size)], results[(kind, peer, size)]
