@@ -821,6 +821,18 @@ impl XorShift {
     }
 }
 
+/// The pack files of a local directory shard (`<dir>/.piecestore/packs/*.pack`).
+pub fn pack_files(dir: &Path) -> std::collections::BTreeSet<PathBuf> {
+    std::fs::read_dir(dir.join(".piecestore/packs"))
+        .map(|d| {
+            d.filter_map(|e| e.ok())
+                .map(|e| e.path())
+                .filter(|p| p.extension().is_some_and(|x| x == "pack"))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 /// fsck's problems, one indented line each, for an assertion message.
 pub fn fsck_problems(report: &piecestore::pack::fsck::FsckReport) -> String {
     report

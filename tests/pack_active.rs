@@ -6,7 +6,7 @@
 //! survive compaction, and the cache stays within its bound.
 
 use std::collections::BTreeSet;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -15,6 +15,7 @@ use piecestore::config::OptionValue;
 use piecestore::pack::fsck::FsckOptions;
 use piecestore::pack::gc::GcOptions;
 use piecestore::{Config, ErrorKind, PieceStore};
+use piecestore_tests::pack_files;
 use piecestore_tests::{NoOk, Proxy, ProxyMode, ServerKind, pseudo_random, server};
 
 /// Pieces below this are packed in these tests.
@@ -68,17 +69,6 @@ fn s3_config(
     )
     .expect("IndexDir");
     Some((c, proxy))
-}
-
-fn pack_files(dir: &Path) -> BTreeSet<PathBuf> {
-    std::fs::read_dir(dir.join(".piecestore/packs"))
-        .map(|d| {
-            d.filter_map(|e| e.ok())
-                .map(|e| e.path())
-                .filter(|p| p.extension().is_some_and(|x| x == "pack"))
-                .collect()
-        })
-        .unwrap_or_default()
 }
 
 async fn listed(store: &PieceStore) -> BTreeSet<String> {

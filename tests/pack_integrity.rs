@@ -9,7 +9,6 @@
 //! Each runs on a local directory, and where it matters on a real S3-compatible server (moto,
 //! started by the harness on 127.0.0.1).
 
-use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -20,6 +19,7 @@ use object_store::{ObjectStoreExt, PutPayload};
 use piecestore::config::OptionValue;
 use piecestore::pack::fsck::FsckOptions;
 use piecestore::{Config, ErrorKind, PieceStore, PutOptions};
+use piecestore_tests::pack_files;
 use piecestore_tests::{NoOk, ProxyMode, ServerKind, crc32c_twin, pseudo_random, server};
 
 /// Pieces below this are packed in these tests.
@@ -76,17 +76,6 @@ async fn raw_object_exists(store: &PieceStore, key: &str) -> bool {
         .shard_object_store(store.shard_of(key))
         .expect("shard");
     raw.head(&OPath::parse(key).expect("path")).await.is_ok()
-}
-
-fn pack_files(dir: &Path) -> BTreeSet<PathBuf> {
-    std::fs::read_dir(dir.join(".piecestore/packs"))
-        .map(|d| {
-            d.filter_map(|e| e.ok())
-                .map(|e| e.path())
-                .filter(|p| p.extension().is_some_and(|x| x == "pack"))
-                .collect()
-        })
-        .unwrap_or_default()
 }
 
 /// The pack files and their sizes (an active pack grows in place).

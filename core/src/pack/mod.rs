@@ -609,6 +609,17 @@ fn apply_after_blocking(
     }
 }
 
+/// The index slot of the piece record `e` of pack `id`.
+pub(crate) fn packed_slot(id: PackId, e: &Entry) -> Slot {
+    Slot::Packed(Loc {
+        pack: id,
+        offset: e.offset,
+        len: e.len,
+        crc: e.crc,
+        seq: e.seq,
+    })
+}
+
 /// The index changes that record pack `id` (whose bytes are `bytes`, records `entries`):
 /// the pack, its highest sequence number, and, when `replay`, each piece (newest write wins)
 /// and each tombstone.
@@ -633,13 +644,7 @@ pub(crate) fn pack_changes(
         match e.kind {
             RecordKind::Piece => changes.push(Change::Put {
                 key: e.key.clone(),
-                slot: Slot::Packed(Loc {
-                    pack: id,
-                    offset: e.offset,
-                    len: e.len,
-                    crc: e.crc,
-                    seq: e.seq,
-                }),
+                slot: packed_slot(id, e),
             }),
             RecordKind::Tombstone => {
                 let payload = bytes.get(e.offset as usize..(e.offset + e.len) as usize);

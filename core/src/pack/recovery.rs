@@ -149,15 +149,7 @@ async fn replay_active(
     if info.is_none() {
         changes.push(Change::AddPack {
             id,
-            info: PackInfo {
-                size: base,
-                payload: 0,
-                live_bytes: 0,
-                live_count: 0,
-                records: 0,
-                min_seq: u64::MAX,
-                state: PackState::Active,
-            },
+            info: PackInfo::new_active(base),
         });
     }
     let mut kept: Vec<_> = scan

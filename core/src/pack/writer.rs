@@ -25,7 +25,7 @@ use tokio::sync::watch;
 
 use super::active::{ActivePack, Appended};
 use super::format::{self, Entry, RecordKind};
-use super::index::{Change, Intent, Loc, PackId, PackIndex, PackInfo, PackState, Slot};
+use super::index::{Change, Intent, PackId, PackIndex, PackInfo, PackState, Slot};
 use super::{ShardPacker, join_err, new_pack_id, now_ms, pack_info};
 use crate::backend::{Backend, PieceMeta};
 use crate::error::{Error, Result};
@@ -319,6 +319,23 @@ impl ShardPacker {
         }
     }
 
+    /// Takes the next group to write (and marks it the one being written), or, when none is
+    /// left, marks the writer idle.
+    fn next_group(&self) -> Option<Group> {
+        let mut st = self.lock();
+        match st.forming.pop_front() {
+            Some(g) => {
+                st.current = Some(g.done.subscribe());
+                Some(g)
+            }
+            None => {
+                st.writing = false;
+                st.current = None;
+                None
+            }
+        }
+    }
+
     /// The local writer's loop, on a blocking thread: appends groups until none is left.
     fn drain_local(self: &Arc<Self>, backend: &Arc<Backend>) {
         let mut idle = Idle(self, false);
@@ -326,28 +343,17 @@ impl ShardPacker {
             return; // the guard fails the groups: the index was let go
         };
         loop {
-            let group = {
-                let mut st = self.lock();
-                match st.forming.pop_front() {
-                    Some(g) => {
-                        st.current = Some(g.done.subscribe());
-                        g
-                    }
-                    None => {
-                        st.writing = false;
-                        st.current = None;
-                        idle.1 = true;
-                        return;
-                    }
-                }
-            };
-            let Group {
+            let Some(Group {
                 ticket,
                 records,
                 extra,
                 done,
                 ..
-            } = group;
+            }) = self.next_group()
+            else {
+                idle.1 = true;
+                return;
+            };
             let size = group_size(&records);
             let result = {
                 let mut slot = self.active.blocking_lock();
@@ -466,28 +472,17 @@ impl ShardPacker {
                 idle.1 = true;
                 return;
             }
-            let group = {
-                let mut st = self.lock();
-                match st.forming.pop_front() {
-                    Some(g) => {
-                        st.current = Some(g.done.subscribe());
-                        g
-                    }
-                    None => {
-                        st.writing = false;
-                        st.current = None;
-                        idle.1 = true;
-                        return;
-                    }
-                }
-            };
-            let Group {
+            let Some(Group {
                 ticket,
                 records,
                 extra,
                 done,
                 ..
-            } = group;
+            }) = self.next_group()
+            else {
+                idle.1 = true;
+                return;
+            };
             let size = group_size(&records);
             let result = self.put_group(&backend, records, extra).await;
             self.finish_group(size, ticket, done, result);
@@ -1297,15 +1292,7 @@ impl AppendJob {
                 Ok(p) => {
                     changes.push(Change::AddPack {
                         id: p.id,
-                        info: PackInfo {
-                            size: p.end,
-                            payload: 0,
-                            live_bytes: 0,
-                            live_count: 0,
-                            records: 0,
-                            min_seq: u64::MAX,
-                            state: PackState::Active,
-                        },
+                        info: PackInfo::new_active(p.end),
                     });
                     p
                 }
@@ -1408,13 +1395,7 @@ fn record_changes(id: PackId, records: &[GroupRecord], entries: &[Entry]) -> Vec
         .map(|(r, e)| match r.kind {
             RecordKind::Piece => Change::Put {
                 key: r.key.clone(),
-                slot: Slot::Packed(Loc {
-                    pack: id,
-                    offset: e.offset,
-                    len: e.len,
-                    crc: e.crc,
-                    seq: e.seq,
-                }),
+                slot: super::packed_slot(id, e),
             },
             RecordKind::Tombstone => Change::Delete {
                 key: r.key.clone(),

@@ -113,6 +113,19 @@ pub struct PackInfo {
 }
 
 impl PackInfo {
+    /// A new active pack of `size` bytes (its header) that holds no record yet.
+    pub fn new_active(size: u64) -> PackInfo {
+        PackInfo {
+            size,
+            payload: 0,
+            live_bytes: 0,
+            live_count: 0,
+            records: 0,
+            min_seq: u64::MAX,
+            state: PackState::Active,
+        }
+    }
+
     /// The share of the pack's payload that is garbage, 0.0 to 1.0.
     pub fn garbage_ratio(&self) -> f64 {
         if self.payload == 0 {
