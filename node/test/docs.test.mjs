@@ -71,3 +71,19 @@ test('index.d.ts passes tsc --strict on examples/typed.ts, and catches a wrong p
     rmSync(wrong, { force: true })
   }
 })
+
+// One option table: the runtime's option names (config::OPTION_NAMES, what `set_option`
+// accepts) are the source; the typed `StoreOptions` of index.d.ts must name exactly those, so
+// a binding's types cannot drift from the runtime (an option added to the core without a typed
+// field, or a typed field the core does not know, fails here).
+test('StoreOptions in index.d.ts names exactly the runtime options', async () => {
+  const { optionNames } = await import('../index.js')
+  const dts = readFileSync(path.join(NODE_DIR, 'index.d.ts'), 'utf8')
+  const body = dts.match(/export interface StoreOptions \{([\s\S]*?)\n\}/)
+  assert.ok(body, 'index.d.ts declares StoreOptions')
+  const typed = [...body[1].matchAll(/^ {2}(\w+)\?:/gm)].map((m) => m[1])
+  const fold = (n) => n.replace(/[_-]/g, '').toLowerCase()
+  const runtime = optionNames().map(fold).sort()
+  assert.ok(runtime.length > 20, `only ${runtime.length} runtime options`)
+  assert.deepEqual(typed.map(fold).sort(), runtime)
+})
