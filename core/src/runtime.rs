@@ -57,6 +57,8 @@ struct State {
 
 thread_local! {
     static CACHED: RefCell<Option<(u64, Handle)>> = const { RefCell::new(None) };
+    /// Set while [`poll_without_blocking`] polls on this thread.
+    static NO_BLOCKING: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
 }
 
 #[cfg(unix)]
@@ -166,6 +168,33 @@ pub fn handle() -> Handle {
 /// worker pool. For bindings' blocking calls; must not be called from inside an async task.
 pub fn block_on<F: Future>(future: F) -> F::Output {
     handle().block_on(future)
+}
+
+/// Polls `future` once on the calling thread, inside the shared runtime, for a binding that
+/// tries a call at once before handing it to the runtime (a call that is done at once, such as
+/// a put on a memory store, then costs no thread hand-off). The store is told that this thread
+/// must not wait: work that would wait for a disk (a packed put's append and `fdatasync`) is
+/// handed to the runtime instead, so an event loop (Node's) is never blocked. A pending
+/// `future` is then spawned or polled again by the caller as usual; its wakers are registered
+/// when it is next polled with a real waker.
+pub fn poll_without_blocking<F: Future + ?Sized>(
+    future: std::pin::Pin<&mut F>,
+) -> std::task::Poll<F::Output> {
+    struct Reset;
+    impl Drop for Reset {
+        fn drop(&mut self) {
+            NO_BLOCKING.with(|b| b.set(false));
+        }
+    }
+    let _rt = handle().enter();
+    NO_BLOCKING.with(|b| b.set(true));
+    let _reset = Reset;
+    future.poll(&mut std::task::Context::from_waker(std::task::Waker::noop()))
+}
+
+/// Whether the calling thread may wait for a disk (false inside [`poll_without_blocking`]).
+pub(crate) fn may_block() -> bool {
+    !NO_BLOCKING.with(|b| b.get())
 }
 
 /// Starts `future` on the shared runtime's workers (for bindings' async calls).

@@ -139,3 +139,27 @@ test('snapshots; each store has its own counters; metrics outlive close', async 
   await store.close()
   assert.ok(store.metrics().includes(`piecestore_operations_total{${labels('memory', 'put')}} 2\n`))
 })
+
+// Puts in flight from JavaScript share write groups on the default (packed) local store: the
+// first poll of a put happens on the event loop, which must not wait there for the disk, so
+// the puts issued meanwhile join the next group instead of each waiting its turn.
+test('file: puts in flight share write groups and do not block the event loop', async () => {
+  const store = new PieceStore(path.join(tempDir(), 'pieces'))
+  await store.put('warm_s0', 'open the store (its index) first')
+  const n = 200
+  const data = Buffer.alloc(4096, 7)
+  let ticks = 0
+  const timer = setInterval(() => { ticks++ }, 0)
+  await Promise.all(Array.from({ length: n }, (_, i) => store.put(`${i}_s0`, data)))
+  clearInterval(timer)
+  const value = (name) => samples(store.metrics())
+    .filter((l) => l.startsWith(`${name}{`))
+    .reduce((sum, l) => sum + Number(l.split(' ').pop()), 0)
+  const groups = value('piecestore_pack_writes_total')
+  const records = value('piecestore_pack_write_records_total')
+  assert.equal(records, n + 1, 'every put is one record')
+  assert.ok(groups * 4 <= n, `${n} puts in flight took ${groups} write groups: they did not share`)
+  assert.ok(ticks > 0, 'the event loop ran while the puts were written')
+  for (const i of [0, n - 1]) assert.ok((await store.get(`${i}_s0`)).equals(data))
+  store.close()
+})

@@ -1,7 +1,7 @@
 //! Promises over core futures, without a thread hop when the answer is already there.
 
 use std::future::Future;
-use std::task::{Context, Poll, Waker};
+use std::task::Poll;
 
 use napi::bindgen_prelude::*;
 
@@ -24,10 +24,9 @@ where
 {
     let mut fut = Box::pin(fut);
     if inline {
-        let polled = {
-            let _rt = piecestore::runtime::handle().enter();
-            fut.as_mut().poll(&mut Context::from_waker(Waker::noop()))
-        };
+        // Tried at once on the event loop, which the store must not block (a packed put's
+        // disk write is handed to the runtime).
+        let polled = piecestore::runtime::poll_without_blocking(fut.as_mut());
         // A pending future re-registers its wakers when the runtime first polls the task.
         match polled {
             Poll::Ready(Ok(v)) => return PromiseRaw::resolve(env, v),

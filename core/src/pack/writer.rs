@@ -395,6 +395,10 @@ impl ShardPacker {
             .await;
         }
         let inline = (|| {
+            // A put that a binding polls once on a thread that must not wait (Node's event
+            // loop: `runtime::poll_without_blocking`) hands its group to the writer task, and
+            // that thread is free to issue the next put.
+            crate::runtime::may_block().then_some(())?;
             let index = self.index_now()?;
             let slot = self.active.try_lock().ok()?;
             let stuck = self.commits.try_lock().ok()?;
