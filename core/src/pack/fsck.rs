@@ -207,14 +207,16 @@ async fn check(
     let mut scanned: HashMap<PackId, Scanned> = HashMap::new();
     // Active packs (appended to while fsck runs) are read after the index snapshot below, so
     // that every record the snapshot knows is in what is read.
-    let active: std::collections::HashSet<PackId> = index
-        .packs()?
-        .into_iter()
-        .filter(|(_, i)| i.state == PackState::Active)
-        .map(|(id, _)| id)
-        .collect();
+    let at_start: HashMap<PackId, PackInfo> = index.packs()?.into_iter().collect();
+    // Packs without a footer that the index did not know at the start: a local active pack
+    // created since (a writer sealed the last one and started another), or a damaged pack.
+    // Decided once the snapshot is taken.
+    let mut unfooted = Vec::new();
     for (id, _) in backend.list_packs().await? {
-        if active.contains(&id) {
+        if at_start
+            .get(&id)
+            .is_some_and(|i| i.state == PackState::Active)
+        {
             continue;
         }
         let bytes = match backend.read_pack(id).await {
@@ -222,6 +224,13 @@ async fn check(
             Err(crate::Error::NotFound { .. }) => continue,
             Err(e) => return Err(e),
         };
+        if !at_start.contains_key(&id)
+            && packer.handles.is_some()
+            && format::parse_footer(&bytes, bytes.len() as u64).is_err()
+        {
+            unfooted.push((id, bytes));
+            continue;
+        }
         scan_into(&mut report, &mut scanned, shard, id, &bytes, true);
         progress(report.bytes);
     }
@@ -251,6 +260,17 @@ async fn check(
             )),
             Err(e) => return Err(e),
         }
+    }
+    for (id, bytes) in unfooted {
+        if scanned.contains_key(&id) {
+            continue; // the snapshot knows it (active): read again above
+        }
+        if index.pack(id)?.is_some() {
+            // Started after the snapshot (and maybe sealed since): none of it is in the
+            // snapshot this check compares with.
+            continue;
+        }
+        scan_into(&mut report, &mut scanned, shard, id, &bytes, true);
     }
     for id in scanned.keys() {
         if !packs.contains_key(id) {
