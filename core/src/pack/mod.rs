@@ -1,17 +1,20 @@
 //! Small-piece aggregation: packs, their index, compaction and checks.
 //!
-//! A shard's small pieces are written in *groups* ([`writer`]): when the shard's writer is
-//! idle, a put starts a write at once; puts that arrive while a write is in flight form the
-//! next group (group commit, no timer on the critical path). A group is written as one pack
-//! object under `.piecestore/packs/`, then, in one transaction, the index learns where each of
-//! its pieces is; then every put of the group returns.
+//! A shard's small pieces are written in *groups* (the private `writer` module): when the
+//! shard's writer is idle, a put starts a write at once; puts that arrive while a write is in
+//! flight form the next group (group commit, no timer on the critical path). On a bucket a
+//! group is one pack object under `.piecestore/packs/`; on a local directory it is appended to
+//! the shard's *active pack* and made durable with one `fdatasync` (the `active` module). Then,
+//! in one transaction, the index learns where each of its pieces is; then every put of the group
+//! returns. Reads of a local pack go through a bounded cache of open files (`handles`).
 //!
-//! The order of durability: pack first, then index, then the acknowledgement. Index commits
-//! are applied in order, one at a time; a commit that fails is kept and applied before any
-//! later one, so the index never skips a group. A crash between a pack and its commit leaves
-//! a pack the index does not know; opening the store re-indexes it ([`recovery`]). A pack
-//! whose write was reported failed is recorded as doomed (its write may have happened all the
-//! same), so it is never replayed.
+//! The order of durability: records first, then index, then the acknowledgement. A group's
+//! index commit does not wait for the disk: the packs are the log, and opening the store
+//! indexes what a crash left unindexed (packs the index does not know, records past an active
+//! pack's durable end, see the `recovery` module). Index commits are applied in order, one at
+//! a time; a commit that fails is kept and applied before any later one, so the index never
+//! skips a group. A bucket's pack whose write was reported failed is recorded as doomed (its
+//! write may have happened all the same), so it is never replayed.
 //!
 //! Large pieces are objects of their own, recorded in the same index. An object operation is
 //! recorded as an *intent* before it starts (writing an object, or deleting one), so that every

@@ -1,0 +1,533 @@
+//! Writing groups: the leader (the put that found the writer idle) writes the first group
+//! itself, a writer task writes the groups that form meanwhile, one at a time, in order; a
+//! group is an append to the active pack on a local directory and one pack object on a bucket.
+
+use super::*;
+
+impl ShardPacker {
+    /// Starts the writer: on a local directory a blocking task that writes groups one after
+    /// another until none is left (one hand-off per busy spell, not per group); elsewhere an
+    /// async task (a group is a network request).
+    fn spawn_writer(self: &Arc<Self>, backend: &Arc<Backend>) {
+        let me = Arc::clone(self);
+        let backend = Arc::clone(backend);
+        let task = self.tasks.enter();
+        if self.handles.is_some() {
+            tokio::task::spawn_blocking(move || {
+                let _task = task;
+                me.drain_local(&backend)
+            });
+        } else {
+            tokio::spawn(async move {
+                let _task = task;
+                me.run_writer(backend, false).await
+            });
+        }
+    }
+
+    /// Takes the next group to write (and marks it the one being written), or, when none is
+    /// left, marks the writer idle.
+    fn next_group(&self) -> Option<Group> {
+        let mut st = self.lock();
+        match st.forming.pop_front() {
+            Some(g) => {
+                st.current = Some(g.done.subscribe());
+                Some(g)
+            }
+            None => {
+                st.writing = false;
+                st.current = None;
+                None
+            }
+        }
+    }
+
+    /// The local writer's loop, on a blocking thread: appends groups until none is left.
+    fn drain_local(self: &Arc<Self>, backend: &Arc<Backend>) {
+        let mut idle = Idle(self, false);
+        let Some(index) = self.index_now() else {
+            return; // the guard fails the groups: the index was let go
+        };
+        loop {
+            let Some(Group {
+                ticket,
+                records,
+                extra,
+                done,
+                ..
+            }) = self.next_group()
+            else {
+                idle.1 = true;
+                return;
+            };
+            let size = group_size(&records);
+            let result = {
+                let mut slot = self.active.blocking_lock();
+                let mut stuck = self.commits.blocking_lock();
+                let job = self.append_job(backend, &mut slot, records, extra);
+                let (pack, r) = job.run(&*index, &mut stuck);
+                *slot = pack;
+                r
+            };
+            self.finish_group(size, ticket, done, append_result(backend, result));
+        }
+    }
+
+    /// Writes the group a caller started on an idle writer in the caller's own task (group
+    /// commit's leader: a lone put costs one write and one commit, and no hand-off to another
+    /// thread), then hands whatever groups formed meanwhile to a writer task.
+    ///
+    /// On a local directory the append is synchronous (no await point), so a caller cancelled
+    /// afterwards cannot leave a group unwritten; when the locks it needs are taken,
+    /// everything goes to the writer task. On a bucket the PUT is awaited in the caller's task
+    /// inside a [`Detach`], which, should the caller be dropped, lets it finish in a task of
+    /// its own.
+    pub(super) async fn lead(self: &Arc<Self>, backend: &Arc<Backend>) {
+        {
+            let mut st = self.lock();
+            if !st.leader {
+                return; // no group waits for a leader (or another caller took it)
+            }
+            st.leader = false;
+        }
+        if self.handles.is_none() {
+            let me = Arc::clone(self);
+            let backend = Arc::clone(backend);
+            let task = self.tasks.enter();
+            return Detach(Some(Box::pin(async move {
+                let _task = task;
+                me.run_writer(backend, true).await
+            })))
+            .await;
+        }
+        let inline = (|| {
+            // A put that a binding polls once on a thread that must not wait (Node's event
+            // loop: `runtime::poll_without_blocking`) hands its group to the writer task, and
+            // that thread is free to issue the next put.
+            crate::runtime::may_block().then_some(())?;
+            let index = self.index_now()?;
+            let slot = self.active.try_lock().ok()?;
+            let stuck = self.commits.try_lock().ok()?;
+            Some((index, slot, stuck))
+        })();
+        if let Some((index, mut slot, mut stuck)) = inline {
+            let group = {
+                let mut st = self.lock();
+                st.forming
+                    .pop_front()
+                    .inspect(|g| st.current = Some(g.done.subscribe()))
+            };
+            if let Some(group) = group {
+                let Group {
+                    ticket,
+                    records,
+                    extra,
+                    done,
+                    ..
+                } = group;
+                let size = group_size(&records);
+                let job = self.append_job(backend, &mut slot, records, extra);
+                let (pack, result) = job.run(&*index, &mut stuck);
+                *slot = pack;
+                drop((slot, stuck));
+                self.finish_group(size, ticket, done, append_result(backend, result));
+            }
+        }
+        let mut st = self.lock();
+        if st.forming.is_empty() {
+            st.writing = false;
+            st.current = None;
+        } else {
+            drop(st);
+            self.spawn_writer(backend);
+        }
+    }
+
+    /// Ends a group of `size` (records, payload bytes): its keys freed, its waiters told.
+    fn finish_group(
+        &self,
+        size: (u64, u64),
+        ticket: u64,
+        done: watch::Sender<Outcome>,
+        result: Result<()>,
+    ) {
+        if result.is_ok() {
+            self.count_written(size.0, size.1);
+        }
+        self.lock().inflight.retain(|_, p| p.ticket != ticket);
+        let _ = done.send(Some(match result {
+            Ok(()) => Ok(()),
+            Err(e) => {
+                tracing::warn!(shard = self.shard, error = %e, "writing a pack failed");
+                Err((e.is_retryable(), e.to_string()))
+            }
+        }));
+    }
+
+    /// A bucket's writer: writes groups one after another (each one pack object) until none
+    /// is left; as a caller's leader (`leader`), only the first, and then hands the groups
+    /// that formed meanwhile to a writer task.
+    async fn run_writer(self: Arc<Self>, backend: Arc<Backend>, leader: bool) {
+        let mut idle = Idle(&self, false);
+        for round in 0.. {
+            if leader && round == 1 {
+                let mut st = self.lock();
+                st.current = None;
+                if st.forming.is_empty() {
+                    st.writing = false;
+                } else {
+                    drop(st);
+                    self.spawn_writer(&backend);
+                }
+                idle.1 = true;
+                return;
+            }
+            let Some(Group {
+                ticket,
+                records,
+                extra,
+                done,
+                ..
+            }) = self.next_group()
+            else {
+                idle.1 = true;
+                return;
+            };
+            let size = group_size(&records);
+            let result = self.put_group(&backend, records, extra).await;
+            self.finish_group(size, ticket, done, result);
+        }
+    }
+
+    /// A group as one pack object: a create-only PUT whose body is the callers' bytes between
+    /// record headers (no copy), then a lazy index commit (a crash before the index is durable
+    /// leaves a pack recovery replays).
+    async fn put_group(
+        self: &Arc<Self>,
+        backend: &Arc<Backend>,
+        records: Vec<GroupRecord>,
+        extra: Vec<Change>,
+    ) -> Result<()> {
+        let id = new_pack_id();
+        let mut chunks = Vec::with_capacity(records.len() * 2 + 2);
+        chunks.push(Bytes::from_static(&format::PACK_MAGIC));
+        let mut at = format::PACK_MAGIC.len() as u64;
+        let mut entries = Vec::with_capacity(records.len());
+        for r in &records {
+            let head = format::record_head(&r.key, r.kind, r.seq, r.payload.len() as u64, r.crc);
+            at += head.len() as u64;
+            entries.push(entry_of(r, at));
+            at += r.payload.len() as u64;
+            chunks.push(Bytes::from(head));
+            chunks.push(r.payload.clone());
+        }
+        let tail = format::footer_and_trailer(&entries, 0);
+        let size = at + tail.len() as u64;
+        chunks.push(Bytes::from(tail));
+        let max_seq = records.iter().map(|r| r.seq).max().unwrap_or(0);
+        match backend
+            .put_pack(id, object_store::PutPayload::from_iter(chunks))
+            .await
+        {
+            Ok(()) => {
+                let mut changes = vec![
+                    Change::AddPack {
+                        id,
+                        info: pack_info(size, &entries),
+                    },
+                    Change::BumpSeq(max_seq),
+                ];
+                changes.extend(record_changes(id, &records, &entries));
+                self.commit_group(backend, changes, extra).await
+            }
+            Err(e) => {
+                // The write may have happened all the same (a lost response): the pack is
+                // recorded as doomed, so that recovery never replays what its puts were told
+                // failed, and gc deletes it.
+                let mut info = pack_info(size, &entries);
+                info.state = PackState::Doomed { since_ms: now_ms() };
+                let _ = self
+                    .commit(
+                        backend,
+                        vec![Change::AddPack { id, info }, Change::BumpSeq(max_seq)],
+                    )
+                    .await;
+                Err(e)
+            }
+        }
+    }
+
+    /// A group to append to the active pack in `slot` (taken out of it; the job gives it
+    /// back), committed lazily unless it carries other changes or is due a durable commit.
+    fn append_job(
+        &self,
+        backend: &Backend,
+        slot: &mut Option<ActivePack>,
+        records: Vec<GroupRecord>,
+        extra: Vec<Change>,
+    ) -> AppendJob {
+        let lazy = extra.is_empty()
+            && self.lazy.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1
+                < crate::pack::LAZY_COMMITS;
+        if !lazy {
+            self.lazy.store(0, std::sync::atomic::Ordering::Relaxed);
+        }
+        AppendJob {
+            dir: self
+                .handles
+                .as_ref()
+                .expect("a local packer")
+                .dir()
+                .to_path_buf(),
+            pack: slot.take(),
+            records,
+            extra,
+            fsync: backend.fsync(),
+            target: self.opts.target_size,
+            lazy,
+            shard: self.shard,
+        }
+    }
+
+    /// Commits a group's index changes: lazily, unless the group carries other changes (an
+    /// intent must be durable before the operation it announces goes on).
+    async fn commit_group(
+        self: &Arc<Self>,
+        backend: &Arc<Backend>,
+        mut changes: Vec<Change>,
+        extra: Vec<Change>,
+    ) -> Result<()> {
+        if extra.is_empty() {
+            return self.commit_lazy(backend, changes).await.map(drop);
+        }
+        changes.extend(extra);
+        self.commit(backend, changes).await.map(drop)
+    }
+}
+
+/// A future that, dropped before it finished, goes on in a task of its own: a write group a
+/// caller leads must reach its end (its pack recorded, its waiters told) whether or not that
+/// caller still waits.
+struct Detach(Option<std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>>);
+
+impl std::future::Future for Detach {
+    type Output = ();
+
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<()> {
+        let Some(f) = self.0.as_mut() else {
+            return std::task::Poll::Ready(());
+        };
+        let r = f.as_mut().poll(cx);
+        if r.is_ready() {
+            self.0 = None;
+        }
+        r
+    }
+}
+
+impl Drop for Detach {
+    fn drop(&mut self) {
+        if let Some(f) = self.0.take()
+            && let Ok(rt) = tokio::runtime::Handle::try_current()
+        {
+            // (Without a runtime the future is dropped: its writer's guard fails the groups.)
+            rt.spawn(f);
+        }
+    }
+}
+
+/// Marks the writer idle when it ends: normally (`.1` set), or on a panic or a runtime
+/// shutdown, when the groups left are failed, so that no put waits forever and the next one
+/// starts a writer again.
+struct Idle<'a>(&'a ShardPacker, bool);
+
+impl Drop for Idle<'_> {
+    fn drop(&mut self) {
+        if self.1 {
+            return;
+        }
+        let mut st = self.0.lock();
+        st.writing = false;
+        st.current = None;
+        for g in std::mem::take(&mut st.forming) {
+            st.inflight.retain(|_, p| p.ticket != g.ticket);
+            let _ = g
+                .done
+                .send(Some(Err((true, "the pack writer stopped".into()))));
+        }
+    }
+}
+
+/// What an append's error is, as the store says it.
+fn append_result(backend: &Backend, result: std::result::Result<(), AppendError>) -> Result<()> {
+    result.map_err(|e| match e {
+        AppendError::Index(e) => e,
+        AppendError::Io(what, e) => Error::Backend {
+            op: "put",
+            key: None,
+            backend: backend.label().into(),
+            message: format!("{what}: {e}"),
+            retryable: false,
+        },
+    })
+}
+
+/// A write group to append ([`ShardPacker::drain_local`], [`ShardPacker::lead`]).
+struct AppendJob {
+    dir: std::path::PathBuf,
+    pack: Option<ActivePack>,
+    records: Vec<GroupRecord>,
+    extra: Vec<Change>,
+    fsync: bool,
+    target: u64,
+    /// Commit without waiting for the disk.
+    lazy: bool,
+    shard: usize,
+}
+
+enum AppendError {
+    Io(&'static str, std::io::Error),
+    Index(Error),
+}
+
+impl AppendJob {
+    /// Appends the group and commits its index changes (after `stuck`, the changes of earlier
+    /// failed commits); returns the active pack to keep (none when it was sealed, or cannot
+    /// be written again).
+    fn run(
+        self,
+        index: &dyn PackIndex,
+        stuck: &mut Vec<Change>,
+    ) -> (Option<ActivePack>, std::result::Result<(), AppendError>) {
+        let AppendJob {
+            dir,
+            pack,
+            records,
+            extra,
+            fsync,
+            target,
+            lazy,
+            shard,
+        } = self;
+        let mut changes = Vec::new();
+        let mut pack = match pack {
+            Some(p) => p,
+            None => match ActivePack::create(&dir, new_pack_id()) {
+                Ok(p) => {
+                    changes.push(Change::AddPack {
+                        id: p.id,
+                        info: PackInfo::new_active(p.end),
+                    });
+                    p
+                }
+                Err(e) => return (None, Err(AppendError::Io("creating an active pack", e))),
+            },
+        };
+        let appended: Vec<Appended> = records
+            .iter()
+            .map(|r| Appended {
+                head: format::record_head(&r.key, r.kind, r.seq, r.payload.len() as u64, r.crc),
+                payload: r.payload.clone(),
+            })
+            .collect();
+        let start = match pack.append(&appended, fsync) {
+            Ok(start) => start,
+            Err(e) => {
+                // Cut back (a failed group never stays), unless even that failed: then this
+                // pack is left as it is and the next group starts another.
+                let keep = pack.end == std::fs::metadata(&pack.path).map(|m| m.len()).unwrap_or(0);
+                if !changes.is_empty()
+                    && let Err(ie) = crate::pack::apply_after_blocking(index, stuck, changes, false)
+                {
+                    return (keep.then_some(pack), Err(AppendError::Index(ie)));
+                }
+                return (
+                    keep.then_some(pack),
+                    Err(AppendError::Io("appending to the active pack", e)),
+                );
+            }
+        };
+        let id = pack.id;
+        let mut at = start;
+        let mut entries = Vec::with_capacity(records.len());
+        for (r, a) in records.iter().zip(&appended) {
+            at += a.head.len() as u64;
+            entries.push(entry_of(r, at));
+            at += r.payload.len() as u64;
+        }
+        pack.note(&entries);
+        changes.push(Change::PackGrew {
+            id,
+            size: pack.end,
+            payload: pack.payload,
+            records: pack.records,
+            min_seq: pack.min_seq,
+        });
+        changes.push(Change::BumpSeq(
+            records.iter().map(|r| r.seq).max().unwrap_or(0),
+        ));
+        changes.extend(record_changes(id, &records, &entries));
+        changes.extend(extra);
+        let mut lazy = lazy;
+        let kept = if pack.end >= target {
+            match pack.seal() {
+                Ok((size, _)) => {
+                    changes.push(Change::Seal { id, size });
+                    lazy = false;
+                }
+                // The records are durable; the pack stays active in the index, and the next
+                // open seals it. The next group starts another pack.
+                Err(e) => {
+                    tracing::warn!(shard, pack = %crate::pack::index::pack_name(id), error = %e, "sealing the active pack failed")
+                }
+            }
+            None
+        } else {
+            Some(pack)
+        };
+        let committed = crate::pack::apply_after_blocking(index, stuck, changes, lazy)
+            .map(drop)
+            .map_err(AppendError::Index);
+        (kept, committed)
+    }
+}
+
+/// A group's records and payload bytes.
+fn group_size(records: &[GroupRecord]) -> (u64, u64) {
+    let bytes = records.iter().map(|r| r.payload.len() as u64).sum();
+    (records.len() as u64, bytes)
+}
+
+/// The pack entry of a group record whose payload is at `offset`.
+fn entry_of(r: &GroupRecord, offset: u64) -> Entry {
+    Entry {
+        key: r.key.clone(),
+        kind: r.kind,
+        seq: r.seq,
+        offset,
+        len: r.payload.len() as u64,
+        crc: r.crc,
+    }
+}
+
+/// The index changes of a group's records in pack `id`: a slot for each piece, a delete for
+/// each tombstone (newest write wins, as in a replay).
+fn record_changes(id: PackId, records: &[GroupRecord], entries: &[Entry]) -> Vec<Change> {
+    records
+        .iter()
+        .zip(entries)
+        .map(|(r, e)| match r.kind {
+            RecordKind::Piece => Change::Put {
+                key: r.key.clone(),
+                slot: crate::pack::packed_slot(id, e),
+            },
+            RecordKind::Tombstone => Change::Delete {
+                key: r.key.clone(),
+                upto_seq: format::tombstone_target(&r.payload).unwrap_or(0),
+            },
+        })
+        .collect()
+}
