@@ -49,28 +49,41 @@ impl ShardPacker {
             return; // the guard fails the groups: the index was let go
         };
         loop {
-            let Some(Group {
-                ticket,
-                records,
-                extra,
-                done,
-                ..
-            }) = self.next_group()
-            else {
+            let Some(group) = self.next_group() else {
                 idle.1 = true;
                 return;
             };
-            let size = group_size(&records);
-            let result = {
-                let mut slot = self.active.blocking_lock();
-                let mut stuck = self.commits.blocking_lock();
-                let job = self.append_job(backend, &mut slot, records, extra);
-                let (pack, r) = job.run(&*index, &mut stuck);
-                *slot = pack;
-                r
-            };
-            self.finish_group(size, ticket, done, append_result(backend, result));
+            let locks = (self.active.blocking_lock(), self.commits.blocking_lock());
+            self.append_group(backend, &*index, locks, group);
         }
+    }
+
+    /// Appends `group` to the active pack, commits it (after the changes of earlier failed
+    /// commits), lets go of both, then ends the group (so that a waiter it wakes can lead the
+    /// next one).
+    fn append_group(
+        &self,
+        backend: &Backend,
+        index: &dyn PackIndex,
+        (mut slot, mut stuck): (
+            tokio::sync::MutexGuard<'_, Option<ActivePack>>,
+            tokio::sync::MutexGuard<'_, Vec<Change>>,
+        ),
+        group: Group,
+    ) {
+        let Group {
+            ticket,
+            records,
+            extra,
+            done,
+            ..
+        } = group;
+        let size = group_size(&records);
+        let job = self.append_job(backend, &mut slot, records, extra);
+        let (pack, result) = job.run(index, &mut stuck);
+        *slot = pack;
+        drop((slot, stuck));
+        self.finish_group(size, ticket, done, append_result(backend, result));
     }
 
     /// Writes the group a caller started on an idle writer in the caller's own task (group
@@ -110,7 +123,7 @@ impl ShardPacker {
             let stuck = self.commits.try_lock().ok()?;
             Some((index, slot, stuck))
         })();
-        if let Some((index, mut slot, mut stuck)) = inline {
+        if let Some((index, slot, stuck)) = inline {
             let group = {
                 let mut st = self.lock();
                 st.forming
@@ -118,19 +131,7 @@ impl ShardPacker {
                     .inspect(|g| st.current = Some(g.done.subscribe()))
             };
             if let Some(group) = group {
-                let Group {
-                    ticket,
-                    records,
-                    extra,
-                    done,
-                    ..
-                } = group;
-                let size = group_size(&records);
-                let job = self.append_job(backend, &mut slot, records, extra);
-                let (pack, result) = job.run(&*index, &mut stuck);
-                *slot = pack;
-                drop((slot, stuck));
-                self.finish_group(size, ticket, done, append_result(backend, result));
+                self.append_group(backend, &*index, (slot, stuck), group);
             }
         }
         let mut st = self.lock();
