@@ -11,6 +11,14 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+# A cold run writes about 10 GB under target/ (debug and release builds, two wheels, the Node
+# addon): say up front when the disk is short of that, rather than failing mid-build.
+avail_kb=$(df -Pk . | awk 'NR == 2 { print $4 }')
+echo "== disk: $((avail_kb / 1024 / 1024)) GiB free here"
+if [ "$avail_kb" -lt $((10 * 1024 * 1024)) ]; then
+  echo "warning: under 10 GiB free; a cold run may fail with 'No space left on device'" >&2
+fi
+
 venv=target/test-venv
 if ! "$venv/bin/moto_server" --help >/dev/null 2>&1; then
   echo "== installing moto[server] 5.2.5 into $venv"
@@ -109,3 +117,4 @@ echo "== go: dynamic linking (-tags piecestore_dynamic), and the benchmark build
 
 echo "== uniffi: the generated Kotlin on the JVM, the generated Python, Swift generated"
 bash bindings/uniffi/test.sh
+echo "== done: target/ holds $(du -sh target 2>/dev/null | cut -f1)"

@@ -153,8 +153,9 @@ fn start_s3s_fs() -> Option<S3Server> {
 fn spawn_s3s_fs() -> Option<(S3Server, Child)> {
     let bin = find_binary("s3s-fs")?;
     let port = free_port();
+    remove_dead_servers_dirs();
     let dir = tempfile::Builder::new()
-        .prefix("s3s-fs-")
+        .prefix(&format!("s3s-fs-{}-", std::process::id()))
         .tempdir()
         .expect("tempdir")
         .keep();
@@ -184,6 +185,27 @@ fn spawn_s3s_fs() -> Option<(S3Server, Child)> {
         atomic_create: false,
     };
     Some((server, child))
+}
+
+/// Removes the data directories of s3s-fs servers started by test processes that are gone.
+/// A shared server lives as long as its test process, which never drops it, so its directory
+/// (named `s3s-fs-<pid>-…`) is swept by a later run instead of piling up in the temp dir.
+fn remove_dead_servers_dirs() {
+    let Ok(entries) = std::fs::read_dir(std::env::temp_dir()) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(rest) = name.to_str().and_then(|n| n.strip_prefix("s3s-fs-")) else {
+            continue;
+        };
+        let Some(pid) = rest.split('-').next().and_then(|p| p.parse::<u32>().ok()) else {
+            continue;
+        };
+        if !Path::new(&format!("/proc/{pid}")).exists() {
+            let _ = std::fs::remove_dir_all(entry.path());
+        }
+    }
 }
 
 fn external() -> Option<S3Server> {

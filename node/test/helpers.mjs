@@ -2,7 +2,7 @@
 // 127.0.0.1 (moto, and s3s-fs where credentials must be checked), as the core's suite does.
 // Under CI=true a missing server fails the test instead of skipping it.
 import { spawn, execFileSync } from 'node:child_process'
-import { mkdtempSync, existsSync } from 'node:fs'
+import { mkdtempSync, existsSync, rmSync } from 'node:fs'
 import net from 'node:net'
 import os from 'node:os'
 import path from 'node:path'
@@ -14,8 +14,18 @@ import { PieceStore } from '../index.js'
 export const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..', '..')
 export const S3_KEYS = { accessKey: 'node-test-access', secretKey: 'node-secret-do-not-print' }
 
+// Every temp directory a test process made is removed when it exits (a server still running in
+// one is killed right after), so repeated runs do not fill the disk: the round-trip tests write
+// over 100 MiB to each file store.
+const made = []
+process.on('exit', () => {
+  for (const d of made) rmSync(d, { recursive: true, force: true })
+})
+
 export function tempDir(prefix = 'ps-node-') {
-  return mkdtempSync(path.join(os.tmpdir(), prefix))
+  const d = mkdtempSync(path.join(os.tmpdir(), prefix))
+  made.push(d)
+  return d
 }
 
 function findBinary(name) {
