@@ -7,6 +7,10 @@
 //! Every other writer also runs gc, so kills land inside compactions; every fifth round the
 //! index is rebuilt from the packs (`fsck --rebuild-index`) and must say the same.
 //!
+//! Several processes share one store too: four writers and a collector run on one directory
+//! while this process reads what they acknowledge, then round after round one of the writers
+//! is killed at random; racers in several processes put the same keys at the same moment.
+//!
 //! `PIECESTORE_CRASH_ROUNDS` sets the number of rounds (default 20; a nightly run uses more),
 //! `PIECESTORE_CRASH_SEED` the seed of the kill times (printed, to replay a run).
 
@@ -38,11 +42,13 @@ impl Drop for Writer {
 }
 
 fn spawn_writer(dir: &str, bucket: Option<&Bucket>, seed: u64, gc: bool) -> Writer {
+    spawn_with(dir, bucket, seed, if gc { &["--gc"] } else { &[] })
+}
+
+/// A `pack-writer` with `args` after its directory and seed.
+fn spawn_with(dir: &str, bucket: Option<&Bucket>, seed: u64, args: &[&str]) -> Writer {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_pack-writer"));
-    cmd.arg(dir).arg(seed.to_string());
-    if gc {
-        cmd.arg("--gc");
-    }
+    cmd.arg(dir).arg(seed.to_string()).args(args);
     if let Some(b) = bucket {
         cmd.arg("--url").arg(&b.url);
         cmd.env("PACK_WRITER_ACCESS_KEY", &b.access_key);
@@ -208,6 +214,19 @@ async fn verify(
     ledger: &Ledger,
     before: &BTreeMap<String, u32>,
 ) -> BTreeMap<String, u32> {
+    verify_seeds(dir, bucket, round, rounds, ledger, before, &[round]).await
+}
+
+/// [`verify`], for a round whose writers had the seeds `seeds`.
+async fn verify_seeds(
+    dir: &str,
+    bucket: Option<&Bucket>,
+    round: u64,
+    rounds: u64,
+    ledger: &Ledger,
+    before: &BTreeMap<String, u32>,
+    seeds: &[u64],
+) -> BTreeMap<String, u32> {
     let t0 = Instant::now();
     let store = PieceStore::open(pack_writer::config(dir, bucket).expect("config"))
         .await
@@ -293,10 +312,10 @@ async fn verify(
 
     // What an earlier check saw of earlier rounds' keys stays exactly so: later crashes and
     // recoveries neither lose nor resurrect anything.
-    let this_round = format!("w{round}_");
+    let this_round: Vec<String> = seeds.iter().map(|s| format!("w{s}_")).collect();
     let older: BTreeMap<String, u32> = seen
         .iter()
-        .filter(|(k, _)| !k.starts_with(&this_round))
+        .filter(|(k, _)| !this_round.iter().any(|p| k.starts_with(p)))
         .map(|(k, v)| (k.clone(), *v))
         .collect();
     if older != *before {
@@ -538,4 +557,249 @@ async fn a_kill_while_the_index_is_created_leaves_a_store_that_opens() {
             .await
             .unwrap_or_else(|_| panic!("attempt {attempt}: checking took over 120s"));
     }
+}
+
+/// Kills `w` (SIGKILL) and waits for it; panics if it had ended by itself (with its stderr).
+fn kill(w: &mut Writer, errors: &mpsc::Receiver<String>, what: &str) {
+    if let Ok(Some(status)) = w.0.try_wait() {
+        let stderr = errors
+            .recv_timeout(Duration::from_secs(30))
+            .unwrap_or_default();
+        panic!("{what} exited by itself ({status}) before the kill:\n{stderr}");
+    }
+    // SAFETY: kill(2) on our own child, which has not been reaped (try_wait said running).
+    let rc = unsafe { libc::kill(w.0.id() as libc::pid_t, libc::SIGKILL) };
+    assert_eq!(rc, 0, "kill: {}", std::io::Error::last_os_error());
+    w.0.wait().expect("wait for the process");
+}
+
+/// Four writer processes and a collector (gc with grace 0 in a loop) on one directory. In the
+/// first round they run for a while, and this process reads every piece a writer acknowledged
+/// as soon as it sees the acknowledgement (another process's put is visible once it returned);
+/// then all are killed. In each later round one writer is killed at a random moment while the
+/// others go on (they must see no error), then the rest. After every round the store, reopened,
+/// holds every acknowledged write of every process and none of the acknowledged deletes, and
+/// passes fsck (every fifth round also after rebuilding its index).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn four_processes_and_a_collector_share_one_directory() {
+    let rounds = env_u64("PIECESTORE_CRASH_ROUNDS").unwrap_or(20) + 1;
+    let seed = env_u64("PIECESTORE_CRASH_SEED").unwrap_or_else(|| {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or(1)
+    });
+    eprintln!("shared directory: {rounds} rounds, PIECESTORE_CRASH_SEED={seed}");
+    let mut rng = Rng(seed | 1);
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dir = tmp.path().join("store").display().to_string();
+    let mut ledger = Ledger::default();
+    let mut seen = BTreeMap::new();
+    let (mut read_live, mut read_gone) = (0u64, Vec::new());
+    for round in 0..rounds {
+        let seeds: Vec<u64> = (0..4).map(|i| 1000 + round * 4 + i).collect();
+        let mut collector = spawn_with(&dir, None, 999, &["--gc-only"]);
+        let (_, collector_errors) = read_output(&mut collector);
+        let mut writers: Vec<(Writer, mpsc::Receiver<String>, mpsc::Receiver<String>)> = seeds
+            .iter()
+            .map(|s| {
+                let mut w = spawn_writer(&dir, None, *s, false);
+                let (lines, errors) = read_output(&mut w);
+                (w, lines, errors)
+            })
+            .collect();
+        let mut lines: Vec<Vec<String>> = vec![Vec::new(); writers.len()];
+        if round == 0 {
+            // Read every acknowledged put from here while the writers go on.
+            let store = PieceStore::open(pack_writer::config(&dir, None).expect("config"))
+                .await
+                .expect("open the shared store here");
+            let until = Instant::now() + Duration::from_millis(2500);
+            while Instant::now() < until {
+                let mut any = false;
+                for (i, (_, rx, _)) in writers.iter().enumerate() {
+                    while let Ok(line) = rx.try_recv() {
+                        any = true;
+                        if let Some(key) = line.strip_prefix("P ") {
+                            match store.get(key).await {
+                                Ok(b) => {
+                                    assert!(
+                                        (0..64).any(|v| b == piece_v(key, v)),
+                                        "{key}, acknowledged by another process, reads other bytes"
+                                    );
+                                    read_live += 1;
+                                }
+                                // Deleted since by its writer (checked against the ledger below).
+                                Err(e) if e.kind() == ErrorKind::NotFound => {
+                                    read_gone.push(key.to_string())
+                                }
+                                Err(e) => panic!("get {key} from another process: {e}"),
+                            }
+                        }
+                        lines[i].push(line);
+                    }
+                }
+                if !any {
+                    tokio::time::sleep(Duration::from_millis(2)).await;
+                }
+            }
+            store.close().await;
+        } else {
+            tokio::time::sleep(Duration::from_millis(100 + rng.next() % 400)).await;
+            let victim = (rng.next() % writers.len() as u64) as usize;
+            let (w, _, errors) = &mut writers[victim];
+            kill(w, errors, &format!("round {round}: writer {victim}"));
+            // The others go on without a hitch after one of them died.
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        for (i, (w, _, errors)) in writers.iter_mut().enumerate() {
+            if w.0.try_wait().ok().flatten().is_none() {
+                kill(w, errors, &format!("round {round}: writer {i}"));
+            }
+        }
+        kill(
+            &mut collector,
+            &collector_errors,
+            &format!("round {round}: the collector"),
+        );
+        let (p0, o0, d0) = (ledger.puts, ledger.overwrites, ledger.deletes);
+        for (i, (_, rx, errors)) in writers.iter().enumerate() {
+            lines[i].extend(drain(rx, Duration::from_secs(30), "a writer's stdout"));
+            if let Ok(e) = errors.try_recv()
+                && !e.is_empty()
+            {
+                panic!("round {round}: writer {i} said on stderr: {e}");
+            }
+            for line in &lines[i] {
+                ledger.apply(line);
+            }
+        }
+        eprintln!(
+            "shared round {round}: {} puts, {} overwrites, {} deletes acknowledged by 4 processes",
+            ledger.puts - p0,
+            ledger.overwrites - o0,
+            ledger.deletes - d0,
+        );
+        let check = verify_seeds(&dir, None, round, rounds, &ledger, &seen, &seeds);
+        seen = tokio::time::timeout(Duration::from_secs(300), check)
+            .await
+            .unwrap_or_else(|_| panic!("round {round}: checking took over 300s"));
+    }
+    for key in &read_gone {
+        assert!(
+            ledger.deleted.contains(key) || ledger.maybe_deleted.contains_key(key),
+            "{key} was acknowledged by another process, yet not found here (and never deleted)"
+        );
+    }
+    assert!(
+        read_live > 100 && ledger.deletes > 0 && ledger.overwrites > 0,
+        "too little happened: {read_live} pieces of other processes read, {} deletes, {} overwrites",
+        ledger.deletes,
+        ledger.overwrites
+    );
+}
+
+/// Four processes put the same keys at the same moment: for each key with other bytes in
+/// each process, exactly one put returns Ok, the others `AlreadyExists`, and the store holds
+/// the winner's bytes; keys with the same bytes everywhere are Ok for all. Small (packed) and
+/// large (objects of their own) pieces both; on a directory and on a bucket whose index the
+/// processes share.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn racing_processes_one_key_exactly_one_wins() {
+    race_on("file", None).await;
+    if let Some(server) = piecestore_tests::server(piecestore_tests::ServerKind::Moto) {
+        let name = piecestore_tests::unique_name("race");
+        server.create_bucket(&name);
+        let bucket = Bucket {
+            url: format!("{}/{name}", server.endpoint),
+            access_key: server.access_key.clone(),
+            secret_key: server.secret_key.clone(),
+        };
+        race_on("moto", Some(&bucket)).await;
+    }
+}
+
+async fn race_on(name: &str, bucket: Option<&Bucket>) {
+    const RACERS: u64 = 4;
+    const KEYS: u64 = 150;
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dir = tmp.path().join("store").display().to_string();
+    // Created first, so that the racers do not race to create the store itself.
+    let store = PieceStore::open(pack_writer::config(&dir, bucket).expect("config"))
+        .await
+        .expect("open");
+    store.close().await;
+    let at = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+        + 2000;
+    let (n, at) = (KEYS.to_string(), at.to_string());
+    let mut racers: Vec<_> = (0..RACERS)
+        .map(|seed| {
+            let mut w = spawn_with(&dir, bucket, seed, &["--race", &n, "--at", &at]);
+            let (lines, errors) = read_output(&mut w);
+            (w, lines, errors)
+        })
+        .collect();
+    let mut said: Vec<Vec<String>> = Vec::new();
+    for (seed, (w, lines, errors)) in racers.iter_mut().enumerate() {
+        let out = drain(lines, Duration::from_secs(120), "a racer's stdout");
+        let status = w.0.wait().expect("wait for a racer");
+        let stderr = errors
+            .recv_timeout(Duration::from_secs(30))
+            .unwrap_or_default();
+        assert!(
+            status.success(),
+            "{name}: racer {seed} failed ({status}): {stderr}"
+        );
+        said.push(out);
+    }
+    let store = PieceStore::open(pack_writer::config(&dir, bucket).expect("config"))
+        .await
+        .expect("reopen");
+    for i in 0..KEYS {
+        let key = format!("race_{i}");
+        let winners: Vec<u64> = (0..RACERS)
+            .filter(|s| said[*s as usize].contains(&format!("W {key}")))
+            .collect();
+        let losers = (0..RACERS)
+            .filter(|s| said[*s as usize].contains(&format!("X {key}")))
+            .count();
+        assert_eq!(
+            winners.len(),
+            1,
+            "{name}: {key}: {} racers were told their bytes are stored",
+            winners.len()
+        );
+        assert_eq!(
+            losers as u64,
+            RACERS - 1,
+            "{name}: {key}: not every loser was told"
+        );
+        let got = store.get(&key).await.expect("get a raced key");
+        assert!(
+            got == pack_writer::race_piece(&key, Some(winners[0])),
+            "{name}: {key} holds other bytes than its winner's"
+        );
+        let key = format!("same_{i}");
+        for s in 0..RACERS {
+            assert!(
+                said[s as usize].contains(&format!("W {key}")),
+                "{name}: {key}: racer {s}'s put of the same bytes was refused"
+            );
+        }
+        assert!(store.get(&key).await.expect("get") == pack_writer::race_piece(&key, None));
+    }
+    let report = store
+        .fsck(piecestore::pack::fsck::FsckOptions::default(), &|_| {})
+        .await
+        .expect("fsck");
+    assert!(
+        report.is_clean(),
+        "{name}: fsck after the race:\n{}",
+        piecestore_tests::fsck_problems(&report)
+    );
+    store.close().await;
+    eprintln!("{name}: {KEYS} keys raced by {RACERS} processes, one winner each");
 }

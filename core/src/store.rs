@@ -63,6 +63,9 @@ impl std::fmt::Debug for PieceStore {
 /// The backends of all shards, by shard index.
 type Shards = Arc<[Arc<Backend>]>;
 
+/// The packers of all shards, by shard index.
+type Packers = Arc<[Arc<ShardPacker>]>;
+
 struct Inner {
     shards: Vec<Arc<Backend>>,
     placement: Placement,
@@ -81,7 +84,10 @@ struct Inner {
     /// Operation metrics, per shard and operation.
     metrics: Recorder,
     /// Each shard's packer, when small pieces are packed.
-    packers: Option<Vec<Arc<ShardPacker>>>,
+    packers: Option<Packers>,
+    /// Packers built anew in a forked child (each opens the index itself, as a process of its
+    /// own), with the generation they were built in.
+    child_packers: Mutex<Option<(u64, Packers)>>,
     /// Return pieces that carry no checksum (`AllowUnverified`) instead of `Corrupt`.
     allow_unverified: bool,
     /// Held (shared) by every running operation; `close` takes it whole, so that it returns
@@ -121,6 +127,7 @@ impl PieceStore {
             inner: Arc::new(Inner {
                 metrics,
                 packers,
+                child_packers: Mutex::new(None),
                 allow_unverified: config
                     .backend
                     .allow_unverified
@@ -472,25 +479,46 @@ impl PieceStore {
         }
     }
 
-    /// The packer of `key`'s shard, when small pieces are packed. In a process forked after
-    /// the store was opened, a packed store refuses: its index belongs to the parent.
-    fn packer(&self, key: &str) -> Result<Option<&Arc<ShardPacker>>> {
-        let Some(packers) = &self.inner.packers else {
-            return Ok(None);
-        };
-        self.refuse_in_fork_child()?;
-        Ok(Some(&packers[self.shard_of(key)]))
+    /// The packer of `key`'s shard, when small pieces are packed.
+    fn packer(&self, key: &str) -> Result<Option<Arc<ShardPacker>>> {
+        Ok(self
+            .packers_now()?
+            .map(|p| Arc::clone(&p[self.shard_of(key)])))
     }
 
-    fn refuse_in_fork_child(&self) -> Result<()> {
-        if self.inner.packers.is_some() && self.inner.generation != runtime::fork_generation() {
+    /// The shards' packers to use now: those built at open, or, in a process forked since,
+    /// packers built anew (the parent's hold its index connections, its active packs and its
+    /// writer tasks; the child is one more process on the store, with packs of its own). A
+    /// memory store's packers hold its pieces and cannot be shared across `fork()`.
+    fn packers_now(&self) -> Result<Option<Packers>> {
+        let inner = &self.inner;
+        let Some(packers) = &inner.packers else {
+            return Ok(None);
+        };
+        let generation = runtime::fork_generation();
+        if inner.generation == generation {
+            return Ok(Some(Arc::clone(packers)));
+        }
+        let mut reborn = inner
+            .child_packers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if let Some((g, p)) = &*reborn
+            && *g == generation
+        {
+            return Ok(Some(Arc::clone(p)));
+        }
+        if packers.iter().any(|p| p.is_memory()) {
             return Err(Error::config(
-                "this store packs small pieces, and its pack index belongs to the process that \
-                 opened it; open the store again in the forked child (after the parent closed \
-                 it), or open it with Pack = false to share it across fork()",
+                "this memory store packs small pieces in the memory of the process that opened \
+                 it; a forked child cannot use it (open a store in the child instead)",
             ));
         }
-        Ok(())
+        let shards = self.shards_now()?;
+        let fresh = build_packers(&inner.config, &shards)?
+            .ok_or_else(|| Error::config("the store's packing changed in a forked child"))?;
+        *reborn = Some((generation, Arc::clone(&fresh)));
+        Ok(Some(fresh))
     }
 
     /// One shard's pieces under `prefix`: its objects, then its packed pieces.
@@ -504,7 +532,11 @@ impl PieceStore {
         let Some(packers) = &self.inner.packers else {
             return self.observed_list(shard, objects);
         };
-        let packer = Arc::clone(&packers[shard]);
+        let packer = match self.packers_now() {
+            Ok(Some(p)) => Arc::clone(&p[shard]),
+            Ok(None) => Arc::clone(&packers[shard]),
+            Err(e) => return stream::once(async move { Err(e) }).boxed(),
+        };
         let b = Arc::clone(backend);
         // An object whose key the index holds as a packed piece is not that piece (an object
         // an overwrite left, about to go): the packed piece is listed instead.
@@ -518,9 +550,7 @@ impl PieceStore {
                 .boxed()
         };
         let p = prefix.to_string();
-        let store = self.clone();
         let packed = stream::once(async move {
-            store.refuse_in_fork_child()?;
             let metas = packer.list_packed(&b, &p).await?;
             Ok::<_, Error>(stream::iter(metas.into_iter().map(Ok)))
         })
@@ -644,10 +674,9 @@ impl PieceStore {
         let shards = self.shards_now()?;
         let mut packed = Vec::with_capacity(shards.len());
         for (i, b) in shards.iter().enumerate() {
-            packed.push(match &self.inner.packers {
+            packed.push(match self.packers_now()? {
                 None => None,
                 Some(p) => {
-                    self.refuse_in_fork_child()?;
                     let index = p[i].index(b).await?;
                     Some(inventory::PackedShard {
                         pieces: p[i].list_packed(b, "").await?,
@@ -668,7 +697,7 @@ impl PieceStore {
             && let Some(packers) = &self.inner.packers
         {
             m.pack_writes = (m.unverified_reads.iter().map(|(b, _)| *b))
-                .zip(packers)
+                .zip(packers.iter())
                 .map(|(b, p)| (b, p.written()))
                 .collect();
         }
@@ -776,13 +805,19 @@ impl PieceStore {
             return;
         }
         let _quiet = self.inner.gate.write().await;
-        let Some(packers) = &self.inner.packers else {
+        // In a forked child, the child's own packers (the parent's are the parent's).
+        let packers = if self.inner.generation == runtime::fork_generation() {
+            self.inner.packers.clone()
+        } else {
+            let child = self.inner.child_packers.lock();
+            let child = child.unwrap_or_else(|p| p.into_inner());
+            child.as_ref().map(|(_, p)| Arc::clone(p))
+        };
+        let Some(packers) = packers else {
             return;
         };
-        if self.inner.generation == runtime::fork_generation() {
-            let _ = self.flush_packers().await;
-        }
-        for p in packers {
+        let _ = self.flush_packers().await;
+        for p in packers.iter() {
             p.release_user().await;
         }
     }
@@ -792,15 +827,14 @@ impl PieceStore {
     /// open packs out, e.g. before a snapshot). Nothing to do on an unpacked store.
     pub async fn flush(&self) -> Result<()> {
         let _entered = self.enter().await?;
-        self.refuse_in_fork_child()?;
         self.flush_packers().await
     }
 
     async fn flush_packers(&self) -> Result<()> {
-        let Some(packers) = &self.inner.packers else {
+        let Some(packers) = self.packers_now()? else {
             return Ok(());
         };
-        let shards = &self.inner.shards;
+        let shards = self.shards_now()?;
         let n = shards.len();
         futures::future::try_join_all(
             packers
@@ -835,10 +869,9 @@ impl PieceStore {
     ) -> Result<GcReport> {
         let _entered = self.enter().await?;
         self.check().await?;
-        let Some(packers) = &self.inner.packers else {
+        let Some(packers) = self.packers_now()? else {
             return Ok(GcReport::default());
         };
-        self.refuse_in_fork_child()?;
         let shards = self.shards_now()?;
         let n = shards.len();
         let mut total = GcReport::default();
@@ -861,10 +894,9 @@ impl PieceStore {
     ) -> Result<FsckReport> {
         let _entered = self.enter().await?;
         self.check().await?;
-        let Some(packers) = &self.inner.packers else {
+        let Some(packers) = self.packers_now()? else {
             return Ok(FsckReport::default());
         };
-        self.refuse_in_fork_child()?;
         let shards = self.shards_now()?;
         let n = shards.len();
         let mut total = FsckReport::default();
@@ -892,10 +924,7 @@ fn build_shards(config: &Config) -> Result<Vec<Arc<Backend>>> {
 /// A packer per shard when the config packs small pieces: the index of a local directory in
 /// its `.piecestore/index.sqlite`, of a bucket under `Pack.IndexDir` (default: the user's cache
 /// directory), of a memory store in memory.
-fn build_packers(
-    config: &Config,
-    shards: &[Arc<Backend>],
-) -> Result<Option<Vec<Arc<ShardPacker>>>> {
+fn build_packers(config: &Config, shards: &[Arc<Backend>]) -> Result<Option<Packers>> {
     // Packing is PieceStore's own layout: off by default for memory:// and for the original's.
     let all_memory = shards.iter().all(|b| b.is_memory());
     let default = !all_memory && config.layout() == crate::config::Layout::PieceStore;
@@ -935,7 +964,7 @@ fn build_packers(
         .collect::<Result<Vec<_>>>()?;
     // Counted only once every shard's packer is there (a refused one leaves no count behind).
     packers.iter().for_each(|p| p.add_user());
-    Ok(Some(packers))
+    Ok(Some(packers.into()))
 }
 
 /// The packer of the index at `path`, shared by every store this process opened on it (an
@@ -950,12 +979,15 @@ fn shared_packer(
 ) -> Result<Arc<ShardPacker>> {
     use std::collections::HashMap;
     use std::sync::Weak;
-    static OPEN: Mutex<Option<HashMap<std::path::PathBuf, Weak<ShardPacker>>>> = Mutex::new(None);
+    // By fork generation too: a forked child's packers are its own.
+    type Open = HashMap<(std::path::PathBuf, u64), Weak<ShardPacker>>;
+    static OPEN: Mutex<Option<Open>> = Mutex::new(None);
     let key = path
         .parent()
         .and_then(|d| std::fs::canonicalize(d).ok())
         .map(|d| d.join(path.file_name().unwrap_or_default()))
         .unwrap_or_else(|| path.clone());
+    let key = (key, runtime::fork_generation());
     let mut open = OPEN.lock().unwrap_or_else(|p| p.into_inner());
     let map = open.get_or_insert_with(HashMap::new);
     map.retain(|_, w| w.strong_count() > 0);

@@ -1,4 +1,5 @@
-//! `pack-writer DIR SEED [--gc] [--url URL]`: writes pieces into the packed store at `DIR` (or,
+//! `pack-writer DIR SEED [--gc | --gc-only | --race N --at MILLIS] [--url URL]`: writes pieces
+//! into the packed store at `DIR` (or,
 //! with `--url`, in the bucket at `URL` with its index in `DIR`; the keys in the environment
 //! variables `PACK_WRITER_ACCESS_KEY` and `PACK_WRITER_SECRET_KEY`) from 32 concurrent tasks
 //! until it is killed, for the crash test (`tests/pack_crash.rs`). Most pieces
@@ -22,6 +23,15 @@
 //!
 //! A key is never put again once deleted. Any error ends the writer with exit status 1 and the
 //! error on stderr: the crash test then fails, as the writer must never see an error here.
+//!
+//! With `--gc-only` the process only runs garbage collection in a loop (the collector of the
+//! tests where several writer processes share one store).
+//!
+//! With `--race N --at MILLIS` the process waits until the Unix time `MILLIS`, then puts
+//! `race_{i}` (bytes of its own: they follow from the key and `SEED`) and `same_{i}` (bytes every
+//! racer shares) for i in 0..N, one at a time, and says `W key` for each put that returned `Ok`
+//! and `X key` for each `AlreadyExists`; it then exits. Several racers started together on one
+//! store put every key at about the same moment.
 
 use std::io::Write;
 use std::process::ExitCode;
@@ -160,17 +170,66 @@ async fn collect(store: PieceStore) -> Result<(), String> {
     }
 }
 
-async fn run(dir: String, bucket: Option<Bucket>, seed: u64, gc: bool) -> Result<(), String> {
+/// The bytes racer `seed` puts under `race_{i}` (`seed` = `None`: under `same_{i}`, the
+/// bytes all racers share): one in eight is an object of its own.
+pub fn race_piece(key: &str, seed: Option<u64>) -> Vec<u8> {
+    let h = key_hash(key);
+    let len = if h.is_multiple_of(8) {
+        (16 << 10) + (h % 4096) as usize
+    } else {
+        1 + (h % 2048) as usize
+    };
+    piecestore_tests::pseudo_random(len, h ^ seed.map_or(0, |s| s.wrapping_add(1) << 20))
+}
+
+/// Races the other racers on `race_{i}` and `same_{i}` (see the module's doc).
+async fn race(store: PieceStore, seed: u64, n: u64, at_ms: u64) -> Result<(), String> {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0);
+    tokio::time::sleep(Duration::from_millis(at_ms.saturating_sub(now))).await;
+    for i in 0..n {
+        for (key, data) in [(format!("race_{i}"), None), (format!("same_{i}"), Some(()))] {
+            let bytes = race_piece(&key, data.map_or(Some(seed), |()| None));
+            match store.put(&key, bytes).await {
+                Ok(()) => say('W', &key),
+                Err(e) if e.kind() == piecestore::ErrorKind::AlreadyExists => say('X', &key),
+                Err(e) => return Err(format!("put {key}: {e}")),
+            }
+            .map_err(|e| format!("stdout: {e}"))?;
+        }
+    }
+    store.close().await;
+    Ok(())
+}
+
+/// What the process does.
+enum Mode {
+    /// Writer tasks, and with `gc` a collector.
+    Write { gc: bool },
+    /// A collector only.
+    GcOnly,
+    /// A racer: `n` keys, at Unix milliseconds `at`.
+    Race { n: u64, at: u64 },
+}
+
+async fn run(dir: String, bucket: Option<Bucket>, seed: u64, mode: Mode) -> Result<(), String> {
     let cfg = config(&dir, bucket.as_ref()).map_err(|e| format!("config: {e}"))?;
     let store = PieceStore::open(cfg)
         .await
         .map_err(|e| format!("open {dir}: {e}"))?;
     say('R', "").map_err(|e| format!("stdout: {e}"))?;
-    let mut tasks: Vec<_> = (0..TASKS)
-        .map(|t| tokio::spawn(task(store.clone(), seed, t)))
-        .collect();
-    if gc {
-        tasks.push(tokio::spawn(collect(store.clone())));
+    let mut tasks: Vec<_> = Vec::new();
+    match mode {
+        Mode::Race { n, at } => return race(store, seed, n, at).await,
+        Mode::GcOnly => tasks.push(tokio::spawn(collect(store.clone()))),
+        Mode::Write { gc } => {
+            tasks.extend((0..TASKS).map(|t| tokio::spawn(task(store.clone(), seed, t))));
+            if gc {
+                tasks.push(tokio::spawn(collect(store.clone())));
+            }
+        }
     }
     // The tasks run until the writer is killed: any end is an error.
     let (ended, _, _) = futures::future::select_all(tasks).await;
@@ -187,11 +246,25 @@ fn main() -> ExitCode {
         eprintln!("usage: pack-writer DIR SEED [--gc] [--url URL]");
         return ExitCode::from(2);
     };
-    let (mut gc, mut bucket) = (false, None);
+    let (mut mode, mut bucket) = (Mode::Write { gc: false }, None);
+    let mut race_n = None;
     let mut rest = args[3..].iter();
     while let Some(arg) = rest.next() {
+        let value = rest.as_slice().first().and_then(|v| v.parse::<u64>().ok());
         match (arg.as_str(), rest.as_slice().first()) {
-            ("--gc", _) => gc = true,
+            ("--gc", _) => mode = Mode::Write { gc: true },
+            ("--gc-only", _) => mode = Mode::GcOnly,
+            ("--race", Some(_)) if value.is_some() => {
+                race_n = value;
+                rest.next();
+            }
+            ("--at", Some(_)) if value.is_some() => {
+                mode = Mode::Race {
+                    n: race_n.unwrap_or(0),
+                    at: value.unwrap_or(0),
+                };
+                rest.next();
+            }
             ("--url", Some(url)) => {
                 let key = |name: &str| std::env::var(name).unwrap_or_default();
                 bucket = Some(Bucket {
@@ -218,7 +291,7 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    match rt.block_on(run(dir.clone(), bucket, seed, gc)) {
+    match rt.block_on(run(dir.clone(), bucket, seed, mode)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("pack-writer: {e}");

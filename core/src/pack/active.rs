@@ -15,6 +15,12 @@
 //! buckets a group is one create-only PUT, durable by itself; recovery replays the packs the
 //! durable index does not know.)
 //!
+//! **Owners.** Every process that writes a directory has active packs of its own. The process
+//! that appends to an active pack holds an exclusive `flock` on it from before its first byte
+//! is written (it is created under a temporary name, locked, then renamed) until it lets go of
+//! it; recovery in another process replays, cuts, takes up or seals only an active pack whose
+//! lock it can take, that is, one whose owner is gone.
+//!
 //! A failed append is cut off again (`ftruncate` to where the group began), so no failed group
 //! stays in the stream. An active pack is sealed at `TargetSize`: its footer and trailer are
 //! appended (the same immutable, self-listing form as a bucket's pack) and it is never
@@ -51,6 +57,48 @@ pub(crate) struct ActivePack {
     entries: Option<Vec<Entry>>,
 }
 
+/// The temporary name a new active pack is made under.
+fn creating(path: &Path) -> PathBuf {
+    let mut name = path.as_os_str().to_os_string();
+    name.push(".new");
+    PathBuf::from(name)
+}
+
+/// Opens the active pack at `path` and takes its lock: `None` when another process owns it.
+pub(crate) fn claim(path: &Path) -> io::Result<Option<File>> {
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)?;
+    Ok(super::lease::try_lock(&file)?.then_some(file))
+}
+
+/// Removes the temporary files of pack creations that a crash cut short: unlocked, and older
+/// than `age` (a creation takes milliseconds; a younger file may be one whose creator has not
+/// locked it yet).
+pub(crate) fn sweep_creations(dir: &Path, age: std::time::Duration) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let old = entry
+            .metadata()
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|t| t.elapsed().ok())
+            .is_some_and(|e| e >= age);
+        if old
+            && entry
+                .file_name()
+                .to_str()
+                .is_some_and(|n| n.ends_with(".pack.new"))
+            && matches!(claim(&entry.path()), Ok(Some(_)))
+        {
+            let _ = std::fs::remove_file(entry.path());
+        }
+    }
+}
+
 /// One record to append: its header with the key, then its payload (the caller's bytes).
 pub(crate) struct Appended {
     /// The 32-byte record header followed by the key ([`format::record_head`]).
@@ -60,20 +108,34 @@ pub(crate) struct Appended {
 }
 
 impl ActivePack {
-    /// Creates the active pack `id` in `dir`: the pack header written and made durable, then
-    /// the directory entry (once per pack, so that every later `fdatasync` of the file makes
-    /// its appended records findable).
+    /// Creates the active pack `id` in `dir`, owned by this process: made under a temporary
+    /// name and locked, the pack header written and made durable, then renamed and the
+    /// directory entry made durable (once per pack, so that every later `fdatasync` of the
+    /// file makes its appended records findable).
     pub fn create(dir: &Path, id: PackId) -> io::Result<ActivePack> {
         std::fs::create_dir_all(dir)?;
         let path = dir.join(super::index::pack_name(id));
+        let temp = creating(&path);
         let file = std::fs::OpenOptions::new()
             .read(true)
             .write(true)
             .create_new(true)
-            .open(&path)?;
-        file.write_all_at(&format::PACK_MAGIC, 0)?;
-        file.sync_all()?;
-        File::open(dir)?.sync_all()?;
+            .open(&temp)?;
+        let made = (|| {
+            if !super::lease::try_lock(&file)? {
+                return Err(io::Error::other(
+                    "a new pack file is locked by another process",
+                ));
+            }
+            file.write_all_at(&format::PACK_MAGIC, 0)?;
+            file.sync_all()?;
+            std::fs::rename(&temp, &path)?;
+            File::open(dir)?.sync_all()
+        })();
+        if let Err(e) = made {
+            let _ = std::fs::remove_file(&temp);
+            return Err(e);
+        }
         Ok(ActivePack {
             id,
             path,
@@ -86,8 +148,9 @@ impl ActivePack {
         })
     }
 
-    /// Opens an existing active pack whose whole records end at `end` (found by recovery's
-    /// scan), cutting off anything after it (a torn tail).
+    /// Takes up an existing active pack whose whole records end at `end` (found by
+    /// recovery's scan), cutting off anything after it (a torn tail); `None` when another
+    /// process owns it (holds its lock).
     pub fn resume(
         path: PathBuf,
         id: PackId,
@@ -95,16 +158,15 @@ impl ActivePack {
         payload: u64,
         records: u64,
         min_seq: u64,
-    ) -> io::Result<ActivePack> {
-        let file = std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .open(&path)?;
+    ) -> io::Result<Option<ActivePack>> {
+        let Some(file) = claim(&path)? else {
+            return Ok(None);
+        };
         if file.metadata()?.len() != end {
             file.set_len(end)?;
             file.sync_all()?;
         }
-        Ok(ActivePack {
+        Ok(Some(ActivePack {
             id,
             path,
             file,
@@ -113,7 +175,7 @@ impl ActivePack {
             records,
             min_seq,
             entries: None,
-        })
+        }))
     }
 
     /// Appends `records` at the end with vectored positioned writes and one `fdatasync`;
@@ -256,14 +318,34 @@ mod tests {
             .unwrap();
         assert_eq!(at, 8);
         let end = a.end;
+        let path = dir.path().join(super::super::index::pack_name(7));
+        // Its owner holds it: nobody else takes it up, claims or sweeps it.
+        assert!(claim(&path).unwrap().is_none());
+        assert!(
+            ActivePack::resume(path.clone(), 7, end, 3, 2, 1)
+                .unwrap()
+                .is_none()
+        );
         drop(a);
         // A torn tail after the records is cut off on resume.
-        let path = dir.path().join(super::super::index::pack_name(7));
         let mut torn = std::fs::read(&path).unwrap();
         torn.extend_from_slice(b"PSR1 half a record");
         std::fs::write(&path, &torn).unwrap();
-        let mut a = ActivePack::resume(path.clone(), 7, end, 3, 2, 1).unwrap();
+        let mut a = ActivePack::resume(path.clone(), 7, end, 3, 2, 1)
+            .unwrap()
+            .expect("its owner is gone");
         assert_eq!(std::fs::metadata(&path).unwrap().len(), end);
+        // No temporary file is left, and a stale one of a gone creator is swept.
+        let stale = dir.path().join("00000000000000000000000000000009.pack.new");
+        std::fs::write(&stale, b"PSPK").unwrap();
+        sweep_creations(dir.path(), std::time::Duration::from_secs(60));
+        assert!(
+            stale.exists(),
+            "a new one may be one whose creator has not locked it yet"
+        );
+        sweep_creations(dir.path(), std::time::Duration::ZERO);
+        assert!(!stale.exists());
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
         a.append(&[record("c", 3, b"three")], true).unwrap();
         let (size, entries) = a.seal().unwrap();
         let bytes = std::fs::read(&path).unwrap();

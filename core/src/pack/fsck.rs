@@ -7,7 +7,7 @@ use super::format::{self, Entry, RecordKind};
 use super::index::{self, Change, Loc, PackId, PackInfo, PackState, Slot};
 use super::{ShardPacker, join_err, pack_info};
 use crate::backend::Backend;
-use crate::error::Result;
+use crate::error::{Error, Result};
 
 /// Options of [`PieceStore::fsck`](crate::PieceStore::fsck).
 #[derive(Debug, Clone, Copy, Default)]
@@ -159,7 +159,23 @@ pub(crate) async fn fsck_shard(
     opts: &FsckOptions,
     progress: &(dyn Fn(u64) + Sync),
 ) -> Result<FsckReport> {
-    let _one = packer.gc_lock.lock().await;
+    let _one = packer.gc_lease(backend).await?;
+    if opts.rebuild_index {
+        // Not while another process writes: a rebuild replaces the whole index in one
+        // transaction, and would drop what that process indexes meanwhile.
+        packer.index(backend).await?;
+        if packer.other_writers() {
+            return Err(Error::Backend {
+                op: "fsck",
+                key: None,
+                backend: backend.label().into(),
+                message: format!(
+                    "shard {shard}: another process has the store open; close it before                      rebuilding the index (a check without --rebuild-index runs alongside it)"
+                ),
+                retryable: true,
+            });
+        }
+    }
     let (mut report, mut scanned) = check(packer, backend, shard, progress).await?;
     if !opts.rebuild_index {
         return Ok(report);

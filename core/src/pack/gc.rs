@@ -107,7 +107,7 @@ pub(crate) async fn gc_shard(
     opts: &GcOptions,
     progress: &(dyn Fn(GcProgress) + Sync),
 ) -> Result<GcReport> {
-    let _one = packer.gc_lock.lock().await;
+    let _one = packer.gc_lease(backend).await?;
     let index = packer.index(backend).await?;
     let cfg = packer.opts().clone();
     let ratio = opts.garbage_ratio.unwrap_or(cfg.garbage_ratio);

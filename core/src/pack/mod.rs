@@ -34,6 +34,7 @@ pub mod gc;
 mod handles;
 pub mod index;
 mod io;
+mod lease;
 mod recovery;
 mod writer;
 
@@ -50,8 +51,22 @@ use crate::backend::{Backend, PieceMeta};
 use crate::config::PackOptions;
 use crate::error::{Error, Result};
 
-/// How long opening an index waits for another process to close it.
-const INDEX_WAIT: Duration = Duration::from_secs(10);
+/// How long compaction and checks wait for another process's compaction of the shard.
+const GC_WAIT: Duration = Duration::from_secs(60);
+
+/// A file beside the index: `<index>.<what>`.
+fn sibling(index: &std::path::Path, what: &str) -> PathBuf {
+    let mut name = index.as_os_str().to_os_string();
+    name.push(".");
+    name.push(what);
+    PathBuf::from(name)
+}
+
+/// The compaction lease of a shard ([`ShardPacker::gc_lease`]), held while alive.
+pub(crate) struct GcGuard<'a> {
+    _local: tokio::sync::MutexGuard<'a, ()>,
+    _lease: Option<lease::GcLease>,
+}
 
 pub(crate) fn now_ms() -> u64 {
     SystemTime::now()
@@ -129,9 +144,12 @@ pub(crate) struct ShardPacker {
     opening: tokio::sync::Mutex<()>,
     /// The write path's state ([`writer`]).
     state: Mutex<writer::State>,
-    /// The highest sequence number handed out (records, tombstones and objects alike); starts
-    /// from the index's persisted counter, never from the clock.
-    seq: AtomicU64,
+    /// The sequence counter (records, tombstones and objects alike): shared with the other
+    /// processes of the host that open the shard ([`lease`]); raised to the index's persisted
+    /// counter when the index opens, never set from the clock. Set when the index first opens.
+    seq: std::sync::OnceLock<lease::SeqCounter>,
+    /// This process's registration as a writer of the shard, while its file index is open.
+    writer: Mutex<Option<Arc<lease::Writer>>>,
     /// The index's `META_COMPLETE`: every object of the shard is known to it (read at open and
     /// after a rebuild, not on every put).
     complete: AtomicBool,
@@ -182,7 +200,8 @@ impl ShardPacker {
             index: Mutex::new(None),
             opening: tokio::sync::Mutex::new(()),
             state: Mutex::new(writer::State::default()),
-            seq: AtomicU64::new(0),
+            seq: std::sync::OnceLock::new(),
+            writer: Mutex::new(None),
             complete: AtomicBool::new(false),
             gc_lock: tokio::sync::Mutex::new(()),
             commits: tokio::sync::Mutex::new(Vec::new()),
@@ -212,6 +231,11 @@ impl ShardPacker {
         groups.fetch_add(1, Ordering::Relaxed);
         r.fetch_add(records, Ordering::Relaxed);
         b.fetch_add(bytes, Ordering::Relaxed);
+    }
+
+    /// Whether the index is kept in memory (a memory store's: it holds the pieces).
+    pub(crate) fn is_memory(&self) -> bool {
+        self.index_path.is_none()
     }
 
     /// Pieces smaller than this are packed.
@@ -246,6 +270,7 @@ impl ShardPacker {
             // and resumes the pack from the file as it finds it.
             self.active.lock().await.take();
             self.index.lock().unwrap_or_else(|p| p.into_inner()).take();
+            self.writer.lock().unwrap_or_else(|p| p.into_inner()).take();
         }
     }
 
@@ -262,16 +287,47 @@ impl ShardPacker {
             return Ok(i);
         }
         let path = self.index_path.clone();
-        let index: Arc<dyn PackIndex> = tokio::task::spawn_blocking(move || match path {
-            Some(p) => SqliteIndex::open(&p, INDEX_WAIT).map(|i| Arc::new(i) as _),
-            None => SqliteIndex::in_memory().map(|i| Arc::new(i) as _),
+        let label = backend.label().to_string();
+        type Opened = (
+            Arc<dyn PackIndex>,
+            Option<(lease::SeqCounter, lease::Writer)>,
+        );
+        let (index, shared): Opened = tokio::task::spawn_blocking(move || match path {
+            Some(p) => {
+                let index = SqliteIndex::open(&p)?;
+                let io = |what: &str, e: std::io::Error| Error::Backend {
+                    op: "open",
+                    key: None,
+                    backend: label.clone(),
+                    message: format!("{what} beside the pack index {}: {e}", p.display()),
+                    retryable: false,
+                };
+                let seq = lease::SharedCounter::open(&sibling(&p, "seq"))
+                    .map_err(|e| io("cannot map the sequence counter", e))?;
+                let writer = lease::Writer::register(&sibling(&p, "writers"))
+                    .map_err(|e| io("cannot register as a writer", e))?;
+                Ok((
+                    Arc::new(index) as _,
+                    Some((lease::SeqCounter::Shared(seq), writer)),
+                ))
+            }
+            None => SqliteIndex::in_memory().map(|i| (Arc::new(i) as _, None)),
         })
         .await
         .map_err(|e| join_err(backend, e))??;
+        match shared {
+            Some((seq, writer)) => {
+                let _ = self.seq.set(seq);
+                *self.writer.lock().unwrap_or_else(|p| p.into_inner()) = Some(Arc::new(writer));
+            }
+            None => {
+                let _ = self.seq.set(lease::SeqCounter::default());
+            }
+        }
         recovery::recover(self, backend, &index).await?;
         self.refresh_complete(&index)?;
         let max = index.meta(index::META_MAX_SEQ)?.unwrap_or(0);
-        self.seq.fetch_max(max, Ordering::SeqCst);
+        self.seqs().observe(max);
         *self.index.lock().unwrap_or_else(|p| p.into_inner()) = Some(Arc::clone(&index));
         Ok(index)
     }
@@ -280,10 +336,100 @@ impl ShardPacker {
     /// crash (or a failure) left half-way, so that the opened store shows none of them.
     pub(crate) async fn open(self: &Arc<Self>, backend: &Arc<Backend>) -> Result<()> {
         let index = self.index(backend).await?;
-        for (key, _) in index.intents()? {
-            self.resolve_key(backend, &key).await?;
+        for (key, owned) in index.intents()? {
+            // Another process's operation that runs is its own to finish.
+            if self.orphaned(owned.owner) {
+                self.resolve_key(backend, &key).await?;
+            }
         }
         Ok(())
+    }
+
+    /// This process's writer id for the shard (0 for a memory store: one process).
+    pub(crate) fn writer_id(&self) -> u64 {
+        self.writer
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+            .map_or(0, |w| w.id())
+    }
+
+    /// Whether an intent of writer `owner` may be finished or undone here: it is this
+    /// process's (none of its operations holds the key, or the caller would wait for that),
+    /// it predates writer ids, or its writer is gone.
+    pub(crate) fn orphaned(&self, owner: u64) -> bool {
+        if owner == 0 || owner == self.writer_id() {
+            return true;
+        }
+        match &self.index_path {
+            Some(p) => !lease::writer_alive(&sibling(p, "writers"), owner),
+            None => true,
+        }
+    }
+
+    /// Whether a process other than this one has the shard's index open.
+    pub(crate) fn other_writers(&self) -> bool {
+        let Some(p) = &self.index_path else {
+            return false;
+        };
+        let me = self.writer_id();
+        let dir = sibling(p, "writers");
+        std::fs::read_dir(&dir)
+            .map(|entries| {
+                entries.flatten().any(|e| {
+                    e.file_name()
+                        .to_str()
+                        .and_then(|n| u64::from_str_radix(n, 16).ok())
+                        .is_some_and(|id| id != me && lease::writer_alive(&dir, id))
+                })
+            })
+            .unwrap_or(false)
+    }
+
+    /// Takes the shard's compaction lease: one compaction, check or rebuild at a time in this
+    /// process, and (for a file index) across the processes of the host, waiting up to
+    /// [`GC_WAIT`] for another.
+    pub(crate) async fn gc_lease(&self, backend: &Backend) -> Result<GcGuard<'_>> {
+        let local = self.gc_lock.lock().await;
+        let Some(p) = self.index_path.clone() else {
+            return Ok(GcGuard {
+                _local: local,
+                _lease: None,
+            });
+        };
+        let path = sibling(&p, "gc");
+        let taken = tokio::task::spawn_blocking(move || lease::GcLease::take(&path, GC_WAIT))
+            .await
+            .map_err(|e| join_err(backend, e))?
+            .map_err(|e| Error::Backend {
+                op: "gc",
+                key: None,
+                backend: backend.label().into(),
+                message: format!("cannot take the compaction lease: {e}"),
+                retryable: false,
+            })?;
+        match taken {
+            Some(lease) => Ok(GcGuard {
+                _local: local,
+                _lease: Some(lease),
+            }),
+            None => Err(Error::Backend {
+                op: "gc",
+                key: None,
+                backend: backend.label().into(),
+                message: format!(
+                    "shard {}: another process has been compacting or checking it for {} s;                      try again when it is done",
+                    self.shard,
+                    GC_WAIT.as_secs()
+                ),
+                retryable: true,
+            }),
+        }
+    }
+
+    /// The sequence counter.
+    fn seqs(&self) -> &lease::SeqCounter {
+        self.seq.get_or_init(lease::SeqCounter::default)
     }
 
     /// Rereads whether the index knows every object (after it was rebuilt).
@@ -299,7 +445,7 @@ impl ShardPacker {
 
     /// The next sequence number.
     fn next_seq(&self) -> u64 {
-        self.seq.fetch_add(1, Ordering::SeqCst) + 1
+        self.seqs().next()
     }
 
     /// Applies `changes` to the index in one transaction, after any earlier commit that

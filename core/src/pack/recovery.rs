@@ -10,6 +10,10 @@
 //!    pack's write and its commit). A compaction's pack is recorded without its pieces (its
 //!    moves never committed); a damaged pack is left for `piecestore fsck`.
 //!
+//! Other processes may have the shard open meanwhile: a local active pack is replayed, cut,
+//! taken up or sealed only while its lock is held here (its owner is gone; see the `active`
+//! module), and a rebuild of the whole index holds the compaction lease.
+//!
 //! Intents (object operations left half-way) are finished afterwards, when the store opens
 //! ([`ShardPacker::open`]), or by the next operation on their key.
 
@@ -67,7 +71,12 @@ pub(super) async fn recover(
     let listed = backend.list_packs().await?;
     if known.is_empty() && !listed.is_empty() {
         // A new or lost index over existing packs: rebuild it whole (replaying packs one by one
-        // would skip the pieces that live only in compaction's packs).
+        // would skip the pieces that live only in compaction's packs), once: another process
+        // that opened the shard at the same time may have done it.
+        let _lease = packer.gc_lease(backend).await?;
+        if !index.packs()?.is_empty() {
+            return resume_active(packer, backend, index).await;
+        }
         tracing::info!(
             shard = packer.shard,
             packs = listed.len(),
@@ -80,11 +89,32 @@ pub(super) async fn recover(
     }
     let infos: HashMap<PackId, PackInfo> = index.packs()?.into_iter().collect();
     let local = packer.handles.is_some();
+    if let Some(h) = &packer.handles {
+        super::active::sweep_creations(h.dir(), std::time::Duration::from_secs(60));
+    }
     for (id, _) in listed {
         let info = infos.get(&id);
         if info.is_some_and(|i| i.state != PackState::Active) {
             continue;
         }
+        // A local pack being written by a live process is its owner's to index.
+        let _owned = match &packer.handles {
+            Some(h) => match super::active::claim(&h.path(id)) {
+                Ok(Some(lock)) => Some(lock),
+                Ok(None) => continue,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(e) => {
+                    return Err(crate::Error::Backend {
+                        op: "open",
+                        key: None,
+                        backend: backend.label().into(),
+                        message: format!("opening the pack {}: {e}", index::pack_name(id)),
+                        retryable: false,
+                    });
+                }
+            },
+            None => None,
+        };
         let bytes = backend.read_pack(id).await?;
         if let Some(info) = info {
             // A local active pack: records appended since the index was last durable.
@@ -215,9 +245,10 @@ async fn replay_active(
     apply(backend, index, changes).await.map(drop)
 }
 
-/// Takes up the newest active pack of a local directory, so that write groups go on being
-/// appended to it (and short-lived processes do not leave a pack each); seals any other (and
-/// a full one).
+/// Takes up the newest active pack of a local directory whose owner is gone, so that write
+/// groups go on being appended to it (and short-lived processes do not leave a pack each);
+/// seals the others whose owners are gone (and a full one). Packs of live processes are
+/// theirs.
 async fn resume_active(
     packer: &Arc<ShardPacker>,
     backend: &Arc<Backend>,
@@ -231,8 +262,8 @@ async fn resume_active(
         .into_iter()
         .filter(|(_, i)| i.state == PackState::Active)
         .collect();
-    actives.sort_by_key(|(id, _)| *id);
-    let newest = actives.last().map(|(id, _)| *id);
+    actives.sort_by_key(|(id, _)| std::cmp::Reverse(*id));
+    let mut taken = packer.active.lock().await.is_some();
     let io = |e: std::io::Error| crate::Error::Backend {
         op: "open",
         key: None,
@@ -252,15 +283,19 @@ async fn resume_active(
                 info.min_seq,
             )
         };
-        if Some(id) == newest && info.size < packer.opts.target_size {
-            let pack = tokio::task::spawn_blocking(resume)
-                .await
-                .map_err(|e| super::join_err(backend, e))?
-                .map_err(io)?;
+        let Some(pack) = tokio::task::spawn_blocking(resume)
+            .await
+            .map_err(|e| super::join_err(backend, e))?
+            .map_err(io)?
+        else {
+            continue; // a live process's
+        };
+        if !taken && info.size < packer.opts.target_size {
             *packer.active.lock().await = Some(pack);
+            taken = true;
             continue;
         }
-        let sealed = tokio::task::spawn_blocking(move || resume().and_then(ActivePack::seal))
+        let sealed = tokio::task::spawn_blocking(move || pack.seal())
             .await
             .map_err(|e| super::join_err(backend, e))?
             .map_err(io)?;

@@ -1,7 +1,7 @@
 //! How the index stores its values: fixed little-endian layouts of [`Slot`], [`PackInfo`] and
 //! [`Intent`] (internal to PieceStore; only the packs are an interchange format).
 
-use super::{Intent, Loc, PackInfo, PackState, Slot};
+use super::{Intent, Loc, OwnedIntent, PackInfo, PackState, Slot};
 
 impl Slot {
     pub(crate) fn encode(&self) -> Vec<u8> {
@@ -136,5 +136,26 @@ impl Intent {
             }),
             _ => None,
         }
+    }
+}
+
+impl OwnedIntent {
+    /// The intent's encoding, then the owner (8 bytes, little-endian).
+    pub(crate) fn encode(&self) -> Vec<u8> {
+        let mut v = self.intent.encode();
+        v.extend_from_slice(&self.owner.to_le_bytes());
+        v
+    }
+
+    /// Reads what [`OwnedIntent::encode`] wrote, or an intent without an owner (owner 0).
+    pub(crate) fn decode(b: &[u8]) -> Option<OwnedIntent> {
+        let intent = Intent::decode(b)?;
+        let bare = intent.encode().len();
+        let owner = match b.len().checked_sub(bare)? {
+            0 => 0,
+            8 => u64::from_le_bytes(b[bare..].try_into().ok()?),
+            _ => return None,
+        };
+        Some(OwnedIntent { intent, owner })
     }
 }

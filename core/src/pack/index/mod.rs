@@ -159,6 +159,16 @@ pub enum Intent {
     },
 }
 
+/// An [`Intent`] with the writer that recorded it (see the packer's `lease` module): only that
+/// writer carries it out while it lives; once it is gone, anyone finishes or undoes it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OwnedIntent {
+    /// The operation.
+    pub intent: Intent,
+    /// The writer's id; 0 for an intent recorded by a release that kept no writer id.
+    pub owner: u64,
+}
+
 /// One change of an [`PackIndex::apply`] batch. Live-byte accounting follows from the slot
 /// changes: the index does it, so no caller can get it wrong.
 #[derive(Debug, Clone)]
@@ -176,6 +186,15 @@ pub enum Change {
         id: PackId,
         /// Its size, payload bytes, record count and lowest sequence number.
         info: PackInfo,
+    },
+    /// Points `key` at `slot` only if the key holds nothing (no slot, no intent), or already
+    /// exactly this slot: a new piece's first write wins, whichever process made it (a put of
+    /// the same key racing in another process then finds the winner, and reports it).
+    Insert {
+        /// The piece key.
+        key: String,
+        /// Where it now is.
+        slot: Slot,
     },
     /// Points `key` at `slot`, unless the key already holds a write with a sequence number
     /// at least as high (a newer write wins; replaying an old pack changes nothing).
@@ -236,12 +255,16 @@ pub enum Change {
         /// The pack.
         id: PackId,
     },
-    /// Records an object operation about to start on `key` (replacing any other intent).
+    /// Records an object operation about to start on `key`, unless the key has an intent of
+    /// another writer (then nothing changes and the change reports `false`: that writer's
+    /// operation runs, or must be finished first).
     SetIntent {
         /// The piece key.
         key: String,
         /// What is about to happen.
         intent: Intent,
+        /// The writer that carries it out.
+        owner: u64,
     },
     /// Forgets `key`'s intent (the operation finished, or was undone).
     ClearIntent {
@@ -296,13 +319,13 @@ pub trait PackIndex: Send + Sync + fmt::Debug {
     /// while writes go on).
     fn snapshot(&self) -> Result<Snapshot>;
     /// The object operation in progress on `key`, if any.
-    fn intent(&self, key: &str) -> Result<Option<Intent>>;
+    fn intent(&self, key: &str) -> Result<Option<OwnedIntent>>;
     /// Where `key` is and the object operation in progress on it, read together.
-    fn lookup(&self, key: &str) -> Result<(Option<Slot>, Option<Intent>)> {
+    fn lookup(&self, key: &str) -> Result<(Option<Slot>, Option<OwnedIntent>)> {
         Ok((self.get(key)?, self.intent(key)?))
     }
     /// Every key with an object operation in progress.
-    fn intents(&self) -> Result<Vec<(String, Intent)>>;
+    fn intents(&self) -> Result<Vec<(String, OwnedIntent)>>;
     /// A metadata number.
     fn meta(&self, name: &str) -> Result<Option<u64>>;
     /// Number of keys.
@@ -463,12 +486,32 @@ mod tests {
             Change::SetIntent {
                 key: "big".into(),
                 intent: put,
+                owner: 5,
             },
             // A tombstone's own seq counts too.
             Change::BumpSeq(77),
         ])
         .unwrap();
-        assert_eq!(ix.intent("big").unwrap(), Some(put));
+        assert_eq!(
+            ix.intent("big").unwrap(),
+            Some(OwnedIntent {
+                intent: put,
+                owner: 5
+            })
+        );
+        // Another writer's intent is not replaced; the owner's is.
+        let other = Change::SetIntent {
+            key: "big".into(),
+            intent: Intent::DeleteObject { upto_seq: 1 },
+            owner: 6,
+        };
+        assert_eq!(ix.apply(&[other]).unwrap(), vec![false]);
+        let mine = Change::SetIntent {
+            key: "big".into(),
+            intent: put,
+            owner: 5,
+        };
+        assert_eq!(ix.apply(&[mine]).unwrap(), vec![true]);
         assert_eq!(ix.meta(META_MAX_SEQ).unwrap(), Some(77));
         // A pack the index has is left as it is (its live counts too).
         assert_eq!(
@@ -491,9 +534,10 @@ mod tests {
         ix.apply(&[Change::SetIntent {
             key: "x".into(),
             intent: del,
+            owner: 0,
         }])
         .unwrap();
-        assert_eq!(ix.intent("x").unwrap(), Some(del));
+        assert_eq!(ix.intent("x").unwrap().map(|o| o.intent), Some(del));
         assert_eq!(
             ix.apply(&[
                 Change::ClearIntent { key: "x".into() },

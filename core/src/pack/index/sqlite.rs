@@ -7,8 +7,8 @@
 //! In WAL mode with `synchronous = NORMAL` a commit appends to the log without an `fsync` and
 //! a power loss can only roll back the newest commits, never corrupt the database; a durable
 //! commit switches to `FULL` for that commit, which makes every earlier one durable too.
-//! Readers never wait for the writer, and several processes can open one database (the
-//! packer still allows one process per store; a lock file says so).
+//! Readers never wait for the writer, and several processes open one database at once (each
+//! writes packs of its own; see the packer's `lease` module for what they share).
 
 use std::collections::HashMap;
 use std::fmt;
@@ -19,8 +19,8 @@ use std::time::Duration;
 use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
 
 use super::{
-    Change, Intent, META_MAX_SEQ, META_VERSION, PackId, PackIndex, PackInfo, PackState, Slot,
-    Snapshot,
+    Change, Intent, META_MAX_SEQ, META_VERSION, OwnedIntent, PackId, PackIndex, PackInfo,
+    PackState, Slot, Snapshot,
 };
 use crate::error::{Error, Result};
 
@@ -44,8 +44,6 @@ pub struct SqliteIndex {
     readers: Mutex<Vec<Connection>>,
     /// How to open another reading connection.
     target: Target,
-    /// The lock file held while the index is open (one process per packed store).
-    _lock: Option<std::fs::File>,
 }
 
 enum Target {
@@ -66,11 +64,12 @@ fn pack_key(id: PackId) -> [u8; 16] {
 }
 
 impl SqliteIndex {
-    /// Opens (or creates) the index at `path`. Another process holding it open is waited for
-    /// up to `wait`, then refused with a clear error. A database that cannot be opened is set
-    /// aside (`<path>.damaged-<pid>`) and a new one created: the index is a cache of the packs,
-    /// and the caller's recovery rebuilds it from them.
-    pub fn open(path: &Path, wait: Duration) -> Result<Self> {
+    /// Opens (or creates) the index at `path`; other processes may have it open too. A
+    /// database that is damaged (not a database, or corrupt) is set aside
+    /// (`<path>.damaged-<pid>`) and a new one created: the index is a cache of the packs, and
+    /// the caller's recovery rebuilds it from them. Any other failure (a lock another process
+    /// holds for longer than the busy timeout, a full disk) is returned as it is.
+    pub fn open(path: &Path) -> Result<Self> {
         let label = path.display().to_string();
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir).map_err(|e| {
@@ -80,7 +79,6 @@ impl SqliteIndex {
                 ))
             })?;
         }
-        let lock = lock_file(path, wait, &label)?;
         // The index of releases before this one (redb): a cache, rebuilt from the packs.
         let old = path.with_extension("redb");
         if old.exists() {
@@ -98,6 +96,20 @@ impl SqliteIndex {
         };
         let writer = match open() {
             Ok(c) => c,
+            Err(e) if !damaged(&e) => {
+                return Err(Error::Backend {
+                    op: "open",
+                    key: None,
+                    backend: label,
+                    message: format!("the pack index cannot be opened: {e}"),
+                    retryable: matches!(
+                        e.sqlite_error_code(),
+                        Some(
+                            rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked
+                        )
+                    ),
+                });
+            }
             Err(e) => {
                 let aside = path.with_extension(format!("sqlite.damaged-{}", std::process::id()));
                 tracing::warn!(index = %label, error = %e, aside = %aside.display(), "the pack index cannot be opened: setting it aside and rebuilding it from the packs");
@@ -121,7 +133,7 @@ impl SqliteIndex {
                 })?
             }
         };
-        Self::init(writer, Target::File(path.to_path_buf()), label, Some(lock))
+        Self::init(writer, Target::File(path.to_path_buf()), label)
     }
 
     /// An index held in memory (for memory stores).
@@ -136,22 +148,16 @@ impl SqliteIndex {
         let writer = open_memory(&uri)
             .and_then(|c| c.execute_batch(SCHEMA).map(|()| c))
             .map_err(|e| Error::config(format!("in-memory index: {e}")))?;
-        Self::init(writer, Target::Memory, "memory".into(), None)
+        Self::init(writer, Target::Memory, "memory".into())
     }
 
-    fn init(
-        writer: Connection,
-        target: Target,
-        label: String,
-        lock: Option<std::fs::File>,
-    ) -> Result<Self> {
+    fn init(writer: Connection, target: Target, label: String) -> Result<Self> {
         let me = SqliteIndex {
             label,
             writer: Mutex::new(writer),
             max_seq: std::sync::atomic::AtomicU64::new(0),
             readers: Mutex::new(Vec::new()),
             target,
-            _lock: lock,
         };
         match me.meta(META_VERSION)? {
             None => {
@@ -305,6 +311,24 @@ impl SqliteIndex {
                     }
                     _ => false,
                 },
+                Change::Insert { key, slot } => {
+                    let old = t.piece(key)?;
+                    if old == Some(*slot) {
+                        true
+                    } else if old.is_some() || t.intent(key)?.is_some() {
+                        false
+                    } else {
+                        if let Slot::Packed(l) = slot {
+                            t.account(l.pack, l.len, true)?;
+                        }
+                        t.exec(
+                            "INSERT OR REPLACE INTO pieces (key, slot) VALUES (?1, ?2)",
+                            params![key, slot.encode()],
+                        )?;
+                        max_seq = max_seq.max(slot.seq());
+                        true
+                    }
+                }
                 Change::Put { key, slot } => {
                     let old = t.piece(key)?;
                     if old.is_some_and(|o| o.seq() >= slot.seq()) {
@@ -362,15 +386,23 @@ impl SqliteIndex {
                     t.packs.insert(*id, None);
                     had
                 }
-                Change::SetIntent { key, intent } => {
-                    if let Intent::PutObject { seq, .. } = intent {
-                        max_seq = max_seq.max(*seq);
+                Change::SetIntent { key, intent, owner } => {
+                    if t.intent(key)?.is_some_and(|o| o.owner != *owner) {
+                        false
+                    } else {
+                        if let Intent::PutObject { seq, .. } = intent {
+                            max_seq = max_seq.max(*seq);
+                        }
+                        let owned = OwnedIntent {
+                            intent: *intent,
+                            owner: *owner,
+                        };
+                        t.exec(
+                            "INSERT OR REPLACE INTO intents (key, intent) VALUES (?1, ?2)",
+                            params![key, owned.encode()],
+                        )?;
+                        true
                     }
-                    t.exec(
-                        "INSERT OR REPLACE INTO intents (key, intent) VALUES (?1, ?2)",
-                        params![key, intent.encode()],
-                    )?;
-                    true
                 }
                 Change::ClearIntent { key } => {
                     t.exec("DELETE FROM intents WHERE key = ?1", params![key])? > 0
@@ -421,6 +453,16 @@ impl Tables<'_> {
             .and_then(|mut s| s.query_row(params![key], |r| r.get(0)).optional())
             .map_err(|e| self.me.err(e))?;
         raw.map(|b| Slot::decode(&b).ok_or_else(|| self.me.corrupt(key)))
+            .transpose()
+    }
+
+    fn intent(&self, key: &str) -> Result<Option<OwnedIntent>> {
+        let raw: Option<Vec<u8>> = self
+            .tx
+            .prepare_cached("SELECT intent FROM intents WHERE key = ?1")
+            .and_then(|mut s| s.query_row(params![key], |r| r.get(0)).optional())
+            .map_err(|e| self.me.err(e))?;
+        raw.map(|b| OwnedIntent::decode(&b).ok_or_else(|| self.me.corrupt(key)))
             .transpose()
     }
 
@@ -508,41 +550,13 @@ fn open_memory(uri: &str) -> rusqlite::Result<Connection> {
     )
 }
 
-/// Takes the lock file beside the index (`<path>.lock`): one process at a time may use a
-/// packed store, since its writer appends to packs of its own. Waits up to `wait` for another.
-fn lock_file(path: &Path, wait: Duration, label: &str) -> Result<std::fs::File> {
-    use std::os::fd::AsRawFd;
-    let lock_path = PathBuf::from(format!("{}.lock", path.display()));
-    let file = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&lock_path)
-        .map_err(|e| {
-            Error::config(format!(
-                "cannot create the index lock {}: {e}",
-                lock_path.display()
-            ))
-        })?;
-    let deadline = std::time::Instant::now() + wait;
-    loop {
-        // SAFETY: flock on a file descriptor this function owns.
-        if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
-            return Ok(file);
-        }
-        if std::time::Instant::now() >= deadline {
-            return Err(Error::Backend {
-                op: "open",
-                key: None,
-                backend: label.to_string(),
-                message: "the pack index is open in another process (one process at a time \
-                          may write a packed store)"
-                    .into(),
-                retryable: true,
-            });
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
+/// Whether an open failure means the database file is damaged (set aside and rebuilt), not
+/// that it is busy or the disk is full.
+fn damaged(e: &rusqlite::Error) -> bool {
+    matches!(
+        e.sqlite_error_code(),
+        Some(rusqlite::ErrorCode::NotADatabase | rusqlite::ErrorCode::DatabaseCorrupt)
+    )
 }
 
 impl PackIndex for SqliteIndex {
@@ -556,7 +570,7 @@ impl PackIndex for SqliteIndex {
             .transpose()
     }
 
-    fn lookup(&self, key: &str) -> Result<(Option<Slot>, Option<Intent>)> {
+    fn lookup(&self, key: &str) -> Result<(Option<Slot>, Option<OwnedIntent>)> {
         type Raw = (Option<Vec<u8>>, Option<Vec<u8>>);
         let (slot, intent): Raw = self.read(|c| {
             c.prepare_cached(
@@ -569,7 +583,7 @@ impl PackIndex for SqliteIndex {
             .map(|b| Slot::decode(&b).ok_or_else(|| self.corrupt(key)))
             .transpose()?;
         let intent = intent
-            .map(|b| Intent::decode(&b).ok_or_else(|| self.corrupt(key)))
+            .map(|b| OwnedIntent::decode(&b).ok_or_else(|| self.corrupt(key)))
             .transpose()?;
         Ok((slot, intent))
     }
@@ -623,17 +637,17 @@ impl PackIndex for SqliteIndex {
         self.snapshot_parts(true)
     }
 
-    fn intent(&self, key: &str) -> Result<Option<Intent>> {
+    fn intent(&self, key: &str) -> Result<Option<OwnedIntent>> {
         let raw: Option<Vec<u8>> = self.read(|c| {
             c.prepare_cached("SELECT intent FROM intents WHERE key = ?1")?
                 .query_row(params![key], |r| r.get(0))
                 .optional()
         })?;
-        raw.map(|b| Intent::decode(&b).ok_or_else(|| self.corrupt(key)))
+        raw.map(|b| OwnedIntent::decode(&b).ok_or_else(|| self.corrupt(key)))
             .transpose()
     }
 
-    fn intents(&self) -> Result<Vec<(String, Intent)>> {
+    fn intents(&self) -> Result<Vec<(String, OwnedIntent)>> {
         let rows: Vec<(String, Vec<u8>)> = self.read(|c| {
             let mut s = c.prepare_cached("SELECT key, intent FROM intents ORDER BY key")?;
             let rows = s.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
@@ -641,7 +655,7 @@ impl PackIndex for SqliteIndex {
         })?;
         rows.into_iter()
             .map(|(k, b)| {
-                let i = Intent::decode(&b).ok_or_else(|| self.corrupt(&k))?;
+                let i = OwnedIntent::decode(&b).ok_or_else(|| self.corrupt(&k))?;
                 Ok((k, i))
             })
             .collect()

@@ -83,6 +83,7 @@ impl ShardPacker {
         let (pack, result) = job.run(index, &mut stuck);
         *slot = pack;
         drop((slot, stuck));
+        let result = result.map(|lost| self.note_lost(lost));
         self.finish_group(size, ticket, done, append_result(backend, result));
     }
 
@@ -291,18 +292,29 @@ impl ShardPacker {
     }
 
     /// Commits a group's index changes: lazily, unless the group carries other changes (an
-    /// intent must be durable before the operation it announces goes on).
+    /// intent must be durable before the operation it announces goes on). A group with a
+    /// record that lost its new key to another process is made durable before its puts
+    /// return (so that no replay of the packs ever prefers the loser).
     async fn commit_group(
         self: &Arc<Self>,
         backend: &Arc<Backend>,
         mut changes: Vec<Change>,
         extra: Vec<Change>,
     ) -> Result<()> {
-        if extra.is_empty() {
-            return self.commit_lazy(backend, changes).await.map(drop);
-        }
+        let inserts = insert_seqs(&changes);
+        let lazy = extra.is_empty();
         changes.extend(extra);
-        self.commit(backend, changes).await.map(drop)
+        let took = if lazy {
+            self.commit_lazy(backend, changes).await?
+        } else {
+            self.commit(backend, changes).await?
+        };
+        let lost = lost_inserts(&inserts, &took);
+        if !lost.is_empty() && lazy {
+            self.commit(backend, Vec::new()).await?;
+        }
+        self.note_lost(lost);
+        Ok(())
     }
 }
 
@@ -398,11 +410,16 @@ impl AppendJob {
     /// Appends the group and commits its index changes (after `stuck`, the changes of earlier
     /// failed commits); returns the active pack to keep (none when it was sealed, or cannot
     /// be written again).
+    /// Returns the sequence numbers of new keys' records that lost their key to another
+    /// process's write (the commit is then durable).
     fn run(
         self,
         index: &dyn PackIndex,
         stuck: &mut Vec<Change>,
-    ) -> (Option<ActivePack>, std::result::Result<(), AppendError>) {
+    ) -> (
+        Option<ActivePack>,
+        std::result::Result<Vec<u64>, AppendError>,
+    ) {
         let AppendJob {
             dir,
             pack,
@@ -489,8 +506,15 @@ impl AppendJob {
         } else {
             Some(pack)
         };
+        let inserts = insert_seqs(&changes);
         let committed = crate::pack::apply_after_blocking(index, stuck, changes, lazy)
-            .map(drop)
+            .and_then(|took| {
+                let lost = lost_inserts(&inserts, &took);
+                if !lost.is_empty() && lazy {
+                    crate::pack::apply_after_blocking(index, stuck, Vec::new(), false)?;
+                }
+                Ok(lost)
+            })
             .map_err(AppendError::Index);
         (kept, committed)
     }
@@ -521,6 +545,10 @@ fn record_changes(id: PackId, records: &[GroupRecord], entries: &[Entry]) -> Vec
         .iter()
         .zip(entries)
         .map(|(r, e)| match r.kind {
+            RecordKind::Piece if r.fresh => Change::Insert {
+                key: r.key.clone(),
+                slot: crate::pack::packed_slot(id, e),
+            },
             RecordKind::Piece => Change::Put {
                 key: r.key.clone(),
                 slot: crate::pack::packed_slot(id, e),

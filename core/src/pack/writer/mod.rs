@@ -35,6 +35,10 @@ mod group;
 /// How often an operation looks again after waiting for another operation on its key.
 const ATTEMPTS: usize = 16;
 
+/// How long an operation waits for another process's object operation on its key (a large
+/// piece's upload) before it reports the key busy.
+const FOREIGN_WAIT: std::time::Duration = std::time::Duration::from_secs(60);
+
 /// The outcome of a write, shared by everyone waiting on it: `(retryable, message)` on failure.
 pub(super) type Outcome = Option<std::result::Result<(), (bool, String)>>;
 
@@ -64,6 +68,9 @@ struct GroupRecord {
     seq: u64,
     payload: Bytes,
     crc: u32,
+    /// A new key's piece: indexed only if no other write of the key (in another process)
+    /// got there first ([`Change::Insert`]).
+    fresh: bool,
 }
 
 /// Records waiting to be written together.
@@ -93,6 +100,9 @@ pub(crate) struct State {
     leader: bool,
     /// The last ticket handed out.
     tickets: u64,
+    /// Sequence numbers of new keys' records that another process's write of the key beat
+    /// to the index: the put that wrote it finds out there, and reports what is stored.
+    lost: std::collections::HashSet<u64>,
 }
 
 impl State {
@@ -108,6 +118,8 @@ enum Record<'a> {
         key: &'a str,
         data: &'a Bytes,
         crc: u32,
+        /// A new key (see [`GroupRecord::fresh`]).
+        fresh: bool,
     },
     Tombstone {
         key: &'a str,
@@ -240,14 +252,15 @@ impl ShardPacker {
 
     /// Appends a record to the forming group (making the caller its leader, who then calls
     /// [`ShardPacker::lead`], when the writer is idle); with
-    /// `holder`, the key is held until the group is indexed. Returns the group's outcome.
+    /// `holder`, the key is held until the group is indexed. Returns the group's outcome and
+    /// the record's sequence number.
     fn enqueue(
         self: &Arc<Self>,
         st: &mut State,
         record: Record<'_>,
         extra: Vec<Change>,
         holder: Option<Holder>,
-    ) -> watch::Receiver<Outcome> {
+    ) -> (watch::Receiver<Outcome>, u64) {
         let full = st
             .forming
             .back()
@@ -264,12 +277,17 @@ impl ShardPacker {
         }
         let seq = self.next_seq();
         let group = st.forming.back_mut().expect("a forming group");
-        let (key, kind, payload, crc) = match record {
-            Record::Piece { key, data, crc } => (key, RecordKind::Piece, data.clone(), crc),
+        let (key, kind, payload, crc, fresh) = match record {
+            Record::Piece {
+                key,
+                data,
+                crc,
+                fresh,
+            } => (key, RecordKind::Piece, data.clone(), crc, fresh),
             Record::Tombstone { key, upto } => {
                 let payload = Bytes::copy_from_slice(&format::tombstone_payload(upto));
                 let crc = crate::checksum::crc32c(&payload);
-                (key, RecordKind::Tombstone, payload, crc)
+                (key, RecordKind::Tombstone, payload, crc, false)
             }
         };
         group.bytes += (format::RECORD_HEADER + key.len() + payload.len()) as u64;
@@ -279,6 +297,7 @@ impl ShardPacker {
             seq,
             payload,
             crc,
+            fresh,
         });
         group.extra.extend(extra);
         let rx = group.done.subscribe();
@@ -298,7 +317,42 @@ impl ShardPacker {
             st.writing = true;
             st.leader = true;
         }
-        rx
+        (rx, seq)
+    }
+
+    /// Records the new keys' records of a committed group that lost their key to another
+    /// process's write ([`lost_inserts`]).
+    fn note_lost(&self, lost: Vec<u64>) {
+        if !lost.is_empty() {
+            self.lock().lost.extend(lost);
+        }
+    }
+
+    /// After a fresh record's group was indexed: whether another process's write of the key
+    /// won (then what is stored decides the put's outcome).
+    fn take_lost(&self, seq: u64) -> bool {
+        self.lock().lost.remove(&seq)
+    }
+
+    /// The outcome of a put whose new key another process wrote first: Ok when it stored the
+    /// same bytes, `AlreadyExists` for other bytes; `None` to look again (the key was deleted
+    /// meanwhile, or has an operation of its own running).
+    async fn after_lost(
+        self: &Arc<Self>,
+        backend: &Arc<Backend>,
+        key: &str,
+        data: &Bytes,
+        crc: u32,
+    ) -> Result<Option<()>> {
+        let index = self.index(backend).await?;
+        let Some(slot) = index.get(key)? else {
+            return Ok(None);
+        };
+        match self.stored(backend, key, &slot, data, crc).await? {
+            Stored::Same => Ok(Some(())),
+            Stored::Other => Err(already_exists(backend, key)),
+            Stored::Gone => Ok(None),
+        }
     }
 
     /// Stores a small piece in a pack; returns once the pack is durable and indexed.
@@ -320,31 +374,46 @@ impl ShardPacker {
                 if let Look::Free(None) = look
                     && (!self.must_probe(backend) || backend.local_file_absent(key) == Some(true))
                 {
-                    let rx = self.enqueue(
+                    let queued = self.enqueue(
                         &mut st,
                         Record::Piece {
                             key,
                             data: &data,
                             crc,
+                            fresh: !overwrite,
                         },
                         Vec::new(),
                         Some(Holder::Put(data.clone())),
                     );
-                    Err(rx)
+                    Err(queued)
                 } else {
                     Ok(look)
                 }
             };
             let look = match look {
                 Ok(look) => look,
-                Err(rx) => {
+                Err((rx, seq)) => {
                     self.lead(backend).await;
-                    return wait(backend, key, rx).await;
+                    wait(backend, key, rx).await?;
+                    if !self.take_lost(seq) {
+                        return Ok(());
+                    }
+                    match self.after_lost(backend, key, &data, crc).await? {
+                        Some(()) => return Ok(()),
+                        None => continue,
+                    }
                 }
             };
             let slot = match look {
                 Look::Join(rx) => match wait(backend, key, rx).await {
-                    Ok(()) => return Ok(()),
+                    // The put joined may have lost its new key to another process's put of
+                    // other bytes: what is indexed decides.
+                    Ok(()) => match index.get(key)? {
+                        Some(s) if s.len() != data.len() as u64 || s.crc() != crc => {
+                            return Err(already_exists(backend, key));
+                        }
+                        _ => return Ok(()),
+                    },
                     Err(_) => continue,
                 },
                 Look::After(rx) => {
@@ -385,7 +454,7 @@ impl ShardPacker {
                 },
                 None => {}
             }
-            let rx = {
+            let (rx, seq) = {
                 let mut st = self.lock();
                 if st.inflight.contains_key(key)
                     || index.intent(key)?.is_some()
@@ -398,15 +467,18 @@ impl ShardPacker {
                         vec![Change::SetIntent {
                             key: key.into(),
                             intent: Intent::DeleteObject { upto_seq },
+                            owner: self.writer_id(),
                         }]
                     })
                     .unwrap_or_default();
+                let fresh = slot.is_none() && extra.is_empty() && !overwrite;
                 self.enqueue(
                     &mut st,
                     Record::Piece {
                         key,
                         data: &data,
                         crc,
+                        fresh,
                     },
                     extra,
                     Some(Holder::Put(data.clone())),
@@ -414,6 +486,12 @@ impl ShardPacker {
             };
             self.lead(backend).await;
             wait(backend, key, rx).await?;
+            if self.take_lost(seq) {
+                match self.after_lost(backend, key, &data, crc).await? {
+                    Some(()) => return Ok(()),
+                    None => continue,
+                }
+            }
             if stale_object.is_some() {
                 // The packed piece is indexed; the overwritten object goes (if this is cut
                 // short, its intent makes recovery or the next operation finish it).
@@ -464,16 +542,21 @@ impl ShardPacker {
             let me = Arc::clone(self);
             let backend2 = Arc::clone(backend);
             let key2 = key.to_string();
+            let body = data.clone();
             let task = self.tasks.enter();
             let handle = tokio::spawn(async move {
                 let _task = task;
                 let r = me
-                    .write_object(&backend2, &key2, data, crc, overwrite, slot)
+                    .write_object(&backend2, &key2, body, crc, overwrite, slot)
                     .await;
                 reservation.finish(&r);
                 r
             });
-            return handle.await.map_err(|e| join_err(backend, e))?;
+            match handle.await.map_err(|e| join_err(backend, e))? {
+                // Another process's intent came first: nothing was written; look again.
+                Err(e) if is_foreign(&e) => continue,
+                r => return r,
+            }
         }
         Err(busy(backend, key, "put"))
     }
@@ -496,14 +579,19 @@ impl ShardPacker {
             }
         }
         let seq = self.next_seq();
-        self.commit(
-            backend,
-            vec![Change::SetIntent {
-                key: key.into(),
-                intent: Intent::PutObject { len, crc, seq },
-            }],
-        )
-        .await?;
+        let took = self
+            .commit(
+                backend,
+                vec![Change::SetIntent {
+                    key: key.into(),
+                    intent: Intent::PutObject { len, crc, seq },
+                    owner: self.writer_id(),
+                }],
+            )
+            .await?;
+        if took != [true] {
+            return Err(foreign_intent(backend, key));
+        }
         match backend.put(key, data, crc, overwrite).await {
             Ok(()) => self.record_object(backend, key, len, crc, seq).await,
             // Did the write happen although it was reported failed?
@@ -554,7 +642,7 @@ impl ShardPacker {
                 let rx = {
                     let mut st = self.lock();
                     let record = Record::Tombstone { key, upto: loc.seq };
-                    self.enqueue(&mut st, record, finish, None)
+                    self.enqueue(&mut st, record, finish, None).0
                 };
                 self.lead(backend).await;
                 wait(backend, key, rx).await
@@ -614,12 +702,10 @@ impl ShardPacker {
                     Look::Resolve => Step::Resolve,
                     Look::Free(Some(Slot::Packed(loc))) => {
                         let record = Record::Tombstone { key, upto: loc.seq };
-                        Step::Tombstone(self.enqueue(
-                            &mut st,
-                            record,
-                            Vec::new(),
-                            Some(Holder::Other),
-                        ))
+                        Step::Tombstone(
+                            self.enqueue(&mut st, record, Vec::new(), Some(Holder::Other))
+                                .0,
+                        )
                     }
                     Look::Free(Some(Slot::Object { seq, .. })) => {
                         Step::Object(self.reserve(&mut st, key, Holder::Other), seq)
@@ -659,7 +745,10 @@ impl ShardPacker {
                 reservation.finish(&r);
                 r
             });
-            return handle.await.map_err(|e| join_err(backend, e))?;
+            match handle.await.map_err(|e| join_err(backend, e))? {
+                Err(e) if is_foreign(&e) => continue,
+                r => return r,
+            }
         }
         Err(busy(backend, key, "delete"))
     }
@@ -671,14 +760,19 @@ impl ShardPacker {
         key: &str,
         intent: Intent,
     ) -> Result<()> {
-        self.commit(
-            backend,
-            vec![Change::SetIntent {
-                key: key.into(),
-                intent,
-            }],
-        )
-        .await?;
+        let took = self
+            .commit(
+                backend,
+                vec![Change::SetIntent {
+                    key: key.into(),
+                    intent,
+                    owner: self.writer_id(),
+                }],
+            )
+            .await?;
+        if took != [true] {
+            return Err(foreign_intent(backend, key));
+        }
         self.finish_intent(backend, key, intent).await
     }
 
@@ -689,8 +783,9 @@ impl ShardPacker {
         let rx = {
             let mut st = self.lock();
             // Deletes every write older than the tombstone itself.
-            let upto = self.seq.load(std::sync::atomic::Ordering::SeqCst);
+            let upto = self.seqs().current();
             self.enqueue(&mut st, Record::Tombstone { key, upto }, Vec::new(), None)
+                .0
         };
         self.lead(backend).await;
         wait(backend, key, rx).await
@@ -703,23 +798,35 @@ impl ShardPacker {
         key: &str,
     ) -> Result<()> {
         let index = self.index(backend).await?;
-        for _ in 0..ATTEMPTS {
+        let deadline = tokio::time::Instant::now() + FOREIGN_WAIT;
+        let mut attempts = 0;
+        while attempts < ATTEMPTS {
             let step = {
                 let mut st = self.lock();
                 match st.inflight.get(key) {
-                    Some(p) => Err(p.done.clone()),
+                    Some(p) => Err(Some(p.done.clone())),
                     None => match index.intent(key)? {
                         None => return Ok(()),
-                        Some(intent) => Ok((self.reserve(&mut st, key, Holder::Other), intent)),
+                        Some(owned) if !self.orphaned(owned.owner) => Err(None),
+                        Some(owned) => {
+                            Ok((self.reserve(&mut st, key, Holder::Other), owned.intent))
+                        }
                     },
                 }
             };
             let (reservation, intent) = match step {
                 Ok(held) => held,
-                Err(rx) => {
+                Err(Some(rx)) => {
+                    attempts += 1;
                     let _ = wait(backend, key, rx).await;
                     continue;
                 }
+                // Another process's operation on the key runs: it finishes it.
+                Err(None) if tokio::time::Instant::now() < deadline => {
+                    tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+                    continue;
+                }
+                Err(None) => return Err(foreign_intent(backend, key)),
             };
             let r = self.finish_intent(backend, key, intent).await;
             reservation.finish(&r);
@@ -883,6 +990,46 @@ impl ShardPacker {
         // Everything committed lazily becomes durable.
         self.commit(backend, Vec::new()).await.map(drop)
     }
+}
+
+/// The positions and sequence numbers of the [`Change::Insert`]s among `changes`.
+fn insert_seqs(changes: &[Change]) -> Vec<(usize, u64)> {
+    changes
+        .iter()
+        .enumerate()
+        .filter_map(|(i, c)| match c {
+            Change::Insert { slot, .. } => Some((i, slot.seq())),
+            _ => None,
+        })
+        .collect()
+}
+
+/// The sequence numbers of the inserts ([`insert_seqs`]) that did not take effect (`took`:
+/// the commit's outcome of each change).
+fn lost_inserts(inserts: &[(usize, u64)], took: &[bool]) -> Vec<u64> {
+    inserts
+        .iter()
+        .filter(|(i, _)| took.get(*i) == Some(&false))
+        .map(|(_, seq)| *seq)
+        .collect()
+}
+
+/// Another process has an object operation running on `key` (its intent is in the index).
+fn foreign_intent(backend: &Backend, key: &str) -> Error {
+    Error::Backend {
+        op: "put",
+        key: Some(key.into()),
+        backend: backend.label().into(),
+        message: FOREIGN.into(),
+        retryable: true,
+    }
+}
+
+const FOREIGN: &str = "another process is writing or deleting this piece; try again";
+
+/// Whether `e` is [`foreign_intent`]'s: nothing was done, and the operation may look again.
+fn is_foreign(e: &Error) -> bool {
+    matches!(e, Error::Backend { message, .. } if message == FOREIGN)
 }
 
 fn already_exists(backend: &Backend, key: &str) -> Error {
