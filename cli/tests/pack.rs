@@ -265,3 +265,64 @@ fn gc_grace_holds_across_processes() {
     c.args(["get", "g5"]);
     assert_eq!(run(c, None).stdout, piece(5));
 }
+
+/// A packed store is not one process's: while `piecestore bench` writes to it, other
+/// `piecestore` processes put, get, list and check it (they used to wait for the bench to end,
+/// then fail), and see the bench's pieces and each other's at once.
+#[test]
+fn other_processes_use_the_store_while_a_bench_writes() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let d = dir.path();
+    let mut seed = bin(d);
+    seed.args(["put", "before_s0", "-"]);
+    ok(seed, Some(b"put before the bench"));
+    let mut bench = bin(d);
+    bench
+        .args([
+            "bench", "--op", "put", "-c", "4", "-d", "60s", "--size", "4KiB", "-q",
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    let mut bench = bench.spawn().expect("spawn bench");
+    // Until the bench has written some packs of its own.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while packs(d) < 2 && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    assert!(packs(d) >= 2, "the bench wrote no pack");
+    for i in 0..5 {
+        let mut c = bin(d);
+        c.args(["put", &format!("{i}_s0"), "-"]);
+        ok(c, Some(&piece(i)));
+    }
+    for i in 0..5 {
+        let mut c = bin(d);
+        c.args(["get", &format!("{i}_s0")]);
+        assert_eq!(run(c, None).stdout, piece(i), "piece {i}");
+    }
+    let mut c = bin(d);
+    c.args(["get", "before_s0"]);
+    assert_eq!(run(c, None).stdout, b"put before the bench");
+    let mut c = bin(d);
+    c.arg("ls");
+    let listed = ok(c, None);
+    assert!(
+        listed.lines().count() > 6,
+        "ls shows the bench's pieces too: {listed}"
+    );
+    let mut c = bin(d);
+    c.arg("fsck");
+    let checked = ok(c, None);
+    assert!(checked.contains("clean"), "fsck beside a writer: {checked}");
+    // All of that while the bench went on writing.
+    assert!(
+        bench.try_wait().expect("bench status").is_none(),
+        "the bench ended before the other processes were done"
+    );
+    let _ = bench.kill();
+    let _ = bench.wait();
+    let mut c = bin(d);
+    c.arg("fsck");
+    assert!(ok(c, None).contains("clean"));
+}

@@ -4,6 +4,8 @@ import { test } from 'node:test'
 import assert from 'node:assert/strict'
 import { Worker } from 'node:worker_threads'
 import { execFileSync } from 'node:child_process'
+import cluster from 'node:cluster'
+import { writeFileSync } from 'node:fs'
 import path from 'node:path'
 
 import { PieceStore } from '../index.js'
@@ -105,6 +107,56 @@ test('a worker terminated mid-operation does not take the process down', { timeo
   const store = new PieceStore('memory://')
   await store.put('1_s0', 'alive')
   assert.equal((await store.get('1_s0')).toString(), 'alive')
+})
+
+test('cluster: worker processes share one packed store', { timeout: 120_000 }, async () => {
+  const addon = path.resolve(path.dirname(new URL(import.meta.url).pathname), '..', 'index.js')
+  const dir = path.join(tempDir(), 'pieces')
+  const primary = new PieceStore(dir) // packed: the default for a directory
+  await primary.put('primary_s0', 'from the primary')
+  const script = path.join(tempDir(), 'worker.cjs')
+  writeFileSync(script, `
+    const { PieceStore } = require(${JSON.stringify(addon)})
+    const id = Number(process.env.WORKER)
+    const store = new PieceStore(${JSON.stringify(dir)})
+    ;(async () => {
+      for (let j = 0; j < 40; j++) await store.put(id + '_s' + j, 'worker ' + id + ' piece ' + j)
+      // Same bytes from every worker: Ok for all. Other bytes: exactly one wins.
+      await store.put('shared_s0', 'the same bytes')
+      let won = 1
+      try { await store.put('contested_s0', 'worker ' + id) } catch (e) {
+        if (e.code !== 'PIECE_EXISTS') throw e
+        won = 0
+      }
+      await store.close()
+      process.send({ won }, () => process.exit(0))
+    })().catch((e) => { console.error(e); process.exit(1) })
+  `)
+  cluster.setupPrimary({ exec: script, silent: false })
+  const results = await Promise.all(
+    [1, 2, 3, 4].map(
+      (id) =>
+        new Promise((resolve, reject) => {
+          const w = cluster.fork({ WORKER: String(id) })
+          let msg = null
+          w.on('message', (m) => { msg = m })
+          w.on('exit', (code) => (code === 0 && msg ? resolve(msg) : reject(new Error(`worker ${id} exited with ${code}`))))
+        }),
+    ),
+  )
+  assert.equal(results.reduce((n, r) => n + r.won, 0), 1, 'exactly one worker wins the contested key')
+  for (let id = 1; id <= 4; id++) {
+    for (let j = 0; j < 40; j++) {
+      assert.equal((await primary.get(`${id}_s${j}`)).toString(), `worker ${id} piece ${j}`)
+    }
+  }
+  assert.equal((await primary.get('shared_s0')).toString(), 'the same bytes')
+  assert.match((await primary.get('contested_s0')).toString(), /^worker [1-4]$/)
+  assert.equal((await primary.get('primary_s0')).toString(), 'from the primary')
+  let n = 0
+  for await (const _ of primary.list()) n++
+  assert.equal(n, 4 * 40 + 3)
+  await primary.close()
 })
 
 test('the process exits cleanly with operations in flight', { timeout: 120_000 }, () => {

@@ -144,12 +144,14 @@ def _child(store: piecestore.PieceStore, key: str, q: "multiprocessing.Queue[obj
         q.put(repr(e))
 
 
+@pytest.mark.parametrize("pack", [True, False], ids=["packed", "unpacked"])
 @pytest.mark.parametrize("kind", ["file", "s3_sharded"])
-def test_fork_child_uses_parent_store(kind: str, tmp_path: Path, request: pytest.FixtureRequest) -> None:
+def test_fork_child_uses_parent_store(
+    kind: str, pack: bool, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
     s3 = request.getfixturevalue("s3_endpoint") if kind == "s3_sharded" else None
-    # A packed store's index belongs to the process that opened it (see the next test):
-    # sharing a store across fork() takes one object per piece.
-    st = open_backend(kind, tmp_path, s3, pack=False)
+    # A forked child is one more process on the store: packed, it writes packs of its own.
+    st = open_backend(kind, tmp_path, s3, pack=pack)
     # use the store (and the runtime, and its connection pool) before forking
     for i in range(20):
         st.put(f"{i}_s0", b"from parent")
@@ -227,7 +229,7 @@ def test_no_crash_at_interpreter_exit() -> None:
         assert out.returncode == 0, out.stderr[-2000:]
 
 
-def _packed_child(store: piecestore.PieceStore, q: "multiprocessing.Queue[object]") -> None:
+def _memory_child(store: piecestore.PieceStore, q: "multiprocessing.Queue[object]") -> None:
     try:
         store.get("0_s0")
         q.put("no error")
@@ -237,17 +239,68 @@ def _packed_child(store: piecestore.PieceStore, q: "multiprocessing.Queue[object
         q.put(repr(e))
 
 
-def test_a_packed_store_refuses_in_a_forked_child(tmp_path: Path) -> None:
-    st = piecestore.PieceStore(tmp_path / "pieces")
+def test_a_packed_memory_store_refuses_in_a_forked_child() -> None:
+    # Its pieces live in the parent's memory: a child cannot share them.
+    st = piecestore.PieceStore("memory://", pack=True)
     st.put("0_s0", b"packed")
     ctx = multiprocessing.get_context("fork")
     q: "multiprocessing.Queue[object]" = ctx.Queue()
-    p = ctx.Process(target=_packed_child, args=(st, q))
+    p = ctx.Process(target=_memory_child, args=(st, q))
     p.start()
     p.join(60)
     assert not p.is_alive(), "a forked child hung"
     msg = q.get(timeout=5)
-    assert isinstance(msg, str) and "open the store again in the forked child" in msg, msg
-    # the parent still uses it
+    assert isinstance(msg, str) and "forked child cannot use it" in msg, msg
     assert st.get("0_s0") == b"packed"
+
+
+# The store a pool worker uses: inherited from the parent (fork), or opened by the worker.
+_POOL_STORE: "piecestore.PieceStore | None" = None
+
+
+def _pool_work(args: "tuple[str, int]") -> int:
+    path, worker = args
+    st = _POOL_STORE if _POOL_STORE is not None else piecestore.PieceStore(path)
+    for j in range(60):
+        key = f"{worker}_s{j}"
+        st.put(key, data_of(100 + 37 * j, worker))
+        assert st.get(key) == data_of(100 + 37 * j, worker)
+    # Every worker also puts the same bytes under one key: Ok for all, one piece stored.
+    st.put("shared_s0", b"the same bytes from every worker")
+    # And other bytes under another: exactly one wins, the rest are told it exists.
+    try:
+        st.put("contested_s0", f"worker {worker}".encode())
+        won = 1
+    except piecestore.PieceExists:
+        won = 0
+    st.delete(f"{worker}_s0")
+    return won
+
+
+@pytest.mark.parametrize("method", ["fork", "spawn"])
+def test_a_packed_store_from_a_multiprocessing_pool(method: str, tmp_path: Path) -> None:
+    global _POOL_STORE
+    path = str(tmp_path / "pieces")
+    st = piecestore.PieceStore(path)  # packed: the default for a directory
+    st.put("parent_s0", b"from the parent")
+    _POOL_STORE = st if method == "fork" else None
+    try:
+        ctx = multiprocessing.get_context(method)
+        with ctx.Pool(4) as pool:
+            wins = pool.map(_pool_work, [(path, w) for w in range(1, 9)], chunksize=1)
+    finally:
+        _POOL_STORE = None
+    assert sum(wins) == 1, wins
+    # Every worker's pieces are visible here at once, from the parent's own index view.
+    for w in range(1, 9):
+        with pytest.raises(piecestore.PieceNotFound):
+            st.get(f"{w}_s0")
+        for j in range(1, 60):
+            assert st.get(f"{w}_s{j}") == data_of(100 + 37 * j, w)
+    assert st.get("shared_s0") == b"the same bytes from every worker"
+    assert bytes(st.get("contested_s0")).startswith(b"worker ")
+    assert st.get("parent_s0") == b"from the parent"
+    assert len(list(st.list())) == 8 * 59 + 3
     st.close()
+    # Packed: the pieces are in packs.
+    assert list((tmp_path / "pieces" / ".piecestore" / "packs").iterdir())
