@@ -8,6 +8,7 @@ import (
 	"hash/crc32"
 	"net"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -701,4 +702,99 @@ func TestGetBufferLendsTheBytes(t *testing.T) {
 			t.Fatalf("GetBuffer of a missing piece: %v", err)
 		}
 	})
+}
+
+// childProcess is the test binary run again as one of several processes on one packed store
+// (TestSeveralProcessesShareOnePackedStore): it puts its own pieces, the same bytes under
+// shared_s0, and its own bytes under contested_s0, then prints "won" or "lost".
+func childProcess(dir, id string) int {
+	s, err := piecestore.Open("file://" + dir)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	defer s.Close()
+	for j := 0; j < 40; j++ {
+		if err := s.Put(ctx, fmt.Sprintf("%s_s%d", id, j), []byte(fmt.Sprintf("process %s piece %d", id, j))); err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			return 1
+		}
+	}
+	if err := s.Put(ctx, "shared_s0", []byte("the same bytes")); err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	switch err := s.Put(ctx, "contested_s0", []byte("process "+id)); {
+	case err == nil:
+		fmt.Println("won")
+	case errors.Is(err, piecestore.ErrExists):
+		fmt.Println("lost")
+	default:
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	return 0
+}
+
+// Several Go processes use one packed directory at once (and with the process that opened it
+// first): every process's pieces are found here, the same bytes are Ok for all, and of other
+// bytes under one key exactly one wins.
+func TestSeveralProcessesShareOnePackedStore(t *testing.T) {
+	dir := t.TempDir()
+	s := mustOpen(t, "file://"+dir)
+	if err := s.Put(ctx, "parent_s0", []byte("from the parent")); err != nil {
+		t.Fatal(err)
+	}
+	exe, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	type result struct {
+		out []byte
+		err error
+	}
+	results := make(chan result, 4)
+	for id := 1; id <= 4; id++ {
+		go func(id int) {
+			cmd := exec.Command(exe)
+			cmd.Env = append(os.Environ(), "PIECESTORE_GO_CHILD_STORE="+dir, fmt.Sprintf("PIECESTORE_GO_CHILD_ID=%d", id))
+			var stderr bytes.Buffer
+			cmd.Stderr = &stderr
+			out, err := cmd.Output()
+			if err != nil {
+				err = fmt.Errorf("process %d: %w: %s", id, err, stderr.String())
+			}
+			results <- result{out, err}
+		}(id)
+	}
+	won := 0
+	for range 4 {
+		r := <-results
+		if r.err != nil {
+			t.Fatal(r.err)
+		}
+		if strings.TrimSpace(string(r.out)) == "won" {
+			won++
+		}
+	}
+	if won != 1 {
+		t.Fatalf("%d processes were told their bytes are stored under contested_s0", won)
+	}
+	for id := 1; id <= 4; id++ {
+		for j := 0; j < 40; j++ {
+			got, err := s.Get(ctx, fmt.Sprintf("%d_s%d", id, j))
+			if want := fmt.Sprintf("process %d piece %d", id, j); err != nil || string(got) != want {
+				t.Fatalf("process %d's piece %d: %q, %v", id, j, got, err)
+			}
+		}
+	}
+	if got, err := s.Get(ctx, "shared_s0"); err != nil || string(got) != "the same bytes" {
+		t.Fatalf("shared_s0: %q, %v", got, err)
+	}
+	if got, err := s.Get(ctx, "contested_s0"); err != nil || !strings.HasPrefix(string(got), "process ") {
+		t.Fatalf("contested_s0: %q, %v", got, err)
+	}
+	if got, err := s.Get(ctx, "parent_s0"); err != nil || string(got) != "from the parent" {
+		t.Fatalf("parent_s0: %q, %v", got, err)
+	}
 }

@@ -107,6 +107,9 @@ func (s *s3Server) bucket(t testing.TB) string {
 }
 
 func TestMain(m *testing.M) {
+	if dir := os.Getenv("PIECESTORE_GO_CHILD_STORE"); dir != "" {
+		os.Exit(childProcess(dir, os.Getenv("PIECESTORE_GO_CHILD_ID")))
+	}
 	srv, err := startS3()
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "starting s3s-fs:", err)

@@ -315,6 +315,15 @@ fn other_processes_use_the_store_while_a_bench_writes() {
     c.arg("fsck");
     let checked = ok(c, None);
     assert!(checked.contains("clean"), "fsck beside a writer: {checked}");
+    // A rebuild would replace the index under the writer: refused, clearly, and nothing lost.
+    let mut c = bin(d);
+    c.args(["fsck", "--rebuild-index"]);
+    let refused = run(c, None);
+    let said = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        !refused.status.success() && said.contains("another process has the store open"),
+        "fsck --rebuild-index beside a writer: {said}"
+    );
     // All of that while the bench went on writing.
     assert!(
         bench.try_wait().expect("bench status").is_none(),
