@@ -382,13 +382,23 @@ impl PieceStore {
         key: &str,
         first_byte: &mut Option<Instant>,
     ) -> Result<(Bytes, Option<u32>)> {
-        if let Some(packer) = self.packer(key)?
-            && let Some((bytes, crc)) = packer.get(backend, key).await?
-        {
-            *first_byte = Some(Instant::now());
-            return Ok((bytes, Some(crc)));
-        }
-        let (bytes, crc) = backend.get_timed(key, first_byte).await?;
+        let packer = self.packer(key)?;
+        let mut looked = false;
+        let (bytes, crc) = loop {
+            if let Some(packer) = &packer
+                && let Some((bytes, crc)) = packer.get(backend, key).await?
+            {
+                *first_byte = Some(Instant::now());
+                return Ok((bytes, Some(crc)));
+            }
+            match backend.get_timed(key, first_byte).await {
+                // The index said "an object" (or nothing) and the object is gone: an overwrite
+                // by a packed piece (in this process or another) may have replaced it since.
+                // Look again, once.
+                Err(Error::NotFound { .. }) if packer.is_some() && !looked => looked = true,
+                other => break other?,
+            }
+        };
         if crc.is_none() {
             if !self.inner.allow_unverified {
                 return Err(Error::Corrupt {

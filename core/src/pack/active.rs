@@ -149,24 +149,23 @@ impl ActivePack {
     }
 
     /// Takes up an existing active pack whose whole records end at `end` (found by
-    /// recovery's scan), cutting off anything after it (a torn tail); `None` when another
-    /// process owns it (holds its lock).
+    /// recovery's scan), cutting off anything after it (a torn tail). `file` is the pack,
+    /// opened and locked by [`claim`] (the caller read `end` from the index after taking the
+    /// lock: before, the pack's owner could still have appended to it, or sealed it).
     pub fn resume(
+        file: File,
         path: PathBuf,
         id: PackId,
         end: u64,
         payload: u64,
         records: u64,
         min_seq: u64,
-    ) -> io::Result<Option<ActivePack>> {
-        let Some(file) = claim(&path)? else {
-            return Ok(None);
-        };
+    ) -> io::Result<ActivePack> {
         if file.metadata()?.len() != end {
             file.set_len(end)?;
             file.sync_all()?;
         }
-        Ok(Some(ActivePack {
+        Ok(ActivePack {
             id,
             path,
             file,
@@ -175,7 +174,7 @@ impl ActivePack {
             records,
             min_seq,
             entries: None,
-        }))
+        })
     }
 
     /// Appends `records` at the end with vectored positioned writes and one `fdatasync`;
@@ -220,7 +219,10 @@ impl ActivePack {
     /// Seals the pack: the footer and trailer of its records appended and made durable (the
     /// records as this process appended them, or, for a pack taken up from an earlier process,
     /// read back and listed by a forward scan). Returns the sealed pack's size and entries.
-    pub fn seal(mut self) -> io::Result<(u64, Vec<Entry>)> {
+    /// Nothing may be appended afterwards; the caller keeps the pack (and so its lock) until
+    /// the index says it is sealed: another process that took the lock earlier would find an
+    /// active pack in the index and cut the footer off as a torn tail.
+    pub fn seal(&mut self) -> io::Result<(u64, Vec<Entry>)> {
         if let Some(entries) = self.entries.take() {
             return self.seal_with(entries);
         }
@@ -242,7 +244,7 @@ impl ActivePack {
         self.seal_with(scan.all_entries())
     }
 
-    fn seal_with(self, entries: Vec<Entry>) -> io::Result<(u64, Vec<Entry>)> {
+    fn seal_with(&mut self, entries: Vec<Entry>) -> io::Result<(u64, Vec<Entry>)> {
         let tail = format::footer_and_trailer(&entries, 0);
         self.file.write_all_at(&tail, self.end)?;
         self.file.sync_data()?;
@@ -319,21 +321,15 @@ mod tests {
         assert_eq!(at, 8);
         let end = a.end;
         let path = dir.path().join(super::super::index::pack_name(7));
-        // Its owner holds it: nobody else takes it up, claims or sweeps it.
+        // Its owner holds it: nobody else claims (takes up, seals or sweeps) it.
         assert!(claim(&path).unwrap().is_none());
-        assert!(
-            ActivePack::resume(path.clone(), 7, end, 3, 2, 1)
-                .unwrap()
-                .is_none()
-        );
         drop(a);
         // A torn tail after the records is cut off on resume.
         let mut torn = std::fs::read(&path).unwrap();
         torn.extend_from_slice(b"PSR1 half a record");
         std::fs::write(&path, &torn).unwrap();
-        let mut a = ActivePack::resume(path.clone(), 7, end, 3, 2, 1)
-            .unwrap()
-            .expect("its owner is gone");
+        let lock = claim(&path).unwrap().expect("its owner is gone");
+        let mut a = ActivePack::resume(lock, path.clone(), 7, end, 3, 2, 1).unwrap();
         assert_eq!(std::fs::metadata(&path).unwrap().len(), end);
         // No temporary file is left, and a stale one of a gone creator is swept.
         let stale = dir.path().join("00000000000000000000000000000009.pack.new");

@@ -54,6 +54,9 @@ pub(crate) struct Writer {
     id: u64,
     path: PathBuf,
     _file: File,
+    /// The process that registered (a forked child that drops its copy must not remove the
+    /// parent's file: the parent still holds the lock).
+    pid: u32,
 }
 
 impl Writer {
@@ -75,13 +78,16 @@ impl Writer {
                 Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
                 Err(e) => return Err(e),
             };
-            if !try_lock(&file)? {
-                continue; // a sweep of another process holds it for a moment: take another id
+            // A sweep in another process may have taken the lock between the create and here
+            // (and removed the file, taking this writer for a gone one): then another id.
+            if !try_lock(&file)? || !same_file(&file, &path) {
+                continue;
             }
             return Ok(Writer {
                 id,
                 path,
                 _file: file,
+                pid: std::process::id(),
             });
         }
     }
@@ -92,9 +98,20 @@ impl Writer {
     }
 }
 
+/// Whether `path` still names the open `file`.
+fn same_file(file: &File, path: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    match (file.metadata(), std::fs::metadata(path)) {
+        (Ok(a), Ok(b)) => a.dev() == b.dev() && a.ino() == b.ino(),
+        _ => false,
+    }
+}
+
 impl Drop for Writer {
     fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.path);
+        if self.pid == std::process::id() {
+            let _ = std::fs::remove_file(&self.path);
+        }
     }
 }
 

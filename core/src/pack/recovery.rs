@@ -115,6 +115,13 @@ pub(super) async fn recover(
             },
             None => None,
         };
+        // What the index says now that the lock is held: before, the owner may still have
+        // appended to the pack, sealed it, or indexed it.
+        let fresh = index.pack(id)?;
+        if fresh.is_some_and(|i| i.state != PackState::Active) {
+            continue;
+        }
+        let info = fresh.as_ref();
         let bytes = backend.read_pack(id).await?;
         if let Some(info) = info {
             // A local active pack: records appended since the index was last durable.
@@ -271,10 +278,27 @@ async fn resume_active(
         message: format!("taking up the active pack: {e}"),
         retryable: false,
     };
-    for (id, info) in actives {
+    for (id, _) in actives {
         let path = h.path(id);
+        let claimed = {
+            let path = path.clone();
+            tokio::task::spawn_blocking(move || super::active::claim(&path))
+                .await
+                .map_err(|e| super::join_err(backend, e))?
+        };
+        let lock = match claimed {
+            Ok(Some(lock)) => lock,
+            Ok(None) => continue, // a live process's
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(io(e)),
+        };
+        // Read with the lock held: until then its owner may have appended to it or sealed it.
+        let Some(info) = index.pack(id)?.filter(|i| i.state == PackState::Active) else {
+            continue;
+        };
         let resume = move || {
             ActivePack::resume(
+                lock,
                 path,
                 id,
                 info.size,
@@ -283,23 +307,22 @@ async fn resume_active(
                 info.min_seq,
             )
         };
-        let Some(pack) = tokio::task::spawn_blocking(resume)
+        let pack = tokio::task::spawn_blocking(resume)
             .await
             .map_err(|e| super::join_err(backend, e))?
-            .map_err(io)?
-        else {
-            continue; // a live process's
-        };
+            .map_err(io)?;
         if !taken && info.size < packer.opts.target_size {
             *packer.active.lock().await = Some(pack);
             taken = true;
             continue;
         }
-        let sealed = tokio::task::spawn_blocking(move || pack.seal())
+        let mut pack = pack;
+        let (sealed, pack) = tokio::task::spawn_blocking(move || (pack.seal(), pack))
             .await
-            .map_err(|e| super::join_err(backend, e))?
-            .map_err(io)?;
+            .map_err(|e| super::join_err(backend, e))?;
+        let sealed = sealed.map_err(io)?;
         apply(backend, index, vec![Change::Seal { id, size: sealed.0 }]).await?;
+        drop(pack); // its lock, once the index says it is sealed
     }
     Ok(())
 }

@@ -490,6 +490,9 @@ impl AppendJob {
         changes.extend(record_changes(id, &records, &entries));
         changes.extend(extra);
         let mut lazy = lazy;
+        // A pack sealed (or that failed to seal) is let go only after the commit: its lock
+        // keeps other processes off it until the index says what it is.
+        let mut retired = None;
         let kept = if pack.end >= target {
             match pack.seal() {
                 Ok((size, _)) => {
@@ -502,6 +505,7 @@ impl AppendJob {
                     tracing::warn!(shard, pack = %crate::pack::index::pack_name(id), error = %e, "sealing the active pack failed")
                 }
             }
+            retired = Some(pack);
             None
         } else {
             Some(pack)
@@ -516,6 +520,7 @@ impl AppendJob {
                 Ok(lost)
             })
             .map_err(AppendError::Index);
+        drop(retired);
         (kept, committed)
     }
 }

@@ -950,10 +950,11 @@ impl ShardPacker {
         if !due {
             return Ok(false);
         }
-        let Some(pack) = slot.take() else {
+        let Some(mut pack) = slot.take() else {
             return Ok(false);
         };
-        let sealed = tokio::task::spawn_blocking(move || pack.seal())
+        // The pack (and its lock) is kept until the index says it is sealed.
+        let (sealed, pack) = tokio::task::spawn_blocking(move || (pack.seal(), pack))
             .await
             .map_err(|e| join_err(backend, e))?;
         // Should sealing fail, the pack stays active in the index (the next open seals it)
@@ -970,6 +971,7 @@ impl ShardPacker {
         })?;
         self.commit(backend, vec![Change::Seal { id, size }])
             .await?;
+        drop(pack);
         Ok(true)
     }
 
