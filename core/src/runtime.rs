@@ -63,14 +63,16 @@ thread_local! {
 
 #[cfg(unix)]
 extern "C" fn after_fork_in_child() {
-    // Only an atomic add: async-signal-safe, as a fork handler must be.
+    // Only atomics and a few system calls: async-signal-safe, as a fork handler must be.
     GENERATION.fetch_add(1, Ordering::SeqCst);
+    crate::pack::lease::release_in_child();
 }
 
 fn install_fork_handler() {
     ATFORK.call_once(|| {
         #[cfg(unix)]
-        // SAFETY: registers a handler that only touches an atomic.
+        // SAFETY: registers a handler that only touches atomics and calls async-signal-safe
+        // functions.
         unsafe {
             libc::pthread_atfork(None, None, Some(after_fork_in_child));
         }

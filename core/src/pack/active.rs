@@ -43,7 +43,7 @@ pub(crate) struct ActivePack {
     pub id: PackId,
     /// Its path.
     pub path: PathBuf,
-    file: File,
+    file: super::lease::Locked,
     /// Bytes of whole records (and the header): where the next group goes.
     pub end: u64,
     /// Payload bytes of its piece records.
@@ -65,12 +65,12 @@ fn creating(path: &Path) -> PathBuf {
 }
 
 /// Opens the active pack at `path` and takes its lock: `None` when another process owns it.
-pub(crate) fn claim(path: &Path) -> io::Result<Option<File>> {
+pub(crate) fn claim(path: &Path) -> io::Result<Option<super::lease::Locked>> {
     let file = std::fs::OpenOptions::new()
         .read(true)
         .write(true)
         .open(path)?;
-    Ok(super::lease::try_lock(&file)?.then_some(file))
+    Ok(super::lease::Locked::take(file)?.ok())
 }
 
 /// Removes the temporary files of pack creations that a crash cut short: unlocked, and older
@@ -122,20 +122,21 @@ impl ActivePack {
             .create_new(true)
             .open(&temp)?;
         let made = (|| {
-            if !super::lease::try_lock(&file)? {
-                return Err(io::Error::other(
-                    "a new pack file is locked by another process",
-                ));
-            }
+            let file = super::lease::Locked::take(file)?
+                .map_err(|_| io::Error::other("a new pack file is locked by another process"))?;
             file.write_all_at(&format::PACK_MAGIC, 0)?;
             file.sync_all()?;
             std::fs::rename(&temp, &path)?;
-            File::open(dir)?.sync_all()
+            File::open(dir)?.sync_all()?;
+            Ok(file)
         })();
-        if let Err(e) = made {
-            let _ = std::fs::remove_file(&temp);
-            return Err(e);
-        }
+        let file = match made {
+            Ok(file) => file,
+            Err(e) => {
+                let _ = std::fs::remove_file(&temp);
+                return Err(e);
+            }
+        };
         Ok(ActivePack {
             id,
             path,
@@ -153,7 +154,7 @@ impl ActivePack {
     /// opened and locked by [`claim`] (the caller read `end` from the index after taking the
     /// lock: before, the pack's owner could still have appended to it, or sealed it).
     pub fn resume(
-        file: File,
+        file: super::lease::Locked,
         path: PathBuf,
         id: PackId,
         end: u64,

@@ -160,11 +160,14 @@ pub(crate) async fn fsck_shard(
     progress: &(dyn Fn(u64) + Sync),
 ) -> Result<FsckReport> {
     let _one = packer.gc_lease(backend).await?;
+    let mut _alone = None;
     if opts.rebuild_index {
-        // Not while another process writes: a rebuild replaces the whole index in one
-        // transaction, and would drop what that process indexes meanwhile.
+        // Not while another process has the store open: a rebuild replaces the whole index in
+        // one transaction, and would drop what that process indexes meanwhile. Processes that
+        // open the store during the rebuild wait for it.
         packer.index(backend).await?;
-        if packer.other_writers() {
+        _alone = packer.exclusive()?;
+        if _alone.is_none() {
             return Err(Error::Backend {
                 op: "fsck",
                 key: None,

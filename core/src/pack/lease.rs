@@ -11,6 +11,10 @@
 //!   finishes or undoes an intent only when its writer is gone.
 //! - **Compaction.** `<index>.gc` is held by the one process that compacts (or checks, or
 //!   rebuilds) the shard.
+//! - **Recovery.** `<index>.recover` is held while a process brings the index up to date with
+//!   the shard on open: processes starting together (after a power loss, say) recover one
+//!   after another, and each takes its sequence numbers from the counter only once every
+//!   record recovered before it is counted.
 //! - **Sequence numbers.** `<index>.seq` holds the shard's sequence counter, mapped into every
 //!   process that writes: one atomic add hands out a number no other process holds, higher
 //!   than any handed out before on this host (so a later write of a key always has the higher
@@ -20,14 +24,129 @@ use std::fs::File;
 use std::io;
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI32, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+/// A file this process holds an exclusive `flock` on (a writer registration, an active pack,
+/// the compaction lease). An `flock` belongs to the open file, which `fork()` shares with the
+/// child: a child that kept its copy would keep the lock after the parent let go of it or died.
+/// So every such file is listed, and a forked child lets go of its copies at once
+/// ([`release_in_child`]).
+pub(crate) struct Locked(File);
+
+impl Locked {
+    /// Takes the lock on `file` without waiting; gives the file back when another open file
+    /// (in this process or another) holds it.
+    pub(crate) fn take(file: File) -> io::Result<Result<Locked, File>> {
+        if !flock(&file, libc::LOCK_EX)? {
+            return Ok(Err(file));
+        }
+        remember(file.as_raw_fd());
+        Ok(Ok(Locked(file)))
+    }
+
+    /// [`Locked::take`] with a shared lock (others may hold shared locks too).
+    pub(crate) fn take_shared(file: File) -> io::Result<Result<Locked, File>> {
+        if !flock(&file, libc::LOCK_SH)? {
+            return Ok(Err(file));
+        }
+        remember(file.as_raw_fd());
+        Ok(Ok(Locked(file)))
+    }
+
+    /// Turns a shared lock into an exclusive one without waiting: `Ok(false)` while another
+    /// holds a lock too (the shared lock is kept).
+    pub(crate) fn make_exclusive(&self) -> io::Result<bool> {
+        flock(&self.0, libc::LOCK_EX)
+    }
+
+    /// Turns an exclusive lock back into a shared one.
+    pub(crate) fn make_shared(&self) -> io::Result<bool> {
+        flock(&self.0, libc::LOCK_SH)
+    }
+}
+
+impl std::ops::Deref for Locked {
+    type Target = File;
+    fn deref(&self) -> &File {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Locked {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("Locked").field(&self.0.as_raw_fd()).finish()
+    }
+}
+
+impl Drop for Locked {
+    fn drop(&mut self) {
+        forget(self.0.as_raw_fd());
+    }
+}
+
+/// The descriptors of [`Locked`] files (-1: a free slot). Lock-free, since a fork handler must
+/// not take a lock.
+static LOCKED_FDS: [AtomicI32; 512] = [const { AtomicI32::new(-1) }; 512];
+
+fn remember(fd: i32) {
+    for slot in &LOCKED_FDS {
+        if slot
+            .compare_exchange(-1, fd, Ordering::SeqCst, Ordering::SeqCst)
+            .is_ok()
+        {
+            return;
+        }
+    }
+    tracing::warn!(
+        fd,
+        "more than 512 locked files: a forked child would keep this one's lock"
+    );
+}
+
+fn forget(fd: i32) {
+    for slot in &LOCKED_FDS {
+        if slot
+            .compare_exchange(fd, -1, Ordering::SeqCst, Ordering::SeqCst)
+            .is_ok()
+        {
+            return;
+        }
+    }
+}
+
+/// In a child just made by `fork()` (from the runtime's fork handler; async-signal-safe: atomics
+/// and three system calls): every [`Locked`] descriptor is pointed at `/dev/null`, so that the
+/// child holds none of the parent's locks (closing them would do the same, but the parent's
+/// objects in the child's memory still name them; unlocking would release the parent's lock).
+pub(crate) fn release_in_child() {
+    // SAFETY: open, dup3 and close are async-signal-safe; the descriptors named are the
+    // child's copies of the parent's locked files, which nothing in the child uses.
+    unsafe {
+        let null = libc::open(c"/dev/null".as_ptr(), libc::O_RDWR | libc::O_CLOEXEC);
+        if null < 0 {
+            return;
+        }
+        for slot in &LOCKED_FDS {
+            let fd = slot.swap(-1, Ordering::SeqCst);
+            if fd >= 0 {
+                libc::dup3(null, fd, libc::O_CLOEXEC);
+            }
+        }
+        libc::close(null);
+    }
+}
+
 /// Takes an exclusive `flock` on `file` without waiting: `Ok(false)` when another open file
-/// (in this process or another) holds it.
-pub(crate) fn try_lock(file: &File) -> io::Result<bool> {
+/// (in this process or another) holds it. (For a lock kept beyond a moment, [`Locked`].)
+fn try_lock(file: &File) -> io::Result<bool> {
+    flock(file, libc::LOCK_EX)
+}
+
+/// `flock(file, how | LOCK_NB)`: `Ok(false)` when another open file's lock is in the way.
+fn flock(file: &File, how: i32) -> io::Result<bool> {
     // SAFETY: flock on a file descriptor the caller owns for the duration of the call.
-    if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
+    if unsafe { libc::flock(file.as_raw_fd(), how | libc::LOCK_NB) } == 0 {
         return Ok(true);
     }
     let e = io::Error::last_os_error();
@@ -53,7 +172,10 @@ fn open_rw(path: &Path) -> io::Result<File> {
 pub(crate) struct Writer {
     id: u64,
     path: PathBuf,
-    _file: File,
+    _file: Locked,
+    /// A shared lock on `<index>.open`, held by every process with the index open; a rebuild
+    /// of the whole index makes its own exclusive ([`Writer::exclusive`]).
+    open: Locked,
     /// The process that registered (a forked child that drops its copy must not remove the
     /// parent's file: the parent still holds the lock).
     pid: u32,
@@ -61,8 +183,26 @@ pub(crate) struct Writer {
 
 impl Writer {
     /// Registers a new writer in `dir` (`<index>.writers`), removing the files of writers that
-    /// are gone.
-    pub(crate) fn register(dir: &Path) -> io::Result<Writer> {
+    /// are gone, with a shared lock on `open` (`<index>.open`), waiting up to `wait` while a
+    /// rebuild of the index holds it exclusively.
+    pub(crate) fn register(dir: &Path, open: &Path, wait: Duration) -> io::Result<Writer> {
+        let mut file = open_rw(open)?;
+        let deadline = Instant::now() + wait;
+        let open = loop {
+            file = match Locked::take_shared(file)? {
+                Ok(locked) => break locked,
+                Err(file) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(20));
+                    file
+                }
+                Err(_) => {
+                    return Err(io::Error::new(
+                        io::ErrorKind::WouldBlock,
+                        "another process has been rebuilding the pack index for too long",
+                    ));
+                }
+            };
+        };
         std::fs::create_dir_all(dir)?;
         sweep(dir);
         loop {
@@ -80,13 +220,17 @@ impl Writer {
             };
             // A sweep in another process may have taken the lock between the create and here
             // (and removed the file, taking this writer for a gone one): then another id.
-            if !try_lock(&file)? || !same_file(&file, &path) {
+            let Ok(file) = Locked::take(file)? else {
+                continue;
+            };
+            if !same_file(&file, &path) {
                 continue;
             }
             return Ok(Writer {
                 id,
                 path,
                 _file: file,
+                open,
                 pid: std::process::id(),
             });
         }
@@ -95,6 +239,28 @@ impl Writer {
     /// Its id (never 0: 0 marks intents of releases that recorded no writer).
     pub(crate) fn id(&self) -> u64 {
         self.id
+    }
+
+    /// Makes this the only process with the index open while the guard lives (for a rebuild
+    /// of the whole index): `None` while another process has it open. Processes that open it
+    /// meanwhile wait.
+    pub(crate) fn exclusive(self: &std::sync::Arc<Self>) -> io::Result<Option<Exclusive>> {
+        if self.open.make_exclusive()? {
+            return Ok(Some(Exclusive(std::sync::Arc::clone(self))));
+        }
+        // A conversion that fails has let go of the shared lock (flock(2) drops the old lock
+        // before it tries the new one): take it again.
+        self.open.make_shared()?;
+        Ok(None)
+    }
+}
+
+/// [`Writer::exclusive`]'s guard: back to a shared lock when dropped.
+pub(crate) struct Exclusive(std::sync::Arc<Writer>);
+
+impl Drop for Exclusive {
+    fn drop(&mut self) {
+        let _ = self.0.open.make_shared();
     }
 }
 
@@ -125,6 +291,20 @@ pub(crate) fn writer_alive(dir: &Path, id: u64) -> bool {
     }
 }
 
+/// Whether any writer of `dir` but `except` is alive.
+pub(crate) fn any_alive(dir: &Path, except: u64) -> bool {
+    std::fs::read_dir(dir)
+        .map(|entries| {
+            entries.flatten().any(|e| {
+                e.file_name()
+                    .to_str()
+                    .and_then(|n| u64::from_str_radix(n, 16).ok())
+                    .is_some_and(|id| id != except && writer_alive(dir, id))
+            })
+        })
+        .unwrap_or(false)
+}
+
 /// Removes the files of writers that are gone.
 fn sweep(dir: &Path) {
     let Ok(entries) = std::fs::read_dir(dir) else {
@@ -140,22 +320,24 @@ fn sweep(dir: &Path) {
     }
 }
 
-/// The compaction lease of one shard: held while the file stays open.
+/// A lease of one shard (compaction: `<index>.gc`; recovery: `<index>.recover`): held while
+/// it lives.
 #[derive(Debug)]
-pub(crate) struct GcLease {
-    _file: File,
+pub(crate) struct Lease {
+    _file: Locked,
 }
 
-impl GcLease {
+impl Lease {
     /// Takes the lease at `path`, waiting up to `wait` for another process to let it go;
     /// `Ok(None)` if it did not.
-    pub(crate) fn take(path: &Path, wait: Duration) -> io::Result<Option<GcLease>> {
-        let file = open_rw(path)?;
+    pub(crate) fn take(path: &Path, wait: Duration) -> io::Result<Option<Lease>> {
+        let mut file = open_rw(path)?;
         let deadline = Instant::now() + wait;
         loop {
-            if try_lock(&file)? {
-                return Ok(Some(GcLease { _file: file }));
-            }
+            file = match Locked::take(file)? {
+                Ok(locked) => return Ok(Some(Lease { _file: locked })),
+                Err(file) => file,
+            };
             if Instant::now() >= deadline {
                 return Ok(None);
             }
@@ -276,25 +458,58 @@ mod tests {
     fn writers_leases_and_the_counter() {
         let dir = tempfile::tempdir().unwrap();
         let writers = dir.path().join("w");
-        let a = Writer::register(&writers).unwrap();
-        let b = Writer::register(&writers).unwrap();
+        let open = dir.path().join("open");
+        let wait = Duration::from_millis(100);
+        let a = std::sync::Arc::new(Writer::register(&writers, &open, wait).unwrap());
+        let b = std::sync::Arc::new(Writer::register(&writers, &open, wait).unwrap());
+        // Not exclusive while another has the index open.
+        assert!(a.exclusive().unwrap().is_none());
         assert_ne!(a.id(), b.id());
         assert!(writer_alive(&writers, a.id()));
         let gone = a.id();
         drop(a);
         assert!(!writer_alive(&writers, gone));
         assert!(writer_alive(&writers, b.id()));
+        {
+            let only = b.exclusive().unwrap();
+            assert!(only.is_some(), "the only writer left");
+            // A process opening meanwhile waits, then gives up.
+            assert!(Writer::register(&writers, &open, wait).is_err());
+        }
+        assert!(Writer::register(&writers, &open, wait).is_ok());
 
         let gc = dir.path().join("gc");
-        let held = GcLease::take(&gc, Duration::ZERO).unwrap();
+        let held = Lease::take(&gc, Duration::ZERO).unwrap();
         assert!(held.is_some());
         assert!(
-            GcLease::take(&gc, Duration::from_millis(50))
+            Lease::take(&gc, Duration::from_millis(50))
                 .unwrap()
                 .is_none()
         );
         drop(held);
-        assert!(GcLease::take(&gc, Duration::ZERO).unwrap().is_some());
+        assert!(Lease::take(&gc, Duration::ZERO).unwrap().is_some());
+
+        // A forked child does not keep the parent's locks: once the parent lets go of the
+        // lease, another may take it while the child lives on.
+        crate::runtime::fork_generation(); // installs the fork handler
+        let lease = Lease::take(&gc, Duration::ZERO).unwrap().expect("free");
+        // SAFETY: the child only sleeps and exits (async-signal-safe).
+        let child = unsafe { libc::fork() };
+        if child == 0 {
+            unsafe {
+                libc::usleep(3_000_000);
+                libc::_exit(0);
+            }
+        }
+        assert!(child > 0, "fork failed");
+        drop(lease);
+        let again = Lease::take(&gc, Duration::from_millis(500)).unwrap();
+        // SAFETY: our own child.
+        unsafe {
+            libc::kill(child, libc::SIGKILL);
+            libc::waitpid(child, std::ptr::null_mut(), 0);
+        }
+        assert!(again.is_some(), "the forked child kept the parent's lock");
 
         let path = dir.path().join("seq");
         let one = SeqCounter::Shared(SharedCounter::open(&path).unwrap());

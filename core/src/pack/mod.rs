@@ -34,7 +34,7 @@ pub mod gc;
 mod handles;
 pub mod index;
 mod io;
-mod lease;
+pub(crate) mod lease;
 mod recovery;
 mod writer;
 
@@ -65,7 +65,7 @@ fn sibling(index: &std::path::Path, what: &str) -> PathBuf {
 /// The compaction lease of a shard ([`ShardPacker::gc_lease`]), held while alive.
 pub(crate) struct GcGuard<'a> {
     _local: tokio::sync::MutexGuard<'a, ()>,
-    _lease: Option<lease::GcLease>,
+    _lease: Option<lease::Lease>,
 }
 
 pub(crate) fn now_ms() -> u64 {
@@ -304,8 +304,9 @@ impl ShardPacker {
                 };
                 let seq = lease::SharedCounter::open(&sibling(&p, "seq"))
                     .map_err(|e| io("cannot map the sequence counter", e))?;
-                let writer = lease::Writer::register(&sibling(&p, "writers"))
-                    .map_err(|e| io("cannot register as a writer", e))?;
+                let writer =
+                    lease::Writer::register(&sibling(&p, "writers"), &sibling(&p, "open"), GC_WAIT)
+                        .map_err(|e| io("cannot register as a writer", e))?;
                 Ok((
                     Arc::new(index) as _,
                     Some((lease::SeqCounter::Shared(seq), writer)),
@@ -324,10 +325,39 @@ impl ShardPacker {
                 let _ = self.seq.set(lease::SeqCounter::default());
             }
         }
+        // One process recovers the shard at a time (see `lease`).
+        let recovering = match &self.index_path {
+            Some(p) => {
+                let path = sibling(p, "recover");
+                let taken = tokio::task::spawn_blocking(move || lease::Lease::take(&path, GC_WAIT))
+                    .await
+                    .map_err(|e| join_err(backend, e))?
+                    .map_err(|e| Error::Backend {
+                        op: "open",
+                        key: None,
+                        backend: backend.label().into(),
+                        message: format!("cannot take the recovery lease: {e}"),
+                        retryable: false,
+                    })?;
+                Some(taken.ok_or_else(|| Error::Backend {
+                    op: "open",
+                    key: None,
+                    backend: backend.label().into(),
+                    message: format!(
+                        "shard {}: another process has been recovering the pack index for {} s",
+                        self.shard,
+                        GC_WAIT.as_secs()
+                    ),
+                    retryable: true,
+                })?)
+            }
+            None => None,
+        };
         recovery::recover(self, backend, &index).await?;
         self.refresh_complete(&index)?;
         let max = index.meta(index::META_MAX_SEQ)?.unwrap_or(0);
         self.seqs().observe(max);
+        drop(recovering);
         *self.index.lock().unwrap_or_else(|p| p.into_inner()) = Some(Arc::clone(&index));
         Ok(index)
     }
@@ -367,23 +397,32 @@ impl ShardPacker {
         }
     }
 
-    /// Whether a process other than this one has the shard's index open.
-    pub(crate) fn other_writers(&self) -> bool {
-        let Some(p) = &self.index_path else {
-            return false;
+    /// Makes this process the only one with the shard's index open while the guard lives
+    /// (for a rebuild of the whole index): `Ok(None)` while another has it open (processes
+    /// that open it meanwhile wait). Always granted for a memory index.
+    pub(crate) fn exclusive(&self) -> Result<Option<Option<lease::Exclusive>>> {
+        let writer = self
+            .writer
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        let Some(writer) = writer else {
+            return Ok(Some(None));
         };
-        let me = self.writer_id();
-        let dir = sibling(p, "writers");
-        std::fs::read_dir(&dir)
-            .map(|entries| {
-                entries.flatten().any(|e| {
-                    e.file_name()
-                        .to_str()
-                        .and_then(|n| u64::from_str_radix(n, 16).ok())
-                        .is_some_and(|id| id != me && lease::writer_alive(&dir, id))
-                })
+        writer
+            .exclusive()
+            .map(|g| g.map(Some))
+            .map_err(|e| Error::Backend {
+                op: "fsck",
+                key: None,
+                backend: self
+                    .index_path
+                    .as_ref()
+                    .map(|p| p.display().to_string())
+                    .unwrap_or_default(),
+                message: format!("cannot lock the pack index: {e}"),
+                retryable: false,
             })
-            .unwrap_or(false)
     }
 
     /// Takes the shard's compaction lease: one compaction, check or rebuild at a time in this
@@ -398,7 +437,7 @@ impl ShardPacker {
             });
         };
         let path = sibling(&p, "gc");
-        let taken = tokio::task::spawn_blocking(move || lease::GcLease::take(&path, GC_WAIT))
+        let taken = tokio::task::spawn_blocking(move || lease::Lease::take(&path, GC_WAIT))
             .await
             .map_err(|e| join_err(backend, e))?
             .map_err(|e| Error::Backend {

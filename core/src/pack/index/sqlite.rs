@@ -110,6 +110,19 @@ impl SqliteIndex {
                     ),
                 });
             }
+            // Other processes using it would go on with the damaged file, apart from everyone
+            // who opens it from now on: refused while any of them lives.
+            Err(e) if crate::pack::lease::any_alive(&super::super::sibling(path, "writers"), 0) => {
+                return Err(Error::Corrupt {
+                    key: String::new(),
+                    backend: label,
+                    detail: format!(
+                        "the pack index cannot be opened ({e}), and other processes have it \
+                         open; stop them, then open the store again (the index is rebuilt from \
+                         the packs)"
+                    ),
+                });
+            }
             Err(e) => {
                 let aside = path.with_extension(format!("sqlite.damaged-{}", std::process::id()));
                 tracing::warn!(index = %label, error = %e, aside = %aside.display(), "the pack index cannot be opened: setting it aside and rebuilding it from the packs");

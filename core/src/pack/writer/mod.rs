@@ -779,12 +779,31 @@ impl ShardPacker {
     /// Deletes a key the index does not know: any object under it (written before packing,
     /// or by another program), and a tombstone for any record of it a pack may hold.
     async fn delete_unknown(self: &Arc<Self>, backend: &Arc<Backend>, key: &str) -> Result<()> {
-        backend.delete(key).await?;
+        let mut extra = Vec::new();
+        if backend.local_file_absent(key) != Some(true) {
+            // An intent first, so that another process's object write of the key (whose
+            // intent is in the index) is not deleted under it: refused while that one runs.
+            let took = self
+                .commit(
+                    backend,
+                    vec![Change::SetIntent {
+                        key: key.into(),
+                        intent: Intent::DeleteObject { upto_seq: 0 },
+                        owner: self.writer_id(),
+                    }],
+                )
+                .await?;
+            if took != [true] {
+                return Err(foreign_intent(backend, key));
+            }
+            backend.delete(key).await?;
+            extra.push(Change::ClearIntent { key: key.into() });
+        }
         let rx = {
             let mut st = self.lock();
             // Deletes every write older than the tombstone itself.
             let upto = self.seqs().current();
-            self.enqueue(&mut st, Record::Tombstone { key, upto }, Vec::new(), None)
+            self.enqueue(&mut st, Record::Tombstone { key, upto }, extra, None)
                 .0
         };
         self.lead(backend).await;
