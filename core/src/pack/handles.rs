@@ -19,6 +19,9 @@ use super::index::{self, PackId};
 /// How many pack files a shard keeps open for reads.
 pub(crate) const DEFAULT_HANDLES: usize = 64;
 
+/// Every this many reads, the open files of deleted packs are let go.
+const SWEEP_EVERY: u64 = 4096;
+
 /// The open pack files of one shard's directory.
 #[derive(Debug)]
 pub(crate) struct Handles {
@@ -56,6 +59,9 @@ impl Handles {
     /// An open file of pack `id` (opened now if not cached; `NotFound` if the pack is gone).
     fn file(&self, id: PackId) -> io::Result<Arc<File>> {
         let now = self.tick.fetch_add(1, Ordering::Relaxed);
+        if now % SWEEP_EVERY == SWEEP_EVERY - 1 {
+            self.forget_deleted();
+        }
         if let Some((f, used)) = self.lock().get_mut(&id) {
             *used = now;
             return Ok(Arc::clone(f));
@@ -89,6 +95,14 @@ impl Handles {
         self.lock().remove(&id);
     }
 
+    /// Lets go of the files of packs that were deleted (by compaction, maybe in another
+    /// process): an open file keeps a deleted pack's disk space allocated.
+    fn forget_deleted(&self) {
+        use std::os::unix::fs::MetadataExt;
+        self.lock()
+            .retain(|_, (f, _)| f.metadata().map(|m| m.nlink() > 0).unwrap_or(false));
+    }
+
     /// How many files are open now.
     #[cfg(test)]
     pub fn len(&self) -> usize {
@@ -120,5 +134,17 @@ mod tests {
             h.read(3, 5, 10).unwrap_err().kind(),
             io::ErrorKind::UnexpectedEof
         );
+        // A pack deleted behind the cache's back (compaction in another process) is let go
+        // within SWEEP_EVERY reads, so its disk space is not held.
+        std::fs::remove_file(h.path(2)).unwrap();
+        assert!(h.lock().contains_key(&2));
+        for _ in 0..SWEEP_EVERY {
+            h.read(3, 0, 1).unwrap();
+        }
+        assert!(
+            !h.lock().contains_key(&2),
+            "a deleted pack's file is still held"
+        );
+        assert!(h.lock().contains_key(&3));
     }
 }

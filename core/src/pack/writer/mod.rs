@@ -592,6 +592,13 @@ impl ShardPacker {
         if took != [true] {
             return Err(foreign_intent(backend, key));
         }
+        // With the intent in the index no other process's new piece can take the key
+        // (`Insert` refuses a key with an intent); one may have taken it before: then look
+        // again (and compare bytes) rather than write over it.
+        if self.index(backend).await?.get(key)? != slot {
+            self.clear_intent(backend, key).await?;
+            return Err(foreign_intent(backend, key));
+        }
         match backend.put(key, data, crc, overwrite).await {
             Ok(()) => self.record_object(backend, key, len, crc, seq).await,
             // Did the write happen although it was reported failed?
