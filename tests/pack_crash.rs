@@ -67,6 +67,16 @@ fn spawn_with(dir: &str, bucket: Option<&Bucket>, seed: u64, args: &[&str]) -> W
     Writer(cmd.spawn().expect("spawn pack-writer"))
 }
 
+/// `PIECESTORE_CRASH_SEED`, or the clock.
+fn crash_seed() -> u64 {
+    env_u64("PIECESTORE_CRASH_SEED").unwrap_or_else(|| {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or(1)
+    })
+}
+
 fn env_u64(name: &str) -> Option<u64> {
     std::env::var(name).ok().and_then(|v| v.trim().parse().ok())
 }
@@ -464,12 +474,7 @@ async fn acknowledged_packed_writes_survive_sigkill_on_moto() {
 /// its index in a directory) and checks the store after each kill.
 async fn crash_rounds(name: &str, bucket: Option<&Bucket>) {
     let rounds = env_u64("PIECESTORE_CRASH_ROUNDS").unwrap_or(20);
-    let seed = env_u64("PIECESTORE_CRASH_SEED").unwrap_or_else(|| {
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_nanos() as u64)
-            .unwrap_or(1)
-    });
+    let seed = crash_seed();
     eprintln!("pack_crash {name}: {rounds} rounds, PIECESTORE_CRASH_SEED={seed}");
     let mut rng = Rng(seed | 1);
     let tmp = tempfile::tempdir().expect("tempdir");
@@ -583,12 +588,7 @@ fn kill(w: &mut Writer, errors: &mpsc::Receiver<String>, what: &str) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn four_processes_and_a_collector_share_one_directory() {
     let rounds = env_u64("PIECESTORE_CRASH_ROUNDS").unwrap_or(20) + 1;
-    let seed = env_u64("PIECESTORE_CRASH_SEED").unwrap_or_else(|| {
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_nanos() as u64)
-            .unwrap_or(1)
-    });
+    let seed = crash_seed();
     eprintln!("shared directory: {rounds} rounds, PIECESTORE_CRASH_SEED={seed}");
     let mut rng = Rng(seed | 1);
     let tmp = tempfile::tempdir().expect("tempdir");

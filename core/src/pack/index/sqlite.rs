@@ -331,13 +331,7 @@ impl SqliteIndex {
                     } else if old.is_some() || t.intent(key)?.is_some() {
                         false
                     } else {
-                        if let Slot::Packed(l) = slot {
-                            t.account(l.pack, l.len, true)?;
-                        }
-                        t.exec(
-                            "INSERT OR REPLACE INTO pieces (key, slot) VALUES (?1, ?2)",
-                            params![key, slot.encode()],
-                        )?;
+                        t.set_piece(key, None, slot)?;
                         max_seq = max_seq.max(slot.seq());
                         true
                     }
@@ -347,16 +341,7 @@ impl SqliteIndex {
                     if old.is_some_and(|o| o.seq() >= slot.seq()) {
                         false
                     } else {
-                        if let Some(Slot::Packed(l)) = old {
-                            t.account(l.pack, l.len, false)?;
-                        }
-                        if let Slot::Packed(l) = slot {
-                            t.account(l.pack, l.len, true)?;
-                        }
-                        t.exec(
-                            "INSERT OR REPLACE INTO pieces (key, slot) VALUES (?1, ?2)",
-                            params![key, slot.encode()],
-                        )?;
+                        t.set_piece(key, old, slot)?;
                         max_seq = max_seq.max(slot.seq());
                         true
                     }
@@ -493,6 +478,21 @@ impl Tables<'_> {
             .transpose()?;
         self.packs.insert(id, info);
         Ok(info)
+    }
+
+    /// Points `key` (which held `old`) at `slot`, moving the live bytes between packs.
+    fn set_piece(&mut self, key: &str, old: Option<Slot>, slot: &Slot) -> Result<()> {
+        if let Some(Slot::Packed(l)) = old {
+            self.account(l.pack, l.len, false)?;
+        }
+        if let Slot::Packed(l) = slot {
+            self.account(l.pack, l.len, true)?;
+        }
+        self.exec(
+            "INSERT OR REPLACE INTO pieces (key, slot) VALUES (?1, ?2)",
+            params![key, slot.encode()],
+        )
+        .map(drop)
     }
 
     /// Moves `len` live bytes into (+) or out of (-) a pack.
