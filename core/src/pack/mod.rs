@@ -166,6 +166,10 @@ pub(crate) struct ShardPacker {
     handles: Option<handles::Handles>,
     /// On a local directory: the active pack groups are appended to ([`active`]).
     active: tokio::sync::Mutex<Option<active::ActivePack>>,
+    /// Sealed packs whose `Seal` commit failed (it waits in `commits`): kept, and so locked,
+    /// until the failed commits went through, so that no other process takes one for an
+    /// active pack of a gone process meanwhile.
+    retired: Mutex<Vec<active::ActivePack>>,
     /// Lazy (not yet durable) index commits since the last durable one.
     lazy: AtomicU64,
     /// Write groups written, their records and their payload bytes (for the metrics).
@@ -209,6 +213,7 @@ impl ShardPacker {
             users: AtomicUsize::new(0),
             handles: packs_dir.map(|d| handles::Handles::new(d, handles::DEFAULT_HANDLES)),
             active: tokio::sync::Mutex::new(None),
+            retired: Mutex::new(Vec::new()),
             lazy: AtomicU64::new(0),
             written: Default::default(),
         }
@@ -269,6 +274,10 @@ impl ShardPacker {
             // The active pack goes with the index: another process may open the store now,
             // and resumes the pack from the file as it finds it.
             self.active.lock().await.take();
+            self.retired
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .clear();
             self.index.lock().unwrap_or_else(|p| p.into_inner()).take();
             self.writer.lock().unwrap_or_else(|p| p.into_inner()).take();
         }

@@ -266,10 +266,23 @@ pub enum Change {
         /// The writer that carries it out.
         owner: u64,
     },
-    /// Forgets `key`'s intent (the operation finished, or was undone).
+    /// Hands `key`'s intent from writer `from` (gone) to writer `to`, who then finishes or
+    /// undoes it; nothing changes (and the change reports `false`) unless the intent is still
+    /// `from`'s, so of several processes that find one orphaned intent exactly one takes it.
+    TakeIntent {
+        /// The piece key.
+        key: String,
+        /// The writer that recorded it.
+        from: u64,
+        /// The writer that takes it.
+        to: u64,
+    },
+    /// Forgets `key`'s intent (the operation finished, or was undone), if it is `owner`'s.
     ClearIntent {
         /// The piece key.
         key: String,
+        /// The writer whose intent it is.
+        owner: u64,
     },
     /// Raises the sequence counter ([`META_MAX_SEQ`]) to at least this (every record's
     /// sequence number, tombstones included, goes through it).
@@ -512,6 +525,30 @@ mod tests {
             owner: 5,
         };
         assert_eq!(ix.apply(&[mine]).unwrap(), vec![true]);
+        // Another writer's intent is neither cleared nor taken but from its owner.
+        let clear = |owner| Change::ClearIntent {
+            key: "big".into(),
+            owner,
+        };
+        assert_eq!(ix.apply(&[clear(6)]).unwrap(), vec![false]);
+        let take = |from, to| Change::TakeIntent {
+            key: "big".into(),
+            from,
+            to,
+        };
+        assert_eq!(ix.apply(&[take(6, 7)]).unwrap(), vec![false]);
+        assert_eq!(
+            ix.apply(&[take(5, 7), take(5, 8)]).unwrap(),
+            vec![true, false]
+        );
+        assert_eq!(ix.intent("big").unwrap().map(|o| o.owner), Some(7));
+        assert_eq!(ix.apply(&[clear(5), clear(7)]).unwrap(), vec![false, true]);
+        ix.apply(&[Change::SetIntent {
+            key: "big".into(),
+            intent: put,
+            owner: 5,
+        }])
+        .unwrap();
         assert_eq!(ix.meta(META_MAX_SEQ).unwrap(), Some(77));
         // A pack the index has is left as it is (its live counts too).
         assert_eq!(
@@ -540,8 +577,14 @@ mod tests {
         assert_eq!(ix.intent("x").unwrap().map(|o| o.intent), Some(del));
         assert_eq!(
             ix.apply(&[
-                Change::ClearIntent { key: "x".into() },
-                Change::ClearIntent { key: "x".into() }
+                Change::ClearIntent {
+                    key: "x".into(),
+                    owner: 0
+                },
+                Change::ClearIntent {
+                    key: "x".into(),
+                    owner: 0
+                }
             ])
             .unwrap(),
             vec![true, false]

@@ -402,9 +402,27 @@ impl SqliteIndex {
                         true
                     }
                 }
-                Change::ClearIntent { key } => {
-                    t.exec("DELETE FROM intents WHERE key = ?1", params![key])? > 0
-                }
+                Change::TakeIntent { key, from, to } => match t.intent(key)? {
+                    Some(o) if o.owner == *from => {
+                        let owned = OwnedIntent {
+                            intent: o.intent,
+                            owner: *to,
+                        };
+                        t.exec(
+                            "INSERT OR REPLACE INTO intents (key, intent) VALUES (?1, ?2)",
+                            params![key, owned.encode()],
+                        )?;
+                        true
+                    }
+                    _ => false,
+                },
+                Change::ClearIntent { key, owner } => match t.intent(key)? {
+                    Some(o) if o.owner == *owner => {
+                        t.exec("DELETE FROM intents WHERE key = ?1", params![key])?;
+                        true
+                    }
+                    _ => false,
+                },
                 Change::BumpSeq(seq) => {
                     max_seq = max_seq.max(*seq);
                     true

@@ -80,9 +80,18 @@ impl ShardPacker {
         } = group;
         let size = group_size(&records);
         let job = self.append_job(backend, &mut slot, records, extra);
-        let (pack, result) = job.run(index, &mut stuck);
+        let (pack, result, unsealed) = job.run(index, &mut stuck);
+        let flushed = stuck.is_empty();
         *slot = pack;
         drop((slot, stuck));
+        {
+            let mut retired = self.retired.lock().unwrap_or_else(|p| p.into_inner());
+            match unsealed {
+                Some(p) => retired.push(p),
+                None if flushed => retired.clear(),
+                None => {}
+            }
+        }
         let result = result.map(|lost| self.note_lost(lost));
         self.finish_group(size, ticket, done, append_result(backend, result));
     }
@@ -409,9 +418,9 @@ enum AppendError {
 impl AppendJob {
     /// Appends the group and commits its index changes (after `stuck`, the changes of earlier
     /// failed commits); returns the active pack to keep (none when it was sealed, or cannot
-    /// be written again).
-    /// Returns the sequence numbers of new keys' records that lost their key to another
-    /// process's write (the commit is then durable).
+    /// be written again), the sequence numbers of new keys' records that lost their key to
+    /// another process's write (the commit is then durable), and a pack it sealed whose commit
+    /// failed (to keep, locked, until that commit goes through).
     fn run(
         self,
         index: &dyn PackIndex,
@@ -419,6 +428,7 @@ impl AppendJob {
     ) -> (
         Option<ActivePack>,
         std::result::Result<Vec<u64>, AppendError>,
+        Option<ActivePack>,
     ) {
         let AppendJob {
             dir,
@@ -441,7 +451,13 @@ impl AppendJob {
                     });
                     p
                 }
-                Err(e) => return (None, Err(AppendError::Io("creating an active pack", e))),
+                Err(e) => {
+                    return (
+                        None,
+                        Err(AppendError::Io("creating an active pack", e)),
+                        None,
+                    );
+                }
             },
         };
         let appended: Vec<Appended> = records
@@ -460,11 +476,12 @@ impl AppendJob {
                 if !changes.is_empty()
                     && let Err(ie) = crate::pack::apply_after_blocking(index, stuck, changes, false)
                 {
-                    return (keep.then_some(pack), Err(AppendError::Index(ie)));
+                    return (keep.then_some(pack), Err(AppendError::Index(ie)), None);
                 }
                 return (
                     keep.then_some(pack),
                     Err(AppendError::Io("appending to the active pack", e)),
+                    None,
                 );
             }
         };
@@ -520,8 +537,8 @@ impl AppendJob {
                 Ok(lost)
             })
             .map_err(AppendError::Index);
-        drop(retired);
-        (kept, committed)
+        let unsealed = if committed.is_err() { retired } else { None };
+        (kept, committed, unsealed)
     }
 }
 

@@ -620,9 +620,15 @@ impl ShardPacker {
     }
 
     async fn clear_intent(self: &Arc<Self>, backend: &Arc<Backend>, key: &str) -> Result<()> {
-        self.commit(backend, vec![Change::ClearIntent { key: key.into() }])
-            .await
-            .map(drop)
+        self.commit(
+            backend,
+            vec![Change::ClearIntent {
+                key: key.into(),
+                owner: self.writer_id(),
+            }],
+        )
+        .await
+        .map(drop)
     }
 
     /// Makes a durable object the key's slot and forgets its intent; a packed piece it
@@ -642,7 +648,10 @@ impl ShardPacker {
                 key: key.into(),
                 slot: Slot::Object { len, crc, seq },
             },
-            Change::ClearIntent { key: key.into() },
+            Change::ClearIntent {
+                key: key.into(),
+                owner: self.writer_id(),
+            },
         ];
         match index.get(key)? {
             Some(Slot::Packed(loc)) if loc.seq < seq => {
@@ -804,7 +813,10 @@ impl ShardPacker {
                 return Err(foreign_intent(backend, key));
             }
             backend.delete(key).await?;
-            extra.push(Change::ClearIntent { key: key.into() });
+            extra.push(Change::ClearIntent {
+                key: key.into(),
+                owner: self.writer_id(),
+            });
         }
         let rx = {
             let mut st = self.lock();
@@ -834,13 +846,11 @@ impl ShardPacker {
                     None => match index.intent(key)? {
                         None => return Ok(()),
                         Some(owned) if !self.orphaned(owned.owner) => Err(None),
-                        Some(owned) => {
-                            Ok((self.reserve(&mut st, key, Holder::Other), owned.intent))
-                        }
+                        Some(owned) => Ok((self.reserve(&mut st, key, Holder::Other), owned)),
                     },
                 }
             };
-            let (reservation, intent) = match step {
+            let (reservation, owned) = match step {
                 Ok(held) => held,
                 Err(Some(rx)) => {
                     attempts += 1;
@@ -854,7 +864,32 @@ impl ShardPacker {
                 }
                 Err(None) => return Err(foreign_intent(backend, key)),
             };
-            let r = self.finish_intent(backend, key, intent).await;
+            // A gone writer's intent is taken over first: of several processes that found
+            // it, exactly one carries it through (and clears it as its own).
+            let me = self.writer_id();
+            if owned.owner != me {
+                let took = self
+                    .commit(
+                        backend,
+                        vec![Change::TakeIntent {
+                            key: key.into(),
+                            from: owned.owner,
+                            to: me,
+                        }],
+                    )
+                    .await;
+                let took = took.map(|t| t == [true]);
+                if !matches!(took, Ok(true)) {
+                    // Another process took it (and may have finished it): look again; or
+                    // the commit failed.
+                    let r = took.map(drop);
+                    reservation.finish(&r);
+                    r?;
+                    attempts += 1;
+                    continue;
+                }
+            }
+            let r = self.finish_intent(backend, key, owned.intent).await;
             reservation.finish(&r);
             return r;
         }
@@ -888,7 +923,10 @@ impl ShardPacker {
                             key: key.into(),
                             upto_seq,
                         },
-                        Change::ClearIntent { key: key.into() },
+                        Change::ClearIntent {
+                            key: key.into(),
+                            owner: self.writer_id(),
+                        },
                     ],
                 )
                 .await
@@ -945,7 +983,10 @@ impl ShardPacker {
             "deleting an object an unfinished put left behind"
         );
         backend.delete(key).await?;
-        let mut changes = vec![Change::ClearIntent { key: key.into() }];
+        let mut changes = vec![Change::ClearIntent {
+            key: key.into(),
+            owner: self.writer_id(),
+        }];
         if let Some((_, _, upto_seq)) = earlier {
             changes.push(Change::Delete {
                 key: key.into(),
@@ -995,8 +1036,14 @@ impl ShardPacker {
             ),
             retryable: false,
         })?;
-        self.commit(backend, vec![Change::Seal { id, size }])
-            .await?;
+        if let Err(e) = self.commit(backend, vec![Change::Seal { id, size }]).await {
+            // Kept (locked) until the failed commit goes through with a later one.
+            self.retired
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push(pack);
+            return Err(e);
+        }
         drop(pack);
         Ok(true)
     }
