@@ -406,6 +406,13 @@ impl ShardPacker {
         }
     }
 
+    /// Whether a process other than this one has the shard's index open.
+    pub(crate) fn other_writers(&self) -> bool {
+        self.index_path
+            .as_ref()
+            .is_some_and(|p| lease::any_alive(&sibling(p, "writers"), self.writer_id()))
+    }
+
     /// Makes this process the only one with the shard's index open while the guard lives
     /// (for a rebuild of the whole index): `Ok(None)` while another has it open (processes
     /// that open it meanwhile wait). Always granted for a memory index.

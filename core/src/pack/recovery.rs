@@ -92,9 +92,21 @@ pub(super) async fn recover(
     if let Some(h) = &packer.handles {
         super::active::sweep_creations(h.dir(), std::time::Duration::from_secs(60));
     }
+    // On a bucket, a pack the index does not know yet, written in the last minute while other
+    // processes have the index open, is most likely one of theirs between its PUT and its
+    // commit: theirs to index (or, if its PUT was reported failed, to record as doomed). Left
+    // for a later open. (Such a pack of a writer that died was never acknowledged: a process
+    // that dies keeps its commits, which reach the shared log without waiting for the disk.)
+    let young_others = !local && packer.other_writers();
     for (id, _) in listed {
         let info = infos.get(&id);
         if info.is_some_and(|i| i.state != PackState::Active) {
+            continue;
+        }
+        if info.is_none()
+            && young_others
+            && super::now_ms().saturating_sub(index::pack_millis(id)) < 60_000
+        {
             continue;
         }
         // A local pack being written by a live process is its owner's to index.
