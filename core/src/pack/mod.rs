@@ -335,33 +335,9 @@ impl ShardPacker {
             }
         }
         // One process recovers the shard at a time (see `lease`).
-        let recovering = match &self.index_path {
-            Some(p) => {
-                let path = sibling(p, "recover");
-                let taken = tokio::task::spawn_blocking(move || lease::Lease::take(&path, GC_WAIT))
-                    .await
-                    .map_err(|e| join_err(backend, e))?
-                    .map_err(|e| Error::Backend {
-                        op: "open",
-                        key: None,
-                        backend: backend.label().into(),
-                        message: format!("cannot take the recovery lease: {e}"),
-                        retryable: false,
-                    })?;
-                Some(taken.ok_or_else(|| Error::Backend {
-                    op: "open",
-                    key: None,
-                    backend: backend.label().into(),
-                    message: format!(
-                        "shard {}: another process has been recovering the pack index for {} s",
-                        self.shard,
-                        GC_WAIT.as_secs()
-                    ),
-                    retryable: true,
-                })?)
-            }
-            None => None,
-        };
+        let recovering = self
+            .take_lease(backend, "recover", "open", "recovering the pack index")
+            .await?;
         recovery::recover(self, backend, &index).await?;
         self.refresh_complete(&index)?;
         let max = index.meta(index::META_MAX_SEQ)?.unwrap_or(0);
@@ -446,40 +422,50 @@ impl ShardPacker {
     /// [`GC_WAIT`] for another.
     pub(crate) async fn gc_lease(&self, backend: &Backend) -> Result<GcGuard<'_>> {
         let local = self.gc_lock.lock().await;
-        let Some(p) = self.index_path.clone() else {
-            return Ok(GcGuard {
-                _local: local,
-                _lease: None,
-            });
+        let lease = self
+            .take_lease(backend, "gc", "gc", "compacting or checking it")
+            .await?;
+        Ok(GcGuard {
+            _local: local,
+            _lease: lease,
+        })
+    }
+
+    /// Takes the shard's lease `<index>.<name>` (none for a memory index), waiting up to
+    /// [`GC_WAIT`] for the process that holds it (`doing` says what that one does).
+    async fn take_lease(
+        &self,
+        backend: &Backend,
+        name: &str,
+        op: &'static str,
+        doing: &str,
+    ) -> Result<Option<lease::Lease>> {
+        let Some(p) = &self.index_path else {
+            return Ok(None);
         };
-        let path = sibling(&p, "gc");
+        let path = sibling(p, name);
+        let err = |message: String, retryable: bool| Error::Backend {
+            op,
+            key: None,
+            backend: backend.label().into(),
+            message,
+            retryable,
+        };
         let taken = tokio::task::spawn_blocking(move || lease::Lease::take(&path, GC_WAIT))
             .await
             .map_err(|e| join_err(backend, e))?
-            .map_err(|e| Error::Backend {
-                op: "gc",
-                key: None,
-                backend: backend.label().into(),
-                message: format!("cannot take the compaction lease: {e}"),
-                retryable: false,
-            })?;
-        match taken {
-            Some(lease) => Ok(GcGuard {
-                _local: local,
-                _lease: Some(lease),
-            }),
-            None => Err(Error::Backend {
-                op: "gc",
-                key: None,
-                backend: backend.label().into(),
-                message: format!(
-                    "shard {}: another process has been compacting or checking it for {} s;                      try again when it is done",
+            .map_err(|e| err(format!("cannot take the {name} lease: {e}"), false))?;
+        taken.map(Some).ok_or_else(|| {
+            err(
+                format!(
+                    "shard {}: another process has been {doing} for {} s; try again when it \
+                     is done",
                     self.shard,
                     GC_WAIT.as_secs()
                 ),
-                retryable: true,
-            }),
-        }
+                true,
+            )
+        })
     }
 
     /// The sequence counter.

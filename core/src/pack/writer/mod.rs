@@ -579,19 +579,8 @@ impl ShardPacker {
             }
         }
         let seq = self.next_seq();
-        let took = self
-            .commit(
-                backend,
-                vec![Change::SetIntent {
-                    key: key.into(),
-                    intent: Intent::PutObject { len, crc, seq },
-                    owner: self.writer_id(),
-                }],
-            )
+        self.set_intent(backend, key, Intent::PutObject { len, crc, seq })
             .await?;
-        if took != [true] {
-            return Err(foreign_intent(backend, key));
-        }
         // With the intent in the index no other process's new piece can take the key
         // (`Insert` refuses a key with an intent); one may have taken it before: then look
         // again (and compare bytes) rather than write over it.
@@ -617,6 +606,30 @@ impl ShardPacker {
                 Err(e)
             }
         }
+    }
+
+    /// Records this writer's `intent` on `key`, durably; [`foreign_intent`]'s error when
+    /// another live writer's intent is there (nothing was done: look again).
+    async fn set_intent(
+        self: &Arc<Self>,
+        backend: &Arc<Backend>,
+        key: &str,
+        intent: Intent,
+    ) -> Result<()> {
+        let took = self
+            .commit(
+                backend,
+                vec![Change::SetIntent {
+                    key: key.into(),
+                    intent,
+                    owner: self.writer_id(),
+                }],
+            )
+            .await?;
+        if took != [true] {
+            return Err(foreign_intent(backend, key));
+        }
+        Ok(())
     }
 
     async fn clear_intent(self: &Arc<Self>, backend: &Arc<Backend>, key: &str) -> Result<()> {
@@ -776,19 +789,7 @@ impl ShardPacker {
         key: &str,
         intent: Intent,
     ) -> Result<()> {
-        let took = self
-            .commit(
-                backend,
-                vec![Change::SetIntent {
-                    key: key.into(),
-                    intent,
-                    owner: self.writer_id(),
-                }],
-            )
-            .await?;
-        if took != [true] {
-            return Err(foreign_intent(backend, key));
-        }
+        self.set_intent(backend, key, intent).await?;
         self.finish_intent(backend, key, intent).await
     }
 
@@ -799,19 +800,8 @@ impl ShardPacker {
         if backend.local_file_absent(key) != Some(true) {
             // An intent first, so that another process's object write of the key (whose
             // intent is in the index) is not deleted under it: refused while that one runs.
-            let took = self
-                .commit(
-                    backend,
-                    vec![Change::SetIntent {
-                        key: key.into(),
-                        intent: Intent::DeleteObject { upto_seq: 0 },
-                        owner: self.writer_id(),
-                    }],
-                )
+            self.set_intent(backend, key, Intent::DeleteObject { upto_seq: 0 })
                 .await?;
-            if took != [true] {
-                return Err(foreign_intent(backend, key));
-            }
             backend.delete(key).await?;
             extra.push(Change::ClearIntent {
                 key: key.into(),
