@@ -54,6 +54,9 @@ pub struct Config {
     /// Small-piece packing and garbage collection (`[PieceStore.Pack]`).
     #[serde(rename = "Pack", default)]
     pub pack: PackOptions,
+    /// Where the pack index is kept, when not on this host (`[PieceStore.Index]`).
+    #[serde(rename = "Index", default)]
+    pub index: IndexOptions,
     /// Whether this config is in the original Go piecestore's layout and nothing else: read
     /// from a `config.toml` whose `[PieceStore]` holds only `Shards` and `[PieceStore.Store]`.
     /// Such a store's defaults follow the original (its file pieces carry no checksum, so
@@ -514,6 +517,29 @@ pub struct PackOptions {
     pub index_dir: Option<std::path::PathBuf>,
 }
 
+/// `[PieceStore.Index]`: a pack index shared by several hosts.
+///
+/// ```toml
+/// [PieceStore.Index]
+/// Url = "postgres://piecestore:secret@db.internal:5432/piecestore"
+/// ```
+///
+/// Without it each host keeps the index of a packed store in a SQLite file (shared by the
+/// processes of that host, see [`PackOptions::index_dir`]). With `Url`, every node that opens
+/// the store with the same `Url` uses one index in that PostgreSQL database (tables
+/// `piecestore_*`, created on first use), so that any node reads a piece as soon as another
+/// node's put of it returned. The option `IndexUrl` (binding option `index_url`, URL query
+/// `?index_url=…`) and the environment variable `PIECESTORE_INDEX_URL` set it too.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IndexOptions {
+    /// `postgres://user:password@host:port/database` (any libpq-style URL or key=value
+    /// string; `host=/path` for a unix socket). A secret: it may hold a password, and is
+    /// never shown.
+    #[serde(rename = "Url", default)]
+    pub url: Secret,
+}
+
 fn d_1mib() -> u64 {
     1 << 20
 }
@@ -743,6 +769,7 @@ impl OptionValue {
                     | "Endpoint"
                     | "BucketURL"
                     | "IndexDir"
+                    | "IndexUrl"
                     | "Storage"
                     | "Placement"
                     | "IAMType"
@@ -819,6 +846,7 @@ pub const OPTION_NAMES: &[&str] = &[
     "GcGrace",
     "GcInterval",
     "IndexDir",
+    "IndexUrl",
 ];
 
 fn option_field(name: &str) -> Option<OptionField> {
@@ -832,7 +860,10 @@ fn option_field(name: &str) -> Option<OptionField> {
         .find(|n| n.to_ascii_lowercase() == folded)
         .map(|&name| OptionField {
             name,
-            secret: matches!(name, "AccessKey" | "SecretKey" | "SessionToken"),
+            secret: matches!(
+                name,
+                "AccessKey" | "SecretKey" | "SessionToken" | "IndexUrl"
+            ),
         })
 }
 
@@ -844,7 +875,7 @@ fn is_original_layout(table: &toml::Table) -> bool {
 /// The original's fields of `[PieceStore]`.
 const ORIGINAL_TOP: &[&str] = &["Shards", "Store"];
 /// PieceStore's own tables in `[PieceStore]`, read strictly.
-const OWN_TABLES: &[&str] = &["ShardStores", "Sharding", "Backend", "Pack"];
+const OWN_TABLES: &[&str] = &["ShardStores", "Sharding", "Backend", "Pack", "Index"];
 /// The fields of `[PieceStore.Store]` (the original's, and PieceStore's credentials).
 const STORE_FIELDS: &[&str] = &[
     "Storage",
@@ -1072,6 +1103,10 @@ impl Config {
             "GcGrace" => self.pack.grace = delay(v).map_err(bad)?,
             "GcInterval" => self.pack.gc_interval = Some(delay(v).map_err(bad)?),
             "IndexDir" => self.pack.index_dir = Some(de(v).map_err(bad)?),
+            "IndexUrl" => {
+                self.index.url =
+                    Secret::new(de::<String>(v).map_err(|_| bad("not a string".into()))?)
+            }
             "BucketURL" => self.store.bucket_url = de(v).map_err(bad)?,
             "Storage" => {
                 let kind: StorageKind = de(v).map_err(bad)?;
@@ -1228,12 +1263,18 @@ impl Config {
         Ok(config)
     }
 
-    /// Applies environment overrides: `BUCKET_URL` replaces `Store.BucketURL`, and credentials,
+    /// Applies environment overrides: `BUCKET_URL` replaces `Store.BucketURL`,
+    /// `PIECESTORE_INDEX_URL` gives `[PieceStore.Index] Url` when the config has none, and credentials,
     /// region and endpoint that the config leaves empty are taken from the provider's variables
     /// (see `docs/config.md`).
     pub fn apply_env(&mut self, env: EnvLookup<'_>) -> Result<()> {
         if let Some(url) = env("BUCKET_URL") {
             self.store.bucket_url = url;
+        }
+        if self.index.url.is_empty()
+            && let Some(url) = env("PIECESTORE_INDEX_URL")
+        {
+            self.index.url = Secret::new(url);
         }
         if self.backend.endpoint.is_none() {
             self.backend.endpoint = env("AWS_ENDPOINT_URL");

@@ -946,6 +946,14 @@ fn build_packers(config: &Config, shards: &[Arc<Backend>]) -> Result<Option<Pack
         .iter()
         .enumerate()
         .map(|(i, b)| {
+            let packs_dir = b.root_dir().map(|r| r.join(".piecestore").join("packs"));
+            if !config.index.url.is_empty() && !b.is_memory() {
+                let at = crate::pack::IndexAt::Postgres {
+                    url: config.index.url.clone(),
+                    ix: format!("{}#{i}", b.label()),
+                };
+                return shared_packer(i, &config.pack, at, packs_dir, b.label());
+            }
             let path = if b.is_memory() {
                 None
             } else if let Some(root) = b.root_dir() {
@@ -960,13 +968,18 @@ fn build_packers(config: &Config, shards: &[Arc<Backend>]) -> Result<Option<Pack
             } else {
                 Some(crate::pack::index::default_index_path(None, b.label(), i))
             };
-            let packs_dir = b.root_dir().map(|r| r.join(".piecestore").join("packs"));
             match path {
-                Some(path) => shared_packer(i, &config.pack, path, packs_dir, b.label()),
+                Some(path) => shared_packer(
+                    i,
+                    &config.pack,
+                    crate::pack::IndexAt::File(path),
+                    packs_dir,
+                    b.label(),
+                ),
                 None => Ok(Arc::new(ShardPacker::new(
                     i,
                     config.pack.clone(),
-                    None,
+                    crate::pack::IndexAt::Memory,
                     None,
                 ))),
             }
@@ -983,20 +996,32 @@ fn build_packers(config: &Config, shards: &[Arc<Backend>]) -> Result<Option<Pack
 fn shared_packer(
     shard: usize,
     opts: &crate::config::PackOptions,
-    path: std::path::PathBuf,
+    at: crate::pack::IndexAt,
     packs_dir: Option<std::path::PathBuf>,
     label: &str,
 ) -> Result<Arc<ShardPacker>> {
     use std::collections::HashMap;
     use std::sync::Weak;
     // By fork generation too: a forked child's packers are its own.
-    type Open = HashMap<(std::path::PathBuf, u64), Weak<ShardPacker>>;
+    type Open = HashMap<(String, u64), Weak<ShardPacker>>;
     static OPEN: Mutex<Option<Open>> = Mutex::new(None);
-    let key = path
-        .parent()
-        .and_then(|d| std::fs::canonicalize(d).ok())
-        .map(|d| d.join(path.file_name().unwrap_or_default()))
-        .unwrap_or_else(|| path.clone());
+    let key = match &at {
+        crate::pack::IndexAt::File(path) => path
+            .parent()
+            .and_then(|d| std::fs::canonicalize(d).ok())
+            .map(|d| d.join(path.file_name().unwrap_or_default()))
+            .unwrap_or_else(|| path.clone())
+            .display()
+            .to_string(),
+        // One packer per shard name and database (the same URL: one registration).
+        crate::pack::IndexAt::Postgres { url, ix } => {
+            format!(
+                "postgres {ix} {:08x}",
+                crate::shard::fnv1a32(url.expose().as_bytes())
+            )
+        }
+        crate::pack::IndexAt::Memory => String::new(),
+    };
     let key = (key, runtime::fork_generation());
     let mut open = OPEN.lock().unwrap_or_else(|p| p.into_inner());
     let map = open.get_or_insert_with(HashMap::new);
@@ -1010,7 +1035,7 @@ fn shared_packer(
         }
         return Ok(p);
     }
-    let p = Arc::new(ShardPacker::new(shard, opts.clone(), Some(path), packs_dir));
+    let p = Arc::new(ShardPacker::new(shard, opts.clone(), at, packs_dir));
     map.insert(key, Arc::downgrade(&p));
     Ok(p)
 }

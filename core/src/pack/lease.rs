@@ -346,15 +346,87 @@ impl Lease {
     }
 }
 
-/// The shard's sequence counter: in this process only (a memory store), or in a file mapped
-/// into every process that opens the shard.
+/// A held lease or lock of a shard (of [`Members`]): let go when dropped.
+pub(crate) type Guard = Box<dyn Send>;
+
+/// The writers of one shard: which are alive, and the shard's leases. On one host they are
+/// files beside the index ([`HostMembers`]); with a PostgreSQL index, advisory locks of each
+/// node's connection (`index::postgres`).
+pub(crate) trait Members: Send + Sync + std::fmt::Debug {
+    /// This writer's id (never 0: 0 marks intents of releases that recorded no writer).
+    fn id(&self) -> u64;
+    /// Whether writer `id` is alive.
+    fn alive(&self, id: u64) -> bool;
+    /// Whether any writer but `except` is alive.
+    fn any_alive(&self, except: u64) -> bool;
+    /// Makes this the only writer with the index open while the guard lives (for a rebuild
+    /// of the whole index): `None` while another has it open.
+    fn exclusive(self: std::sync::Arc<Self>) -> io::Result<Option<Guard>>;
+    /// Takes the shard's lease `name` (`gc`, `recover`), waiting up to `wait` for the writer
+    /// that holds it; `None` if it did not let go.
+    fn lease(self: std::sync::Arc<Self>, name: &str, wait: Duration) -> io::Result<Option<Guard>>;
+}
+
+/// The writers of a shard whose index is a file of this host: `<index>.writers/<id>` files
+/// and `<index>.<lease>` locks beside it.
+#[derive(Debug)]
+pub(crate) struct HostMembers {
+    writer: std::sync::Arc<Writer>,
+    index: PathBuf,
+}
+
+impl HostMembers {
+    /// Registers this process as a writer of the index at `index`, waiting up to `wait`
+    /// while a rebuild holds it alone.
+    pub(crate) fn register(index: &Path, wait: Duration) -> io::Result<HostMembers> {
+        let writer = Writer::register(
+            &super::sibling(index, "writers"),
+            &super::sibling(index, "open"),
+            wait,
+        )?;
+        Ok(HostMembers {
+            writer: std::sync::Arc::new(writer),
+            index: index.to_path_buf(),
+        })
+    }
+}
+
+impl Members for HostMembers {
+    fn id(&self) -> u64 {
+        self.writer.id()
+    }
+    fn alive(&self, id: u64) -> bool {
+        writer_alive(&super::sibling(&self.index, "writers"), id)
+    }
+    fn any_alive(&self, except: u64) -> bool {
+        any_alive(&super::sibling(&self.index, "writers"), except)
+    }
+    fn exclusive(self: std::sync::Arc<Self>) -> io::Result<Option<Guard>> {
+        Ok(self.writer.exclusive()?.map(|g| Box::new(g) as Guard))
+    }
+    fn lease(self: std::sync::Arc<Self>, name: &str, wait: Duration) -> io::Result<Option<Guard>> {
+        Ok(Lease::take(&super::sibling(&self.index, name), wait)?.map(|l| Box::new(l) as Guard))
+    }
+}
+
+/// The shard's sequence counter: in this process only (a memory store), in a file mapped
+/// into every process that opens the shard, or a clock for an index shared by hosts.
 #[derive(Debug)]
 pub(crate) enum SeqCounter {
     /// One process.
     Local(AtomicU64),
     /// Shared through `<index>.seq`.
     Shared(SharedCounter),
+    /// A hybrid logical clock, for an index several hosts share: the next number is above
+    /// both the last one and the wall clock's milliseconds (shifted by [`CLOCK_SHIFT`]), and
+    /// the counter observes every number the index shows, so that a write made after
+    /// another's was acknowledged (on any host whose clock is within that interval of this
+    /// one's) gets a higher number.
+    Clock(AtomicU64),
 }
+
+/// Sequence numbers of a [`SeqCounter::Clock`] per millisecond.
+pub(crate) const CLOCK_SHIFT: u32 = 12;
 
 impl Default for SeqCounter {
     fn default() -> Self {
@@ -365,13 +437,24 @@ impl Default for SeqCounter {
 impl SeqCounter {
     fn atomic(&self) -> &AtomicU64 {
         match self {
-            SeqCounter::Local(a) => a,
+            SeqCounter::Local(a) | SeqCounter::Clock(a) => a,
             SeqCounter::Shared(s) => s.atomic(),
         }
     }
 
     /// The next number.
     pub(crate) fn next(&self) -> u64 {
+        if let SeqCounter::Clock(a) = self {
+            let now = super::now_ms() << CLOCK_SHIFT;
+            let mut cur = a.load(Ordering::SeqCst);
+            loop {
+                let next = (cur + 1).max(now);
+                match a.compare_exchange_weak(cur, next, Ordering::SeqCst, Ordering::SeqCst) {
+                    Ok(_) => return next,
+                    Err(seen) => cur = seen,
+                }
+            }
+        }
         self.atomic().fetch_add(1, Ordering::SeqCst) + 1
     }
 

@@ -65,7 +65,23 @@ fn sibling(index: &std::path::Path, what: &str) -> PathBuf {
 /// The compaction lease of a shard ([`ShardPacker::gc_lease`]), held while alive.
 pub(crate) struct GcGuard<'a> {
     _local: tokio::sync::MutexGuard<'a, ()>,
-    _lease: Option<lease::Lease>,
+    _lease: Option<lease::Guard>,
+}
+
+/// Where a shard's index is.
+#[derive(Debug, Clone)]
+pub(crate) enum IndexAt {
+    /// In memory (a memory store's: it holds the pieces).
+    Memory,
+    /// A SQLite file of this host.
+    File(PathBuf),
+    /// Rows of shard `ix` in the PostgreSQL database at `url`, shared by every host.
+    Postgres {
+        /// The database.
+        url: crate::config::Secret,
+        /// The shard's name in it (the same on every node).
+        ix: String,
+    },
 }
 
 pub(crate) fn now_ms() -> u64 {
@@ -136,8 +152,8 @@ impl Drop for TaskGuard {
 pub(crate) struct ShardPacker {
     shard: usize,
     opts: PackOptions,
-    /// Where the index file is; `None`: in memory.
-    index_path: Option<PathBuf>,
+    /// Where the index is.
+    at: IndexAt,
     /// The open index; `None` before the first operation and after the last user closed.
     index: Mutex<Option<Arc<dyn PackIndex>>>,
     /// Serializes opening the index.
@@ -148,8 +164,8 @@ pub(crate) struct ShardPacker {
     /// processes of the host that open the shard ([`lease`]); raised to the index's persisted
     /// counter when the index opens, never set from the clock. Set when the index first opens.
     seq: std::sync::OnceLock<lease::SeqCounter>,
-    /// This process's registration as a writer of the shard, while its file index is open.
-    writer: Mutex<Option<Arc<lease::Writer>>>,
+    /// This process's registration as a writer of the shard, while its index is open.
+    writer: Mutex<Option<Arc<dyn lease::Members>>>,
     /// The index's `META_COMPLETE`: every object of the shard is known to it (read at open and
     /// after a rebuild, not on every put).
     complete: AtomicBool,
@@ -180,7 +196,7 @@ impl std::fmt::Debug for ShardPacker {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ShardPacker")
             .field("shard", &self.shard)
-            .field("index", &self.index_path)
+            .field("index", &self.at)
             .finish_non_exhaustive()
     }
 }
@@ -194,13 +210,13 @@ impl ShardPacker {
     pub(crate) fn new(
         shard: usize,
         opts: PackOptions,
-        index_path: Option<PathBuf>,
+        at: IndexAt,
         packs_dir: Option<PathBuf>,
     ) -> Self {
         ShardPacker {
             shard,
             opts,
-            index_path,
+            at,
             index: Mutex::new(None),
             opening: tokio::sync::Mutex::new(()),
             state: Mutex::new(writer::State::default()),
@@ -240,7 +256,7 @@ impl ShardPacker {
 
     /// Whether the index is kept in memory (a memory store's: it holds the pieces).
     pub(crate) fn is_memory(&self) -> bool {
-        self.index_path.is_none()
+        matches!(self.at, IndexAt::Memory)
     }
 
     /// Pieces smaller than this are packed.
@@ -270,7 +286,7 @@ impl ShardPacker {
             return;
         }
         self.tasks.wait_idle().await;
-        if self.index_path.is_some() {
+        if !self.is_memory() {
             // The active pack goes with the index: another process may open the store now,
             // and resumes the pack from the file as it finds it.
             self.active.lock().await.take();
@@ -295,14 +311,26 @@ impl ShardPacker {
         if let Some(i) = self.index_now() {
             return Ok(i);
         }
-        let path = self.index_path.clone();
+        let at = self.at.clone();
         let label = backend.label().to_string();
         type Opened = (
             Arc<dyn PackIndex>,
-            Option<(lease::SeqCounter, lease::Writer)>,
+            Option<(lease::SeqCounter, Arc<dyn lease::Members>)>,
         );
-        let (index, shared): Opened = tokio::task::spawn_blocking(move || match path {
-            Some(p) => {
+        let (index, shared): Opened = tokio::task::spawn_blocking(move || match at {
+            IndexAt::Postgres { url, ix } => {
+                let db = index::postgres::Db::open(&url)?;
+                let index = index::PgIndex::open(Arc::clone(&db), ix.clone())?;
+                let members = index::postgres::PgMember::register(db, ix, GC_WAIT)?;
+                Ok((
+                    Arc::new(index) as _,
+                    Some((
+                        lease::SeqCounter::Clock(AtomicU64::new(0)),
+                        Arc::new(members) as _,
+                    )),
+                ))
+            }
+            IndexAt::File(p) => {
                 let index = SqliteIndex::open(&p)?;
                 let io = |what: &str, e: std::io::Error| Error::Backend {
                     op: "open",
@@ -313,22 +341,21 @@ impl ShardPacker {
                 };
                 let seq = lease::SharedCounter::open(&sibling(&p, "seq"))
                     .map_err(|e| io("cannot map the sequence counter", e))?;
-                let writer =
-                    lease::Writer::register(&sibling(&p, "writers"), &sibling(&p, "open"), GC_WAIT)
-                        .map_err(|e| io("cannot register as a writer", e))?;
+                let writer = lease::HostMembers::register(&p, GC_WAIT)
+                    .map_err(|e| io("cannot register as a writer", e))?;
                 Ok((
                     Arc::new(index) as _,
-                    Some((lease::SeqCounter::Shared(seq), writer)),
+                    Some((lease::SeqCounter::Shared(seq), Arc::new(writer) as _)),
                 ))
             }
-            None => SqliteIndex::in_memory().map(|i| (Arc::new(i) as _, None)),
+            IndexAt::Memory => SqliteIndex::in_memory().map(|i| (Arc::new(i) as _, None)),
         })
         .await
         .map_err(|e| join_err(backend, e))??;
         match shared {
             Some((seq, writer)) => {
                 let _ = self.seq.set(seq);
-                *self.writer.lock().unwrap_or_else(|p| p.into_inner()) = Some(Arc::new(writer));
+                *self.writer.lock().unwrap_or_else(|p| p.into_inner()) = Some(writer);
             }
             None => {
                 let _ = self.seq.set(lease::SeqCounter::default());
@@ -376,29 +403,31 @@ impl ShardPacker {
         if owner == 0 || owner == self.writer_id() {
             return true;
         }
-        match &self.index_path {
-            Some(p) => !lease::writer_alive(&sibling(p, "writers"), owner),
+        match self.members() {
+            Some(m) => !m.alive(owner),
             None => true,
         }
     }
 
-    /// Whether a process other than this one has the shard's index open.
+    /// This process's registration as a writer (none for a memory index, or while closed).
+    fn members(&self) -> Option<Arc<dyn lease::Members>> {
+        self.writer
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Whether a process (or node) other than this one has the shard's index open.
     pub(crate) fn other_writers(&self) -> bool {
-        self.index_path
-            .as_ref()
-            .is_some_and(|p| lease::any_alive(&sibling(p, "writers"), self.writer_id()))
+        self.members()
+            .is_some_and(|m| m.any_alive(self.writer_id()))
     }
 
     /// Makes this process the only one with the shard's index open while the guard lives
     /// (for a rebuild of the whole index): `Ok(None)` while another has it open (processes
     /// that open it meanwhile wait). Always granted for a memory index.
-    pub(crate) fn exclusive(&self) -> Result<Option<Option<lease::Exclusive>>> {
-        let writer = self
-            .writer
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone();
-        let Some(writer) = writer else {
+    pub(crate) fn exclusive(&self) -> Result<Option<Option<lease::Guard>>> {
+        let Some(writer) = self.members() else {
             return Ok(Some(None));
         };
         writer
@@ -407,11 +436,7 @@ impl ShardPacker {
             .map_err(|e| Error::Backend {
                 op: "fsck",
                 key: None,
-                backend: self
-                    .index_path
-                    .as_ref()
-                    .map(|p| p.display().to_string())
-                    .unwrap_or_default(),
+                backend: format!("{:?}", self.at),
                 message: format!("cannot lock the pack index: {e}"),
                 retryable: false,
             })
@@ -439,11 +464,10 @@ impl ShardPacker {
         name: &str,
         op: &'static str,
         doing: &str,
-    ) -> Result<Option<lease::Lease>> {
-        let Some(p) = &self.index_path else {
+    ) -> Result<Option<lease::Guard>> {
+        let Some(members) = self.members() else {
             return Ok(None);
         };
-        let path = sibling(p, name);
         let err = |message: String, retryable: bool| Error::Backend {
             op,
             key: None,
@@ -451,7 +475,8 @@ impl ShardPacker {
             message,
             retryable,
         };
-        let taken = tokio::task::spawn_blocking(move || lease::Lease::take(&path, GC_WAIT))
+        let lease_name = name.to_string();
+        let taken = tokio::task::spawn_blocking(move || members.lease(&lease_name, GC_WAIT))
             .await
             .map_err(|e| join_err(backend, e))?
             .map_err(|e| err(format!("cannot take the {name} lease: {e}"), false))?;
@@ -515,6 +540,13 @@ impl ShardPacker {
         let index = self.index(backend).await?;
         let mut stuck = self.commits.lock().await;
         if stuck.is_empty()
+            && let Some(remote) = index.remote()
+        {
+            // A round trip, awaited here (a failure is retried below, on the blocking pool).
+            if let Ok(took) = remote.apply_async(&changes, false).await {
+                return Ok(took);
+            }
+        } else if stuck.is_empty()
             && let Ok(took) = index.apply_lazy(&changes)
         {
             // Tens of microseconds of SQLite that wait for no disk: done here, where a trip
@@ -535,7 +567,7 @@ impl ShardPacker {
         let index = self.index(backend).await?;
         let mut last = None;
         for _ in 0..2 {
-            let loc = match index.get(key)? {
+            let loc = match index_get(&index, key).await? {
                 Some(Slot::Packed(loc)) => loc,
                 _ => return Ok(None),
             };
@@ -566,7 +598,7 @@ impl ShardPacker {
         key: &str,
     ) -> Result<Option<PieceMeta>> {
         let index = self.index(backend).await?;
-        Ok(match index.get(key)? {
+        Ok(match index_get(&index, key).await? {
             Some(Slot::Packed(loc)) => Some(packed_meta(key, &loc)),
             _ => None,
         })
@@ -715,6 +747,15 @@ fn packed_meta(key: &str, loc: &Loc) -> PieceMeta {
         size: loc.len,
         crc32c: Some(loc.crc),
         last_modified: UNIX_EPOCH + Duration::from_millis(index::pack_millis(loc.pack)),
+    }
+}
+
+/// Where `key` is: read here from a local index (microseconds), awaited from a remote one (a
+/// round trip must not hold an async worker).
+pub(crate) async fn index_get(index: &Arc<dyn PackIndex>, key: &str) -> Result<Option<Slot>> {
+    match index.remote() {
+        Some(remote) => remote.get_async(key).await,
+        None => index.get(key),
     }
 }
 

@@ -38,7 +38,7 @@ pub(super) async fn recover(
         }
     }
     let mut cleared = false;
-    if packer.index_path.is_some() {
+    if !packer.is_memory() {
         let token = backend.contents_token().await?;
         if index.meta(index::META_TOKEN)? != Some(token) {
             let mut changes = Vec::new();

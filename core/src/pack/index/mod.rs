@@ -3,11 +3,14 @@
 //! The index is a cache of the packs (`fsck --rebuild-index` rebuilds it from them). It sits
 //! behind [`PackIndex`] so a shared database can hold it when several nodes serve one bucket;
 //! [`SqliteIndex`] is the embedded default (one SQLite database per shard in WAL mode: a
-//! commit appends to its log without waiting for the disk unless it must be durable).
+//! commit appends to its log without waiting for the disk unless it must be durable), shared
+//! by the processes of one host; [`PgIndex`] keeps it in PostgreSQL for several hosts.
 
 mod codec;
+pub(crate) mod postgres;
 mod sqlite;
 
+pub use self::postgres::PgIndex;
 pub use self::sqlite::SqliteIndex;
 
 use std::fmt;
@@ -349,6 +352,29 @@ pub trait PackIndex: Send + Sync + fmt::Debug {
     }
     /// Where it lives, for messages.
     fn describe(&self) -> String;
+    /// Whether a call is a network round trip (a database server), not microseconds on this
+    /// host: the packer then calls it off the async workers, and a put of a new key skips its
+    /// lookup (the insert of its write group decides, [`Change::Insert`]).
+    fn is_remote(&self) -> bool {
+        false
+    }
+    /// The asynchronous calls of an index a round trip away (awaited on the caller's runtime,
+    /// holding no thread while the server works); `None` for a local one.
+    fn remote(&self) -> Option<&dyn RemoteIndex> {
+        None
+    }
+}
+
+/// A future of a [`RemoteIndex`] call.
+pub type IndexFuture<T> = std::pin::Pin<Box<dyn std::future::Future<Output = Result<T>> + Send>>;
+
+/// The hot calls of an index on a server, as futures: a piece's read and a write group's
+/// commit.
+pub trait RemoteIndex: Send + Sync {
+    /// [`PackIndex::get`].
+    fn get_async(&self, key: &str) -> IndexFuture<Option<Slot>>;
+    /// [`PackIndex::apply_lazy`] (or, `durable`, [`PackIndex::apply`]).
+    fn apply_async(&self, changes: &[Change], durable: bool) -> IndexFuture<Vec<bool>>;
 }
 
 /// Where the index of a store is kept when the config does not say: next to the packs for a
