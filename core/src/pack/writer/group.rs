@@ -180,8 +180,18 @@ impl ShardPacker {
     /// that formed meanwhile to a writer task.
     async fn run_writer(self: Arc<Self>, backend: Arc<Backend>, leader: bool) {
         let mut idle = Idle(&self, false);
+        // The index commit of the group before, which runs while the next group's pack is
+        // PUT (a commit waits for a round trip to the index; the PUT for the bucket). Commits
+        // stay in order: the next starts once this one ended. A group's keys are held until
+        // its commit ended, so no two groups in flight hold one key.
+        let mut pending: Option<
+            std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + '_>>,
+        > = None;
         for round in 0.. {
             if leader && round == 1 {
+                if let Some(p) = pending.take() {
+                    p.await;
+                }
                 let mut st = self.lock();
                 st.current = None;
                 if st.forming.is_empty() {
@@ -193,38 +203,74 @@ impl ShardPacker {
                 idle.1 = true;
                 return;
             }
+            let group = if pending.is_some() {
+                self.next_group_while_busy()
+            } else {
+                self.next_group()
+            };
             let Some(Group {
                 ticket,
                 records,
                 extra,
                 done,
                 ..
-            }) = self.next_group()
+            }) = group
             else {
-                idle.1 = true;
-                return;
+                match pending.take() {
+                    // Groups may form while the last commit runs: look again after it.
+                    Some(p) => {
+                        p.await;
+                        continue;
+                    }
+                    None => {
+                        idle.1 = true;
+                        return;
+                    }
+                }
             };
             let size = group_size(&records);
-            let result = self.put_group(&backend, records, extra).await;
-            self.finish_group(size, ticket, done, result);
+            let put = self.put_pack_of(&backend, &records);
+            let put = match pending.take() {
+                Some(p) => futures::join!(put, p).0,
+                None => put.await,
+            };
+            match put {
+                Ok(changes) => {
+                    let me = &self;
+                    let backend = &backend;
+                    pending = Some(Box::pin(async move {
+                        let result = me.commit_group(backend, changes, extra).await;
+                        me.finish_group(size, ticket, done, result);
+                    }));
+                }
+                Err(e) => self.finish_group(size, ticket, done, Err(e)),
+            }
         }
     }
 
+    /// [`ShardPacker::next_group`] while the writer is still busy (a commit runs): `None`
+    /// when no group waits, and the writer stays marked as writing.
+    fn next_group_while_busy(&self) -> Option<Group> {
+        let mut st = self.lock();
+        let g = st.forming.pop_front()?;
+        st.current = Some(g.done.subscribe());
+        Some(g)
+    }
+
     /// A group as one pack object: a create-only PUT whose body is the callers' bytes between
-    /// record headers (no copy), then a lazy index commit (a crash before the index is durable
-    /// leaves a pack recovery replays).
-    async fn put_group(
+    /// record headers (no copy); returns the index changes that record it, for a lazy commit
+    /// (a crash before the index is durable leaves a pack recovery replays).
+    async fn put_pack_of(
         self: &Arc<Self>,
         backend: &Arc<Backend>,
-        records: Vec<GroupRecord>,
-        extra: Vec<Change>,
-    ) -> Result<()> {
+        records: &[GroupRecord],
+    ) -> Result<Vec<Change>> {
         let id = new_pack_id();
         let mut chunks = Vec::with_capacity(records.len() * 2 + 2);
         chunks.push(Bytes::from_static(&format::PACK_MAGIC));
         let mut at = format::PACK_MAGIC.len() as u64;
         let mut entries = Vec::with_capacity(records.len());
-        for r in &records {
+        for r in records {
             let head = format::record_head(&r.key, r.kind, r.seq, r.payload.len() as u64, r.crc);
             at += head.len() as u64;
             entries.push(entry_of(r, at));
@@ -248,8 +294,8 @@ impl ShardPacker {
                     },
                     Change::BumpSeq(max_seq),
                 ];
-                changes.extend(record_changes(id, &records, &entries));
-                self.commit_group(backend, changes, extra).await
+                changes.extend(record_changes(id, records, &entries));
+                Ok(changes)
             }
             Err(e) => {
                 // The write may have happened all the same (a lost response): the pack is

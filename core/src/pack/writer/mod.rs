@@ -207,6 +207,8 @@ impl ShardPacker {
         backend.is_local() || !self.complete.load(std::sync::atomic::Ordering::Relaxed)
     }
 
+    /// What holds `key` now: an operation of this process, an intent, a slot, or nothing.
+    /// `(overwrite, first)`: the put may replace the key; this is its first attempt.
     fn look(
         &self,
         st: &State,
@@ -214,7 +216,7 @@ impl ShardPacker {
         backend: &Backend,
         key: &str,
         data: Option<&Bytes>,
-        overwrite: bool,
+        (overwrite, first): (bool, bool),
     ) -> Result<Look> {
         if let Some(p) = st.inflight.get(key) {
             return match (&p.what, data) {
@@ -222,6 +224,12 @@ impl ShardPacker {
                 (Holder::Put(_), Some(_)) if !overwrite => Err(already_exists(backend, key)),
                 _ => Ok(Look::After(p.done.clone())),
             };
+        }
+        // A put of a key this process holds nothing of, on an index a round trip away, skips
+        // the lookup on its first attempt: its write group's insert takes effect only if the
+        // key holds nothing, and a put that loses it looks again (`after_lost`).
+        if first && data.is_some() && !overwrite && index.is_remote() && !self.must_probe(backend) {
+            return Ok(Look::Free(None));
         }
         let (slot, intent) = index.lookup(key)?;
         if intent.is_some() {
@@ -365,10 +373,17 @@ impl ShardPacker {
         overwrite: bool,
     ) -> Result<()> {
         let index = self.index(backend).await?;
-        for _ in 0..ATTEMPTS {
+        for attempt in 0..ATTEMPTS {
             let look = {
                 let mut st = self.lock();
-                let look = self.look(&st, &index, backend, key, Some(&data), overwrite)?;
+                let look = self.look(
+                    &st,
+                    &index,
+                    backend,
+                    key,
+                    Some(&data),
+                    (overwrite, attempt == 0),
+                )?;
                 // The common case, a new key (no slot, and no object: on a local directory a
                 // `stat` says so), is enqueued at once, under the same lock.
                 if let Look::Free(None) = look
@@ -517,7 +532,7 @@ impl ShardPacker {
         for _ in 0..ATTEMPTS {
             let look = {
                 let mut st = self.lock();
-                match self.look(&st, &index, backend, key, Some(&data), overwrite)? {
+                match self.look(&st, &index, backend, key, Some(&data), (overwrite, false))? {
                     Look::Free(slot) => {
                         Ok((self.reserve(&mut st, key, Holder::Put(data.clone())), slot))
                     }
@@ -726,7 +741,7 @@ impl ShardPacker {
             }
             let step = {
                 let mut st = self.lock();
-                match self.look(&st, &index, backend, key, None, false)? {
+                match self.look(&st, &index, backend, key, None, (false, false))? {
                     Look::Join(rx) | Look::After(rx) => Step::Wait(rx),
                     Look::Resolve => Step::Resolve,
                     Look::Free(Some(Slot::Packed(loc))) => {
