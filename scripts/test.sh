@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The whole test suite, on a fresh machine: installs the two S3-compatible test servers
-# (moto in a venv under target/, s3s-fs into ~/.cargo/bin) and Debian's chromium (for the bench
-# report's screenshot test), then lints and runs every test.
+# (moto in a venv under target/, s3s-fs into ~/.cargo/bin), Debian's chromium (for the bench
+# report's screenshot test) and PostgreSQL's binaries when missing (the shared pack index's
+# tests start a throwaway cluster), then lints and runs every test.
 # The test harness starts the servers itself on 127.0.0.1. Then builds the Python package twice
 # (the 3.11+ abi3 wheel with zero-copy gets, and the 3.9+ abi3 wheel) and runs pytest on each,
 # and installs the Node package the README's way into a fresh project and runs `node --test`.
@@ -38,6 +39,15 @@ if ! command -v chromium >/dev/null 2>&1; then
   sudo=""; [ "$(id -u)" -ne 0 ] && sudo="sudo"
   $sudo apt-get install -y -q --no-install-recommends chromium >/dev/null 2>&1 ||
     { $sudo apt-get update -q >/dev/null && $sudo apt-get install -y -q --no-install-recommends chromium >/dev/null; }
+fi
+
+if ! command -v initdb >/dev/null 2>&1 && ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then
+  # The PostgreSQL pack index's tests start a throwaway cluster of their own (initdb +
+  # postgres on 127.0.0.1, under the temp dir), as the `postgres` user when run as root.
+  echo "== installing PostgreSQL (Debian's package) for the shared pack index tests"
+  sudo=""; [ "$(id -u)" -ne 0 ] && sudo="sudo"
+  $sudo apt-get install -y -q --no-install-recommends postgresql >/dev/null 2>&1 ||
+    { $sudo apt-get update -q >/dev/null && $sudo apt-get install -y -q --no-install-recommends postgresql >/dev/null; }
 fi
 
 echo "== cargo fmt --check"

@@ -191,21 +191,7 @@ fn spawn_s3s_fs() -> Option<(S3Server, Child)> {
 /// A shared server lives as long as its test process, which never drops it, so its directory
 /// (named `s3s-fs-<pid>-…`) is swept by a later run instead of piling up in the temp dir.
 fn remove_dead_servers_dirs() {
-    let Ok(entries) = std::fs::read_dir(std::env::temp_dir()) else {
-        return;
-    };
-    for entry in entries.flatten() {
-        let name = entry.file_name();
-        let Some(rest) = name.to_str().and_then(|n| n.strip_prefix("s3s-fs-")) else {
-            continue;
-        };
-        let Some(pid) = rest.split('-').next().and_then(|p| p.parse::<u32>().ok()) else {
-            continue;
-        };
-        if !Path::new(&format!("/proc/{pid}")).exists() {
-            let _ = std::fs::remove_dir_all(entry.path());
-        }
-    }
+    remove_dead_dirs("s3s-fs-");
 }
 
 fn external() -> Option<S3Server> {
@@ -299,6 +285,7 @@ impl S3Server {
 /// the host's settings cannot leak in.
 pub const CLI_ENV: &[&str] = &[
     "PIECESTORE_STORE",
+    "PIECESTORE_INDEX_URL",
     "PIECESTORE_CONFIG",
     "BUCKET_URL",
     "AWS_ACCESS_KEY",
@@ -914,4 +901,157 @@ pub fn crc32c_twin(a: &[u8]) -> Vec<u8> {
     assert_eq!(crc32c(&twin), target);
     assert_ne!(twin.as_slice(), a);
     twin
+}
+
+/// A throwaway PostgreSQL cluster on 127.0.0.1 (the pack index of several nodes).
+pub struct PgServer {
+    /// `postgres://piecestore:<password>@127.0.0.1:<port>/postgres` (the password is made
+    /// per run; not a fixture).
+    pub url: String,
+    /// Its port.
+    pub port: u16,
+}
+
+/// `initdb`, `postgres`: on the `PATH`, or in Debian's `/usr/lib/postgresql/<version>/bin`.
+fn find_pg_binary(name: &str) -> Option<PathBuf> {
+    if let Some(p) = find_binary(name) {
+        return Some(p);
+    }
+    let mut versions: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
+        .ok()?
+        .flatten()
+        .map(|e| e.path().join("bin").join(name))
+        .filter(|p| p.is_file())
+        .collect();
+    versions.sort();
+    versions.pop()
+}
+
+/// The uid and gid of the `postgres` user (PostgreSQL refuses to run as root).
+fn postgres_user() -> Option<(u32, u32)> {
+    let passwd = std::fs::read_to_string("/etc/passwd").ok()?;
+    passwd.lines().find_map(|l| {
+        let f: Vec<&str> = l.split(':').collect();
+        (f.first() == Some(&"postgres") && f.len() > 3)
+            .then(|| Some((f[2].parse().ok()?, f[3].parse().ok()?)))
+            .flatten()
+    })
+}
+
+/// Starts a new cluster (its own data directory, a free port, a password made for the run)
+/// that dies with the test binary; `None` when PostgreSQL is not installed.
+fn spawn_postgres() -> Option<(PgServer, Child)> {
+    let initdb = find_pg_binary("initdb")?;
+    let postgres = find_pg_binary("postgres")?;
+    remove_dead_dirs("pg-");
+    let dir = tempfile::Builder::new()
+        .prefix(&format!("pg-{}-", std::process::id()))
+        .tempdir()
+        .expect("tempdir")
+        .keep();
+    let data = dir.join("data");
+    let password = random_token(24);
+    let pwfile = dir.join("pw");
+    std::fs::write(&pwfile, format!("{password}\n")).expect("write the password file");
+    // SAFETY: geteuid has no preconditions.
+    let as_user = if unsafe { libc::geteuid() } == 0 {
+        let (uid, gid) = postgres_user().expect("running as root, and no `postgres` user");
+        let chown = |p: &Path| {
+            let c = std::ffi::CString::new(p.as_os_str().as_encoded_bytes()).expect("path");
+            // SAFETY: a valid C string.
+            unsafe { libc::chown(c.as_ptr(), uid, gid) };
+        };
+        chown(&dir);
+        chown(&pwfile);
+        Some((uid, gid))
+    } else {
+        None
+    };
+    let user = |cmd: &mut Command| {
+        if let Some((uid, gid)) = as_user {
+            cmd.uid(uid).gid(gid);
+        }
+    };
+    let mut init = Command::new(&initdb);
+    init.arg("-D")
+        .arg(&data)
+        .args([
+            "-U",
+            "piecestore",
+            "--auth-host=scram-sha-256",
+            "--auth-local=trust",
+            "--no-sync",
+            "-E",
+            "UTF8",
+            "--locale=C",
+        ])
+        .arg(format!("--pwfile={}", pwfile.display()))
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    user(&mut init);
+    let out = init.output().expect("run initdb");
+    assert!(
+        out.status.success(),
+        "initdb failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let port = free_port();
+    let mut cmd = Command::new(&postgres);
+    cmd.arg("-D")
+        .arg(&data)
+        .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-k"])
+        .arg(&dir)
+        // A throwaway cluster: no fsync (tests do not pull the plug on it).
+        .args(["-c", "fsync=off", "-c", "max_connections=300"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    user(&mut cmd);
+    let mut child = spawn_owned(cmd).expect("spawn postgres");
+    wait_for_port(port, &mut child, "postgres");
+    let server = PgServer {
+        url: format!("postgres://piecestore:{password}@127.0.0.1:{port}/postgres"),
+        port,
+    };
+    Some((server, child))
+}
+
+/// Removes the temp directories `<prefix><pid>-…` of test processes that are gone.
+fn remove_dead_dirs(prefix: &str) {
+    let Ok(entries) = std::fs::read_dir(std::env::temp_dir()) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(rest) = name.to_str().and_then(|n| n.strip_prefix(prefix)) else {
+            continue;
+        };
+        let Some(pid) = rest.split('-').next().and_then(|p| p.parse::<u32>().ok()) else {
+            continue;
+        };
+        if !Path::new(&format!("/proc/{pid}")).exists() {
+            let _ = std::fs::remove_dir_all(entry.path());
+        }
+    }
+}
+
+/// The shared PostgreSQL cluster of this test binary, started on first use. `None` (with a
+/// message) when PostgreSQL is not installed and we are not in CI.
+pub fn postgres() -> Option<&'static PgServer> {
+    static PG: OnceLock<Option<PgServer>> = OnceLock::new();
+    let s = PG
+        .get_or_init(|| {
+            spawn_postgres().map(|(server, child)| {
+                std::mem::forget(child);
+                server
+            })
+        })
+        .as_ref();
+    if s.is_none() {
+        assert!(
+            !in_ci(),
+            "CI=true but PostgreSQL (initdb, postgres) is not installed"
+        );
+        eprintln!("SKIPPED: PostgreSQL is not installed (apt-get install postgresql)");
+    }
+    s
 }

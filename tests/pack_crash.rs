@@ -53,6 +53,9 @@ fn spawn_with(dir: &str, bucket: Option<&Bucket>, seed: u64, args: &[&str]) -> W
         cmd.arg("--url").arg(&b.url);
         cmd.env("PACK_WRITER_ACCESS_KEY", &b.access_key);
         cmd.env("PACK_WRITER_SECRET_KEY", &b.secret_key);
+        if let Some(url) = &b.index_url {
+            cmd.env("PACK_WRITER_INDEX_URL", url);
+        }
     }
     cmd.stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -456,6 +459,7 @@ async fn crash_rounds_on(kind: piecestore_tests::ServerKind) {
         url: format!("{}/{name}", server.endpoint),
         access_key: server.access_key.clone(),
         secret_key: server.secret_key.clone(),
+        index_url: None,
     };
     crash_rounds(&format!("{kind:?}"), Some(&bucket)).await;
 }
@@ -588,37 +592,103 @@ fn kill(w: &mut Writer, errors: &mpsc::Receiver<String>, what: &str) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn four_processes_and_a_collector_share_one_directory() {
     let rounds = env_u64("PIECESTORE_CRASH_ROUNDS").unwrap_or(20) + 1;
+    shared_rounds("shared directory", None, rounds).await;
+}
+
+/// The same with three "nodes" on an S3-compatible server (s3s-fs) sharing the PostgreSQL
+/// index: each process (writers, collector, this test's reader) has a cache directory of its
+/// own, so nothing but the bucket and the database is shared. The reader reads every piece a
+/// node acknowledged as soon as it sees the acknowledgement. Fewer rounds by default (each
+/// costs more: every piece is read back over HTTP after each round): 2 kill rounds, or
+/// `PIECESTORE_NODE_ROUNDS`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_nodes_and_a_collector_share_a_bucket_through_postgres() {
+    let Some(pg) = piecestore_tests::postgres() else {
+        return;
+    };
+    let Some(server) = piecestore_tests::server(piecestore_tests::ServerKind::S3sFs) else {
+        return;
+    };
+    let name = piecestore_tests::unique_name("nodes");
+    server.create_bucket(&name);
+    let bucket = Bucket {
+        url: format!("{}/{name}", server.endpoint),
+        access_key: server.access_key.clone(),
+        secret_key: server.secret_key.clone(),
+        index_url: Some(pg.url.clone()),
+    };
+    let rounds = env_u64("PIECESTORE_NODE_ROUNDS").unwrap_or(2) + 1;
+    shared_rounds("three nodes", Some(&bucket), rounds).await;
+}
+
+/// Writer processes (four on a directory; three "nodes", each with its own directory, on a
+/// bucket with the PostgreSQL index) and a collector, for `rounds` rounds (see
+/// [`four_processes_and_a_collector_share_one_directory`]).
+async fn shared_rounds(name: &str, bucket: Option<&Bucket>, rounds: u64) {
     let seed = crash_seed();
-    eprintln!("shared directory: {rounds} rounds, PIECESTORE_CRASH_SEED={seed}");
+    eprintln!("{name}: {rounds} rounds, PIECESTORE_CRASH_SEED={seed}");
     let mut rng = Rng(seed | 1);
     let tmp = tempfile::tempdir().expect("tempdir");
-    let dir = tmp.path().join("store").display().to_string();
+    let shared_dir = tmp.path().join("store").display().to_string();
+    // A node's own directory (its index cache), or the one shared directory.
+    let dir_of = |who: &str| match bucket {
+        Some(_) => tmp.path().join(who).display().to_string(),
+        None => shared_dir.clone(),
+    };
+    let n_writers: u64 = if bucket.is_some() { 3 } else { 4 };
+    let dir = dir_of("checker");
     let mut ledger = Ledger::default();
     let mut seen = BTreeMap::new();
     let (mut read_live, mut read_gone) = (0u64, Vec::new());
     for round in 0..rounds {
-        let seeds: Vec<u64> = (0..4).map(|i| 1000 + round * 4 + i).collect();
-        let mut collector = spawn_with(&dir, None, 999, &["--gc-only"]);
+        let seeds: Vec<u64> = (0..n_writers)
+            .map(|i| 1000 + round * n_writers + i)
+            .collect();
+        let mut collector = spawn_with(&dir_of("collector"), bucket, 999, &["--gc-only"]);
         let (_, collector_errors) = read_output(&mut collector);
         let mut writers: Vec<(Writer, mpsc::Receiver<String>, mpsc::Receiver<String>)> = seeds
             .iter()
-            .map(|s| {
-                let mut w = spawn_writer(&dir, None, *s, false);
+            .enumerate()
+            .map(|(i, s)| {
+                let mut w = spawn_writer(&dir_of(&format!("node{i}")), bucket, *s, false);
                 let (lines, errors) = read_output(&mut w);
                 (w, lines, errors)
             })
             .collect();
         let mut lines: Vec<Vec<String>> = vec![Vec::new(); writers.len()];
+        // The round starts once every writer has the store open (on a bucket, opening lists
+        // its packs, which takes a while once there are many).
+        for (i, (_, rx, _)) in writers.iter().enumerate() {
+            let deadline = Instant::now() + Duration::from_secs(120);
+            loop {
+                let left = deadline.saturating_duration_since(Instant::now());
+                match rx.recv_timeout(left) {
+                    Ok(line) => {
+                        let ready = line.trim() == "R";
+                        lines[i].push(line);
+                        if ready {
+                            break;
+                        }
+                    }
+                    Err(_) => panic!("{name} round {round}: writer {i} did not open the store"),
+                }
+            }
+        }
         if round == 0 {
             // Read every acknowledged put from here while the writers go on.
-            let store = PieceStore::open(pack_writer::config(&dir, None).expect("config"))
+            let reader = dir_of("reader");
+            let store = PieceStore::open(pack_writer::config(&reader, bucket).expect("config"))
                 .await
                 .expect("open the shared store here");
             let until = Instant::now() + Duration::from_millis(2500);
             while Instant::now() < until {
                 let mut any = false;
                 for (i, (_, rx, _)) in writers.iter().enumerate() {
-                    while let Ok(line) = rx.try_recv() {
+                    // Bounded by the deadline too: a reader slower than the writers would
+                    // never see the channel empty.
+                    while Instant::now() < until
+                        && let Ok(line) = rx.try_recv()
+                    {
                         any = true;
                         if let Some(key) = line.strip_prefix("P ") {
                             match store.get(key).await {
@@ -675,12 +745,12 @@ async fn four_processes_and_a_collector_share_one_directory() {
             }
         }
         eprintln!(
-            "shared round {round}: {} puts, {} overwrites, {} deletes acknowledged by 4 processes",
+            "{name} round {round}: {} puts, {} overwrites, {} deletes acknowledged by {n_writers} processes",
             ledger.puts - p0,
             ledger.overwrites - o0,
             ledger.deletes - d0,
         );
-        let check = verify_seeds(&dir, None, round, rounds, &ledger, &seen, &seeds);
+        let check = verify_seeds(&dir, bucket, round, rounds, &ledger, &seen, &seeds);
         seen = tokio::time::timeout(Duration::from_secs(300), check)
             .await
             .unwrap_or_else(|_| panic!("round {round}: checking took over 300s"));
@@ -714,9 +784,31 @@ async fn racing_processes_one_key_exactly_one_wins() {
             url: format!("{}/{name}", server.endpoint),
             access_key: server.access_key.clone(),
             secret_key: server.secret_key.clone(),
+            index_url: None,
         };
         race_on("moto", Some(&bucket)).await;
     }
+}
+
+/// The race across "nodes": processes with their own directories on s3s-fs (whose
+/// create-only put is not atomic, so only the index decides) sharing the PostgreSQL index.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn racing_nodes_one_key_exactly_one_wins_through_postgres() {
+    let Some(pg) = piecestore_tests::postgres() else {
+        return;
+    };
+    let Some(server) = piecestore_tests::server(piecestore_tests::ServerKind::S3sFs) else {
+        return;
+    };
+    let name = piecestore_tests::unique_name("race-pg");
+    server.create_bucket(&name);
+    let bucket = Bucket {
+        url: format!("{}/{name}", server.endpoint),
+        access_key: server.access_key.clone(),
+        secret_key: server.secret_key.clone(),
+        index_url: Some(pg.url.clone()),
+    };
+    race_on("s3s-fs+postgres", Some(&bucket)).await;
 }
 
 async fn race_on(name: &str, bucket: Option<&Bucket>) {
@@ -737,7 +829,12 @@ async fn race_on(name: &str, bucket: Option<&Bucket>) {
     let (n, at) = (KEYS.to_string(), at.to_string());
     let mut racers: Vec<_> = (0..RACERS)
         .map(|seed| {
-            let mut w = spawn_with(&dir, bucket, seed, &["--race", &n, "--at", &at]);
+            // Nodes of a PostgreSQL index: each with a directory of its own.
+            let own = match bucket {
+                Some(b) if b.index_url.is_some() => format!("{dir}-node{seed}"),
+                _ => dir.clone(),
+            };
+            let mut w = spawn_with(&own, bucket, seed, &["--race", &n, "--at", &at]);
             let (lines, errors) = read_output(&mut w);
             (w, lines, errors)
         })

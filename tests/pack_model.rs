@@ -642,6 +642,38 @@ async fn packed_moto_store_matches_the_model_while_gc_races_and_reopens() {
     model_on_s3(piecestore_tests::ServerKind::Moto, "moto").await;
 }
 
+/// The model with the PostgreSQL index (a throwaway cluster on 127.0.0.1): on a local
+/// directory, reopened now and then.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn packed_file_store_with_the_postgres_index_matches_the_model() {
+    let Some(pg) = piecestore_tests::postgres() else {
+        return;
+    };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let url = format!("file://{}/pieces", dir.path().display());
+    let mut config = Config::from_url(&url).expect("url");
+    config
+        .set_option("IndexUrl", OptionValue::Str(pg.url.clone()))
+        .expect("IndexUrl");
+    model("file+postgres", config, true).await;
+}
+
+/// The model with the PostgreSQL index on s3s-fs (packs are objects; two shards).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn packed_s3s_fs_store_with_the_postgres_index_matches_the_model() {
+    let Some(pg) = piecestore_tests::postgres() else {
+        return;
+    };
+    let Some(server) = piecestore_tests::server(piecestore_tests::ServerKind::S3sFs) else {
+        return;
+    };
+    let mut config = server.config(&piecestore_tests::unique_name("s3s-pg"), 2);
+    config
+        .set_option("IndexUrl", OptionValue::Str(pg.url.clone()))
+        .expect("IndexUrl");
+    model("s3s-fs+postgres", config, true).await;
+}
+
 /// A packed put (small piece) racing an object put (large piece) of one new key, with
 /// different bytes: exactly one may succeed, and the key must then read as that one (a key
 /// is held by one write at a time, packed or not).

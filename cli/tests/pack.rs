@@ -335,3 +335,85 @@ fn other_processes_use_the_store_while_a_bench_writes() {
     c.arg("fsck");
     assert!(ok(c, None).contains("clean"));
 }
+
+/// Two "nodes" (CLI runs with cache directories of their own) on one s3s-fs bucket with the
+/// PostgreSQL index from `PIECESTORE_INDEX_URL`: what one puts, the other lists and reads at
+/// once, and a put of the same key with other bytes on the other node is refused. A wrong
+/// password fails clearly, and the password is never shown.
+#[test]
+fn two_nodes_share_a_bucket_through_the_postgres_index() {
+    let Some(pg) = piecestore_tests::postgres() else {
+        return;
+    };
+    let Some(s3) = piecestore_tests::server(piecestore_tests::ServerKind::S3sFs) else {
+        return;
+    };
+    let bucket = piecestore_tests::unique_name("cli-nodes");
+    s3.create_bucket(&bucket);
+    let url = format!("{}/{bucket}", s3.endpoint);
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let node = |n: &str, index_url: &str| {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_piecestore"));
+        for var in piecestore_tests::CLI_ENV {
+            c.env_remove(var);
+        }
+        c.current_dir(tmp.path())
+            .env("XDG_CACHE_HOME", tmp.path().join(n))
+            .env("AWS_ACCESS_KEY_ID", &s3.access_key)
+            .env("AWS_SECRET_ACCESS_KEY", &s3.secret_key)
+            .env("PIECESTORE_INDEX_URL", index_url)
+            .arg("--store")
+            .arg(&url);
+        c
+    };
+    let mut put = node("a", &pg.url);
+    put.args(["put", "obj_s0", "-"]);
+    ok(put, Some(b"from node a"));
+    let mut ls = node("b", &pg.url);
+    ls.arg("ls");
+    assert_eq!(ok(ls, None).trim(), "obj_s0");
+    let mut get = node("b", &pg.url);
+    get.args(["get", "obj_s0"]);
+    assert_eq!(ok(get, None), "from node a");
+    // Immutable across nodes: other bytes under the key are refused on node b.
+    let mut again = node("b", &pg.url);
+    again.args(["put", "obj_s0", "-"]);
+    let out = run(again, Some(b"from node b"));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success(),
+        "a second put with other bytes succeeded"
+    );
+    assert!(stderr.to_lowercase().contains("exists"), "{stderr}");
+    // The pieces are packed: no object of its own in the bucket.
+    let data = s3.data_dir.as_ref().expect("s3s-fs data dir").join(&bucket);
+    assert!(!data.join("obj_s0").exists(), "the piece was not packed");
+
+    // A wrong password: a clear error, without the password.
+    let password = pg
+        .url
+        .split(':')
+        .nth(2)
+        .and_then(|rest| rest.split('@').next())
+        .expect("the URL's password")
+        .to_string();
+    let wrong = pg.url.replace(&password, "not-the-password");
+    let mut bad = node("c", &wrong);
+    bad.args(["get", "obj_s0"]);
+    let out = run(bad, None);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success(),
+        "a wrong database password was accepted"
+    );
+    assert!(stderr.contains("PostgreSQL"), "{stderr}");
+    assert!(stderr.contains("password"), "{stderr}");
+    assert!(
+        !stderr.contains("not-the-password"),
+        "the password is shown: {stderr}"
+    );
+    assert!(
+        !stderr.contains(&password),
+        "the password is shown: {stderr}"
+    );
+}

@@ -1,7 +1,8 @@
 //! `pack-writer DIR SEED [--gc | --gc-only | --race N --at MILLIS] [--url URL]`: writes pieces
 //! into the packed store at `DIR` (or,
 //! with `--url`, in the bucket at `URL` with its index in `DIR`; the keys in the environment
-//! variables `PACK_WRITER_ACCESS_KEY` and `PACK_WRITER_SECRET_KEY`) from 32 concurrent tasks
+//! variables `PACK_WRITER_ACCESS_KEY` and `PACK_WRITER_SECRET_KEY`, and the PostgreSQL index
+//! in `PACK_WRITER_INDEX_URL` if set) from 32 concurrent tasks
 //! until it is killed, for the crash test (`tests/pack_crash.rs`). Most pieces
 //! are small (packed); one in eight is large (an object of its own, recorded in the index).
 //! With `--gc`, a task also runs garbage collection (grace 0, garbage ratio 0.3) in a loop, so
@@ -73,6 +74,9 @@ pub struct Bucket {
     pub access_key: String,
     /// Its secret key.
     pub secret_key: String,
+    /// The PostgreSQL index the writers share (`PACK_WRITER_INDEX_URL`); none: each host's
+    /// SQLite index in the writer's directory.
+    pub index_url: Option<String>,
 }
 
 /// The store config both the writer and the checker use: the directory `dir`, or `bucket`
@@ -86,6 +90,9 @@ pub fn config(dir: &str, bucket: Option<&Bucket>) -> piecestore::Result<Config> 
             c.store.secret_key = piecestore::config::Secret::new(&b.secret_key);
             c.store.max_retries = 2;
             c.set_option("IndexDir", OptionValue::Str(dir.into()))?;
+            if let Some(url) = &b.index_url {
+                c.set_option("IndexUrl", OptionValue::Str(url.clone()))?;
+            }
             c
         }
     };
@@ -271,6 +278,7 @@ fn main() -> ExitCode {
                     url: url.clone(),
                     access_key: key("PACK_WRITER_ACCESS_KEY"),
                     secret_key: key("PACK_WRITER_SECRET_KEY"),
+                    index_url: std::env::var("PACK_WRITER_INDEX_URL").ok(),
                 });
                 rest.next();
             }
