@@ -25,8 +25,8 @@ use std::time::{Duration, Instant};
 use tokio_postgres::{Client, NoTls, Statement};
 
 use super::{
-    Change, Intent, META_MAX_SEQ, META_VERSION, OwnedIntent, PackId, PackIndex, PackInfo,
-    PackState, Slot, Snapshot,
+    Change, Intent, META_VERSION, OwnedIntent, PackId, PackIndex, PackInfo, PackState, Slot,
+    Snapshot,
 };
 use crate::error::{Error, Result};
 
@@ -946,20 +946,19 @@ impl PackIndex for PgIndex {
             "SELECT value FROM piecestore_meta WHERE ix = $1 AND name = $2",
             vec![Param::Text(self.ix.clone()), Param::Text(name.into())],
         )?;
+        // `max_seq` is as the last durable commit left it: lazy commits since carry numbers
+        // from a clock that has moved past it (pack-format.md §9.2), and recovery raises it
+        // from the records it replays.
         let stored = rows.first().map(|r| r.get::<_, i64>(0) as u64);
-        if name == META_MAX_SEQ {
-            // Lazy commits do not record it: the highest sequence number of any piece counts.
-            let rows = self.db.query(
-                "SELECT max(seq) FROM piecestore_pieces WHERE ix = $1",
-                vec![Param::Text(self.ix.clone())],
-            )?;
-            let pieces = rows
-                .first()
-                .and_then(|r| r.get::<_, Option<i64>>(0))
-                .map(|v| v as u64);
-            return Ok(stored.max(pieces));
-        }
         Ok(stored)
+    }
+
+    fn is_empty(&self) -> Result<bool> {
+        let rows = self.db.query(
+            "SELECT EXISTS (SELECT 1 FROM piecestore_pieces WHERE ix = $1)",
+            vec![Param::Text(self.ix.clone())],
+        )?;
+        Ok(!rows.first().is_some_and(|r| r.get::<_, bool>(0)))
     }
 
     fn len(&self) -> Result<u64> {
