@@ -70,6 +70,18 @@ fn spawn_with(dir: &str, bucket: Option<&Bucket>, seed: u64, args: &[&str]) -> W
     Writer(cmd.spawn().expect("spawn pack-writer"))
 }
 
+/// A new bucket on `server` for the writers (with the PostgreSQL index at `index_url`).
+fn new_bucket(server: &piecestore_tests::S3Server, name: &str, index_url: Option<&str>) -> Bucket {
+    let name = piecestore_tests::unique_name(name);
+    server.create_bucket(&name);
+    Bucket {
+        url: format!("{}/{name}", server.endpoint),
+        access_key: server.access_key.clone(),
+        secret_key: server.secret_key.clone(),
+        index_url: index_url.map(str::to_string),
+    }
+}
+
 /// `PIECESTORE_CRASH_SEED`, or the clock.
 fn crash_seed() -> u64 {
     env_u64("PIECESTORE_CRASH_SEED").unwrap_or_else(|| {
@@ -453,14 +465,7 @@ async fn crash_rounds_on(kind: piecestore_tests::ServerKind) {
     let Some(server) = piecestore_tests::server(kind) else {
         return;
     };
-    let name = piecestore_tests::unique_name("crash");
-    server.create_bucket(&name);
-    let bucket = Bucket {
-        url: format!("{}/{name}", server.endpoint),
-        access_key: server.access_key.clone(),
-        secret_key: server.secret_key.clone(),
-        index_url: None,
-    };
+    let bucket = new_bucket(server, "crash", None);
     crash_rounds(&format!("{kind:?}"), Some(&bucket)).await;
 }
 
@@ -609,14 +614,7 @@ async fn three_nodes_and_a_collector_share_a_bucket_through_postgres() {
     let Some(server) = piecestore_tests::server(piecestore_tests::ServerKind::S3sFs) else {
         return;
     };
-    let name = piecestore_tests::unique_name("nodes");
-    server.create_bucket(&name);
-    let bucket = Bucket {
-        url: format!("{}/{name}", server.endpoint),
-        access_key: server.access_key.clone(),
-        secret_key: server.secret_key.clone(),
-        index_url: Some(pg.url.clone()),
-    };
+    let bucket = new_bucket(server, "nodes", Some(&pg.url));
     let rounds = env_u64("PIECESTORE_NODE_ROUNDS").unwrap_or(2) + 1;
     shared_rounds("three nodes", Some(&bucket), rounds).await;
 }
@@ -778,14 +776,7 @@ async fn shared_rounds(name: &str, bucket: Option<&Bucket>, rounds: u64) {
 async fn racing_processes_one_key_exactly_one_wins() {
     race_on("file", None).await;
     if let Some(server) = piecestore_tests::server(piecestore_tests::ServerKind::Moto) {
-        let name = piecestore_tests::unique_name("race");
-        server.create_bucket(&name);
-        let bucket = Bucket {
-            url: format!("{}/{name}", server.endpoint),
-            access_key: server.access_key.clone(),
-            secret_key: server.secret_key.clone(),
-            index_url: None,
-        };
+        let bucket = new_bucket(server, "race", None);
         race_on("moto", Some(&bucket)).await;
     }
 }
@@ -800,14 +791,7 @@ async fn racing_nodes_one_key_exactly_one_wins_through_postgres() {
     let Some(server) = piecestore_tests::server(piecestore_tests::ServerKind::S3sFs) else {
         return;
     };
-    let name = piecestore_tests::unique_name("race-pg");
-    server.create_bucket(&name);
-    let bucket = Bucket {
-        url: format!("{}/{name}", server.endpoint),
-        access_key: server.access_key.clone(),
-        secret_key: server.secret_key.clone(),
-        index_url: Some(pg.url.clone()),
-    };
+    let bucket = new_bucket(server, "race-pg", Some(&pg.url));
     race_on("s3s-fs+postgres", Some(&bucket)).await;
 }
 

@@ -377,6 +377,23 @@ pub trait RemoteIndex: Send + Sync {
     fn apply_async(&self, changes: &[Change], durable: bool) -> IndexFuture<Vec<bool>>;
 }
 
+/// Records layout version `layout` in a new index, or checks that an existing one has it.
+fn check_layout(index: &dyn PackIndex, layout: u64) -> Result<()> {
+    match index.meta(META_VERSION)? {
+        None => index
+            .apply(&[Change::SetMeta {
+                name: META_VERSION,
+                value: layout,
+            }])
+            .map(drop),
+        Some(v) if v == layout => Ok(()),
+        Some(v) => Err(crate::error::Error::config(format!(
+            "pack index {} has layout version {v}; this build reads version {layout}",
+            index.describe()
+        ))),
+    }
+}
+
 /// Where the index of a store is kept when the config does not say: next to the packs for a
 /// local directory, else in the user's cache directory, one file per bucket and shard.
 pub fn default_index_path(root_dir: Option<&Path>, label: &str, shard: usize) -> PathBuf {

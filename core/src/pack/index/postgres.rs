@@ -24,10 +24,7 @@ use std::time::{Duration, Instant};
 
 use tokio_postgres::{Client, NoTls, Statement};
 
-use super::{
-    Change, Intent, META_VERSION, OwnedIntent, PackId, PackIndex, PackInfo, PackState, Slot,
-    Snapshot,
-};
+use super::{Change, Intent, OwnedIntent, PackId, PackIndex, PackInfo, PackState, Slot, Snapshot};
 use crate::error::{Error, Result};
 
 /// The layout of the tables and function this build writes and reads.
@@ -671,21 +668,7 @@ impl PgIndex {
     pub(crate) fn open(db: Arc<Db>, ix: String) -> Result<PgIndex> {
         let label = format!("{} ({ix})", db.shown);
         let me = PgIndex { db, ix, label };
-        match me.meta(META_VERSION)? {
-            None => {
-                me.apply(&[Change::SetMeta {
-                    name: META_VERSION,
-                    value: LAYOUT,
-                }])?;
-            }
-            Some(LAYOUT) => {}
-            Some(v) => {
-                return Err(Error::config(format!(
-                    "pack index {} has layout version {v}; this build reads version {LAYOUT}",
-                    me.label
-                )));
-            }
-        }
+        super::check_layout(&me, LAYOUT)?;
         Ok(me)
     }
 

@@ -19,8 +19,8 @@ use std::time::Duration;
 use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
 
 use super::{
-    Change, Intent, META_MAX_SEQ, META_VERSION, OwnedIntent, PackId, PackIndex, PackInfo,
-    PackState, Slot, Snapshot,
+    Change, Intent, META_MAX_SEQ, OwnedIntent, PackId, PackIndex, PackInfo, PackState, Slot,
+    Snapshot,
 };
 use crate::error::{Error, Result};
 
@@ -172,21 +172,7 @@ impl SqliteIndex {
             readers: Mutex::new(Vec::new()),
             target,
         };
-        match me.meta(META_VERSION)? {
-            None => {
-                me.apply(&[Change::SetMeta {
-                    name: META_VERSION,
-                    value: LAYOUT,
-                }])?;
-            }
-            Some(LAYOUT) => {}
-            Some(v) => {
-                return Err(Error::config(format!(
-                    "pack index {} has layout version {v}; this build reads version {LAYOUT}",
-                    me.label
-                )));
-            }
-        }
+        super::check_layout(&me, LAYOUT)?;
         Ok(me)
     }
 
