@@ -759,8 +759,11 @@ async fn shared_rounds(name: &str, bucket: Option<&Bucket>, rounds: u64) {
             "{key} was acknowledged by another process, yet not found here (and never deleted)"
         );
     }
+    // Over HTTP from a loaded 2-core machine a get of another node's piece takes tens of
+    // milliseconds: fewer reads fit in the window than from a local directory.
+    let enough = if bucket.is_some() { 20 } else { 100 };
     assert!(
-        read_live > 100 && ledger.deletes > 0 && ledger.overwrites > 0,
+        read_live > enough && ledger.deletes > 0 && ledger.overwrites > 0,
         "too little happened: {read_live} pieces of other processes read, {} deletes, {} overwrites",
         ledger.deletes,
         ledger.overwrites
