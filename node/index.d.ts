@@ -304,6 +304,8 @@ export interface StoreOptions {
   gcInterval?: number | string
   /** Where a bucket's pack index is kept (default: the user's cache directory). */
   indexDir?: string
+  /** The PostgreSQL index several nodes share (`postgres://…`; a secret, never shown). */
+  indexUrl?: string
 }
 
 /** Throws an `INVALID_KEY` error if `key` breaks a key rule. */

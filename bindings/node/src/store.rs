@@ -107,6 +107,8 @@ pub struct StoreOptions {
     pub gc_interval: Option<String>,
     /// Where a bucket's pack index is kept (default: the user's cache directory).
     pub index_dir: Option<String>,
+    /// The PostgreSQL index several nodes share (`postgres://…`; a secret, never shown).
+    pub index_url: Option<String>,
 }
 
 /// Options of a put.
