@@ -352,14 +352,10 @@ pub trait PackIndex: Send + Sync + fmt::Debug {
     }
     /// Where it lives, for messages.
     fn describe(&self) -> String;
-    /// Whether a call is a network round trip (a database server), not microseconds on this
-    /// host: the packer then calls it off the async workers, and a put of a new key skips its
+    /// The asynchronous calls of an index a round trip away (a database server, not
+    /// microseconds on this host), awaited on the caller's runtime, holding no thread while the
+    /// server works; `None` for a local one. A put of a new key on a remote index skips its
     /// lookup (the insert of its write group decides, [`Change::Insert`]).
-    fn is_remote(&self) -> bool {
-        false
-    }
-    /// The asynchronous calls of an index a round trip away (awaited on the caller's runtime,
-    /// holding no thread while the server works); `None` for a local one.
     fn remote(&self) -> Option<&dyn RemoteIndex> {
         None
     }

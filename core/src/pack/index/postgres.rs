@@ -369,8 +369,6 @@ pub(crate) struct Db {
     rt: tokio::runtime::Handle,
     pool: Vec<Mutex<Option<Arc<Conn>>>>,
     next: AtomicUsize,
-    /// Round trips made (for the benchmark's count).
-    trips: std::sync::atomic::AtomicU64,
 }
 
 impl fmt::Debug for Db {
@@ -421,7 +419,6 @@ impl Db {
             rt: runtime()?,
             pool: (0..POOL).map(|_| Mutex::new(None)).collect(),
             next: AtomicUsize::new(0),
-            trips: Default::default(),
         });
         let client = db.connect_raw()?;
         let schema =
@@ -432,9 +429,8 @@ impl Db {
         Ok(db)
     }
 
-    /// Runs `fut` on the client's runtime, counting one round trip.
+    /// Runs `fut` on the client's runtime.
     fn call<T: Send + 'static>(&self, fut: impl Future<Output = T> + Send + 'static) -> Result<T> {
-        self.trips.fetch_add(1, Ordering::Relaxed);
         block(&self.rt, fut).ok_or_else(|| Error::Backend {
             op: "index",
             key: None,
@@ -509,20 +505,20 @@ impl Db {
     }
 
     /// Runs a query on a pooled connection.
-    fn query(&self, sql: &'static str, params: Vec<Param>) -> Result<Vec<tokio_postgres::Row>> {
+    fn query(
+        &self,
+        sql: impl Into<String>,
+        params: Vec<Param>,
+    ) -> Result<Vec<tokio_postgres::Row>> {
+        let sql = sql.into();
         let conn = self.conn()?;
         let shown = self.shown.clone();
         self.call(async move {
             let refs: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> =
                 params.iter().map(Param::as_sql).collect();
-            conn.client.query(sql, &refs).await
+            conn.client.query(sql.as_str(), &refs).await
         })?
         .map_err(|e| pg_err(&shown, &e))
-    }
-
-    /// Round trips made so far by this process's indexes on this database.
-    pub(crate) fn round_trips(&self) -> u64 {
-        self.trips.load(Ordering::Relaxed)
     }
 }
 
@@ -654,6 +650,33 @@ fn change_json(c: &Change) -> serde_json::Value {
     }
 }
 
+/// A batch as the apply function reads it: a JSON array of changes.
+fn changes_json(changes: &[Change]) -> String {
+    serde_json::Value::Array(changes.iter().map(change_json).collect()).to_string()
+}
+
+/// One call of the apply function on `conn`: whether each change took effect.
+async fn apply_call(
+    conn: Arc<Conn>,
+    ix: String,
+    json: String,
+    durable: bool,
+) -> std::result::Result<Vec<bool>, tokio_postgres::Error> {
+    let row = conn
+        .client
+        .query_one(&conn.apply, &[&ix, &json, &durable])
+        .await?;
+    Ok(row.get(0))
+}
+
+/// What the apply function returned, checked against the number of changes sent.
+fn checked(label: &str, took: Vec<bool>, sent: usize) -> Result<Vec<bool>> {
+    if took.len() != sent {
+        return Err(corrupt(label, "apply result"));
+    }
+    Ok(took)
+}
+
 /// Whether a failed transaction may simply run again (it rolled back: a deadlock between
 /// transactions that locked rows in different orders, or a serialization failure).
 fn transient(e: &tokio_postgres::Error) -> bool {
@@ -670,11 +693,6 @@ impl PgIndex {
         let me = PgIndex { db, ix, label };
         super::check_layout(&me, LAYOUT)?;
         Ok(me)
-    }
-
-    /// Round trips made so far by this process's indexes on the same database.
-    pub fn round_trips(&self) -> u64 {
-        self.db.round_trips()
     }
 
     fn corrupt(&self, what: &str) -> Error {
@@ -697,24 +715,15 @@ impl PgIndex {
         if changes.is_empty() {
             return Ok(Vec::new());
         }
-        let json = serde_json::Value::Array(changes.iter().map(change_json).collect()).to_string();
+        let json = changes_json(changes);
         let mut tries = 0;
         loop {
             let conn = self.db.conn()?;
-            let (ix, json2) = (self.ix.clone(), json.clone());
-            let r = self.db.call(async move {
-                conn.client
-                    .query_one(&conn.apply, &[&ix, &json2, &durable])
-                    .await
-            })?;
+            let r = self
+                .db
+                .call(apply_call(conn, self.ix.clone(), json.clone(), durable))?;
             match r {
-                Ok(row) => {
-                    let took: Vec<bool> = row.get(0);
-                    if took.len() != changes.len() {
-                        return Err(self.corrupt("apply result"));
-                    }
-                    return Ok(took);
-                }
+                Ok(took) => return checked(&self.label, took, changes.len()),
                 Err(e) if transient(&e) && tries < 8 => {
                     tries += 1;
                     std::thread::sleep(Duration::from_millis(2 << tries));
@@ -836,8 +845,7 @@ impl PackIndex for PgIndex {
 
     fn pack(&self, id: PackId) -> Result<Option<PackInfo>> {
         let rows = self.db.query(
-            "SELECT id, size, payload, live_bytes, live_count, records, min_seq, state, since_ms \
-             FROM piecestore_packs WHERE ix = $1 AND id = $2",
+            format!("SELECT id, {PACK_COLS} FROM piecestore_packs WHERE ix = $1 AND id = $2"),
             vec![
                 Param::Text(self.ix.clone()),
                 Param::Bytes(id.to_be_bytes().to_vec()),
@@ -848,8 +856,7 @@ impl PackIndex for PgIndex {
 
     fn packs(&self) -> Result<Vec<(PackId, PackInfo)>> {
         let rows = self.db.query(
-            "SELECT id, size, payload, live_bytes, live_count, records, min_seq, state, since_ms \
-             FROM piecestore_packs WHERE ix = $1 ORDER BY id",
+            format!("SELECT id, {PACK_COLS} FROM piecestore_packs WHERE ix = $1 ORDER BY id"),
             vec![Param::Text(self.ix.clone())],
         )?;
         self.pack_rows(&rows)
@@ -956,10 +963,6 @@ impl PackIndex for PgIndex {
         self.label.clone()
     }
 
-    fn is_remote(&self) -> bool {
-        true
-    }
-
     fn remote(&self) -> Option<&dyn super::RemoteIndex> {
         Some(self)
     }
@@ -971,7 +974,6 @@ impl super::RemoteIndex for PgIndex {
             Ok(c) => c,
             Err(e) => return Box::pin(std::future::ready(Err(e))),
         };
-        self.db.trips.fetch_add(1, Ordering::Relaxed);
         let (ix, k, label) = (self.ix.clone(), key.to_string(), self.label.clone());
         Box::pin(async move {
             let row = conn
@@ -989,22 +991,13 @@ impl super::RemoteIndex for PgIndex {
             Ok(c) => c,
             Err(e) => return Box::pin(std::future::ready(Err(e))),
         };
-        self.db.trips.fetch_add(1, Ordering::Relaxed);
-        let json = serde_json::Value::Array(changes.iter().map(change_json).collect()).to_string();
-        let (ix, label, n) = (self.ix.clone(), self.label.clone(), changes.len());
+        let call = apply_call(conn, self.ix.clone(), changes_json(changes), durable);
+        let (label, n) = (self.label.clone(), changes.len());
         Box::pin(async move {
             // A transaction that deadlocked is not retried here: the caller's synchronous
             // path retries it.
-            let row = conn
-                .client
-                .query_one(&conn.apply, &[&ix, &json, &durable])
-                .await
-                .map_err(|e| pg_err(&label, &e))?;
-            let took: Vec<bool> = row.get(0);
-            if took.len() != n {
-                return Err(corrupt(&label, "apply result"));
-            }
-            Ok(took)
+            let took = call.await.map_err(|e| pg_err(&label, &e))?;
+            checked(&label, took, n)
         })
     }
 }

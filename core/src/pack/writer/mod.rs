@@ -228,7 +228,12 @@ impl ShardPacker {
         // A put of a key this process holds nothing of, on an index a round trip away, skips
         // the lookup on its first attempt: its write group's insert takes effect only if the
         // key holds nothing, and a put that loses it looks again (`after_lost`).
-        if first && data.is_some() && !overwrite && index.is_remote() && !self.must_probe(backend) {
+        if first
+            && data.is_some()
+            && !overwrite
+            && index.remote().is_some()
+            && !self.must_probe(backend)
+        {
             return Ok(Look::Free(None));
         }
         let (slot, intent) = index.lookup(key)?;
