@@ -298,6 +298,14 @@ pub const CLI_ENV: &[&str] = &[
     "MINIO_ACCESS_KEY",
     "MINIO_SECRET_KEY",
     "MINIO_REGION",
+    "AWS_PROFILE",
+    "AWS_CONFIG_FILE",
+    "AWS_SHARED_CREDENTIALS_FILE",
+    "AWS_DEFAULT_REGION",
+    "AWS_ROLE_ARN",
+    "AWS_WEB_IDENTITY_TOKEN_FILE",
+    "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI",
+    "AWS_CONTAINER_CREDENTIALS_FULL_URI",
 ];
 
 /// Deterministic pseudo-random bytes (xorshift), for test pieces.

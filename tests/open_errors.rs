@@ -28,9 +28,9 @@ async fn missing_bucket_is_named_at_open() {
     };
     let mut c = s.config(&unique_name("exists"), 0);
     c.store.bucket_url = format!("{}/no-such-bucket-here", s.endpoint);
-    c.backend.create_bucket = false;
+    c.backend.create_bucket = Some(false);
     let e = PieceStore::open(c).await.no_ok();
-    assert_eq!(e.kind(), ErrorKind::InvalidConfig, "{e}");
+    assert_eq!(e.kind(), ErrorKind::BucketNotFound, "{e}");
     assert!(e.to_string().contains("no-such-bucket-here"), "{e}");
 }
 
@@ -41,16 +41,16 @@ async fn lazy_open_checks_the_bucket_on_first_use() {
     };
     let mut c = s.config(&unique_name("lazy"), 0);
     c.store.bucket_url = format!("{}/no-such-lazy-bucket", s.endpoint);
-    c.backend.create_bucket = false;
+    c.backend.create_bucket = Some(false);
     // No I/O at open: succeeds although the bucket is missing.
     let store = PieceStore::open_lazy(c).unwrap();
     // The first operation runs the check and fails with it, not with "piece not found".
     let e = store.get("1_s0").await.no_ok();
-    assert_eq!(e.kind(), ErrorKind::InvalidConfig, "{e}");
+    assert_eq!(e.kind(), ErrorKind::BucketNotFound, "{e}");
     assert!(e.to_string().contains("no-such-lazy-bucket"), "{e}");
     // A failed check is not remembered.
     let e = store.put("1_s0", &b"x"[..]).await.no_ok();
-    assert_eq!(e.kind(), ErrorKind::InvalidConfig, "{e}");
+    assert_eq!(e.kind(), ErrorKind::BucketNotFound, "{e}");
     // Once it passes, the store works.
     let good = s.config(&unique_name("lazyok"), 0);
     let store = PieceStore::open_lazy(good).unwrap();
@@ -67,9 +67,9 @@ async fn missing_bucket_in_a_shard_names_the_shard() {
     let c = s.config(&name, 2);
     let mut c3 = c.clone();
     c3.shards = 3; // bucket -2 was never created
-    c3.backend.create_bucket = false;
+    c3.backend.create_bucket = Some(false);
     let e = PieceStore::open(c3).await.no_ok();
-    assert_eq!(e.kind(), ErrorKind::InvalidConfig, "{e}");
+    assert_eq!(e.kind(), ErrorKind::BucketNotFound, "{e}");
     assert!(
         e.to_string().contains("shard 2") && e.to_string().contains(&format!("{name}-2")),
         "{e}"
@@ -279,15 +279,35 @@ async fn failed_requests_are_retried_with_backoff_as_configured() {
     assert!(e.to_string().contains("503"), "{e}");
 }
 
+/// A config in the original's layout creates missing buckets at open, as the original does;
+/// a URL opts in with `create_bucket=true`. Elsewhere the default is not to (see above).
 #[tokio::test]
 async fn missing_buckets_are_created_at_open_like_the_original() {
-    for kind in [ServerKind::Moto, ServerKind::S3sFs] {
+    for (kind, original) in [
+        (ServerKind::Moto, true),
+        (ServerKind::S3sFs, true),
+        (ServerKind::Moto, false),
+    ] {
         let Some(s) = server(kind) else { continue };
         let name = unique_name("autocreate");
         // Four shards, no bucket created beforehand (the harness's config() would create them).
-        let mut c = s.config(&format!("{name}-0"), 0);
-        c.store.bucket_url = format!("{}/{name}-%d", s.endpoint);
-        c.shards = 4;
+        let c = if original {
+            let toml = format!(
+                "[PieceStore]\nShards = 4\n[PieceStore.Store]\nStorage = \"minio\"\n\
+                 BucketURL = \"{}/{name}-%d\"\nAccessKey = \"{}\"\nSecretKey = \"{}\"\n\
+                 MaxRetries = 2\n",
+                s.endpoint, s.access_key, s.secret_key
+            );
+            Config::from_toml(&toml).unwrap()
+        } else {
+            let mut c = s.config(&format!("{name}-0"), 0);
+            c.store.bucket_url = format!("{}/{name}-%d?shards=4&create_bucket=true", s.endpoint);
+            let opts = Config::from_url(&c.store.bucket_url).unwrap();
+            c.store.bucket_url = opts.store.bucket_url;
+            c.shards = opts.shards;
+            c.backend.create_bucket = opts.backend.create_bucket;
+            c
+        };
         let store = PieceStore::open(c)
             .await
             .unwrap_or_else(|e| panic!("{kind:?}: {e}"));

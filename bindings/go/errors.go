@@ -6,6 +6,7 @@ import "C"
 import (
 	"context"
 	"errors"
+	"fmt"
 	"strconv"
 )
 
@@ -20,8 +21,12 @@ var (
 	ErrInvalidKey = errors.New("piecestore: invalid key")
 	// ErrInvalidRange: the range lies (partly) outside the piece.
 	ErrInvalidRange = errors.New("piecestore: invalid range")
-	// ErrInvalidConfig: the store URL or an option is invalid, or names a missing bucket.
+	// ErrInvalidConfig: the store URL or an option is invalid.
 	ErrInvalidConfig = errors.New("piecestore: invalid config")
+	// ErrBucketNotFound: the bucket the store names does not exist (and the create_bucket
+	// option is off, the default outside the original's config layout). It wraps
+	// ErrInvalidConfig, so errors.Is(err, ErrInvalidConfig) holds for it too.
+	ErrBucketNotFound = fmt.Errorf("piecestore: bucket not found (%w)", ErrInvalidConfig)
 	// ErrCorrupt: the stored bytes do not match their checksum (they are never returned).
 	ErrCorrupt = errors.New("piecestore: corrupt piece")
 	// ErrUnauthorized: the backend refused the credentials.
@@ -78,6 +83,8 @@ func kindOf(st C.PsStatus) error {
 		return ErrBackend
 	case C.PS_CLOSED:
 		return ErrClosed
+	case C.PS_BUCKET_NOT_FOUND:
+		return ErrBucketNotFound
 	case C.PS_INVALID_ARGUMENT:
 		return ErrInvalidArgument
 	default:

@@ -19,7 +19,7 @@ fn piece(i: usize) -> (String, Vec<u8>) {
         1 => 0,
         _ => 100 + (i * 977) % 8000,
     };
-    let key = if i % 2 == 0 {
+    let key = if i.is_multiple_of(2) {
         format!("s{i}_s0_v1")
     } else {
         format!("e{}_s{}_p{}_v1", i / 7, i % 7, i % 6)

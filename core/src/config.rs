@@ -409,9 +409,11 @@ pub struct BackendOptions {
     #[serde(rename = "CheckBucket", default = "d_true")]
     pub check_bucket: bool,
     /// Create a shard's missing bucket at open (with `CheckBucket`), as the original does.
-    /// Default true.
-    #[serde(rename = "CreateBucket", default = "d_true")]
-    pub create_bucket: bool,
+    /// Default: true for a config in the original's layout (its deployments expect it), false
+    /// otherwise, where a missing bucket is a [`crate::ErrorKind::BucketNotFound`] error that
+    /// names it (a mistyped name is not created silently).
+    #[serde(rename = "CreateBucket", default)]
+    pub create_bucket: Option<bool>,
     /// Keep operation metrics ([`PieceStore::metrics`](crate::PieceStore::metrics)). Default true;
     /// their cost is a clock read and a few atomic adds per operation.
     #[serde(rename = "Metrics", default = "d_true")]
@@ -458,7 +460,7 @@ impl Default for BackendOptions {
             conditional_writes: ConditionalWrites::Auto,
             fsync: true,
             check_bucket: true,
-            create_bucket: true,
+            create_bucket: None,
             metrics: true,
             unsigned_payload: false,
             allow_unverified: None,
@@ -867,6 +869,96 @@ fn option_field(name: &str) -> Option<OptionField> {
         })
 }
 
+/// `name` (a `config.toml` spelling) as the caller wrote `like`: snake_case for a name with
+/// `_` or all lower case, kebab-case for one with `-`, else as in `config.toml`.
+fn spelled_like(name: &str, like: &str) -> String {
+    let sep = if like.contains('-') {
+        '-'
+    } else if like.contains('_') || like == like.to_ascii_lowercase() {
+        '_'
+    } else {
+        return name.to_string();
+    };
+    let chars: Vec<char> = name.chars().collect();
+    let mut out = String::new();
+    for (i, &c) in chars.iter().enumerate() {
+        let starts_word = i > 0
+            && c.is_ascii_uppercase()
+            && (!chars[i - 1].is_ascii_uppercase()
+                || chars.get(i + 1).is_some_and(|n| n.is_ascii_lowercase()));
+        if starts_word {
+            out.push(sep);
+        }
+        out.push(c.to_ascii_lowercase());
+    }
+    out
+}
+
+/// The error for an option name that is none of [`OPTION_NAMES`]: the nearest name, spelled
+/// as the caller spells names, when one is near enough.
+fn unknown_option(name: &str) -> Error {
+    let fold = |n: &str| -> String {
+        n.chars()
+            .filter(|c| *c != '_' && *c != '-')
+            .map(|c| c.to_ascii_lowercase())
+            .collect()
+    };
+    let folded = fold(name);
+    let nearest = OPTION_NAMES
+        .iter()
+        .map(|n| {
+            (
+                strsim::normalized_damerau_levenshtein(&folded, &fold(n)),
+                *n,
+            )
+        })
+        .max_by(|a, b| a.0.total_cmp(&b.0))
+        .filter(|(score, _)| *score >= 0.6);
+    match nearest {
+        Some((_, n)) => Error::config(format!(
+            "unknown option {name:?}: did you mean {:?}? (every option: docs/config.md)",
+            spelled_like(n, name)
+        )),
+        None => Error::config(format!(
+            "unknown option {name:?} (every option: docs/config.md; in config.toml spelling: {})",
+            OPTION_NAMES.join(", ")
+        )),
+    }
+}
+
+/// What option `name` (a `config.toml` spelling) accepts, in words, for error messages.
+fn option_accepts(name: &str) -> &'static str {
+    match name {
+        "Shards" => "a whole number of shards (0 or 1: one store)",
+        "Placement" => "\"fnv-mod\" (the original's, the default) or \"jump\"",
+        "Storage" => "\"s3\", \"minio\", \"oss\", \"b2\", \"file\" or \"memory\"",
+        "IAMType" => {
+            "\"AKSK\" (keys from the config or environment) or \"SA\" (the default credential chain)"
+        }
+        "Layout" => "\"piecestore\" or \"original\"",
+        "ConditionalWrites" => "\"auto\", \"on\" or \"off\" (or true/false)",
+        "MaxRetries" => "a whole number of retries, 0 or more",
+        "MinRetryDelay" | "MaxRetryDelay" | "RetryTimeout" | "RequestTimeout"
+        | "ConnectTimeout" | "PackMaxAge" | "GcGrace" | "GcInterval" => {
+            "a duration: seconds as a number (2.5) or text such as \"200ms\", \"30s\", \"1h\""
+        }
+        "PackThreshold" | "PackTargetSize" => {
+            "a size: bytes as a whole number or text such as \"64KiB\", \"16MiB\""
+        }
+        "GcGarbageRatio" => "a fraction between 0 and 1, such as 0.3",
+        "NoSignRequest"
+        | "TLSInsecureSkipVerify"
+        | "Fsync"
+        | "CheckBucket"
+        | "UnsignedPayload"
+        | "AllowUnverified"
+        | "CreateBucket"
+        | "Metrics"
+        | "Pack" => "true or false",
+        _ => "text",
+    }
+}
+
 /// Whether a `[PieceStore]` table holds only what the original Go piecestore's does.
 fn is_original_layout(table: &toml::Table) -> bool {
     table.keys().all(|k| k == "Shards" || k == "Store")
@@ -977,6 +1069,44 @@ fn read_as_the_original(table: &mut toml::Table) -> Result<bool> {
     Ok(literal)
 }
 
+/// The environment variables a store of `kind` reads its key pair from, in order: the
+/// provider's own (`AWS_ACCESS_KEY`, `MINIO_ACCESS_KEY`…), then the standard AWS names. Each is
+/// `[access key, secret key, session token]`.
+pub(crate) fn credential_env(kind: StorageKind) -> &'static [[&'static str; 3]] {
+    const STANDARD: [&str; 3] = [
+        "AWS_ACCESS_KEY_ID",
+        "AWS_SECRET_ACCESS_KEY",
+        "AWS_SESSION_TOKEN",
+    ];
+    match kind {
+        StorageKind::S3 => &[
+            ["AWS_ACCESS_KEY", "AWS_SECRET_KEY", "AWS_SESSION_TOKEN"],
+            STANDARD,
+        ],
+        StorageKind::Minio => &[
+            [
+                "MINIO_ACCESS_KEY",
+                "MINIO_SECRET_KEY",
+                "MINIO_SESSION_TOKEN",
+            ],
+            STANDARD,
+        ],
+        StorageKind::Oss => &[
+            [
+                "ALIBABA_CLOUD_ACCESS_KEY",
+                "ALIBABA_CLOUD_SECRET_KEY",
+                "ALIBABA_CLOUD_SESSION_TOKEN",
+            ],
+            STANDARD,
+        ],
+        StorageKind::B2 => &[
+            ["B2_ACCESS_KEY", "B2_SECRET_KEY", "B2_SESSION_TOKEN"],
+            STANDARD,
+        ],
+        StorageKind::File | StorageKind::Memory => &[],
+    }
+}
+
 /// Reads an environment variable; `None` when unset or empty.
 pub type EnvLookup<'a> = &'a dyn Fn(&str) -> Option<String>;
 
@@ -999,7 +1129,9 @@ impl Config {
     /// A configuration for one store at `url` (no environment applied).
     ///
     /// Query parameters set options: `?shards=N`, `&placement=jump`, `&region=...`,
-    /// `&endpoint=...`. Everything else comes from the defaults.
+    /// `&endpoint=...`. A plain directory path takes them as a `file://` URL does
+    /// (`./data?pack=false`): a `?` always starts the options. Everything else comes from the
+    /// defaults.
     pub fn from_url(url: &str) -> Result<Self> {
         let config = Self::parse_url(url)?;
         config.shard_stores()?;
@@ -1009,10 +1141,17 @@ impl Config {
     /// [`Config::from_url`] without the sharding checks (options may still fix what they find).
     fn parse_url(url: &str) -> Result<Self> {
         let mut config = Config::default();
+        // A plain directory path takes options as `file://` does: `./data?pack=false`.
         let (base, query) = match url.split_once('?') {
-            Some((b, q)) if b.contains("://") => (b, Some(q)),
-            _ => (url, None),
+            Some((b, q)) => (b, Some(q)),
+            None => (url, None),
         };
+        if base.is_empty() {
+            return Err(Error::config(format!(
+                "store {url:?} has options but no location: write ./data?{}, file:///path?… or s3://bucket?…",
+                query.unwrap_or("")
+            )));
+        }
         config.store.bucket_url = base.to_string();
         for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
             let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
@@ -1047,19 +1186,32 @@ impl Config {
     /// assert!(c.set_option("shardz", OptionValue::Int(1)).is_err());
     /// ```
     pub fn set_option(&mut self, name: &str, value: OptionValue) -> Result<()> {
-        let field = option_field(name).ok_or_else(|| {
-            Error::config(format!(
-                "unknown option {name:?} (expected one of: {})",
-                OPTION_NAMES.join(", ")
-            ))
-        })?;
+        let field = option_field(name).ok_or_else(|| unknown_option(name))?;
         let shown = if field.secret {
             "\"***\"".to_string()
         } else {
             value.to_string()
         };
-        let bad =
-            |e: String| Error::config(format!("option {}: {shown} is not valid: {e}", field.name));
+        // The message names the option as the caller spelled it and what it accepts; the
+        // parser's own wording ("expected u32") is left out unless it says more than that.
+        let accepts = option_accepts(field.name);
+        let bad = |e: String| {
+            let detail = if e.starts_with("invalid type") || e.contains("expected") {
+                String::new()
+            } else {
+                format!(" ({e})")
+            };
+            Error::config(format!(
+                "option {name}: {shown} is not valid{detail}; {name} takes {accepts}"
+            ))
+        };
+        let value = match (field.name, value) {
+            // `conditional_writes=true` is "on", as a boolean reads.
+            ("ConditionalWrites", OptionValue::Bool(b)) => {
+                OptionValue::Str(if b { "on" } else { "off" }.into())
+            }
+            (_, v) => v,
+        };
         let v = value.into_toml();
         fn de<T: serde::de::DeserializeOwned>(v: toml::Value) -> std::result::Result<T, String> {
             T::deserialize(v).map_err(|e| e.to_string().trim_end().to_string())
@@ -1086,7 +1238,7 @@ impl Config {
             "UnsignedPayload" => self.backend.unsigned_payload = de(v).map_err(bad)?,
             "AllowUnverified" => self.backend.allow_unverified = Some(de(v).map_err(bad)?),
             "Layout" => self.backend.layout = Some(de(v).map_err(bad)?),
-            "CreateBucket" => self.backend.create_bucket = de(v).map_err(bad)?,
+            "CreateBucket" => self.backend.create_bucket = Some(de(v).map_err(bad)?),
             "Metrics" => self.backend.metrics = de(v).map_err(bad)?,
             "Pack" => self.pack.enabled = Some(de(v).map_err(bad)?),
             "PackThreshold" => self.pack.threshold = size(v).map_err(bad)?,
@@ -1234,6 +1386,20 @@ impl Config {
         Ok(config)
     }
 
+    /// Whether the file at `path` is meant for PieceStore: TOML with a `[PieceStore]` table (or
+    /// text that mentions one but does not parse, so that its error is shown rather than the
+    /// file skipped). What the CLI asks of a `./config.toml` it was not pointed at: another
+    /// tool's `config.toml` (a Hugo site's) is not PieceStore's.
+    pub fn is_piecestore_file(path: impl AsRef<Path>) -> bool {
+        let Ok(text) = std::fs::read_to_string(path) else {
+            return false;
+        };
+        match toml::from_str::<toml::Table>(&text) {
+            Ok(t) => t.contains_key("PieceStore"),
+            Err(_) => text.contains("[PieceStore"),
+        }
+    }
+
     /// Reads and parses a TOML file (no environment applied).
     pub fn from_file(path: impl AsRef<Path>) -> Result<Self> {
         let config = Self::read_file(path.as_ref())?;
@@ -1293,8 +1459,35 @@ impl Config {
             };
             self.backend.region = vars.iter().find_map(|v| env(v));
         }
+        self.apply_aws_profile(env);
         self.shard_stores()?;
         Ok(())
+    }
+
+    /// For an `s3://` bucket, the AWS profile's `region` and `endpoint_url` where the config,
+    /// the options and the environment give none (`AWS_PROFILE`, else `default`, in
+    /// `~/.aws/config`; see `docs/config.md`). The profile's credentials are read when the
+    /// store is built, after the config's and the environment's keys.
+    fn apply_aws_profile(&mut self, env: EnvLookup<'_>) {
+        let s3_urls = std::iter::once(&self.store)
+            .chain(&self.shard_stores)
+            .all(|s| s.storage_kind() == StorageKind::S3 && s.bucket_url.starts_with("s3://"));
+        if !s3_urls || (self.backend.region.is_some() && self.backend.endpoint.is_some()) {
+            return;
+        }
+        let profile = match crate::backend::aws_profile::load(env) {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::debug!("not reading the AWS profile's region and endpoint: {e}");
+                return;
+            }
+        };
+        if self.backend.region.is_none() {
+            self.backend.region = profile.region;
+        }
+        if self.backend.endpoint.is_none() {
+            self.backend.endpoint = profile.endpoint_url;
+        }
     }
 
     /// The stores, one per shard, with `%d` expanded; checks the sharding rules.
@@ -1349,32 +1542,12 @@ impl Config {
 
 impl StoreConfig {
     fn fill_credentials_from_env(&mut self, env: EnvLookup<'_>) {
-        let provider: [&str; 3] = match self.storage_kind() {
-            StorageKind::S3 => ["AWS_ACCESS_KEY", "AWS_SECRET_KEY", "AWS_SESSION_TOKEN"],
-            StorageKind::Minio => [
-                "MINIO_ACCESS_KEY",
-                "MINIO_SECRET_KEY",
-                "MINIO_SESSION_TOKEN",
-            ],
-            StorageKind::Oss => [
-                "ALIBABA_CLOUD_ACCESS_KEY",
-                "ALIBABA_CLOUD_SECRET_KEY",
-                "ALIBABA_CLOUD_SESSION_TOKEN",
-            ],
-            StorageKind::B2 => ["B2_ACCESS_KEY", "B2_SECRET_KEY", "B2_SESSION_TOKEN"],
-            StorageKind::File | StorageKind::Memory => return,
-        };
-        let standard = [
-            "AWS_ACCESS_KEY_ID",
-            "AWS_SECRET_ACCESS_KEY",
-            "AWS_SESSION_TOKEN",
-        ];
         if !self.access_key.is_empty() || !self.secret_key.is_empty() {
             return; // the config's own keys win, whole
         }
         // Take a key pair from the provider's variables, else from the standard ones: never a
         // key from one and a secret from the other.
-        for names in [provider, standard] {
+        for names in credential_env(self.storage_kind()) {
             if let Some(ak) = env(names[0]) {
                 self.access_key = Secret::new(ak);
                 self.secret_key = Secret::new(env(names[1]).unwrap_or_default());
@@ -1585,6 +1758,35 @@ mod tests {
     }
 
     #[test]
+    fn unknown_options_suggest_the_nearest_name_in_the_callers_spelling() {
+        let msg = |name: &str| unknown_option(name).to_string();
+        assert!(msg("max_retrys").contains("did you mean \"max_retries\"?"));
+        assert!(msg("MaxRetrys").contains("did you mean \"MaxRetries\"?"));
+        assert!(msg("request-timout").contains("did you mean \"request-timeout\"?"));
+        assert!(msg("tls_insecure_skip_verfy").contains("\"tls_insecure_skip_verify\""));
+        assert!(msg("bucketurl").contains("\"bucket_url\""));
+        // Nothing near: the list, not a wild guess.
+        let far = msg("zzzzzz");
+        assert!(
+            !far.contains("did you mean") && far.contains("MaxRetries"),
+            "{far}"
+        );
+        assert_eq!(spelled_like("IAMType", "x_y"), "iam_type");
+        assert_eq!(spelled_like("GcGarbageRatio", "a-b"), "gc-garbage-ratio");
+        assert_eq!(spelled_like("BucketURL", "Foo"), "BucketURL");
+    }
+
+    #[test]
+    fn a_plain_path_takes_options_like_a_file_url() {
+        let c = Config::from_url("./data?pack=false&shards=0").unwrap();
+        assert_eq!(c.store.bucket_url, "./data");
+        assert_eq!(c.pack.enabled, Some(false));
+        let e = Config::from_url("./data?pak=false").unwrap_err();
+        assert!(e.to_string().contains("did you mean \"pack\"?"), "{e}");
+        assert!(Config::from_url("?pack=false").is_err());
+    }
+
+    #[test]
     fn options_by_name_and_in_urls() {
         let c = Config::from_url(
             "http://127.0.0.1:9000/b-%d?shards=4&placement=jump&max_retries=2&request_timeout=1500ms&fsync=false",
@@ -1610,7 +1812,10 @@ mod tests {
         let e = c
             .set_option("shards", OptionValue::Str("four".into()))
             .unwrap_err();
-        assert!(e.to_string().contains("Shards"), "{e}");
+        assert!(
+            e.to_string().contains("shards") && e.to_string().contains("whole number"),
+            "{e}"
+        );
         c.set_option("connect_timeout", OptionValue::Int(3))
             .unwrap();
         assert_eq!(c.backend.connect_timeout, Duration::from_secs(3));

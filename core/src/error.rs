@@ -20,7 +20,7 @@ pub enum ErrorKind {
     InvalidKey,
     /// The range lies (partly) outside the piece.
     InvalidRange,
-    /// The configuration is invalid, or names a bucket that does not exist.
+    /// The configuration is invalid.
     InvalidConfig,
     /// The stored bytes do not match their checksum.
     Corrupt,
@@ -30,11 +30,13 @@ pub enum ErrorKind {
     Backend,
     /// The store was closed.
     Closed,
+    /// The bucket the store names does not exist (and `CreateBucket` is off).
+    BucketNotFound,
 }
 
 impl ErrorKind {
     /// Every kind, in declaration order (what metrics count errors by).
-    pub const ALL: [ErrorKind; 9] = [
+    pub const ALL: [ErrorKind; 10] = [
         ErrorKind::NotFound,
         ErrorKind::AlreadyExists,
         ErrorKind::InvalidKey,
@@ -44,6 +46,7 @@ impl ErrorKind {
         ErrorKind::Unauthorized,
         ErrorKind::Backend,
         ErrorKind::Closed,
+        ErrorKind::BucketNotFound,
     ];
 
     /// The kind's position in [`ErrorKind::ALL`].
@@ -68,6 +71,7 @@ impl ErrorKind {
             ErrorKind::Unauthorized => "UNAUTHORIZED",
             ErrorKind::Backend => "BACKEND",
             ErrorKind::Closed => "CLOSED",
+            ErrorKind::BucketNotFound => "BUCKET_NOT_FOUND",
         }
     }
 }
@@ -156,6 +160,18 @@ pub enum Error {
     /// The store was closed with [`crate::PieceStore::close`].
     #[error("store is closed")]
     Closed,
+    /// The bucket a store (or one of its shards) names does not exist, and `CreateBucket` is
+    /// off (the default outside the original's config layout).
+    #[error(
+        "bucket {bucket:?} does not exist on {backend}: check its name, or set CreateBucket = true \
+         (option create_bucket) to create it at open"
+    )]
+    BucketNotFound {
+        /// The bucket's name.
+        bucket: String,
+        /// The backend (redacted endpoint) that was asked.
+        backend: String,
+    },
 }
 
 impl Error {
@@ -171,6 +187,7 @@ impl Error {
             Error::Unauthorized { .. } => ErrorKind::Unauthorized,
             Error::Backend { .. } => ErrorKind::Backend,
             Error::Closed => ErrorKind::Closed,
+            Error::BucketNotFound { .. } => ErrorKind::BucketNotFound,
         }
     }
 
@@ -194,7 +211,10 @@ impl Error {
             | Error::InvalidRange { key, .. }
             | Error::Corrupt { key, .. } => Some(key),
             Error::Backend { key, .. } => key.as_deref(),
-            Error::InvalidConfig(_) | Error::Unauthorized { .. } | Error::Closed => None,
+            Error::InvalidConfig(_)
+            | Error::Unauthorized { .. }
+            | Error::Closed
+            | Error::BucketNotFound { .. } => None,
         }
     }
 
@@ -205,7 +225,8 @@ impl Error {
             | Error::AlreadyExists { backend, .. }
             | Error::Corrupt { backend, .. }
             | Error::Unauthorized { backend, .. }
-            | Error::Backend { backend, .. } => Some(backend),
+            | Error::Backend { backend, .. }
+            | Error::BucketNotFound { backend, .. } => Some(backend),
             Error::InvalidKey { .. }
             | Error::InvalidRange { .. }
             | Error::InvalidConfig(_)

@@ -867,6 +867,39 @@ impl PieceStore {
         self.inner.packers.is_some()
     }
 
+    /// Whether and how small pieces are packed, in words, for `piecestore info` and the
+    /// bindings' `repr`: `"off (one object per piece)"`, or the threshold, pack size, gc
+    /// settings and where the index is kept (never the index URL's password).
+    pub fn packing(&self) -> String {
+        if !self.is_packed() {
+            return "off (one object per piece)".into();
+        }
+        let p = &self.inner.config.pack;
+        let size = crate::bench::human_size;
+        let gc = match p.gc_interval {
+            Some(every) => format!("every {}", humantime::format_duration(every)),
+            None => "by `piecestore gc`".into(),
+        };
+        let index = if !self.inner.config.index.url.is_empty() {
+            format!(
+                "PostgreSQL at {}",
+                crate::error::redact_url(self.inner.config.index.url.expose())
+            )
+        } else if self.inner.shards.iter().all(|b| b.is_memory()) {
+            "in memory".into()
+        } else {
+            "SQLite on this host".into()
+        };
+        format!(
+            "on: pieces under {} packed into packs of {}; gc {gc} of packs over {:.0}% garbage, \
+             compacted packs deleted after {}; index {index}",
+            size(p.threshold),
+            size(p.target_size),
+            p.garbage_ratio * 100.0,
+            humantime::format_duration(p.grace),
+        )
+    }
+
     /// Garbage collection of packs (`piecestore gc`): deletes compacted packs whose grace period
     /// is over, rewrites packs whose garbage passed `Pack.GarbageRatio`, and merges undersized
     /// packs (a short-lived process writes small ones). Safe while reads and writes go on.
@@ -1069,6 +1102,10 @@ fn in_shard(e: Error, i: usize, n: usize) -> Error {
     }
     match e {
         Error::InvalidConfig(m) => Error::InvalidConfig(format!("shard {i}: {m}")),
+        Error::BucketNotFound { bucket, backend } => Error::BucketNotFound {
+            bucket,
+            backend: format!("shard {i} ({backend})"),
+        },
         Error::Unauthorized { backend, message } => Error::Unauthorized {
             backend: format!("shard {i} ({backend})"),
             message,

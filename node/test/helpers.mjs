@@ -106,10 +106,12 @@ async function start(kind) {
   return { endpoint: `http://127.0.0.1:${port}`, ...keys, kind }
 }
 
-/** A fresh bucket-set URL on the server (the buckets are created on first use). */
+/** A fresh bucket-set URL on the server (the buckets are created at open: `create_bucket`). */
 export function s3Url(s, shards = 4) {
   const name = `node-${randomBytes(6).toString('hex')}`
-  return shards ? `${s.endpoint}/${name}-%d?shards=${shards}` : `${s.endpoint}/${name}`
+  return shards
+    ? `${s.endpoint}/${name}-%d?shards=${shards}&create_bucket=true`
+    : `${s.endpoint}/${name}?create_bucket=true`
 }
 
 export const BACKENDS = ['memory', 'file', 's3']

@@ -17,6 +17,7 @@ __all__ = [
     "InvalidRange",
     "CorruptPiece",
     "ConfigError",
+    "BucketNotFound",
     "BackendError",
     "Unauthorized",
     "StoreClosed",
@@ -66,9 +67,17 @@ class CorruptPiece(PieceStoreError):
 
 
 class ConfigError(PieceStoreError, ValueError):
-    """The configuration is invalid, or names a bucket that does not exist."""
+    """The configuration is invalid (a bad URL, option or config file)."""
 
     code = "CONFIG"
+
+
+class BucketNotFound(ConfigError):
+    """The bucket the store names does not exist, and ``create_bucket`` is off (the default
+    outside the original's config layout). A :class:`ConfigError` too; ``backend`` names the
+    endpoint."""
+
+    code = "BUCKET_NOT_FOUND"
 
 
 class BackendError(PieceStoreError, OSError):

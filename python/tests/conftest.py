@@ -76,8 +76,8 @@ def s3_endpoint() -> Iterator[str]:
 
 
 def s3_url(endpoint: str, shards: int = 4) -> str:
-    """A fresh bucket set (created at open) on the test server."""
-    return f"{endpoint}/py-{uuid.uuid4().hex[:12]}-%d?shards={shards}"
+    """A fresh bucket set (created at open: ``create_bucket=true``) on the test server."""
+    return f"{endpoint}/py-{uuid.uuid4().hex[:12]}-%d?shards={shards}&create_bucket=true"
 
 
 def open_backend(kind: str, tmp_path: Path, s3: str | None, **options: Any) -> piecestore.PieceStore:

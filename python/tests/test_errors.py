@@ -126,14 +126,24 @@ def test_store_closed(store: piecestore.PieceStore) -> None:
     store.close()  # twice is fine
 
 
-def test_unauthorized_names_no_secret(s3_endpoint: str) -> None:
-    # moto accepts any key, so use the Unauthorized path the core maps from a 403: a bucket
-    # that may not be created (CreateBucket off) is a ConfigError naming the shard instead.
-    with pytest.raises(piecestore.ConfigError) as e:
-        piecestore.PieceStore(s3_url(s3_endpoint, 2), region="us-east-1", create_bucket=False, **S3_KEYS)
-    assert "shard" in str(e.value)
+def test_missing_bucket_is_named_and_not_created(s3_endpoint: str) -> None:
+    # By default (outside the original's config layout) a missing bucket is not created: a
+    # mistyped name is an error that names it, and nothing appears on the server.
+    url = s3_url(s3_endpoint, 2).replace("&create_bucket=true", "")
+    with pytest.raises(piecestore.BucketNotFound) as e:
+        piecestore.PieceStore(url, region="us-east-1", **S3_KEYS)
+    assert isinstance(e.value, piecestore.ConfigError)  # still a configuration error
+    assert e.value.code == "BUCKET_NOT_FOUND"
+    bucket0 = url.split("/")[-1].split("?")[0].replace("%d", "0")
+    assert bucket0 in str(e.value) and "shard" in str(e.value) and "create_bucket" in str(e.value)
     for secret in S3_KEYS.values():
         assert secret not in str(e.value)
+    with pytest.raises(piecestore.BucketNotFound):  # still missing: the failed open made none
+        piecestore.PieceStore(url, region="us-east-1", **S3_KEYS)
+    # Opting in creates it.
+    st = piecestore.PieceStore(url, region="us-east-1", create_bucket=True, **S3_KEYS)
+    st.put("1_s0", b"x")
+    assert piecestore.PieceStore(url, region="us-east-1", **S3_KEYS).get("1_s0") == b"x"
 
 
 def test_corrupt_packed_piece(tmp_path: Path) -> None:

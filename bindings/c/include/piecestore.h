@@ -35,7 +35,7 @@ enum PsStatus
   PS_INVALID_KEY = 3,
   // The range lies (partly) outside the piece.
   PS_INVALID_RANGE = 4,
-  // The store spec or an option is invalid, or names a bucket that does not exist.
+  // The store spec or an option is invalid.
   PS_INVALID_CONFIG = 5,
   // The stored bytes do not match their checksum.
   PS_CORRUPT = 6,
@@ -54,6 +54,8 @@ enum PsStatus
   PS_PANIC = 12,
   // A core error of a kind this ABI version does not know.
   PS_OTHER = 13,
+  // The bucket the store names does not exist (and `CreateBucket` is off).
+  PS_BUCKET_NOT_FOUND = 14,
 };
 #ifndef __cplusplus
 #if __STDC_VERSION__ >= 202311L

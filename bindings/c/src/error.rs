@@ -22,7 +22,7 @@ pub enum PsStatus {
     PsInvalidKey = 3,
     /// The range lies (partly) outside the piece.
     PsInvalidRange = 4,
-    /// The store spec or an option is invalid, or names a bucket that does not exist.
+    /// The store spec or an option is invalid.
     PsInvalidConfig = 5,
     /// The stored bytes do not match their checksum.
     PsCorrupt = 6,
@@ -41,6 +41,8 @@ pub enum PsStatus {
     PsPanic = 12,
     /// A core error of a kind this ABI version does not know.
     PsOther = 13,
+    /// The bucket the store names does not exist (and `CreateBucket` is off).
+    PsBucketNotFound = 14,
 }
 
 impl PsStatus {
@@ -55,6 +57,7 @@ impl PsStatus {
             ErrorKind::Unauthorized => PsStatus::PsUnauthorized,
             ErrorKind::Backend => PsStatus::PsBackend,
             ErrorKind::Closed => PsStatus::PsClosed,
+            ErrorKind::BucketNotFound => PsStatus::PsBucketNotFound,
             _ => PsStatus::PsOther,
         }
     }

@@ -22,6 +22,7 @@ fn class_name(kind: ErrorKind) -> &'static str {
         ErrorKind::Unauthorized => "Unauthorized",
         ErrorKind::Backend => "BackendError",
         ErrorKind::Closed => "StoreClosed",
+        ErrorKind::BucketNotFound => "BucketNotFound",
         _ => "PieceStoreError",
     }
 }

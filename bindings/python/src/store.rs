@@ -564,10 +564,11 @@ impl PieceStore {
         } else {
             ""
         };
+        let packing = format!("packing={:?}", self.inner.packing());
         match labels.as_slice() {
-            [one] => format!("PieceStore({one:?}{state})"),
+            [one] => format!("PieceStore({one:?}, {packing}{state})"),
             many => format!(
-                "PieceStore({:?}, shards={}, placement={:?}{state})",
+                "PieceStore({:?}, shards={}, placement={:?}, {packing}{state})",
                 many.first().map(String::as_str).unwrap_or(""),
                 many.len(),
                 self.inner.placement().to_string()

@@ -56,9 +56,11 @@ errors! {
     InvalidKey => K::InvalidKey,
     /// The range lies (partly) outside the piece.
     InvalidRange => K::InvalidRange,
-    /// The configuration is invalid (a bad URL or option), or names a bucket that does not
-    /// exist.
+    /// The configuration is invalid (a bad URL or option).
     InvalidConfig => K::InvalidConfig,
+    /// The bucket the store names does not exist, and `create_bucket` is off (the default
+    /// outside the original's config layout).
+    BucketNotFound => K::BucketNotFound,
     /// The stored bytes do not match their checksum; the bytes are never returned.
     Corrupt => K::Corrupt,
     /// The backend refused the credentials (or has none to accept).

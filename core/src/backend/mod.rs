@@ -1,6 +1,7 @@
 //! Backends: an `object_store` store built from a [`StoreConfig`], and the piece-level
 //! operations on it (checksum placement, create-only puts, error mapping).
 
+pub(crate) mod aws_profile;
 mod local;
 mod s3;
 mod url;
@@ -66,6 +67,8 @@ enum Kind {
     S3 {
         /// Set when a missing bucket may be created at open (signed requests, `CreateBucket`).
         creator: Option<Box<BucketCreator>>,
+        /// The bucket's name, for a `BucketNotFound` error.
+        bucket: String,
     },
 }
 
@@ -182,7 +185,8 @@ impl Backend {
                     s3::build_s3(s3, store, opts)
                         .map_err(|e| Error::config(redactor.redact(&e)))?,
                 );
-                let creator = (opts.create_bucket && !store.no_sign_request).then(|| {
+                let create = opts.create_bucket.unwrap_or(original);
+                let creator = (create && !store.no_sign_request).then(|| {
                     Box::new(BucketCreator {
                         s3: Arc::clone(&built),
                         location: s3.clone(),
@@ -195,7 +199,13 @@ impl Backend {
                 } else {
                     Arc::new(PrefixStore::new(built, s3.prefix.as_str()))
                 };
-                (inner, Kind::S3 { creator })
+                (
+                    inner,
+                    Kind::S3 {
+                        creator,
+                        bucket: s3.bucket.clone(),
+                    },
+                )
             }
         };
         Ok(Backend {
@@ -265,7 +275,7 @@ impl Backend {
 
     /// Checks that the bucket exists and the credentials work (one LIST of one page).
     pub(crate) async fn check(&self) -> Result<()> {
-        let Kind::S3 { creator } = &self.kind else {
+        let Kind::S3 { creator, .. } = &self.kind else {
             return Ok(());
         };
         let probe = Path::from(RESERVED_PREFIX.trim_end_matches('/'));
@@ -335,7 +345,11 @@ impl Backend {
         let backend = self.label.clone();
         let diag = Diagnosis::of(&e);
         if diag.code.as_deref() == Some("NoSuchBucket") {
-            return Error::config(format!("bucket of {backend} does not exist (NoSuchBucket)"));
+            let bucket = match &self.kind {
+                Kind::S3 { bucket, .. } => bucket.clone(),
+                _ => String::new(),
+            };
+            return Error::BucketNotFound { bucket, backend };
         }
         let message = self.redactor.redact(&diag.message());
         match e {

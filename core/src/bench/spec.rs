@@ -335,7 +335,7 @@ pub fn human_size(n: u64) -> String {
     const UNITS: [(&str, u64); 3] = [("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)];
     for (unit, m) in UNITS {
         if n >= m {
-            return if n % m == 0 {
+            return if n.is_multiple_of(m) {
                 format!("{}{unit}", n / m)
             } else {
                 format!("{:.1}{unit}", n as f64 / m as f64)

@@ -180,7 +180,7 @@ pub(crate) async fn collect(
                 };
                 let mut listing = b.list_all();
                 while let Some(entry) = listing.try_next().await? {
-                    if (seen.fetch_add(1, Ordering::Relaxed) + 1) % 1000 == 0 {
+                    if (seen.fetch_add(1, Ordering::Relaxed) + 1).is_multiple_of(1000) {
                         progress(seen.load(Ordering::Relaxed));
                     }
                     shard.add(i, n, placement, entry, samples);
