@@ -13,6 +13,21 @@ use piecestore::{Error, PieceStore};
 use crate::{CliError, EXIT_CHECK_FAILED, io, write_file};
 
 pub(crate) const AFTER_HELP: &str = "\
+Which store (global options, given before or after `bench`):
+  --store URL        memory://, file:///path, ./path, s3://bucket/prefix?region=R,
+                     http://127.0.0.1:9000/BUCKET (MinIO, Ceph RGW), an AWS, OSS or B2 https://
+                     URL; add ?shards=N with %d in the URL to shard, and options as query
+                     parameters (?pack=false&max_retries=0&request_timeout=2s).
+  --config FILE      a config.toml with a [PieceStore] table.
+  neither            ./config.toml if it has a [PieceStore] table, else the local directory
+                     ./data (--verbose says which).
+  Credentials come from the config or the environment (`piecestore --help`, docs/config.md).
+
+Packing: on a directory or bucket (not memory://) pieces under 1 MiB are packed by default, and
+  concurrent puts share one pack write; add ?pack=false to the URL to measure one object per
+  piece. Cleanup deletes the run's pieces, which leaves garbage in their packs until
+  `piecestore gc` (or Pack.GcInterval) reclaims it.
+
 Workloads (--op):
   put, get, head, delete, list     one operation
   mixed                            get 45%, head 30%, put 15%, delete 10% (warp's mix)
@@ -163,7 +178,7 @@ pub(crate) async fn run(store: &PieceStore, a: BenchArgs) -> Result<(), CliError
         }
     }
     if let Some(path) = &a.html {
-        write_file(path, crate::html::render(&report).as_bytes())?;
+        crate::html::write(path, &report)?;
     }
     if let Some(path) = &a.prometheus {
         write_file(path, store.metrics().to_prometheus().as_bytes())?;

@@ -4,16 +4,26 @@
 
 use std::collections::BTreeSet;
 use std::error::Error;
+use std::path::Path;
 
 use piecestore::bench::{Latency, OpReport, Report, Second, human_rate, human_us};
 use plotters::coord::Shift;
 use plotters::coord::ranged1d::{AsRangedCoord, ValueFormatter};
+use plotters::element::DashedPathElement;
 use plotters::prelude::*;
+use plotters::style::text_anchor::{HPos, Pos, VPos};
+
+use crate::{CliError, io};
 
 type Area<'a> = DrawingArea<SVGBackend<'a>, Shift>;
 type PlotResult = Result<(), Box<dyn Error>>;
 
 const SIZE: (u32, u32) = (960, 380);
+/// The strip at the right of each plot that holds its legend, outside the plotting area, so
+/// that the legend never hides a line's end.
+const LEGEND_WIDTH: u32 = 150;
+/// The throughput column of operations that carry no payload (head, delete, list).
+const NO_THROUGHPUT: &str = "\u{2014}";
 const CSS: &str = "body{font-family:system-ui,sans-serif;margin:2em;color:#222;max-width:1000px}\
 table{border-collapse:collapse;margin:.5em 0 1.5em}th,td{border:1px solid #ccc;padding:.25em .6em}\
 td+td,th+th{text-align:right}.l td{text-align:left}\
@@ -36,7 +46,8 @@ pub fn escape(s: &str) -> String {
     out
 }
 
-/// The fixed color of an operation (`i` picks a fallback for unknown operations).
+/// The fixed color of a series: an operation, or `get ttfb` (each its own, so that no two
+/// series of a plot share one; `i` picks a fallback for unknown names).
 fn color_of(op: &str, i: usize) -> RGBColor {
     const OTHERS: [RGBColor; 4] = [
         RGBColor(140, 86, 75),
@@ -50,6 +61,7 @@ fn color_of(op: &str, i: usize) -> RGBColor {
         "head" => RGBColor(255, 127, 14),
         "delete" => RGBColor(214, 39, 40),
         "list" => RGBColor(148, 103, 189),
+        "get ttfb" => RGBColor(188, 189, 34),
         _ => OTHERS[i % OTHERS.len()],
     }
 }
@@ -114,26 +126,16 @@ pub fn render(report: &Report) -> String {
     );
     let mut rows = Vec::new();
     for (i, op) in r.ops.iter().enumerate() {
-        let c = color_of(&op.op, i);
-        let (sw, name) = ((c.0, c.1, c.2), escape(&op.op));
-        let name = format!(
-            "<span class=\"sw\" style=\"background:{}\"></span>{name}",
-            hex(sw)
-        );
         let errors = op.errors.values().sum::<u64>().to_string();
         let rates = [
             op.count.to_string(),
             format!("{:.1}", op.ops_per_s),
-            human_rate(op.bytes_per_s),
+            throughput(op),
         ];
-        rows.push(latency_row(name.clone(), rates, &op.latency, errors));
+        rows.push(latency_row(swatched(&op.op, i), rates, &op.latency, errors));
         if let Some(l) = &op.ttfb {
-            rows.push(latency_row(
-                name + " ttfb",
-                Default::default(),
-                l,
-                String::new(),
-            ));
+            let name = swatched(&format!("{} ttfb", op.op), i);
+            rows.push(latency_row(name, Default::default(), l, String::new()));
         }
     }
     let mut total = vec!["<b>total</b>".into(), t.count.to_string()];
@@ -199,8 +201,54 @@ pub fn render(report: &Report) -> String {
 }
 
 /// `#1f77b4`.
-fn hex((r, g, b): (u8, u8, u8)) -> String {
+fn hex(RGBColor(r, g, b): RGBColor) -> String {
     format!("#{r:02x}{g:02x}{b:02x}")
+}
+
+/// A series' name, escaped, after a swatch of its color.
+fn swatched(name: &str, i: usize) -> String {
+    format!(
+        "<span class=\"sw\" style=\"background:{}\"></span>{}",
+        hex(color_of(name, i)),
+        escape(name)
+    )
+}
+
+/// An operation's throughput, or a dash for those that move no payload (head, delete, list),
+/// whose zero bytes per second would read as a measurement.
+fn throughput(op: &OpReport) -> String {
+    if matches!(op.op.as_str(), "head" | "delete" | "list") {
+        NO_THROUGHPUT.to_string()
+    } else {
+        human_rate(op.bytes_per_s)
+    }
+}
+
+/// Writes the page of `report` to `path` (atomically: a temporary file beside it, renamed over
+/// it) with the permissions of any file the user creates: `0666` less the umask, so `0644`
+/// under the usual umask 022 (a temporary file alone would be `0600`).
+pub(crate) fn write(path: &Path, report: &Report) -> Result<(), CliError> {
+    use std::io::Write as _;
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let mut builder = tempfile::Builder::new();
+    builder.prefix(".piecestore-report");
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        // Created with this mode by open(2), which applies the umask.
+        builder.permissions(std::fs::Permissions::from_mode(0o666));
+    }
+    let mut tmp = builder
+        .tempfile_in(dir)
+        .map_err(io(format!("cannot write in {}", dir.display())))?;
+    tmp.write_all(render(report).as_bytes())
+        .map_err(io(format!("cannot write {}", path.display())))?;
+    tmp.persist(path)
+        .map_err(|e| CliError::Io(format!("cannot write {}", path.display()), e.error))?;
+    Ok(())
 }
 
 /// `text`, escaped, in the failure style.
@@ -273,7 +321,8 @@ where
     Y::CoordDescType: ValueFormatter<f64>,
 {
     area.fill(&WHITE)?;
-    let mut c = ChartBuilder::on(&area)
+    let (plot, legend) = area.split_horizontally(SIZE.0 - LEGEND_WIDTH);
+    let mut c = ChartBuilder::on(&plot)
         .margin(12)
         .x_label_area_size(40)
         .y_label_area_size(80)
@@ -285,10 +334,10 @@ where
         .y_label_formatter(&p.3)
         .light_line_style(RGBColor(238, 238, 238))
         .draw()?;
-    for Series(label, color, kind, pts) in &p.4 {
+    for Series(_, color, kind, pts) in &p.4 {
         let (color, pts) = (*color, pts.clone());
         let style = color.stroke_width(2);
-        let anno = match kind {
+        match kind {
             Kind::Area => {
                 c.draw_series(AreaSeries::new(pts, 0.0, color.mix(0.15)).border_style(style))?
             }
@@ -299,14 +348,33 @@ where
             }
             Kind::Line => c.draw_series(LineSeries::new(pts, style))?,
         };
-        anno.label(label.as_str())
-            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], style));
     }
-    c.configure_series_labels()
-        .background_style(WHITE.mix(0.85))
-        .border_style(BLACK)
-        .draw()?;
+    draw_legend(&legend, &p.4)?;
     area.present()?;
+    Ok(())
+}
+
+/// The legend, one row per series, in the strip right of the plotting area.
+fn draw_legend(area: &Area<'_>, series: &[Series]) -> PlotResult {
+    let text = TextStyle::from(("sans-serif", 14).into_font())
+        .color(&BLACK)
+        .pos(Pos::new(HPos::Left, VPos::Center));
+    for (k, Series(label, color, kind, _)) in series.iter().enumerate() {
+        let y = 24 + 22 * k as i32;
+        let (from, to) = ((8, y), (36, y));
+        let style = color.stroke_width(2);
+        match kind {
+            Kind::Line => area.draw(&PathElement::new(vec![from, to], style))?,
+            Kind::Dashed => area.draw(&DashedPathElement::new(vec![from, to], 6, 4, style))?,
+            Kind::Area => area
+                .draw(&Rectangle::new(
+                    [(8, y - 6), (36, y + 6)],
+                    color.mix(0.15).filled(),
+                ))
+                .and_then(|()| area.draw(&Rectangle::new([(8, y - 6), (36, y + 6)], style)))?,
+        }
+        area.draw(&Text::new(label.clone(), (44, y), text.clone()))?;
+    }
     Ok(())
 }
 
@@ -375,7 +443,8 @@ fn percentile_plot(r: &Report) -> String {
                     Kind::Dashed
                 };
                 let label = format!("{}{suffix}", op.op);
-                all.push(Series(label, color_of(&op.op, i), kind, points));
+                let color = color_of(&label, i);
+                all.push(Series(label, color, kind, points));
             }
         }
     }
@@ -594,6 +663,29 @@ mod tests {
         r.ops[0].latency.percentiles = vec![(0.0, 0.0), (100.0, 0.0)];
         r.ops[0].latency.histogram = vec![(0.0, 0), (1.0, 0)];
         assert!(!render(&r).contains("plot unavailable"));
+    }
+
+    #[test]
+    fn html_every_series_has_its_own_color_and_no_payload_no_throughput() {
+        let names = ["put", "get", "get ttfb", "head", "delete", "list"];
+        let colors: BTreeSet<String> = names
+            .iter()
+            .enumerate()
+            .map(|(i, n)| hex(color_of(n, i)))
+            .chain([hex(BLACK)])
+            .collect();
+        assert_eq!(colors.len(), names.len() + 1, "{colors:?}");
+        let mut r = report();
+        for (name, count) in [("head", 90), ("delete", 30)] {
+            let mut o = op(name, count, false);
+            (o.bytes, o.bytes_per_s) = (0, 0.0);
+            r.ops.push(o);
+        }
+        let page = render(&r);
+        let upper = page.to_uppercase();
+        assert!(upper.contains("STROKE=\"#BCBD22\""), "get ttfb's own line");
+        assert!(!page.contains("<td>0.0 KiB/s</td>"));
+        assert_eq!(page.matches("<td>\u{2014}</td>").count(), 2);
     }
 
     #[test]

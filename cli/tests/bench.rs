@@ -680,6 +680,171 @@ fn html_report_renders_its_plots_in_headless_chromium() {
     );
 }
 
+/// The `(name, colour)` swatches of the HTML report's summary table, in order.
+fn summary_swatches(page: &str) -> Vec<(String, String)> {
+    let summary = page
+        .split("<h2>Summary</h2>")
+        .nth(1)
+        .and_then(|s| s.split("</table>").next())
+        .expect("a summary table");
+    summary
+        .split("<span class=\"sw\" style=\"background:")
+        .skip(1)
+        .map(|s| {
+            let (colour, rest) = s.split_once("\"></span>").expect("a swatch");
+            let name = rest.split('<').next().unwrap_or("");
+            (name.to_string(), colour.to_ascii_lowercase())
+        })
+        .collect()
+}
+
+/// The summary row of an operation, as its cells' text.
+fn summary_row(page: &str, name: &str) -> Vec<String> {
+    let summary = page.split("<h2>Summary</h2>").nth(1).expect("a summary");
+    let row = summary
+        .split("<tr>")
+        .find(|r| r.contains(&format!("</span>{name}</td>")))
+        .unwrap_or_else(|| panic!("no summary row for {name}"));
+    row.split("<td>")
+        .skip(1)
+        .map(|c| c.split("</td>").next().unwrap_or("").to_string())
+        .collect()
+}
+
+/// The HTML report (as written by the binary): every series has a colour of its own, in the
+/// table and in the plots (get and its time to first byte included); operations without a
+/// payload show no throughput; the page is written like any file the user creates (0666 less
+/// the umask, not a temporary file's 0600).
+#[test]
+fn html_report_series_colours_throughput_and_file_mode() {
+    let dir = tempfile::tempdir().unwrap();
+    let html = dir.path().join("report.html");
+    let out = output(
+        bin()
+            .args([
+                "--store",
+                "memory://",
+                "bench",
+                "--op",
+                "mixed:put=1,get=2,head=1,delete=1,list=1",
+                "--count",
+                "600",
+                "--warmup",
+                "0s",
+                "--objects",
+                "200",
+                "-c",
+                "4",
+                "-q",
+                "--html",
+            ])
+            .arg(&html),
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let page = std::fs::read_to_string(&html).unwrap();
+
+    // One colour per series, each used in the plots.
+    let swatches = summary_swatches(&page);
+    let names: Vec<&str> = swatches.iter().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(
+        names,
+        ["put", "get", "get ttfb", "head", "delete", "list"],
+        "{swatches:?}"
+    );
+    let colours: std::collections::BTreeSet<&str> =
+        swatches.iter().map(|(_, c)| c.as_str()).collect();
+    assert_eq!(
+        colours.len(),
+        swatches.len(),
+        "shared colours: {swatches:?}"
+    );
+    let svgs: Vec<String> = page
+        .split("<svg")
+        .skip(1)
+        .map(|s| s.split("</svg>").next().unwrap().to_ascii_lowercase())
+        .collect();
+    assert_eq!(svgs.len(), 3, "three plots");
+    let latency = &svgs[1];
+    for (name, colour) in &swatches {
+        assert!(
+            latency.contains(&format!("stroke=\"{colour}\"")),
+            "the latency distribution draws no {name} line in {colour}"
+        );
+    }
+    // The legends sit right of the plotting area (of every tick label), where they hide no
+    // line's end.
+    for svg in &svgs {
+        let texts: Vec<(f64, String)> = svg
+            .split("<text")
+            .skip(1)
+            .map(|t| {
+                let x = t.split_once("x=\"").unwrap().1.split('"').next().unwrap();
+                let body = t
+                    .split_once('>')
+                    .unwrap()
+                    .1
+                    .split("</text>")
+                    .next()
+                    .unwrap();
+                (x.parse().unwrap(), body.trim().to_string())
+            })
+            .collect();
+        let (legend, others): (Vec<_>, Vec<_>) = texts
+            .iter()
+            .partition(|(_, t)| names.contains(&t.as_str()) || t == "errors");
+        assert!(legend.len() >= 2, "no legend: {texts:?}");
+        let legend_x = legend.iter().map(|t| t.0).fold(f64::INFINITY, f64::min);
+        let plot_x = others.iter().map(|t| t.0).fold(0.0, f64::max);
+        assert!(
+            legend_x > plot_x + 20.0,
+            "legend at x={legend_x}, plot labels up to x={plot_x}"
+        );
+    }
+
+    // No made-up zero throughput for operations that move no payload.
+    assert!(
+        !page.contains("<td>0.0 KiB/s</td>"),
+        "a zero throughput is shown"
+    );
+    for name in ["head", "delete", "list"] {
+        let row = summary_row(&page, name);
+        assert_eq!(row[3], "\u{2014}", "{name}'s throughput: {row:?}");
+        assert!(
+            row[2].parse::<f64>().unwrap() > 0.0,
+            "{name}'s ops/s: {row:?}"
+        );
+    }
+    for name in ["put", "get"] {
+        let row = summary_row(&page, name);
+        assert!(row[3].ends_with("iB/s"), "{name}'s throughput: {row:?}");
+    }
+
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        // What this process's umask makes of a new file: the mode the report must have.
+        let plain = dir.path().join("plain");
+        std::fs::write(&plain, b"x").unwrap();
+        assert_eq!(mode(&html), mode(&plain), "report mode {:o}", mode(&html));
+        if mode(&plain) == 0o644 {
+            assert_eq!(mode(&html), 0o644);
+        }
+        // Written again over an existing file: the same.
+        let out = output(
+            bin()
+                .args(["--store", "memory://", "bench", "-n", "10", "-q", "--html"])
+                .arg(&html),
+        );
+        assert!(out.status.success());
+        assert_eq!(mode(&html), mode(&plain));
+    }
+}
+
 /// `profile` on a store seeded with known sizes over 4 shards, plus orphans of each kind.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn profile_reports_what_a_seeded_store_holds() {

@@ -12,6 +12,7 @@ Every blocking method releases the GIL; each has an asyncio twin named ``*_async
 (``await store.get_async(key)``), and ``store.list(prefix)`` works with both ``for`` and
 ``async for``. ``get`` returns a :class:`Buffer`: the store's bytes without a copy, usable
 anywhere a bytes-like object is (``bytes(b)``, ``memoryview(b)``, ``len(b)``, ``f.write(b)``).
+``help(piecestore.PieceStore)`` lists every keyword option of the constructor.
 ``store.metrics()`` gives counts, bytes, errors and latencies per shard and operation as
 Prometheus text (``store.metrics_summary()``: as dicts); ``metrics=False`` turns them off.
 
@@ -23,6 +24,7 @@ from __future__ import annotations
 
 from ._exceptions import (
     BackendError,
+    BucketNotFound,
     ConfigError,
     CorruptPiece,
     InvalidKey,
@@ -47,7 +49,11 @@ from ._native import (
     validate_key,
     zero_copy_get,
 )
+from ._options import constructor_doc as _constructor_doc
 from ._types import DeleteSummary, OpMetrics, PieceInfo
+
+# ``help(piecestore.PieceStore)`` shows the constructor and every option it takes.
+PieceStore.__doc__ = _constructor_doc(list(OPTION_NAMES))
 
 __all__ = [
     "PieceStore",
@@ -63,6 +69,7 @@ __all__ = [
     "InvalidRange",
     "CorruptPiece",
     "ConfigError",
+    "BucketNotFound",
     "BackendError",
     "Unauthorized",
     "StoreClosed",

@@ -48,12 +48,17 @@ class PieceStore:
         /,
         **options: _OptionValue,
     ) -> None:
-        """Opens the store at ``store`` (URL, path, or dict laid out like config.toml)."""
+        """Opens the store at ``store`` (URL, path, or dict laid out like config.toml).
+
+        Keyword options override it (``shards=4``, ``region="us-east-1"``, ``max_retries=3``,
+        ``request_timeout=2.5``, ``pack=False``, ...): any name of ``OPTION_NAMES``, in
+        snake_case or its config.toml spelling. ``help(piecestore.PieceStore)`` describes each.
+        """
     @classmethod
     def from_config(
         cls, path: Union[str, "os.PathLike[str]"], /, **options: _OptionValue
     ) -> "PieceStore":
-        """Opens the store a ``config.toml`` describes."""
+        """Opens the store a ``config.toml`` describes; keyword options as for the constructor."""
     def put(self, key: str, data: _BytesLike, /, *, overwrite: bool = False) -> None:
         """Stores a piece; returns once it is durable."""
     def get(self, key: str) -> Buffer:
