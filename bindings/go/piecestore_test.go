@@ -327,6 +327,33 @@ func TestUnauthorized(t *testing.T) {
 	}
 }
 
+func TestMissingBucketIsNamedAndNotCreated(t *testing.T) {
+	if s3 == nil {
+		t.Skip("s3s-fs is not installed")
+	}
+	name := "go-missing-" + token(8)
+	url := s3.endpoint + "/" + name
+	creds := piecestore.WithCredentials(s3.accessKey, s3.secretKey)
+	s, err := piecestore.Open(url, creds)
+	if s != nil || !errors.Is(err, piecestore.ErrBucketNotFound) {
+		t.Fatalf("Open of a missing bucket: want ErrBucketNotFound, got %v", err)
+	}
+	if !errors.Is(err, piecestore.ErrInvalidConfig) || !strings.Contains(err.Error(), name) {
+		t.Fatalf("ErrBucketNotFound should match ErrInvalidConfig and name the bucket: %v", err)
+	}
+	if _, statErr := os.Stat(filepath.Join(s3.dir, name)); !os.IsNotExist(statErr) {
+		t.Fatalf("the missing bucket was created: %v", statErr)
+	}
+	s, err = piecestore.Open(url, creds, piecestore.WithOption("create_bucket", "true"))
+	if err != nil {
+		t.Fatalf("Open with create_bucket: %v", err)
+	}
+	defer s.Close()
+	if _, statErr := os.Stat(filepath.Join(s3.dir, name)); statErr != nil {
+		t.Fatalf("create_bucket did not create the bucket: %v", statErr)
+	}
+}
+
 func TestBackendError(t *testing.T) {
 	// A port with nothing listening: the request fails at connect.
 	port, err := net.Listen("tcp", "127.0.0.1:0")

@@ -85,8 +85,14 @@ def test_config_errors() -> None:
     with pytest.raises(piecestore.ConfigError) as e:
         piecestore.PieceStore("memory://", shardz=2)
     assert "shardz" in str(e.value) and isinstance(e.value, ValueError)
-    with pytest.raises(piecestore.ConfigError, match="Shards"):
+    with pytest.raises(piecestore.ConfigError, match="shards takes a whole number"):
         piecestore.PieceStore("memory://", shards="many")
+    # A typo gets the nearest name, spelled as the caller spells names.
+    with pytest.raises(piecestore.ConfigError, match='did you mean "max_retries"'):
+        piecestore.PieceStore("memory://", max_retrys=3)
+    with pytest.raises(piecestore.ConfigError, match='did you mean "request_timeout"') as e3:
+        piecestore.PieceStore("memory://?request_timout=2")
+    assert "URL parameter" in str(e3.value)
     with pytest.raises(piecestore.ConfigError, match="credentials"):
         piecestore.PieceStore("s3://bucket?secret_key=hunter2")
     with pytest.raises(piecestore.ConfigError) as e2:
@@ -103,6 +109,21 @@ def test_config_errors() -> None:
         piecestore.PieceStore(42)  # type: ignore[arg-type]
     with pytest.raises(TypeError):
         piecestore.PieceStore("memory://", region=object())  # type: ignore[arg-type]
+
+
+def test_options_on_a_plain_path_and_repr_tells_packing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    st = piecestore.PieceStore("./data?pack=false")
+    st.put("1_s0", b"own file")
+    assert (tmp_path / "data" / "1_s0").read_bytes().startswith(b"own file")  # its own file
+    assert not any("?" in p.name for p in tmp_path.iterdir())
+    assert 'packing="off (one object per piece)"' in repr(st)
+    st.close()
+    packed = piecestore.PieceStore("./packed")
+    assert 'packing="on: pieces under 1MiB packed' in repr(packed), repr(packed)
+    packed.close()
+    with pytest.raises(piecestore.ConfigError, match='did you mean "pack"'):
+        piecestore.PieceStore("./data?pak=false")
 
 
 def test_store_closed(store: piecestore.PieceStore) -> None:
@@ -134,8 +155,9 @@ def test_missing_bucket_is_named_and_not_created(s3_endpoint: str) -> None:
         piecestore.PieceStore(url, region="us-east-1", **S3_KEYS)
     assert isinstance(e.value, piecestore.ConfigError)  # still a configuration error
     assert e.value.code == "BUCKET_NOT_FOUND"
-    bucket0 = url.split("/")[-1].split("?")[0].replace("%d", "0")
-    assert bucket0 in str(e.value) and "shard" in str(e.value) and "create_bucket" in str(e.value)
+    stem = url.split("/")[-1].split("?")[0].replace("%d", "")  # whichever shard failed first
+    assert f'bucket "{stem}' in str(e.value), str(e.value)
+    assert "shard" in str(e.value) and "create_bucket" in str(e.value)
     for secret in S3_KEYS.values():
         assert secret not in str(e.value)
     with pytest.raises(piecestore.BucketNotFound):  # still missing: the failed open made none

@@ -124,7 +124,7 @@ class ErrorsTest {
             is PieceStoreException.InvalidRange, is PieceStoreException.InvalidConfig,
             is PieceStoreException.Corrupt, is PieceStoreException.Unauthorized,
             is PieceStoreException.Backend, is PieceStoreException.Closed,
-            is PieceStoreException.Other -> "other"
+            is PieceStoreException.BucketNotFound, is PieceStoreException.Other -> "other"
         }
         assertEquals("not found", kind)
     }
