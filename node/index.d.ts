@@ -24,8 +24,11 @@ export declare class PieceList {}
  *
  * Every method that touches pieces returns a Promise and never blocks the event loop. Errors
  * are `Error` objects with a stable `code` (`PIECE_NOT_FOUND`, `PIECE_EXISTS`, `INVALID_KEY`,
- * `INVALID_RANGE`, `CORRUPT_PIECE`, `CONFIG`, `UNAUTHORIZED`, `BACKEND`, `CLOSED`), plus `key`,
- * `backend` and `retryable`; messages name the key and the backend, never a secret.
+ * `INVALID_RANGE`, `CORRUPT_PIECE`, `CONFIG`, `UNAUTHORIZED`, `BACKEND`, `CLOSED`,
+ * `BUCKET_NOT_FOUND`), plus `key`, `backend` and `retryable`; messages name the key and the
+ * backend, never a secret. An argument of the wrong type throws a `TypeError` at once (code
+ * `ERR_INVALID_ARG_TYPE`) whose message names the call, the argument and what it accepts:
+ * `put: key must be a string, got number`.
  */
 export declare class PieceStore {
   /**
@@ -61,7 +64,8 @@ export declare class PieceStore {
   get(key: string): Promise<Buffer>
   /**
    * Reads `length` bytes at `offset` (verified: the whole piece is checked first).
-   * `INVALID_RANGE` when the range is not inside the piece.
+   * `INVALID_RANGE` when the range is not inside the piece, or `offset` or `length` is not a
+   * non-negative integer.
    */
   getRange(key: string, offset: number, length: number): Promise<Buffer>
   /** A piece's size, checksum and modification time, in one small request. */
@@ -76,8 +80,9 @@ export declare class PieceStore {
    */
   deletePrefix(prefix: string): Promise<DeleteSummary>
   /**
-   * Stores many pieces concurrently: an array of `[key, data]` pairs, a `Map`, or an object
-   * of key to data. Every piece is attempted; rejects with the first error.
+   * Stores many pieces concurrently: an array (or any iterable, such as a `Map`) of
+   * `[key, data]` pairs, or an object of key to data. Every piece is attempted; rejects with
+   * the first error.
    */
   putMany(items: Iterable<[string, Buffer | Uint8Array | string]> | Record<string, Buffer | Uint8Array | string>, options?: PutOpts): Promise<void>
   /**
@@ -114,7 +119,11 @@ export declare class PieceStore {
    * TYPE lines remain.
    */
   metrics(): string
-  /** The same metrics as one object per (shard, operation); empty with `{ metrics: false }`. */
+  /**
+   * The same metrics as one object per (shard, operation); empty with `{ metrics: false }`.
+   * Its latency percentiles are histogram bucket bounds, not interpolated values (see
+   * `OpMetrics.p50Seconds`).
+   */
   metricsSummary(): Array<OpMetrics>
 }
 
@@ -135,7 +144,8 @@ export interface DeleteSummary {
 
 /**
  * The key of a Greenfield erasure-coded piece: `{objectId}_s{segment}_p{ecIndex}`, or with
- * `version` given `e{objectId}_s{segment}_p{ecIndex}[_v{version}]`.
+ * `version` given `e{objectId}_s{segment}_p{ecIndex}[_v{version}]`. Every number must be a
+ * non-negative integer (a `RangeError` otherwise).
  */
 export declare function ecKey(objectId: number, segment: number, ecIndex: number, version?: number | undefined | null): string
 
@@ -162,11 +172,17 @@ export interface OpMetrics {
   /** Total time the operations took, in seconds. */
   latencySumSeconds: number
   /**
-   * Median latency in seconds: the upper bound of its histogram bucket (powers of two from
-   * 1 µs); `null` without samples, `Infinity` past the last bucket (~67 s).
+   * The median latency's histogram bucket, in seconds: not the median itself but the upper
+   * bound of the bucket holding it, the same `le` bound `metrics()` shows. Buckets are
+   * powers of two from 1 µs, so the median is above half this value and at most this value.
+   * `null` without samples; `Infinity` when it is past the last bound (~67 s).
    */
   p50Seconds: number | null
-  /** 99th percentile latency in seconds, estimated as `p50Seconds`. */
+  /**
+   * The 99th percentile latency's histogram bucket, in seconds: the upper bound of the
+   * bucket holding it, as for `p50Seconds` (the percentile is above half this value and at
+   * most this value).
+   */
   p99Seconds: number | null
 }
 
@@ -219,23 +235,25 @@ export interface RuntimeOptions {
 
 /**
  * The key of a Greenfield segment piece: `{objectId}_s{segment}`, or with `version` given the
- * versioned form `s{objectId}_s{segment}[_v{version}]` (version 0 writes no `_v`).
+ * versioned form `s{objectId}_s{segment}[_v{version}]` (version 0 writes no `_v`). Every
+ * number must be a non-negative integer (a `RangeError` otherwise).
  */
 export declare function segmentKey(objectId: number, segment: number, version?: number | undefined | null): string
 
 /**
  * Options of a store, overriding its URL or config (then the environment applies, as
  * everywhere in PieceStore). Names may also be given as in `config.toml` (`MaxRetries`) or in
- * snake case; an unknown name is a `CONFIG` error. Durations are seconds (`2.5`) or strings
- * (`"1500ms"`).
+ * snake case; an unknown name or a bad value is a `CONFIG` error, a value of the wrong type
+ * a `TypeError`. `undefined` and `null` leave an option unset. Durations are seconds (`2.5`)
+ * or strings (`"1500ms"`); sizes are bytes or strings (`"512KiB"`).
  */
 export interface StoreOptions {
   /** Number of shards (buckets); the URL must hold `%d`. */
   shards?: number
   /** How keys map to shards: `"fnv-mod"` (default) or `"jump"` (jump consistent hash). */
-  placement?: string
+  placement?: 'fnv-mod' | 'jump'
   /** Storage kind: `"s3"`, `"minio"`, `"oss"`, `"b2"`, `"file"` or `"memory"` (normally implied by the URL). */
-  storage?: string
+  storage?: 's3' | 'minio' | 'oss' | 'b2' | 'file' | 'memory'
   /** The bucket URL (template, with `%d` when sharded). */
   bucketUrl?: string
   /** S3 access key id (better taken from the environment). */
@@ -253,7 +271,7 @@ export interface StoreOptions {
   /** Accept any TLS certificate (test servers only). */
   tlsInsecureSkipVerify?: boolean
   /** Credential source: `"AKSK"` (keys must be given) or `"SA"` (keys, else web identity, else the instance role). */
-  iamType?: string
+  iamType?: 'AKSK' | 'SA'
   /** S3 region. */
   region?: string
   /** S3 endpoint, overriding the one derived from the URL. */
@@ -266,15 +284,23 @@ export interface StoreOptions {
   requestTimeout?: number | string
   /** Timeout of connecting. */
   connectTimeout?: number | string
-  /** Use conditional writes (`If-None-Match`) to refuse overwrites. */
-  conditionalWrites?: boolean
+  /**
+   * Whether create-only writes use the backend's conditional put (`If-None-Match: *`):
+   * `"auto"` (the default: probe the backend on the first write, and check with a HEAD
+   * before each write where it ignores them), `"on"` (always) or `"off"` (always HEAD
+   * first). `true` and `false` mean `"on"` and `"off"`.
+   */
+  conditionalWrites?: 'auto' | 'on' | 'off' | boolean
   /** fsync local files before a put returns (default true). */
   fsync?: boolean
   /** Check each bucket exists (on first use) and accepts the credentials (default true). */
   checkBucket?: boolean
   /** Sign S3 requests without hashing their bodies (SigV4 `UNSIGNED-PAYLOAD`; default false). */
   unsignedPayload?: boolean
-  /** Create a missing bucket when the check finds none (default true). */
+  /**
+   * Create a missing bucket when the check finds none (default: true for a config in the
+   * original's layout; otherwise false, and a missing bucket is a `BUCKET_NOT_FOUND` error).
+   */
   createBucket?: boolean
   /** Keep operation metrics (`store.metrics()`; default true). */
   metrics?: boolean
@@ -287,7 +313,7 @@ export interface StoreOptions {
    * Whose layout the pieces are kept in: `"piecestore"` (PieceStore's own) or `"original"`
    * (byte for byte the original Go piecestore's; the default for a config in its layout).
    */
-  layout?: string
+  layout?: 'piecestore' | 'original'
   /** Pack small pieces (default: on for directories and buckets, off for `memory://`). */
   pack?: boolean
   /** Pieces smaller than this are packed (bytes or `"512KiB"`; default 1 MiB). */

@@ -3,7 +3,15 @@ import { PieceStore, ecKey, parseKey, configureRuntime, type PieceInfo, type Sto
 
 async function main(): Promise<void> {
   configureRuntime({ workerThreads: 2 })
-  const options: StoreOptions = { shards: 2, maxRetries: 3, requestTimeout: 2.5, fsync: false }
+  const options: StoreOptions = {
+    shards: 2,
+    maxRetries: 3,
+    requestTimeout: 2.5,
+    connectTimeout: '1500ms',
+    fsync: false,
+    placement: 'jump',
+    conditionalWrites: 'on',
+  }
   const store: PieceStore = await PieceStore.open('/tmp/piecestore-typed-%d', options)
   const key: string = ecKey(1, 0, 2, 5)
   await store.put(key, new Uint8Array([1, 2, 3]), { overwrite: true })

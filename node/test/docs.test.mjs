@@ -6,7 +6,7 @@ import { execFileSync, spawnSync } from 'node:child_process'
 import { readFileSync, writeFileSync, rmSync } from 'node:fs'
 import path from 'node:path'
 
-import { ROOT } from './helpers.mjs'
+import { ROOT, tempDir } from './helpers.mjs'
 
 const NODE_DIR = path.join(ROOT, 'node')
 
@@ -86,4 +86,88 @@ test('StoreOptions in index.d.ts names exactly the runtime options', async () =>
   const runtime = optionNames().map(fold).sort()
   assert.ok(runtime.length > 20, `only ${runtime.length} runtime options`)
   assert.deepEqual(typed.map(fold).sort(), runtime)
+})
+
+/** `[name, [type members]]` for each field of `StoreOptions` in index.d.ts. */
+function storeOptionTypes() {
+  const dts = readFileSync(path.join(NODE_DIR, 'index.d.ts'), 'utf8')
+  const body = dts.match(/export interface StoreOptions \{([\s\S]*?)\n\}/)
+  assert.ok(body, 'index.d.ts declares StoreOptions')
+  return [...body[1].matchAll(/^ {2}(\w+)\?: (.+)$/gm)].map((m) => [m[1], m[2].split('|').map((t) => t.trim())])
+}
+
+// The JavaScript type each member of a declared type stands for.
+const category = (member) => (/^(['"]).*\1$/.test(member) ? 'string' : member)
+
+// Each option's TS type must match what the runtime accepts: every value of the declared type
+// is accepted (literal types stand for themselves; plain `string` and `number` options take a
+// valid sample below), and a value of any other type is a TypeError that names the option and
+// says what it accepts.
+test('StoreOptions in index.d.ts types every option as the runtime accepts it', async () => {
+  const { PieceStore } = await import('../index.js')
+  const dir = tempDir()
+  const duration = '1500ms'
+  const strings = {
+    bucketUrl: 'memory://',
+    accessKey: 'AKIDEXAMPLE',
+    secretKey: 'secret-example',
+    sessionToken: 'token-example',
+    region: 'us-east-1',
+    endpoint: 'http://127.0.0.1:9',
+    indexDir: dir,
+    indexUrl: 'postgres://user@127.0.0.1:9/pieces',
+    minRetryDelay: duration,
+    maxRetryDelay: duration,
+    retryTimeout: duration,
+    requestTimeout: duration,
+    connectTimeout: duration,
+    packMaxAge: duration,
+    gcGrace: duration,
+    gcInterval: duration,
+    packThreshold: '512KiB',
+    packTargetSize: '64MiB',
+  }
+  const numbers = { shards: 1, gcGarbageRatio: 0.25, packThreshold: 4096, packTargetSize: 1 << 20 }
+  const wrong = { boolean: true, number: 7, string: 'x', object: {} }
+  // The store a value is tried on (no I/O happens): an S3-family storage needs an S3 URL,
+  // and credentials (here: none needed).
+  const base = (name, value) =>
+    name === 'storage' && !['file', 'memory'].includes(value)
+      ? ['http://127.0.0.1:9/pieces', { noSignRequest: true }]
+      : ['memory://', {}]
+  const fields = storeOptionTypes()
+  assert.ok(fields.length > 20, `only ${fields.length} typed options`)
+  for (const [name, members] of fields) {
+    const declared = new Set(members.map(category))
+    for (const c of declared) assert.ok(['boolean', 'number', 'string'].includes(c), `${name}: unexpected type ${c}`)
+    for (const member of members) {
+      let values
+      if (member === 'boolean') values = [true, false]
+      else if (member === 'number') values = [numbers[name] ?? 1]
+      else if (member === 'string') values = [strings[name]]
+      else values = [member.slice(1, -1)]
+      assert.ok(values[0] !== undefined, `no sample string for option ${name}: add one`)
+      for (const value of values) {
+        const what = `${name}: ${JSON.stringify(value)} (${member})`
+        let store
+        const [url, context] = base(name, value)
+        assert.doesNotThrow(() => { store = new PieceStore(url, { ...context, [name]: value }) }, what)
+        await store.close()
+      }
+    }
+    for (const [type, value] of Object.entries(wrong)) {
+      if (declared.has(type)) continue
+      assert.throws(
+        () => new PieceStore('memory://', { [name]: value }),
+        (e) => {
+          assert.ok(e instanceof TypeError, `${name} = ${type}: ${e}`)
+          assert.ok(e.message.includes(`option ${name} must be `), e.message)
+          assert.ok(e.message.endsWith(`, got ${type}`), e.message)
+          for (const c of declared) assert.ok(e.message.includes(c), `${e.message} does not say it takes a ${c}`)
+          return true
+        },
+        `${name} = ${type}`,
+      )
+    }
+  }
 })

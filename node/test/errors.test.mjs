@@ -4,13 +4,21 @@ import assert from 'node:assert/strict'
 import { readFileSync, readdirSync, writeFileSync } from 'node:fs'
 import path from 'node:path'
 
-import { PieceStore } from '../index.js'
+import { PieceStore, configureRuntime, ecKey, parseKey, segmentKey, validateKey } from '../index.js'
 import { S3_KEYS, rejection, s3Url, server, tempDir } from './helpers.mjs'
 
 function isCoded(e, code) {
   assert.ok(e instanceof Error, `not an Error: ${e}`)
   assert.equal(e.code, code, e.message)
   assert.equal(typeof e.retryable, 'boolean')
+  return true
+}
+
+/** Whether `e` is the TypeError of a wrong argument type, whose message holds every `part`. */
+function isTypeError(e, ...parts) {
+  assert.ok(e instanceof TypeError, `not a TypeError: ${e?.constructor?.name}: ${e}`)
+  assert.equal(e.code, 'ERR_INVALID_ARG_TYPE', e.message)
+  for (const part of parts) assert.ok(e.message.includes(part), `${JSON.stringify(e.message)} lacks ${JSON.stringify(part)}`)
   return true
 }
 
@@ -93,8 +101,10 @@ test('CONFIG: bad URLs, options and values throw at construction', () => {
   for (const [store, opts] of [
     ['ftp://host/bucket', undefined],
     ['memory://', { shardz: 4 }],
-    ['memory://', { maxRetries: 'many' }],
+    ['memory://', { maxRetries: -1 }],
     ['memory://', { requestTimeout: 'soon' }],
+    ['memory://', { placement: 'sideways' }],
+    ['memory://', { conditionalWrites: 'maybe' }],
     [`${tempDir()}/no-template`, { shards: 4 }],
   ]) {
     assert.throws(() => new PieceStore(store, opts), (e) => isCoded(e, 'CONFIG'), `${store} ${JSON.stringify(opts)}`)
@@ -105,25 +115,129 @@ test('CONFIG: bad URLs, options and values throw at construction', () => {
     () => new PieceStore('http://AKID:hunter22secret@127.0.0.1:9/b'),
     (e) => isCoded(e, 'CONFIG') && !e.message.includes('hunter22secret'),
   )
+  // An option of the wrong type is a TypeError, which names the type, never the value.
   assert.throws(
-    () => new PieceStore('memory://', { secretKey: 12 }),
-    (e) => isCoded(e, 'CONFIG') && !e.message.includes('12'),
+    () => new PieceStore('memory://', { secretKey: 12345 }),
+    (e) => isTypeError(e, 'option secretKey must be a string, got number') && !e.message.includes('12345'),
   )
-  // Wrong argument types are TypeErrors-style napi errors, thrown at once.
-  assert.throws(() => new PieceStore(42))
-  assert.throws(() => new PieceStore('memory://', { region: {} }))
+  assert.throws(() => new PieceStore(42), (e) => isTypeError(e, 'store must be'))
+  assert.throws(() => new PieceStore('memory://', { region: {} }), (e) => isTypeError(e, 'option region must be a string, got object'))
 })
 
-test('CONFIG: a missing bucket is named, on open and on first use', { timeout: 60_000 }, async (t) => {
+test('wrong argument types throw a TypeError at once, naming the call, the argument and what it accepts', () => {
+  const store = new PieceStore('memory://')
+  const cases = [
+    [() => store.put(123, 'x'), 'put: key must be a string, got number'],
+    [() => store.put('1_s0', 123), 'put: data must be a Buffer, Uint8Array or string, got number'],
+    [() => store.put('1_s0', new ArrayBuffer(4)), 'put: data must be a Buffer, Uint8Array or string, got ArrayBuffer'],
+    [() => store.put('1_s0', new Uint16Array(4)), 'got Uint16Array'],
+    [() => store.put('1_s0', [1, 2]), 'got array'],
+    [() => store.put('1_s0', 'x', 5), 'put: options must be an object', 'got number'],
+    [() => store.put('1_s0', 'x', { overwrite: 1 }), 'put: options.overwrite must be a boolean, got number'],
+    [() => store.get(1), 'get: key must be a string, got number'],
+    [() => store.get(Promise.resolve('1_s0')), 'get: key must be a string, got Promise'],
+    [() => store.get(Buffer.from('1_s0')), 'get: key must be a string, got Buffer'],
+    [() => store.get(new Uint8Array(4)), 'get: key must be a string, got Uint8Array'],
+    [() => store.getRange(7, 0, 1), 'getRange: key must be a string, got number'],
+    [() => store.getRange('1_s0', '0', 1), 'getRange: offset must be a number, got string'],
+    [() => store.getRange('1_s0', 0, null), 'getRange: length must be a number, got null'],
+    [() => store.getRange('1_s0', 0n, 1), 'getRange: offset must be a number, got bigint'],
+    [() => store.head({}), 'head: key must be a string, got object'],
+    [() => store.exists(), 'exists: key must be a string, got undefined'],
+    [() => store.delete(true), 'delete: key must be a string, got boolean'],
+    [() => store.deletePrefix(Symbol('p')), 'deletePrefix: prefix must be a string, got symbol'],
+    [() => store.getMany('1_s0'), 'getMany: keys must be an array of strings, got string'],
+    [() => store.getMany(['1_s0', 2]), 'getMany: keys[1] must be a string, got number'],
+    [() => store.putMany(5), 'putMany: items must be an array or iterable of [key, data] pairs, or an object of key to data, got number'],
+    [() => store.putMany([['1_s0', 'x'], 'y']), 'putMany: items[1] must be a [key, data] pair, got string'],
+    [() => store.putMany([[1, 'x']]), 'putMany: the key of items[0] must be a string, got number'],
+    [() => store.putMany(new Map([['1_s0', 7]])), 'putMany: the data of items[0] must be a Buffer, Uint8Array or string, got number'],
+    [() => store.putMany({ '1_s0': () => 'x' }), 'putMany: items["1_s0"] must be a Buffer, Uint8Array or string, got function'],
+    [() => store.putMany({ '1_s0': 'x' }, { overwrite: 'yes' }), 'putMany: options.overwrite must be a boolean, got string'],
+    [() => store.list(5), 'list: prefix must be a string, got number'],
+    [() => store.shardOf(5), 'shardOf: key must be a string, got number'],
+    [() => new PieceStore(42), 'PieceStore: store must be a URL or path string, or an object laid out like config.toml, got number'],
+    [() => new PieceStore(['memory://']), 'PieceStore: store must be', 'got array'],
+    [() => new PieceStore('memory://', 5), 'PieceStore: options must be an object', 'got number'],
+    [() => new PieceStore('memory://', { maxRetries: 'many' }), 'PieceStore: option maxRetries must be a number, got string'],
+    [() => new PieceStore('memory://', { MaxRetries: '3' }), 'option MaxRetries must be a number, got string'],
+    [() => new PieceStore('memory://', { conditionalWrites: 1 }), 'option conditionalWrites must be a boolean or one of the strings "auto", "on", "off", got number'],
+    [() => new PieceStore('memory://', { requestTimeout: true }), 'option requestTimeout must be a number of seconds or a duration string such as "1500ms", got boolean'],
+    [() => new PieceStore({ Store: { BucketURL: 1n } }), 'PieceStore: store.Store.BucketURL must be an object, array, string, number or boolean, got bigint'],
+    [() => PieceStore.fromConfig(7), 'PieceStore.fromConfig: path must be a string, got number'],
+    [() => PieceStore.fromConfig('/no/such/config.toml', { fsync: 'no' }), 'PieceStore.fromConfig: option fsync must be a boolean, got string'],
+    [() => PieceStore.open(7), 'PieceStore.open: store must be'],
+    [() => PieceStore.open('memory://', { pack: 1 }), 'PieceStore.open: option pack must be a boolean, got number'],
+    [() => validateKey(5), 'validateKey: key must be a string, got number'],
+    [() => parseKey(null), 'parseKey: key must be a string, got null'],
+    [() => segmentKey('42', 0), 'segmentKey: objectId must be a number, got string'],
+    [() => ecKey(42, 0, '1'), 'ecKey: ecIndex must be a number, got string'],
+    [() => ecKey(42, 0, 1, '2'), 'ecKey: version must be a number, got string'],
+    [() => configureRuntime(4), 'configureRuntime: options must be an object', 'got number'],
+    [() => configureRuntime({ workerThreads: '4' }), 'configureRuntime: options.workerThreads must be a number, got string'],
+  ]
+  for (const [call, ...parts] of cases) assert.throws(call, (e) => isTypeError(e, ...parts), parts[0])
+})
+
+test('numbers out of range throw a RangeError; a bad range rejects with INVALID_RANGE', async () => {
+  const isRangeError = (...parts) => (e) => {
+    assert.ok(e instanceof RangeError, `not a RangeError: ${e}`)
+    assert.equal(e.code, 'ERR_OUT_OF_RANGE')
+    for (const part of parts) assert.ok(e.message.includes(part), `${JSON.stringify(e.message)} lacks ${JSON.stringify(part)}`)
+    return true
+  }
+  assert.throws(() => segmentKey(-1, 0), isRangeError('segmentKey: objectId must be a non-negative integer, got -1'))
+  assert.throws(() => segmentKey(1.5, 0), isRangeError('objectId', 'got 1.5'))
+  assert.throws(() => ecKey(1, 2 ** 32, 0), isRangeError('ecKey: segment must be an integer from 0 to 4294967295, got 4294967296'))
+  assert.throws(() => segmentKey(1, 0, -2), isRangeError('segmentKey: version must be a non-negative integer'))
+  assert.throws(() => configureRuntime({ maxBlockingThreads: -1 }), isRangeError('configureRuntime: options.maxBlockingThreads'))
+  // The right types: no throw (undefined and null leave an optional argument out).
+  assert.equal(segmentKey(42, 1, undefined), '42_s1')
+  assert.equal(ecKey(42, 1, 2, null), '42_s1_p2')
+
+  const store = new PieceStore('memory://')
+  await store.put('1_s0', 'abc')
+  for (const [offset, length] of [[-1, 1], [0.5, 1], [0, NaN], [0, Infinity]]) {
+    isCoded(await rejection(store.getRange('1_s0', offset, length)), 'INVALID_RANGE')
+  }
+})
+
+test('every accepted argument type still works: Buffer, Uint8Array, string; arrays, Maps, iterables, objects', async () => {
+  const store = new PieceStore('memory://')
+  await store.put('1_s0', Buffer.from('buf'))
+  await store.put('2_s0', new Uint8Array([1, 2, 3]))
+  await store.put('3_s0', 'text', undefined)
+  await store.put('3_s0', 'other', { overwrite: true })
+  await store.put('4_s0', 'x', null)
+  await store.putMany([['5_s0', 'a']])
+  await store.putMany(new Map([['6_s0', Buffer.from('b')]]))
+  await store.putMany({ '7_s0': new Uint8Array([7]) }, { overwrite: undefined })
+  await store.putMany((function* () { yield ['8_s0', 'gen'] })())
+  await store.putMany(new Set([['9_s0', 'set']]))
+  const got = await store.getMany(['1_s0', '2_s0', '3_s0', '5_s0', '6_s0', '7_s0', '8_s0', '9_s0'])
+  assert.deepEqual(got.map((b) => [...b]), [
+    [...Buffer.from('buf')], [1, 2, 3], [...Buffer.from('other')], [...Buffer.from('a')],
+    [...Buffer.from('b')], [7], [...Buffer.from('gen')], [...Buffer.from('set')],
+  ])
+  const listed = []
+  for await (const info of store.list(null)) listed.push(info.key)
+  assert.equal(listed.length, 9)
+  // Options given as undefined or null are left unset.
+  const s = new PieceStore('memory://', { shards: undefined, region: null })
+  assert.equal(s.shardCount, 1)
+  assert.ok(new PieceStore('memory://', null))
+})
+
+test('BUCKET_NOT_FOUND: a missing bucket is named, on open and on first use', { timeout: 60_000 }, async (t) => {
   const s = await server(t, 'moto')
   const url = s3Url(s, 2)
   const opts = { region: 'us-east-1', ...S3_KEYS, createBucket: false }
   let e = await rejection(PieceStore.open(url, opts))
-  isCoded(e, 'CONFIG')
+  isCoded(e, 'BUCKET_NOT_FOUND')
   assert.match(e.message, /shard/)
   const lazy = new PieceStore(url, opts) // no I/O in the constructor
   e = await rejection(lazy.get('1_s0'))
-  isCoded(e, 'CONFIG')
+  isCoded(e, 'BUCKET_NOT_FOUND')
   for (const secret of Object.values(S3_KEYS)) assert.ok(!e.message.includes(secret))
 })
 

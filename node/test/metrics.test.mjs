@@ -2,6 +2,7 @@
 // local directory, and { metrics: false }.
 import { test } from 'node:test'
 import assert from 'node:assert/strict'
+import { readFileSync } from 'node:fs'
 import path from 'node:path'
 
 import { PieceStore } from '../index.js'
@@ -73,6 +74,41 @@ for (const kind of ['memory', 'file']) {
     }
   })
 }
+
+// The core reports latency percentiles as histogram bucket bounds (it keeps no samples): each
+// is the `le` bound of the first bucket of metrics() whose cumulative count reaches the rank,
+// a power of two microseconds, and index.d.ts says so.
+test('p50Seconds and p99Seconds are the upper bounds of the buckets holding them', async () => {
+  const store = openStore('file')
+  for (let i = 0; i < 50; i++) await store.put(`${i}_s0`, Buffer.alloc(100 * i, i))
+  for (let i = 0; i < 50; i++) await store.get(`${i}_s0`)
+  await rejection(store.get('99_s0'))
+  const text = samples(store.metrics())
+  const checked = store.metricsSummary().filter((m) => m.count > 0)
+  assert.deepEqual(checked.map((m) => m.op).sort(), ['get', 'put'])
+  for (const m of checked) {
+    const prefix = `piecestore_operation_duration_seconds_bucket{${labels('file', m.op)},le="`
+    const buckets = text
+      .filter((l) => l.startsWith(prefix))
+      .map((l) => [l.slice(prefix.length, l.indexOf('"', prefix.length)), Number(l.split(' ').pop())])
+    const total = buckets.at(-1)[1]
+    assert.equal(total, m.count)
+    for (const [q, got] of [[0.5, m.p50Seconds], [0.99, m.p99Seconds]]) {
+      const rank = Math.max(1, Math.ceil(q * total))
+      const [le] = buckets.find(([, n]) => n >= rank)
+      assert.equal(got, le === '+Inf' ? Infinity : Number(le), `${m.op} p${q * 100}`)
+      const micros = Math.round(got * 1e6)
+      assert.ok(Number.isFinite(got) && micros > 0 && (micros & (micros - 1)) === 0, `${got} s is not 2^n µs`)
+    }
+  }
+  await store.close()
+  const dts = readFileSync(new URL('../index.d.ts', import.meta.url), 'utf8')
+  const doc = dts.slice(dts.indexOf('export interface OpMetrics'))
+  for (const field of ['p50Seconds', 'p99Seconds']) {
+    const comment = doc.slice(0, doc.indexOf(`  ${field}:`)).split('/**').pop().replace(/[\s*]+/g, ' ')
+    assert.match(comment, /upper bound of the bucket holding it/, `${field}: ${comment}`)
+  }
+})
 
 test('the file backend counts heads only for head and exists', async () => {
   // (On a memory store, get and getRange probe the piece's size with a head first; see the

@@ -5,7 +5,7 @@ use napi::bindgen_prelude::*;
 /// Builds the JavaScript error for `e`: an `Error` whose message names the key and the backend
 /// (never a secret: the core redacts them), with `code` (the core's stable kind name:
 /// `PIECE_NOT_FOUND`, `PIECE_EXISTS`, `INVALID_KEY`, `INVALID_RANGE`, `CONFIG`, `CORRUPT_PIECE`,
-/// `UNAUTHORIZED`, `BACKEND`, `CLOSED`), `key`, `backend` and `retryable`.
+/// `UNAUTHORIZED`, `BACKEND`, `CLOSED`, `BUCKET_NOT_FOUND`), `key`, `backend` and `retryable`.
 pub fn js_error<'env>(env: &'env Env, e: &piecestore::Error) -> Result<Object<'env>> {
     coded_error(
         env,

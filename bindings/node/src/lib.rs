@@ -7,6 +7,7 @@
 
 #![deny(missing_docs)]
 
+mod args;
 mod buffer;
 mod errors;
 mod promise;
@@ -16,6 +17,8 @@ mod store;
 use napi::bindgen_prelude::*;
 use napi_derive::napi;
 use piecestore::key::{self, PieceKey};
+
+use crate::args::{Args, U32_LIMIT, U64_LIMIT};
 
 pub use store::{
     DeleteSummary, OpMetrics, PieceInfo, PieceList, PieceStore, PutOpts, StoreOptions,
@@ -37,7 +40,7 @@ pub fn option_names() -> Vec<&'static str> {
 }
 
 /// How to size the process's one runtime (see `configureRuntime`).
-#[napi(object)]
+#[napi(object, object_from_js = false, object_to_js = false)]
 pub struct RuntimeOptions {
     /// Threads that run async work (default: one per core).
     pub worker_threads: Option<u32>,
@@ -49,35 +52,71 @@ pub struct RuntimeOptions {
 /// Call it before the first store is used; afterwards it throws a `CONFIG` error.
 /// `PIECESTORE_RUNTIME_THREADS` in the environment also sets the worker count.
 #[napi]
-pub fn configure_runtime(env: &Env, options: RuntimeOptions) -> Result<()> {
+pub fn configure_runtime(
+    env: &Env,
+    #[napi(ts_arg_type = "RuntimeOptions")] options: Unknown<'_>,
+) -> Result<()> {
+    let a = Args::new(env, "configureRuntime");
+    let options = a.object(options, "options", "an object (RuntimeOptions)")?;
     let mut o = piecestore::runtime::options();
-    if let Some(n) = options.worker_threads {
-        o.worker_threads = Some(n as usize);
+    let count = |name: &str| -> Result<Option<usize>> {
+        let v = options.get(name)?;
+        let n = a.opt_integer(v, format_args!("options.{name}"), U32_LIMIT)?;
+        // Below 2^32: fits a usize on every target Node runs on.
+        Ok(n.map(|n| n as usize))
+    };
+    if let Some(n) = count("workerThreads")? {
+        o.worker_threads = Some(n);
     }
-    if let Some(n) = options.max_blocking_threads {
-        o.max_blocking_threads = Some(n as usize);
+    if let Some(n) = count("maxBlockingThreads")? {
+        o.max_blocking_threads = Some(n);
     }
     piecestore::runtime::configure(o).map_err(|e| errors::to_napi(env, &e))
 }
 
 /// Throws an `INVALID_KEY` error if `key` breaks a key rule.
 #[napi]
-pub fn validate_key(env: &Env, key: String) -> Result<()> {
+pub fn validate_key(env: &Env, #[napi(ts_arg_type = "string")] key: Unknown<'_>) -> Result<()> {
+    let key = Args::new(env, "validateKey").string(key, "key")?;
     key::validate(&key).map_err(|e| errors::to_napi(env, &e))
 }
 
 /// The key of a Greenfield segment piece: `{objectId}_s{segment}`, or with `version` given the
-/// versioned form `s{objectId}_s{segment}[_v{version}]` (version 0 writes no `_v`).
+/// versioned form `s{objectId}_s{segment}[_v{version}]` (version 0 writes no `_v`). Every
+/// number must be a non-negative integer (a `RangeError` otherwise).
 #[napi]
-pub fn segment_key(object_id: i64, segment: u32, version: Option<i64>) -> Result<String> {
-    versioned(PieceKey::segment(id(object_id)?, segment), version)
+pub fn segment_key(
+    env: &Env,
+    #[napi(ts_arg_type = "number")] object_id: Unknown<'_>,
+    #[napi(ts_arg_type = "number")] segment: Unknown<'_>,
+    #[napi(ts_arg_type = "number | undefined | null")] version: Option<Unknown<'_>>,
+) -> Result<String> {
+    let a = Args::new(env, "segmentKey");
+    let k = PieceKey::segment(
+        a.integer(object_id, "objectId", U64_LIMIT)?,
+        a.integer(segment, "segment", U32_LIMIT)? as u32,
+    );
+    versioned(a, k, version)
 }
 
 /// The key of a Greenfield erasure-coded piece: `{objectId}_s{segment}_p{ecIndex}`, or with
-/// `version` given `e{objectId}_s{segment}_p{ecIndex}[_v{version}]`.
+/// `version` given `e{objectId}_s{segment}_p{ecIndex}[_v{version}]`. Every number must be a
+/// non-negative integer (a `RangeError` otherwise).
 #[napi]
-pub fn ec_key(object_id: i64, segment: u32, ec_index: u32, version: Option<i64>) -> Result<String> {
-    versioned(PieceKey::ec(id(object_id)?, segment, ec_index), version)
+pub fn ec_key(
+    env: &Env,
+    #[napi(ts_arg_type = "number")] object_id: Unknown<'_>,
+    #[napi(ts_arg_type = "number")] segment: Unknown<'_>,
+    #[napi(ts_arg_type = "number")] ec_index: Unknown<'_>,
+    #[napi(ts_arg_type = "number | undefined | null")] version: Option<Unknown<'_>>,
+) -> Result<String> {
+    let a = Args::new(env, "ecKey");
+    let k = PieceKey::ec(
+        a.integer(object_id, "objectId", U64_LIMIT)?,
+        a.integer(segment, "segment", U32_LIMIT)? as u32,
+        a.integer(ec_index, "ecIndex", U32_LIMIT)? as u32,
+    );
+    versioned(a, k, version)
 }
 
 /// A Greenfield piece key, parsed.
@@ -97,7 +136,8 @@ pub struct ParsedKey {
 
 /// Parses a Greenfield piece key; throws an `INVALID_KEY` error for anything else.
 #[napi]
-pub fn parse_key(env: &Env, key: String) -> Result<ParsedKey> {
+pub fn parse_key(env: &Env, #[napi(ts_arg_type = "string")] key: Unknown<'_>) -> Result<ParsedKey> {
+    let key = Args::new(env, "parseKey").string(key, "key")?;
     let k = PieceKey::parse(&key).map_err(|e| errors::to_napi(env, &e))?;
     let version = match k.format {
         key::KeyFormat::Legacy => None,
@@ -124,18 +164,9 @@ impl<T: ToNapiValue> ToNapiValue for OrNull<T> {
     }
 }
 
-fn versioned(k: PieceKey, version: Option<i64>) -> Result<String> {
-    Ok(match version {
-        Some(v) => k.with_version(id(v)?).to_string(),
+fn versioned(a: Args<'_>, k: PieceKey, version: Option<Unknown<'_>>) -> Result<String> {
+    Ok(match a.opt_integer(version, "version", U64_LIMIT)? {
+        Some(v) => k.with_version(v).to_string(),
         None => k.to_string(),
-    })
-}
-
-fn id(object_id: i64) -> Result<u64> {
-    u64::try_from(object_id).map_err(|_| {
-        Error::new(
-            Status::InvalidArg,
-            "object ids and versions must not be negative",
-        )
     })
 }

@@ -9,10 +9,11 @@ use futures::StreamExt;
 use futures::stream::BoxStream;
 use napi::bindgen_prelude::*;
 use napi_derive::napi;
-use piecestore::config::OptionValue;
+use piecestore::config::{OPTION_NAMES, OptionValue};
 use piecestore::{Config, PieceMeta, PutOptions};
 
 use crate::OrNull;
+use crate::args::{self, Args};
 use crate::buffer::{Data, Input, PieceBuf};
 use crate::errors::{coded_error, to_napi};
 use crate::promise::promise;
@@ -23,15 +24,18 @@ const INLINE_MAX: usize = 1024 * 1024;
 
 /// Options of a store, overriding its URL or config (then the environment applies, as
 /// everywhere in PieceStore). Names may also be given as in `config.toml` (`MaxRetries`) or in
-/// snake case; an unknown name is a `CONFIG` error. Durations are seconds (`2.5`) or strings
-/// (`"1500ms"`).
+/// snake case; an unknown name or a bad value is a `CONFIG` error, a value of the wrong type
+/// a `TypeError`. `undefined` and `null` leave an option unset. Durations are seconds (`2.5`)
+/// or strings (`"1500ms"`); sizes are bytes or strings (`"512KiB"`).
 #[napi(object, object_from_js = false, object_to_js = false)]
 pub struct StoreOptions {
     /// Number of shards (buckets); the URL must hold `%d`.
     pub shards: Option<u32>,
     /// How keys map to shards: `"fnv-mod"` (default) or `"jump"` (jump consistent hash).
+    #[napi(ts_type = "'fnv-mod' | 'jump'")]
     pub placement: Option<String>,
     /// Storage kind: `"s3"`, `"minio"`, `"oss"`, `"b2"`, `"file"` or `"memory"` (normally implied by the URL).
+    #[napi(ts_type = "'s3' | 'minio' | 'oss' | 'b2' | 'file' | 'memory'")]
     pub storage: Option<String>,
     /// The bucket URL (template, with `%d` when sharded).
     pub bucket_url: Option<String>,
@@ -51,6 +55,7 @@ pub struct StoreOptions {
     /// Accept any TLS certificate (test servers only).
     pub tls_insecure_skip_verify: Option<bool>,
     /// Credential source: `"AKSK"` (keys must be given) or `"SA"` (keys, else web identity, else the instance role).
+    #[napi(ts_type = "'AKSK' | 'SA'")]
     pub iam_type: Option<String>,
     /// S3 region.
     pub region: Option<String>,
@@ -68,15 +73,20 @@ pub struct StoreOptions {
     /// Timeout of connecting.
     #[napi(ts_type = "number | string")]
     pub connect_timeout: Option<String>,
-    /// Use conditional writes (`If-None-Match`) to refuse overwrites.
-    pub conditional_writes: Option<bool>,
+    /// Whether create-only writes use the backend's conditional put (`If-None-Match: *`):
+    /// `"auto"` (the default: probe the backend on the first write, and check with a HEAD
+    /// before each write where it ignores them), `"on"` (always) or `"off"` (always HEAD
+    /// first). `true` and `false` mean `"on"` and `"off"`.
+    #[napi(ts_type = "'auto' | 'on' | 'off' | boolean")]
+    pub conditional_writes: Option<String>,
     /// fsync local files before a put returns (default true).
     pub fsync: Option<bool>,
     /// Check each bucket exists (on first use) and accepts the credentials (default true).
     pub check_bucket: Option<bool>,
     /// Sign S3 requests without hashing their bodies (SigV4 `UNSIGNED-PAYLOAD`; default false).
     pub unsigned_payload: Option<bool>,
-    /// Create a missing bucket when the check finds none (default true).
+    /// Create a missing bucket when the check finds none (default: true for a config in the
+    /// original's layout; otherwise false, and a missing bucket is a `BUCKET_NOT_FOUND` error).
     pub create_bucket: Option<bool>,
     /// Keep operation metrics (`store.metrics()`; default true).
     pub metrics: Option<bool>,
@@ -85,6 +95,7 @@ pub struct StoreOptions {
     pub allow_unverified: Option<bool>,
     /// Whose layout the pieces are kept in: `"piecestore"` (PieceStore's own) or `"original"`
     /// (byte for byte the original Go piecestore's; the default for a config in its layout).
+    #[napi(ts_type = "'piecestore' | 'original'")]
     pub layout: Option<String>,
     /// Pack small pieces (default: on for directories and buckets, off for `memory://`).
     pub pack: Option<bool>,
@@ -112,18 +123,23 @@ pub struct StoreOptions {
 }
 
 /// Options of a put.
-#[napi(object)]
-#[derive(Default)]
+#[napi(object, object_from_js = false, object_to_js = false)]
 pub struct PutOpts {
     /// Replace an existing piece with different bytes instead of failing with `PIECE_EXISTS`.
     pub overwrite: Option<bool>,
 }
 
 impl PutOpts {
-    fn core(opts: Option<PutOpts>) -> PutOptions {
-        PutOptions {
-            overwrite: opts.and_then(|o| o.overwrite).unwrap_or(false),
-        }
+    /// The core's options from a put's `options` argument (`undefined`/`null`: the defaults).
+    fn core(a: Args<'_>, opts: Option<Unknown<'_>>) -> Result<PutOptions> {
+        let overwrite =
+            match a.opt_object(opts, "options", "an object such as { overwrite: true }")? {
+                Some(o) => a.opt_bool(o.get("overwrite")?, "options.overwrite")?,
+                None => None,
+            };
+        Ok(PutOptions {
+            overwrite: overwrite.unwrap_or(false),
+        })
     }
 }
 
@@ -200,11 +216,15 @@ pub struct OpMetrics {
     pub errors: HashMap<String, i64>,
     /// Total time the operations took, in seconds.
     pub latency_sum_seconds: f64,
-    /// Median latency in seconds: the upper bound of its histogram bucket (powers of two from
-    /// 1 µs); `null` without samples, `Infinity` past the last bucket (~67 s).
+    /// The median latency's histogram bucket, in seconds: not the median itself but the upper
+    /// bound of the bucket holding it, the same `le` bound `metrics()` shows. Buckets are
+    /// powers of two from 1 µs, so the median is above half this value and at most this value.
+    /// `null` without samples; `Infinity` when it is past the last bound (~67 s).
     #[napi(ts_type = "number | null")]
     pub p50_seconds: OrNull<f64>,
-    /// 99th percentile latency in seconds, estimated as `p50Seconds`.
+    /// The 99th percentile latency's histogram bucket, in seconds: the upper bound of the
+    /// bucket holding it, as for `p50Seconds` (the percentile is above half this value and at
+    /// most this value).
     #[napi(ts_type = "number | null")]
     pub p99_seconds: OrNull<f64>,
 }
@@ -229,20 +249,101 @@ impl From<&piecestore::profile::OpMetrics> for OpMetrics {
     }
 }
 
-/// A JavaScript option value as the core takes it (`undefined`/`null`: not set).
-fn option_value(name: &str, v: Unknown<'_>) -> Result<Option<OptionValue>> {
-    Ok(Some(match v.get_type()? {
-        ValueType::Undefined | ValueType::Null => return Ok(None),
-        ValueType::Boolean => OptionValue::Bool(unsafe { v.cast::<bool>() }?),
-        ValueType::Number => number(unsafe { v.cast::<f64>() }?),
-        ValueType::String => OptionValue::Str(unsafe { v.cast::<String>() }?),
-        other => {
-            return Err(Error::new(
-                Status::InvalidArg,
-                format!("option {name}: expected a boolean, number or string, got {other}"),
-            ));
+/// The JavaScript types an option takes: what its `StoreOptions` field declares. Values of
+/// the right type go to the core, which checks them (a `CONFIG` error); others are a
+/// `TypeError` here.
+#[derive(Clone, Copy)]
+enum Kind {
+    /// `boolean`.
+    Bool,
+    /// `number` (counts, ratios).
+    Number,
+    /// `string` (names, URLs, keys).
+    Text,
+    /// `number | string`: seconds, or a duration such as `"1500ms"`.
+    Duration,
+    /// `number | string`: bytes, or a size such as `"512KiB"`.
+    Size,
+    /// `'auto' | 'on' | 'off' | boolean` (`true`: `"on"`, `false`: `"off"`).
+    ConditionalWrites,
+    /// An option this table does not know (none, unless the core gained one): anything the
+    /// core might take, for it to judge.
+    Any,
+}
+
+impl Kind {
+    /// The kind of option `name`, in any spelling the core accepts (`maxRetries`,
+    /// `max_retries`, `MaxRetries`).
+    fn of(name: &str) -> Kind {
+        let fold = |n: &str| -> String {
+            n.chars()
+                .filter(|c| *c != '_' && *c != '-')
+                .map(|c| c.to_ascii_lowercase())
+                .collect()
+        };
+        let folded = fold(name);
+        let Some(known) = OPTION_NAMES.iter().find(|n| fold(n) == folded) else {
+            // Unknown: the core names it in a CONFIG error.
+            return Kind::Any;
+        };
+        match *known {
+            "NoSignRequest"
+            | "TLSInsecureSkipVerify"
+            | "Fsync"
+            | "CheckBucket"
+            | "UnsignedPayload"
+            | "CreateBucket"
+            | "Metrics"
+            | "AllowUnverified"
+            | "Pack" => Kind::Bool,
+            "Shards" | "MaxRetries" | "GcGarbageRatio" => Kind::Number,
+            "Placement" | "Storage" | "BucketURL" | "AccessKey" | "SecretKey" | "SessionToken"
+            | "IAMType" | "Region" | "Endpoint" | "Layout" | "IndexDir" | "IndexUrl" => Kind::Text,
+            "MinRetryDelay" | "MaxRetryDelay" | "RetryTimeout" | "RequestTimeout"
+            | "ConnectTimeout" | "PackMaxAge" | "GcGrace" | "GcInterval" => Kind::Duration,
+            "PackThreshold" | "PackTargetSize" => Kind::Size,
+            "ConditionalWrites" => Kind::ConditionalWrites,
+            _ => Kind::Any,
         }
-    }))
+    }
+
+    /// What the option accepts, as an error message says it.
+    fn expected(self) -> &'static str {
+        match self {
+            Kind::Bool => "a boolean",
+            Kind::Number => "a number",
+            Kind::Text => "a string",
+            Kind::Duration => "a number of seconds or a duration string such as \"1500ms\"",
+            Kind::Size => "a number of bytes or a size string such as \"512KiB\"",
+            Kind::ConditionalWrites => "a boolean or one of the strings \"auto\", \"on\", \"off\"",
+            Kind::Any => "a boolean, number or string",
+        }
+    }
+}
+
+/// A JavaScript option value as the core takes it (`undefined`/`null`: not set).
+fn option_value(a: Args<'_>, name: &str, v: Unknown<'_>) -> Result<Option<OptionValue>> {
+    let kind = Kind::of(name);
+    let ty = v.get_type()?;
+    // SAFETY (every cast): `ty` is the value's type.
+    let value = match (kind, ty) {
+        (_, ValueType::Undefined | ValueType::Null) => return Ok(None),
+        // (The core reads `conditionalWrites: true` as "on".)
+        (Kind::Bool | Kind::ConditionalWrites | Kind::Any, ValueType::Boolean) => {
+            OptionValue::Bool(unsafe { v.cast() }?)
+        }
+        (Kind::Number | Kind::Duration | Kind::Size | Kind::Any, ValueType::Number) => {
+            number(unsafe { v.cast() }?)
+        }
+        (
+            Kind::Text | Kind::Duration | Kind::Size | Kind::ConditionalWrites | Kind::Any,
+            ValueType::String,
+        ) => OptionValue::Str(unsafe { v.cast() }?),
+        _ => {
+            return Err(a.type_error(format_args!("option {name}"), kind.expected(), &v));
+        }
+    };
+    Ok(Some(value))
 }
 
 /// A JavaScript number: an integer when it is one.
@@ -254,12 +355,13 @@ fn number(n: f64) -> OptionValue {
     }
 }
 
-fn options(options: Option<Object<'_>>) -> Result<Vec<(String, OptionValue)>> {
+/// The options a `StoreOptions` argument sets (`undefined`/`null`: none).
+fn options(a: Args<'_>, options: Option<Unknown<'_>>) -> Result<Vec<(String, OptionValue)>> {
     let mut out = Vec::new();
-    if let Some(obj) = options {
+    if let Some(obj) = a.opt_object(options, "options", "an object (StoreOptions)")? {
         for name in Object::keys(&obj)? {
             let v: Unknown<'_> = obj.get_named_property_unchecked(&name)?;
-            if let Some(v) = option_value(&name, v)? {
+            if let Some(v) = option_value(a, &name, v)? {
                 out.push((name, v));
             }
         }
@@ -267,9 +369,14 @@ fn options(options: Option<Object<'_>>) -> Result<Vec<(String, OptionValue)>> {
     Ok(out)
 }
 
+/// What a value in a config object may be, as error messages say it.
+const CONFIG_VALUE: &str = "an object, array, string, number or boolean";
+
 /// A JavaScript value laid out like `config.toml` as a TOML value (`None` for
-/// `undefined`/`null`, which TOML cannot hold: the key is left out).
-fn toml_value(v: Unknown<'_>) -> Result<Option<toml::Value>> {
+/// `undefined`/`null`, which TOML cannot hold: the key is left out). `path` names the value in
+/// errors (`store.Backend.Metrics`).
+fn toml_value(a: Args<'_>, v: Unknown<'_>, path: &str) -> Result<Option<toml::Value>> {
+    // SAFETY (every cast): the value's type was checked.
     Ok(Some(match v.get_type()? {
         ValueType::Undefined | ValueType::Null => return Ok(None),
         ValueType::Boolean => toml::Value::Boolean(unsafe { v.cast::<bool>() }?),
@@ -283,55 +390,52 @@ fn toml_value(v: Unknown<'_>) -> Result<Option<toml::Value>> {
             let arr: Array<'_> = unsafe { v.cast() }?;
             let mut out = Vec::new();
             for i in 0..arr.len() {
-                let item: Option<Unknown<'_>> = arr.get(i)?;
-                if let Some(item) = item.map(toml_value).transpose()?.flatten() {
+                let item = args::item(&arr, i)?;
+                if let Some(item) = toml_value(a, item, &format!("{path}[{i}]"))? {
                     out.push(item);
                 }
             }
             toml::Value::Array(out)
         }
-        ValueType::Object => {
-            let obj: Object<'_> = unsafe { v.cast() }?;
-            let mut t = toml::Table::new();
-            for k in Object::keys(&obj)? {
-                let item: Unknown<'_> = obj.get_named_property_unchecked(&k)?;
-                if let Some(item) = toml_value(item)? {
-                    t.insert(k, item);
-                }
-            }
-            toml::Value::Table(t)
-        }
-        other => {
-            return Err(Error::new(
-                Status::InvalidArg,
-                format!(
-                    "config values must be objects, arrays, strings, numbers or booleans, not {other}"
-                ),
-            ));
-        }
+        ValueType::Object => toml::Value::Table(toml_table(a, unsafe { v.cast() }?, path)?),
+        _ => return Err(a.type_error(path, CONFIG_VALUE, &v)),
     }))
 }
 
-/// The config a constructor argument names, with options and the environment applied.
-fn config(
-    env: &Env,
-    store: Either<String, Object<'_>>,
-    opts: Option<Object<'_>>,
-) -> Result<Config> {
-    let base = match store {
-        Either::A(spec) => Config::from_spec(&spec),
-        Either::B(obj) => match toml_value(obj.to_unknown())? {
-            Some(toml::Value::Table(t)) => Config::from_table(t),
-            _ => unreachable!("an object converts to a table"),
-        },
-    };
-    finish(env, base, opts)
+/// A JavaScript object laid out like `config.toml` as a TOML table.
+fn toml_table(a: Args<'_>, obj: Object<'_>, path: &str) -> Result<toml::Table> {
+    let mut t = toml::Table::new();
+    for k in Object::keys(&obj)? {
+        let item: Unknown<'_> = obj.get_named_property_unchecked(&k)?;
+        if let Some(item) = toml_value(a, item, &format!("{path}.{k}"))? {
+            t.insert(k, item);
+        }
+    }
+    Ok(t)
 }
 
-fn finish(env: &Env, base: piecestore::Result<Config>, opts: Option<Object<'_>>) -> Result<Config> {
-    let opts = options(opts)?;
+/// What a constructor's `store` argument accepts, as error messages say it.
+const STORE: &str = "a URL or path string, or an object laid out like config.toml";
+
+/// The config a constructor argument names, with options and the environment applied.
+fn config(a: Args<'_>, store: Unknown<'_>, opts: Option<Unknown<'_>>) -> Result<Config> {
+    let base = match store.get_type()? {
+        // SAFETY: the value is a string.
+        ValueType::String => Config::from_spec(&unsafe { store.cast::<String>() }?),
+        _ => Config::from_table(toml_table(a, a.object(store, "store", STORE)?, "store")?),
+    };
+    finish(a, base, opts)
+}
+
+/// `base` with the options of a `StoreOptions` argument and the environment applied.
+fn finish(
+    a: Args<'_>,
+    base: piecestore::Result<Config>,
+    opts: Option<Unknown<'_>>,
+) -> Result<Config> {
+    let opts = options(a, opts)?;
     base.and_then(|c| c.with_options_and_env(opts.iter().map(|(k, v)| (k.as_str(), v.clone()))))
-        .map_err(|e| to_napi(env, &e))
+        .map_err(|e| to_napi(a.env(), &e))
 }
 
 /// Builds the store without network I/O (the bucket check runs on first use).
@@ -369,8 +473,11 @@ fn range_bound(n: f64) -> Option<u64> {
 ///
 /// Every method that touches pieces returns a Promise and never blocks the event loop. Errors
 /// are `Error` objects with a stable `code` (`PIECE_NOT_FOUND`, `PIECE_EXISTS`, `INVALID_KEY`,
-/// `INVALID_RANGE`, `CORRUPT_PIECE`, `CONFIG`, `UNAUTHORIZED`, `BACKEND`, `CLOSED`), plus `key`,
-/// `backend` and `retryable`; messages name the key and the backend, never a secret.
+/// `INVALID_RANGE`, `CORRUPT_PIECE`, `CONFIG`, `UNAUTHORIZED`, `BACKEND`, `CLOSED`,
+/// `BUCKET_NOT_FOUND`), plus `key`, `backend` and `retryable`; messages name the key and the
+/// backend, never a secret. An argument of the wrong type throws a `TypeError` at once (code
+/// `ERR_INVALID_ARG_TYPE`) whose message names the call, the argument and what it accepts:
+/// `put: key must be a string, got number`.
 #[napi]
 pub struct PieceStore {
     inner: piecestore::PieceStore,
@@ -387,10 +494,10 @@ impl PieceStore {
     #[napi(constructor)]
     pub fn new(
         env: &Env,
-        #[napi(ts_arg_type = "string | Record<string, unknown>")] store: Either<String, Object<'_>>,
-        #[napi(ts_arg_type = "StoreOptions")] options: Option<Object<'_>>,
+        #[napi(ts_arg_type = "string | Record<string, unknown>")] store: Unknown<'_>,
+        #[napi(ts_arg_type = "StoreOptions")] options: Option<Unknown<'_>>,
     ) -> Result<Self> {
-        let c = config(env, store, options)?;
+        let c = config(Args::new(env, "PieceStore"), store, options)?;
         build(env, c)
     }
 
@@ -399,10 +506,12 @@ impl PieceStore {
     #[napi(factory)]
     pub fn from_config(
         env: &Env,
-        path: String,
-        #[napi(ts_arg_type = "StoreOptions")] options: Option<Object<'_>>,
+        #[napi(ts_arg_type = "string")] path: Unknown<'_>,
+        #[napi(ts_arg_type = "StoreOptions")] options: Option<Unknown<'_>>,
     ) -> Result<Self> {
-        let c = finish(env, Config::from_file(std::path::Path::new(&path)), options)?;
+        let a = Args::new(env, "PieceStore.fromConfig");
+        let path = a.string(path, "path")?;
+        let c = finish(a, Config::from_file(std::path::Path::new(&path)), options)?;
         build(env, c)
     }
 
@@ -411,10 +520,13 @@ impl PieceStore {
     #[napi(ts_return_type = "Promise<PieceStore>")]
     pub fn open<'env>(
         env: &'env Env,
-        #[napi(ts_arg_type = "string | Record<string, unknown>")] store: Either<String, Object<'_>>,
-        #[napi(ts_arg_type = "StoreOptions")] options: Option<Object<'_>>,
+        #[napi(ts_arg_type = "string | Record<string, unknown>")] store: Unknown<'_>,
+        #[napi(ts_arg_type = "StoreOptions")] options: Option<Unknown<'_>>,
     ) -> Result<PromiseRaw<'env, PieceStore>> {
-        let store = build(env, config(env, store, options)?)?;
+        let store = build(
+            env,
+            config(Args::new(env, "PieceStore.open"), store, options)?,
+        )?;
         promise(
             env,
             async move { store.inner.check().await.map(|()| store) },
@@ -433,14 +545,16 @@ impl PieceStore {
     pub fn put<'env>(
         &self,
         env: &'env Env,
-        key: String,
-        data: Data,
-        options: Option<PutOpts>,
+        key: Unknown<'_>,
+        data: Unknown<'_>,
+        options: Option<Unknown<'_>>,
     ) -> Result<PromiseRaw<'env, ()>> {
-        let input = Input::new(env, data)?;
+        let a = Args::new(env, "put");
+        let key = a.string(key, "key")?;
+        let input = Input::new(env, a.data(data, "data")?)?;
+        let opts = PutOpts::core(a, options)?;
         let inline = matches!(input, Input::Ready(_)) && input.len() <= INLINE_MAX;
         let store = self.inner.clone();
-        let opts = PutOpts::core(options);
         promise(
             env,
             async move { store.put_opts(&key, input.into_bytes(), opts).await },
@@ -451,7 +565,12 @@ impl PieceStore {
     /// Reads a whole piece, verified against its CRC32C (`CORRUPT_PIECE` on a mismatch, never
     /// wrong bytes).
     #[napi(ts_return_type = "Promise<Buffer>")]
-    pub fn get<'env>(&self, env: &'env Env, key: String) -> Result<PromiseRaw<'env, PieceBuf>> {
+    pub fn get<'env>(
+        &self,
+        env: &'env Env,
+        #[napi(ts_arg_type = "string")] key: Unknown<'_>,
+    ) -> Result<PromiseRaw<'env, PieceBuf>> {
+        let key = Args::new(env, "get").string(key, "key")?;
         let inline = self.small_enough(&key);
         let store = self.inner.clone();
         promise(
@@ -462,15 +581,20 @@ impl PieceStore {
     }
 
     /// Reads `length` bytes at `offset` (verified: the whole piece is checked first).
-    /// `INVALID_RANGE` when the range is not inside the piece.
+    /// `INVALID_RANGE` when the range is not inside the piece, or `offset` or `length` is not a
+    /// non-negative integer.
     #[napi(ts_return_type = "Promise<Buffer>")]
     pub fn get_range<'env>(
         &self,
         env: &'env Env,
-        key: String,
-        offset: f64,
-        length: f64,
+        #[napi(ts_arg_type = "string")] key: Unknown<'_>,
+        #[napi(ts_arg_type = "number")] offset: Unknown<'_>,
+        #[napi(ts_arg_type = "number")] length: Unknown<'_>,
     ) -> Result<PromiseRaw<'env, PieceBuf>> {
+        let a = Args::new(env, "getRange");
+        let key = a.string(key, "key")?;
+        let offset = a.number(offset, "offset")?;
+        let length = a.number(length, "length")?;
         let (Some(off), Some(len)) = (range_bound(offset), range_bound(length)) else {
             let msg = format!(
                 "invalid range {offset}+{length} for piece {key:?}: offset and length must be non-negative integers"
@@ -488,7 +612,12 @@ impl PieceStore {
 
     /// A piece's size, checksum and modification time, in one small request.
     #[napi]
-    pub fn head<'env>(&self, env: &'env Env, key: String) -> Result<PromiseRaw<'env, PieceInfo>> {
+    pub fn head<'env>(
+        &self,
+        env: &'env Env,
+        #[napi(ts_arg_type = "string")] key: Unknown<'_>,
+    ) -> Result<PromiseRaw<'env, PieceInfo>> {
+        let key = Args::new(env, "head").string(key, "key")?;
         let store = self.inner.clone();
         promise(
             env,
@@ -499,14 +628,24 @@ impl PieceStore {
 
     /// Whether a piece exists under `key`.
     #[napi]
-    pub fn exists<'env>(&self, env: &'env Env, key: String) -> Result<PromiseRaw<'env, bool>> {
+    pub fn exists<'env>(
+        &self,
+        env: &'env Env,
+        #[napi(ts_arg_type = "string")] key: Unknown<'_>,
+    ) -> Result<PromiseRaw<'env, bool>> {
+        let key = Args::new(env, "exists").string(key, "key")?;
         let store = self.inner.clone();
         promise(env, async move { store.exists(&key).await }, true)
     }
 
     /// Deletes a piece; deleting a missing piece succeeds.
     #[napi(ts_return_type = "Promise<void>")]
-    pub fn delete<'env>(&self, env: &'env Env, key: String) -> Result<PromiseRaw<'env, ()>> {
+    pub fn delete<'env>(
+        &self,
+        env: &'env Env,
+        #[napi(ts_arg_type = "string")] key: Unknown<'_>,
+    ) -> Result<PromiseRaw<'env, ()>> {
+        let key = Args::new(env, "delete").string(key, "key")?;
         let store = self.inner.clone();
         promise(env, async move { store.delete(&key).await }, true)
     }
@@ -517,8 +656,9 @@ impl PieceStore {
     pub fn delete_prefix<'env>(
         &self,
         env: &'env Env,
-        prefix: String,
+        #[napi(ts_arg_type = "string")] prefix: Unknown<'_>,
     ) -> Result<PromiseRaw<'env, DeleteSummary>> {
+        let prefix = Args::new(env, "deletePrefix").string(prefix, "prefix")?;
         let store = self.inner.clone();
         promise(
             env,
@@ -533,8 +673,9 @@ impl PieceStore {
         )
     }
 
-    /// Stores many pieces concurrently: an array of `[key, data]` pairs, a `Map`, or an object
-    /// of key to data. Every piece is attempted; rejects with the first error.
+    /// Stores many pieces concurrently: an array (or any iterable, such as a `Map`) of
+    /// `[key, data]` pairs, or an object of key to data. Every piece is attempted; rejects with
+    /// the first error.
     #[napi(
         ts_args_type = "items: Iterable<[string, Buffer | Uint8Array | string]> | Record<string, Buffer | Uint8Array | string>, options?: PutOpts",
         ts_return_type = "Promise<void>"
@@ -542,15 +683,16 @@ impl PieceStore {
     pub fn put_many<'env>(
         &self,
         env: &'env Env,
-        items: Object<'_>,
-        options: Option<PutOpts>,
+        items: Unknown<'_>,
+        options: Option<Unknown<'_>>,
     ) -> Result<PromiseRaw<'env, ()>> {
-        let items: Vec<(String, Input)> = pairs(env, items)?
+        let a = Args::new(env, "putMany");
+        let items: Vec<(String, Input)> = pairs(a, items)?
             .into_iter()
             .map(|(k, d)| Ok((k, Input::new(env, d)?)))
             .collect::<Result<_>>()?;
+        let opts = PutOpts::core(a, options)?;
         let store = self.inner.clone();
-        let opts = PutOpts::core(options);
         promise(
             env,
             async move {
@@ -570,8 +712,9 @@ impl PieceStore {
     pub fn get_many<'env>(
         &self,
         env: &'env Env,
-        keys: Vec<String>,
+        #[napi(ts_arg_type = "Array<string>")] keys: Unknown<'_>,
     ) -> Result<PromiseRaw<'env, Vec<PieceBuf>>> {
+        let keys = Args::new(env, "getMany").strings(keys, "keys")?;
         let store = self.inner.clone();
         promise(
             env,
@@ -588,12 +731,17 @@ impl PieceStore {
     /// The pieces whose keys start with `prefix` (all when omitted), on every shard, for
     /// `for await (const info of store.list(prefix))`. Order is not specified across shards.
     #[napi(ts_return_type = "AsyncIterableIterator<PieceInfo>")]
-    pub fn list(&self, prefix: Option<String>) -> PieceList {
-        PieceList {
+    pub fn list(
+        &self,
+        env: &Env,
+        #[napi(ts_arg_type = "string | undefined | null")] prefix: Option<Unknown<'_>>,
+    ) -> Result<PieceList> {
+        let prefix = Args::new(env, "list").opt_string(prefix, "prefix")?;
+        Ok(PieceList {
             stream: Arc::new(tokio::sync::Mutex::new(
                 self.inner.list(prefix.as_deref().unwrap_or("")),
             )),
-        }
+        })
     }
 
     /// Closes the store: later calls reject with `CLOSED`. Every put that resolved is already
@@ -637,8 +785,13 @@ impl PieceStore {
 
     /// The shard index that holds `key`.
     #[napi]
-    pub fn shard_of(&self, key: String) -> u32 {
-        self.inner.shard_of(&key) as u32
+    pub fn shard_of(
+        &self,
+        env: &Env,
+        #[napi(ts_arg_type = "string")] key: Unknown<'_>,
+    ) -> Result<u32> {
+        let key = Args::new(env, "shardOf").string(key, "key")?;
+        Ok(self.inner.shard_of(&key) as u32)
     }
 
     /// The store's operation metrics in the Prometheus text exposition format (0.0.4):
@@ -653,6 +806,8 @@ impl PieceStore {
     }
 
     /// The same metrics as one object per (shard, operation); empty with `{ metrics: false }`.
+    /// Its latency percentiles are histogram bucket bounds, not interpolated values (see
+    /// `OpMetrics.p50Seconds`).
     #[napi]
     pub fn metrics_summary(&self) -> Vec<OpMetrics> {
         self.inner
@@ -676,37 +831,49 @@ impl PieceStore {
     }
 }
 
+/// What `putMany`'s `items` accepts, as error messages say it.
+const ITEMS: &str = "an array or iterable of [key, data] pairs, or an object of key to data";
+
 /// The `[key, data]` pairs of `putMany`'s argument.
-fn pairs(env: &Env, items: Object<'_>) -> Result<Vec<(String, Data)>> {
-    let global = env.get_global()?;
-    let array: Object<'_> = global.get_named_property_unchecked("Array")?;
-    let is_array: Function<'_, Unknown<'_>, bool> = array.get_named_property("isArray")?;
-    let list = if is_array.call(items.to_unknown())? {
+fn pairs<'v>(a: Args<'_>, items: Unknown<'v>) -> Result<Vec<(String, Data)>> {
+    if items.get_type()? != ValueType::Object {
+        return Err(a.type_error("items", ITEMS, &items));
+    }
+    let list = if items.is_array()? {
         items
     } else {
-        let map: Function<'_, (), Unknown<'_>> = global.get_named_property("Map")?;
-        if items.instanceof(map)? {
-            let from: Function<'_, Unknown<'_>, Object<'_>> = array.get_named_property("from")?;
-            from.call(items.to_unknown())?
-        } else {
+        // SAFETY: the value is an object.
+        let obj: Object<'v> = unsafe { items.cast() }?;
+        let global = a.env().get_global()?;
+        let symbol: Object<'_> = global.get_named_property_unchecked("Symbol")?;
+        let iterator: Unknown<'_> = symbol.get_named_property_unchecked("iterator")?;
+        if !obj.has_property_js(iterator)? {
             let mut out = Vec::new();
-            for k in Object::keys(&items)? {
-                let d: Data = items.get_named_property(&k)?;
-                out.push((k, d));
+            for k in Object::keys(&obj)? {
+                let d: Unknown<'_> = obj.get_named_property_unchecked(&k)?;
+                out.push((k.clone(), a.data(d, format_args!("items[{k:?}]"))?));
             }
             return Ok(out);
         }
+        // An iterable (a `Map`, a generator): its pairs, as `Array.from` lists them.
+        let array: Object<'_> = global.get_named_property_unchecked("Array")?;
+        let from: Function<'_, Unknown<'_>, Unknown<'_>> = array.get_named_property("from")?;
+        from.apply(array, items)?
     };
-    let arr: Array<'_> = unsafe { list.to_unknown().cast() }?;
+    let arr = a.array(list, "items", ITEMS)?;
     let mut out = Vec::with_capacity(arr.len() as usize);
     for i in 0..arr.len() {
-        let pair: Option<(String, Data)> = arr.get(i)?;
-        out.push(pair.ok_or_else(|| {
-            Error::new(
-                Status::InvalidArg,
-                format!("putMany: item {i} is not a [key, data] pair"),
-            )
-        })?);
+        let pair = a.array(
+            args::item(&arr, i)?,
+            format_args!("items[{i}]"),
+            "a [key, data] pair",
+        )?;
+        let key = a.string(args::item(&pair, 0)?, format_args!("the key of items[{i}]"))?;
+        let data = a.data(
+            args::item(&pair, 1)?,
+            format_args!("the data of items[{i}]"),
+        )?;
+        out.push((key, data));
     }
     Ok(out)
 }
