@@ -108,6 +108,16 @@ export declare class PieceStore {
   get shardLabels(): Array<string>
   /** How keys map to shards: `"fnv-mod"` (the default, as the original Go piecestore) or `"jump"`. */
   get placement(): string
+  /**
+   * Whether and how small pieces are packed, in words: `"off (one object per piece)"`, or
+   * the threshold, pack size, gc settings and where the index is kept.
+   */
+  get packing(): string
+  /**
+   * A one-line description, as `console.log` and string conversion show the store: its
+   * first shard, shard count, placement and packing.
+   */
+  toString(): string
   /** The shard index that holds `key`. */
   shardOf(key: string): number
   /**

@@ -118,6 +118,12 @@ test('sharded stores, placement and the key helpers', async () => {
   assert.equal(store.shardCount, 4)
   assert.equal(store.shardLabels.length, 4)
   assert.equal(store.placement, 'fnv-mod')
+  // Whether and how small pieces are packed is visible, also in the string form.
+  assert.match(store.packing, /^on: pieces under 1MiB packed into packs of 64MiB/)
+  assert.match(String(store), /^PieceStore\(file:\/\/.*s-0, shards=4, placement=fnv-mod, packing="on: /)
+  const unpacked = new PieceStore(`${dir}/plain?pack=false`)
+  assert.equal(unpacked.packing, 'off (one object per piece)')
+  assert.match(`${unpacked}`, /packing="off \(one object per piece\)"/)
   const key = ecKey(42, 0, 3)
   assert.equal(key, '42_s0_p3')
   assert.equal(ecKey(42, 0, 3, 7), 'e42_s0_p3_v7')

@@ -783,6 +783,32 @@ impl PieceStore {
         self.inner.placement().to_string()
     }
 
+    /// Whether and how small pieces are packed, in words: `"off (one object per piece)"`, or
+    /// the threshold, pack size, gc settings and where the index is kept.
+    #[napi(getter)]
+    pub fn packing(&self) -> String {
+        self.inner.packing()
+    }
+
+    /// A one-line description, as `console.log` and string conversion show the store: its
+    /// first shard, shard count, placement and packing.
+    #[napi(js_name = "toString")]
+    pub fn to_js_string(&self) -> String {
+        let labels = self.inner.shard_labels();
+        format!(
+            "PieceStore({}, shards={}, placement={}, packing={:?}{})",
+            labels.first().map(String::as_str).unwrap_or(""),
+            labels.len(),
+            self.inner.placement(),
+            self.inner.packing(),
+            if self.inner.is_closed() {
+                ", closed"
+            } else {
+                ""
+            }
+        )
+    }
+
     /// The shard index that holds `key`.
     #[napi]
     pub fn shard_of(
