@@ -7,7 +7,6 @@ mod pack;
 use std::io::{Read, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::time::UNIX_EPOCH;
 
 use clap::{Parser, Subcommand};
 use futures::TryStreamExt;
@@ -20,15 +19,16 @@ Which store:
                      http://127.0.0.1:9000/BUCKET (MinIO, Ceph RGW), https://BUCKET.oss-REGION.aliyuncs.com,
                      https://s3.REGION.backblazeb2.com/BUCKET; add ?shards=N with %d in the URL to shard.
   --config FILE      a config.toml with a [PieceStore] table (the original Go piecestore's layout).
-  neither            ./config.toml if it exists, else the local directory ./data.
+  neither            ./config.toml if it has a [PieceStore] table, else the local directory ./data
+                     (--verbose says which).
   BUCKET_URL in the environment replaces the configured bucket URL. Credentials come from the
   config or the environment (AWS_ACCESS_KEY / AWS_SECRET_KEY / AWS_SESSION_TOKEN, MINIO_*,
   ALIBABA_CLOUD_*, B2_*, or AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY); see docs/config.md.
 
 Exit codes:
   0 success   1 other error   2 usage   3 piece not found   4 piece exists with other bytes
-  5 invalid key, range or config   6 corrupt piece   7 unauthorized   8 backend failure
-  9 a functional check of `bench --check` failed   10 `fsck` found damage
+  5 invalid key, range or config, or a missing bucket   6 corrupt piece   7 unauthorized
+  8 backend failure   9 a functional check of `bench --check` failed   10 `fsck` found damage
 
 Examples:
   piecestore put 42_s0 segment.bin            store a file as piece 42_s0 in ./data
@@ -44,13 +44,21 @@ Examples:
   piecestore bench compare before.json after.json
   piecestore --config config.toml profile --json
   piecestore gc --grace 0s                    compact packs now, delete compacted packs at once
-  piecestore fsck --rebuild-index             verify every pack; rebuild the index from the packs";
+  piecestore gc --status                      compacted packs waiting for their grace period, and when
+  piecestore gc --wait                        compact, wait for the grace period, delete the compacted packs
+  piecestore fsck                             verify every pack, index entry and unpacked piece
+  piecestore fsck --rebuild-index             verify everything; rebuild the index from the packs";
 
 /// Store, read and manage immutable pieces on memory, local disk or any S3-compatible store.
 #[derive(Parser, Debug)]
 #[command(name = "piecestore", version, about, after_help = AFTER_HELP)]
 struct Cli {
-    /// Store URL (see "Which store" below).
+    /// Store URL: memory://, ./path, s3://bucket/prefix, http://host:9000/bucket, ...
+    ///
+    /// Forms: memory://, file:///path or ./path, s3://bucket/prefix?region=R,
+    /// http://host:9000/bucket (MinIO, Ceph RGW), AWS, OSS and B2 https:// URLs; add ?shards=N
+    /// with %d in the URL to shard. Without --store or --config: ./config.toml if it has a
+    /// [PieceStore] table, else ./data. `piecestore --help` lists every URL form.
     #[arg(
         long,
         global = true,
@@ -61,6 +69,9 @@ struct Cli {
     /// Path to a config.toml.
     #[arg(long, global = true, env = "PIECESTORE_CONFIG")]
     config: Option<PathBuf>,
+    /// Say which store is used and why, and log at info level (RUST_LOG overrides).
+    #[arg(short, long, global = true)]
+    verbose: bool,
     #[command(subcommand)]
     command: Command,
 }
@@ -101,7 +112,8 @@ enum Command {
         #[arg(long, conflicts_with = "keys")]
         prefix: Option<String>,
     },
-    /// List pieces whose keys start with PREFIX (all when absent), on every shard.
+    /// List pieces whose keys start with PREFIX (all when absent), on every shard, sorted by
+    /// key.
     Ls {
         /// Key prefix (any string).
         #[arg(default_value = "")]
@@ -109,6 +121,10 @@ enum Command {
         /// Show size and key.
         #[arg(short, long)]
         long: bool,
+        /// Print keys as the shards return them, without sorting (starts at once and holds no
+        /// listing in memory: for stores with millions of pieces).
+        #[arg(long)]
+        unsorted: bool,
     },
     /// Show a piece's size, checksum and shard.
     Stat {
@@ -154,6 +170,11 @@ enum Command {
     },
     /// Compact packs: rewrite those whose garbage passed the threshold, merge undersized ones,
     /// delete compacted packs whose grace period is over. Safe while others read and write.
+    ///
+    /// Compaction writes its new packs first and deletes the compacted ("doomed") ones only
+    /// after the grace period, so the store uses more space until a later gc deletes them: the
+    /// summary says how many bytes wait and when they are freed. `--status` shows them
+    /// without compacting; `--wait` compacts, waits for their grace period and deletes them.
     Gc {
         /// Delete compacted packs this long after compaction (default: the config's
         /// Pack.Grace, 1h). `0s` deletes them at once: only when no reader could still be using
@@ -167,12 +188,21 @@ enum Command {
         /// Only report what would be done.
         #[arg(long)]
         dry_run: bool,
-        /// Print JSON.
+        /// Show the doomed packs (compacted, waiting for their grace period): how many, their
+        /// bytes, and when a gc may delete them. Compacts nothing.
+        #[arg(long, conflicts_with_all = ["dry_run", "wait", "garbage_ratio"])]
+        status: bool,
+        /// After compacting, wait until the doomed packs' grace period is over (at most the
+        /// grace period; it prints how long) and delete them.
+        #[arg(long, conflicts_with = "dry_run")]
+        wait: bool,
+        /// Print JSON (with --status: the doomed packs' summary only).
         #[arg(long)]
         json: bool,
     },
-    /// Verify every pack (CRCs, bounds, footers) and every index entry (dangling entries,
-    /// orphan packs, live-byte accounting). Exit code 10 when damage remains.
+    /// Verify every pack (CRCs, bounds, footers), every index entry (dangling entries, orphan
+    /// packs, live-byte accounting) and every piece stored as an object of its own (read whole,
+    /// CRC verified). Exit code 10 when damage remains.
     Fsck {
         /// Rebuild the index from the packs alone (after checking), then check again.
         #[arg(long)]
@@ -203,7 +233,10 @@ fn exit_code(e: &Error) -> u8 {
     match e.kind() {
         ErrorKind::NotFound => 3,
         ErrorKind::AlreadyExists => 4,
-        ErrorKind::InvalidKey | ErrorKind::InvalidRange | ErrorKind::InvalidConfig => 5,
+        ErrorKind::InvalidKey
+        | ErrorKind::InvalidRange
+        | ErrorKind::InvalidConfig
+        | ErrorKind::BucketNotFound => 5,
         ErrorKind::Corrupt => 6,
         ErrorKind::Unauthorized => 7,
         ErrorKind::Backend => 8,
@@ -213,9 +246,10 @@ fn exit_code(e: &Error) -> u8 {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    let level = if cli.verbose { "info" } else { "warn" };
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| level.into()),
         )
         .with_writer(std::io::stderr)
         .init();
@@ -263,13 +297,35 @@ pub(crate) fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> CliE
 }
 
 fn load_config(cli: &Cli) -> Result<Config, Error> {
+    let say = |what: &str| {
+        if cli.verbose {
+            eprintln!("piecestore: {what}");
+        }
+    };
     if let Some(url) = &cli.store {
+        say(&format!(
+            "store {} (--store)",
+            piecestore::error::redact_url(url)
+        ));
         return Config::load(url);
     }
     let path = match &cli.config {
-        Some(p) => p.clone(),
-        None if std::path::Path::new("config.toml").is_file() => PathBuf::from("config.toml"),
-        None => return Config::load("./data"),
+        Some(p) => {
+            say(&format!("config {} (--config)", p.display()));
+            p.clone()
+        }
+        None if Config::is_piecestore_file("config.toml") => {
+            say("config ./config.toml (it has a [PieceStore] table)");
+            PathBuf::from("config.toml")
+        }
+        None => {
+            if std::path::Path::new("config.toml").is_file() {
+                say("store ./data (./config.toml has no [PieceStore] table: not PieceStore's)");
+            } else {
+                say("store ./data (no --store, --config or ./config.toml)");
+            }
+            return Config::load("./data");
+        }
     };
     Config::load_file(path)
 }
@@ -302,8 +358,19 @@ async fn run(cli: Cli) -> Result<(), CliError> {
             grace,
             garbage_ratio,
             dry_run,
+            status,
+            wait,
             json,
-        } => pack::gc(&store, grace, garbage_ratio, dry_run, json).await?,
+        } => {
+            let mode = if status {
+                pack::GcMode::Status
+            } else if wait {
+                pack::GcMode::Wait
+            } else {
+                pack::GcMode::Compact { dry_run }
+            };
+            pack::gc(&store, grace, garbage_ratio, mode, json).await?
+        }
         Command::Fsck {
             rebuild_index,
             json,
@@ -357,25 +424,41 @@ async fn run(cli: Cli) -> Result<(), CliError> {
                 store.delete(&key).await?;
             }
         }
-        Command::Ls { prefix, long } => {
+        Command::Ls {
+            prefix,
+            long,
+            unsorted,
+        } => {
             let mut pieces = store.list(&prefix);
             let mut out = std::io::stdout().lock();
-            while let Some(m) = pieces.try_next().await? {
+            let mut print = |m: &piecestore::PieceMeta| {
                 let line = if long {
                     format!("{:>12} {}\n", m.size, m.key)
                 } else {
                     format!("{}\n", m.key)
                 };
                 out.write_all(line.as_bytes())
-                    .map_err(io("writing to standard output"))?;
+                    .map_err(io("writing to standard output"))
+            };
+            if unsorted {
+                while let Some(m) = pieces.try_next().await? {
+                    print(&m)?;
+                }
+            } else {
+                let mut all: Vec<_> = pieces.try_collect().await?;
+                all.sort_unstable_by(|a, b| a.key.cmp(&b.key));
+                for m in &all {
+                    print(m)?;
+                }
             }
         }
         Command::Stat { key, json } => {
             let m = store.head(&key).await?;
             let shard = store.shard_of(&key);
-            let modified = m
+            let modified = humantime::format_rfc3339_seconds(m.last_modified).to_string();
+            let unix = m
                 .last_modified
-                .duration_since(UNIX_EPOCH)
+                .duration_since(std::time::UNIX_EPOCH)
                 .map(|d| d.as_secs())
                 .unwrap_or(0);
             if json {
@@ -384,7 +467,7 @@ async fn run(cli: Cli) -> Result<(), CliError> {
                     .map(|c| c.to_string())
                     .unwrap_or_else(|| "null".into());
                 println!(
-                    "{{\"key\":{:?},\"size\":{},\"crc32c\":{crc},\"verified\":{},\"shard\":{shard},\"last_modified\":{modified}}}",
+                    "{{\"key\":{:?},\"size\":{},\"crc32c\":{crc},\"verified\":{},\"shard\":{shard},\"last_modified\":{modified:?},\"last_modified_unix\":{unix}}}",
                     m.key,
                     m.size,
                     !m.unverified()
@@ -399,7 +482,7 @@ async fn run(cli: Cli) -> Result<(), CliError> {
                     }
                 }
                 println!("shard:         {shard} ({})", store.shard_labels()[shard]);
-                println!("last modified: {modified} (unix seconds)");
+                println!("last modified: {modified}");
             }
         }
         Command::Migrate { .. } => unreachable!("handled above"),
@@ -409,15 +492,8 @@ async fn run(cli: Cli) -> Result<(), CliError> {
                 store.shard_count(),
                 store.placement()
             );
-            println!(
-                "layout: {}{}",
-                store.layout().as_str(),
-                if store.is_packed() {
-                    ", small pieces packed"
-                } else {
-                    ", one object per piece"
-                }
-            );
+            println!("layout: {}", store.layout().as_str());
+            println!("packing: {}", store.packing());
             for (i, label) in store.shard_labels().iter().enumerate() {
                 println!("  {i}: {label}");
             }

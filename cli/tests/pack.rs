@@ -417,3 +417,193 @@ fn two_nodes_share_a_bucket_through_the_postgres_index() {
         "the password is shown: {stderr}"
     );
 }
+
+/// Every file under `dir` named `name` (pieces stored as objects of their own).
+fn files_named(dir: &Path, name: &str) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).expect("read dir").flatten() {
+        let path = e.path();
+        if path.is_dir() {
+            out.extend(files_named(&path, name));
+        } else if e.file_name() == name {
+            out.push(path);
+        }
+    }
+    out
+}
+
+/// `fsck` checks the pieces stored as objects of their own (at least `Pack.Threshold`) too,
+/// not only the packed ones: a flipped byte in a 1.1 MB piece's file is found and named, and
+/// the summary counts both kinds.
+#[test]
+fn fsck_checks_pieces_stored_as_objects_of_their_own() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let d = dir.path();
+    let big = piecestore_tests::pseudo_random(1_100_000, 7);
+    let mut c = bin(d);
+    c.args(["put", "small", "-"]);
+    ok(c, Some(&piece(1)));
+    let mut c = bin(d);
+    c.args(["put", "big", "-"]);
+    ok(c, Some(&big));
+    let mut c = bin(d);
+    c.arg("fsck");
+    let text = ok(c, None);
+    assert!(
+        text.contains("checked 1 packed pieces in 1 packs")
+            && text.contains("and 1 unpacked pieces")
+            && text.contains("clean"),
+        "{text}"
+    );
+    let mut c = bin(d);
+    c.args(["fsck", "--json"]);
+    let report: serde_json::Value = serde_json::from_str(&ok(c, None)).expect("fsck --json");
+    assert_eq!(report["packed_pieces"], 1, "{report}");
+    assert_eq!(report["objects"], 1, "{report}");
+    assert!(
+        report["object_bytes"].as_u64() >= Some(1_100_000),
+        "{report}"
+    );
+
+    // Bit rot in the large piece's file.
+    let files = files_named(&d.join("pieces"), "big");
+    assert_eq!(files.len(), 1, "one file holds the large piece: {files:?}");
+    let mut bytes = std::fs::read(&files[0]).expect("read piece");
+    bytes[550_000] ^= 0x01;
+    std::fs::write(&files[0], &bytes).expect("write piece");
+    let mut c = bin(d);
+    c.args(["get", "big"]);
+    assert_eq!(run(c, None).status.code(), Some(6), "get finds it");
+    let mut c = bin(d);
+    c.arg("fsck");
+    let out = run(c, None);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(10), "{text}");
+    assert!(
+        text.contains("piece \"big\"") && text.contains("corrupt"),
+        "{text}"
+    );
+    assert!(!text.contains("\"small\""), "{text}");
+    assert!(
+        text.contains("1 packed pieces") && text.contains("1 unpacked pieces"),
+        "{text}"
+    );
+    // A rebuilt index does not make the object right either.
+    let mut c = bin(d);
+    c.args(["fsck", "--rebuild-index", "--json"]);
+    let out = run(c, None);
+    assert_eq!(out.status.code(), Some(10));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    let problems = report["problems"].as_array().expect("problems");
+    assert!(
+        !problems.is_empty() && problems.iter().all(|p| p["key"] == "big"),
+        "{report}"
+    );
+}
+
+/// Each pack file's name and size.
+fn pack_files(dir: &Path) -> std::collections::HashMap<String, u64> {
+    std::fs::read_dir(dir.join("pieces/.piecestore/packs"))
+        .expect("packs")
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().ends_with(".pack"))
+        .map(|e| {
+            let size = e.metadata().expect("metadata").len();
+            (e.file_name().to_string_lossy().into_owned(), size)
+        })
+        .collect()
+}
+
+/// `gc` says what waits for its grace period (bytes, and when it goes); `gc --status` shows it
+/// without compacting; `gc --wait` waits for the grace period and deletes it.
+#[test]
+fn gc_reports_doomed_packs_and_wait_deletes_them() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let d = dir.path();
+    let url = format!("file://{}/pieces?gc_grace=2s", d.display());
+    let cli = |args: &[&str]| {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_piecestore"));
+        for var in piecestore_tests::CLI_ENV {
+            c.env_remove(var);
+        }
+        c.current_dir(d).arg("--store").arg(&url).args(args);
+        c
+    };
+    for i in 0..30 {
+        ok(cli(&["put", &format!("w{i}"), "-"]), Some(&piece(i)));
+    }
+    // A third of the pieces (and of their bytes) deleted.
+    for i in (0..30).step_by(3) {
+        ok(cli(&["rm", &format!("w{i}")]), None);
+    }
+    let text = ok(cli(&["gc", "--garbage-ratio", "0.25"]), None);
+    assert!(text.contains("compacted 1,"), "{text}");
+    assert!(
+        text.contains("doomed: 1 compacted pack (") && text.contains("to be freed by a gc at "),
+        "the summary says what waits, and when: {text}"
+    );
+    assert!(
+        text.contains("(in ") || text.contains("(now)"),
+        "how long until then: {text}"
+    );
+    assert!(text.contains("after the grace period (2s)"), "{text}");
+    let before = pack_files(d);
+    assert_eq!(
+        before.len(),
+        2,
+        "the compacted pack and its copy: {before:?}"
+    );
+
+    // The status names the same pack, and compacts nothing.
+    let status = ok(cli(&["gc", "--status"]), None);
+    assert!(status.contains("doomed: 1 compacted pack ("), "{status}");
+    let json: serde_json::Value =
+        serde_json::from_str(&ok(cli(&["gc", "--status", "--json"]), None)).expect("json");
+    assert_eq!(json["packs"], 1, "{json}");
+    assert_eq!(json["grace_ms"], 2000, "{json}");
+    let due = json["last_due_ms"].as_u64().expect("a due time");
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_millis() as u64;
+    assert!(due <= now + 2000, "due within the grace period: {json}");
+    let bytes = json["bytes"].as_u64().expect("bytes");
+    assert!(
+        status.contains(&format!("({bytes} bytes")),
+        "{status} / {json}"
+    );
+    assert_eq!(pack_files(d), before, "--status changes nothing");
+
+    // --wait deletes it, within the grace period.
+    let started = std::time::Instant::now();
+    let out = run(cli(&["gc", "--wait"]), None);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(30),
+        "bounded by the grace period"
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("waiting"),
+        "says how long it waits"
+    );
+    assert!(text.contains("deleted 1 compacted packs"), "{text}");
+    let after = pack_files(d);
+    assert_eq!(after.len(), 1, "{after:?}");
+    let freed: u64 = before
+        .iter()
+        .filter(|(name, _)| !after.contains_key(*name))
+        .map(|(_, size)| size)
+        .sum();
+    assert_eq!(freed, bytes, "the bytes it said would be freed were freed");
+    let status = ok(cli(&["gc", "--status"]), None);
+    assert!(status.contains("no compacted packs"), "{status}");
+    for i in (0..30).filter(|i| i % 3 != 0) {
+        let out = run(cli(&["get", &format!("w{i}")]), None);
+        assert_eq!(out.stdout, piece(i), "piece {i}");
+    }
+}

@@ -1,11 +1,12 @@
-//! `fsck`: verify every pack and every index entry, and rebuild the index from the packs.
+//! `fsck`: verify every pack and every index entry, every piece stored as an object of its own,
+//! and rebuild the index from the packs.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
 use super::format::{self, Entry, RecordKind};
 use super::index::{self, Change, Loc, PackId, PackInfo, PackState, Slot};
-use super::{ShardPacker, join_err, pack_info};
+use super::{ShardPacker, index_get, join_err, pack_info};
 use crate::backend::Backend;
 use crate::error::{Error, Result};
 
@@ -53,6 +54,16 @@ pub struct FsckReport {
     pub records: u64,
     /// Index entries checked.
     pub entries: u64,
+    /// Packed pieces (index entries of pieces in packs) checked against their packs' records.
+    pub packed_pieces: u64,
+    /// Pieces stored as objects of their own (at least `Pack.Threshold`, or written before
+    /// packing was on) read whole and verified against their checksums.
+    pub objects: u64,
+    /// Their bytes.
+    pub object_bytes: u64,
+    /// Of those objects, pieces that carry no checksum and that the index does not know
+    /// either: read, but their bytes could not be verified.
+    pub objects_unverified: u64,
     /// What is wrong (after the rebuild, when one ran).
     pub problems: Vec<FsckProblem>,
     /// Problems found before the rebuild, when one ran.
@@ -73,6 +84,10 @@ impl FsckReport {
         self.bytes += o.bytes;
         self.records += o.records;
         self.entries += o.entries;
+        self.packed_pieces += o.packed_pieces;
+        self.objects += o.objects;
+        self.object_bytes += o.object_bytes;
+        self.objects_unverified += o.objects_unverified;
         self.problems.extend(o.problems);
         if let Some(b) = o.problems_before_rebuild {
             self.problems_before_rebuild
@@ -180,7 +195,12 @@ pub(crate) async fn fsck_shard(
         }
     }
     let (mut report, mut scanned) = check(packer, backend, shard, progress).await?;
+    // The pieces stored as objects of their own, once: a rebuild does not touch them (its
+    // index looks them up in the shard), so what is wrong with them is still wrong after it.
+    let base = report.bytes;
+    let objects = check_objects(packer, backend, shard, &|n| progress(base + n)).await?;
     if !opts.rebuild_index {
+        report.add(objects);
         return Ok(report);
     }
     let index = packer.index(backend).await?;
@@ -206,6 +226,7 @@ pub(crate) async fn fsck_shard(
     let (mut after, _) = check(packer, backend, shard, &|_| {}).await?;
     after.problems_before_rebuild = Some(std::mem::take(&mut report.problems));
     after.rebuilt_pieces = Some(pieces);
+    after.add(objects);
     Ok(after)
 }
 
@@ -308,6 +329,7 @@ async fn check(
     for (key, slot) in entries {
         report.entries += 1;
         let Slot::Packed(loc) = slot else { continue };
+        report.packed_pieces += 1;
         let l = live.entry(loc.pack).or_default();
         l.0 += loc.len;
         l.1 += 1;
@@ -343,6 +365,92 @@ async fn check(
         }
     }
     Ok((report, scanned))
+}
+
+/// Reads every piece of the shard stored as an object of its own and verifies it, as a get
+/// does ([`Backend::get`]: against the checksum stored with it), and against what the index
+/// records of it (length and CRC32C). The pieces are those the shard lists (a leftover object
+/// of a key the index holds as a packed piece is not the piece, and is skipped) and those the
+/// index records as objects (one it records but the shard does not hold is missing).
+/// `progress` gets the object bytes read so far. The report holds the object counts and
+/// problems only.
+async fn check_objects(
+    packer: &Arc<ShardPacker>,
+    backend: &Arc<Backend>,
+    shard: usize,
+    progress: &(dyn Fn(u64) + Sync),
+) -> Result<FsckReport> {
+    use futures::TryStreamExt;
+    let index = packer.index(backend).await?;
+    let mut report = FsckReport::default();
+    let mut keys: Vec<String> = backend.list("").map_ok(|m| m.key).try_collect().await?;
+    // Objects the index records that the listing did not show: read too (missing, or written
+    // since the listing).
+    let listed: std::collections::HashSet<&str> = keys.iter().map(String::as_str).collect();
+    let recorded: Vec<String> = {
+        let index = Arc::clone(&index);
+        tokio::task::spawn_blocking(move || index.range(""))
+            .await
+            .map_err(|e| join_err(backend, e))??
+            .into_iter()
+            .filter(|(k, s)| matches!(s, Slot::Object { .. }) && !listed.contains(k.as_str()))
+            .map(|(k, _)| k)
+            .collect()
+    };
+    keys.extend(recorded);
+    for key in keys {
+        let slot = index_get(&index, &key).await?;
+        if matches!(slot, Some(Slot::Packed(_))) {
+            continue; // a leftover of an overwrite: the piece is the packed one
+        }
+        let problem = |what: String| FsckProblem {
+            shard,
+            pack: None,
+            key: Some(key.clone()),
+            what,
+        };
+        match backend.get(&key).await {
+            Ok((bytes, own)) => {
+                report.objects += 1;
+                report.object_bytes += bytes.len() as u64;
+                progress(report.object_bytes);
+                let Some(Slot::Object { len, crc, .. }) = slot else {
+                    if own.is_none() {
+                        report.objects_unverified += 1;
+                    }
+                    continue;
+                };
+                let actual = own.unwrap_or_else(|| crate::checksum::crc32c(&bytes));
+                let size = bytes.len() as u64;
+                // Unless it was overwritten since it was looked up.
+                if (size, actual) != (len, crc) && index_get(&index, &key).await? == slot {
+                    report.problems.push(problem(format!(
+                        "the piece's object holds {size} bytes with crc32c {actual}, the index \
+                         records {len} bytes with crc32c {crc}"
+                    )));
+                }
+            }
+            Err(Error::Corrupt { detail, .. }) => {
+                report.objects += 1;
+                report.object_bytes += slot.map_or(0, |s| s.len());
+                report.problems.push(problem(format!(
+                    "the piece (an object of its own) is corrupt: {detail}"
+                )));
+            }
+            // Deleted since the listing; missing when the index still records it.
+            Err(Error::NotFound { .. }) => {
+                if slot.is_some() && index_get(&index, &key).await? == slot {
+                    report.problems.push(problem(
+                        "the index records this piece as an object of its own, but the object \
+                         is missing"
+                            .into(),
+                    ));
+                }
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(report)
 }
 
 /// Checks one pack's bytes (records, footer) into `report` and keeps what it holds in

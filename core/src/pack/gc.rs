@@ -6,6 +6,11 @@
 //! rewritten meanwhile stays as it is) and the old packs are marked doomed with the time;
 //! only a later step, after the grace period, deletes them. That one transaction is the only
 //! switch point, so a crash anywhere leaves either the old state or the new one.
+//!
+//! Until that later step the storage used grows by the new packs: every report says how many
+//! doomed packs are left, their bytes and when they may go ([`GcReport::doomed`], computed by
+//! [`doomed_summary`]); a dry run reports the doomed packs without compacting
+//! (`piecestore gc --status`).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -26,7 +31,8 @@ pub struct GcOptions {
     pub garbage_ratio: Option<f64>,
     /// Delete compacted packs this long after compaction (default: the config's `Pack.Grace`).
     pub grace: Option<Duration>,
-    /// Only report what would be done.
+    /// Only report what would be done (and the doomed packs as they are, in
+    /// [`GcReport::doomed`]).
     pub dry_run: bool,
 }
 
@@ -55,6 +61,73 @@ pub struct GcReport {
     pub tombstones_dropped: u64,
     /// Packs left alone because they are damaged (`piecestore fsck` names them).
     pub packs_damaged: u64,
+    /// The compacted packs left after this run (all of them, for a dry run): what deleting
+    /// them will free, and when. Compaction writes its new packs first, so the storage used
+    /// grows until these are deleted.
+    pub doomed: DoomedSummary,
+}
+
+/// Compacted ("doomed") packs that wait for their grace period before a `gc` deletes them:
+/// how many, their bytes, and when they may go ([`doomed_summary`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct DoomedSummary {
+    /// Doomed packs.
+    pub packs: u64,
+    /// Their bytes: the storage that deleting them frees.
+    pub bytes: u64,
+    /// When the first of them may be deleted: Unix milliseconds, its compaction time plus the
+    /// grace period (at or before now: the next `gc` deletes it). `None` when there is none.
+    pub first_due_ms: Option<u64>,
+    /// When the last of them may be deleted (Unix milliseconds); `None` when there is none.
+    pub last_due_ms: Option<u64>,
+    /// The grace period these times were computed with, in milliseconds.
+    pub grace_ms: u64,
+}
+
+impl DoomedSummary {
+    /// Adds another shard's summary.
+    pub fn add(&mut self, o: &DoomedSummary) {
+        self.packs += o.packs;
+        self.bytes += o.bytes;
+        self.first_due_ms = min_some(self.first_due_ms, o.first_due_ms);
+        self.last_due_ms = self.last_due_ms.max(o.last_due_ms);
+        self.grace_ms = self.grace_ms.max(o.grace_ms);
+    }
+
+    /// How long until the last of them may be deleted (zero when all are due, or none is
+    /// left).
+    pub fn wait(&self) -> Duration {
+        let now = now_ms();
+        Duration::from_millis(self.last_due_ms.unwrap_or(now).saturating_sub(now))
+    }
+}
+
+fn min_some(a: Option<u64>, b: Option<u64>) -> Option<u64> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
+}
+
+/// The doomed packs among `packs` (a shard's, as its index lists them), with `grace` as the
+/// grace period: how many, their bytes, and when the first and the last may be deleted.
+pub fn doomed_summary(packs: &[(PackId, PackInfo)], grace: Duration) -> DoomedSummary {
+    let grace_ms = u64::try_from(grace.as_millis()).unwrap_or(u64::MAX);
+    let mut s = DoomedSummary {
+        grace_ms,
+        ..DoomedSummary::default()
+    };
+    for (_, info) in packs {
+        let PackState::Doomed { since_ms } = info.state else {
+            continue;
+        };
+        let due = since_ms.saturating_add(grace_ms);
+        s.packs += 1;
+        s.bytes += info.size;
+        s.first_due_ms = min_some(s.first_due_ms, Some(due));
+        s.last_due_ms = s.last_due_ms.max(Some(due));
+    }
+    s
 }
 
 impl GcReport {
@@ -71,6 +144,7 @@ impl GcReport {
         self.bytes_reclaimed += o.bytes_reclaimed;
         self.tombstones_dropped += o.tombstones_dropped;
         self.packs_damaged += o.packs_damaged;
+        self.doomed.add(&o.doomed);
     }
 }
 
@@ -143,7 +217,9 @@ pub(crate) async fn gc_shard(
         } else {
             0
         };
-        report.packs_after = index.packs()?.len() as u64;
+        let after = index.packs()?;
+        report.packs_after = after.len() as u64;
+        report.doomed = doomed_summary(&after, grace);
         return Ok(report);
     }
     let needed: u64 = candidates.iter().map(|(_, i)| i.live_bytes).sum();
@@ -268,7 +344,9 @@ pub(crate) async fn gc_shard(
             .filter(|(_, i)| matches!(i.state, PackState::Doomed { .. }))
             .count() as u64;
     }
-    report.packs_after = index.packs()?.len() as u64;
+    let after = index.packs()?;
+    report.packs_after = after.len() as u64;
+    report.doomed = doomed_summary(&after, grace);
     Ok(report)
 }
 
