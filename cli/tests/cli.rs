@@ -273,3 +273,382 @@ fn ls_lists_every_file_of_the_original_whatever_it_ends_with() {
         "no .piecestore/ in the SP's directory"
     );
 }
+
+/// A command with an empty home (no `~/.aws`) and whatever else `env` sets.
+fn in_home(dir: &Path, env: &[(&str, &str)]) -> Command {
+    let home = dir.join("home");
+    std::fs::create_dir_all(&home).unwrap();
+    let mut c = bin();
+    c.current_dir(dir)
+        .env("HOME", &home)
+        .envs(env.iter().copied());
+    c
+}
+
+#[test]
+fn options_on_a_plain_path_are_options_and_bad_ones_say_what_to_write() {
+    let dir = tempfile::tempdir().unwrap();
+    let cmd = || in_home(dir.path(), &[]);
+    let rel = "./rel?pack=false&max_retries=3";
+    let out = run(
+        cmd().args(["--store", rel, "put", "1_s0", "-"]),
+        Some(b"one"),
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(ok(cmd().args(["--store", rel, "get", "1_s0"])), b"one");
+    assert!(dir.path().join("rel").is_dir(), "the directory is ./rel");
+    let names: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(!names.iter().any(|n| n.contains('?')), "{names:?}");
+    // The option took effect: the piece is its own file, not in a pack.
+    assert!(dir.path().join("rel/1_s0").is_file());
+    let info = String::from_utf8(ok(cmd().args(["--store", rel, "info"]))).unwrap();
+    assert!(info.contains("packing: off"), "{info}");
+    let info = String::from_utf8(ok(cmd().args(["--store", "./packed", "info"]))).unwrap();
+    assert!(
+        info.contains("packing: on: pieces under 1MiB") && info.contains("deleted after 1h"),
+        "{info}"
+    );
+
+    // A typo gets the nearest name, in the caller's spelling.
+    let (c, err) = code(cmd().args(["--store", "./rel?max_retrys=3", "info"]));
+    assert_eq!(c, 5, "{err}");
+    assert!(err.contains("did you mean \"max_retries\"?"), "{err}");
+    let (_, err) = code(cmd().args(["--store", "./rel?GcGrase=1s", "info"]));
+    assert!(err.contains("did you mean \"GcGrace\"?"), "{err}");
+    // A bad value names the option and what it takes, not the parser's type name.
+    let (c, err) = code(cmd().args(["--store", "./rel?max_retries=abc", "info"]));
+    assert_eq!(c, 5, "{err}");
+    assert!(
+        err.contains("max_retries") && err.contains("whole number") && !err.contains("u32"),
+        "{err}"
+    );
+    let (_, err) = code(cmd().args(["--store", "./rel?placement=ring", "info"]));
+    assert!(
+        err.contains("\"fnv-mod\"") && err.contains("\"jump\""),
+        "{err}"
+    );
+    let (_, err) = code(cmd().args(["--store", "./rel?gc_grace=soon", "info"]));
+    assert!(
+        err.contains("gc_grace") && err.contains("duration"),
+        "{err}"
+    );
+    // `conditional_writes=true` reads as a boolean reads.
+    ok(cmd().args(["--store", "./rel?conditional_writes=true", "info"]));
+    let (c, err) = code(cmd().args(["--store", "?pack=false", "info"]));
+    assert_eq!(c, 5, "{err}");
+    assert!(err.contains("no location"), "{err}");
+}
+
+#[test]
+fn no_credentials_is_said_plainly_and_an_unreachable_endpoint_is_named() {
+    let dir = tempfile::tempdir().unwrap();
+    // Nothing listens on port 1, and no credentials anywhere: the error says so and lists
+    // where it looked, instead of a 403 from the cloud's instance-metadata address.
+    let (c, err) = code(in_home(dir.path(), &[]).args(["--store", "http://127.0.0.1:1/bkt", "ls"]));
+    assert_eq!(c, 5, "{err}");
+    for needle in [
+        "no credentials found for http://127.0.0.1:1",
+        "AWS_ACCESS_KEY_ID",
+        "MINIO_ACCESS_KEY",
+        "~/.aws/credentials",
+        "AWS_PROFILE",
+        "NoSignRequest",
+    ] {
+        assert!(err.contains(needle), "{needle:?} missing: {err}");
+    }
+    assert!(
+        !err.contains("403") && !err.contains("UNAUTHORIZED"),
+        "{err}"
+    );
+    // With keys: a retryable BACKEND error that names the endpoint, in plain words.
+    let keys = [
+        ("AWS_ACCESS_KEY_ID", "AKIDNOWHERE"),
+        ("AWS_SECRET_ACCESS_KEY", "not-a-real-secret"),
+    ];
+    let (c, err) = code(in_home(dir.path(), &keys).args([
+        "--store",
+        "http://127.0.0.1:1/bkt?max_retries=1",
+        "ls",
+    ]));
+    assert_eq!(c, 8, "{err}");
+    assert!(
+        err.contains("BACKEND")
+            && err.contains("http://127.0.0.1:1/bkt")
+            && err.contains("cannot reach the endpoint: connection refused"),
+        "{err}"
+    );
+    assert!(
+        !err.contains("tcp connect") && !err.contains("not-a-real-secret"),
+        "{err}"
+    );
+    // IAMType AKSK without keys names the variables it read.
+    std::fs::write(
+        dir.path().join("aksk.toml"),
+        "[PieceStore]\n[PieceStore.Store]\nStorage = \"s3\"\nBucketURL = \"s3://some-bucket\"\nIAMType = \"AKSK\"\n",
+    )
+    .unwrap();
+    let (c, err) = code(in_home(dir.path(), &[]).args(["--config", "aksk.toml", "ls"]));
+    assert_eq!(c, 5, "{err}");
+    assert!(
+        err.contains("AWS_ACCESS_KEY/AWS_SECRET_KEY")
+            && err.contains("AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY"),
+        "{err}"
+    );
+}
+
+#[test]
+fn aws_profiles_give_keys_credential_process_region_and_endpoint() {
+    let Some(s) = server(ServerKind::S3sFs) else {
+        return;
+    };
+    let bucket = unique_name("cli-profile");
+    s.create_bucket(&bucket);
+    let dir = tempfile::tempdir().unwrap();
+    let aws = dir.path().join("home/.aws");
+    std::fs::create_dir_all(&aws).unwrap();
+    // s3s-fs checks every signature: only the right keys get through.
+    let script = dir.path().join("creds.sh");
+    std::fs::write(
+        &script,
+        format!(
+            "#!/bin/sh\nprintf '{{\"Version\": 1, \"AccessKeyId\": \"{}\", \"SecretAccessKey\": \"{}\"}}'\n",
+            s.access_key, s.secret_key
+        ),
+    )
+    .unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::write(
+        aws.join("config"),
+        format!(
+            "[default]\nregion = us-east-1\nendpoint_url = {ep}\n\
+             [profile proc]\nregion = us-east-1\nendpoint_url = {ep}\ncredential_process = {}\n\
+             [profile wrong]\nregion = us-east-1\nendpoint_url = {ep}\n",
+            script.display(),
+            ep = s.endpoint
+        ),
+    )
+    .unwrap();
+    std::fs::write(
+        aws.join("credentials"),
+        format!(
+            "[default]\naws_access_key_id = {}\naws_secret_access_key = {}\n\
+             [wrong]\naws_access_key_id = {}\naws_secret_access_key = not-the-secret\n",
+            s.access_key, s.secret_key, s.access_key
+        ),
+    )
+    .unwrap();
+    let url = format!("s3://{bucket}");
+    // The default profile: keys from ~/.aws/credentials, region and endpoint from ~/.aws/config.
+    let out = run(
+        in_home(dir.path(), &[]).args(["--store", &url, "put", "1_s0", "-"]),
+        Some(b"by profile"),
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        ok(in_home(dir.path(), &[]).args(["--store", &url, "get", "1_s0"])),
+        b"by profile"
+    );
+    // credential_process, chosen by AWS_PROFILE.
+    assert_eq!(
+        ok(in_home(dir.path(), &[("AWS_PROFILE", "proc")]).args(["--store", &url, "get", "1_s0"])),
+        b"by profile"
+    );
+    // A profile with the wrong secret is refused by the server (so the profile is what signs).
+    let (c, err) =
+        code(in_home(dir.path(), &[("AWS_PROFILE", "wrong")]).args(["--store", &url, "ls"]));
+    assert_eq!(c, 7, "{err}");
+    assert!(!err.contains("not-the-secret"), "{err}");
+    // AWS_PROFILE naming no profile is said so.
+    let (c, err) =
+        code(in_home(dir.path(), &[("AWS_PROFILE", "nope")]).args(["--store", &url, "ls"]));
+    assert_eq!(c, 5, "{err}");
+    assert!(err.contains("AWS_PROFILE is \"nope\""), "{err}");
+    // AWS_SHARED_CREDENTIALS_FILE and AWS_CONFIG_FILE move the files.
+    let elsewhere = dir.path().join("elsewhere");
+    std::fs::create_dir_all(&elsewhere).unwrap();
+    std::fs::rename(aws.join("config"), elsewhere.join("cfg")).unwrap();
+    std::fs::rename(aws.join("credentials"), elsewhere.join("creds")).unwrap();
+    let moved = [
+        ("AWS_CONFIG_FILE", elsewhere.join("cfg")),
+        ("AWS_SHARED_CREDENTIALS_FILE", elsewhere.join("creds")),
+    ];
+    let mut c = in_home(dir.path(), &[]);
+    c.envs(moved.iter().map(|(k, v)| (*k, v.as_os_str())));
+    assert_eq!(ok(c.args(["--store", &url, "get", "1_s0"])), b"by profile");
+    // Keys in the environment come before the profile.
+    let mut c = in_home(
+        dir.path(),
+        &[
+            ("AWS_ACCESS_KEY_ID", s.access_key.as_str()),
+            ("AWS_SECRET_ACCESS_KEY", "env-secret-wins"),
+        ],
+    );
+    c.envs(moved.iter().map(|(k, v)| (*k, v.as_os_str())));
+    let (status, err) = code(c.args(["--store", &url, "ls"]));
+    assert_eq!(
+        status, 7,
+        "the environment's (wrong) keys were used first: {err}"
+    );
+}
+
+#[test]
+fn a_missing_bucket_is_named_and_created_only_when_asked() {
+    let Some(s) = server(ServerKind::S3sFs) else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let keys = [
+        ("AWS_ACCESS_KEY_ID", s.access_key.as_str()),
+        ("AWS_SECRET_ACCESS_KEY", s.secret_key.as_str()),
+    ];
+    let typo = unique_name("typo-bucket");
+    let url = format!("{}/{typo}", s.endpoint);
+    let out = run(
+        in_home(dir.path(), &keys).args(["--store", &url, "put", "1_s0", "-"]),
+        Some(b"x"),
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(5), "{err}");
+    assert!(
+        err.contains("BUCKET_NOT_FOUND") && err.contains(&typo) && err.contains("CreateBucket"),
+        "{err}"
+    );
+    let data_dir = s
+        .data_dir
+        .as_ref()
+        .expect("s3s-fs keeps buckets as directories");
+    assert!(
+        !data_dir.join(&typo).exists(),
+        "the mistyped bucket was created"
+    );
+    // Opting in creates it.
+    let create = format!("{url}?create_bucket=true");
+    let out = run(
+        in_home(dir.path(), &keys).args(["--store", &create, "put", "1_s0", "-"]),
+        Some(b"x"),
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(data_dir.join(&typo).is_dir());
+    assert_eq!(
+        ok(in_home(dir.path(), &keys).args(["--store", &url, "get", "1_s0"])),
+        b"x"
+    );
+}
+
+#[test]
+fn an_unrelated_config_toml_is_left_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    // A Hugo site's config.toml in the working directory.
+    std::fs::write(
+        dir.path().join("config.toml"),
+        "baseURL = \"https://example.org/\"\ntitle = \"My site\"\n[params]\nauthor = \"me\"\n",
+    )
+    .unwrap();
+    let out = run(
+        in_home(dir.path(), &[]).args(["put", "1_s0", "-"]),
+        Some(b"site"),
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(dir.path().join("data").is_dir(), "./data is used");
+    let out = run(in_home(dir.path(), &[]).args(["-v", "get", "1_s0"]), None);
+    assert_eq!(out.stdout, b"site");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("store ./data") && err.contains("no [PieceStore] table"),
+        "{err}"
+    );
+    // Named explicitly, it is an error.
+    let (c, err) = code(in_home(dir.path(), &[]).args(["--config", "config.toml", "ls"]));
+    assert_eq!(c, 5, "{err}");
+    assert!(err.contains("no [PieceStore] table"), "{err}");
+    // A config.toml that is PieceStore's but broken is shown, not skipped.
+    std::fs::write(dir.path().join("config.toml"), "[PieceStore\nShards = 1\n").unwrap();
+    let (c, err) = code(in_home(dir.path(), &[]).arg("ls"));
+    assert_eq!(c, 5, "{err}");
+    assert!(err.contains("config.toml"), "{err}");
+}
+
+#[test]
+fn ls_is_sorted_across_shards_and_stat_shows_rfc3339() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = format!("file://{}/s-%d?shards=4", dir.path().display());
+    let mut keys: Vec<String> = (0..40)
+        .map(|i| format!("k{:02}_s{}", (i * 17) % 40, i % 3))
+        .collect();
+    for k in &keys {
+        let out = run(
+            in_home(dir.path(), &[]).args(["--store", &store, "put", k, "-"]),
+            Some(k.as_bytes()),
+        );
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    keys.sort();
+    let ls =
+        String::from_utf8(ok(in_home(dir.path(), &[]).args(["--store", &store, "ls"]))).unwrap();
+    assert_eq!(ls.lines().collect::<Vec<_>>(), keys);
+    let mut unsorted: Vec<String> = String::from_utf8(ok(in_home(dir.path(), &[]).args([
+        "--store",
+        &store,
+        "ls",
+        "--unsorted",
+    ])))
+    .unwrap()
+    .lines()
+    .map(str::to_string)
+    .collect();
+    unsorted.sort();
+    assert_eq!(unsorted, keys, "--unsorted lists the same keys");
+
+    let before = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let stat = String::from_utf8(ok(
+        in_home(dir.path(), &[]).args(["--store", &store, "stat", &keys[0]])
+    ))
+    .unwrap();
+    let line = stat
+        .lines()
+        .find(|l| l.starts_with("last modified:"))
+        .unwrap();
+    let when = line.trim_start_matches("last modified:").trim();
+    let t = humantime::parse_rfc3339(when).unwrap_or_else(|e| panic!("{when:?}: {e}"));
+    let secs = t.duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+    assert!(
+        secs <= before + 1 && before - secs < 600,
+        "{when} vs now {before}"
+    );
+    let json = String::from_utf8(ok(
+        in_home(dir.path(), &[]).args(["--store", &store, "stat", &keys[0], "--json"])
+    ))
+    .unwrap();
+    assert!(
+        json.contains(&format!("\"last_modified\":\"{when}\""))
+            && json.contains(&format!("\"last_modified_unix\":{secs}")),
+        "{json}"
+    );
+}
