@@ -13,7 +13,7 @@ use plotters::element::DashedPathElement;
 use plotters::prelude::*;
 use plotters::style::text_anchor::{HPos, Pos, VPos};
 
-use crate::{CliError, io};
+use crate::CliError;
 
 type Area<'a> = DrawingArea<SVGBackend<'a>, Shift>;
 type PlotResult = Result<(), Box<dyn Error>>;
@@ -228,27 +228,7 @@ fn throughput(op: &OpReport) -> String {
 /// it) with the permissions of any file the user creates: `0666` less the umask, so `0644`
 /// under the usual umask 022 (a temporary file alone would be `0600`).
 pub(crate) fn write(path: &Path, report: &Report) -> Result<(), CliError> {
-    use std::io::Write as _;
-    let dir = path
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    let mut builder = tempfile::Builder::new();
-    builder.prefix(".piecestore-report");
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::PermissionsExt;
-        // Created with this mode by open(2), which applies the umask.
-        builder.permissions(std::fs::Permissions::from_mode(0o666));
-    }
-    let mut tmp = builder
-        .tempfile_in(dir)
-        .map_err(io(format!("cannot write in {}", dir.display())))?;
-    tmp.write_all(render(report).as_bytes())
-        .map_err(io(format!("cannot write {}", path.display())))?;
-    tmp.persist(path)
-        .map_err(|e| CliError::Io(format!("cannot write {}", path.display()), e.error))?;
-    Ok(())
+    crate::write_file(path, render(report).as_bytes())
 }
 
 /// `text`, escaped, in the failure style.

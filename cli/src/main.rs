@@ -573,7 +573,17 @@ pub(crate) fn write_file(path: &std::path::Path, bytes: &[u8]) -> Result<(), Cli
         .parent()
         .filter(|p| !p.as_os_str().is_empty())
         .unwrap_or(std::path::Path::new("."));
-    let mut tmp = tempfile::NamedTempFile::new_in(dir)
+    let mut builder = tempfile::Builder::new();
+    builder.prefix(".piecestore-out");
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        // A normal user file (0666 minus the umask, as open(2) applies it), not the private
+        // 0600 of a temp file: `get -o`, reports and JSON are files to share.
+        builder.permissions(std::fs::Permissions::from_mode(0o666));
+    }
+    let mut tmp = builder
+        .tempfile_in(dir)
         .map_err(io(format!("cannot write in {}", dir.display())))?;
     tmp.write_all(bytes)
         .map_err(io(format!("cannot write {}", path.display())))?;

@@ -300,6 +300,18 @@ fn options_on_a_plain_path_are_options_and_bad_ones_say_what_to_write() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert_eq!(ok(cmd().args(["--store", rel, "get", "1_s0"])), b"one");
+    // `get -o` writes a normal user file (0666 less the umask), not a temp file's 0600.
+    ok(cmd().args(["--store", rel, "get", "1_s0", "-o", "copy.bin"]));
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(dir.path().join("copy.bin"))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(
+        mode & 0o644,
+        0o644,
+        "mode {mode:o} under the usual umask 022"
+    );
     assert!(dir.path().join("rel").is_dir(), "the directory is ./rel");
     let names: Vec<_> = std::fs::read_dir(dir.path())
         .unwrap()
