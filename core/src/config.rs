@@ -57,6 +57,9 @@ pub struct Config {
     /// Where the pack index is kept, when not on this host (`[PieceStore.Index]`).
     #[serde(rename = "Index", default)]
     pub index: IndexOptions,
+    /// `[PieceStore.Cache]`: the data cache's memory and disk tiers.
+    #[serde(rename = "Cache", default)]
+    pub cache: CacheOptions,
     /// Whether this config is in the original Go piecestore's layout and nothing else: read
     /// from a `config.toml` whose `[PieceStore]` holds only `Shards` and `[PieceStore.Store]`.
     /// Such a store's defaults follow the original (its file pieces carry no checksum, so
@@ -519,6 +522,78 @@ pub struct PackOptions {
     pub index_dir: Option<std::path::PathBuf>,
 }
 
+/// What a read-through cache keeps: `Admit` in `[PieceStore.Cache]`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Admit {
+    /// Pieces read (the default).
+    #[default]
+    Reads,
+    /// Pieces read and pieces written (write-through: a piece just put is read from the cache).
+    ReadsAndWrites,
+}
+
+impl<'de> Deserialize<'de> for Admit {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        match String::deserialize(d)?.to_ascii_lowercase().as_str() {
+            "reads" => Ok(Admit::Reads),
+            "reads-and-writes" | "reads_and_writes" | "writes" | "all" => Ok(Admit::ReadsAndWrites),
+            other => Err(serde::de::Error::custom(format!(
+                "Admit: {other:?} is not \"reads\" or \"reads-and-writes\""
+            ))),
+        }
+    }
+}
+
+/// The data cache: `[PieceStore.Cache]`. Read-through tiers keyed by piece key, memory first,
+/// then a local directory, then the store; see `docs/config.md#pieces-cache`.
+///
+/// ```toml
+/// [PieceStore.Cache]
+/// Memory = "512MiB"
+/// Disk = "/var/cache/piecestore"
+/// DiskSize = "50GiB"
+/// ```
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CacheOptions {
+    /// The memory tier's size in bytes (pieces' bytes and keys); `0` turns it off. Default:
+    /// 256 MiB when every shard is a bucket, off for `memory://` and local directories (whose
+    /// reads the page cache already serves).
+    #[serde(rename = "Memory", default, deserialize_with = "de_opt_size")]
+    pub memory: Option<u64>,
+    /// The disk tier's directory (created if missing; it survives restarts). Default: none.
+    #[serde(rename = "Disk", default)]
+    pub disk: Option<std::path::PathBuf>,
+    /// The disk tier's size in bytes. Default 10 GiB.
+    #[serde(rename = "DiskSize", default, deserialize_with = "de_opt_size")]
+    pub disk_size: Option<u64>,
+    /// What goes in: `"reads"` (default) or `"reads-and-writes"`.
+    #[serde(rename = "Admit", default)]
+    pub admit: Admit,
+    /// Pieces larger than this are not cached. Default 4 MiB.
+    #[serde(rename = "MaxPiece", default, deserialize_with = "de_opt_size")]
+    pub max_piece: Option<u64>,
+}
+
+impl CacheOptions {
+    /// The memory tier's size for a store whose shards are all buckets (`buckets`) or not.
+    pub fn memory_bytes(&self, buckets: bool) -> u64 {
+        self.memory
+            .unwrap_or(if buckets { DEFAULT_CACHE_MEMORY } else { 0 })
+    }
+    /// The disk tier's size.
+    pub fn disk_bytes(&self) -> u64 {
+        self.disk_size.unwrap_or(10 << 30)
+    }
+    /// The largest piece cached.
+    pub fn max_piece_bytes(&self) -> u64 {
+        self.max_piece.unwrap_or(4 << 20)
+    }
+}
+
+/// The memory tier's default size in front of buckets.
+pub const DEFAULT_CACHE_MEMORY: u64 = 256 << 20;
+
 /// `[PieceStore.Index]`: a pack index shared by several hosts.
 ///
 /// ```toml
@@ -670,6 +745,10 @@ fn parse_size(text: &str) -> std::result::Result<u64, String> {
         .ok_or_else(|| format!("{text:?} is too large"))
 }
 
+fn de_opt_size<'de, D: Deserializer<'de>>(d: D) -> std::result::Result<Option<u64>, D::Error> {
+    de_size(d).map(Some)
+}
+
 fn de_size<'de, D: Deserializer<'de>>(d: D) -> std::result::Result<u64, D::Error> {
     match SizeRepr::deserialize(d)? {
         SizeRepr::Bytes(n) => Ok(n),
@@ -772,6 +851,8 @@ impl OptionValue {
                     | "BucketURL"
                     | "IndexDir"
                     | "IndexUrl"
+                    | "CacheDisk"
+                    | "CacheAdmit"
                     | "Storage"
                     | "Placement"
                     | "IAMType"
@@ -849,6 +930,11 @@ pub const OPTION_NAMES: &[&str] = &[
     "GcInterval",
     "IndexDir",
     "IndexUrl",
+    "CacheMemory",
+    "CacheDisk",
+    "CacheDiskSize",
+    "CacheAdmit",
+    "CacheMaxPiece",
 ];
 
 fn option_field(name: &str) -> Option<OptionField> {
@@ -942,7 +1028,9 @@ fn option_accepts(name: &str) -> &'static str {
         | "ConnectTimeout" | "PackMaxAge" | "GcGrace" | "GcInterval" => {
             "a duration: seconds as a number (2.5) or text such as \"200ms\", \"30s\", \"1h\""
         }
-        "PackThreshold" | "PackTargetSize" => {
+        "CacheAdmit" => "\"reads\" or \"reads-and-writes\"",
+        "CacheDisk" => "a directory path",
+        "PackThreshold" | "PackTargetSize" | "CacheMemory" | "CacheDiskSize" | "CacheMaxPiece" => {
             "a size: bytes as a whole number or text such as \"64KiB\", \"16MiB\""
         }
         "GcGarbageRatio" => "a fraction between 0 and 1, such as 0.3",
@@ -967,7 +1055,14 @@ fn is_original_layout(table: &toml::Table) -> bool {
 /// The original's fields of `[PieceStore]`.
 const ORIGINAL_TOP: &[&str] = &["Shards", "Store"];
 /// PieceStore's own tables in `[PieceStore]`, read strictly.
-const OWN_TABLES: &[&str] = &["ShardStores", "Sharding", "Backend", "Pack", "Index"];
+const OWN_TABLES: &[&str] = &[
+    "ShardStores",
+    "Sharding",
+    "Backend",
+    "Pack",
+    "Index",
+    "Cache",
+];
 /// The fields of `[PieceStore.Store]` (the original's, and PieceStore's credentials).
 const STORE_FIELDS: &[&str] = &[
     "Storage",
@@ -1255,6 +1350,11 @@ impl Config {
             "GcGrace" => self.pack.grace = delay(v).map_err(bad)?,
             "GcInterval" => self.pack.gc_interval = Some(delay(v).map_err(bad)?),
             "IndexDir" => self.pack.index_dir = Some(de(v).map_err(bad)?),
+            "CacheMemory" => self.cache.memory = Some(size(v).map_err(bad)?),
+            "CacheDisk" => self.cache.disk = Some(de(v).map_err(bad)?),
+            "CacheDiskSize" => self.cache.disk_size = Some(size(v).map_err(bad)?),
+            "CacheAdmit" => self.cache.admit = de(v).map_err(bad)?,
+            "CacheMaxPiece" => self.cache.max_piece = Some(size(v).map_err(bad)?),
             "IndexUrl" => {
                 self.index.url =
                     Secret::new(de::<String>(v).map_err(|_| bad("not a string".into()))?)

@@ -17,6 +17,7 @@
 
 pub mod backend;
 pub mod bench;
+pub mod cache;
 pub mod checksum;
 pub mod config;
 pub mod error;

@@ -85,6 +85,8 @@ struct Inner {
     metrics: Recorder,
     /// Each shard's packer, when small pieces are packed.
     packers: Option<Packers>,
+    /// The data cache's tiers, when any is on (`[PieceStore.Cache]`).
+    cache: Option<Arc<crate::cache::PieceCache>>,
     /// Packers built anew in a forked child (each opens the index itself, as a process of its
     /// own), with the generation they were built in.
     child_packers: Mutex<Option<(u64, Packers)>>,
@@ -123,10 +125,13 @@ impl PieceStore {
             config.backend.metrics,
         );
         let packers = build_packers(&config, &shards)?;
+        let buckets = shards.iter().all(|b| !b.is_memory() && !b.is_local());
+        let cache = crate::cache::PieceCache::new(&config.cache, buckets)?;
         Ok(PieceStore {
             inner: Arc::new(Inner {
                 metrics,
                 packers,
+                cache,
                 child_packers: Mutex::new(None),
                 allow_unverified: config
                     .backend
@@ -334,16 +339,28 @@ impl PieceStore {
             self.check().await?;
             let backend = self.backend(key)?;
             let crc = checksum::crc32c(&data);
-            let Some(packer) = self.packer(key)? else {
-                return backend.put(key, data, crc, opts.overwrite).await;
-            };
-            if len < packer.threshold() {
-                return packer.put(&backend, key, data, crc, opts.overwrite).await;
+            if opts.overwrite
+                && let Some(cache) = &self.inner.cache
+            {
+                cache.invalidate(key).await;
             }
-            // A large piece: an object of its own, recorded in the index.
-            packer
-                .put_object(&backend, key, data, crc, opts.overwrite)
-                .await
+            let kept = self.inner.cache.as_ref().map(|_| data.clone());
+            match self.packer(key)? {
+                None => backend.put(key, data, crc, opts.overwrite).await?,
+                Some(packer) if len < packer.threshold() => {
+                    packer.put(&backend, key, data, crc, opts.overwrite).await?
+                }
+                // A large piece: an object of its own, recorded in the index.
+                Some(packer) => {
+                    packer
+                        .put_object(&backend, key, data, crc, opts.overwrite)
+                        .await?
+                }
+            }
+            if let (Some(cache), Some(data)) = (&self.inner.cache, kept) {
+                cache.written(key, &data, crc).await;
+            }
+            Ok(())
         })
         .await
     }
@@ -370,9 +387,35 @@ impl PieceStore {
     ) -> Result<(Bytes, Option<u32>)> {
         self.observe(Op::Get, key, |(b, _)| b.len() as u64, async {
             self.check().await?;
-            self.get_on(&self.backend(key)?, key, first_byte).await
+            self.get_cached(&self.backend(key)?, key, first_byte).await
         })
         .await
+    }
+
+    /// [`PieceStore::get_on`] through the data cache, when there is one.
+    async fn get_cached(
+        &self,
+        backend: &Arc<Backend>,
+        key: &str,
+        first_byte: &mut Option<Instant>,
+    ) -> Result<(Bytes, Option<u32>)> {
+        let Some(cache) = &self.inner.cache else {
+            return self.get_on(backend, key, first_byte).await;
+        };
+        let mut hit = false;
+        let mut fetched_first_byte = None;
+        let e = cache
+            .get(key, &mut hit, || async {
+                let (bytes, crc) = self.get_on(backend, key, &mut fetched_first_byte).await?;
+                Ok(crate::cache::Entry { bytes, crc })
+            })
+            .await?;
+        *first_byte = if hit {
+            Some(Instant::now())
+        } else {
+            fetched_first_byte.or_else(|| Some(Instant::now()))
+        };
+        Ok((e.bytes, e.crc))
     }
 
     /// Reads a piece from its pack, or else its object.
@@ -431,7 +474,7 @@ impl PieceStore {
         self.observe(Op::GetRange, key, |b| b.len() as u64, async {
             self.check().await?;
             let backend = self.backend(key)?;
-            let (bytes, _) = self.get_on(&backend, key, &mut None).await?;
+            let (bytes, _) = self.get_cached(&backend, key, &mut None).await?;
             let size = bytes.len() as u64;
             match offset.checked_add(len) {
                 Some(end) if end <= size => Ok(bytes.slice(offset as usize..end as usize)),
@@ -476,7 +519,16 @@ impl PieceStore {
     pub async fn delete(&self, key: &str) -> Result<()> {
         self.observe(Op::Delete, key, |_| 0, async {
             self.check().await?;
-            self.delete_on(&self.backend(key)?, key).await
+            let backend = self.backend(key)?;
+            if let Some(cache) = &self.inner.cache {
+                cache.invalidate(key).await;
+            }
+            let deleted = self.delete_on(&backend, key).await;
+            if let Some(cache) = &self.inner.cache {
+                // Again: a get that began before the delete must not leave it behind.
+                cache.invalidate(key).await;
+            }
+            deleted
         })
         .await
     }
@@ -703,6 +755,9 @@ impl PieceStore {
     /// Clones of a store share one set of metrics. Empty when the config says `Metrics = false`.
     pub fn metrics(&self) -> Metrics {
         let mut m = self.inner.metrics.snapshot();
+        if m.enabled {
+            m.cache = self.cache_stats();
+        }
         if m.enabled
             && let Some(packers) = &self.inner.packers
         {
@@ -729,6 +784,9 @@ impl PieceStore {
             });
         }
         key::validate_prefix(prefix)?;
+        if let Some(cache) = &self.inner.cache {
+            cache.invalidate_prefix(prefix).await;
+        }
         let per_shard = shards.iter().enumerate().map(|(i, b)| {
             let b = Arc::clone(b);
             async move {
@@ -753,8 +811,11 @@ impl PieceStore {
                     .await
             }
         });
-        let sums = futures::future::try_join_all(per_shard).await?;
-        Ok(sums
+        let sums = futures::future::try_join_all(per_shard).await;
+        if let Some(cache) = &self.inner.cache {
+            cache.invalidate_prefix(prefix).await;
+        }
+        Ok(sums?
             .into_iter()
             .fold(DeleteSummary::default(), |a, s| DeleteSummary {
                 pieces: a.pieces + s.pieces,
@@ -860,6 +921,42 @@ impl PieceStore {
     /// The layout the store keeps its pieces in ([`crate::config::Layout`]).
     pub fn layout(&self) -> crate::config::Layout {
         self.inner.config.layout()
+    }
+
+    /// The data cache's counters and fill per tier (`None` when no tier is on).
+    pub fn cache_stats(&self) -> Option<crate::cache::CacheStats> {
+        self.inner.cache.as_ref().map(|c| c.stats())
+    }
+
+    /// Empties the data cache's tiers (the disk tier's files too); `false` when there is no
+    /// cache. Never needed for correctness: pieces are immutable, and deletes in this process
+    /// invalidate at once.
+    pub async fn clear_cache(&self) -> bool {
+        match &self.inner.cache {
+            Some(c) => {
+                c.clear().await;
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// The data cache's tiers in words, for `piecestore info` and `cache stats`.
+    pub fn caching(&self) -> String {
+        let Some(c) = &self.inner.cache else {
+            return "off".into();
+        };
+        let s = c.stats();
+        let size = crate::bench::human_size;
+        let tiers: Vec<String> = s
+            .tiers
+            .iter()
+            .map(|t| match (t.tier, c.disk_dir()) {
+                ("disk", Some(dir)) => format!("disk {} at {}", size(t.capacity), dir.display()),
+                (tier, _) => format!("{tier} {}", size(t.capacity)),
+            })
+            .collect();
+        tiers.join(", ")
     }
 
     /// Whether this store packs small pieces (`[PieceStore.Pack]`).

@@ -215,6 +215,7 @@ impl Recorder {
                 .map(|(b, n)| (*b, n.load(Relaxed)))
                 .collect(),
             pack_writes: Vec::new(),
+            cache: None,
         }
     }
 }
@@ -247,6 +248,8 @@ pub struct Metrics {
     /// Per shard, in order (its backend kind, and the counts): what its pack writer wrote;
     /// empty when the store does not pack.
     pub pack_writes: Vec<(&'static str, PackWrites)>,
+    /// The data cache's counters and fill per tier; `None` without a cache.
+    pub cache: Option<crate::cache::CacheStats>,
 }
 
 /// What a shard's pack writer wrote in this process (shared by every store open on the shard
@@ -498,6 +501,74 @@ impl Metrics {
                     );
                 }
             }
+        }
+        if let Some(cache) = &self.cache {
+            use crate::cache::CacheTierStats as T;
+            type Field = fn(&T) -> u64;
+            let families: [(&str, &str, &str, Field); 8] = [
+                (
+                    "piecestore_cache_hits_total",
+                    "counter",
+                    "Gets served by the tier.",
+                    |t| t.hits,
+                ),
+                (
+                    "piecestore_cache_misses_total",
+                    "counter",
+                    "Gets the tier could not serve.",
+                    |t| t.misses,
+                ),
+                (
+                    "piecestore_cache_inserts_total",
+                    "counter",
+                    "Pieces put into the tier.",
+                    |t| t.inserts,
+                ),
+                (
+                    "piecestore_cache_evictions_total",
+                    "counter",
+                    "Pieces evicted to keep the tier within its size.",
+                    |t| t.evictions,
+                ),
+                (
+                    "piecestore_cache_corrupt_total",
+                    "counter",
+                    "Damaged entries found, removed and fetched again.",
+                    |t| t.corrupt,
+                ),
+                (
+                    "piecestore_cache_bytes",
+                    "gauge",
+                    "Bytes the tier holds.",
+                    |t| t.bytes,
+                ),
+                (
+                    "piecestore_cache_entries",
+                    "gauge",
+                    "Pieces the tier holds.",
+                    |t| t.entries,
+                ),
+                (
+                    "piecestore_cache_capacity_bytes",
+                    "gauge",
+                    "The tier's size limit.",
+                    |t| t.capacity,
+                ),
+            ];
+            for (name, kind, help, field) in families {
+                let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+                for t in &cache.tiers {
+                    let _ = writeln!(out, "{name}{{tier=\"{}\"}} {}", t.tier, field(t));
+                }
+            }
+            let _ = writeln!(
+                out,
+                "# HELP piecestore_cache_fetches_total Fetches from the store that cache misses made.\n\
+                 # TYPE piecestore_cache_fetches_total counter\npiecestore_cache_fetches_total {}\n\
+                 # HELP piecestore_cache_coalesced_total Gets that waited for another get's fetch of the same key.\n\
+                 # TYPE piecestore_cache_coalesced_total counter\npiecestore_cache_coalesced_total {}",
+                cache.fetches, cache.coalesced
+            );
         }
         out
     }

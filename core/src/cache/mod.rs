@@ -1,0 +1,367 @@
+//! The data cache (ARCHITECTURE §6): read-through tiers keyed by piece key, memory first, then
+//! a local directory, then the store.
+//!
+//! - **Memory tier**: a `moka` cache bounded by bytes (each entry weighs its piece, its key and a
+//!   fixed overhead). Entries are copies, so a piece sliced out of a larger read never keeps
+//!   that read alive.
+//! - **Disk tier** ([`disk::DiskTier`]): one file per piece (written to a temporary name, then
+//!   renamed), each carrying its key and CRC32C; every hit is verified, and a bad entry is
+//!   removed and fetched again, never returned. It survives restarts and is bounded by bytes.
+//! - **One fetch per miss**: concurrent gets of one missing key share one fetch (the others wait
+//!   for it); if it fails, each waiter tries on its own, so every caller sees its own error.
+//! - Pieces are immutable, so a delete (or an overwrite) is the only invalidation, immediate in
+//!   this process. A fetch that a delete overtook is not cached.
+
+pub(crate) mod disk;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use tokio::sync::OnceCell;
+
+use crate::config::{Admit, CacheOptions};
+use crate::error::Result;
+
+/// What a fixed entry costs beyond its bytes and key (moka's node, our struct).
+const ENTRY_OVERHEAD: u64 = 96;
+
+/// One cached piece: its bytes and the checksum they were verified against.
+#[derive(Clone)]
+pub(crate) struct Entry {
+    pub(crate) bytes: Bytes,
+    pub(crate) crc: Option<u32>,
+}
+
+type Flight = Arc<OnceCell<Entry>>;
+
+/// Counters of one tier.
+#[derive(Default)]
+struct TierCounters {
+    hits: AtomicU64,
+    misses: AtomicU64,
+    inserts: AtomicU64,
+    evictions: Arc<AtomicU64>,
+    corrupt: AtomicU64,
+}
+
+/// The tiers in front of one store (all its shards).
+pub(crate) struct PieceCache {
+    memory: Option<moka::sync::Cache<Arc<str>, Entry>>,
+    memory_capacity: u64,
+    disk: Option<disk::DiskTier>,
+    flights: Mutex<HashMap<String, Flight>>,
+    /// Bumped by every invalidation: a fetch that saw it change does not insert.
+    invalidations: AtomicU64,
+    admit_writes: bool,
+    max_piece: u64,
+    mem: TierCounters,
+    dsk: TierCounters,
+    fetches: AtomicU64,
+    coalesced: AtomicU64,
+}
+
+/// A snapshot of one tier's counters, as [`crate::profile::Metrics::cache`] reports them.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct CacheTierStats {
+    /// `memory` or `disk`.
+    pub tier: &'static str,
+    /// Gets served by this tier.
+    pub hits: u64,
+    /// Gets this tier could not serve (they went on to the next tier or the store).
+    pub misses: u64,
+    /// Pieces put into this tier.
+    pub inserts: u64,
+    /// Pieces evicted to keep the tier within its size.
+    pub evictions: u64,
+    /// Entries found damaged (disk tier: a CRC or key mismatch), removed and fetched again.
+    pub corrupt: u64,
+    /// Bytes held now.
+    pub bytes: u64,
+    /// Pieces held now.
+    pub entries: u64,
+    /// The tier's size limit in bytes.
+    pub capacity: u64,
+}
+
+/// The cache's counters: per tier, and the fetches its misses made.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct CacheStats {
+    /// The memory tier then the disk tier, those configured.
+    pub tiers: Vec<CacheTierStats>,
+    /// Fetches from the store that misses made (one per missing key, however many gets
+    /// waited for it).
+    pub fetches: u64,
+    /// Gets that waited for another get's fetch of the same key instead of fetching.
+    pub coalesced: u64,
+}
+
+impl CacheStats {
+    /// The share of gets served by some tier, 0.0 to 1.0 (`None` before any get).
+    pub fn hit_ratio(&self) -> Option<f64> {
+        let hits: u64 = self.tiers.iter().map(|t| t.hits).sum();
+        let gets = hits + self.fetches + self.coalesced;
+        (gets > 0).then(|| (hits + self.coalesced) as f64 / gets as f64)
+    }
+}
+
+impl PieceCache {
+    /// The tiers `opts` asks for in front of a store whose shards are all buckets (`buckets`);
+    /// `None` when no tier is on.
+    pub(crate) fn new(opts: &CacheOptions, buckets: bool) -> Result<Option<Arc<PieceCache>>> {
+        let memory_capacity = opts.memory_bytes(buckets);
+        let mem = TierCounters::default();
+        let memory = (memory_capacity > 0).then(|| {
+            let evictions = Arc::clone(&mem.evictions);
+            moka::sync::Cache::builder()
+                .max_capacity(memory_capacity)
+                .weigher(|k: &Arc<str>, e: &Entry| {
+                    let w = e.bytes.len() as u64 + k.len() as u64 + ENTRY_OVERHEAD;
+                    u32::try_from(w).unwrap_or(u32::MAX)
+                })
+                .eviction_listener(move |_, _, cause| {
+                    if cause.was_evicted() {
+                        evictions.fetch_add(1, Ordering::Relaxed);
+                    }
+                })
+                .build()
+        });
+        let dsk = TierCounters::default();
+        let disk = match &opts.disk {
+            Some(dir) => Some(disk::DiskTier::open(
+                dir,
+                opts.disk_bytes(),
+                Arc::clone(&dsk.evictions),
+            )?),
+            None => None,
+        };
+        if memory.is_none() && disk.is_none() {
+            return Ok(None);
+        }
+        Ok(Some(Arc::new(PieceCache {
+            memory,
+            memory_capacity,
+            disk,
+            flights: Mutex::new(HashMap::new()),
+            invalidations: AtomicU64::new(0),
+            admit_writes: opts.admit == Admit::ReadsAndWrites,
+            max_piece: opts.max_piece_bytes(),
+            mem,
+            dsk,
+            fetches: AtomicU64::new(0),
+            coalesced: AtomicU64::new(0),
+        })))
+    }
+
+    /// The piece from the memory tier, at once.
+    fn memory_get(&self, key: &str) -> Option<Entry> {
+        let memory = self.memory.as_ref()?;
+        match memory.get(key) {
+            Some(e) => {
+                self.mem.hits.fetch_add(1, Ordering::Relaxed);
+                Some(e)
+            }
+            None => {
+                self.mem.misses.fetch_add(1, Ordering::Relaxed);
+                None
+            }
+        }
+    }
+
+    /// The piece from the disk tier (verified), promoted to the memory tier.
+    async fn disk_get(&self, key: &str) -> Option<Entry> {
+        let disk = self.disk.as_ref()?;
+        match disk.get(key).await {
+            disk::Lookup::Hit(e) => {
+                self.dsk.hits.fetch_add(1, Ordering::Relaxed);
+                self.put_memory(key, &e);
+                Some(e)
+            }
+            disk::Lookup::Miss => {
+                self.dsk.misses.fetch_add(1, Ordering::Relaxed);
+                None
+            }
+            disk::Lookup::Corrupt(why) => {
+                tracing::warn!(key, "cache: disk entry removed, fetching again: {why}");
+                self.dsk.corrupt.fetch_add(1, Ordering::Relaxed);
+                self.dsk.misses.fetch_add(1, Ordering::Relaxed);
+                None
+            }
+        }
+    }
+
+    fn put_memory(&self, key: &str, e: &Entry) {
+        if let Some(memory) = &self.memory {
+            memory.insert(Arc::from(key), e.clone());
+            self.mem.inserts.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Puts a piece into every tier (copied, so it holds no larger buffer alive).
+    async fn admit(&self, key: &str, e: &Entry) {
+        if e.bytes.len() as u64 > self.max_piece {
+            return;
+        }
+        let e = Entry {
+            bytes: Bytes::copy_from_slice(&e.bytes),
+            crc: e.crc,
+        };
+        self.put_memory(key, &e);
+        if let Some(disk) = &self.disk {
+            match disk.put(key, &e).await {
+                Ok(()) => {
+                    self.dsk.inserts.fetch_add(1, Ordering::Relaxed);
+                }
+                Err(why) => tracing::warn!(key, "cache: not written to the disk tier: {why}"),
+            }
+        }
+    }
+
+    /// The piece under `key`: from a tier, else from `fetch` (once for all concurrent callers
+    /// of one key), then admitted. `hit` is set when a tier (or another caller's fetch)
+    /// served it.
+    pub(crate) async fn get<F, Fut>(&self, key: &str, hit: &mut bool, fetch: F) -> Result<Entry>
+    where
+        F: FnOnce() -> Fut,
+        Fut: std::future::Future<Output = Result<Entry>>,
+    {
+        if let Some(e) = self.memory_get(key) {
+            *hit = true;
+            return Ok(e);
+        }
+        let flight = {
+            let mut flights = self.flights.lock().unwrap_or_else(|p| p.into_inner());
+            Arc::clone(flights.entry(key.to_string()).or_default())
+        };
+        let mut fetched = false;
+        let mut from_disk = false;
+        let result = flight
+            .get_or_try_init(|| async {
+                fetched = true;
+                if let Some(e) = self.disk_get(key).await {
+                    from_disk = true;
+                    return Ok(e);
+                }
+                let before = self.invalidations.load(Ordering::Acquire);
+                self.fetches.fetch_add(1, Ordering::Relaxed);
+                let e = fetch().await?;
+                if self.invalidations.load(Ordering::Acquire) == before {
+                    self.admit(key, &e).await;
+                }
+                Ok(e)
+            })
+            .await
+            .cloned();
+        if !fetched && result.is_ok() {
+            self.coalesced.fetch_add(1, Ordering::Relaxed);
+        }
+        *hit = result.is_ok() && (from_disk || !fetched);
+        // The flight ends with its first success (later callers find the tiers) or when no
+        // one waits on it any more.
+        let mut flights = self.flights.lock().unwrap_or_else(|p| p.into_inner());
+        if flights.get(key).is_some_and(|f| {
+            Arc::ptr_eq(f, &flight) && (result.is_ok() || Arc::strong_count(f) <= 2)
+        }) {
+            flights.remove(key);
+        }
+        result
+    }
+
+    /// A piece just written, when `Admit` takes writes.
+    pub(crate) async fn written(&self, key: &str, bytes: &Bytes, crc: u32) {
+        if self.admit_writes {
+            let e = Entry {
+                bytes: bytes.clone(),
+                crc: Some(crc),
+            };
+            self.admit(key, &e).await;
+        }
+    }
+
+    /// Removes `key` from every tier (a delete or an overwrite), and keeps fetches under way
+    /// from caching what they read.
+    pub(crate) async fn invalidate(&self, key: &str) {
+        self.invalidations.fetch_add(1, Ordering::AcqRel);
+        if let Some(memory) = &self.memory {
+            memory.invalidate(key);
+        }
+        if let Some(disk) = &self.disk {
+            disk.remove(key).await;
+        }
+    }
+
+    /// Removes every key under `prefix` from every tier.
+    pub(crate) async fn invalidate_prefix(&self, prefix: &str) {
+        self.invalidations.fetch_add(1, Ordering::AcqRel);
+        if let Some(memory) = &self.memory {
+            let keys: Vec<Arc<str>> = memory
+                .iter()
+                .filter(|(k, _)| k.starts_with(prefix))
+                .map(|(k, _)| Arc::clone(&*k))
+                .collect();
+            for k in keys {
+                memory.invalidate(&k);
+            }
+        }
+        if let Some(disk) = &self.disk {
+            disk.remove_prefix(prefix).await;
+        }
+    }
+
+    /// Empties every tier (the disk tier's files too).
+    pub(crate) async fn clear(&self) {
+        self.invalidations.fetch_add(1, Ordering::AcqRel);
+        if let Some(memory) = &self.memory {
+            memory.invalidate_all();
+            memory.run_pending_tasks();
+        }
+        if let Some(disk) = &self.disk {
+            disk.clear().await;
+        }
+    }
+
+    /// The counters and fill of each tier.
+    pub(crate) fn stats(&self) -> CacheStats {
+        let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        let mut tiers = Vec::new();
+        if let Some(memory) = &self.memory {
+            memory.run_pending_tasks();
+            tiers.push(CacheTierStats {
+                tier: "memory",
+                hits: load(&self.mem.hits),
+                misses: load(&self.mem.misses),
+                inserts: load(&self.mem.inserts),
+                evictions: load(&self.mem.evictions),
+                corrupt: 0,
+                bytes: memory.weighted_size(),
+                entries: memory.entry_count(),
+                capacity: self.memory_capacity,
+            });
+        }
+        if let Some(disk) = &self.disk {
+            let (bytes, entries) = disk.fill();
+            tiers.push(CacheTierStats {
+                tier: "disk",
+                hits: load(&self.dsk.hits),
+                misses: load(&self.dsk.misses),
+                inserts: load(&self.dsk.inserts),
+                evictions: load(&self.dsk.evictions),
+                corrupt: load(&self.dsk.corrupt),
+                bytes,
+                entries,
+                capacity: disk.capacity(),
+            });
+        }
+        CacheStats {
+            tiers,
+            fetches: load(&self.fetches),
+            coalesced: load(&self.coalesced),
+        }
+    }
+
+    /// The disk tier's directory, if there is one.
+    pub(crate) fn disk_dir(&self) -> Option<&std::path::Path> {
+        self.disk.as_ref().map(|d| d.dir())
+    }
+}
