@@ -342,6 +342,19 @@ export interface StoreOptions {
   indexDir?: string
   /** The PostgreSQL index several nodes share (`postgres://…`; a secret, never shown). */
   indexUrl?: string
+  /**
+   * The data cache's memory tier in bytes (or `"512MiB"`); `0` turns it off (default:
+   * 256 MiB in front of buckets, off for directories and `memory://`).
+   */
+  cacheMemory?: number | string
+  /** The data cache's disk tier: a directory that survives restarts (default: none). */
+  cacheDisk?: string
+  /** The disk tier's size (default 10 GiB). */
+  cacheDiskSize?: number | string
+  /** What the cache takes in: `"reads"` (default) or `"reads-and-writes"`. */
+  cacheAdmit?: 'reads' | 'reads-and-writes'
+  /** Pieces larger than this are not cached (default 4 MiB). */
+  cacheMaxPiece?: number | string
 }
 
 /** Throws an `INVALID_KEY` error if `key` breaks a key rule. */

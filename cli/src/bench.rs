@@ -211,6 +211,9 @@ pub(crate) async fn run(store: &PieceStore, a: BenchArgs) -> Result<(), CliError
     }
     if !json_to_stdout {
         write!(out, "{}", report.to_table()).map_err(io("writing the report"))?;
+        if let Some(line) = cache_line(store) {
+            writeln!(out, "{line}").map_err(io("writing the report"))?;
+        }
     }
     if let Some(c) = &report.cleanup
         && let Some(e) = &c.error
@@ -218,6 +221,27 @@ pub(crate) async fn run(store: &PieceStore, a: BenchArgs) -> Result<(), CliError
         eprintln!("warning: cleanup failed, pieces are left under the run's prefix: {e}");
     }
     Ok(())
+}
+
+/// The data cache's hit ratio over the run (and the warm-up and prefill before it), when the
+/// store has a cache.
+pub(crate) fn cache_line(store: &PieceStore) -> Option<String> {
+    let s = store.cache_stats()?;
+    let ratio = s
+        .hit_ratio()
+        .map(|r| format!("{:.1}% of gets hit", r * 100.0))
+        .unwrap_or_else(|| "no gets".into());
+    let tiers: Vec<String> = s
+        .tiers
+        .iter()
+        .map(|t| format!("{} {} hits", t.tier, t.hits))
+        .collect();
+    Some(format!(
+        "cache: {ratio} ({}; {} fetches from the store, {} gets shared another's fetch)",
+        tiers.join(", "),
+        s.fetches,
+        s.coalesced
+    ))
 }
 
 fn read_report(path: &Path) -> Result<Report, CliError> {
@@ -345,6 +369,22 @@ pub(crate) async fn profile(
                 p.fill * 100.0,
                 p.garbage_ratio * 100.0
             );
+        }
+    }
+    if let Some(s) = store.cache_stats() {
+        let _ = writeln!(o, "\ncache: {}", store.caching());
+        for t in &s.tiers {
+            let _ = writeln!(
+                o,
+                "  {}: {} in {} pieces (of {})",
+                t.tier,
+                bench::human_size(t.bytes),
+                t.entries,
+                bench::human_size(t.capacity)
+            );
+        }
+        if let Some(line) = cache_line(store) {
+            let _ = writeln!(o, "{line}");
         }
     }
     print!("{o}");

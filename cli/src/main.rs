@@ -136,6 +136,11 @@ enum Command {
     },
     /// Show the store's shards and placement.
     Info,
+    /// The data cache: its tiers' fill and counters, or empty it.
+    Cache {
+        #[command(subcommand)]
+        action: CacheAction,
+    },
     /// Copy every piece from one store to another, verifying each; run again to resume.
     ///
     /// Pieces already at the destination with the same size and checksum are skipped, so an
@@ -330,6 +335,19 @@ fn load_config(cli: &Cli) -> Result<Config, Error> {
     Config::load_file(path)
 }
 
+/// `piecestore cache …`.
+#[derive(Subcommand, Debug)]
+enum CacheAction {
+    /// Show each tier's size, fill and counters (a disk tier keeps its fill across runs).
+    Stats {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Empty every tier (the disk tier's files too).
+    Clear,
+}
+
 async fn run(cli: Cli) -> Result<(), CliError> {
     if let Command::Migrate {
         from,
@@ -486,6 +504,7 @@ async fn run(cli: Cli) -> Result<(), CliError> {
             }
         }
         Command::Migrate { .. } => unreachable!("handled above"),
+        Command::Cache { action } => cache_command(&store, action).await?,
         Command::Info => {
             println!(
                 "shards: {} (placement {})",
@@ -494,12 +513,80 @@ async fn run(cli: Cli) -> Result<(), CliError> {
             );
             println!("layout: {}", store.layout().as_str());
             println!("packing: {}", store.packing());
+            println!("cache: {}", store.caching());
             for (i, label) in store.shard_labels().iter().enumerate() {
                 println!("  {i}: {label}");
             }
         }
     }
     store.close().await;
+    Ok(())
+}
+
+async fn cache_command(store: &PieceStore, action: CacheAction) -> Result<(), CliError> {
+    match action {
+        CacheAction::Clear => {
+            let before = store.cache_stats();
+            if store.clear_cache().await {
+                let freed: u64 = before
+                    .iter()
+                    .flat_map(|s| &s.tiers)
+                    .filter(|t| t.tier == "disk")
+                    .map(|t| t.bytes)
+                    .sum();
+                println!("cache cleared ({freed} bytes of disk tier removed)");
+            } else {
+                println!("no cache on this store (see [PieceStore.Cache] in docs/config.md)");
+            }
+        }
+        CacheAction::Stats { json } => {
+            let Some(s) = store.cache_stats() else {
+                if json {
+                    println!("null");
+                } else {
+                    println!("no cache on this store (see [PieceStore.Cache] in docs/config.md)");
+                }
+                return Ok(());
+            };
+            if json {
+                let tiers: Vec<serde_json::Value> = s
+                    .tiers
+                    .iter()
+                    .map(|t| {
+                        serde_json::json!({
+                            "tier": t.tier, "capacity": t.capacity, "bytes": t.bytes,
+                            "entries": t.entries, "hits": t.hits, "misses": t.misses,
+                            "inserts": t.inserts, "evictions": t.evictions, "corrupt": t.corrupt,
+                        })
+                    })
+                    .collect();
+                let v = serde_json::json!({
+                    "tiers": tiers, "fetches": s.fetches, "coalesced": s.coalesced,
+                    "hit_ratio": s.hit_ratio(),
+                });
+                println!("{v}");
+            } else {
+                println!("cache: {}", store.caching());
+                for t in &s.tiers {
+                    println!(
+                        "  {:<6} {} of {} in {} pieces; {} hits, {} misses, {} evictions{}",
+                        t.tier,
+                        piecestore::bench::human_size(t.bytes),
+                        piecestore::bench::human_size(t.capacity),
+                        t.entries,
+                        t.hits,
+                        t.misses,
+                        t.evictions,
+                        if t.corrupt > 0 {
+                            format!(", {} damaged entries removed", t.corrupt)
+                        } else {
+                            String::new()
+                        }
+                    );
+                }
+            }
+        }
+    }
     Ok(())
 }
 

@@ -126,8 +126,15 @@ test('StoreOptions in index.d.ts types every option as the runtime accepts it', 
     gcInterval: duration,
     packThreshold: '512KiB',
     packTargetSize: '64MiB',
+    cacheMemory: '1MiB',
+    cacheDisk: path.join(dir, 'cache'),
+    cacheDiskSize: '64MiB',
+    cacheMaxPiece: '1MiB',
   }
-  const numbers = { shards: 1, gcGarbageRatio: 0.25, packThreshold: 4096, packTargetSize: 1 << 20 }
+  const numbers = {
+    shards: 1, gcGarbageRatio: 0.25, packThreshold: 4096, packTargetSize: 1 << 20,
+    cacheMemory: 1 << 20, cacheDiskSize: 1 << 26, cacheMaxPiece: 1 << 20,
+  }
   const wrong = { boolean: true, number: 7, string: 'x', object: {} }
   // The store a value is tried on (no I/O happens): an S3-family storage needs an S3 URL,
   // and credentials (here: none needed).

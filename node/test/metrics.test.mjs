@@ -201,3 +201,22 @@ test('file: puts in flight share write groups and do not block the event loop', 
   for (const i of [0, n - 1]) assert.ok((await store.get(`${i}_s0`)).equals(data))
   store.close()
 })
+
+test('cache options, and cache hits in metrics()', async () => {
+  const dir = tempDir()
+  const store = new PieceStore(path.join(dir, 'pieces'), {
+    cacheMemory: '1MiB', cacheDisk: path.join(dir, 'cache'), cacheDiskSize: 64 << 20,
+  })
+  await store.put('1_s0', 'cached piece')
+  assert.equal((await store.get('1_s0')).toString(), 'cached piece')
+  assert.equal((await store.get('1_s0')).toString(), 'cached piece')
+  const text = store.metrics()
+  assert.ok(text.includes('piecestore_cache_hits_total{tier="memory"} 1'), text)
+  assert.ok(text.includes('piecestore_cache_fetches_total 1'), text)
+  assert.match(store.toString(), /PieceStore\(/)
+  await store.close()
+  const again = new PieceStore(path.join(dir, 'pieces'), { cacheMemory: 0, cacheDisk: path.join(dir, 'cache') })
+  assert.equal((await again.get('1_s0')).toString(), 'cached piece')
+  assert.ok(again.metrics().includes('piecestore_cache_hits_total{tier="disk"} 1'))
+  assert.throws(() => new PieceStore('memory://', { cacheAdmit: 'sometimes' }), (e) => e.code === 'CONFIG')
+})

@@ -151,6 +151,23 @@ OPTION_DOCS: Dict[str, Tuple[str, str]] = {
         "a PostgreSQL URL (``postgres://user:password@host/db``): one pack index shared by "
         "several hosts (default: ``PIECESTORE_INDEX_URL``, else a local SQLite index)",
     ),
+    # [PieceStore.Cache]
+    "CacheMemory": (
+        "size",
+        "the data cache's memory tier in bytes; 0 turns it off (default 256MiB in front of "
+        "buckets, off for directories and ``memory://``)",
+    ),
+    "CacheDisk": (
+        "str or path",
+        "the data cache's disk tier: a directory that survives restarts (default: none)",
+    ),
+    "CacheDiskSize": ("size", "the disk tier's size (default 10GiB)"),
+    "CacheAdmit": (
+        "str",
+        "what the cache takes in: ``\"reads\"`` (default) or ``\"reads-and-writes\"`` "
+        "(a piece just put is read from the cache)",
+    ),
+    "CacheMaxPiece": ("size", "pieces larger than this are not cached (default 4MiB)"),
 }
 
 

@@ -159,3 +159,25 @@ def test_snapshots_and_separate_stores() -> None:
     store.close()
     # metrics survive close
     assert f"piecestore_operations_total{{{labels('memory', 'put')}}} 2\n" in store.metrics()
+
+
+def test_cache_options_and_hits_in_metrics(tmp_path: Path) -> None:
+    disk = tmp_path / "cache"
+    st = piecestore.PieceStore(
+        tmp_path / "pieces", cache_memory="1MiB", cache_disk=disk, cache_disk_size="64MiB"
+    )
+    st.put("1_s0", b"cached piece")
+    assert st.get("1_s0") == b"cached piece"  # a miss: fetched, then admitted
+    assert st.get("1_s0") == b"cached piece"  # a memory hit
+    text = st.metrics()
+    assert 'piecestore_cache_hits_total{tier="memory"} 1' in text, text
+    assert "piecestore_cache_fetches_total 1" in text
+    assert 'piecestore_cache_capacity_bytes{tier="disk"} 67108864' in text
+    st.close()
+    # Reopened: the disk tier serves it.
+    st = piecestore.PieceStore(tmp_path / "pieces", cache_memory=0, cache_disk=disk)
+    assert st.get("1_s0") == b"cached piece"
+    assert 'piecestore_cache_hits_total{tier="disk"} 1' in st.metrics()
+    st.close()
+    with pytest.raises(piecestore.ConfigError, match="cache_admit"):
+        piecestore.PieceStore("memory://", cache_admit="sometimes")

@@ -120,6 +120,21 @@ pub struct StoreOptions {
     pub index_dir: Option<String>,
     /// The PostgreSQL index several nodes share (`postgres://…`; a secret, never shown).
     pub index_url: Option<String>,
+    /// The data cache's memory tier in bytes (or `"512MiB"`); `0` turns it off (default:
+    /// 256 MiB in front of buckets, off for directories and `memory://`).
+    #[napi(ts_type = "number | string")]
+    pub cache_memory: Option<String>,
+    /// The data cache's disk tier: a directory that survives restarts (default: none).
+    pub cache_disk: Option<String>,
+    /// The disk tier's size (default 10 GiB).
+    #[napi(ts_type = "number | string")]
+    pub cache_disk_size: Option<String>,
+    /// What the cache takes in: `"reads"` (default) or `"reads-and-writes"`.
+    #[napi(ts_type = "'reads' | 'reads-and-writes'")]
+    pub cache_admit: Option<String>,
+    /// Pieces larger than this are not cached (default 4 MiB).
+    #[napi(ts_type = "number | string")]
+    pub cache_max_piece: Option<String>,
 }
 
 /// Options of a put.
@@ -298,10 +313,12 @@ impl Kind {
             | "Pack" => Kind::Bool,
             "Shards" | "MaxRetries" | "GcGarbageRatio" => Kind::Number,
             "Placement" | "Storage" | "BucketURL" | "AccessKey" | "SecretKey" | "SessionToken"
-            | "IAMType" | "Region" | "Endpoint" | "Layout" | "IndexDir" | "IndexUrl" => Kind::Text,
+            | "IAMType" | "Region" | "Endpoint" | "Layout" | "IndexDir" | "IndexUrl"
+            | "CacheDisk" | "CacheAdmit" => Kind::Text,
             "MinRetryDelay" | "MaxRetryDelay" | "RetryTimeout" | "RequestTimeout"
             | "ConnectTimeout" | "PackMaxAge" | "GcGrace" | "GcInterval" => Kind::Duration,
-            "PackThreshold" | "PackTargetSize" => Kind::Size,
+            "PackThreshold" | "PackTargetSize" | "CacheMemory" | "CacheDiskSize"
+            | "CacheMaxPiece" => Kind::Size,
             "ConditionalWrites" => Kind::ConditionalWrites,
             _ => Kind::Any,
         }
