@@ -340,11 +340,11 @@ impl PieceStore {
             let backend = self.backend(key)?;
             let crc = checksum::crc32c(&data);
             if opts.overwrite
-                && let Some(cache) = &self.inner.cache
+                && let Some(cache) = self.cache()
             {
                 cache.invalidate(key).await;
             }
-            let kept = self.inner.cache.as_ref().map(|_| data.clone());
+            let kept = self.cache().map(|_| data.clone());
             match self.packer(key)? {
                 None => backend.put(key, data, crc, opts.overwrite).await?,
                 Some(packer) if len < packer.threshold() => {
@@ -357,7 +357,7 @@ impl PieceStore {
                         .await?
                 }
             }
-            if let (Some(cache), Some(data)) = (&self.inner.cache, kept) {
+            if let (Some(cache), Some(data)) = (self.cache(), kept) {
                 cache.written(key, &data, crc).await;
             }
             Ok(())
@@ -399,7 +399,7 @@ impl PieceStore {
         key: &str,
         first_byte: &mut Option<Instant>,
     ) -> Result<(Bytes, Option<u32>)> {
-        let Some(cache) = &self.inner.cache else {
+        let Some(cache) = self.cache() else {
             return self.get_on(backend, key, first_byte).await;
         };
         let mut hit = false;
@@ -520,11 +520,11 @@ impl PieceStore {
         self.observe(Op::Delete, key, |_| 0, async {
             self.check().await?;
             let backend = self.backend(key)?;
-            if let Some(cache) = &self.inner.cache {
+            if let Some(cache) = self.cache() {
                 cache.invalidate(key).await;
             }
             let deleted = self.delete_on(&backend, key).await;
-            if let Some(cache) = &self.inner.cache {
+            if let Some(cache) = self.cache() {
                 // Again: a get that began before the delete must not leave it behind.
                 cache.invalidate(key).await;
             }
@@ -784,7 +784,7 @@ impl PieceStore {
             });
         }
         key::validate_prefix(prefix)?;
-        if let Some(cache) = &self.inner.cache {
+        if let Some(cache) = self.cache() {
             cache.invalidate_prefix(prefix).await;
         }
         let per_shard = shards.iter().enumerate().map(|(i, b)| {
@@ -812,7 +812,7 @@ impl PieceStore {
             }
         });
         let sums = futures::future::try_join_all(per_shard).await;
-        if let Some(cache) = &self.inner.cache {
+        if let Some(cache) = self.cache() {
             cache.invalidate_prefix(prefix).await;
         }
         Ok(sums?
@@ -923,16 +923,27 @@ impl PieceStore {
         self.inner.config.layout()
     }
 
+    /// The data cache, when there is one and this is the process that opened the store: a
+    /// forked child reads and writes around it (the parent's locks and entries are not the
+    /// child's to use; the child is one more process on the store).
+    fn cache(&self) -> Option<&Arc<crate::cache::PieceCache>> {
+        let inner = &self.inner;
+        inner
+            .cache
+            .as_ref()
+            .filter(|_| inner.generation == runtime::fork_generation())
+    }
+
     /// The data cache's counters and fill per tier (`None` when no tier is on).
     pub fn cache_stats(&self) -> Option<crate::cache::CacheStats> {
-        self.inner.cache.as_ref().map(|c| c.stats())
+        self.cache().map(|c| c.stats())
     }
 
     /// Empties the data cache's tiers (the disk tier's files too); `false` when there is no
     /// cache. Never needed for correctness: pieces are immutable, and deletes in this process
     /// invalidate at once.
     pub async fn clear_cache(&self) -> bool {
-        match &self.inner.cache {
+        match self.cache() {
             Some(c) => {
                 c.clear().await;
                 true
@@ -943,7 +954,7 @@ impl PieceStore {
 
     /// The data cache's tiers in words, for `piecestore info` and `cache stats`.
     pub fn caching(&self) -> String {
-        let Some(c) = &self.inner.cache else {
+        let Some(c) = self.cache() else {
             return "off".into();
         };
         let s = c.stats();

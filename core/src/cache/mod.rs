@@ -283,6 +283,11 @@ impl PieceCache {
     /// from caching what they read.
     pub(crate) async fn invalidate(&self, key: &str) {
         self.invalidations.fetch_add(1, Ordering::AcqRel);
+        // A get that starts now must not join a fetch that began before the delete.
+        self.flights
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(key);
         if let Some(memory) = &self.memory {
             memory.invalidate(key);
         }
@@ -294,6 +299,10 @@ impl PieceCache {
     /// Removes every key under `prefix` from every tier.
     pub(crate) async fn invalidate_prefix(&self, prefix: &str) {
         self.invalidations.fetch_add(1, Ordering::AcqRel);
+        self.flights
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|k, _| !k.starts_with(prefix));
         if let Some(memory) = &self.memory {
             let keys: Vec<Arc<str>> = memory
                 .iter()
