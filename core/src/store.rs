@@ -400,7 +400,11 @@ impl PieceStore {
         first_byte: &mut Option<Instant>,
     ) -> Result<(Bytes, Option<u32>)> {
         let Some(cache) = self.cache() else {
-            return self.get_on(backend, key, first_byte).await;
+            let got = self.get_on(backend, key, first_byte).await?;
+            if got.1.is_none() {
+                self.inner.metrics.unverified_read(self.shard_of(key));
+            }
+            return Ok(got);
         };
         let mut hit = false;
         let mut fetched_first_byte = None;
@@ -415,6 +419,10 @@ impl PieceStore {
         } else {
             fetched_first_byte.or_else(|| Some(Instant::now()))
         };
+        if e.crc.is_none() {
+            // Every return of a piece without a checksum counts, from a tier or not.
+            self.inner.metrics.unverified_read(self.shard_of(key));
+        }
         Ok((e.bytes, e.crc))
     }
 
@@ -454,7 +462,6 @@ impl PieceStore {
                         .into(),
                 });
             }
-            self.inner.metrics.unverified_read(self.shard_of(key));
         }
         Ok((bytes, crc))
     }
