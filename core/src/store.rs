@@ -450,18 +450,16 @@ impl PieceStore {
                 other => break other?,
             }
         };
-        if crc.is_none() {
-            if !self.inner.allow_unverified {
-                return Err(Error::Corrupt {
-                    key: key.into(),
-                    backend: backend.label().into(),
-                    detail: "the piece carries no checksum, so its bytes cannot be verified \
+        if crc.is_none() && !self.inner.allow_unverified {
+            return Err(Error::Corrupt {
+                key: key.into(),
+                backend: backend.label().into(),
+                detail: "the piece carries no checksum, so its bytes cannot be verified \
                              (written by another program, or its checksum was wiped); a store of \
                              the original Go piecestore's pieces reads them with \
                              [PieceStore.Backend] AllowUnverified = true"
-                        .into(),
-                });
-            }
+                    .into(),
+            });
         }
         Ok((bytes, crc))
     }
