@@ -23,6 +23,10 @@ Which store (global options, given before or after `bench`):
                      ./data (--verbose says which).
   Credentials come from the config or the environment (`piecestore --help`, docs/config.md).
 
+Cache: the benchmark measures the backend, so a bucket's default memory cache is off here;
+  set a tier (?cache_memory=256MiB, ?cache_disk=DIR) to measure the cache, and the report
+  ends with its hit ratio.
+
 Packing: on a directory or bucket (not memory://) pieces under 1 MiB are packed by default, and
   concurrent puts share one pack write; add ?pack=false to the URL to measure one object per
   piece. Cleanup deletes the run's pieces, which leaves garbage in their packs until

@@ -365,7 +365,16 @@ async fn run(cli: Cli) -> Result<(), CliError> {
     {
         return bench::compare_files(a, b);
     }
-    let store = PieceStore::open(load_config(&cli)?).await?;
+    let mut config = load_config(&cli)?;
+    if matches!(cli.command, Command::Bench { .. })
+        && config.cache.memory.is_none()
+        && config.cache.disk.is_none()
+    {
+        // A load generator measures the backend: the default memory tier would serve the
+        // gets of a working set that fits. Setting a tier (cache_memory=…) measures it.
+        config.cache.memory = Some(0);
+    }
+    let store = PieceStore::open(config).await?;
     match cli.command {
         Command::Bench { args, .. } => bench::run(&store, args).await?,
         Command::Profile {
