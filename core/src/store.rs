@@ -392,6 +392,28 @@ impl PieceStore {
         .await
     }
 
+    /// The piece if the data cache's memory tier holds it, at once on the calling thread (no
+    /// I/O, no await), recorded as a get; `None` otherwise (then make an ordinary
+    /// [`PieceStore::get`]). For a binding that answers a cache hit without leaving the
+    /// caller's thread (or releasing Python's GIL).
+    pub fn get_resident(&self, key: &str) -> Option<Bytes> {
+        let cache = self.cache()?;
+        if self.is_closed() || key::validate(key).is_err() {
+            return None;
+        }
+        let metrics = &self.inner.metrics;
+        let start = metrics.enabled().then(quanta::Instant::now);
+        let e = cache.memory_peek(key)?;
+        if e.crc.is_none() {
+            metrics.unverified_read(self.shard_of(key));
+        }
+        if let Some(start) = start {
+            let len = e.bytes.len() as u64;
+            metrics.record(self.shard_of(key), Op::Get, start.elapsed(), Ok(len));
+        }
+        Some(e.bytes)
+    }
+
     /// [`PieceStore::get_on`] through the data cache, when there is one.
     async fn get_cached(
         &self,

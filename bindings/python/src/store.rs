@@ -283,6 +283,10 @@ impl PieceStore {
     /// The piece's bytes, checksum-verified, as a zero-copy `Buffer`.
     fn get(&self, py: Python<'_>, key: PyBackedStr) -> PyResult<Piece> {
         let store = &self.inner;
+        // A memory-tier hit is answered here, without releasing the GIL.
+        if let Some(bytes) = store.get_resident(&key) {
+            return Ok(Piece(bytes));
+        }
         py.detach(|| block_on(store.get(&key)))
             .map(Piece)
             .map_err(|e| to_py_with(py, e))

@@ -169,6 +169,14 @@ impl PieceCache {
         }
     }
 
+    /// The piece from the memory tier, counted as a hit; `None` (not counted as a miss) when
+    /// it is not there, for a caller that then makes an ordinary get.
+    pub(crate) fn memory_peek(&self, key: &str) -> Option<Entry> {
+        let e = self.memory.as_ref()?.get(key)?;
+        self.mem.hits.fetch_add(1, Ordering::Relaxed);
+        Some(e)
+    }
+
     /// The piece from the disk tier (verified), promoted to the memory tier.
     async fn disk_get(&self, key: &str) -> Option<Entry> {
         let disk = self.disk.as_ref()?;
