@@ -664,3 +664,61 @@ fn ls_is_sorted_across_shards_and_stat_shows_rfc3339() {
         "{json}"
     );
 }
+
+#[test]
+fn cache_stats_and_clear_show_and_empty_the_tiers() {
+    let dir = tempfile::tempdir().unwrap();
+    let cache = dir.path().join("cache");
+    let store = format!("./pieces?cache_disk={}&cache_memory=1MiB", cache.display());
+    let cmd = || in_home(dir.path(), &[]);
+    let out = run(
+        cmd().args(["--store", &store, "put", "1_s0", "-"]),
+        Some(b"cached"),
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        ok(cmd().args(["--store", &store, "get", "1_s0"])),
+        b"cached"
+    );
+    let info = String::from_utf8(ok(cmd().args(["--store", &store, "info"]))).unwrap();
+    assert!(info.contains("cache: memory 1MiB, disk 10GiB at"), "{info}");
+    // The disk tier kept the piece across processes.
+    let stats = String::from_utf8(ok(
+        cmd().args(["--store", &store, "cache", "stats", "--json"])
+    ))
+    .unwrap();
+    let v: serde_json::Value = serde_json::from_str(&stats).unwrap();
+    let disk = &v["tiers"][1];
+    assert_eq!(
+        (disk["tier"].as_str(), disk["entries"].as_u64()),
+        (Some("disk"), Some(1)),
+        "{v}"
+    );
+    let text = String::from_utf8(ok(cmd().args(["--store", &store, "cache", "stats"]))).unwrap();
+    assert!(
+        text.contains("disk") && text.contains("in 1 pieces"),
+        "{text}"
+    );
+    let cleared = String::from_utf8(ok(cmd().args(["--store", &store, "cache", "clear"]))).unwrap();
+    assert!(cleared.starts_with("cache cleared"), "{cleared}");
+    let v: serde_json::Value = serde_json::from_str(
+        &String::from_utf8(ok(
+            cmd().args(["--store", &store, "cache", "stats", "--json"])
+        ))
+        .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(v["tiers"][1]["entries"].as_u64(), Some(0), "{v}");
+    // The piece itself is untouched.
+    assert_eq!(
+        ok(cmd().args(["--store", &store, "get", "1_s0"])),
+        b"cached"
+    );
+    // No cache on a plain directory.
+    let none = String::from_utf8(ok(cmd().args(["--store", "./plain", "cache", "stats"]))).unwrap();
+    assert!(none.starts_with("no cache"), "{none}");
+}
