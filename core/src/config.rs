@@ -937,22 +937,37 @@ pub const OPTION_NAMES: &[&str] = &[
     "CacheMaxPiece",
 ];
 
-fn option_field(name: &str) -> Option<OptionField> {
-    let folded: String = name
-        .chars()
+/// `name` without `_` and `-`, in lower case: how option names are compared.
+fn fold_option_name(name: &str) -> String {
+    name.chars()
         .filter(|c| *c != '_' && *c != '-')
         .map(|c| c.to_ascii_lowercase())
-        .collect();
+        .collect()
+}
+
+/// The `config.toml` spelling (one of [`OPTION_NAMES`]) of an option named in any case, with
+/// or without `_`/`-` (`maxRetries`, `max_retries`, `MaxRetries`); `None` for no option.
+///
+/// ```
+/// assert_eq!(piecestore::config::option_name("max-retries"), Some("MaxRetries"));
+/// assert_eq!(piecestore::config::option_name("maxRetrys"), None);
+/// ```
+pub fn option_name(name: &str) -> Option<&'static str> {
+    let folded = fold_option_name(name);
     OPTION_NAMES
         .iter()
         .find(|n| n.to_ascii_lowercase() == folded)
-        .map(|&name| OptionField {
+        .copied()
+}
+
+fn option_field(name: &str) -> Option<OptionField> {
+    option_name(name).map(|name| OptionField {
+        name,
+        secret: matches!(
             name,
-            secret: matches!(
-                name,
-                "AccessKey" | "SecretKey" | "SessionToken" | "IndexUrl"
-            ),
-        })
+            "AccessKey" | "SecretKey" | "SessionToken" | "IndexUrl"
+        ),
+    })
 }
 
 /// `name` (a `config.toml` spelling) as the caller wrote `like`: snake_case for a name with
@@ -983,12 +998,7 @@ fn spelled_like(name: &str, like: &str) -> String {
 /// The error for an option name that is none of [`OPTION_NAMES`]: the nearest name, spelled
 /// as the caller spells names, when one is near enough.
 fn unknown_option(name: &str) -> Error {
-    let fold = |n: &str| -> String {
-        n.chars()
-            .filter(|c| *c != '_' && *c != '-')
-            .map(|c| c.to_ascii_lowercase())
-            .collect()
-    };
+    let fold = fold_option_name;
     let folded = fold(name);
     let nearest = OPTION_NAMES
         .iter()

@@ -9,7 +9,7 @@ use futures::StreamExt;
 use futures::stream::BoxStream;
 use napi::bindgen_prelude::*;
 use napi_derive::napi;
-use piecestore::config::{OPTION_NAMES, OptionValue};
+use piecestore::config::OptionValue;
 use piecestore::{Config, PieceMeta, PutOptions};
 
 use crate::OrNull;
@@ -290,18 +290,11 @@ impl Kind {
     /// The kind of option `name`, in any spelling the core accepts (`maxRetries`,
     /// `max_retries`, `MaxRetries`).
     fn of(name: &str) -> Kind {
-        let fold = |n: &str| -> String {
-            n.chars()
-                .filter(|c| *c != '_' && *c != '-')
-                .map(|c| c.to_ascii_lowercase())
-                .collect()
-        };
-        let folded = fold(name);
-        let Some(known) = OPTION_NAMES.iter().find(|n| fold(n) == folded) else {
+        let Some(known) = piecestore::config::option_name(name) else {
             // Unknown: the core names it in a CONFIG error.
             return Kind::Any;
         };
-        match *known {
+        match known {
             "NoSignRequest"
             | "TLSInsecureSkipVerify"
             | "Fsync"
