@@ -557,8 +557,9 @@ impl<'de> Deserialize<'de> for Admit {
 #[serde(deny_unknown_fields)]
 pub struct CacheOptions {
     /// The memory tier's size in bytes (pieces' bytes and keys); `0` turns it off. Default:
-    /// 256 MiB when every shard is a bucket, off for `memory://` and local directories (whose
-    /// reads the page cache already serves).
+    /// 256 MiB when every shard is a bucket in PieceStore's own layout; off for `memory://`,
+    /// local directories (whose reads the page cache already serves) and a config in the
+    /// original's layout (which keeps the original's behaviour).
     #[serde(rename = "Memory", default, deserialize_with = "de_opt_size")]
     pub memory: Option<u64>,
     /// The disk tier's directory (created if missing; it survives restarts). Default: none.

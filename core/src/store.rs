@@ -125,7 +125,12 @@ impl PieceStore {
             config.backend.metrics,
         );
         let packers = build_packers(&config, &shards)?;
-        let buckets = shards.iter().all(|b| !b.is_memory() && !b.is_local());
+        // The default memory tier stands in front of buckets in PieceStore's own layout; a
+        // config in the original's layout keeps the original's behaviour (no cache: its
+        // deployments run several services on one bucket, and another process's delete does
+        // not reach this one's cache) unless it sets a tier.
+        let buckets = shards.iter().all(|b| !b.is_memory() && !b.is_local())
+            && config.layout() == crate::config::Layout::PieceStore;
         let cache = crate::cache::PieceCache::new(&config.cache, buckets)?;
         Ok(PieceStore {
             inner: Arc::new(Inner {
