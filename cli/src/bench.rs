@@ -233,7 +233,7 @@ pub(crate) fn cache_line(store: &PieceStore) -> Option<String> {
     let s = store.cache_stats()?;
     let ratio = s
         .hit_ratio()
-        .map(|r| format!("{:.1}% of gets hit", r * 100.0))
+        .map(|r| format!("{:.1}% of gets made no request of their own", r * 100.0))
         .unwrap_or_else(|| "no gets".into());
     let tiers: Vec<String> = s
         .tiers

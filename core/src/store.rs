@@ -131,7 +131,12 @@ impl PieceStore {
         // not reach this one's cache) unless it sets a tier.
         let buckets = shards.iter().all(|b| !b.is_memory() && !b.is_local())
             && config.layout() == crate::config::Layout::PieceStore;
-        let cache = crate::cache::PieceCache::new(&config.cache, buckets)?;
+        let scope = shards
+            .iter()
+            .map(|b| b.label())
+            .collect::<Vec<_>>()
+            .join(" ");
+        let cache = crate::cache::PieceCache::new(&config.cache, buckets, scope)?;
         Ok(PieceStore {
             inner: Arc::new(Inner {
                 metrics,
@@ -349,7 +354,7 @@ impl PieceStore {
             {
                 cache.invalidate(key).await;
             }
-            let kept = self.cache().map(|_| data.clone());
+            let kept = self.cache().map(|c| (data.clone(), c.epoch()));
             match self.packer(key)? {
                 None => backend.put(key, data, crc, opts.overwrite).await?,
                 Some(packer) if len < packer.threshold() => {
@@ -362,8 +367,15 @@ impl PieceStore {
                         .await?
                 }
             }
-            if let (Some(cache), Some(data)) = (self.cache(), kept) {
-                cache.written(key, &data, crc).await;
+            if let (Some(cache), Some((data, epoch))) = (self.cache(), kept) {
+                if opts.overwrite {
+                    // Again: a get that read the old bytes while the put ran must not leave
+                    // them behind (the overwrite is written through only if nothing
+                    // else invalidated meanwhile; this bump keeps it out: the next get fetches).
+                    cache.invalidate(key).await;
+                } else {
+                    cache.written(key, &data, crc, epoch).await;
+                }
             }
             Ok(())
         })

@@ -40,6 +40,9 @@ pub(crate) struct DiskTier {
     dir: PathBuf,
     capacity: u64,
     index: moka::sync::Cache<u64, u64>,
+    /// The store's identity (its shards' labels): entries are named and keyed by it and the
+    /// piece key, so two stores sharing a directory never serve each other's pieces.
+    scope: String,
 }
 
 fn hash(key: &str) -> u64 {
@@ -106,7 +109,12 @@ fn decode(key: &str, raw: Vec<u8>) -> std::result::Result<Option<Entry>, String>
 impl DiskTier {
     /// Opens (creating) the tier at `dir`, bounded to `capacity` bytes; lists the files there
     /// (removing unfinished temporary ones) so that the bound covers what earlier runs left.
-    pub(crate) fn open(dir: &Path, capacity: u64, evictions: Arc<AtomicU64>) -> Result<Self> {
+    pub(crate) fn open(
+        dir: &Path,
+        capacity: u64,
+        evictions: Arc<AtomicU64>,
+        scope: String,
+    ) -> Result<Self> {
         std::fs::create_dir_all(dir).map_err(|e| {
             Error::config(format!(
                 "[PieceStore.Cache] Disk {}: cannot create it: {e}",
@@ -132,6 +140,7 @@ impl DiskTier {
             dir: dir.to_path_buf(),
             capacity,
             index,
+            scope,
         };
         tier.scan();
         Ok(tier)
@@ -183,8 +192,14 @@ impl DiskTier {
         (self.index.weighted_size(), self.index.entry_count())
     }
 
+    /// The name an entry is stored under: the store's scope and the piece key.
+    fn scoped(&self, key: &str) -> String {
+        format!("{}\u{0}{key}", self.scope)
+    }
+
     /// Looks `key` up, verifying what it finds; a damaged entry is removed.
     pub(crate) async fn get(&self, key: &str) -> Lookup {
+        let key = &self.scoped(key);
         let h = hash(key);
         let path = path_of(&self.dir, h);
         let read = {
@@ -217,6 +232,7 @@ impl DiskTier {
 
     /// Writes `key`'s entry (a temporary file renamed into place).
     pub(crate) async fn put(&self, key: &str, e: &Entry) -> std::result::Result<(), String> {
+        let key = &self.scoped(key);
         let h = hash(key);
         let path = path_of(&self.dir, h);
         let data = encode(key, e);
@@ -245,7 +261,7 @@ impl DiskTier {
 
     /// Removes `key`'s entry.
     pub(crate) async fn remove(&self, key: &str) {
-        let h = hash(key);
+        let h = hash(&self.scoped(key));
         self.index.invalidate(&h);
         let _ = std::fs::remove_file(path_of(&self.dir, h));
     }
@@ -253,7 +269,7 @@ impl DiskTier {
     /// Removes every entry whose key starts with `prefix` (reads each file's key).
     pub(crate) async fn remove_prefix(&self, prefix: &str) {
         let dir = self.dir.clone();
-        let prefix = prefix.to_string();
+        let prefix = self.scoped(prefix);
         let doomed = tokio::task::spawn_blocking(move || {
             let mut doomed = Vec::new();
             for f in walk(&dir) {

@@ -98,7 +98,8 @@ pub struct CacheStats {
 }
 
 impl CacheStats {
-    /// The share of gets served by some tier, 0.0 to 1.0 (`None` before any get).
+    /// The share of gets that made no request of their own, 0.0 to 1.0: served by a tier, or
+    /// sharing another get's fetch of the same key (`None` before any get).
     pub fn hit_ratio(&self) -> Option<f64> {
         let hits: u64 = self.tiers.iter().map(|t| t.hits).sum();
         let gets = hits + self.fetches + self.coalesced;
@@ -109,7 +110,13 @@ impl CacheStats {
 impl PieceCache {
     /// The tiers `opts` asks for in front of a store whose shards are all buckets (`buckets`);
     /// `None` when no tier is on.
-    pub(crate) fn new(opts: &CacheOptions, buckets: bool) -> Result<Option<Arc<PieceCache>>> {
+    /// `scope` names the store (its shards' labels), so that stores sharing a disk tier's
+    /// directory keep apart.
+    pub(crate) fn new(
+        opts: &CacheOptions,
+        buckets: bool,
+        scope: String,
+    ) -> Result<Option<Arc<PieceCache>>> {
         let memory_capacity = opts.memory_bytes(buckets);
         let mem = TierCounters::default();
         let memory = (memory_capacity > 0).then(|| {
@@ -133,6 +140,7 @@ impl PieceCache {
                 dir,
                 opts.disk_bytes(),
                 Arc::clone(&dsk.evictions),
+                scope,
             )?),
             None => None,
         };
@@ -177,13 +185,23 @@ impl PieceCache {
         Some(e)
     }
 
-    /// The piece from the disk tier (verified), promoted to the memory tier.
-    async fn disk_get(&self, key: &str) -> Option<Entry> {
+    /// The invalidation count now: an insert is kept only if it has not moved by the time
+    /// the insert is done ([`PieceCache::admit`]).
+    pub(crate) fn epoch(&self) -> u64 {
+        self.invalidations.load(Ordering::Acquire)
+    }
+
+    /// The piece from the disk tier (verified), promoted to the memory tier unless an
+    /// invalidation came since `epoch`.
+    async fn disk_get(&self, key: &str, epoch: u64) -> Option<Entry> {
         let disk = self.disk.as_ref()?;
         match disk.get(key).await {
             disk::Lookup::Hit(e) => {
                 self.dsk.hits.fetch_add(1, Ordering::Relaxed);
                 self.put_memory(key, &e);
+                if self.epoch() != epoch {
+                    self.undo(key).await;
+                }
                 Some(e)
             }
             disk::Lookup::Miss => {
@@ -206,9 +224,21 @@ impl PieceCache {
         }
     }
 
-    /// Puts a piece into every tier (copied, so it holds no larger buffer alive).
-    async fn admit(&self, key: &str, e: &Entry) {
-        if e.bytes.len() as u64 > self.max_piece {
+    /// Takes back an insert that an invalidation overtook (without counting one itself).
+    async fn undo(&self, key: &str) {
+        if let Some(memory) = &self.memory {
+            memory.invalidate(key);
+        }
+        if let Some(disk) = &self.disk {
+            disk.remove(key).await;
+        }
+    }
+
+    /// Puts a piece into every tier (copied, so it holds no larger buffer alive), unless an
+    /// invalidation came since `epoch`: checked before and again after the inserts (a delete
+    /// that ran while they were under way finds nothing to remove, so they are taken back).
+    async fn admit(&self, key: &str, e: &Entry, epoch: u64) {
+        if e.bytes.len() as u64 > self.max_piece || self.epoch() != epoch {
             return;
         }
         let e = Entry {
@@ -216,13 +246,18 @@ impl PieceCache {
             crc: e.crc,
         };
         self.put_memory(key, &e);
-        if let Some(disk) = &self.disk {
+        // A piece without a checksum stays in memory only: the disk tier outlives this store's
+        // `AllowUnverified` setting.
+        if let Some(disk) = self.disk.as_ref().filter(|_| e.crc.is_some()) {
             match disk.put(key, &e).await {
                 Ok(()) => {
                     self.dsk.inserts.fetch_add(1, Ordering::Relaxed);
                 }
                 Err(why) => tracing::warn!(key, "cache: not written to the disk tier: {why}"),
             }
+        }
+        if self.epoch() != epoch {
+            self.undo(key).await;
         }
     }
 
@@ -247,16 +282,14 @@ impl PieceCache {
         let result = flight
             .get_or_try_init(|| async {
                 fetched = true;
-                if let Some(e) = self.disk_get(key).await {
+                let epoch = self.epoch();
+                if let Some(e) = self.disk_get(key, epoch).await {
                     from_disk = true;
                     return Ok(e);
                 }
-                let before = self.invalidations.load(Ordering::Acquire);
                 self.fetches.fetch_add(1, Ordering::Relaxed);
                 let e = fetch().await?;
-                if self.invalidations.load(Ordering::Acquire) == before {
-                    self.admit(key, &e).await;
-                }
+                self.admit(key, &e, epoch).await;
                 Ok(e)
             })
             .await
@@ -265,25 +298,24 @@ impl PieceCache {
             self.coalesced.fetch_add(1, Ordering::Relaxed);
         }
         *hit = result.is_ok() && (from_disk || !fetched);
-        // The flight ends with its first success (later callers find the tiers) or when no
-        // one waits on it any more.
+        // The flight ends with its first success (later callers find the tiers) or its first
+        // failure (those still waiting on it try on their own; a new get starts a new one).
         let mut flights = self.flights.lock().unwrap_or_else(|p| p.into_inner());
-        if flights.get(key).is_some_and(|f| {
-            Arc::ptr_eq(f, &flight) && (result.is_ok() || Arc::strong_count(f) <= 2)
-        }) {
+        if flights.get(key).is_some_and(|f| Arc::ptr_eq(f, &flight)) {
             flights.remove(key);
         }
         result
     }
 
-    /// A piece just written, when `Admit` takes writes.
-    pub(crate) async fn written(&self, key: &str, bytes: &Bytes, crc: u32) {
+    /// A piece just written, when `Admit` takes writes: `epoch` is [`PieceCache::epoch`] from
+    /// before the write, so a delete or overwrite of the key that ran meanwhile keeps it out.
+    pub(crate) async fn written(&self, key: &str, bytes: &Bytes, crc: u32, epoch: u64) {
         if self.admit_writes {
             let e = Entry {
                 bytes: bytes.clone(),
                 crc: Some(crc),
             };
-            self.admit(key, &e).await;
+            self.admit(key, &e, epoch).await;
         }
     }
 
