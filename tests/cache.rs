@@ -323,3 +323,77 @@ async fn local_stores_have_no_cache_unless_asked_and_a_failed_fetch_is_not_share
     assert_eq!(&mem.get("missing_s0").await.unwrap()[..], b"now");
     assert!(mem.cache_stats().unwrap().tiers[0].entries >= 1);
 }
+
+/// Requests that wrote pack objects, and ranged GETs of them.
+fn pack_requests(p: &Proxy) -> (usize, usize) {
+    let seen = p.seen();
+    let packs = |m: &str| {
+        seen.iter()
+            .filter(|r| r.method == m && r.target.contains(".piecestore/packs/"))
+            .count()
+    };
+    (packs("PUT"), packs("GET"))
+}
+
+#[tokio::test]
+async fn gets_of_different_pieces_of_one_pack_share_one_ranged_read() {
+    let Some(s) = s3s() else { return };
+    let bucket = unique_name("cache-shared");
+    s.create_bucket(&bucket);
+    let index = tempfile::tempdir().unwrap();
+    let (proxy, mut c) = store_through(s, &bucket, "pack=true");
+    c.pack.index_dir = Some(index.path().to_path_buf());
+    let store = PieceStore::open(c).await.unwrap();
+    let pieces: Vec<(String, bytes::Bytes)> = (0..24)
+        .map(|i| {
+            let data = piecestore_tests::pseudo_random(3000 + i * 17, i as u64);
+            (format!("obj_s{i}"), bytes::Bytes::from(data))
+        })
+        .collect();
+    for r in store
+        .put_many(pieces.iter().map(|(k, d)| (k.as_str(), d.clone())))
+        .await
+    {
+        r.unwrap();
+    }
+    store.flush().await.unwrap();
+    let (packs, gets_before) = pack_requests(&proxy);
+    assert!((1..24).contains(&packs), "{packs} packs for 24 pieces");
+
+    // One object's pieces, read together: one ranged GET per pack, not one per piece.
+    let got = store.get_many(pieces.iter().map(|(k, _)| k.as_str())).await;
+    for ((k, data), got) in pieces.iter().zip(got) {
+        assert!(got.unwrap() == *data, "{k}");
+    }
+    let (_, gets) = pack_requests(&proxy);
+    assert_eq!(gets - gets_before, packs, "one ranged read per pack");
+    let m = store.metrics();
+    let w = m.pack_writes[0].1;
+    assert_eq!((w.reads, w.pieces_read), (packs as u64, 24));
+    assert!(
+        m.to_prometheus()
+            .contains("piecestore_pack_read_pieces_total{backend=\"s3\",shard=\"0\"} 24"),
+        "{}",
+        m.to_prometheus()
+    );
+
+    // Gets from separate tasks share reads as well; each still gets its own piece.
+    store.clear_cache().await;
+    let (_, before) = pack_requests(&proxy);
+    let tasks = pieces.iter().map(|(k, _)| {
+        let (store, k) = (store.clone(), k.clone());
+        tokio::spawn(async move { store.get(&k).await })
+    });
+    let got = futures::future::join_all(tasks).await;
+    for ((k, data), got) in pieces.iter().zip(got) {
+        assert!(got.unwrap().unwrap() == *data, "{k}");
+    }
+    let (_, after) = pack_requests(&proxy);
+    assert!(after - before < 24, "{} GETs for 24 pieces", after - before);
+
+    // A piece on its own still reads just its range, and a deleted pack is still NotFound.
+    store.clear_cache().await;
+    assert!(store.get("obj_s3").await.unwrap() == pieces[3].1);
+    let missing = store.get("obj_none").await.unwrap_err();
+    assert_eq!(missing.kind(), ErrorKind::NotFound);
+}

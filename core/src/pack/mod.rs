@@ -35,6 +35,7 @@ mod handles;
 pub mod index;
 mod io;
 pub(crate) mod lease;
+mod reads;
 mod recovery;
 mod writer;
 
@@ -190,6 +191,8 @@ pub(crate) struct ShardPacker {
     lazy: AtomicU64,
     /// Write groups written, their records and their payload bytes (for the metrics).
     written: [AtomicU64; 3],
+    /// On a bucket: gets of one pack that arrive together share a ranged read.
+    reads: reads::SharedReads,
 }
 
 impl std::fmt::Debug for ShardPacker {
@@ -232,17 +235,22 @@ impl ShardPacker {
             retired: Mutex::new(Vec::new()),
             lazy: AtomicU64::new(0),
             written: Default::default(),
+            reads: reads::SharedReads::default(),
         }
     }
 
     /// What the shard's writer wrote so far in this process (every store on the shard shares
-    /// its writer): write groups (appends or pack objects), records, payload bytes.
+    /// its writer): write groups (appends or pack objects), records, payload bytes; and the
+    /// ranged reads of its packs that gets made on a bucket.
     pub(crate) fn written(&self) -> crate::profile::PackWrites {
         let [groups, records, bytes] = &self.written;
+        let (reads, pieces_read) = self.reads.counts();
         crate::profile::PackWrites {
             groups: groups.load(Ordering::Relaxed),
             records: records.load(Ordering::Relaxed),
             bytes: bytes.load(Ordering::Relaxed),
+            reads,
+            pieces_read,
         }
     }
 
@@ -591,6 +599,26 @@ impl ShardPacker {
         })
     }
 
+    /// Whether a cached copy of `key` (`len` bytes, CRC32C `crc`) is still the piece the index
+    /// holds, asked of the open local index. Every process of the host shares that index, so
+    /// another process's delete or overwrite shows here at once, for a lookup of microseconds.
+    /// `true` when the index cannot tell: not open yet, kept in memory (no other process), remote
+    /// (a round trip, which the cache is there to save), or not knowing every object of the
+    /// shard (an object it does not know may be the piece).
+    pub(crate) fn still_holds(&self, key: &str, len: u64, crc: Option<u32>) -> bool {
+        let Some(index) = self.index_now() else {
+            return true;
+        };
+        if self.is_memory() || index.remote().is_some() {
+            return true;
+        }
+        match index.get(key) {
+            Ok(Some(slot)) => slot.len() == len && crc.is_none_or(|c| c == slot.crc()),
+            Ok(None) => !self.complete.load(Ordering::Acquire),
+            Err(_) => true,
+        }
+    }
+
     /// A packed piece's metadata; `None` as for [`ShardPacker::get`].
     pub(crate) async fn head(
         self: &Arc<Self>,
@@ -649,7 +677,7 @@ impl ShardPacker {
         loc: &Loc,
     ) -> Result<Bytes> {
         if self.handles.is_none() {
-            return read_packed_object(backend, key, loc).await;
+            return read_packed_object(&self.reads, backend, key, loc).await;
         }
         let me = Arc::clone(self);
         let (pack, offset, len, crc) = (loc.pack, loc.offset, loc.len, loc.crc);
@@ -699,15 +727,21 @@ impl ShardPacker {
     }
 }
 
-/// [`ShardPacker::read_packed`] on a bucket (or memory): one ranged GET.
-async fn read_packed_object(backend: &Backend, key: &str, loc: &Loc) -> Result<Bytes> {
+/// [`ShardPacker::read_packed`] on a bucket (or memory): one ranged GET, shared with the
+/// other gets of the pack that arrive with it ([`reads`]).
+async fn read_packed_object(
+    reads: &reads::SharedReads,
+    backend: &Backend,
+    key: &str,
+    loc: &Loc,
+) -> Result<Bytes> {
     let corrupt = |detail: String| Error::Corrupt {
         key: key.into(),
         backend: backend.label().into(),
         detail,
     };
     let end = loc.offset + loc.len;
-    let bytes = match backend.read_pack_range(loc.pack, loc.offset..end).await {
+    let bytes = match reads.read(backend, loc.pack, loc.offset..end).await {
         Ok(b) => b,
         Err(e @ Error::NotFound { .. }) => return Err(e),
         Err(e) => {

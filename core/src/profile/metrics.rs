@@ -263,6 +263,11 @@ pub struct PackWrites {
     pub records: u64,
     /// Payload bytes in them.
     pub bytes: u64,
+    /// On a bucket: ranged GETs of packs that gets made (gets of one pack that arrive
+    /// together share one).
+    pub reads: u64,
+    /// Pieces those ranged GETs served (`pieces_read / reads` is how many shared a read).
+    pub pieces_read: u64,
 }
 
 /// The metrics of one operation on one shard (or, from [`Metrics::total`], on all shards).
@@ -391,8 +396,9 @@ impl Metrics {
     /// error codes of [`ErrorKind::as_str`]), `piecestore_operation_bytes_total` and the
     /// histogram `piecestore_operation_duration_seconds`, each labelled `backend`, `shard`
     /// and `op`; `piecestore_unverified_reads_total`, and for a packed store
-    /// `piecestore_pack_writes_total`, `piecestore_pack_write_records_total` and
-    /// `piecestore_pack_write_bytes_total`, labelled `backend` and `shard`.
+    /// `piecestore_pack_writes_total`, `piecestore_pack_write_records_total`,
+    /// `piecestore_pack_write_bytes_total`, `piecestore_pack_reads_total` and
+    /// `piecestore_pack_read_pieces_total`, labelled `backend` and `shard`.
     pub fn to_prometheus(&self) -> String {
         let mut out = String::with_capacity(256 + self.ops.len() * 2048);
         let labels = |m: &OpMetrics| {
@@ -474,7 +480,7 @@ impl Metrics {
         }
         if !self.pack_writes.is_empty() {
             type Field = fn(&PackWrites) -> u64;
-            let families: [(&str, &str, Field); 3] = [
+            let families: [(&str, &str, Field); 5] = [
                 (
                     "piecestore_pack_writes_total",
                     "Pack write groups written (appends or pack objects).",
@@ -489,6 +495,16 @@ impl Metrics {
                     "piecestore_pack_write_bytes_total",
                     "Payload bytes in pack write groups.",
                     |w| w.bytes,
+                ),
+                (
+                    "piecestore_pack_reads_total",
+                    "Ranged GETs of pack objects made by gets (shared by gets that arrive together).",
+                    |w| w.reads,
+                ),
+                (
+                    "piecestore_pack_read_pieces_total",
+                    "Pieces served by ranged GETs of pack objects.",
+                    |w| w.pieces_read,
                 ),
             ];
             for (name, help, field) in families {
@@ -566,8 +582,10 @@ impl Metrics {
                 "# HELP piecestore_cache_fetches_total Fetches from the store that cache misses made.\n\
                  # TYPE piecestore_cache_fetches_total counter\npiecestore_cache_fetches_total {}\n\
                  # HELP piecestore_cache_coalesced_total Gets that waited for another get's fetch of the same key.\n\
-                 # TYPE piecestore_cache_coalesced_total counter\npiecestore_cache_coalesced_total {}",
-                cache.fetches, cache.coalesced
+                 # TYPE piecestore_cache_coalesced_total counter\npiecestore_cache_coalesced_total {}\n\
+                 # HELP piecestore_cache_stale_total Entries dropped because the index no longer held their piece (another process deleted or replaced it).\n\
+                 # TYPE piecestore_cache_stale_total counter\npiecestore_cache_stale_total {}",
+                cache.fetches, cache.coalesced, cache.stale
             );
         }
         out
