@@ -570,7 +570,7 @@ async fn cache_command(store: &PieceStore, action: CacheAction) -> Result<(), Cl
                     })
                     .collect();
                 let v = serde_json::json!({
-                    "tiers": tiers, "fetches": s.fetches, "coalesced": s.coalesced,
+                    "tiers": tiers, "fetches": s.fetches, "coalesced": s.coalesced, "stale": s.stale,
                     "hit_ratio": s.hit_ratio(),
                 });
                 println!("{v}");

@@ -420,7 +420,8 @@ impl PieceStore {
         }
         let metrics = &self.inner.metrics;
         let start = metrics.enabled().then(quanta::Instant::now);
-        let e = cache.memory_peek(key)?;
+        let packer = self.packer(key).ok()?;
+        let e = cache.memory_peek(key, |e| still_held(&packer, key, e))?;
         if e.crc.is_none() {
             metrics.unverified_read(self.shard_of(key));
         }
@@ -447,8 +448,10 @@ impl PieceStore {
         };
         let mut hit = false;
         let mut fetched_first_byte = None;
+        let packer = self.packer(key)?;
+        let current = |e: &crate::cache::Entry| still_held(&packer, key, e);
         let e = cache
-            .get(key, &mut hit, || async {
+            .get(key, &mut hit, current, || async {
                 let (bytes, crc) = self.get_on(backend, key, &mut fetched_first_byte).await?;
                 Ok(crate::cache::Entry { bytes, crc })
             })
@@ -1277,4 +1280,12 @@ fn in_shard(e: Error, i: usize, n: usize) -> Error {
         },
         other => other,
     }
+}
+
+/// Whether a cached entry of `key` is still the piece the shard's index holds (always, without
+/// a packer: no index, no other answer; the rule for other processes is in docs/config.md, `[PieceStore.Cache]`).
+fn still_held(packer: &Option<Arc<ShardPacker>>, key: &str, e: &crate::cache::Entry) -> bool {
+    packer
+        .as_ref()
+        .is_none_or(|p| p.still_holds(key, e.bytes.len() as u64, e.crc))
 }

@@ -181,3 +181,37 @@ def test_cache_options_and_hits_in_metrics(tmp_path: Path) -> None:
     st.close()
     with pytest.raises(piecestore.ConfigError, match="cache_admit"):
         piecestore.PieceStore("memory://", cache_admit="sometimes")
+
+
+def test_another_process_delete_or_overwrite_is_not_served_from_the_cache(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    # A packed directory: its index is shared by every process on the host, and answers first.
+    st = piecestore.PieceStore(tmp_path / "pieces", cache_memory="8MiB")
+    st.put("gone_s0", b"deleted elsewhere")
+    st.put("swap_s0", b"old bytes")
+    st.put("kept_s0", b"kept")
+    for key in ("gone_s0", "swap_s0", "kept_s0"):
+        st.get(key)  # admitted
+    assert st.get("kept_s0") == b"kept"  # a memory hit
+    child = (
+        "import sys, piecestore\n"
+        "st = piecestore.PieceStore(sys.argv[1])\n"
+        "st.delete('gone_s0')\n"
+        "st.put('swap_s0', b'new bytes!', overwrite=True)\n"
+        "st.close()\n"
+    )
+    subprocess.run(
+        [sys.executable, "-c", child, str(tmp_path / "pieces")],
+        check=True,
+        cwd=Path(__file__).resolve().parent,
+        timeout=60,
+    )
+    with pytest.raises(piecestore.PieceNotFound):
+        st.get("gone_s0")
+    assert st.get("swap_s0") == b"new bytes!"
+    assert st.get("kept_s0") == b"kept"
+    text = st.metrics()
+    assert "piecestore_cache_stale_total 2" in text, text
+    st.close()

@@ -60,6 +60,7 @@ pub(crate) struct PieceCache {
     dsk: TierCounters,
     fetches: AtomicU64,
     coalesced: AtomicU64,
+    stale: AtomicU64,
 }
 
 /// A snapshot of one tier's counters, as [`crate::profile::Metrics::cache`] reports them.
@@ -95,6 +96,9 @@ pub struct CacheStats {
     pub fetches: u64,
     /// Gets that waited for another get's fetch of the same key instead of fetching.
     pub coalesced: u64,
+    /// Entries dropped because the store's index no longer held the piece they copied:
+    /// another process on the host deleted or replaced it.
+    pub stale: u64,
 }
 
 impl CacheStats {
@@ -159,6 +163,7 @@ impl PieceCache {
             dsk,
             fetches: AtomicU64::new(0),
             coalesced: AtomicU64::new(0),
+            stale: AtomicU64::new(0),
         })))
     }
 
@@ -177,12 +182,24 @@ impl PieceCache {
         }
     }
 
-    /// The piece from the memory tier, counted as a hit; `None` (not counted as a miss) when
-    /// it is not there, for a caller that then makes an ordinary get.
-    pub(crate) fn memory_peek(&self, key: &str) -> Option<Entry> {
-        let e = self.memory.as_ref()?.get(key)?;
+    /// The piece from the memory tier, counted as a hit, if `current` accepts it; `None` (not
+    /// counted as a miss) otherwise, for a caller that then makes an ordinary get (which
+    /// drops an entry `current` refused).
+    pub(crate) fn memory_peek(&self, key: &str, current: impl Fn(&Entry) -> bool) -> Option<Entry> {
+        let e = self.memory.as_ref()?.get(key).filter(|e| current(e))?;
         self.mem.hits.fetch_add(1, Ordering::Relaxed);
         Some(e)
+    }
+
+    /// Drops an entry that the store's index says is no longer the piece (another process
+    /// deleted or replaced it).
+    async fn drop_stale(&self, key: &str) {
+        tracing::debug!(
+            key,
+            "cache: the index no longer holds the cached piece; dropped"
+        );
+        self.stale.fetch_add(1, Ordering::Relaxed);
+        self.invalidate(key).await;
     }
 
     /// The invalidation count now: an insert is kept only if it has not moved by the time
@@ -193,9 +210,20 @@ impl PieceCache {
 
     /// The piece from the disk tier (verified), promoted to the memory tier unless an
     /// invalidation came since `epoch`.
-    async fn disk_get(&self, key: &str, epoch: u64) -> Option<Entry> {
+    async fn disk_get(
+        &self,
+        key: &str,
+        epoch: u64,
+        current: &impl Fn(&Entry) -> bool,
+    ) -> Option<Entry> {
         let disk = self.disk.as_ref()?;
         match disk.get(key).await {
+            disk::Lookup::Hit(e) if !current(&e) => {
+                self.dsk.misses.fetch_add(1, Ordering::Relaxed);
+                self.stale.fetch_add(1, Ordering::Relaxed);
+                disk.remove(key).await;
+                None
+            }
             disk::Lookup::Hit(e) => {
                 self.dsk.hits.fetch_add(1, Ordering::Relaxed);
                 self.put_memory(key, &e);
@@ -261,17 +289,26 @@ impl PieceCache {
         }
     }
 
-    /// The piece under `key`: from a tier, else from `fetch` (once for all concurrent callers
-    /// of one key), then admitted. `hit` is set when a tier (or another caller's fetch)
-    /// served it.
-    pub(crate) async fn get<F, Fut>(&self, key: &str, hit: &mut bool, fetch: F) -> Result<Entry>
+    /// The piece under `key`: from a tier if `current` accepts the entry there (the store's
+    /// index still holds that piece), else from `fetch` (once for all concurrent callers of
+    /// one key), then admitted. `hit` is set when a tier (or another caller's fetch) served it.
+    pub(crate) async fn get<F, Fut>(
+        &self,
+        key: &str,
+        hit: &mut bool,
+        current: impl Fn(&Entry) -> bool,
+        fetch: F,
+    ) -> Result<Entry>
     where
         F: FnOnce() -> Fut,
         Fut: std::future::Future<Output = Result<Entry>>,
     {
         if let Some(e) = self.memory_get(key) {
-            *hit = true;
-            return Ok(e);
+            if current(&e) {
+                *hit = true;
+                return Ok(e);
+            }
+            self.drop_stale(key).await;
         }
         let flight = {
             let mut flights = self.flights.lock().unwrap_or_else(|p| p.into_inner());
@@ -283,7 +320,7 @@ impl PieceCache {
             .get_or_try_init(|| async {
                 fetched = true;
                 let epoch = self.epoch();
-                if let Some(e) = self.disk_get(key, epoch).await {
+                if let Some(e) = self.disk_get(key, epoch, &current).await {
                     from_disk = true;
                     return Ok(e);
                 }
@@ -406,6 +443,7 @@ impl PieceCache {
             tiers,
             fetches: load(&self.fetches),
             coalesced: load(&self.coalesced),
+            stale: load(&self.stale),
         }
     }
 
