@@ -4,6 +4,10 @@
 #   bash benches/cache.sh            # 8-second phases (about 2 minutes)
 #   QUICK=1 bash benches/cache.sh    # 3-second phases
 #
+# The last line (cache_latency ... packed) measures packed stores: a memory-tier hit checked
+# against the local index, and one object's 16 pieces read with one get_many, packed
+# (sharing ranged reads of their pack) against unpacked (one GET each).
+#
 # Rows: `piecestore bench --op get --size 4KiB` over a working set of 1,000 pieces that fits
 # the memory tier, with the store's default cache (a 256 MiB memory tier in front of a bucket;
 # `bench` turns the default off to measure the backend, so it is set here) and with
@@ -20,7 +24,7 @@ cd "$(dirname "$0")/.."
 dur=${DURATION:-8s}
 if [ -n "${QUICK:-}" ]; then dur=3s; fi
 s3dir=${S3_DIR:-/dev/shm}/piecestore-cache-$$
-mkdir -p "$s3dir/bucket"
+mkdir -p "$s3dir/bucket" "$s3dir/packed" "$s3dir/unpacked"
 trap 'kill $s3pid 2>/dev/null || true; rm -rf "$s3dir"' EXIT
 
 cargo build --release --quiet -p piecestore-cli
@@ -72,3 +76,6 @@ done
 echo
 echo "cache_latency (Rust API, one get at a time, 4 KiB, 2,000 pieces):"
 target/release/examples/cache_latency "$base?pack=false" 4096 2000
+echo
+echo "cache_latency packed (the index answers first on a hit; one object's pieces share reads):"
+target/release/examples/cache_latency "${base%/bucket}/packed" 4096 2000 packed "${base%/bucket}/unpacked"
