@@ -841,25 +841,10 @@ impl OptionValue {
     /// assert_eq!(OptionValue::from_option_text("max_retries", "3"), OptionValue::Int(3));
     /// ```
     pub fn from_option_text(name: &str, text: &str) -> Self {
-        let textual = option_field(name).is_some_and(|f| {
-            matches!(
-                f.name,
-                "AccessKey"
-                    | "SecretKey"
-                    | "SessionToken"
-                    | "Region"
-                    | "Endpoint"
-                    | "BucketURL"
-                    | "IndexDir"
-                    | "IndexUrl"
-                    | "CacheDisk"
-                    | "CacheAdmit"
-                    | "Storage"
-                    | "Placement"
-                    | "IAMType"
-                    | "Layout"
-            )
-        });
+        let textual = matches!(
+            option_kind(name),
+            Some(OptionKind::Text | OptionKind::Choice)
+        );
         if textual {
             OptionValue::Str(text.to_string())
         } else {
@@ -1023,28 +1008,89 @@ fn unknown_option(name: &str) -> Error {
     }
 }
 
-/// What option `name` (a `config.toml` spelling) accepts, in words, for error messages.
-fn option_accepts(name: &str) -> &'static str {
+/// What a value of an option is, as every binding checks and converts it: one table for the
+/// core's parsing of text values, its error messages and the bindings' type checks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum OptionKind {
+    /// `true` or `false`.
+    Bool,
+    /// A number (a count or a fraction).
+    Number,
+    /// A duration: seconds as a number, or text such as `"200ms"`.
+    Duration,
+    /// A size: bytes as a whole number, or text such as `"64KiB"`.
+    Size,
+    /// Text kept as given (keys, secrets, URLs, paths): `"007"` stays a string.
+    Text,
+    /// One of a few names (text).
+    Choice,
+    /// `"auto"`, `"on"` or `"off"`, or a boolean (`ConditionalWrites`).
+    ConditionalWrites,
+}
+
+impl OptionKind {
+    /// The kind as a stable lower-case name (`bool`, `number`, `duration`, `size`, `text`,
+    /// `choice`, `conditional-writes`), for bindings that publish the table.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OptionKind::Bool => "bool",
+            OptionKind::Number => "number",
+            OptionKind::Duration => "duration",
+            OptionKind::Size => "size",
+            OptionKind::Text => "text",
+            OptionKind::Choice => "choice",
+            OptionKind::ConditionalWrites => "conditional-writes",
+        }
+    }
+}
+
+/// What option `name` (in any spelling [`option_name`] takes) is; `None` for no option.
+///
+/// ```
+/// use piecestore::config::{OptionKind, option_kind};
+/// assert_eq!(option_kind("cache_memory"), Some(OptionKind::Size));
+/// assert_eq!(option_kind("secretKey"), Some(OptionKind::Text));
+/// assert_eq!(option_kind("nope"), None);
+/// ```
+pub fn option_kind(name: &str) -> Option<OptionKind> {
+    option_name(name).map(|n| option_spec(n).0)
+}
+
+/// An option's kind, and what it accepts as an error message says it.
+fn option_spec(name: &str) -> (OptionKind, &'static str) {
+    use OptionKind::*;
+    const DURATION: &str =
+        "a duration: seconds as a number (2.5) or text such as \"200ms\", \"30s\", \"1h\"";
+    const SIZE: &str = "a size: bytes as a whole number or text such as \"64KiB\", \"16MiB\"";
     match name {
-        "Shards" => "a whole number of shards (0 or 1: one store)",
-        "Placement" => "\"fnv-mod\" (the original's, the default) or \"jump\"",
-        "Storage" => "\"s3\", \"minio\", \"oss\", \"b2\", \"file\" or \"memory\"",
-        "IAMType" => {
-            "\"AKSK\" (keys from the config or environment) or \"SA\" (the default credential chain)"
-        }
-        "Layout" => "\"piecestore\" or \"original\"",
-        "ConditionalWrites" => "\"auto\", \"on\" or \"off\" (or true/false)",
-        "MaxRetries" => "a whole number of retries, 0 or more",
+        "Shards" => (Number, "a whole number of shards (0 or 1: one store)"),
+        "Placement" => (
+            Choice,
+            "\"fnv-mod\" (the original's, the default) or \"jump\"",
+        ),
+        "Storage" => (
+            Choice,
+            "\"s3\", \"minio\", \"oss\", \"b2\", \"file\" or \"memory\"",
+        ),
+        "IAMType" => (
+            Choice,
+            "\"AKSK\" (keys from the config or environment) or \"SA\" (the default credential chain)",
+        ),
+        "Layout" => (Choice, "\"piecestore\" or \"original\""),
+        "ConditionalWrites" => (
+            ConditionalWrites,
+            "\"auto\", \"on\" or \"off\" (or true/false)",
+        ),
+        "MaxRetries" => (Number, "a whole number of retries, 0 or more"),
         "MinRetryDelay" | "MaxRetryDelay" | "RetryTimeout" | "RequestTimeout"
-        | "ConnectTimeout" | "PackMaxAge" | "GcGrace" | "GcInterval" => {
-            "a duration: seconds as a number (2.5) or text such as \"200ms\", \"30s\", \"1h\""
-        }
-        "CacheAdmit" => "\"reads\" or \"reads-and-writes\"",
-        "CacheDisk" => "a directory path",
+        | "ConnectTimeout" | "PackMaxAge" | "GcGrace" | "GcInterval" => (Duration, DURATION),
+        "CacheAdmit" => (Choice, "\"reads\" or \"reads-and-writes\""),
+        "CacheDisk" | "IndexDir" => (Text, "a directory path"),
         "PackThreshold" | "PackTargetSize" | "CacheMemory" | "CacheDiskSize" | "CacheMaxPiece" => {
-            "a size: bytes as a whole number or text such as \"64KiB\", \"16MiB\""
+            (Size, SIZE)
         }
-        "GcGarbageRatio" => "a fraction between 0 and 1, such as 0.3",
+        "GcGarbageRatio" => (Number, "a fraction between 0 and 1, such as 0.3"),
         "NoSignRequest"
         | "TLSInsecureSkipVerify"
         | "Fsync"
@@ -1053,9 +1099,14 @@ fn option_accepts(name: &str) -> &'static str {
         | "AllowUnverified"
         | "CreateBucket"
         | "Metrics"
-        | "Pack" => "true or false",
-        _ => "text",
+        | "Pack" => (Bool, "true or false"),
+        _ => (Text, "text"),
     }
+}
+
+/// What option `name` accepts, as an error message says it.
+fn option_accepts(name: &str) -> &'static str {
+    option_spec(name).1
 }
 
 /// Whether a `[PieceStore]` table holds only what the original Go piecestore's does.

@@ -37,6 +37,7 @@ from ._exceptions import (
 )
 from ._native import (
     MAX_KEY_LEN,
+    OPTION_KINDS,
     OPTION_NAMES,
     Buffer,
     ListIterator,
@@ -81,5 +82,6 @@ __all__ = [
     "zero_copy_get",
     "MAX_KEY_LEN",
     "OPTION_NAMES",
+    "OPTION_KINDS",
     "__version__",
 ]

@@ -20,6 +20,9 @@ _OptionValue = Union[bool, int, float, str, timedelta, os.PathLike[str], None]
 __version__: str
 MAX_KEY_LEN: int
 OPTION_NAMES: list[str]
+# option name -> what its value is: bool, number, duration, size, text, choice or
+# conditional-writes (the core's table, which every binding checks values by)
+OPTION_KINDS: dict[str, str]
 
 class Buffer:
     """A piece's bytes, shared with the store without a copy (read-only buffer protocol)."""

@@ -133,6 +133,24 @@ def test_config_doc_lists_every_option() -> None:
     assert sorted(names) == sorted(piecestore.OPTION_NAMES)
 
 
+def test_documented_option_types_match_the_core_kinds() -> None:
+    from piecestore._options import OPTION_DOCS
+
+    # What help(PieceStore) says an option takes agrees with the core's table.
+    documented = {
+        "bool": {"bool"},
+        "number": {"int", "float"},
+        "duration": {"duration"},
+        "size": {"size"},
+        "text": {"str", "str, secret", "str or path"},
+        "choice": {"str"},
+        "conditional-writes": {"str or bool"},
+    }
+    assert sorted(piecestore.OPTION_KINDS) == sorted(piecestore.OPTION_NAMES)
+    for name, kind in piecestore.OPTION_KINDS.items():
+        assert OPTION_DOCS[name][0] in documented[kind], (name, kind, OPTION_DOCS[name][0])
+
+
 def test_help_documents_every_constructor_option() -> None:
     from piecestore._options import OPTION_DOCS, snake_case
 

@@ -9,7 +9,7 @@ use futures::StreamExt;
 use futures::stream::BoxStream;
 use napi::bindgen_prelude::*;
 use napi_derive::napi;
-use piecestore::config::OptionValue;
+use piecestore::config::{OptionKind, OptionValue};
 use piecestore::{Config, PieceMeta, PutOptions};
 
 use crate::OrNull;
@@ -281,38 +281,23 @@ enum Kind {
     Size,
     /// `'auto' | 'on' | 'off' | boolean` (`true`: `"on"`, `false`: `"off"`).
     ConditionalWrites,
-    /// An option this table does not know (none, unless the core gained one): anything the
-    /// core might take, for it to judge.
+    /// An option the core does not know (it names it in a `CONFIG` error): anything, for it
+    /// to judge.
     Any,
 }
 
 impl Kind {
     /// The kind of option `name`, in any spelling the core accepts (`maxRetries`,
-    /// `max_retries`, `MaxRetries`).
+    /// `max_retries`, `MaxRetries`): the core's [`OptionKind`] as JavaScript types.
     fn of(name: &str) -> Kind {
-        let Some(known) = piecestore::config::option_name(name) else {
-            // Unknown: the core names it in a CONFIG error.
-            return Kind::Any;
-        };
-        match known {
-            "NoSignRequest"
-            | "TLSInsecureSkipVerify"
-            | "Fsync"
-            | "CheckBucket"
-            | "UnsignedPayload"
-            | "CreateBucket"
-            | "Metrics"
-            | "AllowUnverified"
-            | "Pack" => Kind::Bool,
-            "Shards" | "MaxRetries" | "GcGarbageRatio" => Kind::Number,
-            "Placement" | "Storage" | "BucketURL" | "AccessKey" | "SecretKey" | "SessionToken"
-            | "IAMType" | "Region" | "Endpoint" | "Layout" | "IndexDir" | "IndexUrl"
-            | "CacheDisk" | "CacheAdmit" => Kind::Text,
-            "MinRetryDelay" | "MaxRetryDelay" | "RetryTimeout" | "RequestTimeout"
-            | "ConnectTimeout" | "PackMaxAge" | "GcGrace" | "GcInterval" => Kind::Duration,
-            "PackThreshold" | "PackTargetSize" | "CacheMemory" | "CacheDiskSize"
-            | "CacheMaxPiece" => Kind::Size,
-            "ConditionalWrites" => Kind::ConditionalWrites,
+        match piecestore::config::option_kind(name) {
+            Some(OptionKind::Bool) => Kind::Bool,
+            Some(OptionKind::Number) => Kind::Number,
+            Some(OptionKind::Text | OptionKind::Choice) => Kind::Text,
+            Some(OptionKind::Duration) => Kind::Duration,
+            Some(OptionKind::Size) => Kind::Size,
+            Some(OptionKind::ConditionalWrites) => Kind::ConditionalWrites,
+            // Unknown (the core names it in a CONFIG error), or a kind newer than this table.
             _ => Kind::Any,
         }
     }

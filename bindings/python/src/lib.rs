@@ -93,6 +93,11 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(zero_copy_get, m)?)?;
     m.add("MAX_KEY_LEN", piecestore::key::MAX_KEY_LEN)?;
     m.add("OPTION_NAMES", piecestore::config::OPTION_NAMES.to_vec())?;
+    let kinds: std::collections::HashMap<&str, &str> = piecestore::config::OPTION_NAMES
+        .iter()
+        .filter_map(|n| Some((*n, piecestore::config::option_kind(n)?.as_str())))
+        .collect();
+    m.add("OPTION_KINDS", kinds)?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     Ok(())
 }
