@@ -11,19 +11,8 @@ use piecestore_tests::{NoOk, Proxy, ProxyMode, S3Server, ServerKind, server, uni
 /// query parameters.
 fn store_through(s: &S3Server, bucket: &str, options: &str) -> (Proxy, Config) {
     let proxy = Proxy::start(&s.endpoint, ProxyMode::PassThrough);
-    let c = config_through(&proxy, s, bucket, options);
+    let c = s.config_through(&proxy.endpoint, bucket, options);
     (proxy, c)
-}
-
-/// A config for a bucket of `s` reached through `proxy` (the same URL each time: a disk tier
-/// is the store's, named by its URL).
-fn config_through(proxy: &Proxy, s: &S3Server, bucket: &str, options: &str) -> Config {
-    let url = format!("{}/{bucket}?{options}", proxy.endpoint);
-    let mut c = Config::from_url(&url).expect("url");
-    c.store.access_key = piecestore::config::Secret::new(&s.access_key);
-    c.store.secret_key = piecestore::config::Secret::new(&s.secret_key);
-    c.store.max_retries = 2;
-    c
 }
 
 /// Requests that read objects (GETs other than listings).
@@ -43,7 +32,6 @@ async fn concurrent_gets_of_a_cold_key_make_one_request_and_a_warm_get_none() {
     let Some(s) = s3s() else { return };
     for pack in [false, true] {
         let bucket = unique_name("cache-once");
-        s.create_bucket(&bucket);
         let index = tempfile::tempdir().unwrap();
         let (proxy, mut c) = store_through(s, &bucket, &format!("pack={pack}"));
         c.pack.index_dir = Some(index.path().to_path_buf());
@@ -101,7 +89,6 @@ fn entry_files(dir: &Path) -> Vec<std::path::PathBuf> {
 async fn a_reopened_store_reads_from_the_disk_tier_and_refetches_a_damaged_entry() {
     let Some(s) = s3s() else { return };
     let bucket = unique_name("cache-disk");
-    s.create_bucket(&bucket);
     let cache = tempfile::tempdir().unwrap();
     let opts = format!(
         "pack=false&check_bucket=false&cache_memory=0&cache_disk={}",
@@ -116,7 +103,7 @@ async fn a_reopened_store_reads_from_the_disk_tier_and_refetches_a_damaged_entry
         })
         .collect();
     let proxy = Proxy::start(&s.endpoint, ProxyMode::PassThrough);
-    let open = || PieceStore::open(config_through(&proxy, s, &bucket, &opts));
+    let open = || PieceStore::open(s.config_through(&proxy.endpoint, &bucket, &opts));
     {
         let store = open().await.unwrap();
         for (k, v) in &pieces {
@@ -169,8 +156,7 @@ async fn a_reopened_store_reads_from_the_disk_tier_and_refetches_a_damaged_entry
     assert_eq!(object_gets(&proxy) - gets, 0);
     // Another store (another bucket) sharing the directory never sees these entries.
     let other = unique_name("cache-other");
-    s.create_bucket(&other);
-    let store = PieceStore::open(config_through(&proxy, s, &other, &opts))
+    let store = PieceStore::open(s.config_through(&proxy.endpoint, &other, &opts))
         .await
         .unwrap();
     assert_eq!(
@@ -191,7 +177,6 @@ fn dir_bytes(dir: &Path) -> u64 {
 async fn tiers_stay_within_their_sizes_and_a_delete_reaches_every_tier() {
     let Some(s) = s3s() else { return };
     let bucket = unique_name("cache-bound");
-    s.create_bucket(&bucket);
     let cache = tempfile::tempdir().unwrap();
     let index = tempfile::tempdir().unwrap();
     let (memory, disk) = (64u64 << 10, 128u64 << 10);
@@ -284,7 +269,6 @@ async fn tiers_stay_within_their_sizes_and_a_delete_reaches_every_tier() {
 async fn written_pieces_are_read_from_the_cache_when_admit_takes_writes() {
     let Some(s) = s3s() else { return };
     let bucket = unique_name("cache-write");
-    s.create_bucket(&bucket);
     let (proxy, c) = store_through(s, &bucket, "pack=false&cache_admit=reads-and-writes");
     let store = PieceStore::open(c).await.unwrap();
     store.put("w_s0", &b"written"[..]).await.unwrap();
@@ -293,7 +277,6 @@ async fn written_pieces_are_read_from_the_cache_when_admit_takes_writes() {
     assert_eq!(proxy.seen().len(), before, "read from the cache");
     // Without it, the first get fetches.
     let bucket = unique_name("cache-read");
-    s.create_bucket(&bucket);
     let (proxy, c) = store_through(s, &bucket, "pack=false");
     let store = PieceStore::open(c).await.unwrap();
     store.put("w_s0", &b"written"[..]).await.unwrap();
@@ -339,7 +322,6 @@ fn pack_requests(p: &Proxy) -> (usize, usize) {
 async fn gets_of_different_pieces_of_one_pack_share_one_ranged_read() {
     let Some(s) = s3s() else { return };
     let bucket = unique_name("cache-shared");
-    s.create_bucket(&bucket);
     let index = tempfile::tempdir().unwrap();
     let (proxy, mut c) = store_through(s, &bucket, "pack=true");
     c.pack.index_dir = Some(index.path().to_path_buf());

@@ -273,7 +273,21 @@ impl S3Server {
             }
             format!("{}/{bucket_prefix}-%d?shards={shards}", self.endpoint)
         };
-        let mut c = Config::from_url(&url).expect("url");
+        self.config_for_url(&url)
+    }
+
+    /// A config for bucket `bucket` of this server (created here) reached through `proxy` (a
+    /// [`Proxy`]'s or [`start_proxy`]'s endpoint), with `options` as URL query parameters
+    /// (`""` for none).
+    pub fn config_through(&self, proxy: &str, bucket: &str, options: &str) -> Config {
+        self.create_bucket(bucket);
+        let sep = if options.is_empty() { "" } else { "?" };
+        self.config_for_url(&format!("{proxy}/{bucket}{sep}{options}"))
+    }
+
+    /// A config for `url` with this server's keys and few retries (tests fail fast).
+    fn config_for_url(&self, url: &str) -> Config {
+        let mut c = Config::from_url(url).expect("url");
         c.store.access_key = piecestore::config::Secret::new(&self.access_key);
         c.store.secret_key = piecestore::config::Secret::new(&self.secret_key);
         c.store.max_retries = 2;

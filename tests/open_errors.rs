@@ -181,12 +181,11 @@ async fn a_backend_that_ignores_conditional_writes_is_detected_and_never_overwri
         return;
     };
     let name = unique_name("ignores-inm");
-    let mut base = s.config(&name, 0);
-    // Conditional writes of pieces: one object per piece (packs have unique names).
-    base.pack.enabled = Some(false);
     let proxy =
         piecestore_tests::start_proxy(&s.endpoint, piecestore_tests::ProxyMode::StripIfNoneMatch);
-    base.store.bucket_url = format!("{proxy}/{name}");
+    let mut base = s.config_through(&proxy, &name, "");
+    // Conditional writes of pieces: one object per piece (packs have unique names).
+    base.pack.enabled = Some(false);
 
     // Trusting the header here would overwrite silently: this backend really ignores it.
     let mut trusting = base.clone();

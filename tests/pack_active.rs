@@ -58,11 +58,12 @@ fn s3_config(
 ) -> Option<(Config, Option<Proxy>)> {
     let s = server(kind)?;
     let bucket = piecestore_tests::unique_name(name);
-    let mut c = packed(s.config(&bucket, 0), 64 << 20);
     let proxy = proxy.then(|| Proxy::start(&s.endpoint, ProxyMode::PassThrough));
-    if let Some(p) = &proxy {
-        c.store.bucket_url = format!("{}/{bucket}", p.endpoint);
-    }
+    let c = match &proxy {
+        Some(p) => s.config_through(&p.endpoint, &bucket, ""),
+        None => s.config(&bucket, 0),
+    };
+    let mut c = packed(c, 64 << 20);
     c.set_option(
         "IndexDir",
         OptionValue::Str(index_dir.display().to_string()),

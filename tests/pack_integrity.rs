@@ -388,9 +388,7 @@ async fn a_pack_write_reported_failed_does_not_resurrect_deleted_keys() {
     let proxy =
         piecestore_tests::start_proxy(&s.endpoint, ProxyMode::LoseResponse(".piecestore/packs/"));
     let bucket = piecestore_tests::unique_name("lost-response");
-    s.create_bucket(&bucket);
-    let mut config = packed(s.config(&bucket, 0));
-    config.store.bucket_url = format!("{proxy}/{bucket}");
+    let mut config = packed(s.config_through(&proxy, &bucket, ""));
     config
         .set_option(
             "IndexDir",
