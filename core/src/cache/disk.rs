@@ -8,7 +8,10 @@
 //! the magic, the key and the CRC before the bytes are returned.
 //!
 //! The tier is bounded by bytes through an index of its files (hash → size, a `moka` cache
-//! whose evictions delete the files), rebuilt at open from the directory's listing.
+//! whose evictions delete the files), rebuilt at open from the directory's listing. A file
+//! weighs what it takes on disk, its length rounded up to whole 4 KiB blocks (a 100-byte piece
+//! takes a block), so many small pieces cannot take several times the bound. File reads,
+//! writes, checks and deletes run in blocking tasks, never on an async worker.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -24,6 +27,13 @@ const MAGIC: &[u8; 8] = b"PSCACHE1";
 /// magic, key length (u32), data length (u64), data CRC32C (u32), has a piece checksum (u8).
 const HEADER: usize = 8 + 4 + 8 + 4 + 1;
 const SUFFIX: &str = "pc";
+/// The allocation unit a file's size is rounded up to (ext4's and XFS's usual block).
+const BLOCK: u64 = 4096;
+
+/// What a file of `len` bytes takes on disk.
+fn on_disk(len: u64) -> u64 {
+    len.div_ceil(BLOCK).max(1) * BLOCK
+}
 
 /// What a disk lookup found.
 pub(crate) enum Lookup {
@@ -124,7 +134,7 @@ impl DiskTier {
         let files = dir.to_path_buf();
         let index = moka::sync::Cache::builder()
             .max_capacity(capacity)
-            .weigher(|_: &u64, size: &u64| u32::try_from(*size).unwrap_or(u32::MAX))
+            .weigher(|_: &u64, size: &u64| u32::try_from(on_disk(*size)).unwrap_or(u32::MAX))
             .eviction_listener(move |h: Arc<u64>, _, cause| {
                 use moka::notification::RemovalCause;
                 if cause == RemovalCause::Replaced {
@@ -186,7 +196,7 @@ impl DiskTier {
         self.capacity
     }
 
-    /// Bytes and files held.
+    /// Bytes held (as the files take them on disk, in whole blocks) and files.
     pub(crate) fn fill(&self) -> (u64, u64) {
         self.index.run_pending_tasks();
         (self.index.weighted_size(), self.index.entry_count())
@@ -199,35 +209,35 @@ impl DiskTier {
 
     /// Looks `key` up, verifying what it finds; a damaged entry is removed.
     pub(crate) async fn get(&self, key: &str) -> Lookup {
-        let key = &self.scoped(key);
-        let h = hash(key);
+        let key = self.scoped(key);
+        let h = hash(&key);
         let path = path_of(&self.dir, h);
-        let read = {
-            let path = path.clone();
-            tokio::task::spawn_blocking(move || std::fs::read(path)).await
-        };
-        let raw = match read {
-            Ok(Ok(raw)) => raw,
-            Ok(Err(e)) if e.kind() == std::io::ErrorKind::NotFound => return Lookup::Miss,
-            Ok(Err(e)) => return Lookup::Corrupt(format!("{}: {e}", path.display())),
-            Err(e) => return Lookup::Corrupt(format!("read task failed: {e}")),
-        };
-        let size = raw.len() as u64;
-        match decode(key, raw) {
-            Ok(Some(e)) => {
-                // Counts the hit for eviction; indexes a file another process wrote.
-                if self.index.get(&h).is_none() {
-                    self.index.insert(h, size);
+        let index = self.index.clone();
+        let found = tokio::task::spawn_blocking(move || {
+            let raw = match std::fs::read(&path) {
+                Ok(raw) => raw,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Lookup::Miss,
+                Err(e) => return Lookup::Corrupt(format!("{}: {e}", path.display())),
+            };
+            let size = raw.len() as u64;
+            match decode(&key, raw) {
+                Ok(Some(e)) => {
+                    // Counts the hit for eviction; indexes a file another process wrote.
+                    if index.get(&h).is_none() {
+                        index.insert(h, size);
+                    }
+                    Lookup::Hit(e)
                 }
-                Lookup::Hit(e)
+                Ok(None) => Lookup::Miss,
+                Err(why) => {
+                    index.invalidate(&h);
+                    let _ = std::fs::remove_file(&path);
+                    Lookup::Corrupt(format!("{}: {why}", path.display()))
+                }
             }
-            Ok(None) => Lookup::Miss,
-            Err(why) => {
-                self.index.invalidate(&h);
-                let _ = std::fs::remove_file(&path);
-                Lookup::Corrupt(format!("{}: {why}", path.display()))
-            }
-        }
+        })
+        .await;
+        found.unwrap_or_else(|e| Lookup::Corrupt(format!("read task failed: {e}")))
     }
 
     /// Writes `key`'s entry (a temporary file renamed into place).
@@ -240,6 +250,8 @@ impl DiskTier {
         if size > self.capacity {
             return Ok(());
         }
+        // The index's evictions delete files: they run here too, off the async workers.
+        let index = self.index.clone();
         tokio::task::spawn_blocking(move || -> std::io::Result<()> {
             use std::io::Write;
             let parent = path.parent().unwrap_or(Path::new("."));
@@ -249,55 +261,48 @@ impl DiskTier {
                 .tempfile_in(parent)?;
             tmp.write_all(&data)?;
             tmp.persist(&path).map_err(|e| e.error)?;
+            index.insert(h, size);
+            index.run_pending_tasks();
             Ok(())
         })
         .await
         .map_err(|e| e.to_string())?
         .map_err(|e| e.to_string())?;
-        self.index.insert(h, size);
-        self.index.run_pending_tasks();
         Ok(())
     }
 
     /// Removes `key`'s entry.
     pub(crate) async fn remove(&self, key: &str) {
         let h = hash(&self.scoped(key));
-        self.index.invalidate(&h);
-        let _ = std::fs::remove_file(path_of(&self.dir, h));
+        let (index, path) = (self.index.clone(), path_of(&self.dir, h));
+        let _ = tokio::task::spawn_blocking(move || {
+            index.invalidate(&h);
+            let _ = std::fs::remove_file(path);
+        })
+        .await;
     }
 
-    /// Removes every entry whose key starts with `prefix` (reads each file's key).
+    /// Removes every entry whose key starts with `prefix` (reads each file's header and key,
+    /// not its bytes).
     pub(crate) async fn remove_prefix(&self, prefix: &str) {
         let dir = self.dir.clone();
         let prefix = self.scoped(prefix);
-        let doomed = tokio::task::spawn_blocking(move || {
-            let mut doomed = Vec::new();
+        let index = self.index.clone();
+        let _ = tokio::task::spawn_blocking(move || {
             for f in walk(&dir) {
-                if let Ok(raw) = std::fs::read(&f)
-                    && raw.len() >= HEADER
-                {
-                    let key_len = u32::from_le_bytes([raw[8], raw[9], raw[10], raw[11]]) as usize;
-                    if raw
-                        .get(HEADER..HEADER + key_len)
-                        .is_some_and(|k| k.starts_with(prefix.as_bytes()))
-                    {
-                        doomed.push(f);
-                    }
+                if !key_starts_with(&f, prefix.as_bytes()) {
+                    continue;
                 }
+                if let Some(h) = f
+                    .file_stem()
+                    .and_then(|s| u64::from_str_radix(&s.to_string_lossy(), 16).ok())
+                {
+                    index.invalidate(&h);
+                }
+                let _ = std::fs::remove_file(f);
             }
-            doomed
         })
-        .await
-        .unwrap_or_default();
-        for f in doomed {
-            if let Some(h) = f
-                .file_stem()
-                .and_then(|s| u64::from_str_radix(&s.to_string_lossy(), 16).ok())
-            {
-                self.index.invalidate(&h);
-            }
-            let _ = std::fs::remove_file(f);
-        }
+        .await;
     }
 
     /// Removes every entry.
@@ -312,6 +317,25 @@ impl DiskTier {
         })
         .await;
     }
+}
+
+/// Whether the entry file at `path` holds a key starting with `prefix` (its header and key
+/// are read; a file too short to hold them is not).
+fn key_starts_with(path: &Path, prefix: &[u8]) -> bool {
+    use std::io::Read;
+    let Ok(mut f) = std::fs::File::open(path) else {
+        return false;
+    };
+    let mut header = [0u8; HEADER];
+    if f.read_exact(&mut header).is_err() || &header[..8] != MAGIC {
+        return false;
+    }
+    let key_len = u32::from_le_bytes([header[8], header[9], header[10], header[11]]) as usize;
+    if key_len < prefix.len() {
+        return false;
+    }
+    let mut start = vec![0u8; prefix.len()];
+    f.read_exact(&mut start).is_ok() && start == prefix
 }
 
 /// The entry files under `dir`.
@@ -337,6 +361,27 @@ fn walk(dir: &Path) -> Vec<PathBuf> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn files_weigh_whole_blocks_and_prefixes_are_read_from_headers() {
+        assert_eq!(on_disk(0), BLOCK);
+        assert_eq!(on_disk(100), BLOCK);
+        assert_eq!(on_disk(BLOCK), BLOCK);
+        assert_eq!(on_disk(BLOCK + 1), 2 * BLOCK);
+        let dir = tempfile::tempdir().unwrap();
+        let e = Entry {
+            bytes: Bytes::from_static(b"piece bytes"),
+            crc: Some(crc32c(b"piece bytes")),
+        };
+        let path = dir.path().join("x.pc");
+        std::fs::write(&path, encode("s\u{0}obj1_s0", &e)).unwrap();
+        assert!(key_starts_with(&path, b"s\0obj1"));
+        assert!(key_starts_with(&path, b"s\0obj1_s0"));
+        assert!(!key_starts_with(&path, b"s\0obj2"));
+        assert!(!key_starts_with(&path, b"s\0obj1_s0 and more"));
+        std::fs::write(&path, b"short").unwrap();
+        assert!(!key_starts_with(&path, b"s"));
+    }
 
     #[test]
     fn entries_round_trip_and_damage_is_caught() {

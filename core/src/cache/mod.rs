@@ -36,6 +36,26 @@ pub(crate) struct Entry {
 
 type Flight = Arc<OnceCell<Entry>>;
 
+/// Removes a get's flight from the map when the get ends, however it ends (a flight another
+/// flight replaced after an invalidation is left alone).
+struct EndFlight<'a> {
+    flights: &'a Mutex<HashMap<String, Flight>>,
+    key: &'a str,
+    flight: &'a Flight,
+}
+
+impl Drop for EndFlight<'_> {
+    fn drop(&mut self) {
+        let mut flights = self.flights.lock().unwrap_or_else(|p| p.into_inner());
+        if flights
+            .get(self.key)
+            .is_some_and(|f| Arc::ptr_eq(f, self.flight))
+        {
+            flights.remove(self.key);
+        }
+    }
+}
+
 /// Counters of one tier.
 #[derive(Default)]
 struct TierCounters {
@@ -245,6 +265,12 @@ impl PieceCache {
         }
     }
 
+    /// Gets of keys under way (for a test that cancelled gets leave none behind).
+    #[cfg(test)]
+    fn flights_under_way(&self) -> usize {
+        self.flights.lock().unwrap_or_else(|p| p.into_inner()).len()
+    }
+
     fn put_memory(&self, key: &str, e: &Entry) {
         if let Some(memory) = &self.memory {
             memory.insert(Arc::from(key), e.clone());
@@ -314,6 +340,14 @@ impl PieceCache {
             let mut flights = self.flights.lock().unwrap_or_else(|p| p.into_inner());
             Arc::clone(flights.entry(key.to_string()).or_default())
         };
+        // The flight ends with its first success (later callers find the tiers) or its first
+        // failure (those still waiting on it try on their own; a new get starts a new one),
+        // or when its get is dropped part-way (a cancelled request leaves no entry behind).
+        let _ending = EndFlight {
+            flights: &self.flights,
+            key,
+            flight: &flight,
+        };
         let mut fetched = false;
         let mut from_disk = false;
         let result = flight
@@ -335,12 +369,6 @@ impl PieceCache {
             self.coalesced.fetch_add(1, Ordering::Relaxed);
         }
         *hit = result.is_ok() && (from_disk || !fetched);
-        // The flight ends with its first success (later callers find the tiers) or its first
-        // failure (those still waiting on it try on their own; a new get starts a new one).
-        let mut flights = self.flights.lock().unwrap_or_else(|p| p.into_inner());
-        if flights.get(key).is_some_and(|f| Arc::ptr_eq(f, &flight)) {
-            flights.remove(key);
-        }
         result
     }
 
@@ -450,5 +478,48 @@ impl PieceCache {
     /// The disk tier's directory, if there is one.
     pub(crate) fn disk_dir(&self) -> Option<&std::path::Path> {
         self.disk.as_ref().map(|d| d.dir())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_cancelled_get_leaves_no_flight_and_waiters_still_get_the_piece() {
+        let opts = CacheOptions {
+            memory: Some(1 << 20),
+            ..CacheOptions::default()
+        };
+        let cache = PieceCache::new(&opts, true, "scope".into())
+            .expect("cache")
+            .expect("a memory tier");
+        // A get whose fetch never finishes, dropped part-way.
+        let mut hit = false;
+        let stuck = cache.get("k", &mut hit, |_| true, std::future::pending);
+        let timed_out = tokio::time::timeout(std::time::Duration::from_millis(20), stuck).await;
+        assert!(timed_out.is_err());
+        assert_eq!(
+            cache.flights_under_way(),
+            0,
+            "the cancelled get's flight is gone"
+        );
+        // The next get fetches on its own and is served.
+        let got = cache
+            .get(
+                "k",
+                &mut hit,
+                |_| true,
+                || async {
+                    Ok(Entry {
+                        bytes: Bytes::from_static(b"piece"),
+                        crc: Some(crate::checksum::crc32c(b"piece")),
+                    })
+                },
+            )
+            .await
+            .expect("get");
+        assert_eq!(&got.bytes[..], b"piece");
+        assert_eq!(cache.flights_under_way(), 0);
     }
 }
