@@ -583,6 +583,7 @@ mod tests {
                 bytes: 422 * 4096,
                 error: None,
             }),
+            cache: None,
         }
     }
 

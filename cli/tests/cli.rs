@@ -721,4 +721,32 @@ fn cache_stats_and_clear_show_and_empty_the_tiers() {
     // No cache on a plain directory.
     let none = String::from_utf8(ok(cmd().args(["--store", "./plain", "cache", "stats"]))).unwrap();
     assert!(none.starts_with("no cache"), "{none}");
+    // `bench --json` carries the cache's counters, as its table's cache line does.
+    let report = String::from_utf8(ok(cmd().args([
+        "--store",
+        &store,
+        "bench",
+        "--op",
+        "get",
+        "--size",
+        "1KiB",
+        "--objects",
+        "10",
+        "-c",
+        "2",
+        "--count",
+        "200",
+        "-q",
+        "--json",
+        "-",
+    ])))
+    .unwrap();
+    let v: serde_json::Value = serde_json::from_str(&report).unwrap();
+    let cache = &v["cache"];
+    assert!(cache["hit_ratio"].as_f64().unwrap_or(0.0) > 0.9, "{cache}");
+    assert!(
+        cache["hits"]["memory"].as_u64().unwrap_or(0) >= 190,
+        "{cache}"
+    );
+    assert!(cache["fetches"].as_u64().unwrap_or(0) <= 10, "{cache}");
 }

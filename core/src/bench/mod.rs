@@ -52,8 +52,8 @@ use hdrhistogram::Histogram;
 
 pub use self::check::{CheckResult, run_checks};
 pub use self::report::{
-    Cleanup, Issued, Latency, OpReport, REPORT_VERSION, Report, Second, Totals, compare,
-    human_rate, human_us,
+    CacheReport, Cleanup, Issued, Latency, OpReport, REPORT_VERSION, Report, Second, Totals,
+    compare, human_rate, human_us,
 };
 pub use self::spec::{BenchOp, MAX_OBJECT_SIZE, SizeSpec, Workload, human_size, parse_size};
 use crate::error::{Error, Result};
@@ -562,6 +562,7 @@ pub async fn run(
         Some(cleanup(store, &prefix, &mut issued).await)
     };
     report.issued = issued;
+    report.cache = store.cache_stats().as_ref().map(CacheReport::of);
     Ok(report)
 }
 
@@ -975,5 +976,6 @@ fn merge(
         issued: Issued::default(),
         checks: Vec::new(),
         cleanup: None,
+        cache: None,
     }
 }

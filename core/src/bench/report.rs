@@ -49,6 +49,38 @@ pub struct Report {
     pub checks: Vec<CheckResult>,
     /// What the cleanup removed (`None` when `--keep` left the pieces).
     pub cleanup: Option<Cleanup>,
+    /// The data cache over the run (warm-up and prefill included), when the store has one.
+    #[serde(default)]
+    pub cache: Option<CacheReport>,
+}
+
+/// The data cache's counters over a run.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CacheReport {
+    /// The share of gets that made no request of their own (`None` without gets).
+    pub hit_ratio: Option<f64>,
+    /// Hits per tier (`memory`, `disk`).
+    pub hits: BTreeMap<String, u64>,
+    /// Fetches from the store that misses made.
+    pub fetches: u64,
+    /// Gets that waited for another get's fetch of the same key.
+    pub coalesced: u64,
+}
+
+impl CacheReport {
+    /// The report of a store's cache counters.
+    pub fn of(s: &crate::cache::CacheStats) -> CacheReport {
+        CacheReport {
+            hit_ratio: s.hit_ratio(),
+            hits: s
+                .tiers
+                .iter()
+                .map(|t| (t.tier.to_string(), t.hits))
+                .collect(),
+            fetches: s.fetches,
+            coalesced: s.coalesced,
+        }
+    }
 }
 
 /// The results of one operation.
