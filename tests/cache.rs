@@ -375,9 +375,44 @@ async fn gets_of_different_pieces_of_one_pack_share_one_ranged_read() {
     let (_, after) = pack_requests(&proxy);
     assert!(after - before < 24, "{} GETs for 24 pieces", after - before);
 
-    // A piece on its own still reads just its range, and a deleted pack is still NotFound.
+    // A piece on its own still reads just its range; a key never put is NotFound.
     store.clear_cache().await;
     assert!(store.get("obj_s3").await.unwrap() == pieces[3].1);
     let missing = store.get("obj_none").await.unwrap_err();
     assert_eq!(missing.kind(), ErrorKind::NotFound);
+
+    // Packs cut short behind the store's back: a shared read comes back short, and each piece
+    // past the cut is Corrupt on its own (no panic, no wrong bytes); those before it are read.
+    let packs_dir = s
+        .data_dir
+        .as_ref()
+        .expect("s3s-fs keeps its buckets in a directory")
+        .join(&bucket)
+        .join(".piecestore/packs");
+    for f in std::fs::read_dir(&packs_dir).unwrap() {
+        let f = f.unwrap().path();
+        let len = std::fs::metadata(&f).unwrap().len();
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(&f)
+            .unwrap()
+            .set_len(len / 2)
+            .unwrap();
+    }
+    store.clear_cache().await;
+    let got = store.get_many(pieces.iter().map(|(k, _)| k.as_str())).await;
+    let (mut read, mut corrupt) = (0, 0);
+    for ((k, data), got) in pieces.iter().zip(got) {
+        match got {
+            Ok(bytes) => {
+                assert!(bytes == *data, "{k}: wrong bytes from a truncated pack");
+                read += 1;
+            }
+            Err(e) => {
+                assert_eq!(e.kind(), ErrorKind::Corrupt, "{k}: {e}");
+                corrupt += 1;
+            }
+        }
+    }
+    assert!(read > 0 && corrupt > 0, "{read} read, {corrupt} corrupt");
 }

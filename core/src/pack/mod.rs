@@ -677,7 +677,9 @@ impl ShardPacker {
         loc: &Loc,
     ) -> Result<Bytes> {
         if self.handles.is_none() {
-            return read_packed_object(&self.reads, backend, key, loc).await;
+            // A memory store's reads cost no round trip: nothing to share.
+            let reads = (!self.is_memory()).then_some(&self.reads);
+            return read_packed_object(reads, backend, key, loc).await;
         }
         let me = Arc::clone(self);
         let (pack, offset, len, crc) = (loc.pack, loc.offset, loc.len, loc.crc);
@@ -728,9 +730,9 @@ impl ShardPacker {
 }
 
 /// [`ShardPacker::read_packed`] on a bucket (or memory): one ranged GET, shared with the
-/// other gets of the pack that arrive with it ([`reads`]).
+/// other gets of the pack that arrive with it when `reads` is given ([`reads`]).
 async fn read_packed_object(
-    reads: &reads::SharedReads,
+    reads: Option<&reads::SharedReads>,
     backend: &Backend,
     key: &str,
     loc: &Loc,
@@ -741,7 +743,11 @@ async fn read_packed_object(
         detail,
     };
     let end = loc.offset + loc.len;
-    let bytes = match reads.read(backend, loc.pack, loc.offset..end).await {
+    let read = match reads {
+        Some(reads) => reads.read(backend, loc.pack, loc.offset..end).await,
+        None => backend.read_pack_range(loc.pack, loc.offset..end).await,
+    };
+    let bytes = match read {
         Ok(b) => b,
         Err(e @ Error::NotFound { .. }) => return Err(e),
         Err(e) => {

@@ -26,11 +26,12 @@ use crate::backend::Backend;
 use crate::error::Result;
 
 /// Two ranges share a read when the bytes between them are at most this many (reading them
-/// costs less than another request's round trip).
-const MAX_GAP: u64 = 1 << 20;
+/// costs less than another request's round trip, and bounds what a read fetches beyond the
+/// pieces asked for).
+const MAX_GAP: u64 = 256 << 10;
 
 /// One shared read never spans more than this many bytes.
-const MAX_SPAN: u64 = 16 << 20;
+const MAX_SPAN: u64 = 8 << 20;
 
 /// The spans a sealed batch read: each span's range and its bytes (`None`: the read failed).
 type Spans = Vec<(Range<u64>, Option<Bytes>)>;
@@ -88,10 +89,19 @@ impl SharedReads {
             .iter()
             .find(|(r, _)| r.start <= range.start && range.end <= r.end);
         match covering {
-            Some((span, Some(bytes))) => {
+            // A span that came back whole (a pack cut short returns fewer bytes: then each
+            // piece reads its own range, and a short one is reported `Corrupt` by the caller).
+            Some((span, Some(bytes))) if bytes.len() as u64 == span.end - span.start => {
                 let from = (range.start - span.start) as usize;
                 let to = (range.end - span.start) as usize;
-                Ok(bytes.slice(from..to.min(bytes.len())))
+                let piece = bytes.slice(from..to);
+                // A piece much smaller than its span is copied out, so that it does not keep
+                // the whole span alive.
+                Ok(if piece.len() * 2 < bytes.len() {
+                    Bytes::copy_from_slice(&piece)
+                } else {
+                    piece
+                })
             }
             // The shared read failed (or never covered this range): read on its own.
             _ => {
