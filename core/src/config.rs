@@ -1735,6 +1735,31 @@ mod tests {
     use super::*;
     use crate::ErrorKind;
 
+    #[test]
+    fn every_option_has_a_kind_of_its_own_not_the_fallback() {
+        // The options whose value is free text; a new option must be added to the table
+        // (option_spec), or here if it really is free text.
+        const FREE_TEXT: &[&str] = &[
+            "BucketURL",
+            "AccessKey",
+            "SecretKey",
+            "SessionToken",
+            "Region",
+            "Endpoint",
+            "IndexUrl",
+        ];
+        for name in OPTION_NAMES {
+            let (kind, accepts) = option_spec(name);
+            let fallback = (kind, accepts) == (OptionKind::Text, "text");
+            assert_eq!(
+                fallback,
+                FREE_TEXT.contains(name),
+                "{name}: {kind:?}, {accepts}"
+            );
+            assert_eq!(option_kind(&name.to_ascii_lowercase()), Some(kind));
+        }
+    }
+
     fn env_of(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
         let m: HashMap<String, String> = pairs
             .iter()

@@ -410,7 +410,8 @@ impl PieceStore {
     }
 
     /// The piece if the data cache's memory tier holds it, at once on the calling thread (no
-    /// I/O, no await), recorded as a get; `None` otherwise (then make an ordinary
+    /// await; on a packed store with a local index, one index lookup checks that the piece is
+    /// still there), recorded as a get; `None` otherwise (then make an ordinary
     /// [`PieceStore::get`]). For a binding that answers a cache hit without leaving the
     /// caller's thread (or releasing Python's GIL).
     pub fn get_resident(&self, key: &str) -> Option<Bytes> {

@@ -36,16 +36,22 @@ pub(crate) struct Entry {
 
 type Flight = Arc<OnceCell<Entry>>;
 
-/// Removes a get's flight from the map when the get ends, however it ends (a flight another
-/// flight replaced after an invalidation is left alone).
+/// Removes a get's flight from the map when the get ends, if it ran the fetch (however it
+/// ended: done, failed or dropped part-way) or the flight is done; a waiter dropped while
+/// another get fetches leaves it to that get. A flight another flight replaced after an
+/// invalidation is left alone.
 struct EndFlight<'a> {
     flights: &'a Mutex<HashMap<String, Flight>>,
     key: &'a str,
     flight: &'a Flight,
+    fetching: &'a std::sync::atomic::AtomicBool,
 }
 
 impl Drop for EndFlight<'_> {
     fn drop(&mut self) {
+        if !self.fetching.load(Ordering::Relaxed) && !self.flight.initialized() {
+            return;
+        }
         let mut flights = self.flights.lock().unwrap_or_else(|p| p.into_inner());
         if flights
             .get(self.key)
@@ -187,17 +193,24 @@ impl PieceCache {
         })))
     }
 
-    /// The piece from the memory tier, at once.
-    fn memory_get(&self, key: &str) -> Option<Entry> {
-        let memory = self.memory.as_ref()?;
+    /// The piece from the memory tier, at once: `Err(())` for an entry `current` refused
+    /// (counted as a miss, like the disk tier's), for the caller to drop.
+    fn memory_get(
+        &self,
+        key: &str,
+        current: &impl Fn(&Entry) -> bool,
+    ) -> std::result::Result<Option<Entry>, ()> {
+        let Some(memory) = self.memory.as_ref() else {
+            return Ok(None);
+        };
         match memory.get(key) {
-            Some(e) => {
+            Some(e) if current(&e) => {
                 self.mem.hits.fetch_add(1, Ordering::Relaxed);
-                Some(e)
+                Ok(Some(e))
             }
-            None => {
+            found => {
                 self.mem.misses.fetch_add(1, Ordering::Relaxed);
-                None
+                if found.is_some() { Err(()) } else { Ok(None) }
             }
         }
     }
@@ -329,12 +342,13 @@ impl PieceCache {
         F: FnOnce() -> Fut,
         Fut: std::future::Future<Output = Result<Entry>>,
     {
-        if let Some(e) = self.memory_get(key) {
-            if current(&e) {
+        match self.memory_get(key, &current) {
+            Ok(Some(e)) => {
                 *hit = true;
                 return Ok(e);
             }
-            self.drop_stale(key).await;
+            Ok(None) => {}
+            Err(()) => self.drop_stale(key).await,
         }
         let flight = {
             let mut flights = self.flights.lock().unwrap_or_else(|p| p.into_inner());
@@ -343,16 +357,19 @@ impl PieceCache {
         // The flight ends with its first success (later callers find the tiers) or its first
         // failure (those still waiting on it try on their own; a new get starts a new one),
         // or when its get is dropped part-way (a cancelled request leaves no entry behind).
+        let fetching = std::sync::atomic::AtomicBool::new(false);
         let _ending = EndFlight {
             flights: &self.flights,
             key,
             flight: &flight,
+            fetching: &fetching,
         };
         let mut fetched = false;
         let mut from_disk = false;
         let result = flight
             .get_or_try_init(|| async {
                 fetched = true;
+                fetching.store(true, Ordering::Relaxed);
                 let epoch = self.epoch();
                 if let Some(e) = self.disk_get(key, epoch, &current).await {
                     from_disk = true;
@@ -520,6 +537,61 @@ mod tests {
             .await
             .expect("get");
         assert_eq!(&got.bytes[..], b"piece");
+        assert_eq!(cache.flights_under_way(), 0);
+    }
+}
+
+#[cfg(test)]
+mod flight_tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_cancelled_waiter_leaves_the_fetch_shared() {
+        let opts = CacheOptions {
+            memory: Some(1 << 20),
+            ..CacheOptions::default()
+        };
+        let cache = PieceCache::new(&opts, true, "scope".into())
+            .expect("cache")
+            .expect("a memory tier");
+        let (release, released) = tokio::sync::oneshot::channel::<()>();
+        let fetches = AtomicU64::new(0);
+        let fetch = || async {
+            fetches.fetch_add(1, Ordering::Relaxed);
+            let _ = released.await;
+            Ok(Entry {
+                bytes: Bytes::from_static(b"piece"),
+                crc: Some(crate::checksum::crc32c(b"piece")),
+            })
+        };
+        let (mut h1, mut h2, mut h3) = (false, false, false);
+        let leader = cache.get("k", &mut h1, |_| true, fetch);
+        let waiter = cache.get(
+            "k",
+            &mut h2,
+            |_| true,
+            || async { unreachable!("the waiter shares the leader's fetch") },
+        );
+        tokio::pin!(leader);
+        // The leader starts its fetch; the waiter joins it and is dropped part-way.
+        assert!(futures::poll!(&mut leader).is_pending());
+        {
+            tokio::pin!(waiter);
+            assert!(futures::poll!(&mut waiter).is_pending());
+        }
+        assert_eq!(cache.flights_under_way(), 1, "the leader's flight stays");
+        let late = cache.get(
+            "k",
+            &mut h3,
+            |_| true,
+            || async { unreachable!("a get that comes later joins the fetch under way") },
+        );
+        tokio::pin!(late);
+        assert!(futures::poll!(&mut late).is_pending());
+        release.send(()).expect("leader waits");
+        assert_eq!(&leader.await.expect("leader").bytes[..], b"piece");
+        assert_eq!(&late.await.expect("late").bytes[..], b"piece");
+        assert_eq!(fetches.load(Ordering::Relaxed), 1);
         assert_eq!(cache.flights_under_way(), 0);
     }
 }
