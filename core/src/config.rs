@@ -60,6 +60,10 @@ pub struct Config {
     /// `[PieceStore.Cache]`: the data cache's memory and disk tiers.
     #[serde(rename = "Cache", default)]
     pub cache: CacheOptions,
+    /// `[PieceStore.Serve]`: what `piecestore serve` (the `piecestore-server` crate) listens on
+    /// and serves. A store opened by a binding or the other commands does not read it.
+    #[serde(rename = "Serve", default)]
+    pub serve: ServeOptions,
     /// Whether this config is in the original Go piecestore's layout and nothing else: read
     /// from a `config.toml` whose `[PieceStore]` holds only `Shards` and `[PieceStore.Store]`.
     /// Such a store's defaults follow the original (its file pieces carry no checksum, so
@@ -595,6 +599,144 @@ impl CacheOptions {
 /// The memory tier's default size in front of buckets.
 pub const DEFAULT_CACHE_MEMORY: u64 = 256 << 20;
 
+/// `[PieceStore.Serve]`: the S3-compatible HTTP service of `piecestore serve`; see
+/// `docs/serve.md`.
+///
+/// ```toml
+/// [PieceStore.Serve]
+/// Listen = "127.0.0.1:9820"
+/// MaxObjectSize = "256MiB"
+///
+/// [[PieceStore.Serve.Keys]]
+/// AccessKey = "pieces-admin"
+/// SecretKey = "change-me-please"
+///
+/// [[PieceStore.Serve.Buckets]]
+/// Name = "pieces"                 # the store this config describes
+///
+/// [[PieceStore.Serve.Buckets]]
+/// Name = "public"
+/// Store = "file:///srv/public"    # a store URL or a config.toml of its own
+/// PublicRead = true
+/// ```
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServeOptions {
+    /// The address to listen on (`host:port`). Default `127.0.0.1:9820`; `--listen` overrides.
+    #[serde(rename = "Listen", default)]
+    pub listen: Option<String>,
+    /// The access keys whose SigV4 signatures are accepted. The environment's
+    /// `PIECESTORE_SERVE_ACCESS_KEY` and `PIECESTORE_SERVE_SECRET_KEY` add one more.
+    #[serde(rename = "Keys", default)]
+    pub keys: Vec<ServeKey>,
+    /// The buckets served, each over a store. Default: one bucket `pieces` over the store
+    /// this config describes.
+    #[serde(rename = "Buckets", default)]
+    pub buckets: Vec<ServeBucket>,
+    /// A PEM certificate chain: with `TLSKey`, the service speaks HTTPS only.
+    #[serde(rename = "TLSCert", default)]
+    pub tls_cert: Option<std::path::PathBuf>,
+    /// The PEM private key of `TLSCert`.
+    #[serde(rename = "TLSKey", default)]
+    pub tls_key: Option<std::path::PathBuf>,
+    /// The largest object a PUT may store (the request is refused with `EntityTooLarge`
+    /// before its body is read). Default 256 MiB.
+    #[serde(
+        rename = "MaxObjectSize",
+        default = "d_256mib",
+        deserialize_with = "de_size"
+    )]
+    pub max_object_size: u64,
+    /// Requests served at once; more wait for a turn. Default 256.
+    #[serde(rename = "Concurrency", default = "d_256")]
+    pub concurrency: usize,
+    /// How long a client may take to send a request's headers. Default 10 s.
+    #[serde(
+        rename = "HeaderTimeout",
+        default = "d_10s",
+        deserialize_with = "de_delay"
+    )]
+    pub header_timeout: Duration,
+    /// How long a request body may go without a byte arriving. Default 30 s.
+    #[serde(
+        rename = "BodyTimeout",
+        default = "d_30s",
+        deserialize_with = "de_delay"
+    )]
+    pub body_timeout: Duration,
+    /// On SIGTERM or Ctrl-C, how long requests in flight may take to finish before the
+    /// connections are closed (open packs are flushed either way). Default 30 s.
+    #[serde(
+        rename = "ShutdownTimeout",
+        default = "d_30s",
+        deserialize_with = "de_delay"
+    )]
+    pub shutdown_timeout: Duration,
+}
+
+impl Default for ServeOptions {
+    fn default() -> Self {
+        ServeOptions {
+            listen: None,
+            keys: Vec::new(),
+            buckets: Vec::new(),
+            tls_cert: None,
+            tls_key: None,
+            max_object_size: d_256mib(),
+            concurrency: d_256(),
+            header_timeout: d_10s(),
+            body_timeout: d_30s(),
+            shutdown_timeout: d_30s(),
+        }
+    }
+}
+
+/// The default address of `piecestore serve`.
+pub const DEFAULT_SERVE_LISTEN: &str = "127.0.0.1:9820";
+
+/// One access key of `piecestore serve` (`[[PieceStore.Serve.Keys]]`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServeKey {
+    /// The access key id clients sign with.
+    #[serde(rename = "AccessKey")]
+    pub access_key: String,
+    /// Its secret (never shown).
+    #[serde(rename = "SecretKey")]
+    pub secret_key: Secret,
+}
+
+/// One bucket of `piecestore serve` (`[[PieceStore.Serve.Buckets]]`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServeBucket {
+    /// The bucket's name, as clients address it (3 to 63 characters: lowercase letters,
+    /// digits, `-` and `.`).
+    #[serde(rename = "Name")]
+    pub name: String,
+    /// The store behind it: a store URL or the path of a config.toml. Default: the store the
+    /// serving config describes.
+    #[serde(rename = "Store", default)]
+    pub store: Option<String>,
+    /// Anyone may read (GET, HEAD, list) without signing; writes still need a key.
+    #[serde(rename = "PublicRead", default)]
+    pub public_read: bool,
+    /// A PUT of other bytes under an existing key replaces the piece instead of failing
+    /// with 409 `PieceExists`.
+    #[serde(rename = "AllowOverwrite", default)]
+    pub allow_overwrite: bool,
+}
+
+fn d_256mib() -> u64 {
+    256 << 20
+}
+fn d_256() -> usize {
+    256
+}
+fn d_30s() -> Duration {
+    Duration::from_secs(30)
+}
+
 /// `[PieceStore.Index]`: a pack index shared by several hosts.
 ///
 /// ```toml
@@ -1110,8 +1252,13 @@ fn option_accepts(name: &str) -> &'static str {
 }
 
 /// Whether a `[PieceStore]` table holds only what the original Go piecestore's does.
+///
+/// `[PieceStore.Serve]` does not count: it says how the store is served, not how it reads or
+/// writes, so a Greenfield SP's config with a `Serve` table keeps the original's defaults.
 fn is_original_layout(table: &toml::Table) -> bool {
-    table.keys().all(|k| k == "Shards" || k == "Store")
+    table
+        .keys()
+        .all(|k| k == "Shards" || k == "Store" || k == "Serve")
 }
 
 /// The original's fields of `[PieceStore]`.
@@ -1124,6 +1271,7 @@ const OWN_TABLES: &[&str] = &[
     "Pack",
     "Index",
     "Cache",
+    "Serve",
 ];
 /// The fields of `[PieceStore.Store]` (the original's, and PieceStore's credentials).
 const STORE_FIELDS: &[&str] = &[

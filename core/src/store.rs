@@ -390,8 +390,19 @@ impl PieceStore {
     }
 
     /// Reads a whole piece, verified; also returns the checksum it was verified against
-    /// (`None` for a piece stored without one).
-    pub(crate) async fn get_with_crc(&self, key: &str) -> Result<(Bytes, Option<u32>)> {
+    /// (`None` for a piece stored without one, see [`PieceMeta::unverified`]): what a server
+    /// sends as the piece's checksum without a second request.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// let store = piecestore::PieceStore::open_spec("memory://").await.unwrap();
+    /// store.put("1_s0", &b"abc"[..]).await.unwrap();
+    /// let (bytes, crc) = store.get_with_crc("1_s0").await.unwrap();
+    /// assert_eq!(crc, Some(piecestore::checksum::crc32c(&bytes)));
+    /// # }
+    /// ```
+    pub async fn get_with_crc(&self, key: &str) -> Result<(Bytes, Option<u32>)> {
         self.get_timed(key, &mut None).await
     }
 
