@@ -216,6 +216,21 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Serve the store over the S3 protocol: any S3 client (aws CLI, boto3, rclone, minio-go,
+    /// PieceStore's own S3 backend) puts, gets, lists and deletes pieces over HTTP.
+    ///
+    /// One bucket `pieces` over the store (or the buckets of [PieceStore.Serve]); object keys
+    /// are piece keys. Clients sign with a key from PIECESTORE_SERVE_ACCESS_KEY and
+    /// PIECESTORE_SERVE_SECRET_KEY or [[PieceStore.Serve.Keys]]. Prints `listening on URL`
+    /// once it accepts connections; SIGTERM or Ctrl-C lets requests in flight finish and
+    /// flushes open packs. /healthz, /readyz and /metrics (Prometheus) are served as well.
+    /// See docs/serve.md.
+    Serve {
+        /// The address to listen on (default: [PieceStore.Serve] Listen, else
+        /// 127.0.0.1:9820; port 0 picks a free one).
+        #[arg(long)]
+        listen: Option<String>,
+    },
     /// Report what the store holds: pieces, bytes, size histogram, per-shard balance and skew,
     /// orphans (objects no get can reach) and, once packing is on, pack fill and garbage.
     Profile {
@@ -251,7 +266,14 @@ fn exit_code(e: &Error) -> u8 {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let level = if cli.verbose { "info" } else { "warn" };
+    let level = match (cli.verbose, matches!(cli.command, Command::Serve { .. })) {
+        // s3s logs every client error (a 404, a bad signature) at ERROR level: `serve` logs
+        // its requests itself (5xx at WARN, each request at DEBUG).
+        (false, true) => "warn,s3s=off",
+        (true, true) => "info,s3s=off",
+        (false, false) => "warn",
+        (true, false) => "info",
+    };
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| level.into()),
@@ -335,6 +357,68 @@ fn load_config(cli: &Cli) -> Result<Config, Error> {
     Config::load_file(path)
 }
 
+/// `piecestore serve`: binds, says where, serves until SIGTERM or Ctrl-C.
+async fn serve_store(
+    store: PieceStore,
+    options: piecestore::config::ServeOptions,
+    listen: Option<String>,
+) -> Result<(), CliError> {
+    use piecestore_server::{ServeError, Server, Setup};
+    let mut setup = Setup::new(store, options);
+    setup.listen = listen;
+    let server = match Server::bind(setup).await {
+        Ok(s) => s,
+        Err(ServeError::Store { source, bucket }) => {
+            eprintln!("error[{}]: bucket {bucket}: {source}", source.kind());
+            return Err(CliError::Exit(exit_code(&source)));
+        }
+        Err(e @ ServeError::Config(_)) => {
+            eprintln!("error[INVALID_CONFIG]: {e}");
+            return Err(CliError::Exit(5));
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            return Err(CliError::Exit(1));
+        }
+    };
+    let scheme = if server.is_tls() { "https" } else { "http" };
+    println!(
+        "listening on {scheme}://{} (buckets: {})",
+        server.local_addr(),
+        server.bucket_names().join(", ")
+    );
+    let _ = std::io::stdout().flush();
+    server
+        .run(shutdown_signal())
+        .await
+        .map_err(|e| CliError::Io("serving".into(), std::io::Error::other(e.to_string())))?;
+    eprintln!("piecestore: stopped (requests in flight finished, packs flushed)");
+    Ok(())
+}
+
+/// SIGTERM or Ctrl-C (SIGINT).
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = tokio::signal::ctrl_c() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
 /// `piecestore cache …`.
 #[derive(Subcommand, Debug)]
 enum CacheAction {
@@ -374,8 +458,10 @@ async fn run(cli: Cli) -> Result<(), CliError> {
         // gets of a working set that fits. Setting a tier (cache_memory=…) measures it.
         config.cache.memory = Some(0);
     }
+    let serve = config.serve.clone();
     let store = PieceStore::open(config).await?;
     match cli.command {
+        Command::Serve { listen } => return serve_store(store, serve, listen).await,
         Command::Bench { args, .. } => bench::run(&store, args).await?,
         Command::Profile {
             json,

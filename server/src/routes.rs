@@ -1,0 +1,142 @@
+//! The HTTP service in front of s3s: the operations endpoints (`/healthz`, `/readyz`,
+//! `/metrics`), the concurrency limit, and the request metrics and log span of every request.
+
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use hyper::body::Incoming;
+use s3s::{Body, HttpError, HttpResponse};
+use tokio::sync::Semaphore;
+use tracing::Instrument;
+
+use crate::metrics::{HttpMetrics, merge_families, with_label};
+use crate::s3::State;
+
+/// Where the S3 layer writes the name of the operation a request turned out to be (read back
+/// for the request's metrics and log line).
+#[derive(Clone, Default)]
+pub(crate) struct OpSlot(pub(crate) Arc<Mutex<Option<String>>>);
+
+impl OpSlot {
+    pub(crate) fn set(&self, name: &str) {
+        if let Ok(mut s) = self.0.lock() {
+            *s = Some(name.to_string());
+        }
+    }
+    fn get(&self) -> Option<String> {
+        self.0.lock().ok().and_then(|s| s.clone())
+    }
+}
+
+/// One connection's service: cheap to clone (all shared).
+#[derive(Clone)]
+pub(crate) struct HttpService {
+    s3: s3s::service::S3Service,
+    state: Arc<State>,
+    metrics: Arc<HttpMetrics>,
+    limit: Arc<Semaphore>,
+}
+
+impl HttpService {
+    pub(crate) fn new(
+        s3: s3s::service::S3Service,
+        state: Arc<State>,
+        metrics: Arc<HttpMetrics>,
+        limit: Arc<Semaphore>,
+    ) -> Self {
+        HttpService {
+            s3,
+            state,
+            metrics,
+            limit,
+        }
+    }
+
+    pub(crate) async fn call(
+        self,
+        mut req: http::Request<Incoming>,
+    ) -> Result<HttpResponse, HttpError> {
+        let method = req.method().clone();
+        let path = req.uri().path().to_string();
+        let plain_get = (method == http::Method::GET || method == http::Method::HEAD)
+            && req.uri().query().is_none();
+        if plain_get {
+            match path.as_str() {
+                "/healthz" => return Ok(text(200, "ok\n")),
+                "/readyz" => return Ok(self.ready().await),
+                "/metrics" => return Ok(self.metrics_text()),
+                _ => {}
+            }
+        }
+        let slot = OpSlot::default();
+        req.extensions_mut().insert(slot.clone());
+        let span = tracing::info_span!(
+            "request",
+            method = %method,
+            path = %path,
+            op = tracing::field::Empty,
+            status = tracing::field::Empty,
+        );
+        async move {
+            let _permit = self.limit.acquire().await;
+            self.metrics.started();
+            let t0 = Instant::now();
+            let result = self.s3.call(req.map(Body::from)).await;
+            let elapsed = t0.elapsed();
+            let status = match &result {
+                Ok(r) => r.status().as_u16(),
+                Err(_) => 500,
+            };
+            let op = slot.get().unwrap_or_else(|| format!("HTTP {method}"));
+            self.metrics.finished(&op, status, elapsed);
+            let span = tracing::Span::current();
+            span.record("op", op.as_str());
+            span.record("status", status);
+            if status >= 500 {
+                tracing::warn!(
+                    elapsed_us = elapsed.as_micros() as u64,
+                    "served with a server error"
+                );
+            } else {
+                tracing::debug!(elapsed_us = elapsed.as_micros() as u64, "served");
+            }
+            result
+        }
+        .instrument(span)
+        .await
+    }
+
+    async fn ready(&self) -> HttpResponse {
+        match self.state.check_all().await {
+            Ok(()) => text(200, "ready\n"),
+            Err(why) => text(503, &format!("not ready: {why}\n")),
+        }
+    }
+
+    fn metrics_text(&self) -> HttpResponse {
+        let texts: Vec<String> = self
+            .state
+            .stores()
+            .into_iter()
+            .map(|(name, store)| with_label(&store.metrics().to_prometheus(), "bucket", &name))
+            .collect();
+        let mut out = merge_families(&texts);
+        out.push_str(&self.metrics.to_prometheus());
+        let mut r = text(200, &out);
+        r.headers_mut().insert(
+            http::header::CONTENT_TYPE,
+            http::HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+        );
+        r
+    }
+}
+
+fn text(status: u16, body: &str) -> HttpResponse {
+    let mut r = http::Response::new(Body::from(body.to_string()));
+    *r.status_mut() = http::StatusCode::from_u16(status).unwrap_or(http::StatusCode::OK);
+    r.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    r
+}
