@@ -3,6 +3,9 @@
 //! Servers are started by the harness itself, once per test binary, and die with it:
 //! - `moto_server` (pip `moto[server]`): faithful S3 semantics, checks no signatures;
 //! - `s3s-fs` (cargo `s3s-fs`): checks SigV4, stores real files;
+//! - `piecestore serve` (this workspace's `piecestore` binary, built by `cargo test
+//!   --workspace`): buckets `shard-0..3`, each over a local directory, so that the suite runs
+//!   over PieceStore's own S3 service as well;
 //! - any other server given by `PIECESTORE_TEST_S3_ENDPOINT` (+ `PIECESTORE_TEST_S3_ACCESS_KEY`,
 //!   `PIECESTORE_TEST_S3_SECRET_KEY`); its buckets `PIECESTORE_TEST_S3_BUCKET_PREFIX`-0..3 must exist,
 //!   unless the server accepts unsigned bucket creation.
@@ -28,6 +31,8 @@ pub enum ServerKind {
     Moto,
     /// s3s-fs.
     S3sFs,
+    /// `piecestore serve`, buckets `shard-0..3` over local directories.
+    Serve,
     /// The server named by `PIECESTORE_TEST_S3_ENDPOINT`.
     External,
 }
@@ -187,6 +192,76 @@ fn spawn_s3s_fs() -> Option<(S3Server, Child)> {
     Some((server, child))
 }
 
+/// The `piecestore` binary `cargo test --workspace` built next to this test binary
+/// (`target/<profile>/piecestore`).
+pub fn piecestore_binary() -> Option<PathBuf> {
+    let exe = std::env::current_exe().ok()?;
+    // target/<profile>/deps/<test binary>
+    let profile_dir = exe.parent()?.parent()?;
+    let bin = profile_dir.join("piecestore");
+    bin.is_file().then_some(bin)
+}
+
+/// The buckets of the shared `piecestore serve`.
+pub const SERVE_BUCKETS: u32 = 4;
+
+fn start_serve() -> Option<S3Server> {
+    let (server, child) = spawn_serve()?;
+    std::mem::forget(child);
+    Some(server)
+}
+
+/// Starts `piecestore serve` on a free port: buckets `shard-0..3`, each over a directory of a
+/// fresh temporary directory, fresh keys; `None` when the binary is not built. The buckets
+/// allow overwrites: the store under test decides immutability with its conditional puts, as
+/// it does on any S3 server.
+pub fn spawn_serve() -> Option<(S3Server, Child)> {
+    let bin = piecestore_binary()?;
+    let port = free_port();
+    remove_dead_dirs("piecestore-serve-");
+    let dir = tempfile::Builder::new()
+        .prefix(&format!("piecestore-serve-{}-", std::process::id()))
+        .tempdir()
+        .expect("tempdir")
+        .keep();
+    let mut toml = format!(
+        "[PieceStore.Store]\nBucketURL = \"file://{}/default\"\n[PieceStore.Serve]\nListen = \"127.0.0.1:{port}\"\n",
+        dir.display()
+    );
+    for i in 0..SERVE_BUCKETS {
+        toml.push_str(&format!(
+            "[[PieceStore.Serve.Buckets]]\nName = \"shard-{i}\"\nStore = \"file://{}/shard-{i}\"\nAllowOverwrite = true\n",
+            dir.display()
+        ));
+    }
+    let config = dir.join("serve.toml");
+    std::fs::write(&config, toml).expect("write serve.toml");
+    let (ak, sk) = (random_token(20).to_uppercase(), random_token(40));
+    let log = std::fs::File::create(dir.join("serve.log")).expect("serve.log");
+    let mut cmd = Command::new(bin);
+    for v in CLI_ENV {
+        cmd.env_remove(v);
+    }
+    cmd.arg("--config")
+        .arg(&config)
+        .arg("serve")
+        .env("PIECESTORE_SERVE_ACCESS_KEY", &ak)
+        .env("PIECESTORE_SERVE_SECRET_KEY", &sk)
+        .stdout(Stdio::null())
+        .stderr(log);
+    let mut child = spawn_owned(cmd).expect("spawn piecestore serve");
+    wait_for_port(port, &mut child, "piecestore serve");
+    let server = S3Server {
+        kind: ServerKind::Serve,
+        endpoint: format!("http://127.0.0.1:{port}"),
+        access_key: ak,
+        secret_key: sk,
+        data_dir: None,
+        atomic_create: true,
+    };
+    Some((server, child))
+}
+
 /// Removes the data directories of s3s-fs servers started by test processes that are gone.
 /// A shared server lives as long as its test process, which never drops it, so its directory
 /// (named `s3s-fs-<pid>-…`) is swept by a later run instead of piling up in the temp dir.
@@ -214,6 +289,7 @@ pub fn server(kind: ServerKind) -> Option<&'static S3Server> {
     static MOTO: OnceLock<Option<S3Server>> = OnceLock::new();
     static S3S: OnceLock<Option<S3Server>> = OnceLock::new();
     static EXT: OnceLock<Option<S3Server>> = OnceLock::new();
+    static SERVE: OnceLock<Option<S3Server>> = OnceLock::new();
     let (cell, start, what): (_, fn() -> Option<S3Server>, _) = match kind {
         ServerKind::Moto => (
             &MOTO,
@@ -224,6 +300,11 @@ pub fn server(kind: ServerKind) -> Option<&'static S3Server> {
             &S3S,
             start_s3s_fs,
             "s3s-fs (cargo install s3s-fs --version 0.14.1 --features binary --locked)",
+        ),
+        ServerKind::Serve => (
+            &SERVE,
+            start_serve,
+            "the piecestore binary (cargo build -p piecestore-cli; cargo test --workspace builds it)",
         ),
         ServerKind::External => (&EXT, external, ""),
     };
@@ -239,6 +320,10 @@ impl S3Server {
     /// Creates a bucket (s3s-fs: a directory; others: an unsigned `PUT /bucket`, which moto
     /// accepts). An existing bucket is fine.
     pub fn create_bucket(&self, name: &str) {
+        if self.kind == ServerKind::Serve {
+            // Its buckets are configured (`shard-0..3`); tests get a prefix in them instead.
+            return;
+        }
         if let Some(dir) = &self.data_dir {
             std::fs::create_dir_all(dir.join(name)).expect("create s3s-fs bucket dir");
             return;
@@ -263,7 +348,22 @@ impl S3Server {
 
     /// A config for `shards` buckets named `{bucket_prefix}-{i}` on this server (created here),
     /// or one bucket `{bucket_prefix}` when `shards` is 0.
+    ///
+    /// `piecestore serve` has configured buckets: there `bucket_prefix` is a key prefix in
+    /// buckets `shard-0..N`.
     pub fn config(&self, bucket_prefix: &str, shards: u32) -> Config {
+        if self.kind == ServerKind::Serve {
+            assert!(
+                shards <= SERVE_BUCKETS,
+                "piecestore serve has {SERVE_BUCKETS} buckets"
+            );
+            let url = if shards == 0 {
+                format!("{}/shard-0/{bucket_prefix}", self.endpoint)
+            } else {
+                format!("{}/shard-%d/{bucket_prefix}?shards={shards}", self.endpoint)
+            };
+            return self.config_for_url(&url);
+        }
         let url = if shards == 0 {
             self.create_bucket(bucket_prefix);
             format!("{}/{bucket_prefix}", self.endpoint)
@@ -378,6 +478,9 @@ pub enum Backend {
     FileUnpacked,
     /// s3s-fs, four buckets, one object per piece (`Pack = false`).
     S3sFsUnpacked,
+    /// `piecestore serve` (itself packing into local directories), four buckets, reached by
+    /// a store that does not pack (`Pack = false`: the server packs).
+    Serve,
 }
 
 impl Backend {
@@ -387,6 +490,7 @@ impl Backend {
             Backend::MemoryPacked => (Backend::Memory, Some(true)),
             Backend::FileUnpacked => (Backend::File, Some(false)),
             Backend::S3sFsUnpacked => (Backend::S3sFs, Some(false)),
+            Backend::Serve => (Backend::Serve, Some(false)),
             b => (b, None),
         }
     }
@@ -430,10 +534,11 @@ impl Fixture {
                 dir = Some(d);
                 c.expect("file config")
             }
-            Backend::Moto | Backend::S3sFs | Backend::External => {
-                let kind = match backend {
+            Backend::Moto | Backend::S3sFs | Backend::External | Backend::Serve => {
+                let kind = match base {
                     Backend::Moto => ServerKind::Moto,
                     Backend::S3sFs => ServerKind::S3sFs,
+                    Backend::Serve => ServerKind::Serve,
                     _ => ServerKind::External,
                 };
                 let s = server(kind)?;
@@ -484,6 +589,7 @@ macro_rules! behavior_suite {
         $crate::behavior_suite!(@backend memory_packed, MemoryPacked, $($test),*);
         $crate::behavior_suite!(@backend file_unpacked, FileUnpacked, $($test),*);
         $crate::behavior_suite!(@backend s3s_fs_unpacked, S3sFsUnpacked, $($test),*);
+        $crate::behavior_suite!(@backend serve_sharded, Serve, $($test),*);
     };
     // The server named by PIECESTORE_TEST_S3_ENDPOINT: ignored unless run with `--ignored`
     // (a test that cannot run must not pass as if it had).
