@@ -61,8 +61,10 @@ echo "== cargo test"
 CI="${CI:-true}" cargo test --workspace
 
 echo "== python: build the package (release) and run pytest"
+# awscli: python/tests/test_serve.py drives `piecestore serve` with the aws CLI (boto3 and
+# cryptography, for its TLS test, come with moto).
 "$venv/bin/pip" install --quiet --disable-pip-version-check \
-  'maturin==1.16.0' 'pytest==9.2.0' 'mypy==2.4.1'
+  'maturin==1.16.0' 'pytest==9.2.0' 'mypy==2.4.1' 'awscli==1.46.3'
 # The one command the README documents, without build isolation (maturin is already here).
 "$venv/bin/pip" install --quiet --disable-pip-version-check --no-build-isolation \
   --force-reinstall --no-deps ./python

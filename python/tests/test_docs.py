@@ -35,9 +35,21 @@ def test_readme_has_python_examples() -> None:
 @pytest.mark.parametrize("index", range(len(readme_blocks())))
 def test_readme_example(index: int, tmp_path: Path) -> None:
     code = readme_blocks()[index]
-    out = subprocess.run(
-        [sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=120
-    )
+    server = None
+    if "http://127.0.0.1:9820" in code:
+        # The `piecestore serve` example: against a server started as the README starts it,
+        # with its keys, on a free port.
+        from test_serve import start, stop
+
+        server = start(tmp_path / "served", keys=("pieces-admin", "change-me-please"))
+        code = code.replace("http://127.0.0.1:9820", server.endpoint)
+    try:
+        out = subprocess.run(
+            [sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=120
+        )
+    finally:
+        if server is not None:
+            stop(server)
     assert out.returncode == 0, out.stdout + out.stderr
 
 
