@@ -225,7 +225,7 @@ pub fn spawn_serve() -> Option<(S3Server, Child)> {
         .expect("tempdir")
         .keep();
     let mut toml = format!(
-        "[PieceStore.Store]\nBucketURL = \"file://{}/default\"\n[PieceStore.Serve]\nListen = \"127.0.0.1:{port}\"\n",
+        "[PieceStore.Store]\nBucketURL = \"file://{0}/default\"\n[PieceStore.Serve]\nListen = \"127.0.0.1:{port}\"\nUploadDir = \"{0}/uploads\"\n",
         dir.display()
     );
     for i in 0..SERVE_BUCKETS {

@@ -672,6 +672,18 @@ pub struct ServeOptions {
         deserialize_with = "de_delay"
     )]
     pub shutdown_timeout: Duration,
+    /// Where multipart uploads stage their parts (fsync'd files, one directory per upload).
+    /// Default `$XDG_CACHE_HOME/piecestore/serve-uploads` (else `~/.cache/…`).
+    #[serde(rename = "UploadDir", default)]
+    pub upload_dir: Option<std::path::PathBuf>,
+    /// A multipart upload neither completed nor aborted this long after it began is removed
+    /// with its parts. Default 24 h.
+    #[serde(
+        rename = "UploadExpiry",
+        default = "d_24h",
+        deserialize_with = "de_delay"
+    )]
+    pub upload_expiry: Duration,
 }
 
 impl Default for ServeOptions {
@@ -687,6 +699,8 @@ impl Default for ServeOptions {
             header_timeout: d_10s(),
             body_timeout: d_30s(),
             shutdown_timeout: d_30s(),
+            upload_dir: None,
+            upload_expiry: d_24h(),
         }
     }
 }
@@ -732,6 +746,9 @@ fn d_256mib() -> u64 {
 }
 fn d_256() -> usize {
     256
+}
+fn d_24h() -> Duration {
+    Duration::from_secs(24 * 3600)
 }
 fn d_30s() -> Duration {
     Duration::from_secs(30)

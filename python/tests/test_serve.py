@@ -94,6 +94,7 @@ Enabled = true                 # small pieces packed, as in a store opened by UR
 
 [PieceStore.Serve]
 Listen = "127.0.0.1:{port}"
+UploadDir = "{d}/uploads"
 {serve_toml}
 
 [[PieceStore.Serve.Buckets]]
@@ -599,5 +600,67 @@ def test_tls_with_a_certificate_the_client_verifies(tmp_path: Path) -> None:
         )
         with pytest.raises(SSLError):
             untrusting.get_object(Bucket="pieces", Key="1_s0")
+    finally:
+        stop(s)
+
+
+def test_multipart_uploads_boto3_and_aws_cli(tmp_path: Path) -> None:
+    from boto3.s3.transfer import TransferConfig
+
+    s = start(tmp_path)
+    try:
+        s3 = s.client()
+        src = tmp_path / "big.bin"
+        data = os.urandom(64 << 20)
+        src.write_bytes(data)
+        # upload_file splits at 8 MiB: 8 parts, sent 4 at a time
+        cfg = TransferConfig(multipart_threshold=8 << 20, multipart_chunksize=8 << 20)
+        s3.upload_file(str(src), "pieces", "90_s0", Config=cfg)
+        s3.download_file("pieces", "90_s0", str(tmp_path / "back.bin"), Config=cfg)
+        assert (tmp_path / "back.bin").read_bytes() == data
+        assert s3.head_object(Bucket="pieces", Key="90_s0")["ContentLength"] == 64 << 20
+        uploads = tmp_path / "uploads"
+        assert list(uploads.iterdir()) == [], "a completed upload's parts are removed"
+        # An aborted upload stores nothing and leaves nothing staged.
+        up = s3.create_multipart_upload(Bucket="pieces", Key="91_s0")["UploadId"]
+        s3.upload_part(Bucket="pieces", Key="91_s0", UploadId=up, PartNumber=1, Body=b"x" * 1000)
+        assert len(list(uploads.iterdir())) == 1
+        s3.abort_multipart_upload(Bucket="pieces", Key="91_s0", UploadId=up)
+        assert list(uploads.iterdir()) == []
+        with pytest.raises(ClientError) as e:
+            s3.head_object(Bucket="pieces", Key="91_s0")
+        assert error_of(e.value)[1] == 404
+        # A wrong part ETag or an unknown upload is refused.
+        up = s3.create_multipart_upload(Bucket="pieces", Key="92_s0")["UploadId"]
+        etag = s3.upload_part(Bucket="pieces", Key="92_s0", UploadId=up, PartNumber=1, Body=b"y")["ETag"]
+        with pytest.raises(ClientError) as e:
+            s3.complete_multipart_upload(
+                Bucket="pieces", Key="92_s0", UploadId=up,
+                MultipartUpload={"Parts": [{"PartNumber": 1, "ETag": '"00000000"'}]},
+            )
+        assert error_of(e.value)[0] == "InvalidPart"
+        with pytest.raises(ClientError) as e:
+            s3.upload_part(Bucket="pieces", Key="92_s0", UploadId="0" * 32, PartNumber=1, Body=b"y")
+        assert error_of(e.value)[0] == "NoSuchUpload"
+        s3.complete_multipart_upload(
+            Bucket="pieces", Key="92_s0", UploadId=up,
+            MultipartUpload={"Parts": [{"PartNumber": 1, "ETag": etag}]},
+        )
+        assert s3.get_object(Bucket="pieces", Key="92_s0")["Body"].read() == b"y"
+        # The aws CLI copies a 20 MiB file in parts.
+        aws = _aws()
+        if aws is None:
+            if os.environ.get("CI") == "true":
+                pytest.fail("the aws CLI is not installed")
+            return
+        env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
+        env.update(AWS_ACCESS_KEY_ID=ACCESS, AWS_SECRET_ACCESS_KEY=SECRET,
+                   AWS_DEFAULT_REGION="us-east-1", AWS_CONFIG_FILE=str(tmp_path / "none"))
+        mid = tmp_path / "mid.bin"
+        mid.write_bytes(data[: 20 << 20])
+        out = subprocess.run([aws, "--endpoint-url", s.endpoint, "s3", "cp", str(mid), "s3://pieces/93_s0"],
+                             env=env, capture_output=True, text=True, timeout=300)
+        assert out.returncode == 0, out.stdout + out.stderr
+        assert s3.get_object(Bucket="pieces", Key="93_s0")["Body"].read() == data[: 20 << 20]
     finally:
         stop(s)

@@ -9,7 +9,8 @@
 //!   piece keys (others get `400 InvalidArgument`).
 //! - **The mapping of S3 calls to the engine** (`s3` module): PutObject, GetObject (ranges,
 //!   `If-Match`/`If-None-Match`), HeadObject, DeleteObject, DeleteObjects, ListObjectsV2,
-//!   ListObjects, ListBuckets, HeadBucket, GetBucketLocation; everything else answers
+//!   ListObjects, ListBuckets, HeadBucket, GetBucketLocation, and multipart uploads (parts
+//!   staged durably on local disk, `multipart` module); everything else answers
 //!   `501 NotImplemented`.
 //! - **Auth** (`auth` module): SigV4 against the configured keys; anonymous reads only on a
 //!   bucket configured `PublicRead`.
@@ -38,6 +39,7 @@
 mod auth;
 mod body;
 mod metrics;
+mod multipart;
 mod routes;
 mod s3;
 
@@ -234,8 +236,14 @@ impl Server {
         let addr = listener
             .local_addr()
             .map_err(io_error("the listener's address"))?;
+        let upload_dir = options
+            .upload_dir
+            .clone()
+            .unwrap_or_else(multipart::Uploads::default_dir);
+        let uploads = multipart::Uploads::open(upload_dir.clone(), options.upload_expiry)
+            .map_err(io_error(format!("UploadDir {}", upload_dir.display())))?;
         let metrics = Arc::new(HttpMetrics::default());
-        let state = Arc::new(s3::State::new(buckets, &options));
+        let state = Arc::new(s3::State::new(buckets, &options, uploads));
         let service = s3::build_service(state.clone(), keys, metrics.clone());
         Ok(Server {
             listener,
@@ -286,6 +294,19 @@ impl Server {
         let builder = Arc::new(builder);
         let graceful = hyper_util::server::graceful::GracefulShutdown::new();
         let handshake_timeout = options.header_timeout;
+        // Abandoned multipart uploads go after UploadExpiry: swept hourly.
+        let sweeper = {
+            let state = state.clone();
+            tokio::spawn(async move {
+                let mut tick = tokio::time::interval(Duration::from_secs(3600));
+                tick.tick().await;
+                loop {
+                    tick.tick().await;
+                    let s = state.clone();
+                    let _ = tokio::task::spawn_blocking(move || s.uploads.sweep()).await;
+                }
+            })
+        };
         tokio::pin!(shutdown);
         loop {
             let (stream, peer) = tokio::select! {
@@ -350,6 +371,7 @@ impl Server {
             }
         }
         drop(listener);
+        sweeper.abort();
         tracing::info!("shutting down: finishing requests in flight");
         if tokio::time::timeout(options.shutdown_timeout, graceful.shutdown())
             .await

@@ -28,6 +28,7 @@ use s3s::service::S3ServiceBuilder;
 use s3s::{S3, S3Error, S3ErrorCode, S3Request, S3Response, S3Result, s3_error};
 
 use crate::metrics::HttpMetrics;
+use crate::multipart::Uploads;
 use crate::{BucketSpec, auth, body};
 
 /// The most keys one listing page holds (S3's own limit).
@@ -38,14 +39,16 @@ pub(crate) struct State {
     buckets: HashMap<String, BucketSpec>,
     max_object_size: u64,
     body_timeout: Duration,
+    pub(crate) uploads: Uploads,
 }
 
 impl State {
-    pub(crate) fn new(buckets: Vec<BucketSpec>, options: &ServeOptions) -> Self {
+    pub(crate) fn new(buckets: Vec<BucketSpec>, options: &ServeOptions, uploads: Uploads) -> Self {
         State {
             buckets: buckets.into_iter().map(|b| (b.name.clone(), b)).collect(),
             max_object_size: options.max_object_size,
             body_timeout: options.body_timeout,
+            uploads,
         }
     }
 
@@ -262,6 +265,40 @@ fn verify_checksum<C: Checksum>(name: &str, given: Option<&String>, data: &[u8])
     Ok(())
 }
 
+/// The digests a request says its body has: each given one is checked.
+struct Digests<'a> {
+    md5: Option<&'a String>,
+    crc32: Option<&'a String>,
+    crc32c: Option<&'a String>,
+    crc64nvme: Option<&'a String>,
+    sha1: Option<&'a String>,
+    sha256: Option<&'a String>,
+}
+
+impl Digests<'_> {
+    /// `400 BadDigest` unless `data` has every digest given.
+    fn verify(&self, data: &[u8]) -> S3Result<()> {
+        if let Some(md5) = self.md5 {
+            let digest = s3s::crypto::Md5::checksum(data);
+            let ok = B64
+                .decode(md5.trim())
+                .is_ok_and(|given| given.as_slice() == digest.as_ref());
+            if !ok {
+                return Err(S3Error::with_message(
+                    S3ErrorCode::BadDigest,
+                    "the Content-MD5 you specified did not match what we received",
+                ));
+            }
+        }
+        verify_checksum::<s3s::crypto::Crc32>("crc32", self.crc32, data)?;
+        verify_checksum::<s3s::crypto::Crc32c>("crc32c", self.crc32c, data)?;
+        verify_checksum::<s3s::crypto::Crc64Nvme>("crc64nvme", self.crc64nvme, data)?;
+        verify_checksum::<s3s::crypto::Sha1>("sha1", self.sha1, data)?;
+        verify_checksum::<s3s::crypto::Sha256>("sha256", self.sha256, data)?;
+        Ok(())
+    }
+}
+
 /// `key` as a listing shows it: percent-encoded when the client asked for `encoding-type=url`.
 fn shown(key: &str, url: bool) -> String {
     if !url {
@@ -441,27 +478,15 @@ impl S3 for Pieces {
             self.state.body_timeout,
         )
         .await?;
-        if let Some(md5) = &input.content_md5 {
-            let digest = s3s::crypto::Md5::checksum(&data);
-            let ok = B64
-                .decode(md5.trim())
-                .is_ok_and(|given| given.as_slice() == digest.as_ref());
-            if !ok {
-                return Err(S3Error::with_message(
-                    S3ErrorCode::BadDigest,
-                    "the Content-MD5 you specified did not match what we received",
-                ));
-            }
+        Digests {
+            md5: input.content_md5.as_ref(),
+            crc32: input.checksum_crc32.as_ref(),
+            crc32c: input.checksum_crc32c.as_ref(),
+            crc64nvme: input.checksum_crc64nvme.as_ref(),
+            sha1: input.checksum_sha1.as_ref(),
+            sha256: input.checksum_sha256.as_ref(),
         }
-        verify_checksum::<s3s::crypto::Crc32>("crc32", input.checksum_crc32.as_ref(), &data)?;
-        verify_checksum::<s3s::crypto::Crc32c>("crc32c", input.checksum_crc32c.as_ref(), &data)?;
-        verify_checksum::<s3s::crypto::Crc64Nvme>(
-            "crc64nvme",
-            input.checksum_crc64nvme.as_ref(),
-            &data,
-        )?;
-        verify_checksum::<s3s::crypto::Sha1>("sha1", input.checksum_sha1.as_ref(), &data)?;
-        verify_checksum::<s3s::crypto::Sha256>("sha256", input.checksum_sha256.as_ref(), &data)?;
+        .verify(&data)?;
         let store = &bucket.store;
         let crc = piecestore::checksum::crc32c(&data);
         if meta_crc.is_some_and(|c| c != crc) {
@@ -818,6 +843,167 @@ impl S3 for Pieces {
     ) -> S3Result<S3Response<GetBucketLocationOutput>> {
         self.state.bucket(&req.input.bucket)?;
         Ok(S3Response::new(GetBucketLocationOutput::default()))
+    }
+
+    async fn create_multipart_upload(
+        &self,
+        req: S3Request<CreateMultipartUploadInput>,
+    ) -> S3Result<S3Response<CreateMultipartUploadOutput>> {
+        let input = req.input;
+        self.state.bucket(&input.bucket)?;
+        piece_key(&input.key)?;
+        if input.metadata.as_ref().is_some_and(|m| !m.is_empty()) {
+            return Err(not_implemented("user metadata on a multipart upload"));
+        }
+        if input.tagging.is_some() {
+            return Err(not_implemented("object tagging"));
+        }
+        if input.sse_customer_key.is_some()
+            || input.server_side_encryption.is_some()
+            || input.ssekms_key_id.is_some()
+        {
+            return Err(not_implemented("server-side encryption"));
+        }
+        if input.object_lock_mode.is_some() || input.object_lock_legal_hold_status.is_some() {
+            return Err(not_implemented("object lock"));
+        }
+        let id = self.state.uploads.create(&input.bucket, &input.key).await?;
+        Ok(S3Response::new(CreateMultipartUploadOutput {
+            bucket: Some(input.bucket),
+            key: Some(input.key),
+            upload_id: Some(id),
+            ..Default::default()
+        }))
+    }
+
+    async fn upload_part(
+        &self,
+        req: S3Request<UploadPartInput>,
+    ) -> S3Result<S3Response<UploadPartOutput>> {
+        let input = req.input;
+        self.state.bucket(&input.bucket)?;
+        if input.sse_customer_key.is_some() {
+            return Err(not_implemented("server-side encryption"));
+        }
+        let expected = match input.content_length {
+            Some(n) if n < 0 => return Err(s3_error!(InvalidArgument, "negative Content-Length")),
+            Some(n) => Some(n as u64),
+            None => None,
+        };
+        let data = body::read_all(
+            input.body,
+            expected,
+            self.state.max_object_size,
+            self.state.body_timeout,
+        )
+        .await?;
+        Digests {
+            md5: input.content_md5.as_ref(),
+            crc32: input.checksum_crc32.as_ref(),
+            crc32c: input.checksum_crc32c.as_ref(),
+            crc64nvme: input.checksum_crc64nvme.as_ref(),
+            sha1: input.checksum_sha1.as_ref(),
+            sha256: input.checksum_sha256.as_ref(),
+        }
+        .verify(&data)?;
+        let crc = self
+            .state
+            .uploads
+            .put_part(
+                &input.upload_id,
+                &input.bucket,
+                &input.key,
+                input.part_number,
+                data,
+            )
+            .await?;
+        Ok(S3Response::new(UploadPartOutput {
+            e_tag: Some(etag_of(crc)),
+            checksum_crc32: input.checksum_crc32,
+            checksum_crc32c: input.checksum_crc32c,
+            checksum_crc64nvme: input.checksum_crc64nvme,
+            checksum_sha1: input.checksum_sha1,
+            checksum_sha256: input.checksum_sha256,
+            ..Default::default()
+        }))
+    }
+
+    async fn complete_multipart_upload(
+        &self,
+        req: S3Request<CompleteMultipartUploadInput>,
+    ) -> S3Result<S3Response<CompleteMultipartUploadOutput>> {
+        let input = req.input;
+        let bucket = self.state.bucket(&input.bucket)?;
+        let (key, client_own) = piece_key(&input.key)?;
+        if input.if_match.is_some() || input.if_none_match.is_some() {
+            return Err(not_implemented("conditions on CompleteMultipartUpload"));
+        }
+        let mut parts = Vec::new();
+        for p in input
+            .multipart_upload
+            .and_then(|m| m.parts)
+            .unwrap_or_default()
+        {
+            let (Some(n), Some(etag)) = (p.part_number, p.e_tag) else {
+                return Err(s3_error!(
+                    MalformedXML,
+                    "every part needs its PartNumber and ETag"
+                ));
+            };
+            parts.push((n, etag.value().to_string()));
+        }
+        let data = self
+            .state
+            .uploads
+            .join(
+                &input.upload_id,
+                &input.bucket,
+                &input.key,
+                parts,
+                self.state.max_object_size,
+            )
+            .await?;
+        let crc = piecestore::checksum::crc32c(&data);
+        bucket
+            .store
+            .put_opts(
+                &key,
+                data,
+                PutOptions {
+                    overwrite: bucket.allow_overwrite || client_own,
+                },
+            )
+            .await
+            .map_err(s3_err)?;
+        // Stored: the staged parts go (a failure here leaves them to the expiry sweep).
+        if let Err(e) = self
+            .state
+            .uploads
+            .remove(&input.upload_id, &input.bucket, &input.key)
+            .await
+        {
+            tracing::warn!(error = %e, "removing a completed upload's parts failed");
+        }
+        Ok(S3Response::new(CompleteMultipartUploadOutput {
+            bucket: Some(input.bucket),
+            key: Some(input.key),
+            e_tag: Some(etag_of(crc)),
+            checksum_crc32c: Some(crc32c_b64(crc)),
+            ..Default::default()
+        }))
+    }
+
+    async fn abort_multipart_upload(
+        &self,
+        req: S3Request<AbortMultipartUploadInput>,
+    ) -> S3Result<S3Response<AbortMultipartUploadOutput>> {
+        let input = req.input;
+        self.state.bucket(&input.bucket)?;
+        self.state
+            .uploads
+            .remove(&input.upload_id, &input.bucket, &input.key)
+            .await?;
+        Ok(S3Response::new(AbortMultipartUploadOutput::default()))
     }
 
     async fn create_bucket(
