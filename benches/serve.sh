@@ -1,0 +1,95 @@
+#!/usr/bin/env bash
+# `piecestore serve` against s3s-fs 0.14.1 (the S3 server of the s3s crate `serve` is built on),
+# both over a local directory on the same box, in one run (issue: `piecestore serve`).
+#
+#   bash benches/serve.sh            # 8-second phases (about 3 minutes)
+#   QUICK=1 bash benches/serve.sh    # 3-second phases
+#
+# Each server is driven by `piecestore bench` over a store that does not pack itself
+# (`pack=false`, one S3 object per piece: the client measures the server) and has no cache
+# (`bench` turns the default memory tier off). `serve` keeps the default of a directory: packed,
+# no cache. Rows: 4 KiB PUT and GET at 64 in flight, 1 MiB GET at 16 in flight, and 4 KiB GET
+# one call at a time (a newcomer's loop). The last rows set the server's own cost: the same
+# 4 KiB GET through `serve` against the Rust API on the directory itself, in process. Both
+# directories live in DATA_DIR (default /dev/shm, so that the disk's speed does not decide).
+# Prints Markdown rows for benches/RESULTS.md.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+dur=${DURATION:-8s}
+if [ -n "${QUICK:-}" ]; then dur=3s; fi
+root=${DATA_DIR:-/dev/shm}/piecestore-serve-bench-$$
+mkdir -p "$root/s3s/bucket" "$root/served"
+pids=()
+trap 'for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$root"' EXIT
+
+cargo build --release --quiet -p piecestore-cli
+ps=target/release/piecestore
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
+export AWS_ACCESS_KEY_ID=BENCHACCESSKEY AWS_SECRET_ACCESS_KEY=bench-secret-key-not-a-real-one
+wait_port() { for _ in $(seq 100); do (echo >/dev/tcp/127.0.0.1/"$1") 2>/dev/null && return; sleep 0.1; done; echo "port $1 never opened" >&2; exit 1; }
+
+s3port=$(free_port)
+s3s-fs --host 127.0.0.1 --port "$s3port" --access-key "$AWS_ACCESS_KEY_ID" \
+  --secret-key "$AWS_SECRET_ACCESS_KEY" "$root/s3s" >/dev/null 2>&1 &
+pids+=($!)
+servport=$(free_port)
+PIECESTORE_SERVE_ACCESS_KEY=$AWS_ACCESS_KEY_ID PIECESTORE_SERVE_SECRET_KEY=$AWS_SECRET_ACCESS_KEY \
+  "$ps" --store "$root/served" serve --listen "127.0.0.1:$servport" >/dev/null 2>"$root/serve.log" &
+pids+=($!)
+wait_port "$s3port"
+wait_port "$servport"
+
+row() { # label url op size concurrency
+  local json="$root/run.json"
+  "$ps" --store "$2" bench --op "$3" --size "$4" -c "$5" --duration "$dur" --objects 2000 \
+    --json "$json" >/dev/null 2>&1
+  python3 - "$json" "$1" "$3" "$4" "$5" <<'PY'
+import json, sys
+r = json.load(open(sys.argv[1]))
+o = r["ops"][0]
+lat = o["latency"]
+errs = sum(o["errors"].values())
+mib = o.get("bytes_per_s", 0) / (1 << 20)
+print(f"| {sys.argv[2]} | {sys.argv[3]} {sys.argv[4]} | {sys.argv[5]} | {o['ops_per_s']:.0f} | {mib:.1f} | {lat['p50_us']:.0f} | {lat['p99_us']:.0f} | {errs} |")
+with open(sys.argv[1] + ".rate", "w") as f:
+    f.write(f"{o['ops_per_s']}")
+PY
+}
+
+echo "# piecestore serve vs s3s-fs 0.14.1, $(date -u '+%Y-%m-%d %H:%M UTC'), $(nproc) cores, data in ${DATA_DIR:-/dev/shm}, $dur per row"
+echo
+echo "| server | op | in flight | ops/s | MiB/s | p50 µs | p99 µs | errors |"
+echo "|---|---|---:|---:|---:|---:|---:|---:|"
+declare -A rate
+for spec in "put 4KiB 64" "get 4KiB 64" "get 1MiB 16" "get 4KiB 1"; do
+  set -- $spec
+  for srv in s3s-fs serve; do
+    if [ "$srv" = s3s-fs ]; then url="http://127.0.0.1:$s3port/bucket?pack=false"; else url="http://127.0.0.1:$servport/pieces?pack=false"; fi
+    row "$srv" "$url" "$1" "$2" "$3"
+    rate["$srv $1 $2 $3"]=$(cat "$root/run.json.rate")
+  done
+done
+echo
+echo "The server's own cost: 4 KiB GET through \`serve\` against the Rust API on the same directory, in process:"
+echo
+echo "| path | op | in flight | ops/s | MiB/s | p50 µs | p99 µs | errors |"
+echo "|---|---|---:|---:|---:|---:|---:|---:|"
+for c in 64 1; do
+  row "serve (HTTP)" "http://127.0.0.1:$servport/pieces?pack=false" get 4KiB "$c"
+  rate["http $c"]=$(cat "$root/run.json.rate")
+  row "Rust API, in process" "$root/api" get 4KiB "$c"
+  rate["api $c"]=$(cat "$root/run.json.rate")
+done
+echo
+python3 - "${rate["serve put 4KiB 64"]}" "${rate["s3s-fs put 4KiB 64"]}" \
+  "${rate["serve get 4KiB 64"]}" "${rate["s3s-fs get 4KiB 64"]}" \
+  "${rate["serve get 1MiB 16"]}" "${rate["s3s-fs get 1MiB 16"]}" \
+  "${rate["http 64"]}" "${rate["api 64"]}" "${rate["http 1"]}" "${rate["api 1"]}" <<'PY'
+import sys
+v = [float(x) for x in sys.argv[1:]]
+print(f"- 4 KiB PUT at 64: serve / s3s-fs = {v[0] / v[1]:.2f}x (target >= 5x)")
+print(f"- 4 KiB GET at 64: serve / s3s-fs = {v[2] / v[3]:.2f}x (target >= 2x)")
+print(f"- 1 MiB GET at 16: serve / s3s-fs = {v[4] / v[5]:.2f}x (target >= 1x)")
+print(f"- 4 KiB GET through serve / Rust API in process: {v[6] / v[7]:.2f}x at 64 in flight, {v[8] / v[9]:.2f}x one at a time (target >= 0.5x)")
+PY
