@@ -47,7 +47,9 @@ Examples:
   piecestore gc --status                      compacted packs waiting for their grace period, and when
   piecestore gc --wait                        compact, wait for the grace period, delete the compacted packs
   piecestore fsck                             verify every pack, index entry and unpacked piece
-  piecestore fsck --rebuild-index             verify everything; rebuild the index from the packs";
+  piecestore fsck --rebuild-index             verify everything; rebuild the index from the packs
+  PIECESTORE_SERVE_ACCESS_KEY=me PIECESTORE_SERVE_SECRET_KEY=long-secret piecestore serve
+                                              S3 API on http://127.0.0.1:9820, bucket `pieces` over ./data";
 
 /// Store, read and manage immutable pieces on memory, local disk or any S3-compatible store.
 #[derive(Parser, Debug)]

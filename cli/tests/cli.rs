@@ -750,3 +750,61 @@ fn cache_stats_and_clear_show_and_empty_the_tiers() {
     );
     assert!(cache["fetches"].as_u64().unwrap_or(0) <= 10, "{cache}");
 }
+
+#[test]
+fn serve_refuses_to_start_without_keys_or_with_a_bad_config() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = dir.path().join("data");
+    let out = run(
+        bin()
+            .env_remove("PIECESTORE_SERVE_ACCESS_KEY")
+            .env_remove("PIECESTORE_SERVE_SECRET_KEY")
+            .args(["--store", store.to_str().expect("utf-8"), "serve"])
+            .args(["--listen", "127.0.0.1:0"]),
+        None,
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(5), "{err}");
+    assert!(err.contains("PIECESTORE_SERVE_ACCESS_KEY"), "{err}");
+    // Half a key pair, a short secret, a bucket name S3 clients cannot address.
+    let out = run(
+        bin()
+            .env("PIECESTORE_SERVE_ACCESS_KEY", "me")
+            .env_remove("PIECESTORE_SERVE_SECRET_KEY")
+            .args(["--store", store.to_str().expect("utf-8"), "serve"]),
+        None,
+    );
+    assert_eq!(out.status.code(), Some(5));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("go together"));
+    let out = run(
+        bin()
+            .env("PIECESTORE_SERVE_ACCESS_KEY", "me")
+            .env("PIECESTORE_SERVE_SECRET_KEY", "short")
+            .args(["--store", store.to_str().expect("utf-8"), "serve"]),
+        None,
+    );
+    assert_eq!(out.status.code(), Some(5));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("shorter than 8") && !err.contains("short\""),
+        "{err}"
+    );
+    let config = dir.path().join("config.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[PieceStore.Store]\nBucketURL = \"{}\"\n[[PieceStore.Serve.Buckets]]\nName = \"Bad_Name\"\n",
+            store.display()
+        ),
+    )
+    .expect("config");
+    let out = run(
+        bin()
+            .env("PIECESTORE_SERVE_ACCESS_KEY", "me")
+            .env("PIECESTORE_SERVE_SECRET_KEY", "long-enough-secret")
+            .args(["--config", config.to_str().expect("utf-8"), "serve"]),
+        None,
+    );
+    assert_eq!(out.status.code(), Some(5));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("Bad_Name"));
+}

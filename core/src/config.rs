@@ -1966,6 +1966,46 @@ mod tests {
     }
 
     #[test]
+    fn serve_table_parses_strictly_and_keeps_the_original_layout() {
+        let c = Config::from_toml(
+            r#"
+            [PieceStore]
+            Shards = 0
+            [PieceStore.Store]
+            BucketURL = "/srv/pieces"
+            [PieceStore.Serve]
+            Listen = "0.0.0.0:9820"
+            MaxObjectSize = "64MiB"
+            HeaderTimeout = "2s"
+            [[PieceStore.Serve.Keys]]
+            AccessKey = "ak"
+            SecretKey = "a-secret-to-keep"
+            [[PieceStore.Serve.Buckets]]
+            Name = "public"
+            Store = "file:///srv/public"
+            PublicRead = true
+            "#,
+        )
+        .unwrap();
+        assert!(
+            c.original_layout,
+            "a Serve table does not change how the store reads"
+        );
+        assert_eq!(c.serve.listen.as_deref(), Some("0.0.0.0:9820"));
+        assert_eq!(c.serve.max_object_size, 64 << 20);
+        assert_eq!(c.serve.header_timeout, Duration::from_secs(2));
+        assert_eq!(c.serve.body_timeout, Duration::from_secs(30), "default");
+        assert_eq!(c.serve.concurrency, 256, "default");
+        assert_eq!(c.serve.keys[0].secret_key.expose(), "a-secret-to-keep");
+        assert!(c.serve.buckets[0].public_read && !c.serve.buckets[0].allow_overwrite);
+        assert!(!format!("{c:?}").contains("a-secret-to-keep"));
+        let e = Config::from_toml("[PieceStore.Serve]\nListn = \"x\"\n").unwrap_err();
+        assert!(e.to_string().contains("Listn"), "{e}");
+        let e = Config::from_toml("[PieceStore.Serve]\nMaxObjectSize = \"big\"\n").unwrap_err();
+        assert!(e.to_string().contains("big"), "{e}");
+    }
+
+    #[test]
     fn original_layout_parses_with_defaults() {
         let c = Config::from_toml(
             r#"

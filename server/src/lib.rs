@@ -244,7 +244,7 @@ impl Server {
             .map_err(io_error(format!("UploadDir {}", upload_dir.display())))?;
         let metrics = Arc::new(HttpMetrics::default());
         let state = Arc::new(s3::State::new(buckets, &options, uploads));
-        let service = s3::build_service(state.clone(), keys, metrics.clone());
+        let service = s3::build_service(state.clone(), keys);
         Ok(Server {
             listener,
             addr,

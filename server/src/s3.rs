@@ -27,7 +27,6 @@ use s3s::dto::*;
 use s3s::service::S3ServiceBuilder;
 use s3s::{S3, S3Error, S3ErrorCode, S3Request, S3Response, S3Result, s3_error};
 
-use crate::metrics::HttpMetrics;
 use crate::multipart::Uploads;
 use crate::{BucketSpec, auth, body};
 
@@ -107,7 +106,6 @@ impl State {
 pub(crate) fn build_service(
     state: Arc<State>,
     keys: Vec<(String, piecestore::config::Secret)>,
-    _metrics: Arc<HttpMetrics>,
 ) -> s3s::service::S3Service {
     let public = state
         .buckets
