@@ -95,6 +95,24 @@ impl State {
         }
     }
 
+    /// A request's body, read whole within the limits and checked against every digest its
+    /// headers give.
+    async fn body(
+        &self,
+        body: Option<StreamingBlob>,
+        content_length: Option<i64>,
+        digests: Digests<'_>,
+    ) -> S3Result<bytes::Bytes> {
+        let expected = match content_length {
+            Some(n) if n < 0 => return Err(s3_error!(InvalidArgument, "negative Content-Length")),
+            Some(n) => Some(n as u64),
+            None => None,
+        };
+        let data = body::read_all(body, expected, self.max_object_size, self.body_timeout).await?;
+        digests.verify(&data)?;
+        Ok(data)
+    }
+
     fn bucket(&self, name: &str) -> S3Result<&BucketSpec> {
         self.buckets
             .get(name)
@@ -263,6 +281,51 @@ fn verify_checksum<C: Checksum>(name: &str, given: Option<&String>, data: &[u8])
     Ok(())
 }
 
+/// What an object write asks for that a piece cannot carry: each is `501 NotImplemented`.
+struct Unsupported<'a> {
+    tagging: bool,
+    encryption: bool,
+    lock: bool,
+    acl: Option<&'a ObjectCannedACL>,
+}
+
+impl Unsupported<'_> {
+    fn refuse(&self) -> S3Result<()> {
+        if self.tagging {
+            return Err(not_implemented("object tagging"));
+        }
+        if self.encryption {
+            return Err(not_implemented("server-side encryption"));
+        }
+        if self.lock {
+            return Err(not_implemented("object lock"));
+        }
+        if self
+            .acl
+            .is_some_and(|a| a.as_str() != ObjectCannedACL::PRIVATE)
+        {
+            return Err(not_implemented(
+                "an ACL other than private (see PublicRead)",
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// The [`Digests`] of an S3 input with a body (PutObject's, UploadPart's: the same fields).
+macro_rules! digests_of {
+    ($input:expr) => {
+        Digests {
+            md5: $input.content_md5.as_ref(),
+            crc32: $input.checksum_crc32.as_ref(),
+            crc32c: $input.checksum_crc32c.as_ref(),
+            crc64nvme: $input.checksum_crc64nvme.as_ref(),
+            sha1: $input.checksum_sha1.as_ref(),
+            sha256: $input.checksum_sha256.as_ref(),
+        }
+    };
+}
+
 /// The digests a request says its body has: each given one is checked.
 struct Digests<'a> {
     md5: Option<&'a String>,
@@ -319,6 +382,21 @@ struct Page {
     prefixes: Vec<String>,
     /// Where the next page starts (after this key or common prefix), if there is one.
     next: Option<String>,
+}
+
+impl Page {
+    fn contents(&self, url: bool) -> Vec<Object> {
+        self.objects.iter().map(|m| object_of(m, url)).collect()
+    }
+
+    fn common_prefixes(&self, url: bool) -> Vec<CommonPrefix> {
+        self.prefixes
+            .iter()
+            .map(|p| CommonPrefix {
+                prefix: Some(shown(p, url)),
+            })
+            .collect()
+    }
 }
 
 /// Lists `prefix` on every shard of `store`, sorted by key, and cuts out the page that starts
@@ -440,51 +518,23 @@ impl S3 for Pieces {
         let bucket = self.state.bucket(&input.bucket)?;
         let (key, client_own) = piece_key(&input.key)?;
         let meta_crc = checksum_metadata(input.metadata.as_ref())?;
-        if input.tagging.is_some() {
-            return Err(not_implemented("object tagging"));
+        Unsupported {
+            tagging: input.tagging.is_some(),
+            encryption: input.sse_customer_key.is_some()
+                || input.server_side_encryption.is_some()
+                || input.ssekms_key_id.is_some(),
+            lock: input.object_lock_mode.is_some() || input.object_lock_legal_hold_status.is_some(),
+            acl: input.acl.as_ref(),
         }
-        if input.sse_customer_key.is_some()
-            || input.server_side_encryption.is_some()
-            || input.ssekms_key_id.is_some()
-        {
-            return Err(not_implemented("server-side encryption"));
-        }
-        if input.object_lock_mode.is_some() || input.object_lock_legal_hold_status.is_some() {
-            return Err(not_implemented("object lock"));
-        }
-        if input
-            .acl
-            .as_ref()
-            .is_some_and(|a| a.as_str() != ObjectCannedACL::PRIVATE)
-        {
-            return Err(not_implemented(
-                "an ACL other than private (see PublicRead)",
-            ));
-        }
+        .refuse()?;
         if input.if_match.is_some() {
             return Err(not_implemented("If-Match on PUT"));
         }
-        let expected = match input.content_length {
-            Some(n) if n < 0 => return Err(s3_error!(InvalidArgument, "negative Content-Length")),
-            Some(n) => Some(n as u64),
-            None => None,
-        };
-        let data = body::read_all(
-            input.body,
-            expected,
-            self.state.max_object_size,
-            self.state.body_timeout,
-        )
-        .await?;
-        Digests {
-            md5: input.content_md5.as_ref(),
-            crc32: input.checksum_crc32.as_ref(),
-            crc32c: input.checksum_crc32c.as_ref(),
-            crc64nvme: input.checksum_crc64nvme.as_ref(),
-            sha1: input.checksum_sha1.as_ref(),
-            sha256: input.checksum_sha256.as_ref(),
-        }
-        .verify(&data)?;
+        let digests = digests_of!(input);
+        let data = self
+            .state
+            .body(input.body, input.content_length, digests)
+            .await?;
         let store = &bucket.store;
         let crc = piecestore::checksum::crc32c(&data);
         if meta_crc.is_some_and(|c| c != crc) {
@@ -741,15 +791,8 @@ impl S3 for Pieces {
             continuation_token: input.continuation_token,
             start_after: input.start_after.map(|s| shown(&s, url)),
             encoding_type: input.encoding_type,
-            contents: Some(page.objects.iter().map(|m| object_of(m, url)).collect()),
-            common_prefixes: Some(
-                page.prefixes
-                    .iter()
-                    .map(|p| CommonPrefix {
-                        prefix: Some(shown(p, url)),
-                    })
-                    .collect(),
-            ),
+            contents: Some(page.contents(url)),
+            common_prefixes: Some(page.common_prefixes(url)),
             ..Default::default()
         };
         Ok(S3Response::new(output))
@@ -792,15 +835,8 @@ impl S3 for Pieces {
             is_truncated: Some(page.next.is_some()),
             next_marker: next_marker.map(|m| shown(&m, url)),
             encoding_type: input.encoding_type,
-            contents: Some(page.objects.iter().map(|m| object_of(m, url)).collect()),
-            common_prefixes: Some(
-                page.prefixes
-                    .iter()
-                    .map(|p| CommonPrefix {
-                        prefix: Some(shown(p, url)),
-                    })
-                    .collect(),
-            ),
+            contents: Some(page.contents(url)),
+            common_prefixes: Some(page.common_prefixes(url)),
             ..Default::default()
         };
         Ok(S3Response::new(output))
@@ -853,18 +889,15 @@ impl S3 for Pieces {
         if input.metadata.as_ref().is_some_and(|m| !m.is_empty()) {
             return Err(not_implemented("user metadata on a multipart upload"));
         }
-        if input.tagging.is_some() {
-            return Err(not_implemented("object tagging"));
+        Unsupported {
+            tagging: input.tagging.is_some(),
+            encryption: input.sse_customer_key.is_some()
+                || input.server_side_encryption.is_some()
+                || input.ssekms_key_id.is_some(),
+            lock: input.object_lock_mode.is_some() || input.object_lock_legal_hold_status.is_some(),
+            acl: input.acl.as_ref(),
         }
-        if input.sse_customer_key.is_some()
-            || input.server_side_encryption.is_some()
-            || input.ssekms_key_id.is_some()
-        {
-            return Err(not_implemented("server-side encryption"));
-        }
-        if input.object_lock_mode.is_some() || input.object_lock_legal_hold_status.is_some() {
-            return Err(not_implemented("object lock"));
-        }
+        .refuse()?;
         let id = self.state.uploads.create(&input.bucket, &input.key).await?;
         Ok(S3Response::new(CreateMultipartUploadOutput {
             bucket: Some(input.bucket),
@@ -883,27 +916,11 @@ impl S3 for Pieces {
         if input.sse_customer_key.is_some() {
             return Err(not_implemented("server-side encryption"));
         }
-        let expected = match input.content_length {
-            Some(n) if n < 0 => return Err(s3_error!(InvalidArgument, "negative Content-Length")),
-            Some(n) => Some(n as u64),
-            None => None,
-        };
-        let data = body::read_all(
-            input.body,
-            expected,
-            self.state.max_object_size,
-            self.state.body_timeout,
-        )
-        .await?;
-        Digests {
-            md5: input.content_md5.as_ref(),
-            crc32: input.checksum_crc32.as_ref(),
-            crc32c: input.checksum_crc32c.as_ref(),
-            crc64nvme: input.checksum_crc64nvme.as_ref(),
-            sha1: input.checksum_sha1.as_ref(),
-            sha256: input.checksum_sha256.as_ref(),
-        }
-        .verify(&data)?;
+        let digests = digests_of!(input);
+        let data = self
+            .state
+            .body(input.body, input.content_length, digests)
+            .await?;
         let crc = self
             .state
             .uploads
