@@ -126,6 +126,8 @@ echo "== go: dynamic linking (-tags piecestore_dynamic), and the benchmark build
 (cd bindings/go && go vet -tags piecestore_dynamic ./... &&
   go test -tags piecestore_dynamic -count=1 -run 'Example' ./...)
 (cd benches/go && go vet ./... && go build -o /dev/null .)
+echo "== go: minio-go against piecestore serve (target/debug/piecestore, built by cargo test)"
+(cd server/tests/minio-go && go vet ./... && CI="${CI:-true}" go test -count=1 ./...)
 
 echo "== uniffi: the generated Kotlin on the JVM, the generated Python, Swift generated"
 bash bindings/uniffi/test.sh

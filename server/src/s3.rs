@@ -598,11 +598,14 @@ impl S3 for Pieces {
             .as_ref()
             .is_some_and(|m| m.as_str() == ChecksumMode::ENABLED);
         let conditional = input.if_match.is_some() || input.if_none_match.is_some();
-        let (data, total, content_range, crc) = match &input.range {
+        // Last-Modified comes from the piece's metadata (clients such as minio-go require
+        // it): a whole-piece read asks for both at once.
+        let (data, last_modified, content_range, crc) = match &input.range {
             None => {
-                let (data, crc) = store.get_with_crc(&key).await.map_err(s3_err)?;
-                let total = data.len() as u64;
-                (data, total, None, crc)
+                let (got, meta) = tokio::join!(store.get_with_crc(&key), store.head(&key));
+                let (data, crc) = got.map_err(s3_err)?;
+                let meta = meta.map_err(s3_err)?;
+                (data, meta.last_modified, None, crc)
             }
             Some(range) => {
                 let meta = store.head(&key).await.map_err(s3_err)?;
@@ -617,7 +620,7 @@ impl S3 for Pieces {
                     .await
                     .map_err(s3_err)?;
                 let cr = format!("bytes {}-{}/{}", r.start, r.end - 1, meta.size);
-                (data, meta.size, Some(cr), meta.crc32c)
+                (data, meta.last_modified, Some(cr), meta.crc32c)
             }
         };
         if conditional {
@@ -646,6 +649,7 @@ impl S3 for Pieces {
             body: Some(StreamingBlob::from(s3s::Body::from(data))),
             content_length: Some(len),
             content_range,
+            last_modified: Some(Timestamp::from(last_modified)),
             content_type: Some("application/octet-stream".to_string()),
             accept_ranges: Some("bytes".into()),
             e_tag: crc.map(etag_of),
@@ -653,7 +657,6 @@ impl S3 for Pieces {
             checksum_crc32c: crc.filter(|_| want_crc && whole).map(crc32c_b64),
             ..Default::default()
         };
-        let _ = total;
         Ok(S3Response::new(output))
     }
 
