@@ -390,12 +390,40 @@ async fn serve_store(
         server.bucket_names().join(", ")
     );
     let _ = std::io::stdout().flush();
+    #[cfg(unix)]
+    reload_tls_on_sighup(server.tls_reloader());
     server
         .run(shutdown_signal())
         .await
         .map_err(|e| CliError::Io("serving".into(), std::io::Error::other(e.to_string())))?;
     eprintln!("piecestore: stopped (requests in flight finished, packs flushed)");
     Ok(())
+}
+
+/// On each SIGHUP, reads TLSCert and TLSKey again (a renewed certificate, no restart). A pair
+/// that does not load is reported and the server keeps the one it has. Without TLS, SIGHUP is
+/// caught too (and has nothing to reload), so that a reload request never stops the server.
+#[cfg(unix)]
+fn reload_tls_on_sighup(reloader: Option<piecestore_server::TlsReloader>) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut hup = match signal(SignalKind::hangup()) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("piecestore: SIGHUP cannot be caught ({e}): TLS reload is off");
+            return;
+        }
+    };
+    tokio::spawn(async move {
+        while hup.recv().await.is_some() {
+            match reloader.as_ref().map(|r| r.reload()) {
+                None => eprintln!("piecestore: SIGHUP: no TLS, nothing to reload"),
+                Some(Ok(())) => eprintln!("piecestore: SIGHUP: TLS certificate and key reloaded"),
+                Some(Err(e)) => eprintln!(
+                    "piecestore: SIGHUP: TLS reload failed, keeping the certificate in use: {e}"
+                ),
+            }
+        }
+    });
 }
 
 /// SIGTERM or Ctrl-C (SIGINT).

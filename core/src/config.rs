@@ -625,6 +625,12 @@ pub struct ServeOptions {
     /// The address to listen on (`host:port`). Default `127.0.0.1:9820`; `--listen` overrides.
     #[serde(rename = "Listen", default)]
     pub listen: Option<String>,
+    /// The domain names the service is reached by, for virtual-hosted-style requests: with
+    /// `s3.example.com` here, a request to `pieces.s3.example.com` addresses bucket `pieces`.
+    /// Requests to any other host (an IP address, `localhost`, a domain itself) are
+    /// path-style. Default: none, path-style only.
+    #[serde(rename = "Domains", default)]
+    pub domains: Vec<String>,
     /// The access keys whose SigV4 signatures are accepted. The environment's
     /// `PIECESTORE_SERVE_ACCESS_KEY` and `PIECESTORE_SERVE_SECRET_KEY` add one more.
     #[serde(rename = "Keys", default)]
@@ -690,6 +696,7 @@ impl Default for ServeOptions {
     fn default() -> Self {
         ServeOptions {
             listen: None,
+            domains: Vec::new(),
             keys: Vec::new(),
             buckets: Vec::new(),
             tls_cert: None,

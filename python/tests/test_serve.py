@@ -13,6 +13,7 @@ import base64
 import hashlib
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -247,6 +248,18 @@ def test_buckets(served: Served) -> None:
     with pytest.raises(ClientError) as e:
         s3.put_object(Bucket="nope", Key="1_s0", Body=b"x")
     assert error_of(e.value) == ("NoSuchBucket", 404)
+    # What load generators and `mc` ask before they start: never versioned, no object lock.
+    assert "Status" not in s3.get_bucket_versioning(Bucket="pieces")
+    with pytest.raises(ClientError) as e:
+        s3.get_object_lock_configuration(Bucket="pieces")
+    assert error_of(e.value) == ("ObjectLockConfigurationNotFoundError", 404)
+    with pytest.raises(ClientError) as e:
+        s3.get_bucket_versioning(Bucket="nope")
+    assert error_of(e.value) == ("NoSuchBucket", 404)
+    # Other bucket configuration is not offered: 501, never a wrong success.
+    with pytest.raises(ClientError) as e:
+        s3.get_bucket_tagging(Bucket="pieces")
+    assert error_of(e.value) == ("NotImplemented", 501)
 
 
 def test_bad_input_is_refused_and_stores_nothing(served: Served) -> None:
@@ -538,7 +551,8 @@ def test_sigterm_with_puts_in_flight_loses_nothing_acknowledged(tmp_path: Path) 
         stop(again)
 
 
-def test_tls_with_a_certificate_the_client_verifies(tmp_path: Path) -> None:
+def _self_signed(common_name: str) -> tuple[bytes, bytes]:
+    """A self-signed certificate for 127.0.0.1 and its key, as PEM."""
     import datetime
     import ipaddress
 
@@ -548,7 +562,7 @@ def test_tls_with_a_certificate_the_client_verifies(tmp_path: Path) -> None:
     from cryptography.x509.oid import NameOID
 
     keypair = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "piecestore test")])
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
     now = datetime.datetime.now(datetime.timezone.utc)
     cert = (
         x509.CertificateBuilder()
@@ -565,43 +579,161 @@ def test_tls_with_a_certificate_the_client_verifies(tmp_path: Path) -> None:
         .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
         .sign(keypair, hashes.SHA256())
     )
-    (tmp_path / "cert.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    (tmp_path / "key.pem").write_bytes(
-        keypair.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
+    key = keypair.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
     )
+    return cert.public_bytes(serialization.Encoding.PEM), key
+
+
+def test_tls_with_a_certificate_the_client_verifies_and_reloads_on_sighup(tmp_path: Path) -> None:
+    from botocore.exceptions import SSLError
+
+    first_cert, first_key = _self_signed("piecestore test")
+    (tmp_path / "cert.pem").write_bytes(first_cert)
+    (tmp_path / "key.pem").write_bytes(first_key)
+    (tmp_path / "first-ca.pem").write_bytes(first_cert)
     s = start(tmp_path, f'TLSCert = "{tmp_path}/cert.pem"\nTLSKey = "{tmp_path}/key.pem"')
-    try:
-        assert s.endpoint.startswith("https://")
-        c = boto3.client(
+
+    def client(verify: Any) -> Any:
+        return boto3.client(
             "s3",
             endpoint_url=s.endpoint,
             aws_access_key_id=ACCESS,
             aws_secret_access_key=SECRET,
             region_name="us-east-1",
-            verify=str(tmp_path / "cert.pem"),
+            verify=verify,
             config=Config(s3={"addressing_style": "path"}, retries={"max_attempts": 1}),
         )
+
+    def hup_and_wait(said: str) -> None:
+        before = s.log.read_text().count(said)
+        s.proc.send_signal(signal.SIGHUP)
+        deadline = time.monotonic() + 10
+        while s.log.read_text().count(said) == before:
+            assert time.monotonic() < deadline, s.log.read_text()
+            time.sleep(0.05)
+
+    try:
+        assert s.endpoint.startswith("https://")
+        c = client(str(tmp_path / "first-ca.pem"))
         c.put_object(Bucket="pieces", Key="1_s0", Body=b"over TLS")
         assert c.get_object(Bucket="pieces", Key="1_s0")["Body"].read() == b"over TLS"
         # A client that does not trust the certificate refuses the server.
-        from botocore.exceptions import SSLError
+        with pytest.raises(SSLError):
+            client(None).get_object(Bucket="pieces", Key="1_s0")
 
-        untrusting = boto3.client(
+        # A renewed certificate: written over the files, taken on SIGHUP, no restart.
+        second_cert, second_key = _self_signed("piecestore test, renewed")
+        (tmp_path / "second-ca.pem").write_bytes(second_cert)
+        (tmp_path / "cert.pem").write_bytes(second_cert)
+        (tmp_path / "key.pem").write_bytes(second_key)
+        hup_and_wait("TLS certificate and key reloaded")
+        renewed = client(str(tmp_path / "second-ca.pem"))
+        assert renewed.get_object(Bucket="pieces", Key="1_s0")["Body"].read() == b"over TLS"
+        with pytest.raises(SSLError):
+            client(str(tmp_path / "first-ca.pem")).get_object(Bucket="pieces", Key="1_s0")
+
+        # A key that does not belong to the certificate: refused, the renewed pair stays.
+        (tmp_path / "key.pem").write_bytes(first_key)
+        hup_and_wait("TLS reload failed")
+        assert "TLSCert/TLSKey" in s.log.read_text()
+        renewed = client(str(tmp_path / "second-ca.pem"))
+        assert renewed.get_object(Bucket="pieces", Key="1_s0")["Body"].read() == b"over TLS"
+        assert s.proc.poll() is None, "a failed reload does not stop the server"
+    finally:
+        stop(s)
+
+
+def test_sighup_without_tls_does_not_stop_the_server(tmp_path: Path) -> None:
+    s = start(tmp_path)
+    try:
+        s.proc.send_signal(signal.SIGHUP)
+        deadline = time.monotonic() + 10
+        while "nothing to reload" not in s.log.read_text():
+            assert time.monotonic() < deadline, s.log.read_text()
+            time.sleep(0.05)
+        assert s.proc.poll() is None
+        s.client().put_object(Bucket="pieces", Key="1_s0", Body=b"still serving")
+    finally:
+        stop(s)
+
+
+def test_virtual_hosted_style_next_to_path_style(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    s = start(tmp_path, 'Domains = ["s3.piecestore.test"]')
+    port = s.endpoint.rsplit(":", 1)[1]
+    # The test's own resolver: *.s3.piecestore.test is this machine (a wildcard DNS record in
+    # production). The requests are real, to the real server.
+    real = socket.getaddrinfo
+
+    def resolve(host: Any, *args: Any, **kw: Any) -> Any:
+        if isinstance(host, str) and host.endswith("s3.piecestore.test"):
+            host = "127.0.0.1"
+        return real(host, *args, **kw)
+
+    monkeypatch.setattr(socket, "getaddrinfo", resolve)
+    try:
+        virtual = boto3.client(
             "s3",
-            endpoint_url=s.endpoint,
+            endpoint_url=f"http://s3.piecestore.test:{port}",
+            aws_access_key_id=ACCESS,
+            aws_secret_access_key=SECRET,
+            region_name="us-east-1",
+            config=Config(s3={"addressing_style": "virtual"}, retries={"max_attempts": 1}),
+        )
+        sent: list[str] = []
+        virtual.meta.events.register("before-send", lambda request, **_: sent.append(request.url))
+        virtual.put_object(Bucket="pieces", Key="7_s0", Body=b"by virtual host")
+        assert sent[-1] == f"http://pieces.s3.piecestore.test:{port}/7_s0", sent
+        assert virtual.get_object(Bucket="pieces", Key="7_s0")["Body"].read() == b"by virtual host"
+        assert [o["Key"] for o in virtual.list_objects_v2(Bucket="pieces")["Contents"]] == ["7_s0"]
+        # `healthz` under a virtual host is a key like any other, not the endpoint.
+        virtual.put_object(Bucket="pieces", Key="healthz", Body=b"a piece named healthz")
+        assert virtual.get_object(Bucket="pieces", Key="healthz")["Body"].read() == b"a piece named healthz"
+        with pytest.raises(ClientError) as e:
+            virtual.get_object(Bucket="nope", Key="7_s0")
+        assert error_of(e.value) == ("NoSuchBucket", 404)
+        # Path style on the same server, by IP address and by the domain itself.
+        assert s.client().get_object(Bucket="pieces", Key="7_s0")["Body"].read() == b"by virtual host"
+        by_domain = boto3.client(
+            "s3",
+            endpoint_url=f"http://s3.piecestore.test:{port}",
             aws_access_key_id=ACCESS,
             aws_secret_access_key=SECRET,
             region_name="us-east-1",
             config=Config(s3={"addressing_style": "path"}, retries={"max_attempts": 1}),
         )
-        with pytest.raises(SSLError):
-            untrusting.get_object(Bucket="pieces", Key="1_s0")
+        assert by_domain.get_object(Bucket="pieces", Key="7_s0")["Body"].read() == b"by virtual host"
+        with urllib.request.urlopen(f"{s.endpoint}/healthz", timeout=10) as r:
+            assert r.read() == b"ok\n"
     finally:
         stop(s)
+
+
+def test_bad_domains_are_refused_at_start(tmp_path: Path) -> None:
+    exe = _binary()
+    if exe is None:
+        pytest.skip("the piecestore binary is not built")
+    (tmp_path / "config.toml").write_text(
+        f"""
+[PieceStore.Store]
+BucketURL = "file://{tmp_path}/pieces"
+
+[PieceStore.Serve]
+Listen = "127.0.0.1:0"
+Domains = ["s3.example.com:9820"]
+"""
+    )
+    env = dict(os.environ, PIECESTORE_SERVE_ACCESS_KEY=ACCESS, PIECESTORE_SERVE_SECRET_KEY=SECRET)
+    r = subprocess.run(
+        [str(exe), "--config", str(tmp_path / "config.toml"), "serve"],
+        capture_output=True,
+        env=env,
+        timeout=60,
+    )
+    assert r.returncode == 5, r
+    assert b"is not a domain name" in r.stderr, r.stderr
 
 
 def test_multipart_uploads_boto3_and_aws_cli(tmp_path: Path) -> None:

@@ -38,6 +38,7 @@
 
 mod auth;
 mod body;
+mod host;
 mod metrics;
 mod multipart;
 mod routes;
@@ -46,7 +47,7 @@ mod s3;
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -56,6 +57,8 @@ use piecestore::PieceStore;
 use piecestore::config::{DEFAULT_SERVE_LISTEN, Secret, ServeOptions};
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
+use tokio_rustls::rustls::server::{ClientHello, ResolvesServerCert};
+use tokio_rustls::rustls::sign::CertifiedKey;
 
 pub use metrics::HttpMetrics;
 
@@ -167,11 +170,12 @@ impl Setup {
 pub struct Server {
     listener: TcpListener,
     addr: SocketAddr,
-    tls: Option<TlsAcceptor>,
+    tls: Option<(TlsAcceptor, TlsReloader)>,
     state: Arc<s3::State>,
     service: s3s::service::S3Service,
     options: ServeOptions,
     metrics: Arc<HttpMetrics>,
+    domains: Option<Arc<host::Domains>>,
 }
 
 impl std::fmt::Debug for Server {
@@ -224,6 +228,7 @@ impl Server {
                 ));
             }
         };
+        let domains = host::Domains::new(&options.domains).map_err(ServeError::Config)?;
         if options.concurrency == 0 {
             return Err(ServeError::Config("Concurrency must be at least 1".into()));
         }
@@ -244,7 +249,7 @@ impl Server {
             .map_err(io_error(format!("UploadDir {}", upload_dir.display())))?;
         let metrics = Arc::new(HttpMetrics::default());
         let state = Arc::new(s3::State::new(buckets, &options, uploads));
-        let service = s3::build_service(state.clone(), keys);
+        let service = s3::build_service(state.clone(), keys, domains.clone());
         Ok(Server {
             listener,
             addr,
@@ -253,6 +258,7 @@ impl Server {
             service,
             options,
             metrics,
+            domains: domains.map(Arc::new),
         })
     }
 
@@ -264,6 +270,12 @@ impl Server {
     /// Whether the server speaks HTTPS.
     pub fn is_tls(&self) -> bool {
         self.tls.is_some()
+    }
+
+    /// The handle that reloads the certificate and key while the server runs (`None` without
+    /// TLS).
+    pub fn tls_reloader(&self) -> Option<TlsReloader> {
+        self.tls.as_ref().map(|(_, r)| r.clone())
     }
 
     /// The buckets served, by name.
@@ -281,6 +293,7 @@ impl Server {
             service,
             options,
             metrics,
+            domains,
             ..
         } = self;
         let limit = Arc::new(tokio::sync::Semaphore::new(options.concurrency));
@@ -327,9 +340,10 @@ impl Server {
                 state.clone(),
                 metrics.clone(),
                 limit.clone(),
+                domains.clone(),
             );
             let hyper_svc = hyper::service::service_fn(move |req| svc.clone().call(req));
-            match &tls {
+            match tls.as_ref().map(|(acceptor, _)| acceptor) {
                 None => {
                     let conn = builder
                         .serve_connection(TokioIo::new(stream), hyper_svc)
@@ -480,8 +494,12 @@ fn collect_keys(
     Ok(keys)
 }
 
-fn load_tls(cert: &Path, key: &Path) -> Result<TlsAcceptor, ServeError> {
-    use tokio_rustls::rustls;
+/// Reads `TLSCert` and `TLSKey` into a certified key, checking that they belong together.
+fn load_certified_key(
+    cert: &Path,
+    key: &Path,
+    provider: &tokio_rustls::rustls::crypto::CryptoProvider,
+) -> Result<Arc<CertifiedKey>, ServeError> {
     use tokio_rustls::rustls::pki_types::pem::PemObject;
     use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
     let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
@@ -504,15 +522,70 @@ fn load_tls(cert: &Path, key: &Path) -> Result<TlsAcceptor, ServeError> {
             key.display()
         ))
     })?;
+    let certified = CertifiedKey::from_der(certs, key_der, provider)
+        .map_err(|e| ServeError::Config(format!("TLSCert/TLSKey: {e}")))?;
+    Ok(Arc::new(certified))
+}
+
+/// The certificate every new TLS handshake presents: swapped by [`TlsReloader::reload`].
+#[derive(Debug)]
+struct CurrentCert(std::sync::RwLock<Arc<CertifiedKey>>);
+
+impl ResolvesServerCert for CurrentCert {
+    fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        Some(self.0.read().unwrap_or_else(|p| p.into_inner()).clone())
+    }
+}
+
+/// Reloads a running server's certificate and key from their files (`piecestore serve` does
+/// on SIGHUP), so that a renewed certificate is taken without a restart. Cheap to clone.
+#[derive(Clone)]
+pub struct TlsReloader {
+    current: Arc<CurrentCert>,
+    provider: Arc<tokio_rustls::rustls::crypto::CryptoProvider>,
+    cert: PathBuf,
+    key: PathBuf,
+}
+
+impl std::fmt::Debug for TlsReloader {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TlsReloader")
+            .field("cert", &self.cert)
+            .field("key", &self.key)
+            .finish()
+    }
+}
+
+impl TlsReloader {
+    /// Reads `TLSCert` and `TLSKey` again. New handshakes present the new pair; connections
+    /// already open keep theirs. When the files are unreadable, not PEM, or do not belong
+    /// together, the error says so and the server keeps the pair it had.
+    pub fn reload(&self) -> Result<(), ServeError> {
+        let fresh = load_certified_key(&self.cert, &self.key, &self.provider)?;
+        *self.current.0.write().unwrap_or_else(|p| p.into_inner()) = fresh;
+        Ok(())
+    }
+}
+
+fn load_tls(cert: &Path, key: &Path) -> Result<(TlsAcceptor, TlsReloader), ServeError> {
+    use tokio_rustls::rustls;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+    let current = Arc::new(CurrentCert(std::sync::RwLock::new(load_certified_key(
+        cert, key, &provider,
+    )?)));
+    let mut config = rustls::ServerConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
         .map_err(|e| ServeError::Config(format!("TLS: {e}")))?
         .with_no_client_auth()
-        .with_single_cert(certs, key_der)
-        .map_err(|e| ServeError::Config(format!("TLSCert/TLSKey: {e}")))?;
+        .with_cert_resolver(current.clone());
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-    Ok(TlsAcceptor::from(Arc::new(config)))
+    let reloader = TlsReloader {
+        current,
+        provider,
+        cert: cert.to_path_buf(),
+        key: key.to_path_buf(),
+    };
+    Ok((TlsAcceptor::from(Arc::new(config)), reloader))
 }
 
 /// When a bucket was first served by this process: its creation date in ListBuckets.

@@ -9,6 +9,7 @@ use s3s::{Body, HttpError, HttpResponse};
 use tokio::sync::Semaphore;
 use tracing::Instrument;
 
+use crate::host::Domains;
 use crate::metrics::{HttpMetrics, merge_families, with_label};
 use crate::s3::State;
 
@@ -35,6 +36,7 @@ pub(crate) struct HttpService {
     state: Arc<State>,
     metrics: Arc<HttpMetrics>,
     limit: Arc<Semaphore>,
+    domains: Option<Arc<Domains>>,
 }
 
 impl HttpService {
@@ -43,12 +45,14 @@ impl HttpService {
         state: Arc<State>,
         metrics: Arc<HttpMetrics>,
         limit: Arc<Semaphore>,
+        domains: Option<Arc<Domains>>,
     ) -> Self {
         HttpService {
             s3,
             state,
             metrics,
             limit,
+            domains,
         }
     }
 
@@ -58,8 +62,17 @@ impl HttpService {
     ) -> Result<HttpResponse, HttpError> {
         let method = req.method().clone();
         let path = req.uri().path().to_string();
+        // `bucket.domain/healthz` is an object in a bucket, not the operations endpoint.
+        let virtual_hosted = self.domains.as_ref().is_some_and(|d| {
+            req.headers()
+                .get(http::header::HOST)
+                .and_then(|h| h.to_str().ok())
+                .or_else(|| req.uri().host())
+                .is_some_and(|h| d.bucket_of(h).is_some())
+        });
         let plain_get = (method == http::Method::GET || method == http::Method::HEAD)
-            && req.uri().query().is_none();
+            && req.uri().query().is_none()
+            && !virtual_hosted;
         if plain_get {
             match path.as_str() {
                 "/healthz" => return Ok(text(200, "ok\n")),
@@ -92,8 +105,14 @@ impl HttpService {
             let span = tracing::Span::current();
             span.record("op", op.as_str());
             span.record("status", status);
-            if status >= 500 {
+            // 501 is a deliberate answer (an operation `serve` does not offer), not a failure.
+            if status >= 500 && status != 501 {
+                // The request span is at info level, off by default: name the request here.
                 tracing::warn!(
+                    method = %method,
+                    path = %path,
+                    op = op.as_str(),
+                    status,
                     elapsed_us = elapsed.as_micros() as u64,
                     "served with a server error"
                 );

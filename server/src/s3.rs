@@ -124,6 +124,7 @@ impl State {
 pub(crate) fn build_service(
     state: Arc<State>,
     keys: Vec<(String, piecestore::config::Secret)>,
+    domains: Option<crate::host::Domains>,
 ) -> s3s::service::S3Service {
     let public = state
         .buckets
@@ -134,6 +135,9 @@ pub(crate) fn build_service(
     let mut builder = S3ServiceBuilder::new(Pieces { state });
     builder.set_auth(auth::keys(keys));
     builder.set_access(auth::Access { public });
+    if let Some(d) = domains {
+        builder.set_host(d);
+    }
     builder.build()
 }
 
@@ -156,6 +160,13 @@ fn s3_err(e: piecestore::Error) -> S3Error {
         ErrorKind::Backend | ErrorKind::Closed => (S3ErrorCode::ServiceUnavailable, None),
         _ => (S3ErrorCode::InternalError, None),
     };
+    if matches!(
+        code,
+        S3ErrorCode::ServiceUnavailable | S3ErrorCode::InternalError
+    ) {
+        // The client gets the message too, but the operator needs it in the server's log.
+        tracing::warn!(kind = ?e.kind(), error = %msg, "the engine failed a request");
+    }
     let mut err = S3Error::with_message(code, msg);
     if let Some(s) = status {
         err.set_status_code(s);
@@ -880,6 +891,29 @@ impl S3 for Pieces {
     ) -> S3Result<S3Response<GetBucketLocationOutput>> {
         self.state.bucket(&req.input.bucket)?;
         Ok(S3Response::new(GetBucketLocationOutput::default()))
+    }
+
+    /// Buckets are never versioned: the answer of a bucket whose versioning was never set (no
+    /// `Status`). Clients such as warp and `mc` ask before they start.
+    async fn get_bucket_versioning(
+        &self,
+        req: S3Request<GetBucketVersioningInput>,
+    ) -> S3Result<S3Response<GetBucketVersioningOutput>> {
+        self.state.bucket(&req.input.bucket)?;
+        Ok(S3Response::new(GetBucketVersioningOutput::default()))
+    }
+
+    /// Buckets have no object lock configuration: S3's answer for such a bucket, 404
+    /// `ObjectLockConfigurationNotFoundError` (pieces are immutable by the engine, not by a lock).
+    async fn get_object_lock_configuration(
+        &self,
+        req: S3Request<GetObjectLockConfigurationInput>,
+    ) -> S3Result<S3Response<GetObjectLockConfigurationOutput>> {
+        self.state.bucket(&req.input.bucket)?;
+        Err(s3_error!(
+            ObjectLockConfigurationNotFoundError,
+            "object lock is not configured on this bucket"
+        ))
     }
 
     async fn create_multipart_upload(
