@@ -12,6 +12,7 @@
 # one call at a time (a newcomer's loop). The last rows set the server's own cost: the same
 # 4 KiB GET through `serve` against the Rust API on the directory itself, in process. Both
 # directories live in DATA_DIR (default /dev/shm, so that the disk's speed does not decide).
+# Then warp (benches/warp) runs the PUT and GET rows against both servers too (WARP=0 skips).
 # Prints Markdown rows for benches/RESULTS.md.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -81,6 +82,55 @@ for c in 64 1; do
   row "Rust API, in process" "$root/api" get 4KiB "$c"
   rate["api $c"]=$(cat "$root/run.json.rate")
 done
+
+# The same rows from warp (minio/warp, pinned in benches/warp), a load generator no one here
+# wrote. WARP=0 skips it; without Go it is skipped too.
+if [ "${WARP:-1}" != 0 ] && command -v go >/dev/null; then
+  (cd benches/warp && go build -o ../../target/warp github.com/minio/warp)
+  warp_bin=$PWD/target/warp
+  wdur=${WARP_DURATION:-10s}
+  if [ -n "${QUICK:-}" ]; then wdur=6s; fi
+  warp_row() { # server port bucket op size concurrency objects
+    local out="$root/warp.txt"
+    (cd "$root" && "$warp_bin" "$4" --host "127.0.0.1:$2" --access-key "$AWS_ACCESS_KEY_ID" \
+      --secret-key "$AWS_SECRET_ACCESS_KEY" --bucket "$3" --obj.size "$5" --concurrent "$6" \
+      ${7:+--objects "$7"} --duration "$wdur" --benchdata "$root/warp-data" --no-color >"$out" 2>&1) ||
+      { echo "warp $4 against $1 failed:" >&2; tail -5 "$out" >&2; return 1; }
+    python3 - "$out" "$1" "$4" "$5" "$6" <<'PY'
+import re, sys
+text = open(sys.argv[1]).read()
+op = sys.argv[3].upper()
+part = text[text.index(f"Report: {op}."):]
+objs = float(re.search(r"Average: [0-9.]+ [KMG]iB/s, ([0-9.]+) obj/s", part).group(1))
+mib = re.search(r"Average: ([0-9.]+ [KMG]iB/s)", part).group(1)
+reqs = re.search(r"Reqs: Avg: ([^,]+), 50%: ([^,]+), 90%: ([^,]+), 99%: ([^,]+),", part)
+print(f"| {sys.argv[2]} | {sys.argv[3]} {sys.argv[4]} | {sys.argv[5]} | {objs:.0f} | {mib} | {reqs.group(2)} | {reqs.group(4)} |")
+with open(sys.argv[1] + ".rate", "w") as f:
+    f.write(str(objs))
+PY
+  }
+  echo
+  echo "warp $(cd benches/warp && go list -m -f '{{.Version}}' github.com/minio/warp), $wdur per row (warp reports the steady middle of each run):"
+  echo
+  echo "| server | op | in flight | obj/s | throughput | p50 | p99 |"
+  echo "|---|---|---:|---:|---:|---:|---:|"
+  for spec in "put 4KiB 64" "get 4KiB 64 2000" "get 1MiB 16 200"; do
+    set -- $spec
+    warp_row s3s-fs "$s3port" warp "$1" "$2" "$3" "${4:-}"
+    rate["warp s3s-fs $1 $2"]=$(cat "$root/warp.txt.rate")
+    warp_row serve "$servport" pieces "$1" "$2" "$3" "${4:-}"
+    rate["warp serve $1 $2"]=$(cat "$root/warp.txt.rate")
+  done
+  echo
+  python3 - "${rate["warp serve put 4KiB"]}" "${rate["warp s3s-fs put 4KiB"]}" \
+    "${rate["warp serve get 4KiB"]}" "${rate["warp s3s-fs get 4KiB"]}" \
+    "${rate["warp serve get 1MiB"]}" "${rate["warp s3s-fs get 1MiB"]}" <<'PY'
+import sys
+v = [float(x) for x in sys.argv[1:]]
+print(f"- warp: 4 KiB PUT at 64 serve / s3s-fs = {v[0] / v[1]:.2f}x, 4 KiB GET at 64 = {v[2] / v[3]:.2f}x, 1 MiB GET at 16 = {v[4] / v[5]:.2f}x")
+PY
+fi
+
 echo
 python3 - "${rate["serve put 4KiB 64"]}" "${rate["s3s-fs put 4KiB 64"]}" \
   "${rate["serve get 4KiB 64"]}" "${rate["s3s-fs get 4KiB 64"]}" \
