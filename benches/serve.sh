@@ -4,6 +4,7 @@
 #
 #   bash benches/serve.sh            # 8-second phases (about 3 minutes)
 #   QUICK=1 bash benches/serve.sh    # 3-second phases
+#   PIN=1 bash benches/serve.sh      # servers on CPU 0, clients on CPU 1
 #
 # Each server is driven by `piecestore bench` over a store that does not pack itself
 # (`pack=false`, one S3 object per piece: the client measures the server) and has no cache
@@ -18,6 +19,10 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 dur=${DURATION:-8s}
+# PIN=1: each server on CPU 0 and every client (and the in-process rows) on CPU 1, so that the
+# server has a core of its own instead of sharing both with its load generator.
+srv_pin="" cli_pin=""
+if [ -n "${PIN:-}" ]; then srv_pin="taskset -c 0" cli_pin="taskset -c 1"; fi
 if [ -n "${QUICK:-}" ]; then dur=3s; fi
 root=${DATA_DIR:-/dev/shm}/piecestore-serve-bench-$$
 mkdir -p "$root/s3s/bucket" "$root/served"
@@ -31,19 +36,19 @@ export AWS_ACCESS_KEY_ID=BENCHACCESSKEY AWS_SECRET_ACCESS_KEY=bench-secret-key-n
 wait_port() { for _ in $(seq 100); do (echo >/dev/tcp/127.0.0.1/"$1") 2>/dev/null && return; sleep 0.1; done; echo "port $1 never opened" >&2; exit 1; }
 
 s3port=$(free_port)
-s3s-fs --host 127.0.0.1 --port "$s3port" --access-key "$AWS_ACCESS_KEY_ID" \
+$srv_pin s3s-fs --host 127.0.0.1 --port "$s3port" --access-key "$AWS_ACCESS_KEY_ID" \
   --secret-key "$AWS_SECRET_ACCESS_KEY" "$root/s3s" >/dev/null 2>&1 &
 pids+=($!)
 servport=$(free_port)
 PIECESTORE_SERVE_ACCESS_KEY=$AWS_ACCESS_KEY_ID PIECESTORE_SERVE_SECRET_KEY=$AWS_SECRET_ACCESS_KEY \
-  "$ps" --store "$root/served" serve --listen "127.0.0.1:$servport" >/dev/null 2>"$root/serve.log" &
+  $srv_pin "$ps" --store "$root/served" serve --listen "127.0.0.1:$servport" >/dev/null 2>"$root/serve.log" &
 pids+=($!)
 wait_port "$s3port"
 wait_port "$servport"
 
 row() { # label url op size concurrency
   local json="$root/run.json"
-  "$ps" --store "$2" bench --op "$3" --size "$4" -c "$5" --duration "$dur" --objects 2000 \
+  $cli_pin "$ps" --store "$2" bench --op "$3" --size "$4" -c "$5" --duration "$dur" --objects 2000 \
     --json "$json" >/dev/null 2>&1
   python3 - "$json" "$1" "$3" "$4" "$5" <<'PY'
 import json, sys
@@ -58,7 +63,7 @@ with open(sys.argv[1] + ".rate", "w") as f:
 PY
 }
 
-echo "# piecestore serve vs s3s-fs 0.14.1, $(date -u '+%Y-%m-%d %H:%M UTC'), $(nproc) cores, data in ${DATA_DIR:-/dev/shm}, $dur per row"
+echo "# piecestore serve vs s3s-fs 0.14.1, $(date -u '+%Y-%m-%d %H:%M UTC'), $(nproc) cores${PIN:+ (servers on CPU 0, clients on CPU 1)}, data in ${DATA_DIR:-/dev/shm}, $dur per row"
 echo
 echo "| server | op | in flight | ops/s | MiB/s | p50 µs | p99 µs | errors |"
 echo "|---|---|---:|---:|---:|---:|---:|---:|"
@@ -92,7 +97,7 @@ if [ "${WARP:-1}" != 0 ] && command -v go >/dev/null; then
   if [ -n "${QUICK:-}" ]; then wdur=6s; fi
   warp_row() { # server port bucket op size concurrency objects
     local out="$root/warp.txt"
-    (cd "$root" && "$warp_bin" "$4" --host "127.0.0.1:$2" --access-key "$AWS_ACCESS_KEY_ID" \
+    (cd "$root" && $cli_pin "$warp_bin" "$4" --host "127.0.0.1:$2" --access-key "$AWS_ACCESS_KEY_ID" \
       --secret-key "$AWS_SECRET_ACCESS_KEY" --bucket "$3" --obj.size "$5" --concurrent "$6" \
       ${7:+--objects "$7"} --duration "$wdur" --benchdata "$root/warp-data" --no-color >"$out" 2>&1) ||
       { echo "warp $4 against $1 failed:" >&2; tail -5 "$out" >&2; return 1; }
