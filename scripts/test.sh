@@ -62,9 +62,13 @@ CI="${CI:-true}" cargo test --workspace
 
 echo "== python: build the package (release) and run pytest"
 # awscli: python/tests/test_serve.py drives `piecestore serve` with the aws CLI (boto3 and
-# cryptography, for its TLS test, come with moto).
+# cryptography, for its TLS test, come with moto). grpcio and its tools, status, health and
+# reflection clients: python/tests/test_grpc.py drives serve's gRPC API with stubs generated
+# from proto/ at test time.
 "$venv/bin/pip" install --quiet --disable-pip-version-check \
-  'maturin==1.16.0' 'pytest==9.2.0' 'mypy==2.4.1' 'awscli==1.46.3'
+  'maturin==1.16.0' 'pytest==9.2.0' 'mypy==2.4.1' 'awscli==1.46.3' \
+  'grpcio==1.85.3' 'grpcio-tools==1.85.1' 'grpcio-status==1.85.3' \
+  'grpcio-health-checking==1.85.1' 'grpcio-reflection==1.85.1'
 # The one command the README documents, without build isolation (maturin is already here).
 "$venv/bin/pip" install --quiet --disable-pip-version-check --no-build-isolation \
   --force-reinstall --no-deps ./python

@@ -635,6 +635,10 @@ pub struct ServeOptions {
     /// `PIECESTORE_SERVE_ACCESS_KEY` and `PIECESTORE_SERVE_SECRET_KEY` add one more.
     #[serde(rename = "Keys", default)]
     pub keys: Vec<ServeKey>,
+    /// The bearer tokens the gRPC API accepts (`authorization: Bearer TOKEN`), each at least
+    /// 16 characters. The environment's `PIECESTORE_SERVE_TOKEN` adds one more.
+    #[serde(rename = "Tokens", default)]
+    pub tokens: Vec<Secret>,
     /// The buckets served, each over a store. Default: one bucket `pieces` over the store
     /// this config describes.
     #[serde(rename = "Buckets", default)]
@@ -698,6 +702,7 @@ impl Default for ServeOptions {
             listen: None,
             domains: Vec::new(),
             keys: Vec::new(),
+            tokens: Vec::new(),
             buckets: Vec::new(),
             tls_cert: None,
             tls_key: None,

@@ -38,6 +38,7 @@
 
 mod auth;
 mod body;
+mod grpc;
 mod host;
 mod metrics;
 mod multipart;
@@ -70,6 +71,7 @@ pub const RESERVED_BUCKET_NAMES: &[&str] = &["healthz", "readyz", "metrics"];
 pub const ENV_ACCESS_KEY: &str = "PIECESTORE_SERVE_ACCESS_KEY";
 /// See [`ENV_ACCESS_KEY`].
 pub const ENV_SECRET_KEY: &str = "PIECESTORE_SERVE_SECRET_KEY";
+pub use grpc::{ENV_TOKEN, ERROR_DOMAIN, pb};
 
 /// What cannot start a server: a config it cannot serve, a store that does not open, an
 /// address or a file it cannot use.
@@ -149,8 +151,8 @@ pub struct Setup {
     pub options: ServeOptions,
     /// Overrides `options.listen` (the CLI's `--listen`).
     pub listen: Option<String>,
-    /// Read [`ENV_ACCESS_KEY`] and [`ENV_SECRET_KEY`] from the process environment (default
-    /// true).
+    /// Read [`ENV_ACCESS_KEY`], [`ENV_SECRET_KEY`] and [`ENV_TOKEN`] from the process
+    /// environment (default true).
     pub env_keys: bool,
 }
 
@@ -176,6 +178,7 @@ pub struct Server {
     options: ServeOptions,
     metrics: Arc<HttpMetrics>,
     domains: Option<Arc<host::Domains>>,
+    grpc: grpc::GrpcServices,
 }
 
 impl std::fmt::Debug for Server {
@@ -211,12 +214,15 @@ impl Server {
         } = setup;
         let buckets = open_buckets(&store, &options).await?;
         let keys = collect_keys(&options, env_keys)?;
+        let tokens =
+            grpc::Tokens::collect(&options.tokens, env_keys).map_err(ServeError::Config)?;
         let any_public = buckets.iter().any(|b| b.public_read);
-        if keys.is_empty() && !any_public {
+        if keys.is_empty() && tokens.is_empty() && !any_public {
             return Err(ServeError::Config(format!(
                 "no access keys: set {ENV_ACCESS_KEY} and {ENV_SECRET_KEY}, or add \
                  [[PieceStore.Serve.Keys]] with AccessKey and SecretKey (a server without \
-                 keys serves only PublicRead buckets)"
+                 keys serves only PublicRead buckets; {ENV_TOKEN} or Tokens let gRPC \
+                 clients in)"
             )));
         }
         let tls = match (&options.tls_cert, &options.tls_key) {
@@ -250,6 +256,12 @@ impl Server {
         let metrics = Arc::new(HttpMetrics::default());
         let state = Arc::new(s3::State::new(buckets, &options, uploads));
         let service = s3::build_service(state.clone(), keys, domains.clone());
+        let max_message = usize::try_from(options.max_object_size)
+            .unwrap_or(usize::MAX)
+            .saturating_add(1 << 20);
+        let grpc = grpc::GrpcServices::new(state.clone(), tokens, max_message)
+            .await
+            .map_err(ServeError::Config)?;
         Ok(Server {
             listener,
             addr,
@@ -259,6 +271,7 @@ impl Server {
             options,
             metrics,
             domains: domains.map(Arc::new),
+            grpc,
         })
     }
 
@@ -294,6 +307,7 @@ impl Server {
             options,
             metrics,
             domains,
+            grpc,
             ..
         } = self;
         let limit = Arc::new(tokio::sync::Semaphore::new(options.concurrency));
@@ -341,6 +355,7 @@ impl Server {
                 metrics.clone(),
                 limit.clone(),
                 domains.clone(),
+                grpc.clone(),
             );
             let hyper_svc = hyper::service::service_fn(move |req| svc.clone().call(req));
             match tls.as_ref().map(|(acceptor, _)| acceptor) {

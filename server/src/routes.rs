@@ -9,6 +9,7 @@ use s3s::{Body, HttpError, HttpResponse};
 use tokio::sync::Semaphore;
 use tracing::Instrument;
 
+use crate::grpc::{GrpcServices, is_grpc};
 use crate::host::Domains;
 use crate::metrics::{HttpMetrics, merge_families, with_label};
 use crate::s3::State;
@@ -37,6 +38,7 @@ pub(crate) struct HttpService {
     metrics: Arc<HttpMetrics>,
     limit: Arc<Semaphore>,
     domains: Option<Arc<Domains>>,
+    grpc: GrpcServices,
 }
 
 impl HttpService {
@@ -46,6 +48,7 @@ impl HttpService {
         metrics: Arc<HttpMetrics>,
         limit: Arc<Semaphore>,
         domains: Option<Arc<Domains>>,
+        grpc: GrpcServices,
     ) -> Self {
         HttpService {
             s3,
@@ -53,6 +56,7 @@ impl HttpService {
             metrics,
             limit,
             domains,
+            grpc,
         }
     }
 
@@ -81,7 +85,11 @@ impl HttpService {
                 _ => {}
             }
         }
+        let grpc_call = is_grpc(&req);
         let slot = OpSlot::default();
+        if grpc_call {
+            slot.set(&format!("gRPC {}", path.trim_start_matches('/')));
+        }
         req.extensions_mut().insert(slot.clone());
         let span = tracing::info_span!(
             "request",
@@ -94,7 +102,12 @@ impl HttpService {
             let _permit = self.limit.acquire().await;
             self.metrics.started();
             let t0 = Instant::now();
-            let result = self.s3.call(req.map(Body::from)).await;
+            let result = if grpc_call {
+                let response = self.grpc.call(req).await;
+                Ok(response.map(Body::http_body_unsync))
+            } else {
+                self.s3.call(req.map(Body::from)).await
+            };
             let elapsed = t0.elapsed();
             let status = match &result {
                 Ok(r) => r.status().as_u16(),

@@ -113,6 +113,16 @@ impl State {
         Ok(data)
     }
 
+    /// The bucket named `name`, if served.
+    pub(crate) fn bucket_spec(&self, name: &str) -> Option<&BucketSpec> {
+        self.buckets.get(name)
+    }
+
+    /// The largest object a put may store.
+    pub(crate) fn max_object_size(&self) -> u64 {
+        self.max_object_size
+    }
+
     fn bucket(&self, name: &str) -> S3Result<&BucketSpec> {
         self.buckets
             .get(name)
@@ -178,7 +188,7 @@ fn s3_err(e: piecestore::Error) -> S3Error {
 /// its packs when it packs): object keys under `.piecestore/`, which the engine reserves for
 /// itself, are kept as pieces under this prefix instead, so that a PieceStore store can use a
 /// served bucket as its backend.
-const CLIENT_RESERVED: &str = "~piecestore/";
+pub(crate) const CLIENT_RESERVED: &str = "~piecestore/";
 const RESERVED: &str = piecestore::key::RESERVED_PREFIX;
 
 /// The piece key of object key `key`, and whether it is a client's own object (which may be

@@ -1,0 +1,317 @@
+"""The gRPC API of `piecestore serve`, driven by clients no one here wrote: grpcio with stubs
+generated from proto/piecestore/v1/piecestore.proto by grpcio-tools at test time, the standard
+health checking client, and the reflection client. Each test runs a real `piecestore serve`
+process on 127.0.0.1 (started by test_serve's helpers)."""
+
+from __future__ import annotations
+
+import importlib
+import os
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+from typing import Any, Iterator
+
+import pytest
+
+from test_serve import SECRET, Served, start, stop
+
+
+
+def need(name: str) -> Any:
+    """Module `name`: a skip on a developer's machine without it, a failure in CI (where
+    scripts/test.sh installs it)."""
+    try:
+        return importlib.import_module(name)
+    except ImportError:
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"{name} is not installed (bash scripts/test.sh installs it)")
+        pytest.skip(f"{name} is not installed", allow_module_level=True)
+
+
+grpc = need("grpc")
+
+ROOT = Path(__file__).resolve().parents[2]
+PROTO = ROOT / "proto"
+TOKEN = "grpc-test-token-not-a-real-one"
+
+
+@pytest.fixture(scope="module")
+def pb(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    """The messages and stubs, generated from the repository's proto now."""
+    need("grpc_tools")
+    out = tmp_path_factory.mktemp("stubs")
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "grpc_tools.protoc",
+            # Generated as top-level modules: a package `piecestore` is this binding's.
+            f"-I{PROTO / 'piecestore' / 'v1'}",
+            f"--python_out={out}",
+            f"--grpc_python_out={out}",
+            str(PROTO / "piecestore/v1/piecestore.proto"),
+        ],
+        check=True,
+    )
+    sys.path.insert(0, str(out))
+    try:
+        messages = importlib.import_module("piecestore_pb2")
+        services = importlib.import_module("piecestore_pb2_grpc")
+    finally:
+        sys.path.remove(str(out))
+
+    class Generated:
+        m = messages
+        s = services
+
+    return Generated
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
+    d = tmp_path_factory.mktemp("grpc")
+    s = start(
+        d,
+        f'Tokens = ["{TOKEN}"]',
+        buckets='[[PieceStore.Serve.Buckets]]\nName = "public"\n'
+        f'Store = "file://{d}/public"\nPublicRead = true',
+    )
+    yield s
+    stop(s)
+    assert TOKEN not in s.log.read_text()
+
+
+def target(s: Served) -> str:
+    return s.endpoint.split("://", 1)[1]
+
+
+def stub(pb: Any, s: Served) -> Any:
+    return pb.s.PieceStoreStub(grpc.insecure_channel(target(s)))
+
+
+AUTH = (("authorization", f"Bearer {TOKEN}"),)
+
+
+def key() -> str:
+    return f"{uuid.uuid4().int % 10**12}_s0"
+
+
+def error_info(e: grpc.RpcError) -> tuple[str, dict[str, str]]:
+    """The google.rpc.ErrorInfo of a failed call: its reason and metadata."""
+    from google.rpc import error_details_pb2
+    from grpc_status import rpc_status
+
+    status = rpc_status.from_call(e)  # type: ignore[arg-type]
+    assert status is not None, f"no status details in {e}"
+    for detail in status.details:
+        info = error_details_pb2.ErrorInfo()
+        if detail.Unpack(info):
+            assert info.domain == "piecestore.dev"
+            return info.reason, dict(info.metadata)
+    raise AssertionError(f"no ErrorInfo in {status}")
+
+
+def put(pb: Any, c: Any, k: str, data: bytes, chunk: int = 3, **first: Any) -> Any:
+    def messages() -> Iterator[Any]:
+        parts = [data[i : i + chunk] for i in range(0, len(data), chunk)] or [b""]
+        yield pb.m.PutRequest(key=k, data=parts[0], **first)
+        for p in parts[1:]:
+            yield pb.m.PutRequest(data=p)
+
+    return c.Put(messages(), metadata=AUTH, timeout=30)
+
+
+def test_put_in_chunks_get_streamed_ranges_head_list_delete(pb: Any, served: Served) -> None:
+    c = stub(pb, served)
+    k = key()
+    body = bytes(range(256)) * 9000  # 2.3 MiB: a Get streams it in 1 MiB messages
+    r = put(pb, c, k, body, chunk=700_000)
+    assert r.size == len(body)
+    got = list(c.Get(pb.m.GetRequest(key=k), metadata=AUTH, timeout=30))
+    assert len(got) == 3
+    assert b"".join(m.data for m in got) == body
+    assert got[0].info.size == len(body) and got[0].info.crc32c == r.crc32c
+    assert not got[1].HasField("info")
+    part = list(c.Get(pb.m.GetRequest(key=k, offset=1000, length=5000), metadata=AUTH, timeout=30))
+    assert b"".join(m.data for m in part) == body[1000:6000]
+    tail = list(c.Get(pb.m.GetRequest(key=k, offset=len(body) - 10), metadata=AUTH, timeout=30))
+    assert b"".join(m.data for m in tail) == body[-10:]
+    head = c.Head(pb.m.HeadRequest(key=k), metadata=AUTH, timeout=30)
+    assert (head.key, head.size, head.crc32c) == (k, len(body), r.crc32c)
+    assert abs(head.stored_unix_ms / 1000 - time.time()) < 600
+    assert c.Exists(pb.m.ExistsRequest(key=k), metadata=AUTH, timeout=30).exists
+    # The same bytes again is fine; an empty piece is a piece.
+    put(pb, c, k, body, chunk=1 << 20)
+    e = key()
+    put(pb, c, e, b"")
+    assert b"".join(m.data for m in c.Get(pb.m.GetRequest(key=e), metadata=AUTH)) == b""
+
+    prefix = f"{uuid.uuid4().int % 10**9}"
+    names = [f"{prefix}{i:04d}_s{i % 3}" for i in range(1500)]
+    for n in reversed(names):
+        put(pb, c, n, n.encode())
+    batches = list(c.List(pb.m.ListRequest(prefix=prefix), metadata=AUTH, timeout=60))
+    assert [len(b.pieces) for b in batches] == [1000, 500]
+    listed = [p.key for b in batches for p in b.pieces]
+    assert listed == sorted(names)
+    assert all(p.size == len(p.key) for b in batches for p in b.pieces)
+
+    c.Flush(pb.m.FlushRequest(), metadata=AUTH, timeout=30)
+    c.Delete(pb.m.DeleteRequest(key=k), metadata=AUTH, timeout=30)
+    c.Delete(pb.m.DeleteRequest(key=k), metadata=AUTH, timeout=30)  # a missing piece: fine
+    assert not c.Exists(pb.m.ExistsRequest(key=k), metadata=AUTH).exists
+    gone = c.DeletePrefix(pb.m.DeletePrefixRequest(prefix=prefix), metadata=AUTH, timeout=60)
+    assert gone.pieces == 1500
+    assert list(c.List(pb.m.ListRequest(prefix=prefix), metadata=AUTH)) == []
+
+
+def test_every_error_code_with_the_engines_reason(pb: Any, served: Served) -> None:
+    c = stub(pb, served)
+    k = key()
+    put(pb, c, k, b"first bytes")
+
+    def fails(call: Any, code: Any, reason: str) -> dict[str, str]:
+        with pytest.raises(grpc.RpcError) as e:
+            r = call()
+            if hasattr(r, "__iter__") and not hasattr(r, "SerializeToString"):
+                list(r)
+        assert e.value.code() == code, e.value
+        got, meta = error_info(e.value)
+        assert got == reason, (got, e.value.details())
+        return meta
+
+    missing = key()
+    meta = fails(lambda: c.Get(pb.m.GetRequest(key=missing), metadata=AUTH), grpc.StatusCode.NOT_FOUND, "PIECE_NOT_FOUND")
+    assert meta == {"key": missing}
+    fails(lambda: c.Head(pb.m.HeadRequest(key=missing), metadata=AUTH), grpc.StatusCode.NOT_FOUND, "PIECE_NOT_FOUND")
+    meta = fails(lambda: put(pb, c, k, b"other bytes"), grpc.StatusCode.ALREADY_EXISTS, "PIECE_EXISTS")
+    assert meta == {"key": k}
+    fails(lambda: put(pb, c, "../etc/passwd", b"x"), grpc.StatusCode.INVALID_ARGUMENT, "INVALID_KEY")
+    fails(lambda: put(pb, c, "~piecestore/x", b"x"), grpc.StatusCode.INVALID_ARGUMENT, "INVALID_KEY")
+    bad = key()
+    fails(lambda: put(pb, c, bad, b"payload", crc32c=1234), grpc.StatusCode.INVALID_ARGUMENT, "BAD_DIGEST")
+    assert not c.Exists(pb.m.ExistsRequest(key=bad), metadata=AUTH).exists, "nothing stored"
+    fails(
+        lambda: c.Get(pb.m.GetRequest(key=k, offset=5, length=100), metadata=AUTH),
+        grpc.StatusCode.OUT_OF_RANGE,
+        "INVALID_RANGE",
+    )
+    fails(
+        lambda: c.Get(pb.m.GetRequest(bucket="nope", key=k), metadata=AUTH),
+        grpc.StatusCode.NOT_FOUND,
+        "BUCKET_NOT_FOUND",
+    )
+    fails(
+        lambda: c.DeletePrefix(pb.m.DeletePrefixRequest(prefix=""), metadata=AUTH),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "EMPTY_PREFIX",
+    )
+    # Auth: no token, a wrong token, a token for S3's secret.
+    for md in [(), (("authorization", "Bearer not-the-token-at-all"),), (("authorization", f"Bearer {SECRET}"),)]:
+        with pytest.raises(grpc.RpcError) as e:
+            c.Head(pb.m.HeadRequest(key=k), metadata=md)
+        assert e.value.code() == grpc.StatusCode.UNAUTHENTICATED
+    # A public bucket is readable without a token, not writable.
+    pub = stub(pb, served)
+    with pytest.raises(grpc.RpcError) as e:
+        pub.Put(iter([pb.m.PutRequest(bucket="public", key=k, data=b"x")]))
+    assert e.value.code() == grpc.StatusCode.UNAUTHENTICATED
+    put(pb, c, k, b"public bytes", bucket="public")
+    got = list(pub.Get(pb.m.GetRequest(bucket="public", key=k)))
+    assert b"".join(m.data for m in got) == b"public bytes"
+
+
+def test_a_deadline_cancels_the_call_and_stores_nothing(pb: Any, served: Served) -> None:
+    c = stub(pb, served)
+    k = key()
+
+    def held() -> Iterator[Any]:
+        yield pb.m.PutRequest(key=k, data=b"the first chunk")
+        time.sleep(2)  # the stream is held open past the deadline
+        yield pb.m.PutRequest(data=b"never sent")
+
+    t0 = time.monotonic()
+    with pytest.raises(grpc.RpcError) as e:
+        c.Put(held(), metadata=AUTH, timeout=0.05)
+    assert e.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    assert time.monotonic() - t0 < 2.5
+    time.sleep(0.2)
+    assert not c.Exists(pb.m.ExistsRequest(key=k), metadata=AUTH).exists
+
+
+def test_health_and_reflection(pb: Any, served: Served) -> None:
+    health_pb2 = need("grpc_health.v1.health_pb2")
+    health_pb2_grpc = need("grpc_health.v1.health_pb2_grpc")
+    channel = grpc.insecure_channel(target(served))
+    h = health_pb2_grpc.HealthStub(channel)
+    for service in ["", "piecestore.v1.PieceStore"]:
+        r = h.Check(health_pb2.HealthCheckRequest(service=service), timeout=10)
+        assert r.status == health_pb2.HealthCheckResponse.SERVING, service
+    with pytest.raises(grpc.RpcError) as e:
+        h.Check(health_pb2.HealthCheckRequest(service="no.such.Service"), timeout=10)
+    assert e.value.code() == grpc.StatusCode.NOT_FOUND
+
+    reflection = need("grpc_reflection.v1alpha.proto_reflection_descriptor_database")
+    db = reflection.ProtoReflectionDescriptorDatabase(channel)
+    services = db.get_services()
+    assert "piecestore.v1.PieceStore" in services, services
+    from google.protobuf.descriptor_pool import DescriptorPool
+
+    pool = DescriptorPool(db)
+    svc = pool.FindServiceByName("piecestore.v1.PieceStore")
+    assert {m.name for m in svc.methods} == {
+        "Put", "Get", "Head", "Exists", "Delete", "DeletePrefix", "List", "Flush"
+    }
+
+
+def test_grpc_over_tls_with_a_test_ca(pb: Any, tmp_path: Path) -> None:
+    from test_serve import _self_signed
+
+    cert, key_pem = _self_signed("piecestore grpc test")
+    (tmp_path / "cert.pem").write_bytes(cert)
+    (tmp_path / "key.pem").write_bytes(key_pem)
+    s = start(
+        tmp_path,
+        f'TLSCert = "{tmp_path}/cert.pem"\nTLSKey = "{tmp_path}/key.pem"\nTokens = ["{TOKEN}"]',
+    )
+    try:
+        creds = grpc.ssl_channel_credentials(root_certificates=cert)
+        c = pb.s.PieceStoreStub(grpc.secure_channel(target(s), creds))
+        k = key()
+        put(pb, c, k, b"over TLS")
+        assert b"".join(m.data for m in c.Get(pb.m.GetRequest(key=k), metadata=AUTH)) == b"over TLS"
+        other, _ = _self_signed("someone else")
+        untrusting = pb.s.PieceStoreStub(
+            grpc.secure_channel(target(s), grpc.ssl_channel_credentials(root_certificates=other))
+        )
+        with pytest.raises(grpc.RpcError) as e:
+            untrusting.Head(pb.m.HeadRequest(key=k), metadata=AUTH, timeout=10)
+        assert e.value.code() == grpc.StatusCode.UNAVAILABLE
+    finally:
+        stop(s)
+
+
+def test_the_docs_grpc_example_runs(pb: Any, served: Served, tmp_path: Path) -> None:
+    """docs/serve.md's Python gRPC example, run as written against a real server (its
+    address and token swapped for the test's), after the protoc command its comment gives."""
+    text = (ROOT / "docs" / "serve.md").read_text()
+    section = text[text.index("## The gRPC API") :]
+    block = section[section.index("```python\n") + len("```python\n") :]
+    block = block[: block.index("```")]
+    protoc = next(line for line in block.splitlines() if "grpc_tools.protoc" in line)
+    # After "python -m grpc_tools.protoc", run from the repository's root: here, the proto
+    # paths made absolute and the output in the test's directory.
+    args = [a.replace("proto/", f"{ROOT}/proto/") for a in protoc.lstrip("# ").split()[3:]]
+    subprocess.run([sys.executable, "-m", "grpc_tools.protoc", *args], cwd=tmp_path, check=True)
+    code = block.replace("127.0.0.1:9820", target(served)).replace(
+        "a-long-random-grpc-token", TOKEN
+    )
+    code = code.replace('key="42_s0"', f'key="{key()}"')
+    r = subprocess.run(
+        [sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=60
+    )
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == "b'piece'", r.stdout

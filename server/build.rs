@@ -1,0 +1,20 @@
+//! Compiles proto/piecestore/v1/piecestore.proto into the gRPC service and messages, and the
+//! descriptor set the reflection service serves. protox parses the proto in Rust, so the build
+//! needs no protoc.
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../proto");
+    let proto = root.join("piecestore/v1/piecestore.proto");
+    println!("cargo:rerun-if-changed={}", proto.display());
+    let fds = protox::compile([&proto], [&root])?;
+    let out = std::path::PathBuf::from(std::env::var("OUT_DIR")?);
+    std::fs::write(
+        out.join("piecestore_v1_descriptor.bin"),
+        prost::Message::encode_to_vec(&fds),
+    )?;
+    tonic_prost_build::configure()
+        .build_client(true)
+        .build_server(true)
+        .compile_fds(fds)?;
+    Ok(())
+}
