@@ -72,6 +72,8 @@ echo "== python: build the package (release) and run pytest"
 # The one command the README documents, without build isolation (maturin is already here).
 "$venv/bin/pip" install --quiet --disable-pip-version-check --no-build-isolation \
   --force-reinstall --no-deps ./python
+# grpcurl: python/tests/test_grpc.py lists and calls serve's gRPC services through reflection.
+GOBIN="$PWD/target/tools" go install github.com/fullstorydev/grpcurl/cmd/grpcurl@v1.9.3
 CI="${CI:-true}" "$venv/bin/pytest" -q -p no:cacheprovider python/tests
 
 echo "== python: the CPython 3.9+ abi3 wheel (bytes from get instead of zero-copy buffers)"
