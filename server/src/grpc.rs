@@ -458,6 +458,27 @@ pub(crate) struct GrpcServices {
     reflection_v1alpha: Call,
 }
 
+/// The `grpc-timeout` header (gRPC over HTTP/2: at most 8 digits and a unit of H, M, S, m,
+/// u or n), if present and well formed.
+fn grpc_timeout(headers: &http::HeaderMap) -> Option<std::time::Duration> {
+    use std::time::Duration;
+    let v = headers.get("grpc-timeout")?.to_str().ok()?;
+    if v.len() < 2 || v.len() > 9 {
+        return None;
+    }
+    let (digits, unit) = v.split_at(v.len() - 1);
+    let n: u64 = digits.parse().ok()?;
+    Some(match unit {
+        "H" => Duration::from_secs(n.saturating_mul(3600)),
+        "M" => Duration::from_secs(n.saturating_mul(60)),
+        "S" => Duration::from_secs(n),
+        "m" => Duration::from_millis(n),
+        "u" => Duration::from_micros(n),
+        "n" => Duration::from_nanos(n),
+        _ => return None,
+    })
+}
+
 /// Whether `req` is a gRPC call.
 pub(crate) fn is_grpc<B>(req: &http::Request<B>) -> bool {
     req.headers()
@@ -516,7 +537,19 @@ impl GrpcServices {
         } else {
             return Status::unimplemented(format!("no gRPC service answers {path}")).into_http();
         };
-        service(req).await
+        // The caller's deadline, honoured here too: a client whose cancel never arrives
+        // still gets DEADLINE_EXCEEDED, and the call's work is dropped with its future.
+        match grpc_timeout(req.headers()) {
+            Some(limit) => match tokio::time::timeout(limit, service(req)).await {
+                Ok(response) => response,
+                Err(_) => Status::deadline_exceeded(format!(
+                    "the call's deadline ({} ms) passed on the server",
+                    limit.as_millis()
+                ))
+                .into_http(),
+            },
+            None => service(req).await,
+        }
     }
 }
 
@@ -553,6 +586,24 @@ mod tests {
             !e.contains("short\""),
             "the token itself is not in the error: {e}"
         );
+    }
+
+    #[test]
+    fn grpc_timeouts_parse_as_the_protocol_defines_them() {
+        use std::time::Duration;
+        let parse = |v: &str| {
+            let mut h = http::HeaderMap::new();
+            h.insert("grpc-timeout", v.parse().unwrap());
+            grpc_timeout(&h)
+        };
+        assert_eq!(parse("50m"), Some(Duration::from_millis(50)));
+        assert_eq!(parse("2S"), Some(Duration::from_secs(2)));
+        assert_eq!(parse("1H"), Some(Duration::from_secs(3600)));
+        assert_eq!(parse("99999999n"), Some(Duration::from_nanos(99_999_999)));
+        for bad in ["", "m", "5", "5x", "123456789m", "-5m", "5.5S"] {
+            assert_eq!(parse(bad), None, "{bad}");
+        }
+        assert_eq!(grpc_timeout(&http::HeaderMap::new()), None);
     }
 
     #[test]
