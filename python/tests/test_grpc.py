@@ -243,6 +243,28 @@ def test_a_deadline_cancels_the_call_and_stores_nothing(pb: Any, served: Served)
     assert not c.Exists(pb.m.ExistsRequest(key=k), metadata=AUTH).exists
 
 
+def test_a_stream_that_stops_sending_is_cut_off_at_body_timeout(pb: Any, tmp_path: Path) -> None:
+    s = start(tmp_path, f'BodyTimeout = "1s"\nTokens = ["{TOKEN}"]')
+    try:
+        c = stub(pb, s)
+        k = key()
+
+        def stalls() -> Iterator[Any]:
+            yield pb.m.PutRequest(key=k, data=b"the first chunk")
+            time.sleep(4)  # longer than BodyTimeout; no client deadline
+            yield pb.m.PutRequest(data=b"too late")
+
+        t0 = time.monotonic()
+        with pytest.raises(grpc.RpcError) as e:
+            c.Put(stalls(), metadata=AUTH)
+        assert e.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED, e.value
+        assert error_info(e.value)[0] == "BODY_TIMEOUT"
+        assert time.monotonic() - t0 < 3.5, "cut off by the server, not by the stream's end"
+        assert not c.Exists(pb.m.ExistsRequest(key=k), metadata=AUTH).exists
+    finally:
+        stop(s)
+
+
 def test_health_and_reflection(pb: Any, served: Served) -> None:
     health_pb2 = need("grpc_health.v1.health_pb2")
     health_pb2_grpc = need("grpc_health.v1.health_pb2_grpc")

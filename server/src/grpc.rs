@@ -226,7 +226,25 @@ impl pb::piece_store_server::PieceStore for Rpc {
         req: Request<Streaming<pb::PutRequest>>,
     ) -> Result<Response<pb::PutResponse>, Status> {
         let (meta, ext, mut messages) = req.into_parts();
-        let first = messages.message().await?.ok_or_else(|| {
+        // A stream that stops sending holds a share of the server: BodyTimeout applies to
+        // each message as it does to an S3 body.
+        let idle = self.state.body_timeout();
+        let stalled = || {
+            refuse(
+                Code::DeadlineExceeded,
+                "BODY_TIMEOUT",
+                format!(
+                    "no message arrived for {} s (BodyTimeout); nothing was stored",
+                    idle.as_secs_f64()
+                ),
+            )
+        };
+        let mut next = async || {
+            tokio::time::timeout(idle, messages.message())
+                .await
+                .map_err(|_| stalled())?
+        };
+        let first = next().await?.ok_or_else(|| {
             refuse(
                 Code::InvalidArgument,
                 "EMPTY_PUT",
@@ -247,7 +265,7 @@ impl pb::piece_store_server::PieceStore for Rpc {
             )
         };
         let mut data = BytesMut::from(&first.data[..]);
-        while let Some(m) = messages.message().await? {
+        while let Some(m) = next().await? {
             if !m.key.is_empty() && m.key != first.key {
                 return Err(refuse(
                     Code::InvalidArgument,

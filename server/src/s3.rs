@@ -123,6 +123,11 @@ impl State {
         self.max_object_size
     }
 
+    /// How long a request body may go without a byte arriving.
+    pub(crate) fn body_timeout(&self) -> Duration {
+        self.body_timeout
+    }
+
     fn bucket(&self, name: &str) -> S3Result<&BucketSpec> {
         self.buckets
             .get(name)
