@@ -383,6 +383,10 @@ async fn serve_store(
             return Err(CliError::Exit(1));
         }
     };
+    // Before saying where it listens: a SIGHUP sent by whoever waits for that line must
+    // find the handler (the default action ends the process).
+    #[cfg(unix)]
+    reload_tls_on_sighup(server.tls_reloader());
     let scheme = if server.is_tls() { "https" } else { "http" };
     println!(
         "listening on {scheme}://{} (buckets: {})",
@@ -390,8 +394,6 @@ async fn serve_store(
         server.bucket_names().join(", ")
     );
     let _ = std::io::stdout().flush();
-    #[cfg(unix)]
-    reload_tls_on_sighup(server.tls_reloader());
     server
         .run(shutdown_signal())
         .await
