@@ -13,6 +13,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         prost::Message::encode_to_vec(&fds),
     )?;
     tonic_prost_build::configure()
+        // `bytes` fields as `bytes::Bytes`: a Get chunk is a slice of the piece, not a copy.
+        .bytes(".")
         .build_client(true)
         .build_server(true)
         .compile_fds(fds)?;

@@ -264,8 +264,13 @@ impl pb::piece_store_server::PieceStore for Rpc {
                 ),
             )
         };
-        let mut data = BytesMut::from(&first.data[..]);
+        // A piece sent in one message is stored as it arrived; more are joined once.
+        let mut data = BytesMut::new();
+        let mut single = Some(first.data.clone());
         while let Some(m) = next().await? {
+            if let Some(d) = single.take() {
+                data.extend_from_slice(&d);
+            }
             if !m.key.is_empty() && m.key != first.key {
                 return Err(refuse(
                     Code::InvalidArgument,
@@ -278,6 +283,7 @@ impl pb::piece_store_server::PieceStore for Rpc {
             }
             data.extend_from_slice(&m.data);
         }
+        let data: Bytes = single.unwrap_or_else(|| data.freeze());
         if data.len() as u64 > limit {
             return Err(too_large(data.len()));
         }
@@ -299,7 +305,7 @@ impl pb::piece_store_server::PieceStore for Rpc {
         };
         bucket
             .store
-            .put_opts(&first.key, data.freeze(), opts)
+            .put_opts(&first.key, data, opts)
             .await
             .map_err(status_of)?;
         Ok(Response::new(pb::PutResponse { size, crc32c: crc }))
@@ -337,7 +343,7 @@ impl pb::piece_store_server::PieceStore for Rpc {
         };
         let out = chunks.into_iter().map(move |chunk| {
             Ok(pb::GetResponse {
-                data: chunk.to_vec(),
+                data: chunk,
                 info: info.take(),
             })
         });
