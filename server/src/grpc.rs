@@ -199,7 +199,7 @@ fn check_key(key: &str) -> Result<(), Status> {
         return Err(refuse(
             Code::InvalidArgument,
             ErrorKind::InvalidKey.as_str(),
-            "keys under '~piecestore/' are reserved (they hold S3 clients' '.piecestore/' objects)",
+            crate::s3::CLIENT_RESERVED_REFUSAL,
         ));
     }
     piecestore::key::validate(key).map_err(status_of)

@@ -194,6 +194,10 @@ fn s3_err(e: piecestore::Error) -> S3Error {
 /// itself, are kept as pieces under this prefix instead, so that a PieceStore store can use a
 /// served bucket as its backend.
 pub(crate) const CLIENT_RESERVED: &str = "~piecestore/";
+
+/// Why a key under [`CLIENT_RESERVED`] is refused (by the S3 and the gRPC API alike).
+pub(crate) const CLIENT_RESERVED_REFUSAL: &str =
+    "keys under '~piecestore/' are reserved (they hold S3 clients' '.piecestore/' objects)";
 const RESERVED: &str = piecestore::key::RESERVED_PREFIX;
 
 /// The piece key of object key `key`, and whether it is a client's own object (which may be
@@ -205,10 +209,7 @@ fn piece_key(key: &str) -> S3Result<(String, bool)> {
         return Ok((mapped, true));
     }
     if key.starts_with(CLIENT_RESERVED) {
-        return Err(s3_error!(
-            InvalidArgument,
-            "keys under '~piecestore/' are reserved (they hold clients' '.piecestore/' objects)"
-        ));
+        return Err(s3_error!(InvalidArgument, "{CLIENT_RESERVED_REFUSAL}"));
     }
     piecestore::key::validate(key).map_err(s3_err)?;
     Ok((key.to_string(), false))
