@@ -396,6 +396,64 @@ async fn a_pack_file_cut_short_at_creation_is_removed() {
     }
 }
 
+/// A store opened on a new directory while another process writes its first pack (the pack
+/// file exists, locked by its writer, and the writer's first commit is not made yet) leaves
+/// that pack to its writer: it neither rebuilds the index from it (which would show a record
+/// its writer never acknowledged, and wipe what the writer commits meanwhile) nor replays it.
+/// Once the writer is gone the pack is the store's to recover, and fsck finds nothing wrong.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_open_leaves_alone_the_first_pack_another_process_writes() {
+    use std::os::fd::AsRawFd;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = PieceStore::open(file_config(dir.path(), 64 << 20))
+        .await
+        .expect("open");
+    store.close().await;
+    drop(store);
+    // The other process: its active pack, one record appended and synced, nothing committed.
+    let packs = dir.path().join(".piecestore/packs");
+    std::fs::create_dir_all(&packs).expect("packs dir");
+    let path = packs.join("0000000000000000000000000000abcd.pack");
+    let payload = bytes(300, 9);
+    let mut file_bytes = piecestore::pack::format::PACK_MAGIC.to_vec();
+    file_bytes.extend(piecestore::pack::format::record_head(
+        "theirs",
+        piecestore::pack::format::RecordKind::Piece,
+        1,
+        payload.len() as u64,
+        piecestore::checksum::crc32c(&payload),
+    ));
+    file_bytes.extend_from_slice(&payload);
+    std::fs::write(&path, &file_bytes).expect("their pack");
+    let theirs = std::fs::File::open(&path).expect("open their pack");
+    // SAFETY: flock(2) on a descriptor this test owns.
+    let rc = unsafe { libc::flock(theirs.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+    assert_eq!(rc, 0, "flock: {}", std::io::Error::last_os_error());
+
+    let store = PieceStore::open(file_config(dir.path(), 64 << 20))
+        .await
+        .expect("open next to a writer");
+    assert!(
+        !store.exists("theirs").await.expect("exists"),
+        "an open indexed a record another process is still writing (it rebuilt the index from its pack)"
+    );
+    store.put("mine", bytes(200, 2)).await.expect("put");
+    assert_eq!(store.get("mine").await.expect("get"), bytes(200, 2));
+    store.close().await;
+    drop(store);
+
+    // Its writer is gone: the pack is recovered like any a crash left.
+    drop(theirs);
+    let store = PieceStore::open(file_config(dir.path(), 64 << 20))
+        .await
+        .expect("open after the writer is gone");
+    assert_eq!(store.get("mine").await.expect("get"), bytes(200, 2));
+    if store.exists("theirs").await.expect("exists") {
+        assert_eq!(store.get("theirs").await.expect("get theirs"), payload);
+    }
+    fsck_clean(&store, "after the other writer is gone").await;
+}
+
 /// Open files under `dir` held by this process: (all, those whose file was deleted).
 fn open_files_under(dir: &Path) -> (usize, usize) {
     let dir = dir.canonicalize().expect("canonical");

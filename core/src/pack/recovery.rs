@@ -69,14 +69,24 @@ pub(super) async fn recover(
     }
     let known: HashSet<PackId> = index.packs()?.into_iter().map(|(id, _)| id).collect();
     let listed = backend.list_packs().await?;
-    if known.is_empty() && !listed.is_empty() {
-        // A new or lost index over existing packs: rebuild it whole (replaying packs one by one
-        // would skip the pieces that live only in compaction's packs), once: another process
-        // that opened the shard at the same time may have done it.
+    // A new or lost index over existing packs: rebuilt whole (replaying packs one by one would
+    // skip the pieces that live only in compaction's packs). Not over the packs other processes
+    // are writing: on a new directory or bucket, another writer's first pack exists before its
+    // first commit, and a rebuild from it would both index records it never acknowledged and
+    // wipe (`Change::Clear`) what it commits meanwhile (measured: an acknowledged delete came
+    // back when four processes started on one new directory).
+    let orphans = if known.is_empty() && !listed.is_empty() {
+        not_being_written(packer, backend, &listed).await?
+    } else {
+        Vec::new()
+    };
+    if !orphans.is_empty() {
+        // Once: another process that opened the shard at the same time may have done it.
         let _lease = packer.gc_lease(backend).await?;
         if !index.packs()?.is_empty() {
             return resume_active(packer, backend, index).await;
         }
+        let listed = orphans;
         tracing::info!(
             shard = packer.shard,
             packs = listed.len(),
@@ -169,6 +179,49 @@ pub(super) async fn recover(
         resume_active(packer, backend, index).await?;
     }
     Ok(())
+}
+
+/// The packs of `listed` no live process is writing: on a local directory, those whose lock
+/// can be taken (an active pack's owner holds its lock from before its first byte until the
+/// index says it is sealed); on a bucket, while other processes have the index open, those
+/// older than a minute (a younger one is most likely theirs, between its PUT and its commit).
+async fn not_being_written(
+    packer: &Arc<ShardPacker>,
+    backend: &Arc<Backend>,
+    listed: &[(PackId, u64)],
+) -> Result<Vec<(PackId, u64)>> {
+    let Some(h) = &packer.handles else {
+        if !packer.other_writers() {
+            return Ok(listed.to_vec());
+        }
+        let now = super::now_ms();
+        return Ok(listed
+            .iter()
+            .filter(|(id, _)| now.saturating_sub(index::pack_millis(*id)) >= 60_000)
+            .copied()
+            .collect());
+    };
+    let paths: Vec<_> = listed.iter().map(|(id, _)| (*id, h.path(*id))).collect();
+    let free = tokio::task::spawn_blocking(move || {
+        paths
+            .into_iter()
+            .filter_map(|(id, path)| match super::active::claim(&path) {
+                Ok(Some(_lock)) => Some(id),
+                Ok(None) => None,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+                // Not to be opened for writing here (a read-only directory): rebuilt from, as
+                // before.
+                Err(_) => Some(id),
+            })
+            .collect::<HashSet<PackId>>()
+    })
+    .await
+    .map_err(|e| super::join_err(backend, e))?;
+    Ok(listed
+        .iter()
+        .filter(|(id, _)| free.contains(id))
+        .copied()
+        .collect())
 }
 
 /// Indexes the records of a local active pack past the end its durable index knows (`info`;
