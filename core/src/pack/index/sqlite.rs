@@ -94,7 +94,21 @@ impl SqliteIndex {
             c.execute_batch(SCHEMA)?;
             Ok(c)
         };
-        let writer = match open() {
+        // A database several processes create at once answers some of them "busy" without
+        // waiting out the busy timeout (turning on WAL, or a schema read that must become a
+        // write once another process wrote first): such an open is tried again.
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        let mut pause = Duration::from_millis(2);
+        let first = loop {
+            match open() {
+                Err(e) if busy(&e) && std::time::Instant::now() < deadline => {
+                    std::thread::sleep(pause);
+                    pause = (pause * 2).min(Duration::from_millis(100));
+                }
+                r => break r,
+            }
+        };
+        let writer = match first {
             Ok(c) => c,
             Err(e) if !damaged(&e) => {
                 return Err(Error::Backend {
@@ -102,12 +116,7 @@ impl SqliteIndex {
                     key: None,
                     backend: label,
                     message: format!("the pack index cannot be opened: {e}"),
-                    retryable: matches!(
-                        e.sqlite_error_code(),
-                        Some(
-                            rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked
-                        )
-                    ),
+                    retryable: busy(&e),
                 });
             }
             // Other processes using it would go on with the damaged file, apart from everyone
@@ -564,6 +573,14 @@ fn open_memory(uri: &str) -> rusqlite::Result<Connection> {
             | OpenFlags::SQLITE_OPEN_CREATE
             | OpenFlags::SQLITE_OPEN_URI
             | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )
+}
+
+/// Whether a failure means another connection holds the lock the call needed.
+fn busy(e: &rusqlite::Error) -> bool {
+    matches!(
+        e.sqlite_error_code(),
+        Some(rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked)
     )
 }
 
