@@ -107,6 +107,8 @@ struct Ledger {
     maybe_deleted: BTreeMap<String, u32>,
     /// Delete acknowledged: must be gone.
     deleted: BTreeSet<String>,
+    /// Each key's events, in order (`P`, `o1`, `O1`, `d`, `D`), for failure messages.
+    history: BTreeMap<String, String>,
     puts: u64,
     overwrites: u64,
     deletes: u64,
@@ -122,6 +124,12 @@ impl Ledger {
                 .and_then(|v| v.parse().ok())
                 .unwrap_or_else(|| panic!("writer wrote a malformed line {line:?}"))
         };
+        if event != "R" {
+            let h = self.history.entry(key.to_string()).or_default();
+            h.push_str(if h.is_empty() { "" } else { " " });
+            h.push_str(event);
+            h.push_str(line.split(' ').nth(2).unwrap_or(""));
+        }
         match event {
             "R" => {}
             "P" => {
@@ -169,6 +177,11 @@ impl Ledger {
         }
     }
 
+    /// What the writers said of `key`, for a failure message.
+    fn story(&self, key: &str) -> &str {
+        self.history.get(key).map_or("nothing", String::as_str)
+    }
+
     /// The versions `key` may read as (a key the ledger does not know: its first put was in
     /// flight at a kill, so version 0).
     fn versions(&self, key: &str) -> Vec<u32> {
@@ -180,6 +193,50 @@ impl Ledger {
         }
         vec![0]
     }
+}
+
+/// For a failure message on a local directory: where the index puts `key`, and every record
+/// of it in the directory's pack files, with what the index says of each pack.
+fn explain(dir: &str, key: &str) -> String {
+    use piecestore::pack::index::PackIndex;
+    use piecestore::pack::{format, index};
+    let root = std::path::Path::new(dir).join(".piecestore");
+    let ix = match index::SqliteIndex::open(&root.join("index.sqlite")) {
+        Ok(ix) => ix,
+        Err(e) => return format!("the index does not open: {e}"),
+    };
+    let packs: BTreeMap<_, _> = ix.packs().unwrap_or_default().into_iter().collect();
+    let mut out = format!("index slot {:?}", ix.get(key));
+    let mut names: Vec<_> = std::fs::read_dir(root.join("packs"))
+        .map(|d| d.flatten().map(|e| e.file_name()).collect())
+        .unwrap_or_default();
+    names.sort();
+    for name in names {
+        let name = name.to_string_lossy().into_owned();
+        let Some(id) = index::parse_pack_name(&name) else {
+            continue;
+        };
+        let Ok(bytes) = std::fs::read(root.join("packs").join(&name)) else {
+            continue;
+        };
+        let Ok(scan) = format::scan(&bytes) else {
+            continue;
+        };
+        for e in scan.entries.iter().filter(|e| e.key == key) {
+            let payload = &bytes[e.offset as usize..(e.offset + e.len) as usize];
+            out.push_str(&format!(
+                "; pack {name} ({:?}): {:?} seq {} len {} at {} upto {:?}",
+                packs.get(&id),
+                e.kind,
+                e.seq,
+                e.len,
+                e.offset,
+                (e.kind == format::RecordKind::Tombstone)
+                    .then(|| format::tombstone_target(payload))
+            ));
+        }
+    }
+    out
 }
 
 /// Reads one writer's complete stdout lines (a line cut by the kill is dropped) and its stderr.
@@ -275,14 +332,27 @@ async fn verify_seeds(
             "round {round}: list shows {:?}, which no writer wrote",
             m.key
         );
+        assert!(
+            !ledger.deleted.contains(&m.key),
+            "round {round}: {}, whose delete was acknowledged, is listed again with the size {} (the writer said: {}; {})",
+            m.key,
+            m.size,
+            ledger.story(&m.key),
+            if bucket.is_none() {
+                explain(dir, &m.key)
+            } else {
+                String::new()
+            }
+        );
         let sizes: Vec<u64> = (ledger.versions(&m.key).iter())
             .map(|v| piece_v(&m.key, *v).len() as u64)
             .collect();
         assert!(
             sizes.contains(&m.size),
-            "round {round}: list gives {} the size {}, not one of {sizes:?}",
+            "round {round}: list gives {} the size {}, not one of {sizes:?} (the writer said: {})",
             m.key,
-            m.size
+            m.size,
+            ledger.story(&m.key)
         );
     }
     let seen = check_bytes(&store, round, ledger, listed.iter().cloned(), false).await;
@@ -441,8 +511,9 @@ async fn check_bytes(
                 let versions = ledger.versions(&k);
                 let Some(v) = versions.iter().find(|v| b == piece_v(&k, **v)) else {
                     panic!(
-                        "round {round}: {k} reads back {} bytes that are none of its versions {versions:?}",
-                        b.len()
+                        "round {round}: {k} reads back {} bytes that are none of its versions {versions:?} (the writer said: {})",
+                        b.len(),
+                        ledger.story(&k)
                     );
                 };
                 seen.insert(k, *v);
@@ -656,7 +727,7 @@ async fn shared_rounds(name: &str, bucket: Option<&Bucket>, rounds: u64) {
         let mut lines: Vec<Vec<String>> = vec![Vec::new(); writers.len()];
         // The round starts once every writer has the store open (on a bucket, opening lists
         // its packs, which takes a while once there are many).
-        for (i, (_, rx, _)) in writers.iter().enumerate() {
+        for (i, (_, rx, errors)) in writers.iter().enumerate() {
             let deadline = Instant::now() + Duration::from_secs(120);
             loop {
                 let left = deadline.saturating_duration_since(Instant::now());
@@ -668,18 +739,35 @@ async fn shared_rounds(name: &str, bucket: Option<&Bucket>, rounds: u64) {
                             break;
                         }
                     }
-                    Err(_) => panic!("{name} round {round}: writer {i} did not open the store"),
+                    Err(e) => {
+                        let stderr = errors.recv_timeout(Duration::from_secs(5));
+                        panic!(
+                            "{name} round {round}: writer {i} did not open the store ({e}); its stderr: {}",
+                            stderr.unwrap_or_default()
+                        )
+                    }
                 }
             }
         }
         if round == 0 {
             // Read every acknowledged put from here while the writers go on.
             let reader = dir_of("reader");
-            let store = PieceStore::open(pack_writer::config(&reader, bucket).expect("config"))
-                .await
-                .expect("open the shared store here");
+            let open = || async {
+                PieceStore::open(pack_writer::config(&reader, bucket).expect("config"))
+                    .await
+                    .expect("open the shared store here")
+            };
+            let mut store = open().await;
             let until = Instant::now() + Duration::from_millis(2500);
+            // Opened again now and then: an open's recovery runs while the others write
+            // and collect (as a CLI call does next to a running server).
+            let mut reopen = Instant::now() + Duration::from_millis(300);
             while Instant::now() < until {
+                if Instant::now() >= reopen {
+                    store.close().await;
+                    store = open().await;
+                    reopen = Instant::now() + Duration::from_millis(300);
+                }
                 let mut any = false;
                 for (i, (_, rx, _)) in writers.iter().enumerate() {
                     // Bounded by the deadline too: a reader slower than the writers would
