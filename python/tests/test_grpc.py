@@ -373,3 +373,63 @@ def test_grpcurl_lists_and_calls_through_reflection(pb: Any, served: Served) -> 
     assert info["key"] == k and int(info["size"]) == len(b"fetched by grpcurl")
     refused = grpcurl("-d", json.dumps({"key": k}), addr, "piecestore.v1.PieceStore/Head")
     assert refused.returncode != 0 and "Unauthenticated" in refused.stderr, refused.stderr
+
+
+def scrape(s: Served) -> dict[str, float]:
+    """The samples of /metrics whose names start with piecestore_grpc_, by series."""
+    import urllib.request
+
+    with urllib.request.urlopen(s.endpoint + "/metrics", timeout=10) as r:
+        text = r.read().decode()
+    out = {}
+    for line in text.splitlines():
+        if line.startswith("piecestore_grpc_"):
+            series, value = line.rsplit(" ", 1)
+            out[series] = float(value)
+    return out
+
+
+def test_calls_are_counted_by_method_and_code_in_metrics(pb: Any, served: Served) -> None:
+    """/metrics counts each gRPC call once it is over: by method and status code (trailers, or
+    the headers of an error answered at once; Canceled for a stream the client abandoned),
+    its latency to the end of the stream, and the bytes it sent."""
+    c = stub(pb, served)
+    get = "piecestore.v1.PieceStore/Get"
+    head = "piecestore.v1.PieceStore/Head"
+
+    def n(method: str, code: str, at: dict[str, float]) -> float:
+        return at.get(f'piecestore_grpc_requests_total{{method="{method}",code="{code}"}}', 0.0)
+
+    before = scrape(served)
+    k = key()
+    body = bytes(range(256)) * 12000  # 3 MiB: three Get messages
+    put(pb, c, k, body, chunk=1 << 20)
+    assert b"".join(m.data for m in c.Get(pb.m.GetRequest(key=k), metadata=AUTH, timeout=30)) == body
+    with pytest.raises(grpc.RpcError):
+        c.Head(pb.m.HeadRequest(key=key()), metadata=AUTH, timeout=30)
+    with pytest.raises(grpc.RpcError):
+        c.Head(pb.m.HeadRequest(key=k), timeout=30)  # no token
+    # A Get abandoned after its first message, of a piece far larger than the flow-control
+    # windows that could take it all before the client goes away.
+    big = key()
+    put(pb, c, big, bytes(range(256)) * (48 << 12), chunk=4 << 20)
+    call = c.Get(pb.m.GetRequest(key=big), metadata=AUTH, timeout=30)
+    assert len(next(call).data) > 0
+    call.cancel()
+    deadline = time.time() + 10
+    while True:
+        after = scrape(served)
+        if n(get, "Canceled", after) > n(get, "Canceled", before) or time.time() > deadline:
+            break
+        time.sleep(0.05)
+
+    assert n(get, "OK", after) - n(get, "OK", before) == 1
+    assert n(get, "Canceled", after) - n(get, "Canceled", before) == 1
+    assert n(head, "NotFound", after) - n(head, "NotFound", before) == 1
+    assert n(head, "Unauthenticated", after) - n(head, "Unauthenticated", before) == 1
+    assert n("piecestore.v1.PieceStore/Put", "OK", after) - n("piecestore.v1.PieceStore/Put", "OK", before) == 2
+    sent = f'piecestore_grpc_response_bytes_total{{method="{get}"}}'
+    # The whole piece once (plus framing), and at least the first message of the abandoned one.
+    assert after[sent] - before.get(sent, 0.0) >= len(body) + (1 << 20)
+    count = f'piecestore_grpc_request_duration_seconds_count{{method="{get}"}}'
+    assert after[count] - before.get(count, 0.0) == 2

@@ -511,6 +511,143 @@ pub(crate) fn is_grpc<B>(req: &http::Request<B>) -> bool {
         .is_some_and(|v| v.starts_with("application/grpc"))
 }
 
+/// The name of a gRPC status code as gRPC's own libraries print it (the `code` label of
+/// `piecestore_grpc_requests_total`, as go-grpc-prometheus labels it).
+fn code_name(code: Code) -> &'static str {
+    match code {
+        Code::Ok => "OK",
+        Code::Cancelled => "Canceled",
+        Code::Unknown => "Unknown",
+        Code::InvalidArgument => "InvalidArgument",
+        Code::DeadlineExceeded => "DeadlineExceeded",
+        Code::NotFound => "NotFound",
+        Code::AlreadyExists => "AlreadyExists",
+        Code::PermissionDenied => "PermissionDenied",
+        Code::ResourceExhausted => "ResourceExhausted",
+        Code::FailedPrecondition => "FailedPrecondition",
+        Code::Aborted => "Aborted",
+        Code::OutOfRange => "OutOfRange",
+        Code::Unimplemented => "Unimplemented",
+        Code::Internal => "Internal",
+        Code::Unavailable => "Unavailable",
+        Code::DataLoss => "DataLoss",
+        Code::Unauthenticated => "Unauthenticated",
+    }
+}
+
+/// The `grpc-status` of response headers or trailers.
+fn status_in(headers: &http::HeaderMap) -> Option<Code> {
+    let v = headers.get("grpc-status")?.to_str().ok()?;
+    Some(Code::from_i32(v.trim().parse().ok()?))
+}
+
+/// A gRPC response body that records its call in the server's metrics once the call is over:
+/// its status code (from the trailers, or from the headers of a trailers-only answer;
+/// `Canceled` when the client went away before the end), its latency to the end of the
+/// stream, and the bytes it sent.
+pub(crate) struct Metered<B> {
+    inner: B,
+    metrics: Arc<crate::metrics::HttpMetrics>,
+    method: String,
+    started: std::time::Instant,
+    sent: u64,
+    code: Option<Code>,
+    ended: bool,
+    recorded: bool,
+}
+
+impl<B> Metered<B> {
+    /// Meters `response` of the call of `method` that began at `started`.
+    pub(crate) fn wrap(
+        response: http::Response<B>,
+        metrics: Arc<crate::metrics::HttpMetrics>,
+        method: &str,
+        started: std::time::Instant,
+    ) -> http::Response<Metered<B>> {
+        let code = status_in(response.headers());
+        response.map(|inner| Metered {
+            inner,
+            metrics,
+            method: method.to_string(),
+            started,
+            sent: 0,
+            code,
+            ended: false,
+            recorded: false,
+        })
+    }
+
+    fn record(&mut self) {
+        if std::mem::replace(&mut self.recorded, true) {
+            return;
+        }
+        let code = match (self.code, self.ended) {
+            (Some(c), _) => c,
+            (None, true) => Code::Unknown,
+            (None, false) => Code::Cancelled,
+        };
+        self.metrics.rpc_finished(
+            &self.method,
+            code_name(code),
+            self.started.elapsed(),
+            self.sent,
+        );
+    }
+}
+
+impl<B> hyper::body::Body for Metered<B>
+where
+    B: hyper::body::Body<Data = Bytes> + Unpin,
+{
+    type Data = Bytes;
+    type Error = B::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, B::Error>>> {
+        let this = &mut *self;
+        let polled = std::pin::Pin::new(&mut this.inner).poll_frame(cx);
+        match &polled {
+            std::task::Poll::Ready(Some(Ok(frame))) => {
+                if let Some(data) = frame.data_ref() {
+                    this.sent += data.len() as u64;
+                }
+                if let Some(code) = frame.trailers_ref().and_then(status_in) {
+                    this.code = Some(code);
+                }
+            }
+            std::task::Poll::Ready(Some(Err(_))) => {
+                this.code.get_or_insert(Code::Internal);
+                this.ended = true;
+                this.record();
+            }
+            std::task::Poll::Ready(None) => {
+                this.ended = true;
+                this.record();
+            }
+            std::task::Poll::Pending => {}
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl<B> Drop for Metered<B> {
+    fn drop(&mut self) {
+        // A trailers-only answer (an error before any message) has no body to read: its code
+        // came with the headers. Otherwise a body dropped before its end was abandoned.
+        self.record();
+    }
+}
+
 impl GrpcServices {
     /// The services over `state`, with `tokens` for auth and `max_message` bytes the largest
     /// message either way.

@@ -1,4 +1,6 @@
-//! The HTTP side of `/metrics`: requests by S3 operation and status, and their latency.
+//! The server's side of `/metrics`: HTTP requests by S3 operation and status, and their
+//! latency; gRPC calls by method and status code, their latency to the end of the response
+//! stream, and the bytes they sent.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -21,6 +23,12 @@ struct Inner {
     by_status: BTreeMap<(String, u16), u64>,
     latency: BTreeMap<String, Histogram>,
     in_flight: i64,
+    /// gRPC calls by (method, code).
+    rpc_codes: BTreeMap<(String, &'static str), u64>,
+    /// gRPC latency by method, to the end of the response.
+    rpc_latency: BTreeMap<String, Histogram>,
+    /// Bytes of gRPC response bodies by method.
+    rpc_sent: BTreeMap<String, u64>,
 }
 
 #[derive(Debug, Default, Clone)]
@@ -28,6 +36,39 @@ struct Histogram {
     buckets: Vec<u64>,
     count: u64,
     sum: f64,
+}
+
+impl Histogram {
+    fn observe(&mut self, elapsed: Duration) {
+        if self.buckets.is_empty() {
+            self.buckets = vec![0; BOUNDS.len()];
+        }
+        let secs = elapsed.as_secs_f64();
+        for (i, bound) in BOUNDS.iter().enumerate() {
+            if secs <= *bound {
+                self.buckets[i] += 1;
+            }
+        }
+        self.count += 1;
+        self.sum += secs;
+    }
+
+    /// Writes the histogram `name` of the series `label="value"`.
+    fn write(&self, out: &mut String, name: &str, label: &str, value: &str) {
+        for (bound, n) in BOUNDS.iter().zip(&self.buckets) {
+            let _ = writeln!(
+                out,
+                "{name}_bucket{{{label}=\"{value}\",le=\"{bound}\"}} {n}"
+            );
+        }
+        let _ = writeln!(
+            out,
+            "{name}_bucket{{{label}=\"{value}\",le=\"+Inf\"}} {}",
+            self.count
+        );
+        let _ = writeln!(out, "{name}_sum{{{label}=\"{value}\"}} {}", self.sum);
+        let _ = writeln!(out, "{name}_count{{{label}=\"{value}\"}} {}", self.count);
+    }
 }
 
 impl HttpMetrics {
@@ -45,18 +86,30 @@ impl HttpMetrics {
         };
         m.in_flight -= 1;
         *m.by_status.entry((op.to_string(), status)).or_default() += 1;
-        let h = m.latency.entry(op.to_string()).or_default();
-        if h.buckets.is_empty() {
-            h.buckets = vec![0; BOUNDS.len()];
-        }
-        let secs = elapsed.as_secs_f64();
-        for (i, bound) in BOUNDS.iter().enumerate() {
-            if secs <= *bound {
-                h.buckets[i] += 1;
-            }
-        }
-        h.count += 1;
-        h.sum += secs;
+        m.latency
+            .entry(op.to_string())
+            .or_default()
+            .observe(elapsed);
+    }
+
+    /// A gRPC call of `method` ended with `code` after `elapsed` (to the end of its response
+    /// stream, or until the client went away), having sent `sent` bytes of response body.
+    pub(crate) fn rpc_finished(
+        &self,
+        method: &str,
+        code: &'static str,
+        elapsed: Duration,
+        sent: u64,
+    ) {
+        let Ok(mut m) = self.inner.lock() else {
+            return;
+        };
+        *m.rpc_codes.entry((method.to_string(), code)).or_default() += 1;
+        m.rpc_latency
+            .entry(method.to_string())
+            .or_default()
+            .observe(elapsed);
+        *m.rpc_sent.entry(method.to_string()).or_default() += sent;
     }
 
     /// How many requests of operation `op` ended with `status` so far.
@@ -89,26 +142,42 @@ impl HttpMetrics {
         out.push_str("# HELP piecestore_http_request_duration_seconds HTTP request latency, from its headers to its response's headers.\n");
         out.push_str("# TYPE piecestore_http_request_duration_seconds histogram\n");
         for (op, h) in &m.latency {
-            for (bound, n) in BOUNDS.iter().zip(&h.buckets) {
-                let _ = writeln!(
-                    out,
-                    "piecestore_http_request_duration_seconds_bucket{{op=\"{op}\",le=\"{bound}\"}} {n}"
-                );
-            }
-            let _ = writeln!(
-                out,
-                "piecestore_http_request_duration_seconds_bucket{{op=\"{op}\",le=\"+Inf\"}} {}",
-                h.count
+            h.write(
+                &mut out,
+                "piecestore_http_request_duration_seconds",
+                "op",
+                op,
             );
+        }
+        if m.rpc_codes.is_empty() {
+            return out;
+        }
+        out.push_str(
+            "# HELP piecestore_grpc_requests_total gRPC calls served, by method and status code.\n",
+        );
+        out.push_str("# TYPE piecestore_grpc_requests_total counter\n");
+        for ((method, code), n) in &m.rpc_codes {
             let _ = writeln!(
                 out,
-                "piecestore_http_request_duration_seconds_sum{{op=\"{op}\"}} {}",
-                h.sum
+                "piecestore_grpc_requests_total{{method=\"{method}\",code=\"{code}\"}} {n}"
             );
+        }
+        out.push_str("# HELP piecestore_grpc_request_duration_seconds gRPC call latency, from its headers to the end of its response stream.\n");
+        out.push_str("# TYPE piecestore_grpc_request_duration_seconds histogram\n");
+        for (method, h) in &m.rpc_latency {
+            h.write(
+                &mut out,
+                "piecestore_grpc_request_duration_seconds",
+                "method",
+                method,
+            );
+        }
+        out.push_str("# HELP piecestore_grpc_response_bytes_total Bytes of gRPC response bodies sent, by method.\n");
+        out.push_str("# TYPE piecestore_grpc_response_bytes_total counter\n");
+        for (method, n) in &m.rpc_sent {
             let _ = writeln!(
                 out,
-                "piecestore_http_request_duration_seconds_count{{op=\"{op}\"}} {}",
-                h.count
+                "piecestore_grpc_response_bytes_total{{method=\"{method}\"}} {n}"
             );
         }
         out

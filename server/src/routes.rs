@@ -9,7 +9,7 @@ use s3s::{Body, HttpError, HttpResponse};
 use tokio::sync::Semaphore;
 use tracing::Instrument;
 
-use crate::grpc::{GrpcServices, is_grpc};
+use crate::grpc::{GrpcServices, Metered, is_grpc};
 use crate::host::Domains;
 use crate::metrics::{HttpMetrics, merge_families, with_label};
 use crate::s3::State;
@@ -104,6 +104,8 @@ impl HttpService {
             let t0 = Instant::now();
             let result = if grpc_call {
                 let response = self.grpc.call(req).await;
+                let method = path.trim_start_matches('/');
+                let response = Metered::wrap(response, Arc::clone(&self.metrics), method, t0);
                 Ok(response.map(Body::http_body_unsync))
             } else {
                 self.s3.call(req.map(Body::from)).await
