@@ -262,8 +262,8 @@ export interface StoreOptions {
   shards?: number
   /** How keys map to shards: `"fnv-mod"` (default) or `"jump"` (jump consistent hash). */
   placement?: 'fnv-mod' | 'jump'
-  /** Storage kind: `"s3"`, `"minio"`, `"oss"`, `"b2"`, `"file"` or `"memory"` (normally implied by the URL). */
-  storage?: 's3' | 'minio' | 'oss' | 'b2' | 'file' | 'memory'
+  /** Storage kind: `"s3"`, `"minio"`, `"oss"`, `"b2"`, `"file"`, `"memory"` or `"grpc"` (normally implied by the URL). */
+  storage?: 's3' | 'minio' | 'oss' | 'b2' | 'file' | 'memory' | 'grpc'
   /** The bucket URL (template, with `%d` when sharded). */
   bucketUrl?: string
   /** S3 access key id (better taken from the environment). */

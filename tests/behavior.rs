@@ -347,7 +347,7 @@ async fn flip_stored_byte(f: &Fixture, key: &str, at: usize) {
 }
 
 async fn corrupt_pieces_are_never_returned(f: &Fixture) {
-    if f.backend == Backend::Serve {
+    if matches!(f.backend, Backend::Serve | Backend::Grpc) {
         // A served bucket takes no bytes that differ from their checksum (a rewrite with a
         // flipped byte is refused with BadDigest: tests/serve.rs), and keeps its own.
         return;
@@ -378,7 +378,7 @@ async fn corrupt_pieces_are_never_returned(f: &Fixture) {
 }
 
 async fn raw_pieces_from_other_tools_read_as_unverified(f: &Fixture) {
-    if f.backend == Backend::Serve {
+    if matches!(f.backend, Backend::Serve | Backend::Grpc) {
         // A served bucket has no raw pieces: the server checksums every object it takes and
         // returns that checksum with it.
         return;
@@ -610,7 +610,7 @@ async fn metrics_count_every_operation_on_its_shard(f: &Fixture) {
 
     let text = m.to_prometheus();
     let backend = m.ops[0].backend;
-    assert!(["memory", "file", "s3"].contains(&backend));
+    assert!(["memory", "file", "s3", "grpc"].contains(&backend));
     let line = format!(
         "piecestore_operation_bytes_total{{backend=\"{backend}\",shard=\"0\",op=\"put\"}} {}",
         put_bytes[0]

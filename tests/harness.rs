@@ -247,6 +247,8 @@ pub fn spawn_serve() -> Option<(S3Server, Child)> {
         .arg("serve")
         .env("PIECESTORE_SERVE_ACCESS_KEY", &ak)
         .env("PIECESTORE_SERVE_SECRET_KEY", &sk)
+        // The gRPC API's bearer token: the same random secret.
+        .env("PIECESTORE_SERVE_TOKEN", &sk)
         .stdout(Stdio::null())
         .stderr(log);
     let mut child = spawn_owned(cmd).expect("spawn piecestore serve");
@@ -386,6 +388,26 @@ impl S3Server {
     }
 
     /// A config for `url` with this server's keys and few retries (tests fail fast).
+    /// [`S3Server::config`] over `piecestore serve`'s gRPC API: `grpc://` to buckets
+    /// `shard-0..N` (or `shard-0` when `shards` is 0), keys under `prefix`, the server's token
+    /// as the store's `SecretKey`.
+    pub fn grpc_config(&self, prefix: &str, shards: u32) -> Config {
+        assert_eq!(
+            self.kind,
+            ServerKind::Serve,
+            "only piecestore serve speaks gRPC"
+        );
+        let host = self.endpoint.trim_start_matches("http://");
+        let url = if shards == 0 {
+            format!("grpc://{host}/shard-0/{prefix}")
+        } else {
+            format!("grpc://{host}/shard-%d/{prefix}?shards={shards}")
+        };
+        let mut c = Config::from_url(&url).expect("grpc url");
+        c.store.secret_key = piecestore::config::Secret::new(&self.secret_key);
+        c
+    }
+
     fn config_for_url(&self, url: &str) -> Config {
         let mut c = Config::from_url(url).expect("url");
         c.store.access_key = piecestore::config::Secret::new(&self.access_key);
@@ -481,6 +503,8 @@ pub enum Backend {
     /// `piecestore serve` (itself packing into local directories), four buckets, reached by
     /// a store that does not pack (`Pack = false`: the server packs).
     Serve,
+    /// The same `piecestore serve`, reached over its gRPC API (`grpc://`, four buckets).
+    Grpc,
 }
 
 impl Backend {
@@ -550,6 +574,11 @@ impl Fixture {
                 };
                 s.config(&prefix, 4)
             }
+            Backend::Grpc => {
+                let s = server(ServerKind::Serve)?;
+                server_ref = Some(s);
+                s.grpc_config(&unique_name(name), 4)
+            }
             _ => unreachable!("base() resolves the variants"),
         };
         if let Some(p) = pack {
@@ -590,6 +619,7 @@ macro_rules! behavior_suite {
         $crate::behavior_suite!(@backend file_unpacked, FileUnpacked, $($test),*);
         $crate::behavior_suite!(@backend s3s_fs_unpacked, S3sFsUnpacked, $($test),*);
         $crate::behavior_suite!(@backend serve_sharded, Serve, $($test),*);
+        $crate::behavior_suite!(@backend grpc_sharded, Grpc, $($test),*);
     };
     // The server named by PIECESTORE_TEST_S3_ENDPOINT: ignored unless run with `--ignored`
     // (a test that cannot run must not pass as if it had).

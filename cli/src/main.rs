@@ -17,7 +17,9 @@ Which store:
   --store URL        memory://, file:///path, ./path, s3://bucket/prefix?region=R,
                      https://s3.REGION.amazonaws.com/BUCKET, https://BUCKET.s3.REGION.amazonaws.com,
                      http://127.0.0.1:9000/BUCKET (MinIO, Ceph RGW), https://BUCKET.oss-REGION.aliyuncs.com,
-                     https://s3.REGION.backblazeb2.com/BUCKET; add ?shards=N with %d in the URL to shard.
+                     https://s3.REGION.backblazeb2.com/BUCKET, grpc://HOST:PORT/BUCKET (a bucket of
+                     another node's `piecestore serve`; grpcs:// with TLS); add ?shards=N with %d in
+                     the URL to shard.
   --config FILE      a config.toml with a [PieceStore] table (the original Go piecestore's layout).
   neither            ./config.toml if it has a [PieceStore] table, else the local directory ./data
                      (--verbose says which).
@@ -58,7 +60,8 @@ struct Cli {
     /// Store URL: memory://, ./path, s3://bucket/prefix, http://host:9000/bucket, ...
     ///
     /// Forms: memory://, file:///path or ./path, s3://bucket/prefix?region=R,
-    /// http://host:9000/bucket (MinIO, Ceph RGW), AWS, OSS and B2 https:// URLs; add ?shards=N
+    /// http://host:9000/bucket (MinIO, Ceph RGW), AWS, OSS and B2 https:// URLs,
+    /// grpc://host:port/bucket (another node's `piecestore serve`); add ?shards=N
     /// with %d in the URL to shard. Without --store or --config: ./config.toml if it has a
     /// [PieceStore] table, else ./data. `piecestore --help` lists every URL form.
     #[arg(

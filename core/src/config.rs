@@ -93,6 +93,8 @@ pub enum StorageKind {
     File,
     /// In process memory.
     Memory,
+    /// A bucket of a remote `piecestore serve`, over gRPC (`grpc://host:port/bucket`).
+    Grpc,
 }
 
 impl StorageKind {
@@ -105,12 +107,16 @@ impl StorageKind {
             StorageKind::B2 => "b2",
             StorageKind::File => "file",
             StorageKind::Memory => "memory",
+            StorageKind::Grpc => "grpc",
         }
     }
 
     /// Whether this is one of the S3 family.
     pub fn is_s3_family(self) -> bool {
-        !matches!(self, StorageKind::File | StorageKind::Memory)
+        !matches!(
+            self,
+            StorageKind::File | StorageKind::Memory | StorageKind::Grpc
+        )
     }
 }
 
@@ -124,9 +130,10 @@ impl FromStr for StorageKind {
             "b2" => StorageKind::B2,
             "file" => StorageKind::File,
             "memory" => StorageKind::Memory,
+            "grpc" => StorageKind::Grpc,
             other => {
                 return Err(Error::config(format!(
-                    "Storage: unknown storage {other:?} (expected s3, minio, oss, b2, file or memory)"
+                    "Storage: unknown storage {other:?} (expected s3, minio, oss, b2, file, memory or grpc)"
                 )));
             }
         })
@@ -194,7 +201,7 @@ impl fmt::Debug for Secret {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct StoreConfig {
-    /// `s3`, `minio`, `oss`, `b2`, `file` or `memory`; inferred from `BucketURL` when unset.
+    /// `s3`, `minio`, `oss`, `b2`, `file`, `memory` or `grpc`; inferred from `BucketURL` when unset.
     #[serde(rename = "Storage", default)]
     pub storage: Option<StorageKind>,
     /// Where the pieces live (see `docs/config.md` for every URL form). Default `./data`.
@@ -287,6 +294,8 @@ pub fn infer_storage(url: &str) -> StorageKind {
         .map(|(_, r)| r.split(['/', '?']).next().unwrap_or(""));
     if lower.starts_with("memory:") {
         StorageKind::Memory
+    } else if lower.starts_with("grpc://") || lower.starts_with("grpcs://") {
+        StorageKind::Grpc
     } else if lower.starts_with("s3://") || lower.starts_with("s3a://") {
         StorageKind::S3
     } else if lower.starts_with("oss://") {
@@ -1242,7 +1251,7 @@ fn option_spec(name: &str) -> (OptionKind, &'static str) {
         ),
         "Storage" => (
             Choice,
-            "\"s3\", \"minio\", \"oss\", \"b2\", \"file\" or \"memory\"",
+            "\"s3\", \"minio\", \"oss\", \"b2\", \"file\", \"memory\" or \"grpc\"",
         ),
         "IAMType" => (
             Choice,
@@ -1437,7 +1446,7 @@ pub(crate) fn credential_env(kind: StorageKind) -> &'static [[&'static str; 3]] 
             ["B2_ACCESS_KEY", "B2_SECRET_KEY", "B2_SESSION_TOKEN"],
             STANDARD,
         ],
-        StorageKind::File | StorageKind::Memory => &[],
+        StorageKind::File | StorageKind::Memory | StorageKind::Grpc => &[],
     }
 }
 

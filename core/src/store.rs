@@ -1136,10 +1136,17 @@ fn build_shards(config: &Config) -> Result<Vec<Arc<Backend>>> {
 /// directory), of a memory store in memory.
 fn build_packers(config: &Config, shards: &[Arc<Backend>]) -> Result<Option<Packers>> {
     // Packing is PieceStore's own layout: off by default for memory:// and for the original's.
+    // A grpc:// store's server packs its pieces itself (and keeps no client objects).
     let all_memory = shards.iter().all(|b| b.is_memory());
-    let default = !all_memory && config.layout() == crate::config::Layout::PieceStore;
+    let any_grpc = shards.iter().any(|b| b.is_grpc());
+    let default = !all_memory && !any_grpc && config.layout() == crate::config::Layout::PieceStore;
     if !config.pack.enabled.unwrap_or(default) {
         return Ok(None);
+    }
+    if any_grpc {
+        return Err(Error::config(
+            "Pack: a grpc:// store does not pack: the server packs the pieces it stores (leave pack unset, or set pack=false)",
+        ));
     }
     config.pack.validate()?;
     let packers = shards

@@ -30,7 +30,7 @@ OPTION_DOCS: Dict[str, Tuple[str, str]] = {
     # [PieceStore.Store]
     "Storage": (
         "str",
-        '``"s3"``, ``"minio"``, ``"oss"``, ``"b2"``, ``"file"`` or ``"memory"`` (default: from '
+        '``"s3"``, ``"minio"``, ``"oss"``, ``"b2"``, ``"file"``, ``"memory"`` or ``"grpc"`` (default: from '
         "the URL); also decides which credential variables of the environment are read",
     ),
     "BucketURL": (

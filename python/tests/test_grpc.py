@@ -433,3 +433,35 @@ def test_calls_are_counted_by_method_and_code_in_metrics(pb: Any, served: Served
     assert after[sent] - before.get(sent, 0.0) >= len(body) + (1 << 20)
     count = f'piecestore_grpc_request_duration_seconds_count{{method="{get}"}}'
     assert after[count] - before.get(count, 0.0) == 2
+
+
+def test_this_package_uses_a_served_bucket_over_grpc(served: Served, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A `grpc://` store: this package's PieceStore whose backend is the served bucket, reached
+    over the gRPC API (the token from PIECESTORE_GRPC_TOKEN); the server packs and checks
+    checksums, the store checks them again."""
+    import piecestore
+
+    host = target(served)
+    monkeypatch.setenv("PIECESTORE_GRPC_TOKEN", TOKEN)
+    prefix = f"py{uuid.uuid4().int % 10**9}"
+    with piecestore.PieceStore(f"grpc://{host}/pieces/{prefix}") as store:
+        body = bytes(range(256)) * 5000  # 1.2 MiB: two Put messages, two Get messages
+        store.put("5_s0", body)
+        store.put("5_s1", b"small")
+        assert store.get("5_s0") == body
+        assert store.get_range("5_s0", 1000, 300) == body[1000:1300]
+        assert store.head("5_s0").size == len(body) and store.head("5_s0").crc32c is not None
+        assert sorted(p.key for p in store.list("5_")) == ["5_s0", "5_s1"]
+        store.put("5_s1", b"small")  # the same bytes again: fine
+        with pytest.raises(piecestore.PieceExists):
+            store.put("5_s1", b"other bytes")
+        store.delete("5_s1")
+        assert not store.exists("5_s1")
+        with pytest.raises(piecestore.PieceNotFound):
+            store.get("5_s1")
+    # A wrong token: refused (as the store opens), and not repeated in the error.
+    monkeypatch.setenv("PIECESTORE_GRPC_TOKEN", "a-wrong-token-of-enough-length")
+    with pytest.raises(piecestore.Unauthorized) as e:
+        with piecestore.PieceStore(f"grpc://{host}/pieces/{prefix}") as store:
+            store.get("5_s0")
+    assert "a-wrong-token" not in str(e.value)

@@ -24,13 +24,9 @@ use crate::BucketSpec;
 use crate::s3::State;
 
 /// The generated messages and service.
-#[allow(missing_docs, clippy::all, clippy::pedantic)]
-pub mod pb {
-    tonic::include_proto!("piecestore.v1");
-}
+pub use piecestore_proto::v1 as pb;
 
-/// The proto's encoded descriptor set (for reflection).
-const DESCRIPTOR: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/piecestore_v1_descriptor.bin"));
+use pb::DESCRIPTOR;
 
 /// The `ErrorInfo` domain of every error.
 pub const ERROR_DOMAIN: &str = "piecestore.dev";
@@ -301,7 +297,7 @@ impl pb::piece_store_server::PieceStore for Rpc {
         }
         let size = data.len() as u64;
         let opts = PutOptions {
-            overwrite: bucket.allow_overwrite,
+            overwrite: bucket.allow_overwrite && !first.create_only,
         };
         bucket
             .store

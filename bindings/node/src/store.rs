@@ -34,8 +34,8 @@ pub struct StoreOptions {
     /// How keys map to shards: `"fnv-mod"` (default) or `"jump"` (jump consistent hash).
     #[napi(ts_type = "'fnv-mod' | 'jump'")]
     pub placement: Option<String>,
-    /// Storage kind: `"s3"`, `"minio"`, `"oss"`, `"b2"`, `"file"` or `"memory"` (normally implied by the URL).
-    #[napi(ts_type = "'s3' | 'minio' | 'oss' | 'b2' | 'file' | 'memory'")]
+    /// Storage kind: `"s3"`, `"minio"`, `"oss"`, `"b2"`, `"file"`, `"memory"` or `"grpc"` (normally implied by the URL).
+    #[napi(ts_type = "'s3' | 'minio' | 'oss' | 'b2' | 'file' | 'memory' | 'grpc'")]
     pub storage: Option<String>,
     /// The bucket URL (template, with `%d` when sharded).
     pub bucket_url: Option<String>,

@@ -2,6 +2,7 @@
 //! operations on it (checksum placement, create-only puts, error mapping).
 
 pub(crate) mod aws_profile;
+pub(crate) mod grpc;
 mod local;
 mod s3;
 mod url;
@@ -70,6 +71,9 @@ enum Kind {
         /// The bucket's name, for a `BucketNotFound` error.
         bucket: String,
     },
+    /// A bucket of a remote `piecestore serve` over gRPC: checksum from the server, listings
+    /// in key order by string prefix.
+    Grpc(grpc::GrpcStore),
 }
 
 /// What creating a missing bucket needs.
@@ -180,6 +184,13 @@ impl Backend {
                     Kind::File { fs, format },
                 )
             }
+            Location::Grpc(g) => {
+                let grpc = grpc::GrpcStore::new(g.clone(), store.secret_key.expose())?;
+                (
+                    Arc::new(grpc.clone()) as Arc<dyn ObjectStore>,
+                    Kind::Grpc(grpc),
+                )
+            }
             Location::S3(s3) => {
                 let built = Arc::new(
                     s3::build_s3(s3, store, opts)
@@ -222,7 +233,7 @@ impl Backend {
     /// Whether this backend holds state bound to the runtime that built it (an HTTP client's
     /// connection pool), which a forked child must rebuild.
     pub(crate) fn is_fork_sensitive(&self) -> bool {
-        matches!(self.kind, Kind::S3 { .. })
+        matches!(self.kind, Kind::S3 { .. } | Kind::Grpc(_))
     }
 
     /// Whether this is an in-process memory store (it keeps the `Bytes` a put hands it).
@@ -249,17 +260,23 @@ impl Backend {
         }
     }
 
+    /// Whether this is a bucket of a remote `piecestore serve` (`grpc://`).
+    pub(crate) fn is_grpc(&self) -> bool {
+        matches!(self.kind, Kind::Grpc(_))
+    }
+
     /// Whether this is a local directory.
     pub(crate) fn is_local(&self) -> bool {
         matches!(self.kind, Kind::File { .. })
     }
 
-    /// The backend kind, as a metrics label: `memory`, `file` or `s3`.
+    /// The backend kind, as a metrics label: `memory`, `file`, `s3` or `grpc`.
     pub(crate) fn kind_name(&self) -> &'static str {
         match self.kind {
             Kind::Memory => "memory",
             Kind::File { .. } => "file",
             Kind::S3 { .. } => "s3",
+            Kind::Grpc(_) => "grpc",
         }
     }
 
@@ -790,8 +807,10 @@ impl Backend {
         let dir = prefix
             .rfind('/')
             .and_then(|i| Path::parse(&prefix[..i]).ok());
-        let raw = match (self.kind.sorted_listing(), prefix.is_empty()) {
-            (true, false) => {
+        let raw = match (&self.kind, prefix.is_empty()) {
+            // The server lists by any string prefix, in key order.
+            (Kind::Grpc(g), _) => g.list_prefix(&prefix),
+            (kind, false) if kind.sorted_listing() => {
                 // Sorted backends: start just before the prefix and stop once past it.
                 let mut start = prefix.clone();
                 start.pop();
@@ -824,6 +843,7 @@ impl Backend {
         match self.kind {
             Kind::Memory
             | Kind::S3 { .. }
+            | Kind::Grpc(_)
             | Kind::File {
                 format: FileFormat::Raw,
                 ..

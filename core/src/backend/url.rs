@@ -10,6 +10,7 @@
 //! | `https://<bucket>.oss-<region>.aliyuncs.com[/prefix]`, `oss://bucket` | Aliyun OSS (virtual-hosted) |
 //! | `https://s3.<region>.backblazeb2.com/<bucket>`, `b2://bucket` | Backblaze B2 |
 //! | `http(s)://host[:port]/bucket[/prefix]` | MinIO, Ceph RGW, any S3-compatible server (path style) |
+//! | `grpc://host:port[/bucket]`, `grpcs://…` | a bucket of a remote `piecestore serve`, over gRPC |
 
 use std::path::PathBuf;
 
@@ -28,6 +29,8 @@ pub enum Location {
     },
     /// An S3-compatible bucket.
     S3(S3Location),
+    /// A bucket of a remote `piecestore serve`, over its gRPC API.
+    Grpc(super::grpc::GrpcLocation),
 }
 
 /// An S3-compatible bucket, fully resolved.
@@ -51,6 +54,7 @@ impl Location {
         match self {
             Location::Memory => "memory://".into(),
             Location::File { root } => format!("file://{}", root.display()),
+            Location::Grpc(g) => super::grpc::label(g),
             Location::S3(s) => {
                 let base = if s.virtual_hosted {
                     s.endpoint.clone()
@@ -128,7 +132,7 @@ pub fn parse(
         let path = match scheme {
             None => url,
             Some("file") => &url["file://".len()..],
-            Some(other @ ("s3" | "s3a" | "oss" | "b2" | "http" | "https")) => {
+            Some(other @ ("s3" | "s3a" | "oss" | "b2" | "http" | "https" | "grpc" | "grpcs")) => {
                 return Err(bad(
                     url,
                     format!("Storage is \"file\" but the URL scheme is {other:?}"),
@@ -218,13 +222,42 @@ pub fn parse(
             Ok(Location::S3(loc))
         }
         "http" | "https" => parse_http(url, scheme, region),
+        "grpc" | "grpcs" => parse_grpc(url, scheme),
         other => Err(bad(
             url,
             format!(
-                "unknown URL scheme {other:?} (expected memory, file, s3, oss, b2, http or https)"
+                "unknown URL scheme {other:?} (expected memory, file, s3, oss, b2, http, https, grpc or grpcs)"
             ),
         )),
     }
+}
+
+/// `grpc://host:port[/bucket[/prefix]]` (`grpcs://` for TLS).
+fn parse_grpc(url: &str, scheme: &str) -> Result<Location> {
+    let rest = &url[scheme.len() + 3..];
+    let (host, path) = rest.split_once('/').unwrap_or((rest, ""));
+    if host.is_empty() {
+        return Err(bad(url, "no host (write grpc://host:port[/bucket])"));
+    }
+    if host.contains('@') {
+        return Err(bad(
+            url,
+            "credentials do not go in a grpc:// URL (SecretKey, or PIECESTORE_GRPC_TOKEN)",
+        ));
+    }
+    let (bucket, prefix) = if path.trim_matches('/').is_empty() {
+        (String::new(), String::new())
+    } else {
+        let (b, p) = split_bucket_prefix(url, path)?;
+        check_bucket_name(url, &b)?;
+        (b, p)
+    };
+    let http = if scheme == "grpcs" { "https" } else { "http" };
+    Ok(Location::Grpc(super::grpc::GrpcLocation {
+        endpoint: format!("{http}://{host}"),
+        bucket,
+        prefix,
+    }))
 }
 
 /// A MinIO bucket URL read as the original reads it: `http://` when it has no scheme, the
@@ -526,5 +559,39 @@ mod tests {
             redact_url("http://ak:sk@h:1/b?X-Amz-Signature=s"),
             "http://h:1/b"
         );
+    }
+
+    #[test]
+    fn grpc_forms_and_errors() {
+        use super::super::grpc::GrpcLocation;
+        let kind = crate::config::infer_storage("grpc://h:9820/pieces/p/q");
+        assert_eq!(kind, StorageKind::Grpc);
+        assert_eq!(
+            parse("grpc://h:9820/pieces/p/q", kind, None, None).unwrap(),
+            Location::Grpc(GrpcLocation {
+                endpoint: "http://h:9820".into(),
+                bucket: "pieces".into(),
+                prefix: "p/q".into(),
+            })
+        );
+        let tls = parse("grpcs://node-b:443", StorageKind::Grpc, None, None).unwrap();
+        assert_eq!(
+            tls,
+            Location::Grpc(GrpcLocation {
+                endpoint: "https://node-b:443".into(),
+                bucket: String::new(),
+                prefix: String::new(),
+            })
+        );
+        assert_eq!(tls.label(), "grpcs://node-b:443");
+        for u in [
+            "grpc://",
+            "grpc:///pieces",
+            "grpc://t:hunter2@h:1/b",
+            "grpc://h:1/Bad_Bucket",
+        ] {
+            let e = parse(u, StorageKind::Grpc, None, None).expect_err(u);
+            assert!(!e.to_string().contains("hunter2"), "{e}");
+        }
     }
 }

@@ -273,7 +273,7 @@ pub struct PackWrites {
 /// The metrics of one operation on one shard (or, from [`Metrics::total`], on all shards).
 #[derive(Debug, Clone, PartialEq)]
 pub struct OpMetrics {
-    /// The shard's backend kind: `memory`, `file` or `s3` (`all` in a total).
+    /// The shard's backend kind: `memory`, `file`, `s3` or `grpc` (`all` in a total).
     pub backend: &'static str,
     /// The shard index (0 in a total).
     pub shard: usize,

@@ -1,9 +1,9 @@
-//! Compiles proto/piecestore/v1/piecestore.proto into the gRPC service and messages, and the
-//! descriptor set the reflection service serves. protox parses the proto in Rust, so the build
-//! needs no protoc.
+//! Compiles piecestore/v1/piecestore.proto into its messages, the gRPC client (the core's
+//! `grpc://` store) and service (`piecestore serve`), and the descriptor set the reflection
+//! service serves. protox parses the proto in Rust, so the build needs no protoc.
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../proto");
+    let root = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"));
     let proto = root.join("piecestore/v1/piecestore.proto");
     println!("cargo:rerun-if-changed={}", proto.display());
     let fds = protox::compile([&proto], [&root])?;
