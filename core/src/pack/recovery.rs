@@ -113,10 +113,7 @@ pub(super) async fn recover(
         if info.is_some_and(|i| i.state != PackState::Active) {
             continue;
         }
-        if info.is_none()
-            && young_others
-            && super::now_ms().saturating_sub(index::pack_millis(id)) < 60_000
-        {
+        if info.is_none() && young_others && written_lately(id) {
             continue;
         }
         // A local pack being written by a live process is its owner's to index.
@@ -181,6 +178,12 @@ pub(super) async fn recover(
     Ok(())
 }
 
+/// Whether pack `id` was made in the last minute: on a bucket others have the index open, most
+/// likely one of theirs between its PUT and its commit (theirs to index).
+fn written_lately(id: PackId) -> bool {
+    super::now_ms().saturating_sub(index::pack_millis(id)) < 60_000
+}
+
 /// The packs of `listed` no live process is writing: on a local directory, those whose lock
 /// can be taken (an active pack's owner holds its lock from before its first byte until the
 /// index says it is sealed); on a bucket, while other processes have the index open, those
@@ -194,10 +197,9 @@ async fn not_being_written(
         if !packer.other_writers() {
             return Ok(listed.to_vec());
         }
-        let now = super::now_ms();
         return Ok(listed
             .iter()
-            .filter(|(id, _)| now.saturating_sub(index::pack_millis(*id)) >= 60_000)
+            .filter(|(id, _)| !written_lately(*id))
             .copied()
             .collect());
     };
