@@ -235,6 +235,11 @@ impl GrpcStore {
         &self,
         prefix: &str,
     ) -> BoxStream<'static, object_store::Result<ObjectMeta>> {
+        if prefix.starts_with(RESERVED_PREFIX) || prefix == RESERVED_PREFIX.trim_end_matches('/') {
+            // The server keeps its own objects to itself, and a client keeps none there: a
+            // packed server's store answers such a prefix with InvalidArgument.
+            return stream::empty().boxed();
+        }
         let req = self.request(pb::ListRequest {
             bucket: self.location.bucket.clone(),
             prefix: self.remote(prefix),
