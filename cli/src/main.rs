@@ -3,6 +3,7 @@
 mod bench;
 mod html;
 mod pack;
+mod peers;
 
 use std::io::{Read, Write};
 use std::path::PathBuf;
@@ -236,6 +237,8 @@ enum Command {
         #[arg(long)]
         listen: Option<String>,
     },
+    #[command(flatten)]
+    Peer(peers::PeerCommand),
     /// Report what the store holds: pieces, bytes, size histogram, per-shard balance and skew,
     /// orphans (objects no get can reach) and, once packing is on, pack fill and garbage.
     Profile {
@@ -367,10 +370,12 @@ async fn serve_store(
     store: PieceStore,
     options: piecestore::config::ServeOptions,
     listen: Option<String>,
+    node: Option<piecestore_server::p2p::PeerNode>,
 ) -> Result<(), CliError> {
     use piecestore_server::{ServeError, Server, Setup};
     let mut setup = Setup::new(store, options);
     setup.listen = listen;
+    setup.peer_stats = node.as_ref().map(|n| n.stats());
     let server = match Server::bind(setup).await {
         Ok(s) => s,
         Err(ServeError::Store { source, bucket }) => {
@@ -396,6 +401,18 @@ async fn serve_store(
         server.local_addr(),
         server.bucket_names().join(", ")
     );
+    if let Some(node) = &node {
+        let addrs = node.listen_addrs(std::time::Duration::from_secs(5)).await;
+        if addrs.is_empty() {
+            println!(
+                "p2p: peer id {} (asks its peers, answers none: no Listen)",
+                node.peer_id()
+            );
+        }
+        for a in addrs {
+            println!("p2p: listening on {a}");
+        }
+    }
     let _ = std::io::stdout().flush();
     server
         .run(shutdown_signal())
@@ -494,9 +511,23 @@ async fn run(cli: Cli) -> Result<(), CliError> {
         config.cache.memory = Some(0);
     }
     let serve = config.serve.clone();
+    let peer_options = config.peers.clone();
     let store = PieceStore::open(config).await?;
+    let node = match &cli.command {
+        Command::Peer(_) => None,
+        Command::Serve { .. } | Command::Get { .. } => {
+            peers::start(
+                &store,
+                &peer_options,
+                matches!(cli.command, Command::Serve { .. }),
+            )
+            .await?
+        }
+        _ => None,
+    };
     match cli.command {
-        Command::Serve { listen } => return serve_store(store, serve, listen).await,
+        Command::Serve { listen } => return serve_store(store, serve, listen, node).await,
+        Command::Peer(cmd) => return peers::run(&store, &peer_options, cmd).await,
         Command::Bench { args, .. } => bench::run(&store, args).await?,
         Command::Profile {
             json,
@@ -721,9 +752,22 @@ async fn cache_command(store: &PieceStore, action: CacheAction) -> Result<(), Cl
 }
 
 async fn migrate(from: &str, to: &str, dry_run: bool, concurrency: usize) -> Result<(), CliError> {
-    use piecestore::migrate::{MigrateOptions, MigrateProgress};
     let source = PieceStore::open(Config::load(from)?).await?;
     let dest = PieceStore::open(Config::load(to)?).await?;
+    copy_with_progress(&source, &dest, "", dry_run, concurrency, "destination").await
+}
+
+/// `migrate` and `replicate`: copies `source`'s pieces under `prefix` to `dest` with a
+/// progress bar, then says what was copied, skipped and failed (`what` names `dest`).
+pub(crate) async fn copy_with_progress(
+    source: &PieceStore,
+    dest: &dyn piecestore::migrate::Destination,
+    prefix: &str,
+    dry_run: bool,
+    concurrency: usize,
+    what: &str,
+) -> Result<(), CliError> {
+    use piecestore::migrate::{MigrateOptions, MigrateProgress};
     let bar = indicatif::ProgressBar::new(0).with_style(
         indicatif::ProgressStyle::with_template(
             "{spinner} [{elapsed_precise}] {wide_bar} {pos}/{len} pieces {msg} ({eta} left)",
@@ -743,8 +787,9 @@ async fn migrate(from: &str, to: &str, dry_run: bool, concurrency: usize) -> Res
         ));
     };
     let summary = source
-        .migrate_to(
-            &dest,
+        .copy_to(
+            dest,
+            prefix,
             MigrateOptions {
                 dry_run,
                 concurrency,
@@ -764,9 +809,9 @@ async fn migrate(from: &str, to: &str, dry_run: bool, concurrency: usize) -> Res
     }
     if let Some((_, e)) = summary.failures.first() {
         return Err(CliError::Store(Error::Backend {
-            op: "migrate",
+            op: "copy",
             key: None,
-            backend: "destination".into(),
+            backend: what.into(),
             message: format!("{} pieces failed; first: {e}", summary.failures.len()),
             retryable: e.is_retryable(),
         }));

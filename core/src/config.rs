@@ -64,6 +64,10 @@ pub struct Config {
     /// and serves. A store opened by a binding or the other commands does not read it.
     #[serde(rename = "Serve", default)]
     pub serve: ServeOptions,
+    /// `[PieceStore.Peers]`: the other nodes this one exchanges pieces with over the P2P
+    /// network (`piecestore serve` answers them; a get that misses here asks them).
+    #[serde(rename = "Peers", default)]
+    pub peers: PeersOptions,
     /// Whether this config is in the original Go piecestore's layout and nothing else: read
     /// from a `config.toml` whose `[PieceStore]` holds only `Shards` and `[PieceStore.Store]`.
     /// Such a store's defaults follow the original (its file pieces carry no checksum, so
@@ -726,6 +730,68 @@ impl Default for ServeOptions {
     }
 }
 
+/// `[PieceStore.Peers]`: piece exchange with other nodes over rust-libp2p (TCP, noise,
+/// yamux; protocol `/piecestore/piece/1`). See docs/serve.md.
+///
+/// ```toml
+/// [PieceStore.Peers]
+/// Listen = ["/ip4/0.0.0.0/tcp/9830"]          # where `piecestore serve` answers peers
+/// Bootstrap = ["/ip4/10.0.0.7/tcp/9830/p2p/12D3KooW…"]  # peers to ask for pieces
+/// Allow = ["12D3KooW…"]                         # who may fetch from and push to this node
+/// ```
+///
+/// With peers configured, a get that this store cannot answer (no such piece, a failing
+/// backend, a corrupt copy) asks the peers before it fails; what a peer sends is verified
+/// against its CRC32C. The node's identity (an ed25519 key, hence its peer id) is created
+/// once and kept in `IdentityFile` (mode 0600).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PeersOptions {
+    /// Multiaddrs `piecestore serve` listens on for peers (`/ip4/127.0.0.1/tcp/0` picks a
+    /// free port). Default: none, `serve` does not answer peers.
+    #[serde(rename = "Listen", default)]
+    pub listen: Vec<String>,
+    /// Peers to ask for pieces, as multiaddrs that end in `/p2p/PEER_ID`.
+    #[serde(rename = "Bootstrap", default)]
+    pub bootstrap: Vec<String>,
+    /// The peer ids allowed to fetch pieces from this node and push pieces to it; `"*"`
+    /// allows any peer (a trusted network only). Default: none, every request is refused.
+    #[serde(rename = "Allow", default)]
+    pub allow: Vec<String>,
+    /// Find peers on the local network by mDNS as well (they still need the allow-list).
+    /// Default false.
+    #[serde(rename = "Mdns", default)]
+    pub mdns: bool,
+    /// The node's identity key (created on first use, mode 0600). Default: `.piecestore/
+    /// p2p-identity.key` in a `file` store's directory, else `p2p-identity.key` in the
+    /// pack index's directory (`Pack.IndexDir`, default the user's cache directory).
+    #[serde(rename = "IdentityFile", default)]
+    pub identity_file: Option<std::path::PathBuf>,
+    /// How long one request to a peer may take (dial, send, answer). Default 30 s.
+    #[serde(rename = "Timeout", default = "d_30s", deserialize_with = "de_delay")]
+    pub timeout: Duration,
+}
+
+impl Default for PeersOptions {
+    fn default() -> Self {
+        PeersOptions {
+            listen: Vec::new(),
+            bootstrap: Vec::new(),
+            allow: Vec::new(),
+            mdns: false,
+            identity_file: None,
+            timeout: d_30s(),
+        }
+    }
+}
+
+impl PeersOptions {
+    /// Whether this node has any peer to ask (bootstrap peers or mDNS).
+    pub fn has_peers(&self) -> bool {
+        !self.bootstrap.is_empty() || self.mdns
+    }
+}
+
 /// The default address of `piecestore serve`.
 pub const DEFAULT_SERVE_LISTEN: &str = "127.0.0.1:9820";
 
@@ -1291,12 +1357,13 @@ fn option_accepts(name: &str) -> &'static str {
 
 /// Whether a `[PieceStore]` table holds only what the original Go piecestore's does.
 ///
-/// `[PieceStore.Serve]` does not count: it says how the store is served, not how it reads or
-/// writes, so a Greenfield SP's config with a `Serve` table keeps the original's defaults.
+/// `[PieceStore.Serve]` and `[PieceStore.Peers]` do not count: they say how the store is
+/// served and which other nodes it asks, not how it reads or writes its own pieces, so a
+/// Greenfield SP's config with such a table keeps the original's defaults.
 fn is_original_layout(table: &toml::Table) -> bool {
     table
         .keys()
-        .all(|k| k == "Shards" || k == "Store" || k == "Serve")
+        .all(|k| k == "Shards" || k == "Store" || k == "Serve" || k == "Peers")
 }
 
 /// The original's fields of `[PieceStore]`.
@@ -1310,6 +1377,7 @@ const OWN_TABLES: &[&str] = &[
     "Index",
     "Cache",
     "Serve",
+    "Peers",
 ];
 /// The fields of `[PieceStore.Store]` (the original's, and PieceStore's credentials).
 const STORE_FIELDS: &[&str] = &[
@@ -2240,5 +2308,39 @@ mod tests {
         for name in OPTION_NAMES {
             let _ = Config::default().set_option(name, OptionValue::Bool(true));
         }
+    }
+}
+
+#[cfg(test)]
+mod peers_tests {
+    use super::*;
+
+    #[test]
+    fn a_peers_table_is_read_and_keeps_the_originals_layout() {
+        let c = Config::from_toml(
+            r#"
+[PieceStore]
+Shards = 0
+[PieceStore.Store]
+Storage = "file"
+BucketURL = "/srv/pieces"
+[PieceStore.Peers]
+Listen = ["/ip4/0.0.0.0/tcp/9830"]
+Bootstrap = ["/ip4/10.0.0.7/tcp/9830/p2p/12D3KooWLxvDtBoyEpxiwo5WYQDhLqGeTiSLYgCuBTW72N9sQSeC"]
+Allow = ["*"]
+Timeout = "5s"
+"#,
+        )
+        .expect("config");
+        assert!(c.original_layout, "a Peers table changed the layout");
+        assert_eq!(c.peers.listen, ["/ip4/0.0.0.0/tcp/9830"]);
+        assert_eq!(c.peers.bootstrap.len(), 1);
+        assert_eq!(c.peers.allow, ["*"]);
+        assert_eq!(c.peers.timeout, Duration::from_secs(5));
+        assert!(c.peers.has_peers());
+        assert!(!Config::default().peers.has_peers());
+
+        let err = Config::from_toml("[PieceStore.Peers]\nListn = []\n").unwrap_err();
+        assert!(err.to_string().contains("Listn"), "{err}");
     }
 }

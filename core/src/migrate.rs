@@ -6,10 +6,33 @@
 
 use std::sync::Mutex;
 
+use bytes::Bytes;
+use futures::future::BoxFuture;
 use futures::{StreamExt, TryStreamExt};
 
+use crate::backend::PieceMeta;
 use crate::error::{Error, Result};
 use crate::store::PieceStore;
+
+/// Where [`PieceStore::copy_to`] copies pieces: another store (what `migrate` does), or a
+/// node reached over the network (what `piecestore replicate` does with a peer).
+pub trait Destination: Send + Sync {
+    /// The size and checksum of the piece `key` there (`NotFound` when it has none).
+    fn head<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<PieceMeta>>;
+    /// Stores `bytes` as `key` there, create-only: the same bytes again succeed, other bytes
+    /// under an existing key fail with `AlreadyExists`.
+    fn put<'a>(&'a self, key: &'a str, bytes: Bytes) -> BoxFuture<'a, Result<()>>;
+}
+
+impl Destination for PieceStore {
+    fn head<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<PieceMeta>> {
+        Box::pin(PieceStore::head(self, key))
+    }
+
+    fn put<'a>(&'a self, key: &'a str, bytes: Bytes) -> BoxFuture<'a, Result<()>> {
+        Box::pin(PieceStore::put(self, key, bytes))
+    }
+}
 
 /// Options of [`PieceStore::migrate_to`].
 #[derive(Debug, Clone, Copy)]
@@ -78,8 +101,20 @@ impl PieceStore {
         opts: MigrateOptions,
         on_progress: &(dyn Fn(&MigrateProgress) + Sync),
     ) -> Result<MigrateSummary> {
+        self.copy_to(dest, "", opts, on_progress).await
+    }
+
+    /// [`PieceStore::migrate_to`] for the pieces whose keys start with `prefix`, into any
+    /// [`Destination`] (another store, a peer): verified, resumable, with progress.
+    pub async fn copy_to(
+        &self,
+        dest: &dyn Destination,
+        prefix: &str,
+        opts: MigrateOptions,
+        on_progress: &(dyn Fn(&MigrateProgress) + Sync),
+    ) -> Result<MigrateSummary> {
         let pieces: Vec<(String, u64)> = self
-            .list("")
+            .list(prefix)
             .map_ok(|m| (m.key, m.size))
             .try_collect()
             .await?;
@@ -124,7 +159,12 @@ impl PieceStore {
         })
     }
 
-    async fn migrate_one(&self, dest: &PieceStore, key: &str, dry_run: bool) -> Result<Outcome> {
+    async fn migrate_one(
+        &self,
+        dest: &dyn Destination,
+        key: &str,
+        dry_run: bool,
+    ) -> Result<Outcome> {
         let there = match dest.head(key).await {
             Ok(m) => Some(m),
             Err(Error::NotFound { .. }) => None,

@@ -92,6 +92,8 @@ struct Inner {
     child_packers: Mutex<Option<(u64, Packers)>>,
     /// Return pieces that carry no checksum (`AllowUnverified`) instead of `Corrupt`.
     allow_unverified: bool,
+    /// Other nodes a get asks when this store cannot answer ([`PieceStore::set_peers`]).
+    peers: std::sync::OnceLock<Arc<dyn crate::peer::PeerTier>>,
     /// Held (shared) by every running operation; `close` takes it whole, so that it returns
     /// only when no operation of this store runs any more.
     gate: tokio::sync::RwLock<()>,
@@ -148,6 +150,7 @@ impl PieceStore {
                     .allow_unverified
                     .unwrap_or(config.layout() == crate::config::Layout::Original),
                 gate: tokio::sync::RwLock::new(()),
+                peers: std::sync::OnceLock::new(),
                 fork_sensitive: shards.iter().any(|b| b.is_fork_sensitive()),
                 shards,
                 placement: config.sharding.placement,
@@ -406,6 +409,18 @@ impl PieceStore {
         self.get_timed(key, &mut None).await
     }
 
+    /// [`PieceStore::get_with_crc`] from this node alone: a miss does not ask the peer tier.
+    /// What a node answers its peers with, so that a request never travels on from peer to
+    /// peer.
+    pub async fn get_here_with_crc(&self, key: &str) -> Result<(Bytes, Option<u32>)> {
+        self.observe(Op::Get, key, |(b, _)| b.len() as u64, async {
+            self.check().await?;
+            self.get_cached(&self.backend(key)?, key, &mut None, false)
+                .await
+        })
+        .await
+    }
+
     /// The one recorded get: the piece, its checksum, and in `first_byte` when its first byte
     /// could be read.
     async fn get_timed(
@@ -415,7 +430,8 @@ impl PieceStore {
     ) -> Result<(Bytes, Option<u32>)> {
         self.observe(Op::Get, key, |(b, _)| b.len() as u64, async {
             self.check().await?;
-            self.get_cached(&self.backend(key)?, key, first_byte).await
+            self.get_cached(&self.backend(key)?, key, first_byte, true)
+                .await
         })
         .await
     }
@@ -444,15 +460,19 @@ impl PieceStore {
         Some(e.bytes)
     }
 
-    /// [`PieceStore::get_on`] through the data cache, when there is one.
+    /// [`PieceStore::get_on`] through the data cache, when there is one; then, with `peers`,
+    /// through the peer tier.
     async fn get_cached(
         &self,
         backend: &Arc<Backend>,
         key: &str,
         first_byte: &mut Option<Instant>,
+        peers: bool,
     ) -> Result<(Bytes, Option<u32>)> {
         let Some(cache) = self.cache() else {
-            let got = self.get_on(backend, key, first_byte).await?;
+            let got = self
+                .get_here_or_peers(backend, key, first_byte, peers)
+                .await?;
             if got.1.is_none() {
                 self.inner.metrics.unverified_read(self.shard_of(key));
             }
@@ -464,7 +484,9 @@ impl PieceStore {
         let current = |e: &crate::cache::Entry| still_held(&packer, key, e);
         let e = cache
             .get(key, &mut hit, current, || async {
-                let (bytes, crc) = self.get_on(backend, key, &mut fetched_first_byte).await?;
+                let (bytes, crc) = self
+                    .get_here_or_peers(backend, key, &mut fetched_first_byte, peers)
+                    .await?;
                 Ok(crate::cache::Entry { bytes, crc })
             })
             .await?;
@@ -478,6 +500,77 @@ impl PieceStore {
             self.inner.metrics.unverified_read(self.shard_of(key));
         }
         Ok((e.bytes, e.crc))
+    }
+
+    /// Gives this store the peer tier: from now on a get whose piece is missing here, whose
+    /// backend fails, or whose copy here is corrupt asks `peers` before it fails (the piece a
+    /// peer sends is verified against its CRC32C, and kept by the data cache's tiers like any
+    /// read, never written to the backend). Only the first call sets it; `false` after.
+    pub fn set_peers(&self, peers: Arc<dyn crate::peer::PeerTier>) -> bool {
+        self.inner.peers.set(peers).is_ok()
+    }
+
+    /// Where this node keeps its P2P identity key: `[PieceStore.Peers] IdentityFile`, else
+    /// `.piecestore/p2p-identity.key` in the first shard's directory (a `file` store), else
+    /// `p2p-identity.key` in `Pack.IndexDir`, else in the user's cache directory (one per
+    /// store).
+    pub fn peer_identity_path(&self) -> std::path::PathBuf {
+        let config = &self.inner.config;
+        if let Some(p) = &config.peers.identity_file {
+            return p.clone();
+        }
+        const NAME: &str = "p2p-identity.key";
+        if let Some(root) = self.inner.shards.first().and_then(|b| b.root_dir()) {
+            return root.join(".piecestore").join(NAME);
+        }
+        if let Some(dir) = &config.pack.index_dir {
+            return dir.join(NAME);
+        }
+        let label = self.shard_labels().join(" ");
+        let index = crate::pack::index::default_index_path(None, &label, 0);
+        index.with_file_name(NAME)
+    }
+
+    /// Whether [`PieceStore::set_peers`] gave this store a peer tier.
+    pub fn has_peers(&self) -> bool {
+        self.inner.peers.get().is_some()
+    }
+
+    /// [`PieceStore::get_on`], and when that fails in a way another node's copy would cure,
+    /// the peer tier's copy.
+    async fn get_here_or_peers(
+        &self,
+        backend: &Arc<Backend>,
+        key: &str,
+        first_byte: &mut Option<Instant>,
+        ask_peers: bool,
+    ) -> Result<(Bytes, Option<u32>)> {
+        let here = self.get_on(backend, key, first_byte).await;
+        let Some(peers) = self.inner.peers.get().filter(|_| ask_peers) else {
+            return here;
+        };
+        let failure = match here {
+            Err(e @ (Error::NotFound { .. } | Error::Corrupt { .. } | Error::Backend { .. })) => e,
+            other => return other,
+        };
+        match peers.fetch(key).await {
+            Ok(Some(p)) => {
+                let crc = crate::checksum::crc32c(&p.bytes);
+                if crc != p.crc32c {
+                    // A tier must verify; this one did not. Never return its bytes.
+                    tracing::warn!(key, from = %p.from, "a peer's piece failed its checksum");
+                    return Err(failure);
+                }
+                tracing::debug!(key, from = %p.from, "read from a peer");
+                *first_byte = first_byte.or_else(|| Some(Instant::now()));
+                Ok((p.bytes, Some(crc)))
+            }
+            Ok(None) => Err(failure),
+            Err(e) => {
+                tracing::debug!(key, error = %e, "the peer tier failed");
+                Err(failure)
+            }
+        }
     }
 
     /// Reads a piece from its pack, or else its object.
@@ -533,7 +626,7 @@ impl PieceStore {
         self.observe(Op::GetRange, key, |b| b.len() as u64, async {
             self.check().await?;
             let backend = self.backend(key)?;
-            let (bytes, _) = self.get_cached(&backend, key, &mut None).await?;
+            let (bytes, _) = self.get_cached(&backend, key, &mut None, true).await?;
             let size = bytes.len() as u64;
             match offset.checked_add(len) {
                 Some(end) if end <= size => Ok(bytes.slice(offset as usize..end as usize)),

@@ -42,6 +42,7 @@ mod grpc;
 mod host;
 mod metrics;
 mod multipart;
+pub mod p2p;
 mod routes;
 mod s3;
 
@@ -154,6 +155,8 @@ pub struct Setup {
     /// Read [`ENV_ACCESS_KEY`], [`ENV_SECRET_KEY`] and [`ENV_TOKEN`] from the process
     /// environment (default true).
     pub env_keys: bool,
+    /// The counters of a P2P node run beside the server, for `/metrics`.
+    pub peer_stats: Option<Arc<p2p::PeerStats>>,
 }
 
 impl Setup {
@@ -164,6 +167,7 @@ impl Setup {
             options,
             listen: None,
             env_keys: true,
+            peer_stats: None,
         }
     }
 }
@@ -211,6 +215,7 @@ impl Server {
             options,
             listen,
             env_keys,
+            peer_stats,
         } = setup;
         let buckets = open_buckets(&store, &options).await?;
         let keys = collect_keys(&options, env_keys)?;
@@ -254,6 +259,9 @@ impl Server {
         let uploads = multipart::Uploads::open(upload_dir.clone(), options.upload_expiry)
             .map_err(io_error(format!("UploadDir {}", upload_dir.display())))?;
         let metrics = Arc::new(HttpMetrics::default());
+        if let Some(p) = peer_stats {
+            metrics.set_peers(p);
+        }
         let state = Arc::new(s3::State::new(buckets, &options, uploads));
         let service = s3::build_service(state.clone(), keys, domains.clone());
         let max_message = usize::try_from(options.max_object_size)

@@ -16,6 +16,8 @@ const BOUNDS: &[f64] = &[
 #[derive(Debug, Default)]
 pub struct HttpMetrics {
     inner: Mutex<Inner>,
+    /// The P2P node's counters, when `serve` runs one.
+    peers: std::sync::OnceLock<std::sync::Arc<crate::p2p::PeerStats>>,
 }
 
 #[derive(Debug, Default)]
@@ -149,9 +151,56 @@ impl HttpMetrics {
                 op,
             );
         }
-        if m.rpc_codes.is_empty() {
-            return out;
+        if !m.rpc_codes.is_empty() {
+            rpc_text(&m, &mut out);
         }
+        if let Some(p) = self.peers.get() {
+            peer_text(p, &mut out);
+        }
+        out
+    }
+
+    /// Adds the P2P node's counters to `/metrics`.
+    pub(crate) fn set_peers(&self, stats: std::sync::Arc<crate::p2p::PeerStats>) {
+        let _ = self.peers.set(stats);
+    }
+}
+
+/// The P2P node's counters as Prometheus text.
+fn peer_text(p: &crate::p2p::PeerStats, out: &mut String) {
+    out.push_str("# HELP piecestore_peer_requests_served_total P2P requests from peers answered, by outcome.\n");
+    out.push_str("# TYPE piecestore_peer_requests_served_total counter\n");
+    for (outcome, n) in p.served() {
+        let _ = writeln!(
+            out,
+            "piecestore_peer_requests_served_total{{outcome=\"{outcome}\"}} {n}"
+        );
+    }
+    out.push_str("# HELP piecestore_peer_sent_bytes_total Piece bytes sent to peers.\n");
+    out.push_str("# TYPE piecestore_peer_sent_bytes_total counter\n");
+    let _ = writeln!(out, "piecestore_peer_sent_bytes_total {}", p.sent_bytes());
+    out.push_str("# HELP piecestore_peer_fetches_total Pieces asked of peers, by outcome.\n");
+    out.push_str("# TYPE piecestore_peer_fetches_total counter\n");
+    for (outcome, n) in p.fetched() {
+        let _ = writeln!(
+            out,
+            "piecestore_peer_fetches_total{{outcome=\"{outcome}\"}} {n}"
+        );
+    }
+    out.push_str(
+        "# HELP piecestore_peer_received_bytes_total Verified piece bytes received from peers.\n",
+    );
+    out.push_str("# TYPE piecestore_peer_received_bytes_total counter\n");
+    let _ = writeln!(
+        out,
+        "piecestore_peer_received_bytes_total {}",
+        p.received_bytes()
+    );
+}
+
+/// The gRPC calls as Prometheus text.
+fn rpc_text(m: &Inner, out: &mut String) {
+    {
         out.push_str(
             "# HELP piecestore_grpc_requests_total gRPC calls served, by method and status code.\n",
         );
@@ -166,7 +215,7 @@ impl HttpMetrics {
         out.push_str("# TYPE piecestore_grpc_request_duration_seconds histogram\n");
         for (method, h) in &m.rpc_latency {
             h.write(
-                &mut out,
+                out,
                 "piecestore_grpc_request_duration_seconds",
                 "method",
                 method,
@@ -180,7 +229,6 @@ impl HttpMetrics {
                 "piecestore_grpc_response_bytes_total{{method=\"{method}\"}} {n}"
             );
         }
-        out
     }
 }
 
