@@ -45,6 +45,8 @@ Examples:
   piecestore migrate --from old.toml --to 'file:///srv/pieces-%d?shards=4&placement=jump' --dry-run
   piecestore --store http://127.0.0.1:9000/b bench --op get --size 4KiB -c 16 --duration 30s --html r.html
   piecestore bench compare before.json after.json
+  piecestore --config node.toml peers         this node's P2P id, and its peers ([PieceStore.Peers])
+  piecestore --config node.toml replicate --prefix e42_ --to /ip4/10.0.0.9/tcp/9830/p2p/12D3KooW...
   piecestore --config config.toml profile --json
   piecestore gc --grace 0s                    compact packs now, delete compacted packs at once
   piecestore gc --status                      compacted packs waiting for their grace period, and when
