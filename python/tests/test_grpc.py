@@ -465,3 +465,100 @@ def test_this_package_uses_a_served_bucket_over_grpc(served: Served, monkeypatch
         with piecestore.PieceStore(f"grpc://{host}/pieces/{prefix}") as store:
             store.get("5_s0")
     assert "a-wrong-token" not in str(e.value)
+
+
+def _ca_and_leaf() -> tuple[bytes, bytes, bytes]:
+    """A test CA, and a certificate for 127.0.0.1 it signed with that certificate's key: (CA
+    PEM, leaf chain PEM, leaf key PEM). rustls wants a real chain: a self-signed certificate
+    that is its own CA is refused as a server's."""
+    import datetime
+    import ipaddress
+
+    x509 = pytest.importorskip("cryptography.x509")
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    now = datetime.datetime.now(datetime.timezone.utc)
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "piecestore test CA")])
+    ca = (
+        x509.CertificateBuilder()
+        .subject_name(ca_name)
+        .issuer_name(ca_name)
+        .public_key(ca_key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=True, content_commitment=False, key_encipherment=False,
+                data_encipherment=False, key_agreement=False, key_cert_sign=True,
+                crl_sign=True, encipher_only=False, decipher_only=False,
+            ),
+            critical=True,
+        )
+        .sign(ca_key, hashes.SHA256())
+    )
+    leaf_key = ec.generate_private_key(ec.SECP256R1())
+    leaf = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")]))
+        .issuer_name(ca_name)
+        .public_key(leaf_key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(
+            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+            critical=False,
+        )
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(
+            x509.ExtendedKeyUsage([x509.oid.ExtendedKeyUsageOID.SERVER_AUTH]), critical=False
+        )
+        .sign(ca_key, hashes.SHA256())
+    )
+    pem = serialization.Encoding.PEM
+    return (
+        ca.public_bytes(pem),
+        leaf.public_bytes(pem) + ca.public_bytes(pem),
+        leaf_key.private_bytes(
+            pem, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        ),
+    )
+
+
+def test_a_grpcs_store_trusts_the_ca_in_ssl_cert_file_and_no_other(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`grpcs://`: this package's store over the gRPC API with TLS, the server's certificate
+    signed by a private CA named in SSL_CERT_FILE; with another CA there, nothing is sent."""
+    import piecestore
+
+    ca, chain, leaf_key = _ca_and_leaf()
+    (tmp_path / "ca.pem").write_bytes(ca)
+    (tmp_path / "chain.pem").write_bytes(chain)
+    (tmp_path / "key.pem").write_bytes(leaf_key)
+    s = start(
+        tmp_path / "srv",
+        f'TLSCert = "{tmp_path}/chain.pem"\nTLSKey = "{tmp_path}/key.pem"\nTokens = ["{TOKEN}"]',
+    )
+    try:
+        monkeypatch.setenv("PIECESTORE_GRPC_TOKEN", TOKEN)
+        monkeypatch.setenv("SSL_CERT_FILE", str(tmp_path / "ca.pem"))
+        url = f"grpcs://{target(s)}/pieces"
+        with piecestore.PieceStore(url) as store:
+            store.put("7_s0", b"over grpcs")
+            assert store.get("7_s0") == b"over grpcs"
+            assert [p.key for p in store.list("7_")] == ["7_s0"]
+        other_ca, _, _ = _ca_and_leaf()
+        (tmp_path / "other.pem").write_bytes(other_ca)
+        monkeypatch.setenv("SSL_CERT_FILE", str(tmp_path / "other.pem"))
+        with pytest.raises(piecestore.PieceStoreError) as e:
+            with piecestore.PieceStore(url) as store:
+                store.get("7_s0")
+        assert TOKEN not in str(e.value)
+    finally:
+        stop(s)
