@@ -133,6 +133,9 @@ impl Node {
             }
             if let Some(rest) = line.strip_prefix("p2p: listening on ") {
                 p2p = Some(rest.trim().to_string());
+            } else if line.starts_with("p2p: peer id ") {
+                // A node that only asks its peers.
+                p2p = Some(String::new());
             }
         }
         Served {
@@ -280,6 +283,25 @@ fn a_node_reads_its_peers_pieces_through_the_peer_tier() {
     assert!(out.status.success(), "{}", text(&out.stderr));
     let out = c.run(&["ls"]);
     assert_eq!(text(&out.stdout).trim(), data[3].0);
+
+    // C as a server: its gRPC API's gets go through its peer tier too.
+    let c_srv = c.serve();
+    assert!(c_srv.p2p.is_empty(), "C listens for peers without Listen");
+    let out = Command::new(env!("CARGO_BIN_EXE_piecestore"))
+        .arg("--store")
+        .arg(format!("grpc://{}/pieces", c_srv.http))
+        .args(["get", &data[4].0])
+        .env("PIECESTORE_GRPC_TOKEN", TOKEN)
+        .output()
+        .expect("get over grpc");
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(
+        out.stdout == data[4].1,
+        "C's gRPC API did not read through its peers"
+    );
+    let fetched = c_srv.metric("piecestore_peer_fetches_total{outcome=\"ok\"}");
+    assert_eq!(fetched, 1, "C's /metrics counts its fetch from A");
+    drop(c_srv);
 
     let ok = a_srv.metric("piecestore_peer_requests_served_total{outcome=\"ok\"}");
     assert!(ok > data.len() as u64, "A served {ok} pieces");

@@ -8,6 +8,7 @@
 use bytes::Bytes;
 use futures::future::BoxFuture;
 
+use crate::backend::PieceMeta;
 use crate::error::Result;
 
 /// A piece fetched from a peer: its bytes and the CRC32C the peer sent with them.
@@ -27,4 +28,11 @@ pub trait PeerTier: Send + Sync + 'static {
     /// when no peer has it. A peer that fails, refuses, or sends bytes that do not match
     /// their CRC32C is skipped for the next one.
     fn fetch<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<Option<PeerPiece>>>;
+
+    /// The size and checksum of the piece `key` at the first peer that has it; `Ok(None)` when
+    /// none has it. The default asks no one.
+    fn head<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<Option<PieceMeta>>> {
+        let _ = key;
+        Box::pin(async { Ok(None) })
+    }
 }

@@ -643,7 +643,20 @@ impl PieceStore {
 
     /// A piece's size and checksum (`crc32c: None`, `unverified()`, for a piece written without
     /// one), in one small request.
+    ///
+    /// With a peer tier ([`PieceStore::set_peers`]), a piece this store lacks (or cannot
+    /// reach) is looked up at the peers too, as a get of it would be: `head` and
+    /// [`PieceStore::exists`] say whether a get can return it.
     pub async fn head(&self, key: &str) -> Result<PieceMeta> {
+        self.head_opts(key, true).await
+    }
+
+    /// [`PieceStore::head`] from this node alone (what a node answers its peers with).
+    pub async fn head_here(&self, key: &str) -> Result<PieceMeta> {
+        self.head_opts(key, false).await
+    }
+
+    async fn head_opts(&self, key: &str, ask_peers: bool) -> Result<PieceMeta> {
         self.observe(Op::Head, key, |_| 0, async {
             self.check().await?;
             let backend = self.backend(key)?;
@@ -652,7 +665,23 @@ impl PieceStore {
             {
                 return Ok(meta);
             }
-            backend.head(key).await
+            let here = backend.head(key).await;
+            let Some(peers) = self.inner.peers.get().filter(|_| ask_peers) else {
+                return here;
+            };
+            match here {
+                Err(e @ (Error::NotFound { .. } | Error::Backend { .. })) => {
+                    match peers.head(key).await {
+                        Ok(Some(meta)) => Ok(meta),
+                        Ok(None) => Err(e),
+                        Err(pe) => {
+                            tracing::debug!(key, error = %pe, "the peer tier failed");
+                            Err(e)
+                        }
+                    }
+                }
+                other => other,
+            }
         })
         .await
     }

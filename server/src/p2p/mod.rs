@@ -92,7 +92,7 @@ impl Responder for PieceStore {
     }
 
     fn head<'a>(&'a self, key: &'a str) -> BoxFuture<'a, piecestore::Result<PieceMeta>> {
-        Box::pin(PieceStore::head(self, key))
+        Box::pin(PieceStore::head_here(self, key))
     }
 
     fn put<'a>(&'a self, key: &'a str, bytes: Bytes) -> BoxFuture<'a, piecestore::Result<()>> {
@@ -881,6 +881,21 @@ impl piecestore::peer::PeerTier for PeerTier {
                     Ok(None) => {}
                     Err(e) => {
                         tracing::warn!(peer = %peer.id, key, error = %e, "P2P: a peer failed; asking the next")
+                    }
+                }
+            }
+            Ok(None)
+        })
+    }
+
+    fn head<'a>(&'a self, key: &'a str) -> BoxFuture<'a, piecestore::Result<Option<PieceMeta>>> {
+        Box::pin(async move {
+            for peer in self.node.known_peers().await {
+                match self.node.head(&peer, key).await {
+                    Ok(meta) => return Ok(Some(meta)),
+                    Err(Error::NotFound { .. }) => {}
+                    Err(e) => {
+                        tracing::debug!(peer = %peer.id, key, error = %e, "P2P: a peer's head failed; asking the next")
                     }
                 }
             }
