@@ -83,6 +83,25 @@ pub async fn start(
     if options.has_peers() {
         store.set_peers(Arc::new(PeerTier::new(node.clone())));
     }
+    if listen && options.provide {
+        // Announce what this node holds, in the background (one DHT query each).
+        let (store, node) = (store.clone(), node.clone());
+        tokio::spawn(async move {
+            use futures::TryStreamExt;
+            let mut pieces = store.list("");
+            let mut n = 0;
+            while let Ok(Some(meta)) = pieces.try_next().await {
+                if n == p2p::MAX_PROVIDED {
+                    eprintln!(
+                        "piecestore: P2P: announced the first {n} pieces in the DHT, not the rest"
+                    );
+                    break;
+                }
+                node.provide(&meta.key);
+                n += 1;
+            }
+        });
+    }
     Ok(Some(node))
 }
 

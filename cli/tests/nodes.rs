@@ -32,6 +32,18 @@ impl Node {
     }
 
     fn write_config(&self, original: bool, listen: bool, bootstrap: &[String], allow: &[String]) {
+        self.write_config_with(original, listen, bootstrap, allow, "");
+    }
+
+    /// [`Node::write_config`] with `extra` lines in `[PieceStore.Peers]`.
+    fn write_config_with(
+        &self,
+        original: bool,
+        listen: bool,
+        bootstrap: &[String],
+        allow: &[String],
+        extra: &str,
+    ) {
         let list = |v: &[String]| {
             v.iter()
                 .map(|s| format!("{s:?}"))
@@ -46,7 +58,7 @@ impl Node {
             toml.push_str("[PieceStore.Pack]\nEnabled = true\n");
         }
         toml.push_str(&format!(
-            "[PieceStore.Peers]\nListen = [{}]\nBootstrap = [{}]\nAllow = [{}]\nTimeout = \"10s\"\n",
+            "[PieceStore.Peers]\nListen = [{}]\nBootstrap = [{}]\nAllow = [{}]\nTimeout = \"10s\"\n{extra}\n",
             if listen { "\"/ip4/127.0.0.1/tcp/0\"" } else { "" },
             list(bootstrap),
             list(allow)
@@ -629,4 +641,45 @@ fn a_grpc_store_fronts_a_served_packed_directory() {
     let out = run(&["get", "g1_s0"]);
     assert!(out.status.success(), "{}", text(&out.stderr));
     assert_eq!(out.stdout, b"over grpc");
+}
+
+/// Kademlia: A announces its pieces (`Provide = true`) through B, the one peer it knows; C
+/// knows only B, which has none of them, and finds A through the DHT's provider records.
+#[test]
+fn a_node_finds_a_piece_holder_it_does_not_know_through_the_dht() {
+    let b = Node::new(false, true, &[], &["*".to_string()]);
+    let b_srv = b.serve();
+    let a = Node::new(false, true, &[], &[]);
+    a.write_config_with(
+        false,
+        true,
+        std::slice::from_ref(&b_srv.p2p),
+        &["*".to_string()],
+        "Provide = true",
+    );
+    let data = pieces(3, 21);
+    for (k, d) in &data {
+        a.put(k, d);
+    }
+    let _a_srv = a.serve();
+    let c = Node::new(false, false, std::slice::from_ref(&b_srv.p2p), &[]);
+    // A announces in the background: give it a few seconds.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let key = &data[2].0;
+    let out = loop {
+        let out = c.get(key);
+        if out.status.success() || Instant::now() > deadline {
+            break out;
+        }
+        std::thread::sleep(Duration::from_millis(300));
+    };
+    assert!(
+        out.status.success(),
+        "C never found A's piece: {}",
+        text(&out.stderr)
+    );
+    assert!(out.stdout == data[2].1, "wrong bytes through the DHT");
+    // B holds none of them: C's bytes came from A.
+    let out = b.run(&["ls"]);
+    assert_eq!(text(&out.stdout).trim(), "");
 }

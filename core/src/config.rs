@@ -767,6 +767,12 @@ pub struct PeersOptions {
     /// pack index's directory (`Pack.IndexDir`, default the user's cache directory).
     #[serde(rename = "IdentityFile", default)]
     pub identity_file: Option<std::path::PathBuf>,
+    /// Announce the pieces this node serves in the Kademlia DHT (provider records), so that
+    /// nodes that do not know it as a peer can find it through the peers they know: at start
+    /// (up to 100,000 pieces) and for each piece a peer pushes. One DHT query per piece, so
+    /// off by default.
+    #[serde(rename = "Provide", default)]
+    pub provide: bool,
     /// How long one request to a peer may take (dial, send, answer). Default 30 s.
     #[serde(rename = "Timeout", default = "d_30s", deserialize_with = "de_delay")]
     pub timeout: Duration,
@@ -780,6 +786,7 @@ impl Default for PeersOptions {
             allow: Vec::new(),
             mdns: false,
             identity_file: None,
+            provide: false,
             timeout: d_30s(),
         }
     }

@@ -22,11 +22,12 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures::StreamExt;
 use futures::future::BoxFuture;
+use libp2p::kad::{self, GetProvidersOk, QueryId, QueryResult};
 use libp2p::multiaddr::Protocol;
 use libp2p::request_response::{self, OutboundRequestId, ProtocolSupport, ResponseChannel};
 use libp2p::swarm::behaviour::toggle::Toggle;
 use libp2p::swarm::{NetworkBehaviour, SwarmEvent};
-use libp2p::{Multiaddr, PeerId, Swarm, mdns, noise, tcp, yamux};
+use libp2p::{Multiaddr, PeerId, StreamProtocol, Swarm, identify, mdns, noise, tcp, yamux};
 use piecestore::config::PeersOptions;
 use piecestore::peer::PeerPiece;
 use piecestore::{Error, PieceMeta, PieceStore};
@@ -298,9 +299,14 @@ impl Allow {
     }
 }
 
+/// The most pieces a node announces in the DHT.
+pub const MAX_PROVIDED: usize = 100_000;
+
 #[derive(NetworkBehaviour)]
 struct Behaviour {
     piece: request_response::Behaviour<wire::Codec>,
+    kad: kad::Behaviour<kad::store::MemoryStore>,
+    identify: identify::Behaviour,
     mdns: Toggle<mdns::tokio::Behaviour>,
 }
 
@@ -316,6 +322,11 @@ enum Cmd {
         res: Response,
     },
     Known(oneshot::Sender<Vec<PeerAddr>>),
+    Provide(String),
+    Providers {
+        key: String,
+        reply: oneshot::Sender<Vec<PeerId>>,
+    },
     Stop,
 }
 
@@ -362,6 +373,7 @@ impl PeerNode {
         let id = key.public().to_peer_id();
         let timeout = options.timeout;
         let use_mdns = options.mdns;
+        let server_mode = !listen.is_empty();
         let transport = |e: &dyn std::fmt::Display| P2pError::Transport(e.to_string());
         let mut swarm = libp2p::SwarmBuilder::with_existing_identity(key)
             .with_tokio()
@@ -392,8 +404,31 @@ impl PeerNode {
                 } else {
                     None
                 };
+                let me = key.public().to_peer_id();
+                let mut kad_config = kad::Config::new(StreamProtocol::new("/piecestore/kad/1"));
+                kad_config.set_query_timeout(timeout);
+                let store = kad::store::MemoryStore::with_config(
+                    me,
+                    kad::store::MemoryStoreConfig {
+                        max_provided_keys: MAX_PROVIDED,
+                        ..Default::default()
+                    },
+                );
+                let mut kad = kad::Behaviour::with_config(me, store, kad_config);
+                // A node that listens answers DHT queries; one that only asks does not.
+                kad.set_mode(Some(if server_mode {
+                    kad::Mode::Server
+                } else {
+                    kad::Mode::Client
+                }));
+                let identify = identify::Behaviour::new(identify::Config::new(
+                    "/piecestore/1".into(),
+                    key.public(),
+                ));
                 Behaviour {
                     piece,
+                    kad,
+                    identify,
                     mdns: mdns.into(),
                 }
             })
@@ -408,7 +443,12 @@ impl PeerNode {
         for p in &bootstrap {
             for a in &p.addrs {
                 swarm.add_peer_address(p.id, a.clone());
+                swarm.behaviour_mut().kad.add_address(&p.id, a.clone());
             }
+        }
+        if !bootstrap.is_empty() {
+            // Joins the DHT through the bootstrap peers (they answer if they listen).
+            let _ = swarm.behaviour_mut().kad.bootstrap();
         }
         let (tx, rx) = mpsc::unbounded_channel();
         let (listen_tx, listening) = watch::channel(Vec::new());
@@ -428,6 +468,8 @@ impl PeerNode {
             allow,
             stats,
             pending: HashMap::new(),
+            providers: HashMap::new(),
+            provide_pushed: options.provide,
             known: bootstrap.into_iter().map(|p| (p.id, p.addrs)).collect(),
             listen_tx,
         };
@@ -461,6 +503,29 @@ impl PeerNode {
             .into_iter()
             .map(|a| a.with(Protocol::P2p(self.id)))
             .collect()
+    }
+
+    /// Announces in the DHT that this node holds `key` (a provider record at the peers
+    /// closest to it). Past [`MAX_PROVIDED`] pieces, announcements are dropped.
+    pub fn provide(&self, key: &str) {
+        let _ = self.tx.send(Cmd::Provide(key.to_string()));
+    }
+
+    /// The peers the DHT says hold `key` (this node excluded): the first answer that names
+    /// any, or none once the query ends (bounded by `Timeout`).
+    pub async fn providers(&self, key: &str) -> Vec<PeerId> {
+        let (reply, rx) = oneshot::channel();
+        if self
+            .tx
+            .send(Cmd::Providers {
+                key: key.to_string(),
+                reply,
+            })
+            .is_err()
+        {
+            return Vec::new();
+        }
+        rx.await.unwrap_or_default()
     }
 
     /// The bootstrap peers, then the peers found by mDNS.
@@ -636,6 +701,10 @@ struct Runner {
     allow: Allow,
     stats: Arc<PeerStats>,
     pending: HashMap<OutboundRequestId, oneshot::Sender<Result<Response, String>>>,
+    /// Provider lookups in flight.
+    providers: HashMap<QueryId, oneshot::Sender<Vec<PeerId>>>,
+    /// Whether a piece a peer pushes here is announced in the DHT (`Provide`).
+    provide_pushed: bool,
     known: Vec<(PeerId, Vec<Multiaddr>)>,
     listen_tx: watch::Sender<Vec<Multiaddr>>,
 }
@@ -676,6 +745,24 @@ impl Runner {
                 let _ = self.swarm.behaviour_mut().piece.send_response(channel, res);
             }
             Cmd::Stop => {}
+            Cmd::Provide(key) => {
+                if let Err(e) = self
+                    .swarm
+                    .behaviour_mut()
+                    .kad
+                    .start_providing(kad::RecordKey::new(&key))
+                {
+                    tracing::debug!(key, error = %e, "P2P: not announced in the DHT");
+                }
+            }
+            Cmd::Providers { key, reply } => {
+                let id = self
+                    .swarm
+                    .behaviour_mut()
+                    .kad
+                    .get_providers(kad::RecordKey::new(&key));
+                self.providers.insert(id, reply);
+            }
             Cmd::Known(reply) => {
                 let _ = reply.send(
                     self.known
@@ -708,6 +795,41 @@ impl Runner {
                         Some((_, addrs)) if !addrs.contains(&addr) => addrs.push(addr),
                         Some(_) => {}
                         None => self.known.push((peer, vec![addr])),
+                    }
+                }
+            }
+            SwarmEvent::Behaviour(BehaviourEvent::Identify(identify::Event::Received {
+                peer_id,
+                info,
+                ..
+            })) => {
+                // Where the peer listens (an inbound connection only shows its ephemeral
+                // port): what the DHT hands out to nodes looking for it.
+                for addr in info.listen_addrs {
+                    self.swarm.behaviour_mut().kad.add_address(&peer_id, addr);
+                }
+            }
+            SwarmEvent::Behaviour(BehaviourEvent::Kad(kad::Event::OutboundQueryProgressed {
+                id,
+                result: QueryResult::GetProviders(result),
+                step,
+                ..
+            })) => {
+                let me = *self.swarm.local_peer_id();
+                let found: Vec<PeerId> = match result {
+                    Ok(GetProvidersOk::FoundProviders { providers, .. }) => {
+                        providers.into_iter().filter(|p| *p != me).collect()
+                    }
+                    Ok(GetProvidersOk::FinishedWithNoAdditionalRecord { .. }) | Err(_) => {
+                        Vec::new()
+                    }
+                };
+                if (step.last || !found.is_empty())
+                    && let Some(reply) = self.providers.remove(&id)
+                {
+                    let _ = reply.send(found);
+                    if let Some(mut q) = self.swarm.behaviour_mut().kad.query_mut(&id) {
+                        q.finish();
                     }
                 }
             }
@@ -779,8 +901,16 @@ impl Runner {
             return;
         };
         let Some(tx) = self.tx.upgrade() else { return };
+        let provide = self.provide_pushed;
         tokio::spawn(async move {
+            let pushed = match &request {
+                Request::Put { key, .. } if provide => Some(key.clone()),
+                _ => None,
+            };
             let res = respond(&*responder, request).await;
+            if let (Some(key), Response::Stored) = (pushed, &res) {
+                let _ = tx.send(Cmd::Provide(key));
+            }
             let _ = tx.send(Cmd::Respond { channel, res });
         });
     }
@@ -865,41 +995,71 @@ impl PeerTier {
     }
 }
 
+impl PeerTier {
+    /// Asks the peers the node knows (Bootstrap, then mDNS), then those the DHT names as
+    /// holding `key`, until `ask` has an answer; `None` when no one has.
+    async fn first<T, F, Fut>(&self, key: &str, ask: F) -> Option<T>
+    where
+        F: Fn(PeerAddr) -> Fut,
+        Fut: std::future::Future<Output = piecestore::Result<Option<T>>>,
+    {
+        let known = self.node.known_peers().await;
+        for peer in &known {
+            match ask(peer.clone()).await {
+                Ok(Some(t)) => return Some(t),
+                Ok(None) => {}
+                Err(e) => {
+                    tracing::warn!(peer = %peer.id, key, error = %e, "P2P: a peer failed; asking the next")
+                }
+            }
+        }
+        for id in self.node.providers(key).await {
+            if known.iter().any(|p| p.id == id) {
+                continue;
+            }
+            match ask(PeerAddr { id, addrs: vec![] }).await {
+                Ok(Some(t)) => return Some(t),
+                Ok(None) => {}
+                Err(e) => {
+                    tracing::warn!(peer = %id, key, error = %e, "P2P: a provider failed; asking the next")
+                }
+            }
+        }
+        None
+    }
+}
+
 impl piecestore::peer::PeerTier for PeerTier {
     fn fetch<'a>(&'a self, key: &'a str) -> BoxFuture<'a, piecestore::Result<Option<PeerPiece>>> {
         Box::pin(async move {
-            for peer in self.node.known_peers().await {
-                match self.node.fetch(&peer, key).await {
-                    Ok(Some((bytes, crc32c))) => {
-                        // The core checks the sender's checksum once more.
-                        return Ok(Some(PeerPiece {
+            Ok(self
+                .first(key, |peer| async move {
+                    // The core checks the sender's checksum once more.
+                    Ok(self
+                        .node
+                        .fetch(&peer, key)
+                        .await?
+                        .map(|(bytes, crc32c)| PeerPiece {
                             bytes,
                             crc32c,
                             from: peer.id.to_string(),
-                        }));
-                    }
-                    Ok(None) => {}
-                    Err(e) => {
-                        tracing::warn!(peer = %peer.id, key, error = %e, "P2P: a peer failed; asking the next")
-                    }
-                }
-            }
-            Ok(None)
+                        }))
+                })
+                .await)
         })
     }
 
     fn head<'a>(&'a self, key: &'a str) -> BoxFuture<'a, piecestore::Result<Option<PieceMeta>>> {
         Box::pin(async move {
-            for peer in self.node.known_peers().await {
-                match self.node.head(&peer, key).await {
-                    Ok(meta) => return Ok(Some(meta)),
-                    Err(Error::NotFound { .. }) => {}
-                    Err(e) => {
-                        tracing::debug!(peer = %peer.id, key, error = %e, "P2P: a peer's head failed; asking the next")
+            Ok(self
+                .first(key, |peer| async move {
+                    match self.node.head(&peer, key).await {
+                        Ok(meta) => Ok(Some(meta)),
+                        Err(Error::NotFound { .. }) => Ok(None),
+                        Err(e) => Err(e),
                     }
-                }
-            }
-            Ok(None)
+                })
+                .await)
         })
     }
 }
