@@ -167,19 +167,25 @@ struct Served {
 }
 
 impl Served {
-    /// The value of the sample `name` (with its labels) in the server's `/metrics`.
-    fn metric(&self, sample: &str) -> u64 {
-        let mut s = std::net::TcpStream::connect(&self.http).expect("connect /metrics");
-        s.set_read_timeout(Some(Duration::from_secs(10))).ok();
+    /// The whole HTTP response (status line, headers, body) to `GET path`.
+    fn http_get(&self, path: &str) -> String {
+        let mut s = std::net::TcpStream::connect(&self.http).expect("connect");
+        s.set_read_timeout(Some(Duration::from_secs(20))).ok();
         write!(
             s,
-            "GET /metrics HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n",
+            "GET {path} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n",
             self.http
         )
         .expect("send");
-        let mut body = String::new();
-        s.read_to_string(&mut body).expect("read /metrics");
-        body.lines()
+        let mut response = String::new();
+        s.read_to_string(&mut response).expect("read the response");
+        response
+    }
+
+    /// The value of the sample `name` (with its labels) in the server's `/metrics`.
+    fn metric(&self, sample: &str) -> u64 {
+        self.http_get("/metrics")
+            .lines()
             .find_map(|l| l.strip_prefix(sample)?.trim().parse().ok())
             .unwrap_or(0)
     }
@@ -682,4 +688,32 @@ fn a_node_finds_a_piece_holder_it_does_not_know_through_the_dht() {
     // B holds none of them: C's bytes came from A.
     let out = b.run(&["ls"]);
     assert_eq!(text(&out.stdout).trim(), "");
+}
+
+/// `/readyz` checks this node's own store: a frozen peer (SIGSTOP: its connections hang) does
+/// not make a node with the peer tier look unready.
+#[cfg(unix)]
+#[test]
+fn readyz_does_not_wait_on_a_frozen_peer() {
+    let a = Node::new(false, true, &[], &["*".to_string()]);
+    let mut a_srv = a.serve();
+    let c = Node::new(false, true, std::slice::from_ref(&a_srv.p2p), &[]);
+    let c_srv = c.serve();
+    let pid = a_srv.child.id().to_string();
+    assert!(
+        Command::new("kill")
+            .args(["-STOP", &pid])
+            .status()
+            .expect("kill")
+            .success()
+    );
+    let t = Instant::now();
+    let response = c_srv.http_get("/readyz");
+    a_srv.kill();
+    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+    assert!(
+        t.elapsed() < Duration::from_secs(5),
+        "readyz took {:?}",
+        t.elapsed()
+    );
 }

@@ -71,9 +71,11 @@ impl State {
     /// Whether every bucket's store answers (`/readyz`).
     pub(crate) async fn check_all(&self) -> Result<(), String> {
         for (name, store) in self.stores() {
-            let probe = tokio::time::timeout(Duration::from_secs(5), store.exists("readyz-probe"));
+            // This node's own store only: readiness does not wait on its peers.
+            let probe =
+                tokio::time::timeout(Duration::from_secs(5), store.head_here("readyz-probe"));
             match probe.await {
-                Ok(Ok(_)) => {}
+                Ok(Ok(_) | Err(piecestore::Error::NotFound { .. })) => {}
                 Ok(Err(e)) => return Err(format!("bucket {name}: {e}")),
                 Err(_) => return Err(format!("bucket {name}: no answer in 5 s")),
             }
