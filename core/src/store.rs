@@ -406,31 +406,27 @@ impl PieceStore {
     /// # }
     /// ```
     pub async fn get_with_crc(&self, key: &str) -> Result<(Bytes, Option<u32>)> {
-        self.get_timed(key, &mut None).await
+        self.get_timed(key, &mut None, true).await
     }
 
     /// [`PieceStore::get_with_crc`] from this node alone: a miss does not ask the peer tier.
     /// What a node answers its peers with, so that a request never travels on from peer to
     /// peer.
     pub async fn get_here_with_crc(&self, key: &str) -> Result<(Bytes, Option<u32>)> {
-        self.observe(Op::Get, key, |(b, _)| b.len() as u64, async {
-            self.check().await?;
-            self.get_cached(&self.backend(key)?, key, &mut None, false)
-                .await
-        })
-        .await
+        self.get_timed(key, &mut None, false).await
     }
 
     /// The one recorded get: the piece, its checksum, and in `first_byte` when its first byte
-    /// could be read.
+    /// could be read; with `ask_peers`, through the peer tier when there is one.
     async fn get_timed(
         &self,
         key: &str,
         first_byte: &mut Option<Instant>,
+        ask_peers: bool,
     ) -> Result<(Bytes, Option<u32>)> {
         self.observe(Op::Get, key, |(b, _)| b.len() as u64, async {
             self.check().await?;
-            self.get_cached(&self.backend(key)?, key, first_byte, true)
+            self.get_cached(&self.backend(key)?, key, first_byte, ask_peers)
                 .await
         })
         .await
@@ -615,7 +611,7 @@ impl PieceStore {
     /// benchmark's time to first byte; `None` when the get failed before that).
     pub(crate) async fn get_first_byte(&self, key: &str) -> Result<(Bytes, Option<Instant>)> {
         let mut first = None;
-        let (bytes, _) = self.get_timed(key, &mut first).await?;
+        let (bytes, _) = self.get_timed(key, &mut first, true).await?;
         Ok((bytes, first))
     }
 
