@@ -5,11 +5,12 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use bytes::Bytes;
+use futures::StreamExt;
 use futures::TryStreamExt;
 use object_store::path::Path;
 use object_store::{Attribute, GetOptions, ObjectStoreExt, PutPayload};
 use piecestore::checksum::crc32c;
-use piecestore::{ErrorKind, Placement, PutOptions as PsPut};
+use piecestore::{ErrorKind, PieceMeta, Placement, PutOptions as PsPut};
 use piecestore_tests::{Backend, Fixture, NoOk};
 
 piecestore_tests::behavior_suite!(
@@ -54,7 +55,27 @@ async fn round_trips_every_size(f: &Fixture) {
         assert_eq!(meta.size, len as u64);
         assert_eq!(meta.crc32c, Some(crc32c(&d)));
         assert!(!meta.unverified());
+        let (meta, chunks) = streamed(f, &key).await;
+        assert_eq!(meta.size, len as u64);
+        assert_eq!(meta.crc32c, Some(crc32c(&d)));
+        let chunks = chunks.unwrap_or_else(|e| panic!("streamed get of {len} bytes: {e}"));
+        assert!(chunks.iter().all(|c| !c.is_empty() && c.len() <= 1 << 20));
+        assert!(chunks.concat() == d, "streamed bytes differ at size {len}");
     }
+}
+
+/// A streamed get of `key`: its metadata, and its chunks up to the error it ended with.
+async fn streamed(f: &Fixture, key: &str) -> (PieceMeta, Result<Vec<Bytes>, piecestore::Error>) {
+    let piece = f.store.get_stream(key).await.unwrap();
+    let mut chunks = Vec::new();
+    let mut s = piece.chunks;
+    while let Some(c) = s.next().await {
+        match c {
+            Ok(c) => chunks.push(c),
+            Err(e) => return (piece.meta, Err(e)),
+        }
+    }
+    (piece.meta, Ok(chunks))
 }
 
 async fn ranges(f: &Fixture) {
@@ -375,6 +396,32 @@ async fn corrupt_pieces_are_never_returned(f: &Fixture) {
         *got[1].as_ref().unwrap() == data(4096, 10),
         "other pieces still read"
     );
+    // A streamed get of a large piece sends its chunks as it reads them, but never its last one
+    // from a corrupt piece: a flipped byte in the first chunk or in the last ends the stream
+    // with Corrupt before the piece is complete.
+    let big = data((3 << 20) + 5, 11);
+    for (key, at) in [("rot_big_first", 10), ("rot_big_last", big.len() - 2)] {
+        f.store.put(key, big.clone()).await.unwrap();
+        flip_stored_byte(f, key, at).await;
+        assert_eq!(f.store.get(key).await.no_ok().kind(), ErrorKind::Corrupt);
+        match f.store.get_stream(key).await {
+            Err(e) => assert_eq!(e.kind(), ErrorKind::Corrupt, "{e}"),
+            Ok(piece) => {
+                let mut s = piece.chunks;
+                let mut sent = 0;
+                let e = loop {
+                    match s.next().await {
+                        Some(Ok(c)) => sent += c.len(),
+                        Some(Err(e)) => break e,
+                        None => panic!("the stream of corrupt {key} ended without an error"),
+                    }
+                };
+                assert_eq!(e.kind(), ErrorKind::Corrupt, "{e}");
+                assert!(e.to_string().contains(key), "{e}");
+                assert!(sent < big.len(), "{key}: all {sent} bytes were sent");
+            }
+        }
+    }
 }
 
 async fn raw_pieces_from_other_tools_read_as_unverified(f: &Fixture) {

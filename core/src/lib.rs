@@ -36,7 +36,7 @@ pub use backend::PieceMeta;
 pub use config::{Config, StoreConfig};
 pub use error::{Error, ErrorKind, Result};
 pub use shard::Placement;
-pub use store::{DeleteSummary, PieceStore, PutOptions};
+pub use store::{DeleteSummary, PieceStore, PieceStream, PutOptions};
 
 /// The README's Rust examples, compiled and run as doctests.
 #[doc = include_str!("../../README.md")]

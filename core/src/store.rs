@@ -8,7 +8,7 @@ use bytes::Bytes;
 use futures::stream::{self, BoxStream, StreamExt, TryStreamExt};
 use tracing::Instrument;
 
-use crate::backend::{Backend, PieceMeta};
+use crate::backend::{Backend, PieceMeta, STREAM_CHUNK};
 use crate::checksum;
 use crate::config::Config;
 use crate::error::{Error, Result};
@@ -594,17 +594,154 @@ impl PieceStore {
             }
         };
         if crc.is_none() && !self.inner.allow_unverified {
-            return Err(Error::Corrupt {
-                key: key.into(),
-                backend: backend.label().into(),
-                detail: "the piece carries no checksum, so its bytes cannot be verified \
-                             (written by another program, or its checksum was wiped); a store of \
-                             the original Go piecestore's pieces reads them with \
-                             [PieceStore.Backend] AllowUnverified = true"
-                    .into(),
-            });
+            return Err(unverifiable(key, backend));
         }
         Ok((bytes, crc))
+    }
+
+    /// Reads a whole piece as a stream of chunks of about 1 MiB, for a caller that sends it on
+    /// (a server, a copy): a large piece's first bytes leave before its last are read, and it
+    /// is never whole in memory.
+    ///
+    /// Verified as [`PieceStore::get`] is: the last chunk is held back until the piece has
+    /// matched its length and CRC32C, and a mismatch ends the stream with `Corrupt` in its
+    /// place, so a reader that takes the stream to its end has had either the piece, byte-exact,
+    /// or an error (then it drops the chunks before it). A piece in a pack, a piece the data
+    /// cache may hold (no larger than its `MaxPiece`) and a piece this store lacks but a peer
+    /// may have are read whole, verified before their one chunk, as a get reads them. Recorded
+    /// as one get when the stream ends.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// use futures::TryStreamExt;
+    /// let store = piecestore::PieceStore::open_spec("memory://").await.unwrap();
+    /// store.put("1_s0", vec![7u8; 3 << 20]).await.unwrap();
+    /// let piece = store.get_stream("1_s0").await.unwrap();
+    /// assert_eq!(piece.meta.size, 3 << 20);
+    /// let chunks: Vec<_> = piece.chunks.try_collect().await.unwrap();
+    /// assert_eq!(chunks.iter().map(|c| c.len()).sum::<usize>(), 3 << 20);
+    /// # }
+    /// ```
+    pub async fn get_stream(&self, key: &str) -> Result<PieceStream> {
+        self.check().await?;
+        let backend = self.backend(key)?;
+        let packer = self.packer(key)?;
+        let mut whole = match &packer {
+            Some(p) => p.holds_packed(&backend, key).await?,
+            None => false,
+        };
+        if !whole && let Some(cache) = self.cache() {
+            whole = self
+                .head_here(key)
+                .await
+                .map_or(true, |m| m.size <= cache.max_piece());
+        }
+        if !whole {
+            let start = Instant::now();
+            let failed = |e: Error| {
+                let metrics = &self.inner.metrics;
+                if metrics.enabled() {
+                    metrics.record(self.shard_of(key), Op::Get, start.elapsed(), Err(e.kind()));
+                }
+                e
+            };
+            let opened = async {
+                let (meta, mut chunks) = backend.get_stream(key).await?;
+                if meta.crc32c.is_none() && !self.inner.allow_unverified {
+                    return Err(unverifiable(key, &backend));
+                }
+                if meta.size <= STREAM_CHUNK as u64
+                    && let Some(first) = chunks.next().await
+                {
+                    // One chunk, which comes verified: its error, if any, comes now, before
+                    // the caller has sent anything (an HTTP status, say).
+                    let first = first?;
+                    chunks = stream::once(async move { Ok(first) }).chain(chunks).boxed();
+                }
+                Ok((meta, chunks))
+            };
+            match opened.await {
+                Ok((meta, chunks)) => {
+                    let shard = self.shard_of(key);
+                    if meta.crc32c.is_none() {
+                        self.inner.metrics.unverified_read(shard);
+                    }
+                    let chunks = self.observed_get(shard, start, chunks);
+                    return Ok(PieceStream { meta, chunks });
+                }
+                // A peer may have it; or an overwrite may have moved it into a pack since the
+                // index was asked: the whole get asks both.
+                Err(Error::NotFound { .. } | Error::Backend { .. } | Error::Corrupt { .. })
+                    if self.has_peers() => {}
+                Err(Error::NotFound { .. }) if packer.is_some() => {}
+                Err(e) => return Err(failed(e)),
+            }
+        }
+        let (got, meta) = tokio::join!(self.get_with_crc(key), self.head(key));
+        let (bytes, crc) = got?;
+        let last_modified = meta.map_or(std::time::SystemTime::UNIX_EPOCH, |m| m.last_modified);
+        let meta = PieceMeta {
+            key: key.into(),
+            size: bytes.len() as u64,
+            crc32c: crc,
+            last_modified,
+        };
+        let chunks = if bytes.is_empty() {
+            stream::empty().boxed()
+        } else {
+            stream::iter([Ok(bytes)]).boxed()
+        };
+        Ok(PieceStream { meta, chunks })
+    }
+
+    /// A streamed get's chunks, recorded as one get of the bytes they carried when the stream
+    /// ends or is dropped (an error it ended with is the get's error).
+    fn observed_get(
+        &self,
+        shard: usize,
+        start: Instant,
+        inner: BoxStream<'static, Result<Bytes>>,
+    ) -> BoxStream<'static, Result<Bytes>> {
+        if !self.inner.metrics.enabled() {
+            return inner;
+        }
+        struct Reading {
+            store: PieceStore,
+            shard: usize,
+            start: Instant,
+            bytes: u64,
+            failed: Option<crate::ErrorKind>,
+        }
+        impl Reading {
+            fn saw(&mut self, item: &Result<Bytes>) {
+                match item {
+                    Ok(b) => self.bytes += b.len() as u64,
+                    Err(e) => {
+                        self.failed.get_or_insert(e.kind());
+                    }
+                }
+            }
+        }
+        impl Drop for Reading {
+            fn drop(&mut self) {
+                let outcome = self.failed.map_or(Ok(self.bytes), Err);
+                (self.store.inner.metrics).record(
+                    self.shard,
+                    Op::Get,
+                    self.start.elapsed(),
+                    outcome,
+                );
+            }
+        }
+        let mut reading = Reading {
+            store: self.clone(),
+            shard,
+            start,
+            bytes: 0,
+            failed: None,
+        };
+        inner.inspect(move |item| reading.saw(item)).boxed()
     }
 
     /// [`PieceStore::get`] that also returns when its first byte could be read (for the
@@ -1425,4 +1562,34 @@ fn still_held(packer: &Option<Arc<ShardPacker>>, key: &str, e: &crate::cache::En
     packer
         .as_ref()
         .is_none_or(|p| p.still_holds(key, e.bytes.len() as u64, e.crc))
+}
+
+/// The error of a read of a piece that carries no checksum, on a store that reads only
+/// verified pieces.
+fn unverifiable(key: &str, backend: &Backend) -> Error {
+    Error::Corrupt {
+        key: key.into(),
+        backend: backend.label().into(),
+        detail: "the piece carries no checksum, so its bytes cannot be verified (written by \
+                 another program, or its checksum was wiped); a store of the original Go \
+                 piecestore's pieces reads them with [PieceStore.Backend] AllowUnverified = true"
+            .into(),
+    }
+}
+
+/// A piece read as a stream of chunks ([`PieceStore::get_stream`]).
+pub struct PieceStream {
+    /// The piece's key, size and checksum, known before its first byte.
+    pub meta: PieceMeta,
+    /// Its bytes in order, in chunks of about 1 MiB; none for an empty piece. The last chunk
+    /// comes only once the piece has matched its checksum; else an error ends the stream.
+    pub chunks: BoxStream<'static, Result<Bytes>>,
+}
+
+impl std::fmt::Debug for PieceStream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PieceStream")
+            .field("meta", &self.meta)
+            .finish_non_exhaustive()
+    }
 }

@@ -177,6 +177,15 @@ fn verified(buf: Vec<u8>, expected: u32) -> Read {
 /// A piece file's size and checksum, without reading its bytes (a trailer read, or an
 /// attribute). `Ok(None)`: a damaged trailer or attribute.
 pub(crate) fn head_piece(path: &Path, format: FileFormat) -> io::Result<Option<Head>> {
+    open_piece(path, format).map(|(_, head)| head)
+}
+
+/// Opens a piece file and reads its head: the open file (for reads of its bytes) and its size
+/// and checksum (`None`: a damaged trailer or attribute).
+pub(crate) fn open_piece(
+    path: &Path,
+    format: FileFormat,
+) -> io::Result<(std::fs::File, Option<Head>)> {
     use std::os::unix::fs::FileExt;
     let f = std::fs::File::open(path)?;
     let meta = f.metadata()?;
@@ -188,7 +197,7 @@ pub(crate) fn head_piece(path: &Path, format: FileFormat) -> io::Result<Option<H
     let (size, crc) = match format {
         FileFormat::Raw => match read_xattr(&f)? {
             None => (len, None),
-            Some(Err(())) => return Ok(None),
+            Some(Err(())) => return Ok((f, None)),
             Some(Ok(c)) => (len, Some(c)),
         },
         FileFormat::Trailer => {
@@ -197,16 +206,25 @@ pub(crate) fn head_piece(path: &Path, format: FileFormat) -> io::Result<Option<H
             f.read_exact_at(&mut tail[..n], len - n as u64)?;
             match Trailer::check(&tail[..n], len) {
                 TrailerCheck::Absent => (len, None),
-                TrailerCheck::Damaged => return Ok(None),
+                TrailerCheck::Damaged => return Ok((f, None)),
                 TrailerCheck::Valid(t) => (t.len, Some(t.crc)),
             }
         }
     };
-    Ok(Some(Head {
+    let head = Head {
         size,
         crc,
         modified,
-    }))
+    };
+    Ok((f, Some(head)))
+}
+
+/// `len` bytes of an open piece file at `offset` (a short file is `UnexpectedEof`).
+pub(crate) fn read_chunk(f: &std::fs::File, offset: u64, len: usize) -> io::Result<Vec<u8>> {
+    use std::os::unix::fs::FileExt;
+    let mut buf = vec![0u8; len];
+    f.read_exact_at(&mut buf, offset)?;
+    Ok(buf)
 }
 
 /// A staging name next to `path` that no key can have (`name#digits`).

@@ -5,13 +5,14 @@ pub(crate) mod aws_profile;
 pub(crate) mod grpc;
 mod local;
 mod s3;
+mod streamed;
 mod url;
 
 use std::sync::Arc;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
-use futures::stream::{BoxStream, StreamExt, TryStreamExt};
+use futures::stream::{self, BoxStream, StreamExt, TryStreamExt};
 use object_store::aws::AmazonS3;
 use object_store::local::LocalFileSystem;
 use object_store::memory::InMemory;
@@ -25,6 +26,7 @@ use tokio::sync::OnceCell;
 
 use self::local::FileFormat;
 use self::s3::Diagnosis;
+pub(crate) use self::streamed::CHUNK as STREAM_CHUNK;
 pub use self::url::{Location, S3Location};
 use crate::checksum;
 use crate::config::{BackendOptions, ConditionalWrites, Layout, StorageKind, StoreConfig};
@@ -691,15 +693,14 @@ impl Backend {
             .map_err(|e| self.map_err("get", Some(key), e))?;
         *first_byte = Some(Instant::now());
         let expected = self.metadata_crc(key, &result.attributes)?;
-        let bytes = result
-            .bytes()
+        let size = result.range.end - result.range.start;
+        let (bytes, actual) = collect_checked(result.into_stream(), size)
             .await
             .map_err(|e| self.map_err("get", Some(key), e))?;
-        if let Some(expected) = expected {
-            let actual = checksum::crc32c(&bytes);
-            if actual != expected {
-                return Err(self.corrupt(key, format!("crc32c is {actual}, expected {expected}")));
-            }
+        if let Some(expected) = expected
+            && actual != expected
+        {
+            return Err(self.corrupt(key, format!("crc32c is {actual}, expected {expected}")));
         }
         Ok((bytes, expected))
     }
@@ -732,6 +733,77 @@ impl Backend {
                 Err(self.corrupt(key, format!("crc32c is {actual}, expected {expected}")))
             }
         }
+    }
+
+    /// A piece opened for a streamed read: its metadata, from the one request that opened it,
+    /// and its bytes in chunks of [`STREAM_CHUNK`], verified as [`streamed`] says. A local
+    /// piece's first chunk is read with its open; each further chunk is one positioned read in
+    /// the blocking pool, one ahead of the reader.
+    pub(crate) async fn get_stream(
+        self: &Arc<Self>,
+        key: &str,
+    ) -> Result<(PieceMeta, BoxStream<'static, Result<Bytes>>)> {
+        let path = self.path(key)?;
+        let (meta, raw) = if let Kind::File { fs, format } = &self.kind {
+            let format = *format;
+            let file_path = fs
+                .path_to_filesystem(&path)
+                .map_err(|e| self.map_err("get", Some(key), e))?;
+            let (file, head, first) = tokio::task::spawn_blocking(move || {
+                let (f, head) = local::open_piece(&file_path, format)?;
+                let first = match &head {
+                    Some(h) => local::read_chunk(&f, 0, h.size.min(STREAM_CHUNK as u64) as usize)?,
+                    None => Vec::new(),
+                };
+                std::io::Result::Ok((f, head, first))
+            })
+            .await
+            .map_err(|e| self.io_err("get", key, std::io::Error::other(e)))?
+            .map_err(|e| self.io_err("get", key, e))?;
+            let head = head.ok_or_else(|| self.corrupt(key, damaged(format)))?;
+            let size = head.size;
+            let meta = PieceMeta {
+                key: key.into(),
+                size,
+                crc32c: head.crc,
+                last_modified: head.modified,
+            };
+            let (file, backend, k) = (Arc::new(file), Arc::clone(self), key.to_string());
+            let rest = stream::iter((STREAM_CHUNK as u64..size).step_by(STREAM_CHUNK))
+                .map(move |at| {
+                    let (f, backend, k) = (Arc::clone(&file), Arc::clone(&backend), k.clone());
+                    let n = (size - at).min(STREAM_CHUNK as u64) as usize;
+                    async move {
+                        tokio::task::spawn_blocking(move || local::read_chunk(&f, at, n))
+                            .await
+                            .map_err(|e| backend.io_err("get", &k, std::io::Error::other(e)))?
+                            .map(Bytes::from)
+                            .map_err(|e| backend.io_err("get", &k, e))
+                    }
+                })
+                .buffered(2);
+            let first = stream::once(async move { Ok(Bytes::from(first)) });
+            (meta, first.chain(rest).boxed())
+        } else {
+            let result = self
+                .store
+                .get_opts(&path, GetOptions::default())
+                .await
+                .map_err(|e| self.map_err("get", Some(key), e))?;
+            let meta = PieceMeta {
+                key: key.into(),
+                size: result.meta.size,
+                crc32c: self.metadata_crc(key, &result.attributes)?,
+                last_modified: result.meta.last_modified.into(),
+            };
+            let (backend, k) = (Arc::clone(self), key.to_string());
+            let raw = result
+                .into_stream()
+                .map(move |r| r.map_err(|e| backend.map_err("get", Some(&k), e)));
+            (meta, raw.boxed())
+        };
+        let chunks = streamed::verified(Arc::clone(self), key, meta.size, meta.crc32c, raw);
+        Ok((meta, chunks))
     }
 
     /// The stored bytes of a piece, not checked against its metadata's checksum (for a caller
@@ -1093,6 +1165,30 @@ impl Backend {
 }
 
 /// What a damaged checksum of a local piece file is called.
+/// A body's bytes, joined (a body of one frame is not copied), and their CRC32C, computed
+/// frame by frame as they arrive rather than in a second pass over the whole piece.
+async fn collect_checked(
+    mut body: BoxStream<'static, object_store::Result<Bytes>>,
+    size: u64,
+) -> object_store::Result<(Bytes, u32)> {
+    let mut digest = crc_fast::Digest::new(crc_fast::CrcAlgorithm::Crc32Iscsi);
+    let first = body.next().await.transpose()?.unwrap_or_default();
+    digest.update(&first);
+    let Some(second) = body.next().await.transpose()? else {
+        return Ok((first, digest.finalize() as u32));
+    };
+    let mut buf = Vec::with_capacity((size as usize).max(first.len() + second.len()));
+    buf.extend_from_slice(&first);
+    drop(first);
+    let mut next = Some(second);
+    while let Some(frame) = next {
+        digest.update(&frame);
+        buf.extend_from_slice(&frame);
+        next = body.next().await.transpose()?;
+    }
+    Ok((buf.into(), digest.finalize() as u32))
+}
+
 fn damaged(format: FileFormat) -> String {
     match format {
         FileFormat::Trailer => "checksum trailer is damaged".into(),

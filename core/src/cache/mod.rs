@@ -138,6 +138,11 @@ impl CacheStats {
 }
 
 impl PieceCache {
+    /// The largest piece the cache keeps (`Cache.MaxPiece`).
+    pub(crate) fn max_piece(&self) -> u64 {
+        self.max_piece
+    }
+
     /// The tiers `opts` asks for in front of a store whose shards are all buckets (`buckets`);
     /// `None` when no tier is on.
     /// `scope` names the store (its shards' labels), so that stores sharing a disk tier's
