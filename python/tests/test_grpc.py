@@ -169,6 +169,30 @@ def test_put_in_chunks_get_streamed_ranges_head_list_delete(pb: Any, served: Ser
     assert list(c.List(pb.m.ListRequest(prefix=prefix), metadata=AUTH)) == []
 
 
+def test_a_streamed_get_of_a_corrupt_piece_ends_in_data_loss(pb: Any, served: Served) -> None:
+    """A large piece is streamed as it is read; a byte that rots on disk in its last MiB ends
+    the stream with DATA_LOSS in place of its last message, so the reader never has the whole
+    piece from wrong bytes."""
+    c = stub(pb, served)
+    k = key()
+    body = os.urandom((3 << 20) + 100)
+    put(pb, c, k, body, chunk=1 << 20)
+    files = [p for p in (served.data / "pieces").rglob(k) if p.is_file()]
+    assert len(files) == 1, files
+    raw = bytearray(files[0].read_bytes())
+    raw[len(body) - 5] ^= 0x40
+    files[0].write_bytes(bytes(raw))
+    got = bytearray()
+    with pytest.raises(grpc.RpcError) as e:
+        for m in c.Get(pb.m.GetRequest(key=k), metadata=AUTH, timeout=30):
+            got += m.data
+    assert e.value.code() == grpc.StatusCode.DATA_LOSS, e.value
+    reason, meta = error_info(e.value)
+    assert reason == "CORRUPT_PIECE" and meta == {"key": k}, (reason, meta)
+    assert 0 < len(got) < len(body), len(got)
+    assert bytes(got) == body[: len(got)]
+
+
 def test_every_error_code_with_the_engines_reason(pb: Any, served: Served) -> None:
     c = stub(pb, served)
     k = key()

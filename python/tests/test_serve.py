@@ -35,7 +35,7 @@ SECRET = "serve-test-secret-never-printed"
 boto3 = pytest.importorskip("boto3")
 from botocore import UNSIGNED  # noqa: E402
 from botocore.config import Config  # noqa: E402
-from botocore.exceptions import ClientError  # noqa: E402
+from botocore.exceptions import ClientError, IncompleteReadError, ResponseStreamingError  # noqa: E402
 
 
 def _binary() -> Path | None:
@@ -189,6 +189,34 @@ def test_boto3_put_get_range_head_delete(served: Served) -> None:
     with pytest.raises(ClientError) as e:
         s3.get_object(Bucket="pieces", Key=k)
     assert error_of(e.value) == ("NoSuchKey", 404)
+
+
+def test_a_piece_that_rots_on_disk_is_never_served_whole(served: Served) -> None:
+    """A large piece is streamed as it is read; a byte that rots in its last MiB cuts the body
+    short of its Content-Length, so boto3 raises instead of returning it. A piece of one chunk
+    is verified before the response starts: a 500, no body."""
+    s3 = served.client()
+    big, one = key(), key()
+    bodies = {big: os.urandom((3 << 20) + 77), one: os.urandom(1 << 20)}
+    for k, body in bodies.items():
+        s3.put_object(Bucket="pieces", Key=k, Body=body)
+        files = [p for p in (served.data / "pieces").rglob(k) if p.is_file()]
+        assert len(files) == 1, files
+        raw = bytearray(files[0].read_bytes())
+        raw[len(body) - 3] ^= 0x08
+        files[0].write_bytes(bytes(raw))
+    r = s3.get_object(Bucket="pieces", Key=big)
+    assert r["ContentLength"] == len(bodies[big])
+    with pytest.raises((IncompleteReadError, ResponseStreamingError)):
+        r["Body"].read()
+    with pytest.raises(ClientError) as e:
+        s3.get_object(Bucket="pieces", Key=one)
+    assert error_of(e.value) == ("InternalError", 500)
+    assert "crc32c" in str(e.value)
+    # Ranges read the whole piece and verify it first: refused as well.
+    with pytest.raises(ClientError) as e:
+        s3.get_object(Bucket="pieces", Key=big, Range="bytes=0-99")
+    assert error_of(e.value) == ("InternalError", 500)
 
 
 def test_immutability_and_create_only_puts(served: Served) -> None:

@@ -314,10 +314,28 @@ impl pb::piece_store_server::PieceStore for Rpc {
         let input = req.get_ref();
         check_key(&input.key)?;
         let store: &PieceStore = &bucket.store;
-        let (data, info) = if input.offset == 0 && input.length.is_none() {
-            let (got, meta) = tokio::join!(store.get(&input.key), store.head(&input.key));
-            (got.map_err(status_of)?, meta.map_err(status_of)?)
-        } else {
+        if input.offset == 0 && input.length.is_none() {
+            // The whole piece, streamed as it is read (and verified: a piece that fails its
+            // checksum ends the stream with DATA_LOSS in place of its last message).
+            let piece = store.get_stream(&input.key).await.map_err(status_of)?;
+            let empty = piece.meta.size == 0;
+            let mut info = Some(info_of(piece.meta));
+            if empty {
+                let only = pb::GetResponse {
+                    data: Bytes::new(),
+                    info: info.take(),
+                };
+                return Ok(Response::new(stream::iter([Ok(only)]).boxed()));
+            }
+            let out = piece.chunks.map(move |chunk| {
+                Ok(pb::GetResponse {
+                    data: chunk.map_err(status_of)?,
+                    info: info.take(),
+                })
+            });
+            return Ok(Response::new(out.boxed()));
+        }
+        let (data, info) = {
             let meta = store.head(&input.key).await.map_err(status_of)?;
             let len = input
                 .length

@@ -19,7 +19,9 @@ use std::time::Duration;
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
+use bytes::Bytes;
 use futures::TryStreamExt;
+use futures::stream::BoxStream;
 use piecestore::config::ServeOptions;
 use piecestore::{ErrorKind, PieceMeta, PieceStore, PutOptions};
 use s3s::crypto::Checksum;
@@ -629,12 +631,14 @@ impl S3 for Pieces {
         let conditional = input.if_match.is_some() || input.if_none_match.is_some();
         // Last-Modified comes from the piece's metadata (clients such as minio-go require
         // it): a whole-piece read asks for both at once.
-        let (data, last_modified, content_range, crc) = match &input.range {
+        let (body, len, last_modified, content_range, crc) = match &input.range {
             None => {
-                let (got, meta) = tokio::join!(store.get_with_crc(&key), store.head(&key));
-                let (data, crc) = got.map_err(s3_err)?;
-                let meta = meta.map_err(s3_err)?;
-                (data, meta.last_modified, None, crc)
+                // Streamed as it is read, and verified: a piece that fails its checksum ends
+                // the body short of its Content-Length (the connection is cut), never whole.
+                let piece = store.get_stream(&key).await.map_err(s3_err)?;
+                let meta = piece.meta;
+                let body = StreamingBlob::wrap(SyncChunks(std::sync::Mutex::new(piece.chunks)));
+                (body, meta.size, meta.last_modified, None, meta.crc32c)
             }
             Some(range) => {
                 let meta = store.head(&key).await.map_err(s3_err)?;
@@ -649,7 +653,9 @@ impl S3 for Pieces {
                     .await
                     .map_err(s3_err)?;
                 let cr = format!("bytes {}-{}/{}", r.start, r.end - 1, meta.size);
-                (data, meta.last_modified, Some(cr), meta.crc32c)
+                let len = data.len() as u64;
+                let body = StreamingBlob::from(s3s::Body::from(data));
+                (body, len, meta.last_modified, Some(cr), meta.crc32c)
             }
         };
         if conditional {
@@ -672,11 +678,10 @@ impl S3 for Pieces {
                 return Err(e);
             }
         }
-        let len = data.len() as i64;
         let whole = content_range.is_none();
         let output = GetObjectOutput {
-            body: Some(StreamingBlob::from(s3s::Body::from(data))),
-            content_length: Some(len),
+            body: Some(body),
+            content_length: Some(len as i64),
             content_range,
             last_modified: Some(Timestamp::from(last_modified)),
             content_type: Some("application/octet-stream".to_string()),
@@ -1103,6 +1108,26 @@ fn decode_token(token: &str) -> S3Result<String> {
         .ok()
         .and_then(|b| String::from_utf8(b).ok())
         .ok_or_else(|| s3_error!(InvalidArgument, "the continuation token is not one of ours"))
+}
+
+/// A piece's chunks as the `Sync` stream an S3 body must be (the stream is only ever polled
+/// through `&mut`, so the lock is never taken).
+struct SyncChunks(std::sync::Mutex<BoxStream<'static, piecestore::Result<Bytes>>>);
+
+impl futures::Stream for SyncChunks {
+    type Item = piecestore::Result<Bytes>;
+
+    fn poll_next(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Self::Item>> {
+        let inner = self
+            .get_mut()
+            .0
+            .get_mut()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        inner.as_mut().poll_next(cx)
+    }
 }
 
 #[cfg(test)]
