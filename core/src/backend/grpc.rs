@@ -141,7 +141,10 @@ impl GrpcStore {
                     .connect_timeout(Duration::from_secs(10))
                     .tcp_nodelay(true)
                     .http2_keep_alive_interval(Duration::from_secs(30))
-                    .keep_alive_while_idle(true);
+                    .keep_alive_while_idle(true)
+                    .max_frame_size(1 << 20)
+                    .initial_stream_window_size(8 << 20)
+                    .initial_connection_window_size(16 << 20);
                 if self.location.endpoint.starts_with("https://") {
                     ep = ep
                         .tls_config(tonic::transport::ClientTlsConfig::new().with_native_roots())
