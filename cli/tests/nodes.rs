@@ -16,6 +16,8 @@ use piecestore::{PieceMeta, PieceStore};
 use piecestore_server::p2p::{self, PeerNode, Responder};
 
 const TOKEN: &str = "nodes-test-token-0123456789";
+const ACCESS: &str = "NODESTESTACCESSKEY";
+const SECRET: &str = "nodes-test-secret-not-a-real-one";
 
 /// A node's directory and config: a packed store in `data/` (PieceStore's own layout), or the
 /// original Go piecestore's layout with `original`.
@@ -74,7 +76,9 @@ impl Node {
         let mut c = Command::new(env!("CARGO_BIN_EXE_piecestore"));
         c.arg("--config").arg(self.config());
         c.env_remove("BUCKET_URL")
-            .env("PIECESTORE_SERVE_TOKEN", TOKEN);
+            .env("PIECESTORE_SERVE_TOKEN", TOKEN)
+            .env("PIECESTORE_SERVE_ACCESS_KEY", ACCESS)
+            .env("PIECESTORE_SERVE_SECRET_KEY", SECRET);
         c
     }
 
@@ -647,6 +651,52 @@ fn a_grpc_store_fronts_a_served_packed_directory() {
     let out = run(&["get", "g1_s0"]);
     assert!(out.status.success(), "{}", text(&out.stderr));
     assert_eq!(out.stdout, b"over grpc");
+}
+
+/// A piece a peer holds is not this node's: a create-only S3 put (`If-None-Match: *`, what
+/// PieceStore's own S3 client sends) of it to B is stored at B, not refused as existing
+/// because B's peer tier can read it from A.
+#[test]
+fn a_create_only_put_is_decided_by_this_nodes_store_not_its_peers() {
+    let a = Node::new(false, true, &[], &["*".to_string()]);
+    a.put("cp1_s0", b"held by a");
+    let a_srv = a.serve();
+    let b = Node::new(false, true, std::slice::from_ref(&a_srv.p2p), &[]);
+    let b_srv = b.serve();
+    let s3 = |args: &[&str], stdin: &[u8]| {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_piecestore"))
+            .arg("--store")
+            .arg(format!("http://{}/pieces?pack=false", b_srv.http))
+            .args(args)
+            .env_remove("BUCKET_URL")
+            .env("AWS_ACCESS_KEY_ID", ACCESS)
+            .env("AWS_SECRET_ACCESS_KEY", SECRET)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn");
+        child
+            .stdin
+            .take()
+            .expect("stdin")
+            .write_all(stdin)
+            .expect("stdin");
+        child.wait_with_output().expect("wait")
+    };
+    // B answers for the piece through its peer tier...
+    let out = s3(&["get", "cp1_s0"], b"");
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(out.stdout, b"held by a");
+    // ...but it is not B's: the put stores it there.
+    let out = s3(&["put", "cp1_s0", "-"], b"held by a");
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let out = b.run(&["ls"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout).trim(), "cp1_s0", "B's own store");
+    // Other bytes for a key B now holds: refused, as ever.
+    let out = s3(&["put", "cp1_s0", "-"], b"other bytes");
+    assert_eq!(out.status.code(), Some(4), "{}", text(&out.stderr));
 }
 
 /// Kademlia: A announces its pieces (`Provide = true`) through B, the one peer it knows; C

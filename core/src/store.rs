@@ -822,11 +822,13 @@ impl PieceStore {
     /// Whether a piece exists under `key` (a HEAD; `NotFound` is `false`, other errors stay
     /// errors).
     pub async fn exists(&self, key: &str) -> Result<bool> {
-        match self.head(key).await {
-            Ok(_) => Ok(true),
-            Err(Error::NotFound { .. }) => Ok(false),
-            Err(e) => Err(e),
-        }
+        found(self.head(key).await)
+    }
+
+    /// [`PieceStore::exists`] in this node's own store alone, not at its peers: whether a
+    /// create-only put here would find the key taken.
+    pub async fn exists_here(&self, key: &str) -> Result<bool> {
+        found(self.head_here(key).await)
     }
 
     /// Deletes a piece. Deleting a missing piece succeeds (deletes are idempotent, as on S3).
@@ -1562,6 +1564,15 @@ fn still_held(packer: &Option<Arc<ShardPacker>>, key: &str, e: &crate::cache::En
     packer
         .as_ref()
         .is_none_or(|p| p.still_holds(key, e.bytes.len() as u64, e.crc))
+}
+
+/// A head's answer as whether the piece exists (`NotFound` is `false`).
+fn found(head: Result<PieceMeta>) -> Result<bool> {
+    match head {
+        Ok(_) => Ok(true),
+        Err(Error::NotFound { .. }) => Ok(false),
+        Err(e) => Err(e),
+    }
 }
 
 /// The error of a read of a piece that carries no checksum, on a store that reads only

@@ -578,9 +578,10 @@ impl S3 for Pieces {
         // `If-None-Match: *` is a create-only put: 412 when the key exists, whatever its
         // bytes (as S3 answers; clients probe for it). Racing writers are decided by the
         // engine's own create-only put: one wins, others with other bytes get 412 (two with
-        // the same bytes both succeed: they stored the same piece).
+        // the same bytes both succeed: they stored the same piece). Only this node's store
+        // counts: a piece its peers hold is not stored here.
         let create_only = matches!(input.if_none_match, Some(ETagCondition::Any));
-        if create_only && store.exists(&key).await.map_err(s3_err)? {
+        if create_only && store.exists_here(&key).await.map_err(s3_err)? {
             return Err(S3Error::with_message(
                 S3ErrorCode::PreconditionFailed,
                 format!("{} exists (If-None-Match: *)", input.key),
