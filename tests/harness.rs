@@ -684,6 +684,15 @@ pub enum ProxyMode {
     /// Server Error` instead of the server's answer: a write that happened although its writer
     /// was told it failed (a lost response).
     LoseResponse(&'static str),
+    /// Cut the first `times` GET responses whose body is longer than `after` bytes: forward
+    /// the server's head and `after` bytes of its body, then close the connection (a network
+    /// that drops mid-body). Other requests are forwarded.
+    CutBodies {
+        /// Body bytes that get through before the cut.
+        after: usize,
+        /// How many responses are cut.
+        times: usize,
+    },
 }
 
 /// One request a [`Proxy`] saw: method and target (path with query).
@@ -693,6 +702,8 @@ pub struct SeenRequest {
     pub method: String,
     /// The request target, e.g. `/bucket-0/key`.
     pub target: String,
+    /// Its `Range` header, if it had one.
+    pub range: Option<String>,
 }
 
 /// A running [`start_proxy`]: its endpoint and every request it received.
@@ -761,8 +772,12 @@ impl Proxy {
                     };
                     let head = String::from_utf8_lossy(&buf[..head_end]).into_owned();
                     let mut first = head.split_whitespace();
+                    let range = head.split("\r\n").find_map(|l| {
+                        let (name, value) = l.split_once(':')?;
+                        name.eq_ignore_ascii_case("range").then(|| value.trim().to_string())
+                    });
                     if let (Some(method), Some(target), Ok(mut log)) = (first.next(), first.next(), log.lock()) {
-                        log.push(SeenRequest { method: method.into(), target: target.into() });
+                        log.push(SeenRequest { method: method.into(), target: target.into(), range });
                     }
                     if let ProxyMode::FailFirst(n) = mode
                         && seen.fetch_add(1, Ordering::SeqCst) < n
@@ -822,6 +837,43 @@ impl Proxy {
                         );
                         let _ = from_client.write_all(resp.as_bytes()).await;
                         return;
+                    }
+                    if let ProxyMode::CutBodies { after, times } = mode
+                        && head.starts_with("GET ")
+                    {
+                        // The server's head, then `after` bytes of its body, then the cut.
+                        let mut answer = Vec::new();
+                        let (body_at, body_len) = loop {
+                            let n = match server.read(&mut chunk).await {
+                                Ok(0) | Err(_) => break (None, 0),
+                                Ok(n) => n,
+                            };
+                            answer.extend_from_slice(&chunk[..n]);
+                            if let Some(i) = answer.windows(4).position(|w| w == b"\r\n\r\n") {
+                                let len = String::from_utf8_lossy(&answer[..i])
+                                    .lines()
+                                    .find_map(|l| l.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().parse::<usize>().unwrap_or(0)))
+                                    .unwrap_or(0);
+                                break (Some(i + 4), len);
+                            }
+                        };
+                        let Some(body_at) = body_at else { return };
+                        if body_len > after && seen.fetch_add(1, Ordering::SeqCst) < times {
+                            while answer.len() < body_at + after {
+                                let n = match server.read(&mut chunk).await {
+                                    Ok(0) | Err(_) => break,
+                                    Ok(n) => n,
+                                };
+                                answer.extend_from_slice(&chunk[..n]);
+                            }
+                            answer.truncate(body_at + after);
+                            let _ = client.write_all(&answer).await;
+                            let _ = client.shutdown().await;
+                            return;
+                        }
+                        if client.write_all(&answer).await.is_err() {
+                            return;
+                        }
                     }
                     let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
                 });
