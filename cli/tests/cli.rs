@@ -808,3 +808,104 @@ fn serve_refuses_to_start_without_keys_or_with_a_bad_config() {
     assert_eq!(out.status.code(), Some(5));
     assert!(String::from_utf8_lossy(&out.stderr).contains("Bad_Name"));
 }
+
+/// Secrets stay out of the logs: with `RUST_LOG=trace`, every line the CLI prints (for put,
+/// get, ls, stat and rm against an S3 server, with keys and a session token) and every line
+/// `piecestore serve` prints while it answers signed S3 and token-bearing gRPC calls carries
+/// none of the secret key, the session token or the gRPC token.
+#[test]
+fn no_secret_reaches_any_log_line_at_trace() {
+    use std::io::{BufRead, BufReader};
+    let Some(s) = server(ServerKind::Moto) else {
+        return;
+    };
+    let bucket = unique_name("cli-trace");
+    s.create_bucket(&bucket);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let session = "IQoJb3JpZ2luX2VjEXAMPLEsessionTOKENfortheTRACEtest0123";
+    let serve_secret = "serve-secret-for-the-trace-test-0123";
+    let grpc_token = "grpc-token-for-the-trace-test-456789";
+    let secrets = [s.secret_key.as_str(), session, serve_secret, grpc_token];
+    let mut printed = String::new();
+    let mut client = |store: &str, args: &[&str], env: &[(&str, &str)], stdin: Option<&[u8]>| {
+        let mut c = bin();
+        c.current_dir(dir.path())
+            .env("RUST_LOG", "trace")
+            .envs(env.iter().copied())
+            .arg("--store")
+            .arg(store)
+            .args(args);
+        let out = run(&mut c, stdin);
+        let err = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(out.status.success(), "{args:?}: {err}");
+        printed.push_str(&err);
+        printed.push_str(&String::from_utf8_lossy(&out.stdout));
+    };
+    let aws = [
+        ("AWS_ACCESS_KEY_ID", s.access_key.as_str()),
+        ("AWS_SECRET_ACCESS_KEY", s.secret_key.as_str()),
+        ("AWS_SESSION_TOKEN", session),
+    ];
+    let url = format!("{}/{bucket}", s.endpoint);
+    client(&url, &["put", "t1_s0", "-"], &aws, Some(b"traced bytes"));
+    client(&url, &["get", "t1_s0"], &aws, None);
+    client(&url, &["ls"], &aws, None);
+    client(&url, &["stat", "t1_s0"], &aws, None);
+    client(&url, &["rm", "t1_s0"], &aws, None);
+
+    // A server with keys and a token, logging at trace, asked over S3 and gRPC.
+    let log = std::fs::File::create(dir.path().join("serve.log")).expect("log");
+    let mut serve = bin()
+        .env("RUST_LOG", "trace")
+        .env("PIECESTORE_SERVE_ACCESS_KEY", "TRACETESTACCESSKEY")
+        .env("PIECESTORE_SERVE_SECRET_KEY", serve_secret)
+        .env("PIECESTORE_SERVE_TOKEN", grpc_token)
+        .arg("--store")
+        .arg(dir.path().join("served"))
+        .args(["serve", "--listen", "127.0.0.1:0"])
+        .stdout(Stdio::piped())
+        .stderr(log)
+        .spawn()
+        .expect("spawn serve");
+    let mut lines = BufReader::new(serve.stdout.take().expect("stdout")).lines();
+    let addr = loop {
+        let line = lines
+            .next()
+            .expect("serve printed its address")
+            .expect("line");
+        if let Some(rest) = line.strip_prefix("listening on http://") {
+            break rest
+                .split_whitespace()
+                .next()
+                .unwrap_or_default()
+                .to_string();
+        }
+    };
+    let served_keys = [
+        ("AWS_ACCESS_KEY_ID", "TRACETESTACCESSKEY"),
+        ("AWS_SECRET_ACCESS_KEY", serve_secret),
+    ];
+    let http = format!("http://{addr}/pieces?pack=false");
+    client(&http, &["put", "t2_s0", "-"], &served_keys, Some(b"served"));
+    client(&http, &["get", "t2_s0"], &served_keys, None);
+    let grpc = format!("grpc://{addr}/pieces?pack=false");
+    let token = [("PIECESTORE_GRPC_TOKEN", grpc_token)];
+    client(&grpc, &["get", "t2_s0"], &token, None);
+    client(&grpc, &["ls"], &token, None);
+    let _ = serve.kill();
+    let _ = serve.wait();
+    let served = std::fs::read_to_string(dir.path().join("serve.log")).expect("serve log");
+
+    for (who, text) in [("the CLI", &printed), ("serve", &served)] {
+        assert!(
+            text.lines().filter(|l| l.contains("TRACE")).count() > 20,
+            "{who} did not log at trace: {}",
+            &text[..text.len().min(2000)]
+        );
+        for secret in secrets {
+            if let Some(line) = text.lines().find(|l| l.contains(secret)) {
+                panic!("{who} printed a secret: {line}");
+            }
+        }
+    }
+}
