@@ -321,6 +321,60 @@ def test_bad_input_is_refused_and_stores_nothing(served: Served) -> None:
     assert s3.get_object(Bucket="pieces", Key=k)["Body"].read() == b"payload"
 
 
+def test_every_path_escape_and_oversized_headers_are_refused(served: Served) -> None:
+    """Keys that would leave the store (absolute, `..` plain or percent-encoded, NUL, overlong)
+    are refused signed or anonymous and write nothing outside the served directory; a request
+    with a 1 MiB header is refused before it reaches a handler."""
+    s3 = served.client()
+    outside = served.data.parent / f"escaped-{uuid.uuid4().hex[:8]}"
+    for bad in [
+        "/etc/passwd",
+        f"../{outside.name}",
+        f"../../{outside.name}",
+        "a/../../b",
+        "..",
+        "a\x00b",
+        "k" * 2000,
+    ]:
+        with pytest.raises(ClientError) as e:
+            s3.put_object(Bucket="pieces", Key=bad, Body=b"x")
+        assert error_of(e.value)[1] == 400, (bad, error_of(e.value))
+    assert not outside.exists()
+    host = served.endpoint.split("://", 1)[1]
+    for path in [
+        "/public/..%2f..%2fetc%2fpasswd",
+        "/public/%2e%2e/%2e%2e/etc/passwd",
+        "/public/%2e%2e%2f%2e%2e%2fetc%2fpasswd",
+        "/public/%2fetc%2fpasswd",
+        "/public/a%00b",
+        "/public/..%5c..%5cetc%5cpasswd",
+        "/pieces/..%2fconfig.toml",
+    ]:
+        with socket.create_connection(tuple(host.rsplit(":", 1)), timeout=10) as c:  # type: ignore[arg-type]
+            c.sendall(f"GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n".encode())
+            answer = b""
+            while chunk := c.recv(65536):
+                answer += chunk
+        status = int(answer.split(b" ", 2)[1])
+        assert status in (400, 403, 404), (path, answer[:300])
+        assert b"root:" not in answer and b"[PieceStore" not in answer, path
+    with socket.create_connection(tuple(host.rsplit(":", 1)), timeout=10) as c:  # type: ignore[arg-type]
+        big = "a" * (1 << 20)
+        try:
+            c.sendall(f"GET /public/x HTTP/1.1\r\nHost: {host}\r\nX-Big: {big}\r\n\r\n".encode())
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # refused while it was still being sent
+        try:
+            answer = c.recv(65536)
+        except ConnectionResetError:
+            answer = b""
+    assert answer == b"" or int(answer.split(b" ", 2)[1]) in (400, 413, 431), answer[:300]
+    # and the server still answers
+    k = key()
+    s3.put_object(Bucket="pieces", Key=k, Body=b"still here")
+    assert s3.get_object(Bucket="pieces", Key=k)["Body"].read() == b"still here"
+
+
 def test_auth_signatures_presigned_urls_and_public_buckets(served: Served) -> None:
     s3 = served.client()
     k = key()
