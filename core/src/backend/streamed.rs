@@ -203,10 +203,18 @@ mod tests {
             (4 * CHUNK, &[CHUNK - 1, CHUNK + 1, 100]),
         ] {
             let d = data(len);
-            let s = verified(backend(), "k", len as u64, Some(crc32c(&d)), frames(&d, sizes));
+            let s = verified(
+                backend(),
+                "k",
+                len as u64,
+                Some(crc32c(&d)),
+                frames(&d, sizes),
+            );
             let chunks: Vec<Bytes> = s.try_collect().await.unwrap();
             assert!(chunks.concat() == d, "{len} bytes in frames of {sizes:?}");
-            let (last, full) = chunks.split_last().map_or((None, &[][..]), |(l, f)| (Some(l), f));
+            let (last, full) = chunks
+                .split_last()
+                .map_or((None, &[][..]), |(l, f)| (Some(l), f));
             assert!(full.iter().all(|c| c.len() == CHUNK), "{len}: {sizes:?}");
             assert!(last.is_none_or(|l| !l.is_empty() && l.len() <= CHUNK));
         }
@@ -235,7 +243,10 @@ mod tests {
                 }
             };
             assert_eq!(e.kind(), kind, "{e}");
-            assert!(sent < body.len().min(size as usize), "{sent} bytes went out");
+            assert!(
+                sent < body.len().min(size as usize),
+                "{sent} bytes went out"
+            );
             assert!(s.next().await.is_none(), "nothing after the error");
         }
         // An unverified piece streams as stored.
@@ -255,6 +266,9 @@ mod tests {
         let got: Vec<Result<Bytes>> = s.collect().await;
         assert_eq!(got.len(), 2, "the first chunk, then the error");
         assert!(got[0].as_ref().is_ok_and(|c| c.len() == CHUNK));
-        assert_eq!(got[1].as_ref().map(|_| ()).unwrap_err().kind(), ErrorKind::Closed);
+        assert_eq!(
+            got[1].as_ref().map(|_| ()).unwrap_err().kind(),
+            ErrorKind::Closed
+        );
     }
 }

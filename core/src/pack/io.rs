@@ -13,15 +13,43 @@ use crate::backend::Backend;
 use crate::error::{Error, Result};
 use crate::reserved::{PACKS_PREFIX, RESERVED_PREFIX, TOKEN_FILE, is_pack_path, pack_path};
 
+/// Whether `stored` is exactly the bytes of `payload`.
+fn same(stored: &Bytes, payload: &PutPayload) -> bool {
+    if stored.len() != payload.content_length() {
+        return false;
+    }
+    let mut at = 0;
+    payload.iter().all(|part| {
+        let end = at + part.len();
+        let equal = stored[at..end] == part[..];
+        at = end;
+        equal
+    })
+}
+
 impl Backend {
     /// Writes a sealed pack, create-only where the backend honours it (pack ids are unique,
     /// so a conflict means a bug, never a piece to overwrite). Durable when it returns (files:
     /// data and directory fsync'd).
+    ///
+    /// Ids are unique to their writer, so a conflict is almost always this write's own earlier
+    /// attempt: stored, but its acknowledgement lost on the way, and the retry met it. The pack
+    /// there is read back, and if it holds exactly these bytes the write is done.
     pub(crate) async fn put_pack(&self, id: PackId, payload: impl Into<PutPayload>) -> Result<()> {
         let path = pack_path(id);
         let create = self.honours_create().await;
-        match self.put_reserved(&path, payload.into(), create).await? {
+        let payload: PutPayload = payload.into();
+        match self.put_reserved(&path, payload.clone(), create).await? {
             true => Ok(()),
+            false
+                if self
+                    .read_pack(id)
+                    .await
+                    .is_ok_and(|there| same(&there, &payload)) =>
+            {
+                tracing::debug!(pack = %path, "a retried pack write found its own first attempt");
+                Ok(())
+            }
             false => Err(Error::Backend {
                 op: "put",
                 key: Some(path),
