@@ -693,6 +693,29 @@ pub enum ProxyMode {
         /// How many responses are cut.
         times: usize,
     },
+    /// A flaky network and server: each request, with probability `percent` in 100 (chosen by
+    /// a generator seeded with `seed`), meets one of five faults, in turn: a `503 SlowDown`
+    /// answer; a `500 InternalError` answer; the connection reset before it is forwarded; the
+    /// server's whole answer cut in half (a GET's body cut mid-way, a PUT's or DELETE's
+    /// acknowledgement lost after the server acted); or a 100 ms stall before it is forwarded.
+    /// [`Proxy::faults`] counts each.
+    Faults {
+        /// Percent of requests faulted.
+        percent: u64,
+        /// The generator's seed.
+        seed: u64,
+    },
+}
+
+/// The fault kinds of [`ProxyMode::Faults`], in [`Proxy::faults`]'s order.
+pub const FAULT_KINDS: [&str; 5] = ["503", "500", "reset", "cut answer", "stall"];
+
+/// splitmix64: the fault generator's step.
+fn mix(mut z: u64) -> u64 {
+    z = z.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
 }
 
 /// One request a [`Proxy`] saw: method and target (path with query).
@@ -711,12 +734,18 @@ pub struct Proxy {
     /// `http://127.0.0.1:PORT`: use it in place of the server's endpoint.
     pub endpoint: String,
     seen: std::sync::Arc<std::sync::Mutex<Vec<SeenRequest>>>,
+    faults: std::sync::Arc<[std::sync::atomic::AtomicU64; 5]>,
 }
 
 impl Proxy {
     /// Every request received so far (forwarded or answered by the proxy).
     pub fn seen(&self) -> Vec<SeenRequest> {
         self.seen.lock().map(|v| v.clone()).unwrap_or_default()
+    }
+
+    /// How many of each [`FAULT_KINDS`] a [`ProxyMode::Faults`] proxy has injected.
+    pub fn faults(&self) -> [u64; 5] {
+        std::array::from_fn(|i| self.faults[i].load(Ordering::Relaxed))
     }
 }
 
@@ -739,9 +768,11 @@ impl Proxy {
         let seen = Arc::new(AtomicUsize::new(0));
         let lost: Arc<std::sync::Mutex<Option<String>>> = Arc::default();
         let log = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let faults: Arc<[std::sync::atomic::AtomicU64; 5]> = Arc::default();
         let proxy = Proxy {
             endpoint: format!("http://127.0.0.1:{port}"),
             seen: Arc::clone(&log),
+            faults: Arc::clone(&faults),
         };
         std::thread::spawn(move || {
             let rt = tokio::runtime::Builder::new_current_thread()
@@ -756,6 +787,7 @@ impl Proxy {
                 let seen = Arc::clone(&seen);
                 let lost = Arc::clone(&lost);
                 let log = Arc::clone(&log);
+                let faults = Arc::clone(&faults);
                 tokio::spawn(async move {
                     // Read the request head; one request per connection (Connection: close).
                     let mut buf = Vec::new();
@@ -778,6 +810,35 @@ impl Proxy {
                     });
                     if let (Some(method), Some(target), Ok(mut log)) = (first.next(), first.next(), log.lock()) {
                         log.push(SeenRequest { method: method.into(), target: target.into(), range });
+                    }
+                    let mut cut_answer = false;
+                    if let ProxyMode::Faults { percent, seed } = mode {
+                        let r = mix(seed ^ mix(seen.fetch_add(1, Ordering::SeqCst) as u64));
+                        if r % 100 < percent {
+                            let kind = ((r >> 32) % 5) as usize;
+                            faults[kind].fetch_add(1, Ordering::Relaxed);
+                            let answer = |status: &str, code: &str| {
+                                let body = format!("<Error><Code>{code}</Code></Error>");
+                                format!("HTTP/1.1 {status}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len())
+                            };
+                            match kind {
+                                0 => {
+                                    let _ = client.write_all(answer("503 Service Unavailable", "SlowDown").as_bytes()).await;
+                                    return;
+                                }
+                                1 => {
+                                    let _ = client.write_all(answer("500 Internal Server Error", "InternalError").as_bytes()).await;
+                                    return;
+                                }
+                                2 => {
+                                    // RST, not FIN.
+                                    let _ = client.set_zero_linger();
+                                    return;
+                                }
+                                3 => cut_answer = true,
+                                _ => tokio::time::sleep(std::time::Duration::from_millis(100)).await,
+                            }
+                        }
                     }
                     if let ProxyMode::FailFirst(n) = mode
                         && seen.fetch_add(1, Ordering::SeqCst) < n
@@ -836,6 +897,29 @@ impl Proxy {
                             body.len()
                         );
                         let _ = from_client.write_all(resp.as_bytes()).await;
+                        return;
+                    }
+                    if cut_answer {
+                        // The request's body, then half of the server's whole answer.
+                        let body_len = head
+                            .lines()
+                            .find_map(|l| l.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().parse::<usize>().unwrap_or(0)))
+                            .unwrap_or(0);
+                        let mut left = body_len.saturating_sub(buf.len() - head_end);
+                        while left > 0 {
+                            let n = match client.read(&mut chunk).await {
+                                Ok(0) | Err(_) => return,
+                                Ok(n) => n,
+                            };
+                            if server.write_all(&chunk[..n]).await.is_err() {
+                                return;
+                            }
+                            left = left.saturating_sub(n);
+                        }
+                        let mut answer = Vec::new();
+                        let _ = server.read_to_end(&mut answer).await;
+                        let _ = client.write_all(&answer[..answer.len() / 2]).await;
+                        let _ = client.shutdown().await;
                         return;
                     }
                     if let ProxyMode::CutBodies { after, times } = mode
