@@ -710,6 +710,35 @@ pub enum ProxyMode {
 /// The fault kinds of [`ProxyMode::Faults`], in [`Proxy::faults`]'s order.
 pub const FAULT_KINDS: [&str; 5] = ["503", "500", "reset", "cut answer", "stall"];
 
+/// Forwards the rest of a request's body from `client` to `server` (`sent` bytes of it went
+/// with the head), then reads the server's whole answer; `None` when either side failed first.
+async fn finish_request(
+    client: &mut tokio::net::TcpStream,
+    server: &mut tokio::net::TcpStream,
+    head: &str,
+    sent: usize,
+) -> Option<Vec<u8>> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let body_len = head
+        .lines()
+        .find_map(|l| {
+            let l = l.to_ascii_lowercase();
+            l.strip_prefix("content-length:")
+                .map(|v| v.trim().parse::<usize>().unwrap_or(0))
+        })
+        .unwrap_or(0);
+    let mut left = body_len.saturating_sub(sent);
+    let mut chunk = [0u8; 8192];
+    while left > 0 {
+        let n = client.read(&mut chunk).await.ok().filter(|&n| n > 0)?;
+        server.write_all(&chunk[..n]).await.ok()?;
+        left = left.saturating_sub(n);
+    }
+    let mut answer = Vec::new();
+    let _ = server.read_to_end(&mut answer).await;
+    Some(answer)
+}
+
 /// splitmix64: the fault generator's step.
 fn mix(mut z: u64) -> u64 {
     z = z.wrapping_add(0x9E37_79B9_7F4A_7C15);
@@ -874,23 +903,9 @@ impl Proxy {
                     {
                         // The rest of the body, then the server's whole answer, which is dropped.
                         let (mut from_client, mut to_server) = (client, server);
-                        let body_len = head
-                            .lines()
-                            .find_map(|l| l.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().parse::<usize>().unwrap_or(0)))
-                            .unwrap_or(0);
-                        let mut left = body_len.saturating_sub(buf.len() - head_end);
-                        while left > 0 {
-                            let n = match from_client.read(&mut chunk).await {
-                                Ok(0) | Err(_) => return,
-                                Ok(n) => n,
-                            };
-                            if to_server.write_all(&chunk[..n]).await.is_err() {
-                                return;
-                            }
-                            left = left.saturating_sub(n);
+                        if finish_request(&mut from_client, &mut to_server, &head, buf.len() - head_end).await.is_none() {
+                            return;
                         }
-                        let mut answer = Vec::new();
-                        let _ = to_server.read_to_end(&mut answer).await;
                         let body = "<Error><Code>InternalError</Code></Error>";
                         let resp = format!(
                             "HTTP/1.1 500 Internal Server Error\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
@@ -901,23 +916,9 @@ impl Proxy {
                     }
                     if cut_answer {
                         // The request's body, then half of the server's whole answer.
-                        let body_len = head
-                            .lines()
-                            .find_map(|l| l.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().parse::<usize>().unwrap_or(0)))
-                            .unwrap_or(0);
-                        let mut left = body_len.saturating_sub(buf.len() - head_end);
-                        while left > 0 {
-                            let n = match client.read(&mut chunk).await {
-                                Ok(0) | Err(_) => return,
-                                Ok(n) => n,
-                            };
-                            if server.write_all(&chunk[..n]).await.is_err() {
-                                return;
-                            }
-                            left = left.saturating_sub(n);
-                        }
-                        let mut answer = Vec::new();
-                        let _ = server.read_to_end(&mut answer).await;
+                        let Some(answer) = finish_request(&mut client, &mut server, &head, buf.len() - head_end).await else {
+                            return;
+                        };
                         let _ = client.write_all(&answer[..answer.len() / 2]).await;
                         let _ = client.shutdown().await;
                         return;

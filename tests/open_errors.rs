@@ -451,7 +451,7 @@ async fn a_flaky_network_loses_nothing_acknowledged() {
     // Packed puts and deletes go through one pack writer per shard, whose group writes wait
     // out each fault in turn: the CI slice runs a quarter as many operations there.
     let full = std::env::var("PIECESTORE_FAULT_OPS").is_ok();
-    for (packed, ops) in [(false, ops), (true, if full { ops } else { ops / 4 })] {
+    for (packed, ops) in [(true, if full { ops } else { ops / 4 }), (false, ops)] {
         let name = unique_name(if packed { "faults-p" } else { "faults-u" });
         let mut c = s.config(&name, 2);
         c.backend.check_bucket = false;

@@ -39,25 +39,28 @@ impl Backend {
         let path = pack_path(id);
         let create = self.honours_create().await;
         let payload: PutPayload = payload.into();
-        match self.put_reserved(&path, payload.clone(), create).await? {
-            true => Ok(()),
-            false
-                if self
-                    .read_pack(id)
-                    .await
-                    .is_ok_and(|there| same(&there, &payload)) =>
-            {
-                tracing::debug!(pack = %path, "a retried pack write found its own first attempt");
-                Ok(())
-            }
-            false => Err(Error::Backend {
-                op: "put",
-                key: Some(path),
-                backend: self.label().into(),
-                message: "a pack of this id exists already".into(),
-                retryable: false,
-            }),
+        if self.put_reserved(&path, payload.clone(), create).await? {
+            return Ok(());
         }
+        let (found, retryable) = match self.read_pack(id).await {
+            Ok(there) if same(&there, &payload) => {
+                tracing::debug!(pack = %path, "a retried pack write found its own first attempt");
+                return Ok(());
+            }
+            Ok(there) => {
+                let n = payload.content_length();
+                (format!("{} bytes, not the {n} written", there.len()), false)
+            }
+            // Whether it is this write's own cannot be told now: a retry may tell.
+            Err(e) => (format!("reading it back failed: {e}"), e.is_retryable()),
+        };
+        Err(Error::Backend {
+            op: "put",
+            key: Some(path),
+            backend: self.label().into(),
+            message: format!("a pack of this id exists already ({found})"),
+            retryable,
+        })
     }
 
     /// Reads `range` of a pack (one ranged GET). `NotFound` names the pack.
