@@ -651,13 +651,16 @@ impl PieceStore {
                 if meta.crc32c.is_none() && !self.inner.allow_unverified {
                     return Err(unverifiable(key, &backend));
                 }
-                if meta.size <= STREAM_CHUNK as u64
-                    && let Some(first) = chunks.next().await
-                {
+                if meta.size <= STREAM_CHUNK as u64 {
                     // One chunk, which comes verified: its error, if any, comes now, before
                     // the caller has sent anything (an HTTP status, say).
-                    let first = first?;
-                    chunks = stream::once(async move { Ok(first) }).chain(chunks).boxed();
+                    chunks = match chunks.next().await {
+                        Some(first) => {
+                            let first = first?;
+                            stream::once(async move { Ok(first) }).chain(chunks).boxed()
+                        }
+                        None => stream::empty().boxed(),
+                    };
                 }
                 Ok((meta, chunks))
             };

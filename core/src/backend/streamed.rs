@@ -158,6 +158,7 @@ pub(crate) fn verified(
             }
         }
     })
+    .fuse()
     .boxed()
 }
 
