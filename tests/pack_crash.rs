@@ -753,9 +753,22 @@ async fn shared_rounds(name: &str, bucket: Option<&Bucket>, rounds: u64) {
             // Read every acknowledged put from here while the writers go on.
             let reader = dir_of("reader");
             let open = || async {
-                PieceStore::open(pack_writer::config(&reader, bucket).expect("config"))
-                    .await
-                    .expect("open the shared store here")
+                // s3s-fs answers a LIST 500 now and then when a file it lists is deleted under
+                // it (the collector deletes packs all the while): a retryable error, which an
+                // open may meet after its own retries too. Try a few times.
+                let mut tries = 0;
+                loop {
+                    let config = pack_writer::config(&reader, bucket).expect("config");
+                    match PieceStore::open(config).await {
+                        Ok(store) => break store,
+                        Err(e) if e.is_retryable() && tries < 5 => {
+                            eprintln!("{name}: opening the shared store here: {e}; again");
+                            tries += 1;
+                            tokio::time::sleep(Duration::from_millis(200)).await;
+                        }
+                        Err(e) => panic!("open the shared store here: {e:?}"),
+                    }
+                }
             };
             let mut store = open().await;
             let until = Instant::now() + Duration::from_millis(2500);
