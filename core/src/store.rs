@@ -709,42 +709,10 @@ impl PieceStore {
         if !self.inner.metrics.enabled() {
             return inner;
         }
-        struct Reading {
-            store: PieceStore,
-            shard: usize,
-            start: Instant,
-            bytes: u64,
-            failed: Option<crate::ErrorKind>,
-        }
-        impl Reading {
-            fn saw(&mut self, item: &Result<Bytes>) {
-                match item {
-                    Ok(b) => self.bytes += b.len() as u64,
-                    Err(e) => {
-                        self.failed.get_or_insert(e.kind());
-                    }
-                }
-            }
-        }
-        impl Drop for Reading {
-            fn drop(&mut self) {
-                let outcome = self.failed.map_or(Ok(self.bytes), Err);
-                (self.store.inner.metrics).record(
-                    self.shard,
-                    Op::Get,
-                    self.start.elapsed(),
-                    outcome,
-                );
-            }
-        }
-        let mut reading = Reading {
-            store: self.clone(),
-            shard,
-            start,
-            bytes: 0,
-            failed: None,
-        };
-        inner.inspect(move |item| reading.saw(item)).boxed()
+        let mut recorded = StreamRecord::new(self, Op::Get, shard, start);
+        inner
+            .inspect(move |item| recorded.saw(item, |b| b.len() as u64))
+            .boxed()
     }
 
     /// [`PieceStore::get`] that also returns when its first byte could be read (for the
@@ -970,36 +938,8 @@ impl PieceStore {
         if !self.inner.metrics.enabled() {
             return inner;
         }
-        struct Listing {
-            store: PieceStore,
-            shard: usize,
-            start: Instant,
-            outcome: Option<std::result::Result<u64, crate::ErrorKind>>,
-        }
-        impl Drop for Listing {
-            fn drop(&mut self) {
-                let outcome = self.outcome.take().unwrap_or(Ok(0));
-                (self.store.inner.metrics).record(
-                    self.shard,
-                    Op::List,
-                    self.start.elapsed(),
-                    outcome,
-                );
-            }
-        }
-        let mut listing = Listing {
-            store: self.clone(),
-            shard,
-            start: Instant::now(),
-            outcome: None,
-        };
-        inner
-            .inspect(move |item| {
-                if let Err(e) = item {
-                    listing.outcome.get_or_insert(Err(e.kind()));
-                }
-            })
-            .boxed()
+        let mut recorded = StreamRecord::new(self, Op::List, shard, Instant::now());
+        inner.inspect(move |item| recorded.saw(item, |_| 0)).boxed()
     }
 
     /// Enters the store for one operation: `Closed` once `close` has begun; else a share of
@@ -1575,6 +1515,48 @@ fn found(head: Result<PieceMeta>) -> Result<bool> {
         Ok(_) => Ok(true),
         Err(Error::NotFound { .. }) => Ok(false),
         Err(e) => Err(e),
+    }
+}
+
+/// One streamed operation (a list, a streamed get), recorded once when its stream ends or is
+/// dropped: the bytes its items carried, or the first error it met.
+struct StreamRecord {
+    store: PieceStore,
+    op: Op,
+    shard: usize,
+    start: Instant,
+    bytes: u64,
+    failed: Option<crate::ErrorKind>,
+}
+
+impl StreamRecord {
+    fn new(store: &PieceStore, op: Op, shard: usize, start: Instant) -> Self {
+        StreamRecord {
+            store: store.clone(),
+            op,
+            shard,
+            start,
+            bytes: 0,
+            failed: None,
+        }
+    }
+
+    /// Counts one item: `size` of it, or its error.
+    fn saw<T>(&mut self, item: &Result<T>, size: impl Fn(&T) -> u64) {
+        match item {
+            Ok(t) => self.bytes += size(t),
+            Err(e) => {
+                self.failed.get_or_insert(e.kind());
+            }
+        }
+    }
+}
+
+impl Drop for StreamRecord {
+    fn drop(&mut self) {
+        let outcome = self.failed.map_or(Ok(self.bytes), Err);
+        let elapsed = self.start.elapsed();
+        (self.store.inner.metrics).record(self.shard, self.op, elapsed, outcome);
     }
 }
 
