@@ -115,7 +115,10 @@ impl SqliteIndex {
                     op: "open",
                     key: None,
                     backend: label,
-                    message: format!("the pack index cannot be opened: {e}"),
+                    message: format!(
+                        "the pack index cannot be opened: {e}{}",
+                        read_only_hint(path)
+                    ),
                     retryable: busy(&e),
                 });
             }
@@ -560,6 +563,30 @@ impl Tables<'_> {
 /// Settings of every connection: pages read through a memory map (no read syscall per page),
 /// and the log checkpointed every 4,096 pages rather than 1,000 (a checkpoint waits for the
 /// disk).
+/// Why an index beside `path` cannot be written, when its directory is on a read-only
+/// filesystem (a packed store writes its index, leases and packs there, even to read).
+fn read_only_hint(path: &Path) -> &'static str {
+    let Some(dir) = path.parent() else {
+        return "";
+    };
+    let Ok(c) = std::ffi::CString::new(dir.as_os_str().as_encoded_bytes()) else {
+        return "";
+    };
+    // SAFETY: `c` is a NUL-terminated path.
+    let rc = unsafe { libc::access(c.as_ptr(), libc::W_OK) };
+    if rc == 0 {
+        return "";
+    }
+    match std::io::Error::last_os_error().raw_os_error() {
+        Some(libc::EROFS) => {
+            " (its directory is on a read-only filesystem: a packed store writes its index \
+             there, even to read; remount it read-write)"
+        }
+        Some(libc::EACCES) => " (its directory is not writable by this user)",
+        _ => "",
+    }
+}
+
 fn tune(c: &Connection) -> rusqlite::Result<()> {
     c.pragma_update(None, "mmap_size", 1i64 << 30)?;
     c.pragma_update(None, "wal_autocheckpoint", 4096)?;

@@ -439,6 +439,31 @@ impl Drop for Idle<'_> {
     }
 }
 
+/// What this says of a commit that failed after its group's records reached the pack: the
+/// writes are durable, and the index takes them in first thing on its next commit (or when
+/// the store opens again), so the caller must not take the error for "nothing happened".
+pub(crate) const IN_PACK_NOT_INDEXED: &str = "this write is in its pack, and takes effect once \
+     the index can be written (at the latest when the store opens again)";
+
+fn in_pack_not_indexed(e: Error) -> Error {
+    match e {
+        Error::Backend {
+            op,
+            key,
+            backend,
+            message,
+            retryable,
+        } => Error::Backend {
+            op,
+            key,
+            backend,
+            message: format!("{message}; {IN_PACK_NOT_INDEXED}"),
+            retryable,
+        },
+        other => other,
+    }
+}
+
 /// What an append's error is, as the store says it.
 fn append_result(backend: &Backend, result: std::result::Result<(), AppendError>) -> Result<()> {
     result.map_err(|e| match e {
@@ -592,7 +617,7 @@ impl AppendJob {
                 }
                 Ok(lost)
             })
-            .map_err(AppendError::Index);
+            .map_err(|e| AppendError::Index(in_pack_not_indexed(e)));
         let unsealed = if committed.is_err() { retired } else { None };
         (kept, committed, unsealed)
     }
