@@ -383,11 +383,17 @@ pub fn scan_from(pack: &[u8], start: u64) -> Scan {
 }
 
 fn scan_records(pack: &[u8], start: u64) -> Scan {
-    let mut out = Scan::default();
-    let mut at = start as usize;
+    let mut out = Scan {
+        end: start,
+        ..Scan::default()
+    };
+    // A start past the bytes (or past what an address holds) finds nothing there.
+    let Ok(mut at) = usize::try_from(start) else {
+        return out;
+    };
     loop {
         out.end = at as u64;
-        if pack.len() < at + RECORD_HEADER || pack[at..at + 4] != RECORD_MAGIC {
+        if pack.len().saturating_sub(at) < RECORD_HEADER || pack[at..at + 4] != RECORD_MAGIC {
             return out;
         }
         let h = &pack[at..at + RECORD_HEADER];
@@ -440,6 +446,29 @@ pub fn tombstone_target(payload: &[u8]) -> Option<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Found by the `pack_format` fuzz target: a scan starting past the bytes reported an end
+    /// past them, and a start near `u64::MAX` overflowed.
+    #[test]
+    fn a_scan_from_past_the_end_finds_nothing() {
+        let (bytes, _) = {
+            let mut b = PackBuilder::new();
+            b.push_piece("a", 1, b"x", crc32c(b"x"));
+            b.finish()
+        };
+        for start in [
+            bytes.len() as u64,
+            bytes.len() as u64 + 5,
+            u64::MAX - 3,
+            u64::MAX,
+        ] {
+            let s = scan_from(&bytes, start);
+            assert!(s.entries.is_empty() && s.damaged.is_empty(), "{start}");
+            assert_eq!(s.end, start);
+        }
+        let s = scan_from(&[0u8; 17], 0x20_0000_0000_0000);
+        assert!(s.entries.is_empty());
+    }
 
     #[test]
     fn footer_and_scan_agree() {
