@@ -19,6 +19,7 @@ import subprocess
 import sys
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 import uuid
 from pathlib import Path
@@ -373,6 +374,33 @@ def test_every_path_escape_and_oversized_headers_are_refused(served: Served) -> 
     k = key()
     s3.put_object(Bucket="pieces", Key=k, Body=b"still here")
     assert s3.get_object(Bucket="pieces", Key=k)["Body"].read() == b"still here"
+
+
+def test_a_malformed_credential_date_is_refused_not_dropped(served: Served) -> None:
+    """A SigV4 credential whose date holds a character below '0' (found by the s3_http fuzz
+    target) is answered 4xx, in a header and in a presigned URL; the S3 library we use computed
+    `c - b'0'` before checking for a digit, which overflowed in debug builds and dropped the
+    connection without an answer."""
+    host = served.endpoint.split("://", 1)[1]
+    credential = f"{ACCESS}/2026!201/us-east-1/s3/aws4_request"
+    requests = [
+        f"PUT /pieces/{key()} HTTP/1.1\r\nHost: {host}\r\nx-amz-date: 20261201T000000Z\r\n"
+        "x-amz-content-sha256: UNSIGNED-PAYLOAD\r\n"
+        f"Authorization: AWS4-HMAC-SHA256 Credential={credential}, "
+        f"SignedHeaders=host;x-amz-content-sha256;x-amz-date, Signature={'0' * 64}\r\n"
+        "Content-Length: 1\r\nConnection: close\r\n\r\nx",
+        f"GET /pieces/{key()}?X-Amz-Algorithm=AWS4-HMAC-SHA256"
+        f"&X-Amz-Credential={urllib.parse.quote(credential, safe='')}"
+        "&X-Amz-Date=20261201T000000Z&X-Amz-Expires=60&X-Amz-SignedHeaders=host"
+        f"&X-Amz-Signature={'0' * 64} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n",
+    ]
+    for request in requests:
+        with socket.create_connection(tuple(host.rsplit(":", 1)), timeout=10) as c:  # type: ignore[arg-type]
+            c.sendall(request.encode())
+            answer = b""
+            while chunk := c.recv(65536):
+                answer += chunk
+        assert answer.startswith(b"HTTP/1.1 4"), (request[:60], answer[:300])
 
 
 def test_auth_signatures_presigned_urls_and_public_buckets(served: Served) -> None:
