@@ -442,7 +442,7 @@ impl Drop for Idle<'_> {
 /// What this says of a commit that failed after its group's records reached the pack: the
 /// writes are durable, and the index takes them in first thing on its next commit (or when
 /// the store opens again), so the caller must not take the error for "nothing happened".
-pub(crate) const IN_PACK_NOT_INDEXED: &str = "this write is in its pack, and takes effect once \
+const IN_PACK_NOT_INDEXED: &str = "this write is in its pack, and takes effect once \
      the index can be written (at the latest when the store opens again)";
 
 fn in_pack_not_indexed(e: Error) -> Error {
