@@ -560,9 +560,6 @@ impl Tables<'_> {
     }
 }
 
-/// Settings of every connection: pages read through a memory map (no read syscall per page),
-/// and the log checkpointed every 4,096 pages rather than 1,000 (a checkpoint waits for the
-/// disk).
 /// Why an index beside `path` cannot be written, when its directory is on a read-only
 /// filesystem (a packed store writes its index, leases and packs there, even to read).
 fn read_only_hint(path: &Path) -> &'static str {
@@ -587,6 +584,9 @@ fn read_only_hint(path: &Path) -> &'static str {
     }
 }
 
+/// Settings of every connection: pages read through a memory map (no read syscall per page),
+/// and the log checkpointed every 4,096 pages rather than 1,000 (a checkpoint waits for the
+/// disk).
 fn tune(c: &Connection) -> rusqlite::Result<()> {
     c.pragma_update(None, "mmap_size", 1i64 << 30)?;
     c.pragma_update(None, "wal_autocheckpoint", 4096)?;

@@ -445,23 +445,12 @@ impl Drop for Idle<'_> {
 const IN_PACK_NOT_INDEXED: &str = "this write is in its pack, and takes effect once \
      the index can be written (at the latest when the store opens again)";
 
-fn in_pack_not_indexed(e: Error) -> Error {
-    match e {
-        Error::Backend {
-            op,
-            key,
-            backend,
-            message,
-            retryable,
-        } => Error::Backend {
-            op,
-            key,
-            backend,
-            message: format!("{message}; {IN_PACK_NOT_INDEXED}"),
-            retryable,
-        },
-        other => other,
+fn in_pack_not_indexed(mut e: Error) -> Error {
+    if let Error::Backend { message, .. } = &mut e {
+        message.push_str("; ");
+        message.push_str(IN_PACK_NOT_INDEXED);
     }
+    e
 }
 
 /// What an append's error is, as the store says it.
