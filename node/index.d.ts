@@ -294,6 +294,17 @@ export interface StoreOptions {
   requestTimeout?: number | string
   /** Timeout of connecting. */
   connectTimeout?: number | string
+  /** Deadline of one whole read (get, head, exists), retries included (default 0: none). */
+  getTimeout?: number | string
+  /**
+   * Deadline of one whole put, retries included (default 0: none). A timed-out put may
+   * still have stored its bytes; putting the same bytes again succeeds.
+   */
+  putTimeout?: number | string
+  /** Deadline of one whole delete, retries included (default 0: none). */
+  deleteTimeout?: number | string
+  /** Longest wait for the next page of a listing, retries included (default 0: none). */
+  listTimeout?: number | string
   /**
    * Whether create-only writes use the backend's conditional put (`If-None-Match: *`):
    * `"auto"` (the default: probe the backend on the first write, and check with a HEAD

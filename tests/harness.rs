@@ -693,6 +693,10 @@ pub enum ProxyMode {
         /// How many responses are cut.
         times: usize,
     },
+    /// A server that never answers: every request whose target contains the text, and every
+    /// bulk delete (`POST ?delete`, whose keys are in its body), is read and then held open,
+    /// unanswered, for two minutes. Other requests are forwarded.
+    Hold(&'static str),
     /// A flaky network and server: each request, with probability `percent` in 100 (chosen by
     /// a generator seeded with `seed`), meets one of five faults, in turn: a `503 SlowDown`
     /// answer; a `500 InternalError` answer; the connection reset before it is forwarded; the
@@ -839,6 +843,14 @@ impl Proxy {
                     });
                     if let (Some(method), Some(target), Ok(mut log)) = (first.next(), first.next(), log.lock()) {
                         log.push(SeenRequest { method: method.into(), target: target.into(), range });
+                    }
+                    if let ProxyMode::Hold(needle) = mode
+                        && head.split_whitespace().nth(1).is_some_and(|t| {
+                            t.contains(needle) || (head.starts_with("POST ") && t.contains("?delete"))
+                        })
+                    {
+                        tokio::time::sleep(std::time::Duration::from_secs(120)).await;
+                        return;
                     }
                     let mut cut_answer = false;
                     if let ProxyMode::Faults { percent, seed } = mode {

@@ -351,6 +351,95 @@ async fn metrics_can_be_turned_off() {
 /// pinned to the object's ETag, as `object_store` makes it) instead of starting over, and
 /// still verifies the whole piece; a streamed get likewise. On each S3 server, and on
 /// `piecestore serve`'s S3 API.
+/// `GetTimeout`, `PutTimeout`, `DeleteTimeout` and `ListTimeout` each cut off their operation
+/// on a server that holds it, long before `RequestTimeout` would, with a retryable error that
+/// names the option; operations the server answers are not affected.
+#[tokio::test]
+async fn per_operation_timeouts_cut_off_a_server_that_never_answers() {
+    use piecestore_tests::{Proxy, ProxyMode};
+    use std::time::{Duration, Instant};
+    let Some(s) = server(ServerKind::S3sFs) else {
+        return;
+    };
+    let bucket = unique_name("deadlines");
+    let mut seed = s.config(&bucket, 0);
+    seed.pack.enabled = Some(false);
+    PieceStore::open(seed.clone())
+        .await
+        .expect("open")
+        .put("held_1", "stored before the server stalls")
+        .await
+        .expect("put held_1 directly");
+    let proxy = Proxy::start(&s.endpoint, ProxyMode::Hold("held"));
+    let seed_again = seed.clone();
+    let mut c = seed;
+    c.store.bucket_url = c.store.bucket_url.replace(&s.endpoint, &proxy.endpoint);
+    // s3s-fs honours create-only puts: no probe (its clean-up is a bulk delete, held here).
+    c.backend.conditional_writes = piecestore::config::ConditionalWrites::On;
+    // One attempt would wait a minute; the deadlines are far shorter.
+    c.backend.request_timeout = Duration::from_secs(60);
+    for (name, value) in [
+        ("get_timeout", "300ms"),
+        ("put-timeout", "300ms"),
+        ("DeleteTimeout", "300ms"),
+        ("list_timeout", "300ms"),
+    ] {
+        c.set_option(name, piecestore::config::OptionValue::Str(value.into()))
+            .expect(name);
+    }
+    let store = PieceStore::open(c).await.expect("open through the proxy");
+
+    // A key the server answers for works as usual under the deadlines.
+    store.put("fine_1", "answered").await.expect("put fine_1");
+    assert_eq!(
+        &store.get("fine_1").await.expect("get fine_1")[..],
+        b"answered"
+    );
+
+    let check = |what: &str, option: &str, started: Instant, e: piecestore::Error| {
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "{what} waited {:?}: its deadline did not cut it off",
+            started.elapsed()
+        );
+        assert_eq!(e.kind(), ErrorKind::Backend, "{what}: {e}");
+        assert!(e.is_retryable(), "{what}: a timeout is retryable: {e}");
+        assert!(e.to_string().contains(option), "{what}: {e}");
+    };
+    let t = Instant::now();
+    check("get", "GetTimeout", t, store.get("held_1").await.no_ok());
+    let t = Instant::now();
+    check("head", "GetTimeout", t, store.head("held_1").await.no_ok());
+    let t = Instant::now();
+    check(
+        "put",
+        "PutTimeout",
+        t,
+        store.put("held_2", "x").await.no_ok(),
+    );
+    let t = Instant::now();
+    check(
+        "delete",
+        "DeleteTimeout",
+        t,
+        store.delete("held_1").await.no_ok(),
+    );
+    let t = Instant::now();
+    let listed: Vec<_> = futures::StreamExt::collect(store.list("held_")).await;
+    let e = listed
+        .into_iter()
+        .find_map(|r| r.err())
+        .expect("a held listing ends with an error");
+    check("list", "ListTimeout", t, e);
+
+    // Nothing was lost: the held piece is still there, read without the proxy.
+    let direct = PieceStore::open(seed_again).await.expect("open");
+    assert_eq!(
+        &direct.get("held_1").await.expect("held_1 survives")[..],
+        b"stored before the server stalls"
+    );
+}
+
 #[tokio::test]
 async fn a_get_cut_mid_body_resumes_from_the_last_byte() {
     use futures::TryStreamExt;

@@ -419,6 +419,24 @@ pub struct BackendOptions {
         deserialize_with = "de_delay"
     )]
     pub connect_timeout: Duration,
+    /// Deadline of one whole read of a piece or of a pack's bytes (get, range get, head,
+    /// exists; a streamed get until it opens), all its attempts and retries included. `0s`
+    /// (the default): none, each attempt is bounded by `RequestTimeout` and retrying by
+    /// `RetryTimeout`. A timed-out read fails with a retryable backend error naming this option.
+    #[serde(rename = "GetTimeout", default, deserialize_with = "de_delay")]
+    pub get_timeout: Duration,
+    /// Deadline of one whole write (a piece, or a pack object), retries included. `0s` (the
+    /// default): none. A timed-out put may still have stored its bytes: pieces are immutable, so
+    /// putting the same bytes again is safe and succeeds.
+    #[serde(rename = "PutTimeout", default, deserialize_with = "de_delay")]
+    pub put_timeout: Duration,
+    /// Deadline of one whole delete, retries included. `0s` (the default): none.
+    #[serde(rename = "DeleteTimeout", default, deserialize_with = "de_delay")]
+    pub delete_timeout: Duration,
+    /// Longest wait for the next entry of a listing (one page from a bucket), retries
+    /// included. `0s` (the default): none.
+    #[serde(rename = "ListTimeout", default, deserialize_with = "de_delay")]
+    pub list_timeout: Duration,
     /// `auto` (default), `on` or `off`.
     #[serde(rename = "ConditionalWrites", default)]
     pub conditional_writes: ConditionalWrites,
@@ -477,6 +495,10 @@ impl Default for BackendOptions {
             retry_timeout: d_60s(),
             request_timeout: d_60s(),
             connect_timeout: d_5s(),
+            get_timeout: Duration::ZERO,
+            put_timeout: Duration::ZERO,
+            delete_timeout: Duration::ZERO,
+            list_timeout: Duration::ZERO,
             conditional_writes: ConditionalWrites::Auto,
             fsync: true,
             check_bucket: true,
@@ -1152,6 +1174,10 @@ pub const OPTION_NAMES: &[&str] = &[
     "RetryTimeout",
     "RequestTimeout",
     "ConnectTimeout",
+    "GetTimeout",
+    "PutTimeout",
+    "DeleteTimeout",
+    "ListTimeout",
     "ConditionalWrites",
     "Fsync",
     "CheckBucket",
@@ -1337,7 +1363,8 @@ fn option_spec(name: &str) -> (OptionKind, &'static str) {
         ),
         "MaxRetries" => (Number, "a whole number of retries, 0 or more"),
         "MinRetryDelay" | "MaxRetryDelay" | "RetryTimeout" | "RequestTimeout"
-        | "ConnectTimeout" | "PackMaxAge" | "GcGrace" | "GcInterval" => (Duration, DURATION),
+        | "ConnectTimeout" | "GetTimeout" | "PutTimeout" | "DeleteTimeout" | "ListTimeout"
+        | "PackMaxAge" | "GcGrace" | "GcInterval" => (Duration, DURATION),
         "CacheAdmit" => (Choice, "\"reads\" or \"reads-and-writes\""),
         "CacheDisk" | "IndexDir" => (Text, "a directory path"),
         "PackThreshold" | "PackTargetSize" | "CacheMemory" | "CacheDiskSize" | "CacheMaxPiece" => {
@@ -1660,6 +1687,10 @@ impl Config {
             "RetryTimeout" => self.backend.retry_timeout = delay(v).map_err(bad)?,
             "RequestTimeout" => self.backend.request_timeout = delay(v).map_err(bad)?,
             "ConnectTimeout" => self.backend.connect_timeout = delay(v).map_err(bad)?,
+            "GetTimeout" => self.backend.get_timeout = delay(v).map_err(bad)?,
+            "PutTimeout" => self.backend.put_timeout = delay(v).map_err(bad)?,
+            "DeleteTimeout" => self.backend.delete_timeout = delay(v).map_err(bad)?,
+            "ListTimeout" => self.backend.list_timeout = delay(v).map_err(bad)?,
             "ConditionalWrites" => self.backend.conditional_writes = de(v).map_err(bad)?,
             "Fsync" => self.backend.fsync = de(v).map_err(bad)?,
             "CheckBucket" => self.backend.check_bucket = de(v).map_err(bad)?,
@@ -2182,6 +2213,30 @@ mod tests {
             assert_eq!(e.kind(), ErrorKind::InvalidConfig);
             assert!(e.to_string().contains(needle), "{toml:?} -> {e}");
         }
+    }
+
+    #[test]
+    fn per_operation_timeouts_are_off_unless_set() {
+        let c = Config::from_toml("[PieceStore.Store]\nBucketURL = \"memory://\"\n").unwrap();
+        assert!(c.backend.get_timeout.is_zero() && c.backend.put_timeout.is_zero());
+        assert!(c.backend.delete_timeout.is_zero() && c.backend.list_timeout.is_zero());
+        let c = Config::from_toml(
+            "[PieceStore.Store]\nBucketURL = \"memory://\"\n[PieceStore.Backend]\n\
+             GetTimeout = \"250ms\"\nPutTimeout = 3\nDeleteTimeout = \"1s\"\nListTimeout = 0.5\n",
+        )
+        .unwrap();
+        assert_eq!(c.backend.get_timeout, Duration::from_millis(250));
+        assert_eq!(c.backend.put_timeout, Duration::from_secs(3));
+        assert_eq!(c.backend.delete_timeout, Duration::from_secs(1));
+        assert_eq!(c.backend.list_timeout, Duration::from_millis(500));
+        let c = Config::from_url("memory://?get_timeout=2s&list-timeout=100ms").unwrap();
+        assert_eq!(c.backend.get_timeout, Duration::from_secs(2));
+        assert_eq!(c.backend.list_timeout, Duration::from_millis(100));
+        let e = Config::from_url("memory://?put_timeout=soon").unwrap_err();
+        assert!(
+            e.to_string().contains("put_timeout takes a duration"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -71,6 +71,23 @@ OPTION_DOCS: Dict[str, Tuple[str, str]] = {
     "RetryTimeout": ("duration", "stop retrying a request after this long (default 60s)"),
     "RequestTimeout": ("duration", "timeout of one HTTP request (default 60s)"),
     "ConnectTimeout": ("duration", "timeout of one connect (default 5s)"),
+    "GetTimeout": (
+        "duration",
+        "deadline of one whole read (get, head, exists), retries included (default 0s: none)",
+    ),
+    "PutTimeout": (
+        "duration",
+        "deadline of one whole put, retries included; a timed-out put may still have stored "
+        "its bytes, and putting the same bytes again succeeds (default 0s: none)",
+    ),
+    "DeleteTimeout": (
+        "duration",
+        "deadline of one whole delete, retries included (default 0s: none)",
+    ),
+    "ListTimeout": (
+        "duration",
+        "longest wait for the next page of a listing, retries included (default 0s: none)",
+    ),
     "ConditionalWrites": (
         "str or bool",
         '``"auto"`` (the default: probe once whether the backend honours ``If-None-Match``), '

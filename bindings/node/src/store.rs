@@ -73,6 +73,19 @@ pub struct StoreOptions {
     /// Timeout of connecting.
     #[napi(ts_type = "number | string")]
     pub connect_timeout: Option<String>,
+    /// Deadline of one whole read (get, head, exists), retries included (default 0: none).
+    #[napi(ts_type = "number | string")]
+    pub get_timeout: Option<String>,
+    /// Deadline of one whole put, retries included (default 0: none). A timed-out put may
+    /// still have stored its bytes; putting the same bytes again succeeds.
+    #[napi(ts_type = "number | string")]
+    pub put_timeout: Option<String>,
+    /// Deadline of one whole delete, retries included (default 0: none).
+    #[napi(ts_type = "number | string")]
+    pub delete_timeout: Option<String>,
+    /// Longest wait for the next page of a listing, retries included (default 0: none).
+    #[napi(ts_type = "number | string")]
+    pub list_timeout: Option<String>,
     /// Whether create-only writes use the backend's conditional put (`If-None-Match: *`):
     /// `"auto"` (the default: probe the backend on the first write, and check with a HEAD
     /// before each write where it ignores them), `"on"` (always) or `"off"` (always HEAD

@@ -106,6 +106,69 @@ pub(crate) struct Backend {
     /// Whether create-only puts are honoured; probed once on first write in `Auto` mode.
     honours_create: OnceCell<bool>,
     redactor: Redactor,
+    /// Per-operation deadlines (`GetTimeout`, ...); all off by default.
+    deadlines: Deadlines,
+}
+
+/// The deadlines of whole operations, retries included (`[PieceStore.Backend]`
+/// `GetTimeout`, `PutTimeout`, `DeleteTimeout`, `ListTimeout`); `None`: none.
+#[derive(Debug, Clone, Copy, Default)]
+struct Deadlines {
+    get: Option<std::time::Duration>,
+    put: Option<std::time::Duration>,
+    delete: Option<std::time::Duration>,
+    list: Option<std::time::Duration>,
+}
+
+impl Deadlines {
+    fn from_options(opts: &BackendOptions) -> Self {
+        let some = |d: std::time::Duration| (!d.is_zero()).then_some(d);
+        Deadlines {
+            get: some(opts.get_timeout),
+            put: some(opts.put_timeout),
+            delete: some(opts.delete_timeout),
+            list: some(opts.list_timeout),
+        }
+    }
+}
+
+/// Which deadline an operation runs under.
+#[derive(Debug, Clone, Copy)]
+enum Deadline {
+    Get,
+    Put,
+    Delete,
+}
+
+impl Deadline {
+    /// The option that sets it, for the error a timed-out operation gets.
+    fn option(self) -> &'static str {
+        match self {
+            Deadline::Get => "GetTimeout",
+            Deadline::Put => "PutTimeout",
+            Deadline::Delete => "DeleteTimeout",
+        }
+    }
+}
+
+/// The error of an operation cut off by its deadline: retryable (the next attempt may be
+/// faster), naming the option that set it.
+fn deadline_error(
+    op: &'static str,
+    key: Option<&str>,
+    backend: &str,
+    option: &str,
+    limit: std::time::Duration,
+) -> Error {
+    Error::Backend {
+        op,
+        key: key.map(str::to_string),
+        backend: backend.to_string(),
+        message: format!(
+            "did not finish within {limit:?} ({option}); it was cancelled, and may be tried again"
+        ),
+        retryable: true,
+    }
 }
 
 /// Labels only: the wrapped store's own `Debug` shows credentials (object_store's
@@ -229,7 +292,64 @@ impl Backend {
             fsync: opts.fsync,
             honours_create: OnceCell::new(),
             redactor,
+            deadlines: Deadlines::from_options(opts),
         })
+    }
+
+    /// Runs one whole operation (all its requests and retries) under its deadline, if one is
+    /// set; past it the operation is dropped (cancelled) and fails with [`deadline_error`].
+    async fn within<T>(
+        &self,
+        which: Deadline,
+        op: &'static str,
+        key: &str,
+        work: impl std::future::Future<Output = Result<T>>,
+    ) -> Result<T> {
+        let limit = match which {
+            Deadline::Get => self.deadlines.get,
+            Deadline::Put => self.deadlines.put,
+            Deadline::Delete => self.deadlines.delete,
+        };
+        let Some(limit) = limit else {
+            return work.await;
+        };
+        match tokio::time::timeout(limit, work).await {
+            Ok(result) => result,
+            Err(_) => Err(deadline_error(
+                op,
+                Some(key),
+                &self.label,
+                which.option(),
+                limit,
+            )),
+        }
+    }
+
+    /// A listing whose every next entry must come within `ListTimeout`, if one is set; past it
+    /// the listing ends with [`deadline_error`].
+    fn listing_within<'a, T: Send + 'a>(
+        &self,
+        listing: BoxStream<'a, Result<T>>,
+    ) -> BoxStream<'a, Result<T>> {
+        let Some(limit) = self.deadlines.list else {
+            return listing;
+        };
+        let label = self.label.clone();
+        stream::unfold(Some(listing), move |state| {
+            let label = label.clone();
+            async move {
+                let mut listing = state?;
+                match tokio::time::timeout(limit, listing.next()).await {
+                    Ok(Some(item)) => Some((item, Some(listing))),
+                    Ok(None) => None,
+                    Err(_) => Some((
+                        Err(deadline_error("list", None, &label, "ListTimeout", limit)),
+                        None,
+                    )),
+                }
+            }
+        })
+        .boxed()
     }
 
     /// Whether this backend holds state bound to the runtime that built it (an HTTP client's
@@ -500,6 +620,12 @@ impl Backend {
         crc: u32,
         overwrite: bool,
     ) -> Result<()> {
+        let work = self.put_now(key, data, crc, overwrite);
+        self.within(Deadline::Put, "put", key, work).await
+    }
+
+    /// [`Backend::put`] without its deadline.
+    async fn put_now(&self, key: &str, data: Bytes, crc: u32, overwrite: bool) -> Result<()> {
         let path = self.path(key)?;
         if let Kind::File { fs, format } = &self.kind {
             return self
@@ -682,6 +808,16 @@ impl Backend {
         key: &str,
         first_byte: &mut Option<Instant>,
     ) -> Result<(Bytes, Option<u32>)> {
+        let work = self.get_timed_now(key, first_byte);
+        self.within(Deadline::Get, "get", key, work).await
+    }
+
+    /// [`Backend::get_timed`] without its deadline.
+    async fn get_timed_now(
+        &self,
+        key: &str,
+        first_byte: &mut Option<Instant>,
+    ) -> Result<(Bytes, Option<u32>)> {
         let path = self.path(key)?;
         if let Kind::File { fs, format } = &self.kind {
             return self.get_local(fs, *format, key, &path, first_byte).await;
@@ -740,6 +876,16 @@ impl Backend {
     /// piece's first chunk is read with its open; each further chunk is one positioned read in
     /// the blocking pool, one ahead of the reader.
     pub(crate) async fn get_stream(
+        self: &Arc<Self>,
+        key: &str,
+    ) -> Result<(PieceMeta, BoxStream<'static, Result<Bytes>>)> {
+        self.within(Deadline::Get, "get", key, self.get_stream_now(key))
+            .await
+    }
+
+    /// [`Backend::get_stream`] without its deadline (which bounds the opening only: each
+    /// chunk after it is one request's, under `RequestTimeout`).
+    async fn get_stream_now(
         self: &Arc<Self>,
         key: &str,
     ) -> Result<(PieceMeta, BoxStream<'static, Result<Bytes>>)> {
@@ -810,6 +956,12 @@ impl Backend {
     /// that decides by the bytes themselves what a put left behind). A local piece is read as
     /// [`Backend::get`] reads it: its checksum is written with its bytes, in one rename.
     pub(crate) async fn get_unverified(&self, key: &str) -> Result<Bytes> {
+        self.within(Deadline::Get, "get", key, self.get_unverified_now(key))
+            .await
+    }
+
+    /// [`Backend::get_unverified`] without its deadline.
+    async fn get_unverified_now(&self, key: &str) -> Result<Bytes> {
         if let Kind::File { .. } = &self.kind {
             return self.get(key).await.map(|(b, _)| b);
         }
@@ -825,6 +977,12 @@ impl Backend {
 
     /// The piece's metadata, in one small request.
     pub(crate) async fn head(&self, key: &str) -> Result<PieceMeta> {
+        self.within(Deadline::Get, "head", key, self.head_now(key))
+            .await
+    }
+
+    /// [`Backend::head`] without its deadline.
+    async fn head_now(&self, key: &str) -> Result<PieceMeta> {
         let path = self.path(key)?;
         if let Kind::File { fs, format } = &self.kind {
             let (file, format) = (
@@ -864,6 +1022,12 @@ impl Backend {
 
     /// Deletes a piece; deleting a missing piece succeeds.
     pub(crate) async fn delete(&self, key: &str) -> Result<()> {
+        self.within(Deadline::Delete, "delete", key, self.delete_now(key))
+            .await
+    }
+
+    /// [`Backend::delete`] without its deadline.
+    async fn delete_now(&self, key: &str) -> Result<()> {
         let path = self.path(key)?;
         match self.store.delete(&path).await {
             Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
@@ -874,6 +1038,11 @@ impl Backend {
     /// Lists the keys that start with `prefix` (a plain string prefix, not only whole
     /// segments), with their stored sizes; PieceStore's own objects are left out.
     pub(crate) fn list(self: &Arc<Self>, prefix: &str) -> BoxStream<'static, Result<PieceMeta>> {
+        self.listing_within(self.list_now(prefix))
+    }
+
+    /// [`Backend::list`] without its deadline.
+    fn list_now(self: &Arc<Self>, prefix: &str) -> BoxStream<'static, Result<PieceMeta>> {
         let prefix = prefix.to_string();
         // object_store lists whole segments: list the directory part of the prefix, filter the rest.
         let dir = prefix
@@ -970,6 +1139,17 @@ impl Backend {
         payload: PutPayload,
         create: bool,
     ) -> Result<bool> {
+        let work = self.put_reserved_now(path, payload, create);
+        self.within(Deadline::Put, "put", path, work).await
+    }
+
+    /// [`Backend::put_reserved`] without its deadline.
+    async fn put_reserved_now(
+        &self,
+        path: &str,
+        payload: PutPayload,
+        create: bool,
+    ) -> Result<bool> {
         let opts = PutOptions {
             mode: if create {
                 PutMode::Create
@@ -990,6 +1170,12 @@ impl Backend {
 
     /// Reads an object whole. A missing one is `NotFound` naming `path`.
     pub(crate) async fn get_reserved(&self, path: &str) -> Result<Bytes> {
+        self.within(Deadline::Get, "get", path, self.get_reserved_now(path))
+            .await
+    }
+
+    /// [`Backend::get_reserved`] without its deadline.
+    async fn get_reserved_now(&self, path: &str) -> Result<Bytes> {
         let r = self
             .store
             .get_opts(&Path::from(path), GetOptions::default())
@@ -1006,6 +1192,16 @@ impl Backend {
         path: &str,
         range: std::ops::Range<u64>,
     ) -> Result<Bytes> {
+        let work = self.get_reserved_range_now(path, range);
+        self.within(Deadline::Get, "get", path, work).await
+    }
+
+    /// [`Backend::get_reserved_range`] without its deadline.
+    async fn get_reserved_range_now(
+        &self,
+        path: &str,
+        range: std::ops::Range<u64>,
+    ) -> Result<Bytes> {
         if range.is_empty() {
             return Ok(Bytes::new());
         }
@@ -1017,6 +1213,12 @@ impl Backend {
 
     /// An object's size in bytes.
     pub(crate) async fn head_reserved(&self, path: &str) -> Result<u64> {
+        self.within(Deadline::Get, "head", path, self.head_reserved_now(path))
+            .await
+    }
+
+    /// [`Backend::head_reserved`] without its deadline.
+    async fn head_reserved_now(&self, path: &str) -> Result<u64> {
         self.store
             .head(&Path::from(path))
             .await
@@ -1026,6 +1228,12 @@ impl Backend {
 
     /// Deletes an object; a missing one is success.
     pub(crate) async fn delete_reserved(&self, path: &str) -> Result<()> {
+        let work = self.delete_reserved_now(path);
+        self.within(Deadline::Delete, "delete", path, work).await
+    }
+
+    /// [`Backend::delete_reserved`] without its deadline.
+    async fn delete_reserved_now(&self, path: &str) -> Result<()> {
         match self.store.delete(&Path::from(path)).await {
             Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
             Err(e) => Err(self.map_err("delete", Some(path), e)),
@@ -1035,6 +1243,11 @@ impl Backend {
     /// The objects under `prefix` (a directory, ending in `/`): `(path, size)`, in the
     /// backend's order.
     pub(crate) fn list_reserved(&self, prefix: &str) -> BoxStream<'_, Result<(String, u64)>> {
+        self.listing_within(self.list_reserved_now(prefix))
+    }
+
+    /// [`Backend::list_reserved`] without its deadline.
+    fn list_reserved_now(&self, prefix: &str) -> BoxStream<'_, Result<(String, u64)>> {
         let dir = Path::from(prefix.trim_end_matches('/'));
         self.store
             .list(Some(&dir))
@@ -1098,6 +1311,11 @@ impl Backend {
     /// Lists every object of this backend, pieces and everything else, classified (what a data
     /// profile or a consistency check needs; [`Backend::list`] shows pieces only).
     pub(crate) fn list_all(self: &Arc<Self>) -> BoxStream<'static, Result<Listed>> {
+        self.listing_within(self.list_all_now())
+    }
+
+    /// [`Backend::list_all`] without its deadline.
+    fn list_all_now(self: &Arc<Self>) -> BoxStream<'static, Result<Listed>> {
         let me = Arc::clone(self);
         let trailer = matches!(
             self.kind,
