@@ -18,7 +18,6 @@
 
 use std::io;
 
-use async_trait::async_trait;
 use bytes::Bytes;
 use futures::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use libp2p::StreamProtocol;
@@ -227,7 +226,6 @@ async fn write_all<T: AsyncWrite + Unpin>(io: &mut T, head: &[u8], body: &[u8]) 
     io.flush().await
 }
 
-#[async_trait]
 impl libp2p::request_response::Codec for Codec {
     type Protocol = StreamProtocol;
     type Request = Request;
