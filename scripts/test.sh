@@ -56,6 +56,8 @@ echo "== cargo clippy"
 cargo clippy --workspace --all-targets --quiet -- -D warnings
 # The UniFFI crate's generator binary needs its `cli` feature.
 cargo clippy -p piecestore-uniffi --features cli --all-targets --quiet -- -D warnings
+echo "== supply chain: cargo deny over both lockfiles (scripts/audit.sh, security/README.md)"
+bash scripts/audit.sh
 echo "== cargo test"
 # CI=true makes a missing test server a failure instead of a skip.
 CI="${CI:-true}" cargo test --workspace
