@@ -132,6 +132,21 @@ func WithMaxRetries(n int) Option { return WithOption("max_retries", strconv.Ito
 // WithRequestTimeout bounds each backend request.
 func WithRequestTimeout(d time.Duration) Option { return WithOption("request_timeout", d.String()) }
 
+// WithGetTimeout bounds each whole read (Get, a range, Head, Exists), retries included: past
+// it the read fails with a retryable ErrBackend that names GetTimeout. Zero (the default): no
+// bound but RequestTimeout per attempt. A Context deadline bounds one call the same way.
+func WithGetTimeout(d time.Duration) Option { return WithOption("get_timeout", d.String()) }
+
+// WithPutTimeout bounds each whole Put, retries included. A timed-out Put may still have
+// stored its bytes; putting the same bytes again succeeds.
+func WithPutTimeout(d time.Duration) Option { return WithOption("put_timeout", d.String()) }
+
+// WithDeleteTimeout bounds each whole Delete, retries included.
+func WithDeleteTimeout(d time.Duration) Option { return WithOption("delete_timeout", d.String()) }
+
+// WithListTimeout bounds the wait for each next page of a listing, retries included.
+func WithListTimeout(d time.Duration) Option { return WithOption("list_timeout", d.String()) }
+
 // Open opens the store at url: "memory://", "file:///var/lib/pieces", a directory path,
 // "s3://bucket/prefix?region=us-east-1", "http://127.0.0.1:9000/bucket" (MinIO, Ceph RGW
 // path style), "https://bucket-%d.s3.us-east-1.amazonaws.com" with WithShards, or a

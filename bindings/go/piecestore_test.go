@@ -405,6 +405,39 @@ func TestContextCancellation(t *testing.T) {
 	}
 }
 
+func TestPerOperationTimeouts(t *testing.T) {
+	s := mustOpen(t, silentServer(t),
+		piecestore.WithCredentials("AK", "SK"), piecestore.WithMaxRetries(0),
+		piecestore.WithRequestTimeout(time.Minute),
+		piecestore.WithGetTimeout(200*time.Millisecond), piecestore.WithPutTimeout(200*time.Millisecond),
+		piecestore.WithDeleteTimeout(200*time.Millisecond),
+		piecestore.WithOption("check_bucket", "false"), piecestore.WithPacking(false))
+	for _, op := range []struct {
+		name, option string
+		call         func() error
+	}{
+		{"Get", "GetTimeout", func() error { _, err := s.Get(ctx, "x_s0"); return err }},
+		{"Put", "PutTimeout", func() error { return s.Put(ctx, "x_s0", []byte("x")) }},
+		{"Delete", "DeleteTimeout", func() error { return s.Delete(ctx, "x_s0") }},
+	} {
+		start := time.Now()
+		err := op.call()
+		var pe *piecestore.Error
+		if !errors.Is(err, piecestore.ErrBackend) || !errors.As(err, &pe) || !pe.Retryable ||
+			!strings.Contains(pe.Message, op.option) {
+			t.Fatalf("%s on a server that never answers: want a retryable ErrBackend naming %s, got %#v",
+				op.name, op.option, err)
+		}
+		// Bounded, not timed: one request would wait a minute.
+		if waited := time.Since(start); waited > 20*time.Second {
+			t.Fatalf("%s returned after %v: its timeout did not cut it off", op.name, waited)
+		}
+	}
+	if _, err := piecestore.Open("memory://", piecestore.WithOption("get_timeout", "soon")); !errors.Is(err, piecestore.ErrInvalidConfig) {
+		t.Fatalf("get_timeout=soon: want ErrInvalidConfig, got %v", err)
+	}
+}
+
 func TestListAndDeletePrefix(t *testing.T) {
 	eachBackend(t, func(t *testing.T, _ backend, s *piecestore.Store) {
 		var want []string
