@@ -768,9 +768,16 @@ pub struct Proxy {
     pub endpoint: String,
     seen: std::sync::Arc<std::sync::Mutex<Vec<SeenRequest>>>,
     faults: std::sync::Arc<[std::sync::atomic::AtomicU64; 5]>,
+    holding: std::sync::Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Proxy {
+    /// In [`ProxyMode::Hold`]: whether requests that match are held (from the start) or, for
+    /// now, forwarded.
+    pub fn set_holding(&self, on: bool) {
+        self.holding.store(on, Ordering::SeqCst);
+    }
+
     /// Every request received so far (forwarded or answered by the proxy).
     pub fn seen(&self) -> Vec<SeenRequest> {
         self.seen.lock().map(|v| v.clone()).unwrap_or_default()
@@ -802,10 +809,12 @@ impl Proxy {
         let lost: Arc<std::sync::Mutex<Option<String>>> = Arc::default();
         let log = Arc::new(std::sync::Mutex::new(Vec::new()));
         let faults: Arc<[std::sync::atomic::AtomicU64; 5]> = Arc::default();
+        let holding = Arc::new(std::sync::atomic::AtomicBool::new(true));
         let proxy = Proxy {
             endpoint: format!("http://127.0.0.1:{port}"),
             seen: Arc::clone(&log),
             faults: Arc::clone(&faults),
+            holding: Arc::clone(&holding),
         };
         std::thread::spawn(move || {
             let rt = tokio::runtime::Builder::new_current_thread()
@@ -821,6 +830,7 @@ impl Proxy {
                 let lost = Arc::clone(&lost);
                 let log = Arc::clone(&log);
                 let faults = Arc::clone(&faults);
+                let holding = Arc::clone(&holding);
                 tokio::spawn(async move {
                     // Read the request head; one request per connection (Connection: close).
                     let mut buf = Vec::new();
@@ -845,6 +855,7 @@ impl Proxy {
                         log.push(SeenRequest { method: method.into(), target: target.into(), range });
                     }
                     if let ProxyMode::Hold(needle) = mode
+                        && holding.load(Ordering::SeqCst)
                         && head.split_whitespace().nth(1).is_some_and(|t| {
                             t.contains(needle) || (head.starts_with("POST ") && t.contains("?delete"))
                         })

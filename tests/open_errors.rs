@@ -440,6 +440,73 @@ async fn per_operation_timeouts_cut_off_a_server_that_never_answers() {
     );
 }
 
+/// The same deadlines on a packed store: a put and a delete wait for their group's pack write,
+/// and a get reads its bytes from a pack; with the server holding every pack request, each
+/// fails with its option named, and the piece already stored is untouched.
+#[tokio::test]
+async fn per_operation_timeouts_bound_packed_puts_gets_and_deletes() {
+    use piecestore_tests::{Proxy, ProxyMode};
+    use std::time::{Duration, Instant};
+    let Some(s) = server(ServerKind::S3sFs) else {
+        return;
+    };
+    let bucket = unique_name("deadlines-p");
+    let mut seed = s.config(&bucket, 0);
+    seed.pack.enabled = Some(true);
+    seed.backend.conditional_writes = piecestore::config::ConditionalWrites::On;
+    let store = PieceStore::open(seed.clone()).await.expect("open");
+    store
+        .put("1_s0", "packed before the server stalls")
+        .await
+        .expect("put 1_s0 directly");
+    store.close().await;
+    drop(store);
+
+    // Every request for a pack object is held (once opened); listings (the prefix is
+    // URL-encoded) are not.
+    let proxy = Proxy::start(&s.endpoint, ProxyMode::Hold(".piecestore/packs/"));
+    let mut c = seed.clone();
+    c.store.bucket_url = c.store.bucket_url.replace(&s.endpoint, &proxy.endpoint);
+    c.backend.request_timeout = Duration::from_secs(60);
+    c.backend.get_timeout = Duration::from_millis(300);
+    c.backend.put_timeout = Duration::from_millis(300);
+    c.backend.delete_timeout = Duration::from_millis(300);
+    // Opening reads the pack (it checks what the index may lack): forwarded, then held.
+    proxy.set_holding(false);
+    let store = PieceStore::open(c).await.expect("open through the proxy");
+    proxy.set_holding(true);
+    let started = Instant::now();
+    // (A head is answered by the index, without the server.)
+    let results = [
+        ("get", "GetTimeout", store.get("1_s0").await.map(|_| ())),
+        ("put", "PutTimeout", store.put("2_s0", "never stored").await),
+        ("delete", "DeleteTimeout", store.delete("1_s0").await),
+    ];
+    // Bounded, not timed: each would wait a minute for its one request.
+    assert!(
+        started.elapsed() < Duration::from_secs(50),
+        "{:?}",
+        started.elapsed()
+    );
+    for (what, option, result) in results {
+        let e = result.no_ok();
+        assert_eq!(e.kind(), ErrorKind::Backend, "{what}: {e}");
+        assert!(e.is_retryable(), "{what}: {e}");
+        assert!(e.to_string().contains(option), "{what}: {e}");
+    }
+
+    let direct = PieceStore::open(seed).await.expect("open");
+    assert_eq!(
+        &direct.get("1_s0").await.expect("1_s0 survives")[..],
+        b"packed before the server stalls"
+    );
+    assert_eq!(
+        direct.get("2_s0").await.no_ok().kind(),
+        ErrorKind::NotFound,
+        "a put whose pack never reached the server stored nothing"
+    );
+}
+
 #[tokio::test]
 async fn a_get_cut_mid_body_resumes_from_the_last_byte() {
     use futures::TryStreamExt;

@@ -425,8 +425,8 @@ pub struct BackendOptions {
     /// `RetryTimeout`. A timed-out read fails with a retryable backend error naming this option.
     #[serde(rename = "GetTimeout", default, deserialize_with = "de_delay")]
     pub get_timeout: Duration,
-    /// Deadline of one whole write (a piece, or a pack object), retries included. `0s` (the
-    /// default): none. A timed-out put may still have stored its bytes: pieces are immutable, so
+    /// Deadline of one whole put, retries included (for a packed piece, the wait for its
+    /// group's pack write too). `0s` (the default): none. A timed-out put may still have stored its bytes: pieces are immutable, so
     /// putting the same bytes again is safe and succeeds.
     #[serde(rename = "PutTimeout", default, deserialize_with = "de_delay")]
     pub put_timeout: Duration,

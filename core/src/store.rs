@@ -8,7 +8,7 @@ use bytes::Bytes;
 use futures::stream::{self, BoxStream, StreamExt, TryStreamExt};
 use tracing::Instrument;
 
-use crate::backend::{Backend, PieceMeta, STREAM_CHUNK};
+use crate::backend::{Backend, Deadline, PieceMeta, STREAM_CHUNK};
 use crate::checksum;
 use crate::config::Config;
 use crate::error::{Error, Result};
@@ -360,14 +360,15 @@ impl PieceStore {
             let kept = self.cache().map(|c| (data.clone(), c.epoch()));
             match self.packer(key)? {
                 None => backend.put(key, data, crc, opts.overwrite).await?,
+                // Under PutTimeout as a whole: the pack writer's group write included.
                 Some(packer) if len < packer.threshold() => {
-                    packer.put(&backend, key, data, crc, opts.overwrite).await?
+                    let work = packer.put(&backend, key, data, crc, opts.overwrite);
+                    backend.within(Deadline::Put, "put", key, work).await?
                 }
                 // A large piece: an object of its own, recorded in the index.
                 Some(packer) => {
-                    packer
-                        .put_object(&backend, key, data, crc, opts.overwrite)
-                        .await?
+                    let work = packer.put_object(&backend, key, data, crc, opts.overwrite);
+                    backend.within(Deadline::Put, "put", key, work).await?
                 }
             }
             if let (Some(cache), Some((data, epoch))) = (self.cache(), kept) {
@@ -426,8 +427,10 @@ impl PieceStore {
     ) -> Result<(Bytes, Option<u32>)> {
         self.observe(Op::Get, key, |(b, _)| b.len() as u64, async {
             self.check().await?;
-            self.get_cached(&self.backend(key)?, key, first_byte, ask_peers)
-                .await
+            let backend = self.backend(key)?;
+            // Under GetTimeout as a whole: a packed store's index catching up included.
+            let work = self.get_cached(&backend, key, first_byte, ask_peers);
+            backend.within(Deadline::Get, "get", key, work).await
         })
         .await
     }
@@ -628,7 +631,10 @@ impl PieceStore {
         let backend = self.backend(key)?;
         let packer = self.packer(key)?;
         let mut whole = match &packer {
-            Some(p) => p.holds_packed(&backend, key).await?,
+            Some(p) => {
+                let work = p.holds_packed(&backend, key);
+                backend.within(Deadline::Get, "get", key, work).await?
+            }
             None => false,
         };
         if !whole && let Some(cache) = self.cache() {
@@ -730,7 +736,9 @@ impl PieceStore {
         self.observe(Op::GetRange, key, |b| b.len() as u64, async {
             self.check().await?;
             let backend = self.backend(key)?;
-            let (bytes, _) = self.get_cached(&backend, key, &mut None, true).await?;
+            let mut first_byte = None;
+            let work = self.get_cached(&backend, key, &mut first_byte, true);
+            let (bytes, _) = backend.within(Deadline::Get, "get", key, work).await?;
             let size = bytes.len() as u64;
             match offset.checked_add(len) {
                 Some(end) if end <= size => Ok(bytes.slice(offset as usize..end as usize)),
@@ -764,10 +772,11 @@ impl PieceStore {
         self.observe(Op::Head, key, |_| 0, async {
             self.check().await?;
             let backend = self.backend(key)?;
-            if let Some(packer) = self.packer(key)?
-                && let Some(meta) = packer.head(&backend, key).await?
-            {
-                return Ok(meta);
+            if let Some(packer) = self.packer(key)? {
+                let work = packer.head(&backend, key);
+                if let Some(meta) = backend.within(Deadline::Get, "head", key, work).await? {
+                    return Ok(meta);
+                }
             }
             let here = backend.head(key).await;
             let Some(peers) = self.inner.peers.get().filter(|_| ask_peers) else {
@@ -823,7 +832,10 @@ impl PieceStore {
     /// Deletes a piece on its shard's backend: a tombstone when it is packed.
     async fn delete_on(&self, backend: &Arc<Backend>, key: &str) -> Result<()> {
         match self.packer(key)? {
-            Some(packer) => packer.delete(backend, key).await,
+            Some(packer) => {
+                let work = packer.delete(backend, key);
+                backend.within(Deadline::Delete, "delete", key, work).await
+            }
             None => backend.delete(key).await,
         }
     }

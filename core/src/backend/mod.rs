@@ -134,7 +134,7 @@ impl Deadlines {
 
 /// Which deadline an operation runs under.
 #[derive(Debug, Clone, Copy)]
-enum Deadline {
+pub(crate) enum Deadline {
     Get,
     Put,
     Delete,
@@ -298,7 +298,7 @@ impl Backend {
 
     /// Runs one whole operation (all its requests and retries) under its deadline, if one is
     /// set; past it the operation is dropped (cancelled) and fails with [`deadline_error`].
-    async fn within<T>(
+    pub(crate) async fn within<T>(
         &self,
         which: Deadline,
         op: &'static str,
@@ -1130,21 +1130,15 @@ impl Backend {
 /// Plain operations on PieceStore's own objects (`path` from the shard's root, under
 /// `.piecestore/`): no piece checksum, no key rules. The pack layer builds its pack and token
 /// I/O on them (`pack/io.rs`).
+///
+/// Only [`Backend::get_reserved_range`] (a packed piece's bytes, for a get) runs under a
+/// per-operation deadline. The rest are maintenance: whole packs read at open, by gc and by
+/// fsck, and written by gc, whose size no piece deadline is meant for. A packed put or delete
+/// is bounded as a whole, around its pack writer, by the store.
 impl Backend {
     /// Writes an object whole; `create`: create-only (`If-None-Match: *`), so that `Ok(false)`
     /// says it existed already. Durable when it returns (files: data and directory fsync'd).
     pub(crate) async fn put_reserved(
-        &self,
-        path: &str,
-        payload: PutPayload,
-        create: bool,
-    ) -> Result<bool> {
-        let work = self.put_reserved_now(path, payload, create);
-        self.within(Deadline::Put, "put", path, work).await
-    }
-
-    /// [`Backend::put_reserved`] without its deadline.
-    async fn put_reserved_now(
         &self,
         path: &str,
         payload: PutPayload,
@@ -1170,12 +1164,6 @@ impl Backend {
 
     /// Reads an object whole. A missing one is `NotFound` naming `path`.
     pub(crate) async fn get_reserved(&self, path: &str) -> Result<Bytes> {
-        self.within(Deadline::Get, "get", path, self.get_reserved_now(path))
-            .await
-    }
-
-    /// [`Backend::get_reserved`] without its deadline.
-    async fn get_reserved_now(&self, path: &str) -> Result<Bytes> {
         let r = self
             .store
             .get_opts(&Path::from(path), GetOptions::default())
@@ -1213,12 +1201,6 @@ impl Backend {
 
     /// An object's size in bytes.
     pub(crate) async fn head_reserved(&self, path: &str) -> Result<u64> {
-        self.within(Deadline::Get, "head", path, self.head_reserved_now(path))
-            .await
-    }
-
-    /// [`Backend::head_reserved`] without its deadline.
-    async fn head_reserved_now(&self, path: &str) -> Result<u64> {
         self.store
             .head(&Path::from(path))
             .await
@@ -1228,12 +1210,6 @@ impl Backend {
 
     /// Deletes an object; a missing one is success.
     pub(crate) async fn delete_reserved(&self, path: &str) -> Result<()> {
-        let work = self.delete_reserved_now(path);
-        self.within(Deadline::Delete, "delete", path, work).await
-    }
-
-    /// [`Backend::delete_reserved`] without its deadline.
-    async fn delete_reserved_now(&self, path: &str) -> Result<()> {
         match self.store.delete(&Path::from(path)).await {
             Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
             Err(e) => Err(self.map_err("delete", Some(path), e)),
@@ -1243,11 +1219,6 @@ impl Backend {
     /// The objects under `prefix` (a directory, ending in `/`): `(path, size)`, in the
     /// backend's order.
     pub(crate) fn list_reserved(&self, prefix: &str) -> BoxStream<'_, Result<(String, u64)>> {
-        self.listing_within(self.list_reserved_now(prefix))
-    }
-
-    /// [`Backend::list_reserved`] without its deadline.
-    fn list_reserved_now(&self, prefix: &str) -> BoxStream<'_, Result<(String, u64)>> {
         let dir = Path::from(prefix.trim_end_matches('/'));
         self.store
             .list(Some(&dir))
