@@ -112,12 +112,13 @@ fuzz_target!(|input: Input| {
     check(&parsed, &secrets, "from_toml");
 
     let mut c = parsed.unwrap_or_else(|_| Config::from_url("memory://").expect("memory://"));
-    // Option names are shown in errors (an unknown option is named): a value that is part of
-    // any name is no secret to look for.
+    // Option names are shown in errors (an unknown option is named, escaped as Debug escapes
+    // it): a value that is part of any name, as given or as shown, is no secret to look for.
+    // (A name holding NUL then "000…" shows as `\0000…`, which contains "0000…".)
     let names: String = input
         .options
         .iter()
-        .map(|(n, _)| n.as_str())
+        .map(|(n, _)| format!("{n}\n{n:?}"))
         .collect::<Vec<_>>()
         .join("\n");
     let mut given = Vec::new();
