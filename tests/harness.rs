@@ -457,6 +457,34 @@ pub fn pseudo_random(len: usize, seed: u64) -> Vec<u8> {
         .collect()
 }
 
+/// Runs `op` until it succeeds, fails with an error that is not retryable, or has failed
+/// with retryable ones for about 30 s (a growing pause between tries, 50 ms up to 800 ms);
+/// returns the last result and the number of retries.
+///
+/// For calls that s3s-fs may answer with a 500 through no fault of the store: it walks the
+/// whole bucket's directories for every LIST, and a file deleted during the walk (gc
+/// deletes packs all the while in the crash and model tests) fails the walk. Under CI's
+/// load walks are slow and several in a row can fail. A server error is the server's, not a
+/// wrong answer, so tests try again; a wrong answer or a typed non-retryable error still
+/// fails them at once.
+pub async fn retry_server_errors<T, F, Fut>(mut op: F) -> (piecestore::Result<T>, u32)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = piecestore::Result<T>>,
+{
+    let mut retries = 0u32;
+    loop {
+        match op().await {
+            Err(e) if e.is_retryable() && retries < 40 => {
+                retries += 1;
+                let pause = 25u64 << retries.min(5);
+                tokio::time::sleep(std::time::Duration::from_millis(pause)).await;
+            }
+            other => return (other, retries),
+        }
+    }
+}
+
 /// A unique, valid bucket-name stem for one test.
 pub fn unique_name(test: &str) -> String {
     static N: AtomicU64 = AtomicU64::new(0);

@@ -755,20 +755,16 @@ async fn shared_rounds(name: &str, bucket: Option<&Bucket>, rounds: u64) {
             let open = || async {
                 // s3s-fs answers a LIST 500 now and then when a file it lists is deleted under
                 // it (the collector deletes packs all the while): a retryable error, which an
-                // open may meet after its own retries too. Try a few times.
-                let mut tries = 0;
-                loop {
+                // open may meet after its own retries too. Tried again (see the helper).
+                let (opened, retries) = piecestore_tests::retry_server_errors(|| async {
                     let config = pack_writer::config(&reader, bucket).expect("config");
-                    match PieceStore::open(config).await {
-                        Ok(store) => break store,
-                        Err(e) if e.is_retryable() && tries < 5 => {
-                            eprintln!("{name}: opening the shared store here: {e}; again");
-                            tries += 1;
-                            tokio::time::sleep(Duration::from_millis(200)).await;
-                        }
-                        Err(e) => panic!("open the shared store here: {e:?}"),
-                    }
+                    PieceStore::open(config).await
+                })
+                .await;
+                if retries > 0 {
+                    eprintln!("{name}: opening the shared store here took {retries} retries");
                 }
+                opened.unwrap_or_else(|e| panic!("open the shared store here: {e:?}"))
             };
             let mut store = open().await;
             // The window lasts 2.5 s, or longer (up to 20 s) until enough pieces of the others

@@ -217,20 +217,12 @@ async fn check_list(
     oracle: &HashMap<String, Bytes>,
     touched: &HashSet<String>,
 ) -> Result<(), String> {
-    // s3s-fs walks its directories to list, and a file that gc deletes during the walk makes
-    // it answer 500 (its listing is not atomic with deletes); object_store retries twice here.
-    // A server error is the server's, not a wrong answer: the list is tried again, a few times.
-    let mut attempt = 0;
-    let metas: Vec<piecestore::PieceMeta> = loop {
-        match store.list(prefix).try_collect().await {
-            Ok(m) => break m,
-            Err(e) if e.is_retryable() && attempt < 5 => {
-                attempt += 1;
-                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-            }
-            Err(e) => return Err(format!("list {prefix:?}: {e}")),
-        }
-    };
+    // s3s-fs answers a LIST 500 when gc deletes a file during its walk: retried (see the
+    // helper); only a wrong answer or a non-retryable error fails the test.
+    let (listed, retries) =
+        piecestore_tests::retry_server_errors(|| store.list(prefix).try_collect::<Vec<_>>()).await;
+    let metas: Vec<piecestore::PieceMeta> =
+        listed.map_err(|e| format!("list {prefix:?} (after {retries} retries): {e}"))?;
     let mut got = BTreeSet::new();
     for m in metas {
         if !got.insert(m.key.clone()) {
