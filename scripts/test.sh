@@ -12,30 +12,34 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+# Each step's header says when it started (minutes:seconds since this script did), so a log
+# shows where a run's time went.
+step() { printf '== [%d:%02d] %s\n' $((SECONDS / 60)) $((SECONDS % 60)) "$*"; }
+
 # A cold run writes about 10 GB under target/ (debug and release builds, two wheels, the Node
 # addon): say up front when the disk is short of that, rather than failing mid-build.
 avail_kb=$(df -Pk . | awk 'NR == 2 { print $4 }')
-echo "== disk: $((avail_kb / 1024 / 1024)) GiB free here"
+step "disk: $((avail_kb / 1024 / 1024)) GiB free here"
 if [ "$avail_kb" -lt $((10 * 1024 * 1024)) ]; then
   echo "warning: under 10 GiB free; a cold run may fail with 'No space left on device'" >&2
 fi
 
 venv=target/test-venv
 if ! "$venv/bin/moto_server" --help >/dev/null 2>&1; then
-  echo "== installing moto[server] 5.2.5 into $venv"
+  step "installing moto[server] 5.2.5 into $venv"
   python3 -m venv "$venv"
   "$venv/bin/pip" install --quiet --disable-pip-version-check 'moto[server]==5.2.5'
 fi
 export PATH="$PWD/$venv/bin:$HOME/.cargo/bin:$PATH"
 
 if [ "$(s3s-fs --version 2>/dev/null)" != "s3s-fs 0.14.1" ]; then
-  echo "== installing s3s-fs 0.14.1 (about 2 minutes)"
+  step "installing s3s-fs 0.14.1 (about 2 minutes)"
   cargo install s3s-fs --version 0.14.1 --features binary --locked --quiet
 fi
 
 if ! command -v chromium >/dev/null 2>&1; then
   # The HTML report of `piecestore bench` is rendered and screenshotted in headless Chromium.
-  echo "== installing chromium (Debian's package) for the bench report test"
+  step "installing chromium (Debian's package) for the bench report test"
   sudo=""; [ "$(id -u)" -ne 0 ] && sudo="sudo"
   $sudo apt-get install -y -q --no-install-recommends chromium >/dev/null 2>&1 ||
     { $sudo apt-get update -q >/dev/null && $sudo apt-get install -y -q --no-install-recommends chromium >/dev/null; }
@@ -44,25 +48,25 @@ fi
 if ! command -v initdb >/dev/null 2>&1 && ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then
   # The PostgreSQL pack index's tests start a throwaway cluster of their own (initdb +
   # postgres on 127.0.0.1, under the temp dir), as the `postgres` user when run as root.
-  echo "== installing PostgreSQL (Debian's package) for the shared pack index tests"
+  step "installing PostgreSQL (Debian's package) for the shared pack index tests"
   sudo=""; [ "$(id -u)" -ne 0 ] && sudo="sudo"
   $sudo apt-get install -y -q --no-install-recommends postgresql >/dev/null 2>&1 ||
     { $sudo apt-get update -q >/dev/null && $sudo apt-get install -y -q --no-install-recommends postgresql >/dev/null; }
 fi
 
-echo "== cargo fmt --check"
+step "cargo fmt --check"
 cargo fmt --all -- --check
-echo "== cargo clippy"
+step "cargo clippy"
 cargo clippy --workspace --all-targets --quiet -- -D warnings
 # The UniFFI crate's generator binary needs its `cli` feature.
 cargo clippy -p piecestore-uniffi --features cli --all-targets --quiet -- -D warnings
-echo "== supply chain: cargo deny over both lockfiles (scripts/audit.sh, security/README.md)"
+step "supply chain: cargo deny over both lockfiles (scripts/audit.sh, security/README.md)"
 bash scripts/audit.sh
-echo "== cargo test"
+step "cargo test"
 # CI=true makes a missing test server a failure instead of a skip.
 CI="${CI:-true}" cargo test --workspace
 
-echo "== python: build the package (release) and run pytest"
+step "python: build the package (release) and run pytest"
 # awscli: python/tests/test_serve.py drives `piecestore serve` with the aws CLI (boto3 and
 # cryptography, for its TLS test, come with moto). grpcio and its tools, status, health and
 # reflection clients: python/tests/test_grpc.py drives serve's gRPC API with stubs generated
@@ -78,7 +82,7 @@ echo "== python: build the package (release) and run pytest"
 GOBIN="$PWD/target/tools" go install github.com/fullstorydev/grpcurl/cmd/grpcurl@v1.9.3
 CI="${CI:-true}" "$venv/bin/pytest" -q -p no:cacheprovider python/tests
 
-echo "== python: the CPython 3.9+ abi3 wheel (bytes from get instead of zero-copy buffers)"
+step "python: the CPython 3.9+ abi3 wheel (bytes from get instead of zero-copy buffers)"
 py39=target/test-venv-abi3-py39
 rm -rf target/wheels-abi3-py39
 (cd python && "../$venv/bin/maturin" build --release --features abi3-py39 \
@@ -93,7 +97,7 @@ fi
 # moto_server comes from the first venv, on PATH.
 CI="${CI:-true}" "$py39/bin/pytest" -q -p no:cacheprovider python/tests
 
-echo "== node: the README's install (npm install ./node builds the addon) in a fresh project"
+step "node: the README's install (npm install ./node builds the addon) in a fresh project"
 rm -f node/piecestore.*.node
 fresh=$(mktemp -d)
 trap 'rm -rf "$fresh"' EXIT
@@ -106,18 +110,18 @@ trap 'rm -rf "$fresh"' EXIT
   const s = new PieceStore('memory://'); await s.put('1_s0', 'esm')
   console.log('import: ' + (await s.get('1_s0')).toString())")
 
-echo "== node: dev tools; the generated loader and index.d.ts must be up to date"
+step "node: dev tools; the generated loader and index.d.ts must be up to date"
 (cd node && npm ci --no-audit --no-fund --ignore-scripts >/dev/null &&
   npx napi build --platform --release --manifest-path ../bindings/node/Cargo.toml \
     --output-dir . --js index.js --dts index.d.ts >/dev/null)
 git diff --exit-code -- node/index.js node/index.d.ts ||
   { echo "node/index.js or node/index.d.ts is stale: run 'npm run build' in node/ and commit"; exit 1; }
 
-echo "== node: node --test"
+step "node: node --test"
 # moto_server comes from the first venv and s3s-fs from ~/.cargo/bin, both on PATH.
 (cd node && CI="${CI:-true}" node --test test/)
 
-echo "== C ABI: the release library, and examples/example.c built against the header and run"
+step "C ABI: the release library, and examples/example.c built against the header and run"
 # (The header's staleness is checked by cargo test: bindings/c/tests/header.rs.)
 cargo build --release -q -p piecestore-c
 cc -Wall -Wextra -Werror bindings/c/examples/example.c -I bindings/c/include \
@@ -127,19 +131,19 @@ cdir=$(mktemp -d)
 target/c-example "file://$cdir"
 rm -rf "$cdir"
 
-echo "== go: go vet and go test (the release library linked statically)"
+step "go: go vet and go test (the release library linked statically)"
 # s3s-fs from ~/.cargo/bin is on PATH: the tests start it on 127.0.0.1.
 (cd bindings/go && go vet ./... && CI="${CI:-true}" go test -count=1 ./...)
-echo "== go: dynamic linking (-tags piecestore_dynamic), and the benchmark builds"
+step "go: dynamic linking (-tags piecestore_dynamic), and the benchmark builds"
 (cd bindings/go && go vet -tags piecestore_dynamic ./... &&
   go test -tags piecestore_dynamic -count=1 -run 'Example' ./...)
 (cd benches/go && go vet ./... && go build -o /dev/null .)
-echo "== go: minio-go against piecestore serve (target/debug/piecestore, built by cargo test)"
+step "go: minio-go against piecestore serve (target/debug/piecestore, built by cargo test)"
 (cd server/tests/minio-go && go vet ./... && CI="${CI:-true}" go test -count=1 ./...)
 
-echo "== uniffi: the generated Kotlin on the JVM, the generated Python, Swift generated"
+step "uniffi: the generated Kotlin on the JVM, the generated Python, Swift generated"
 bash bindings/uniffi/test.sh
 
-echo "== fuzz: every target but s3_http for ${PIECESTORE_FUZZ_SECS:-20} s (fuzz/README.md; the build takes minutes)"
+step "fuzz: every target but s3_http for ${PIECESTORE_FUZZ_SECS:-20} s (fuzz/README.md; the build takes minutes)"
 PIECESTORE_FUZZ_SECS="${PIECESTORE_FUZZ_SECS:-20}" bash scripts/fuzz.sh
-echo "== done: target/ holds $(du -sh target 2>/dev/null | cut -f1)"
+step "done: target/ holds $(du -sh target 2>/dev/null | cut -f1)"
