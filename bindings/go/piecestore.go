@@ -431,6 +431,23 @@ func (s *Store) Flush(ctx context.Context) error {
 	})
 }
 
+// Metrics returns the store's operation metrics in the Prometheus text exposition format
+// (0.0.4): piecestore_operations_total, piecestore_operation_errors_total (by kind, the error
+// codes), piecestore_operation_bytes_total and the histogram
+// piecestore_operation_duration_seconds, each labelled backend, shard and op. It is a snapshot
+// of in-memory counters (no I/O), to serve from an HTTP handler for Prometheus to scrape; with
+// WithOption("metrics", "false") only the HELP and TYPE lines remain. ErrClosed after Close.
+func (s *Store) Metrics() (string, error) {
+	var b C.PsBytes
+	err := s.call(context.Background(), func(h *C.PsStore, _ *C.PsCancel, e **C.PsError) C.PsStatus {
+		return C.ps_metrics(h, &b, e)
+	})
+	if err != nil {
+		return "", err
+	}
+	return string(take(&b)), nil
+}
+
 // Walk calls fn for every piece whose key starts with prefix (empty: all), in no particular
 // order across shards, and stops at fn's first error, which it returns.
 func (s *Store) Walk(ctx context.Context, prefix string, fn func(PieceInfo) error) error {

@@ -564,6 +564,78 @@ func TestParallelGoroutines(t *testing.T) {
 	})
 }
 
+func TestMetrics(t *testing.T) {
+	for _, kind := range []string{"memory", "file"} {
+		t.Run(kind, func(t *testing.T) {
+			url := "memory://"
+			if kind == "file" {
+				url = "file://" + t.TempDir()
+			}
+			s, err := piecestore.Open(url)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer s.Close()
+			for i, v := range []string{"hello", "abc", ""} {
+				if err := s.Put(ctx, fmt.Sprintf("%d_s0", i+1), []byte(v)); err != nil {
+					t.Fatal(err)
+				}
+			}
+			for _, k := range []string{"1_s0", "2_s0"} {
+				if _, err := s.Get(ctx, k); err != nil {
+					t.Fatal(err)
+				}
+			}
+			if _, err := s.Get(ctx, "9_s0"); !errors.Is(err, piecestore.ErrNotFound) {
+				t.Fatalf("Get of a missing piece: %v", err)
+			}
+			text, err := s.Metrics()
+			if err != nil {
+				t.Fatalf("Metrics: %v", err)
+			}
+			labels := func(op string) string { return fmt.Sprintf(`backend=%q,shard="0",op=%q`, kind, op) }
+			for _, line := range []string{
+				"piecestore_operations_total{" + labels("put") + "} 3",
+				"piecestore_operations_total{" + labels("get") + "} 3",
+				"piecestore_operations_total{" + labels("delete") + "} 0",
+				"piecestore_operation_errors_total{" + labels("get") + `,kind="PIECE_NOT_FOUND"} 1`,
+				"piecestore_operation_bytes_total{" + labels("put") + "} 8",
+				"piecestore_operation_bytes_total{" + labels("get") + "} 8",
+				"piecestore_operation_duration_seconds_count{" + labels("put") + "} 3",
+			} {
+				if !strings.Contains(text, line+"\n") {
+					t.Errorf("Metrics lacks %q; it is:\n%s", line, text)
+				}
+			}
+		})
+	}
+	t.Run("off", func(t *testing.T) {
+		s, err := piecestore.Open("memory://", piecestore.WithOption("metrics", "false"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := s.Put(ctx, "1_s0", []byte("x")); err != nil {
+			t.Fatal(err)
+		}
+		text, err := s.Metrics()
+		if err != nil {
+			t.Fatalf("Metrics: %v", err)
+		}
+		for _, line := range strings.Split(strings.TrimSpace(text), "\n") {
+			if !strings.HasPrefix(line, "# ") {
+				t.Errorf("metrics=false still has a sample: %q", line)
+			}
+		}
+		if !strings.Contains(text, "# TYPE piecestore_operations_total counter") {
+			t.Errorf("metrics=false lost the TYPE lines:\n%s", text)
+		}
+		s.Close()
+		if _, err := s.Metrics(); !errors.Is(err, piecestore.ErrClosed) {
+			t.Fatalf("Metrics after Close: want ErrClosed, got %v", err)
+		}
+	})
+}
+
 func TestUseAfterClose(t *testing.T) {
 	for _, b := range backends(t) {
 		t.Run(b.name, func(t *testing.T) {

@@ -285,6 +285,17 @@ PsStatus ps_delete_prefix(const struct PsStore *store,
 // `store` is NULL or live; `cancel` is NULL or live.
 PsStatus ps_flush(const struct PsStore *store, const struct PsCancel *cancel, struct PsError **err);
 
+// The store's operation metrics in the Prometheus text exposition format (0.0.4), into
+// `*out` (free it with [`ps_bytes_free`]): `piecestore_operations_total`,
+// `piecestore_operation_errors_total` (by `kind`, the error codes),
+// `piecestore_operation_bytes_total` and the histogram `piecestore_operation_duration_seconds`,
+// each labelled `backend`, `shard` and `op`. A snapshot of in-memory counters (no I/O; also
+// after [`ps_close`]); with the option `metrics=false` only the HELP and TYPE lines remain.
+//
+// # Safety
+// `store` is NULL or live; `out` is writable.
+PsStatus ps_metrics(const struct PsStore *store, struct PsBytes *out, struct PsError **err);
+
 // Starts listing the pieces whose key starts with `prefix` (empty: all), in no particular
 // order across shards; read them with [`ps_list_next`], free the listing with
 // [`ps_list_free`]. The listing holds its own reference to the store's backends, so it may

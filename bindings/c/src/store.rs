@@ -446,6 +446,28 @@ pub unsafe extern "C" fn ps_flush(
     call(err, || run(cancel, self::store(store)?.flush()))
 }
 
+/// The store's operation metrics in the Prometheus text exposition format (0.0.4), into
+/// `*out` (free it with [`ps_bytes_free`]): `piecestore_operations_total`,
+/// `piecestore_operation_errors_total` (by `kind`, the error codes),
+/// `piecestore_operation_bytes_total` and the histogram `piecestore_operation_duration_seconds`,
+/// each labelled `backend`, `shard` and `op`. A snapshot of in-memory counters (no I/O; also
+/// after [`ps_close`]); with the option `metrics=false` only the HELP and TYPE lines remain.
+///
+/// # Safety
+/// `store` is NULL or live; `out` is writable.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn ps_metrics(
+    store: *const PsStore,
+    out: *mut PsBytes,
+    err: *mut *mut PsError,
+) -> PsStatus {
+    call(err, || {
+        let (s, out) = (self::store(store)?, self::out(out, "out")?);
+        fill(out, Bytes::from(s.metrics().to_prometheus()));
+        Ok(())
+    })
+}
+
 /// Starts listing the pieces whose key starts with `prefix` (empty: all), in no particular
 /// order across shards; read them with [`ps_list_next`], free the listing with
 /// [`ps_list_free`]. The listing holds its own reference to the store's backends, so it may
