@@ -97,7 +97,8 @@ export declare class PieceStore {
   list(prefix?: string | undefined | null): AsyncIterableIterator<PieceInfo>
   /**
    * Closes the store: later calls reject with `CLOSED`. Every put that resolved is already
-   * durable, so there is nothing to flush.
+   * durable, so there is nothing to flush. A `memory://` store's pieces are freed at once,
+   * not when this object is garbage-collected.
    */
   close(): Promise<void>
   /** Whether `close()` was called. */

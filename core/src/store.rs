@@ -1140,8 +1140,9 @@ impl PieceStore {
 
     /// Closes the store: later calls fail with `Closed`; calls already running are waited for,
     /// then every write is finished and durable, and the pack index is let go (another process
-    /// may open the store). Every put that returned was durable already. Closing a closed
-    /// store (or a clone of one) does nothing.
+    /// may open the store). Every put that returned was durable already. A memory store's
+    /// pieces are freed at once (nothing can reach them any more), not when the last clone
+    /// of the store is dropped. Closing a closed store (or a clone of one) does nothing.
     pub async fn close(&self) {
         if self.inner.closed.swap(true, Ordering::AcqRel) {
             return;
@@ -1155,12 +1156,15 @@ impl PieceStore {
             let child = child.unwrap_or_else(|p| p.into_inner());
             child.as_ref().map(|(_, p)| Arc::clone(p))
         };
-        let Some(packers) = packers else {
-            return;
-        };
-        let _ = self.flush_packers().await;
-        for p in packers.iter() {
-            p.release_user().await;
+        if let Some(packers) = packers {
+            let _ = self.flush_packers().await;
+            for p in packers.iter() {
+                p.release_user().await;
+            }
+        }
+        // (Memory backends are not rebuilt in a forked child: the ones built at open.)
+        for b in self.inner.shards.iter() {
+            b.release_memory().await;
         }
     }
 

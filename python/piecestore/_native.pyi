@@ -89,7 +89,8 @@ class PieceStore:
     def get_many(self, keys: Iterable[str]) -> builtins.list[Buffer]:
         """Reads many pieces concurrently, in order; raises the first failure."""
     def close(self) -> None:
-        """Closes the store; later calls raise ``StoreClosed``."""
+        """Closes the store; later calls raise ``StoreClosed``. A ``memory://`` store's
+        pieces are freed at once, not when this object is garbage-collected."""
     @property
     def closed(self) -> bool:
         """Whether the store was closed."""

@@ -753,7 +753,8 @@ impl PieceStore {
     }
 
     /// Closes the store: later calls reject with `CLOSED`. Every put that resolved is already
-    /// durable, so there is nothing to flush.
+    /// durable, so there is nothing to flush. A `memory://` store's pieces are freed at once,
+    /// not when this object is garbage-collected.
     #[napi(ts_return_type = "Promise<void>")]
     pub fn close<'env>(&self, env: &'env Env) -> Result<PromiseRaw<'env, ()>> {
         let store = self.inner.clone();

@@ -372,6 +372,7 @@ impl PieceStore {
     }
 
     /// Closes the store; later calls raise `StoreClosed`. Every put that returned is durable.
+    /// A `memory://` store's pieces are freed at once, not when this object is collected.
     fn close(&self, py: Python<'_>) {
         let store = &self.inner;
         py.detach(|| block_on(store.close()))

@@ -363,6 +363,28 @@ impl Backend {
         matches!(self.kind, Kind::Memory)
     }
 
+    /// Lets go of a memory backend's objects at once (its store is being closed, and nothing
+    /// else can reach them: every open of `memory://` has a store of its own); does nothing
+    /// for any other backend. Returns how many objects were dropped.
+    pub(crate) async fn release_memory(&self) -> usize {
+        if !self.is_memory() {
+            return 0;
+        }
+        let paths: Vec<Path> = self
+            .store
+            .list(None)
+            .filter_map(|m| async move { m.ok().map(|m| m.location) })
+            .collect()
+            .await;
+        let mut dropped = 0;
+        for path in &paths {
+            if self.store.delete(path).await.is_ok() {
+                dropped += 1;
+            }
+        }
+        dropped
+    }
+
     /// Whether local files are fsync'd before a put returns (`Backend.Fsync`).
     pub(crate) fn fsync(&self) -> bool {
         self.fsync

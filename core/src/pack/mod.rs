@@ -283,8 +283,9 @@ impl ShardPacker {
     }
 
     /// A store using this packer closed: when it was the last, waits for every write running
-    /// for the shard, then lets go of a file index so that another process may open it. (A
-    /// memory index is kept: it holds the pieces.)
+    /// for the shard, then lets go of the index: a file index so that another process may
+    /// open it, a memory index (it holds the pieces of a memory store, which only that store
+    /// can reach) to free its memory at once.
     pub(crate) async fn release_user(&self) {
         let last = self
             .users
@@ -294,17 +295,15 @@ impl ShardPacker {
             return;
         }
         self.tasks.wait_idle().await;
-        if !self.is_memory() {
-            // The active pack goes with the index: another process may open the store now,
-            // and resumes the pack from the file as it finds it.
-            self.active.lock().await.take();
-            self.retired
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .clear();
-            self.index.lock().unwrap_or_else(|p| p.into_inner()).take();
-            self.writer.lock().unwrap_or_else(|p| p.into_inner()).take();
-        }
+        // The active pack goes with the index: another process may open the store now, and
+        // resumes the pack from the file as it finds it.
+        self.active.lock().await.take();
+        self.retired
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clear();
+        self.index.lock().unwrap_or_else(|p| p.into_inner()).take();
+        self.writer.lock().unwrap_or_else(|p| p.into_inner()).take();
     }
 
     /// The shard's index, opened (and recovered) on first use.
