@@ -74,6 +74,10 @@ build_db() { # directory
 db_dir=advisory-db-3157b0e258782691
 build_db "target/advisory-db/$db_dir"
 echo "== cargo deny: advisories (snapshot of $(cat "$snapshot/DATE")), licenses, bans, sources"
+# --offline reads each crate's manifest from cargo's local cache: fetch both lockfiles' crates
+# first (on a fresh machine nothing has built the fuzz targets yet, so theirs are missing).
+cargo fetch --locked --quiet
+cargo fetch --locked --quiet --manifest-path fuzz/Cargo.toml
 check_both --offline
 
 echo "== cargo deny: a made-up advisory against tokio in the lockfile is reported"
