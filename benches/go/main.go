@@ -143,9 +143,10 @@ func check(err error) {
 
 // latency is the binding's per-operation latency on a store, one operation at a time (best
 // of 3 rounds of n), as core_latency.rs measures the core's.
-func latency(s *piecestore.Store, size, n int) (putUs, getUs, bufUs float64) {
+func latency(s *piecestore.Store, size, n int) (putUs, getUs, bufUs, intoUs float64) {
 	data := payload(size, 1)
-	putUs, getUs, bufUs = 1e18, 1e18, 1e18
+	into := make([]byte, size)
+	putUs, getUs, bufUs, intoUs = 1e18, 1e18, 1e18, 1e18
 	for round := range 3 {
 		keys := make([]string, n)
 		for i := range keys {
@@ -169,8 +170,14 @@ func latency(s *piecestore.Store, size, n int) (putUs, getUs, bufUs float64) {
 			b.Release()
 		}
 		bufUs = min(bufUs, float64(time.Since(t).Nanoseconds())/1e3/float64(n))
+		t = time.Now()
+		for _, k := range keys {
+			_, err := s.GetInto(ctx, k, into)
+			check(err)
+		}
+		intoUs = min(intoUs, float64(time.Since(t).Nanoseconds())/1e3/float64(n))
 	}
-	return putUs, getUs, bufUs
+	return putUs, getUs, bufUs, intoUs
 }
 
 func main() {
@@ -187,10 +194,10 @@ func main() {
 	// First, in a fresh process: the per-operation latency on memory://.
 	mem, err := piecestore.Open("memory://")
 	check(err)
-	putUs, getUs, bufUs := latency(mem, 4<<10, *latencyOps)
+	putUs, getUs, bufUs, intoUs := latency(mem, 4<<10, *latencyOps)
 	check(mem.Close())
 	check(enc.Encode(map[string]any{"client": "piecestore-go", "store": "memory://",
-		"size": 4 << 10, "put_us": putUs, "get_us": getUs, "getbuffer_us": bufUs}))
+		"size": 4 << 10, "put_us": putUs, "get_us": getUs, "getbuffer_us": bufUs, "getinto_us": intoUs}))
 
 	if *endpoint != "" {
 		base := *endpoint + "/" + *bucket

@@ -6,6 +6,7 @@
 # (the figures in benches/RESULTS.md).
 #
 #   bash benches/go/run.sh [SECONDS_PER_RUN]     (3 interleaved rounds of every client)
+#   MEMORY_ONLY=1 bash benches/go/run.sh         (only the memory:// latencies beside the core's)
 #
 # Needs: s3s-fs (scripts/test.sh installs it), Go, Rust, and about 15 GB free under $TMPDIR
 # (s3s-fs keeps every 1 MiB object; a full disk shows up as HTTP 500 errors).
@@ -29,7 +30,9 @@ server=$!
 trap 'kill $server 2>/dev/null; rm -rf "$dir"' EXIT
 for _ in $(seq 100); do (echo >/dev/tcp/127.0.0.1/"$port") 2>/dev/null && break; sleep 0.1; done
 
-target/gobench -endpoint "http://127.0.0.1:$port" -bucket bench -duration "${secs}s" | tee "$dir/go.jsonl"
+endpoint="http://127.0.0.1:$port"
+[ -n "${MEMORY_ONLY:-}" ] && endpoint=""
+target/gobench -endpoint "$endpoint" -bucket bench -duration "${secs}s" | tee "$dir/go.jsonl"
 cargo run --release -q -p piecestore-benches --example core_latency -- memory:// 4096 20000 |
   tee "$dir/core.json"
 cargo run --release -q -p piecestore-benches --example core_latency -- memory:// 4096 20000 copy |
@@ -62,5 +65,7 @@ print(f"| Go binding (cgo; Put copies in, Get copies out) | {go['put_us']:.2f} |
 print(f"| Go binding, GetBuffer (the library's buffer lent, no copy) | | {go['getbuffer_us']:.2f} |")
 print(f"| Go ÷ core (no copy) | {go['put_us']/core['put_us']:.2f}× | {go['get_us']/core['get_us']:.2f}× |")
 print(f"| Go ÷ core (copying) | {go['put_us']/copy['put_us']:.2f}× | {go['get_us']/copy['get_us']:.2f}× |")
+print(f"| Go binding, GetInto (one cgo call, read into the caller's buffer) | | {go['getinto_us']:.2f} |")
 print(f"| Go GetBuffer ÷ core | | {go['getbuffer_us']/core['get_us']:.2f}× |")
+print(f"| Go GetInto ÷ core | | {go['getinto_us']/core['get_us']:.2f}× |")
 PY

@@ -54,3 +54,13 @@ func BenchmarkGetBuffer4KiB(b *testing.B) {
 		buf.Release()
 	}
 }
+
+func BenchmarkGetInto4KiB(b *testing.B) {
+	s, keys := storeOf1000(b)
+	buf := make([]byte, 4096)
+	for i := 0; b.Loop(); i++ {
+		if _, err := s.GetInto(ctx, keys[i%len(keys)], buf); err != nil {
+			b.Fatal(err)
+		}
+	}
+}

@@ -28,7 +28,10 @@ import "C"
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
+	"fmt"
+	"io"
 	"iter"
 	"runtime"
 	"strconv"
@@ -233,6 +236,13 @@ func (s *Store) Close() error {
 	return nil
 }
 
+// Closed reports whether Close was called (every call since fails with ErrClosed).
+func (s *Store) Closed() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.closing
+}
+
 // call runs one library call with the store's handle and a cancellation token tied to ctx
 // (none for a context that cannot be cancelled).
 func (s *Store) call(ctx context.Context, f func(h *C.PsStore, c *C.PsCancel, e **C.PsError) C.PsStatus) error {
@@ -313,6 +323,26 @@ func (s *Store) Get(ctx context.Context, key string) ([]byte, error) {
 		return nil, err
 	}
 	return take(&b), nil
+}
+
+// GetInto reads the piece under key, verified against its checksum, into buf and returns its
+// size: one call into the library and one copy, with nothing to allocate or release (the
+// fastest read for a caller that reuses buffers). A piece larger than buf is not read: the
+// error wraps both ErrInvalidArgument and io.ErrShortBuffer, and n is the size buf needs.
+func (s *Store) GetInto(ctx context.Context, key string, buf []byte) (n int, err error) {
+	k, kl := str(key)
+	var size C.uint64_t
+	d := (*C.uint8_t)(unsafe.Pointer(unsafe.SliceData(buf)))
+	err = s.call(ctx, func(h *C.PsStore, c *C.PsCancel, e **C.PsError) C.PsStatus {
+		return C.ps_get_into(h, k, kl, d, C.size_t(len(buf)), c, &size, e)
+	})
+	if err != nil {
+		if int(size) > len(buf) {
+			return int(size), fmt.Errorf("%w (%w)", err, io.ErrShortBuffer)
+		}
+		return 0, err
+	}
+	return int(size), nil
 }
 
 // Buffer is a piece's bytes lent by the library without a copy (see GetBuffer). Bytes is
@@ -429,6 +459,130 @@ func (s *Store) Flush(ctx context.Context) error {
 	return s.call(ctx, func(h *C.PsStore, c *C.PsCancel, e **C.PsError) C.PsStatus {
 		return C.ps_flush(h, c, e)
 	})
+}
+
+// GcOptions tunes one garbage collection; the zero value takes the store's configuration.
+type GcOptions struct {
+	// Grace is how long compacted packs wait before they are deleted (readers that looked a
+	// piece up before the compaction may still read the old pack). Nil: the store's
+	// Pack.Grace. A pointer so that 0 (delete at once) can be asked for.
+	Grace *time.Duration
+	// GarbageRatio: compact packs with at least this share of garbage (0 to 1). Nil: the
+	// store's Pack.GarbageRatio.
+	GarbageRatio *float64
+	// DryRun only reports what would be done.
+	DryRun bool
+}
+
+// GcReport is what a garbage collection did, summed over shards (piecestore gc --json).
+type GcReport struct {
+	PacksBefore       uint64        `json:"packs_before"`       // packs before
+	PacksAfter        uint64        `json:"packs_after"`        // packs after (live and doomed)
+	PacksCompacted    uint64        `json:"packs_compacted"`    // packs whose live pieces were copied out
+	PacksWritten      uint64        `json:"packs_written"`      // new packs written
+	PacksDeleted      uint64        `json:"packs_deleted"`      // compacted packs deleted (grace over)
+	PacksDoomed       uint64        `json:"packs_doomed"`       // compacted packs still in their grace period
+	PiecesMoved       uint64        `json:"pieces_moved"`       // pieces copied into new packs
+	BytesMoved        uint64        `json:"bytes_moved"`        // their bytes
+	BytesReclaimed    uint64        `json:"bytes_reclaimed"`    // storage freed by deleting packs
+	TombstonesDropped uint64        `json:"tombstones_dropped"` // tombstones no pack needs any more
+	PacksDamaged      uint64        `json:"packs_damaged"`      // packs left alone because damaged (Fsck names them)
+	Doomed            DoomedSummary `json:"doomed"`             // the compacted packs left after this run
+}
+
+// DoomedSummary describes the compacted packs that wait for their grace period.
+type DoomedSummary struct {
+	Packs uint64 `json:"packs"` // how many
+	Bytes uint64 `json:"bytes"` // their bytes: what deleting them frees
+	// FirstDueMs is when the first may be deleted, in Unix milliseconds; nil when none waits.
+	FirstDueMs *uint64 `json:"first_due_ms"`
+	// LastDueMs is when the last may be deleted, in Unix milliseconds; nil when none waits.
+	LastDueMs *uint64 `json:"last_due_ms"`
+	// GraceMs is the grace period these times were computed with, in milliseconds.
+	GraceMs uint64 `json:"grace_ms"`
+}
+
+// Gc collects a packed store's garbage (piecestore gc): it deletes compacted packs whose grace
+// period is over, rewrites packs whose garbage passed the ratio and merges undersized ones.
+// It is safe while other goroutines and processes read and write the store. An unpacked store
+// has nothing to collect (a zero report).
+func (s *Store) Gc(ctx context.Context, opts GcOptions) (GcReport, error) {
+	grace := C.int64_t(-1)
+	if opts.Grace != nil {
+		if *opts.Grace < 0 {
+			return GcReport{}, &Error{Kind: ErrInvalidArgument, Message: "negative grace " + opts.Grace.String()}
+		}
+		grace = C.int64_t(opts.Grace.Milliseconds())
+	}
+	ratio := C.double(-1)
+	if opts.GarbageRatio != nil {
+		if r := *opts.GarbageRatio; !(r >= 0 && r <= 1) {
+			return GcReport{}, &Error{Kind: ErrInvalidArgument, Message: "garbage ratio " +
+				strconv.FormatFloat(r, 'g', -1, 64) + " is not between 0 and 1"}
+		}
+		ratio = C.double(*opts.GarbageRatio)
+	}
+	var b C.PsBytes
+	err := s.call(ctx, func(h *C.PsStore, c *C.PsCancel, e **C.PsError) C.PsStatus {
+		return C.ps_gc(h, grace, ratio, C.bool(opts.DryRun), c, &b, e)
+	})
+	var r GcReport
+	if err != nil {
+		return r, err
+	}
+	return r, report(&b, &r)
+}
+
+// FsckProblem is one thing Fsck found wrong.
+type FsckProblem struct {
+	Shard int     `json:"shard"` // the shard
+	Pack  *string `json:"pack"`  // the pack object, when the problem is in or about a pack
+	Key   *string `json:"key"`   // the piece key, when one piece is concerned
+	What  string  `json:"what"`  // what is wrong
+}
+
+// FsckReport is what a check found, summed over shards (piecestore fsck --json).
+type FsckReport struct {
+	Packs             uint64        `json:"packs"`              // pack objects read
+	Bytes             uint64        `json:"bytes"`              // their bytes
+	Records           uint64        `json:"records"`            // records (pieces and tombstones) verified
+	Entries           uint64        `json:"entries"`            // index entries checked
+	PackedPieces      uint64        `json:"packed_pieces"`      // packed pieces checked against their packs
+	Objects           uint64        `json:"objects"`            // pieces stored as objects of their own, verified
+	ObjectBytes       uint64        `json:"object_bytes"`       // their bytes
+	ObjectsUnverified uint64        `json:"objects_unverified"` // objects without a checksum anywhere
+	Problems          []FsckProblem `json:"problems"`           // what is wrong (after the rebuild, when one ran)
+	// ProblemsBeforeRebuild are the problems found before the rebuild (nil without one).
+	ProblemsBeforeRebuild []FsckProblem `json:"problems_before_rebuild"`
+	// RebuiltPieces counts the pieces the rebuild indexed (nil without one).
+	RebuiltPieces *uint64 `json:"rebuilt_pieces"`
+}
+
+// Clean reports whether the check found nothing wrong.
+func (r FsckReport) Clean() bool { return len(r.Problems) == 0 }
+
+// Fsck checks a packed store (piecestore fsck): every pack's records against their checksums,
+// every index entry against its pack, orphan packs and dangling entries. With rebuildIndex it
+// then rebuilds each shard's index from the packs alone and checks again. Problems are the
+// report's, not an error: the error says only that the check could not run.
+func (s *Store) Fsck(ctx context.Context, rebuildIndex bool) (FsckReport, error) {
+	var b C.PsBytes
+	err := s.call(ctx, func(h *C.PsStore, c *C.PsCancel, e **C.PsError) C.PsStatus {
+		return C.ps_fsck(h, C.bool(rebuildIndex), c, &b, e)
+	})
+	var r FsckReport
+	if err != nil {
+		return r, err
+	}
+	return r, report(&b, &r)
+}
+
+// report decodes a report the library encoded as JSON, and releases its bytes.
+func report(b *C.PsBytes, into any) error {
+	if err := json.Unmarshal(take(b), into); err != nil {
+		return &Error{Kind: ErrInternal, Message: "undecodable report: " + err.Error()}
+	}
+	return nil
 }
 
 // Metrics returns the store's operation metrics in the Prometheus text exposition format

@@ -643,8 +643,14 @@ func TestUseAfterClose(t *testing.T) {
 			if err := s.Put(ctx, "c_s0", []byte("x")); err != nil {
 				t.Fatal(err)
 			}
+			if s.Closed() {
+				t.Fatal("Closed() before Close")
+			}
 			if err := s.Close(); err != nil {
 				t.Fatalf("Close: %v", err)
+			}
+			if !s.Closed() {
+				t.Fatal("not Closed() after Close")
 			}
 			if err := s.Close(); err != nil {
 				t.Fatalf("Close again: %v", err)

@@ -225,6 +225,23 @@ PsStatus ps_get_range(const struct PsStore *store,
                       struct PsBytes *out,
                       struct PsError **err);
 
+// Reads the piece under `key`, checksum-verified, into the caller's buffer `buf[0..cap]`, and
+// sets `*size` to the piece's size. A piece larger than `cap` is not copied: the call fails
+// with `PS_INVALID_ARGUMENT` and `*size` still says how large a buffer it needs. One call and one
+// copy, with no buffer of the library's to free (unlike [`ps_get`]).
+//
+// # Safety
+// As [`ps_get`]; `buf` is NULL (only with `cap` 0) or writable for `cap` bytes; `size` is
+// writable.
+PsStatus ps_get_into(const struct PsStore *store,
+                     const uint8_t *key,
+                     size_t key_len,
+                     uint8_t *buf,
+                     size_t cap,
+                     const struct PsCancel *cancel,
+                     uint64_t *size,
+                     struct PsError **err);
+
 // Releases the bytes of a read and zeroes `*bytes`. NULL, or a `PsBytes` this call already
 // released (and zeroed), is a no-op; releasing a by-value copy of a released `PsBytes` frees
 // twice.
@@ -295,6 +312,39 @@ PsStatus ps_flush(const struct PsStore *store, const struct PsCancel *cancel, st
 // # Safety
 // `store` is NULL or live; `out` is writable.
 PsStatus ps_metrics(const struct PsStore *store, struct PsBytes *out, struct PsError **err);
+
+// Garbage collection of a packed store's packs (`piecestore gc`): deletes compacted packs
+// whose grace period is over, rewrites packs with at least `garbage_ratio` garbage and merges
+// undersized ones. Safe while other calls (and other processes) read and write. `grace_ms`
+// below 0 and `garbage_ratio` below 0 (or NaN) take the store's `Pack.Grace` and
+// `Pack.GarbageRatio`; `dry_run` only reports. The report goes to `*out` as a JSON object
+// (the fields of `piecestore gc --json`; free it with [`ps_bytes_free`]). An unpacked store has
+// nothing to collect: all counts are 0.
+//
+// # Safety
+// `store` is NULL or live; `cancel` is NULL or live; `out` is writable.
+PsStatus ps_gc(const struct PsStore *store,
+               int64_t grace_ms,
+               double garbage_ratio,
+               bool dry_run,
+               const struct PsCancel *cancel,
+               struct PsBytes *out,
+               struct PsError **err);
+
+// Checks a packed store (`piecestore fsck`): every pack's records against their CRCs, every
+// index entry against its pack, orphan packs, dangling entries and live-byte accounting; with
+// `rebuild_index`, rebuilds each shard's index from its packs alone, then checks again. The
+// report goes to `*out` as a JSON object (the fields of `piecestore fsck --json`, `problems`
+// empty when the store is clean; free it with [`ps_bytes_free`]). Problems found are the
+// report's, not a failure: the call fails only when the check itself cannot run.
+//
+// # Safety
+// `store` is NULL or live; `cancel` is NULL or live; `out` is writable.
+PsStatus ps_fsck(const struct PsStore *store,
+                 bool rebuild_index,
+                 const struct PsCancel *cancel,
+                 struct PsBytes *out,
+                 struct PsError **err);
 
 // Starts listing the pieces whose key starts with `prefix` (empty: all), in no particular
 // order across shards; read them with [`ps_list_next`], free the listing with

@@ -315,6 +315,50 @@ pub unsafe extern "C" fn ps_get_range(
     })
 }
 
+/// Reads the piece under `key`, checksum-verified, into the caller's buffer `buf[0..cap]`, and
+/// sets `*size` to the piece's size. A piece larger than `cap` is not copied: the call fails
+/// with `PS_INVALID_ARGUMENT` and `*size` still says how large a buffer it needs. One call and one
+/// copy, with no buffer of the library's to free (unlike [`ps_get`]).
+///
+/// # Safety
+/// As [`ps_get`]; `buf` is NULL (only with `cap` 0) or writable for `cap` bytes; `size` is
+/// writable.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn ps_get_into(
+    store: *const PsStore,
+    key: *const u8,
+    key_len: usize,
+    buf: *mut u8,
+    cap: usize,
+    cancel: *const PsCancel,
+    size: *mut u64,
+    err: *mut *mut PsError,
+) -> PsStatus {
+    call(err, || {
+        let (s, size) = (self::store(store)?, self::out(size, "size")?);
+        let key = self::key(key, key_len)?;
+        if buf.is_null() && cap > 0 {
+            return Err(Failure::Argument(format!(
+                "buf is NULL but its capacity is {cap}"
+            )));
+        }
+        let b = run(cancel, s.get(key))?;
+        *size = b.len() as u64;
+        if b.len() > cap {
+            return Err(Failure::Argument(format!(
+                "buffer too small for {key:?}: the piece has {} bytes, the buffer holds {cap}",
+                b.len()
+            )));
+        }
+        if !b.is_empty() {
+            // SAFETY: `buf` is writable for `cap` >= `b.len()` bytes (checked non-NULL above),
+            // and the library's buffer cannot overlap the caller's.
+            unsafe { ptr::copy_nonoverlapping(b.as_ptr(), buf, b.len()) };
+        }
+        Ok(())
+    })
+}
+
 /// Releases the bytes of a read and zeroes `*bytes`. NULL, or a `PsBytes` this call already
 /// released (and zeroed), is a no-op; releasing a by-value copy of a released `PsBytes` frees
 /// twice.
@@ -466,6 +510,74 @@ pub unsafe extern "C" fn ps_metrics(
         fill(out, Bytes::from(s.metrics().to_prometheus()));
         Ok(())
     })
+}
+
+/// Garbage collection of a packed store's packs (`piecestore gc`): deletes compacted packs
+/// whose grace period is over, rewrites packs with at least `garbage_ratio` garbage and merges
+/// undersized ones. Safe while other calls (and other processes) read and write. `grace_ms`
+/// below 0 and `garbage_ratio` below 0 (or NaN) take the store's `Pack.Grace` and
+/// `Pack.GarbageRatio`; `dry_run` only reports. The report goes to `*out` as a JSON object
+/// (the fields of `piecestore gc --json`; free it with [`ps_bytes_free`]). An unpacked store has
+/// nothing to collect: all counts are 0.
+///
+/// # Safety
+/// `store` is NULL or live; `cancel` is NULL or live; `out` is writable.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn ps_gc(
+    store: *const PsStore,
+    grace_ms: i64,
+    garbage_ratio: f64,
+    dry_run: bool,
+    cancel: *const PsCancel,
+    out: *mut PsBytes,
+    err: *mut *mut PsError,
+) -> PsStatus {
+    call(err, || {
+        let (s, out) = (self::store(store)?, self::out(out, "out")?);
+        let opts = piecestore::pack::gc::GcOptions {
+            garbage_ratio: (garbage_ratio >= 0.0).then_some(garbage_ratio),
+            grace: u64::try_from(grace_ms)
+                .ok()
+                .map(std::time::Duration::from_millis),
+            dry_run,
+        };
+        let report = run(cancel, s.gc(opts, &|_| {}))?;
+        fill(out, json(&report)?);
+        Ok(())
+    })
+}
+
+/// Checks a packed store (`piecestore fsck`): every pack's records against their CRCs, every
+/// index entry against its pack, orphan packs, dangling entries and live-byte accounting; with
+/// `rebuild_index`, rebuilds each shard's index from its packs alone, then checks again. The
+/// report goes to `*out` as a JSON object (the fields of `piecestore fsck --json`, `problems`
+/// empty when the store is clean; free it with [`ps_bytes_free`]). Problems found are the
+/// report's, not a failure: the call fails only when the check itself cannot run.
+///
+/// # Safety
+/// `store` is NULL or live; `cancel` is NULL or live; `out` is writable.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn ps_fsck(
+    store: *const PsStore,
+    rebuild_index: bool,
+    cancel: *const PsCancel,
+    out: *mut PsBytes,
+    err: *mut *mut PsError,
+) -> PsStatus {
+    call(err, || {
+        let (s, out) = (self::store(store)?, self::out(out, "out")?);
+        let opts = piecestore::pack::fsck::FsckOptions { rebuild_index };
+        let report = run(cancel, s.fsck(opts, &|_| {}))?;
+        fill(out, json(&report)?);
+        Ok(())
+    })
+}
+
+/// A report as the JSON bytes the CLI's `--json` prints.
+fn json(report: &impl serde::Serialize) -> Result<Bytes, Failure> {
+    serde_json::to_vec(report)
+        .map(Bytes::from)
+        .map_err(|e| Failure::Argument(format!("report could not be encoded: {e}")))
 }
 
 /// Starts listing the pieces whose key starts with `prefix` (empty: all), in no particular

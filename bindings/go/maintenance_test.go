@@ -1,0 +1,176 @@
+package piecestore_test
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/piecestore/piecestore/bindings/go"
+)
+
+func TestGetInto(t *testing.T) {
+	eachBackend(t, func(t *testing.T, _ backend, s *piecestore.Store) {
+		buf := make([]byte, 64<<10)
+		for i, n := range []int{0, 1, 4096, 64 << 10} {
+			key := fmt.Sprintf("into/%d_s0", i)
+			data := pseudoRandom(n, uint64(70+i))
+			if err := s.Put(ctx, key, data); err != nil {
+				t.Fatal(err)
+			}
+			for j := range buf {
+				buf[j] = 0xAA
+			}
+			got, err := s.GetInto(ctx, key, buf)
+			if err != nil || got != n || !bytes.Equal(buf[:got], data) {
+				t.Fatalf("GetInto of %d bytes: n=%d err=%v (bytes equal: %v)", n, got, err, bytes.Equal(buf[:got], data))
+			}
+			if n < len(buf) && buf[n] != 0xAA {
+				t.Fatalf("GetInto of %d bytes wrote past the piece", n)
+			}
+		}
+		// A buffer too small: nothing read, the size it needs returned, a typed error.
+		big := pseudoRandom(5000, 77)
+		if err := s.Put(ctx, "into/big_s0", big); err != nil {
+			t.Fatal(err)
+		}
+		small := make([]byte, 100)
+		n, err := s.GetInto(ctx, "into/big_s0", small)
+		if n != 5000 || !errors.Is(err, io.ErrShortBuffer) || !errors.Is(err, piecestore.ErrInvalidArgument) {
+			t.Fatalf("GetInto into 100 bytes of a 5000-byte piece: n=%d err=%v", n, err)
+		}
+		if !bytes.Equal(small, make([]byte, 100)) {
+			t.Fatal("a too-small buffer was written to")
+		}
+		if n, err := s.GetInto(ctx, "into/big_s0", nil); n != 5000 || !errors.Is(err, io.ErrShortBuffer) {
+			t.Fatalf("GetInto(nil): n=%d err=%v", n, err)
+		}
+		if _, err := s.GetInto(ctx, "into/missing_s0", buf); !errors.Is(err, piecestore.ErrNotFound) {
+			t.Fatalf("GetInto of a missing piece: %v", err)
+		}
+		if _, err := s.GetInto(ctx, "../x", buf); !errors.Is(err, piecestore.ErrInvalidKey) {
+			t.Fatalf("GetInto of an invalid key: %v", err)
+		}
+	})
+}
+
+// packFiles lists a packed directory store's pack files.
+func packFiles(t *testing.T, dir string) []string {
+	t.Helper()
+	m, err := filepath.Glob(filepath.Join(dir, ".piecestore", "packs", "*.pack"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return m
+}
+
+func TestGcReclaimsDeletedPiecesAndFsckFindsDamage(t *testing.T) {
+	dir := t.TempDir()
+	s := mustOpen(t, "file://"+dir)
+	piece := func(i int) []byte { return pseudoRandom(100+i*37, uint64(i)) }
+	for i := range 24 {
+		if err := s.Put(ctx, fmt.Sprintf("gc/%d_s0", i), piece(i)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	zero := time.Duration(0)
+	r, err := s.Gc(ctx, piecestore.GcOptions{Grace: &zero})
+	if err != nil || r.PacksCompacted != 0 || r.PacksBefore != 1 {
+		t.Fatalf("gc with no garbage: %+v, %v", r, err)
+	}
+	for i := range 20 {
+		if err := s.Delete(ctx, fmt.Sprintf("gc/%d_s0", i)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// A dry run changes nothing (it does not even seal the open pack to look inside).
+	dry, err := s.Gc(ctx, piecestore.GcOptions{Grace: &zero, DryRun: true})
+	if err != nil || dry.PacksWritten != 0 || dry.PacksDeleted != 0 || len(packFiles(t, dir)) != 1 {
+		t.Fatalf("dry run: %+v, %v, %d packs", dry, err, len(packFiles(t, dir)))
+	}
+	r, err = s.Gc(ctx, piecestore.GcOptions{Grace: &zero})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r.PacksCompacted != 1 || r.PiecesMoved != 4 || r.PacksDeleted != 1 || r.BytesReclaimed == 0 {
+		t.Fatalf("gc after deleting 20 of 24 pieces: %+v", r)
+	}
+	if n := len(packFiles(t, dir)); n != 1 {
+		t.Fatalf("%d pack files after gc; want the compacted one", n)
+	}
+	for i := 20; i < 24; i++ {
+		got, err := s.Get(ctx, fmt.Sprintf("gc/%d_s0", i))
+		if err != nil || !bytes.Equal(got, piece(i)) {
+			t.Fatalf("piece %d after gc: %v", i, err)
+		}
+	}
+	// A ratio outside 0..1 and a negative grace are refused before any work.
+	bad := 1.5
+	if _, err := s.Gc(ctx, piecestore.GcOptions{GarbageRatio: &bad}); !errors.Is(err, piecestore.ErrInvalidArgument) {
+		t.Fatalf("garbage ratio 1.5: %v", err)
+	}
+	neg := -time.Second
+	if _, err := s.Gc(ctx, piecestore.GcOptions{Grace: &neg}); !errors.Is(err, piecestore.ErrInvalidArgument) {
+		t.Fatalf("negative grace: %v", err)
+	}
+
+	f, err := s.Fsck(ctx, false)
+	if err != nil || !f.Clean() || f.Packs != 1 || f.PackedPieces != 4 || f.RebuiltPieces != nil {
+		t.Fatalf("fsck of a clean store: %+v, %v", f, err)
+	}
+	// Damage one byte of the pack: fsck reports it (a report, not an error) and the piece is
+	// never returned with wrong bytes.
+	if err := s.Flush(ctx); err != nil {
+		t.Fatal(err)
+	}
+	p := packFiles(t, dir)[0]
+	raw, err := os.ReadFile(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	at := bytes.Index(raw, piece(22)[:64])
+	if at < 0 {
+		t.Fatal("piece 22's bytes are not in the pack")
+	}
+	raw[at+10] ^= 0xFF
+	if err := os.WriteFile(p, raw, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	f, err = s.Fsck(ctx, false)
+	if err != nil || f.Clean() {
+		t.Fatalf("fsck of a damaged pack: %+v, %v", f, err)
+	}
+	if f.Problems[0].Pack == nil || f.Problems[0].What == "" {
+		t.Fatalf("the problem names no pack: %+v", f.Problems[0])
+	}
+	if _, err := s.Get(ctx, "gc/22_s0"); !errors.Is(err, piecestore.ErrCorrupt) {
+		t.Fatalf("get of the damaged piece: %v", err)
+	}
+	// A rebuild from the packs reports what it indexed.
+	f, err = s.Fsck(ctx, true)
+	if err != nil || f.RebuiltPieces == nil || f.ProblemsBeforeRebuild == nil {
+		t.Fatalf("fsck with a rebuild: %+v, %v", f, err)
+	}
+
+	// An unpacked store has nothing to collect or check.
+	u := mustOpen(t, "file://"+t.TempDir(), piecestore.WithPacking(false))
+	if r, err := u.Gc(ctx, piecestore.GcOptions{}); err != nil || r != (piecestore.GcReport{}) {
+		t.Fatalf("gc of an unpacked store: %+v, %v", r, err)
+	}
+	if f, err := u.Fsck(ctx, false); err != nil || !f.Clean() || f.Packs != 0 {
+		t.Fatalf("fsck of an unpacked store: %+v, %v", f, err)
+	}
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.Gc(ctx, piecestore.GcOptions{}); !errors.Is(err, piecestore.ErrClosed) {
+		t.Fatalf("gc after close: %v", err)
+	}
+	if _, err := s.Fsck(ctx, false); !errors.Is(err, piecestore.ErrClosed) {
+		t.Fatalf("fsck after close: %v", err)
+	}
+}
