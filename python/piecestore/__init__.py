@@ -51,7 +51,15 @@ from ._native import (
     zero_copy_get,
 )
 from ._options import constructor_doc as _constructor_doc
-from ._types import DeleteSummary, OpMetrics, PieceInfo
+from ._types import (
+    DeleteSummary,
+    DoomedSummary,
+    FsckProblem,
+    FsckReport,
+    GcReport,
+    OpMetrics,
+    PieceInfo,
+)
 
 # ``help(piecestore.PieceStore)`` shows the constructor and every option it takes.
 PieceStore.__doc__ = _constructor_doc(list(OPTION_NAMES))
@@ -63,6 +71,10 @@ __all__ = [
     "PieceInfo",
     "DeleteSummary",
     "OpMetrics",
+    "GcReport",
+    "DoomedSummary",
+    "FsckReport",
+    "FsckProblem",
     "PieceStoreError",
     "PieceNotFound",
     "PieceExists",

@@ -3,11 +3,11 @@
 import builtins
 import os
 import sys
-from collections.abc import AsyncIterator, Iterable, Iterator, Mapping
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping
 from datetime import timedelta
 from typing import Any, Awaitable, Literal, Optional, Tuple, TypeVar, Union
 
-from ._types import DeleteSummary, OpMetrics, PieceInfo
+from ._types import DeleteSummary, FsckReport, GcReport, OpMetrics, PieceInfo
 
 if sys.version_info >= (3, 12):
     from collections.abc import Buffer as _BytesLike
@@ -88,6 +88,29 @@ class PieceStore:
         """Stores many pieces concurrently; raises the first failure."""
     def get_many(self, keys: Iterable[str]) -> builtins.list[Buffer]:
         """Reads many pieces concurrently, in order; raises the first failure."""
+    def flush(self) -> None:
+        """Writes every shard's open pack now and waits until it is durable (each ``put``
+        already waits for its own pack); nothing to do for an unpacked store."""
+    def gc(
+        self,
+        *,
+        grace: Union[float, timedelta, None] = None,
+        garbage_ratio: Optional[float] = None,
+        dry_run: bool = False,
+        progress: Optional[Callable[[int, int], object]] = None,
+    ) -> GcReport:
+        """Garbage collection of a packed store (``piecestore gc``), safe while others read and
+        write. ``grace`` and ``garbage_ratio`` default to the store's config; ``progress(done,
+        total)`` gets the bytes of packs processed, from a thread of the library."""
+    def fsck(
+        self,
+        *,
+        rebuild_index: bool = False,
+        progress: Optional[Callable[[int, int], object]] = None,
+    ) -> FsckReport:
+        """Checks every pack and index entry (``piecestore fsck``); problems are in the
+        report's ``problems``, not raised. ``rebuild_index`` rebuilds the index from the packs,
+        then checks again."""
     def close(self) -> None:
         """Closes the store; later calls raise ``StoreClosed``. A ``memory://`` store's
         pieces are freed at once, not when this object is garbage-collected."""
@@ -103,6 +126,10 @@ class PieceStore:
     @property
     def placement(self) -> Literal["fnv-mod", "jump"]:
         """How keys are placed on shards."""
+    @property
+    def packing(self) -> str:
+        """How small pieces are packed: ``off``, or the threshold, pack size, gc settings and
+        where the index is kept."""
     def shard_of(self, key: str) -> int:
         """The shard that holds ``key``."""
     def metrics(self) -> str:
@@ -132,6 +159,21 @@ class PieceStore:
         overwrite: bool = False,
     ) -> None: ...
     async def get_many_async(self, keys: Iterable[str]) -> builtins.list[Buffer]: ...
+    async def flush_async(self) -> None: ...
+    async def gc_async(
+        self,
+        *,
+        grace: Union[float, timedelta, None] = None,
+        garbage_ratio: Optional[float] = None,
+        dry_run: bool = False,
+        progress: Optional[Callable[[int, int], object]] = None,
+    ) -> GcReport: ...
+    async def fsck_async(
+        self,
+        *,
+        rebuild_index: bool = False,
+        progress: Optional[Callable[[int, int], object]] = None,
+    ) -> FsckReport: ...
     async def close_async(self) -> None: ...
     def __enter__(self: _Self) -> _Self: ...
     def __exit__(self, *args: object) -> Literal[False]: ...

@@ -4,9 +4,17 @@ from __future__ import annotations
 
 import datetime as _dt
 from dataclasses import dataclass
-from typing import Dict, Optional, TypedDict
+from typing import Dict, List, Optional, TypedDict
 
-__all__ = ["PieceInfo", "DeleteSummary", "OpMetrics"]
+__all__ = [
+    "PieceInfo",
+    "DeleteSummary",
+    "OpMetrics",
+    "GcReport",
+    "DoomedSummary",
+    "FsckReport",
+    "FsckProblem",
+]
 
 
 @dataclass(frozen=True)
@@ -67,3 +75,87 @@ class OpMetrics(TypedDict):
 
 def _piece_info(key: str, size: int, crc32c: Optional[int], ts: float) -> PieceInfo:
     return PieceInfo(key, size, crc32c, _dt.datetime.fromtimestamp(ts, tz=_dt.timezone.utc))
+
+
+class DoomedSummary(TypedDict):
+    """The compacted packs that wait for their grace period (``GcReport["doomed"]``)."""
+
+    packs: int
+    """How many."""
+    bytes: int
+    """Their bytes: the storage that deleting them frees."""
+    first_due_ms: Optional[int]
+    """When the first may be deleted (Unix milliseconds); ``None`` when none waits."""
+    last_due_ms: Optional[int]
+    """When the last may be deleted (Unix milliseconds); ``None`` when none waits."""
+    grace_ms: int
+    """The grace period these times were computed with, in milliseconds."""
+
+
+class GcReport(TypedDict):
+    """What ``PieceStore.gc()`` did, summed over shards (the fields of ``piecestore gc --json``)."""
+
+    packs_before: int
+    """Packs before."""
+    packs_after: int
+    """Packs after (live and doomed)."""
+    packs_compacted: int
+    """Packs whose live pieces were copied out."""
+    packs_written: int
+    """New packs written."""
+    packs_deleted: int
+    """Compacted packs deleted (grace over)."""
+    packs_doomed: int
+    """Compacted packs still waiting for their grace period."""
+    pieces_moved: int
+    """Pieces copied into new packs."""
+    bytes_moved: int
+    """Their bytes."""
+    bytes_reclaimed: int
+    """Storage freed by deleting packs."""
+    tombstones_dropped: int
+    """Tombstones no pack needs any more, dropped."""
+    packs_damaged: int
+    """Packs left alone because they are damaged (``fsck`` names them)."""
+    doomed: DoomedSummary
+    """The compacted packs left after this run."""
+
+
+class FsckProblem(TypedDict):
+    """One thing ``PieceStore.fsck()`` found wrong."""
+
+    shard: int
+    """The shard."""
+    pack: Optional[str]
+    """The pack object, when the problem is in or about a pack."""
+    key: Optional[str]
+    """The piece key, when one piece is concerned."""
+    what: str
+    """What is wrong."""
+
+
+class FsckReport(TypedDict):
+    """What ``PieceStore.fsck()`` found, summed over shards (``piecestore fsck --json``)."""
+
+    packs: int
+    """Pack objects read."""
+    bytes: int
+    """Their bytes."""
+    records: int
+    """Records (pieces and tombstones) verified."""
+    entries: int
+    """Index entries checked."""
+    packed_pieces: int
+    """Packed pieces checked against their packs' records."""
+    objects: int
+    """Pieces stored as objects of their own, read whole and verified."""
+    object_bytes: int
+    """Their bytes."""
+    objects_unverified: int
+    """Of those, pieces with no checksum anywhere: read, but not verifiable."""
+    problems: List[FsckProblem]
+    """What is wrong (after the rebuild, when one ran); empty when the store is clean."""
+    problems_before_rebuild: Optional[List[FsckProblem]]
+    """Problems found before the rebuild, when one ran."""
+    rebuilt_pieces: Optional[int]
+    """Pieces indexed by the rebuild, when one ran."""

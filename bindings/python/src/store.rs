@@ -64,6 +64,82 @@ impl<'py> IntoPyObject<'py> for Summary {
     }
 }
 
+/// A `gc` or `fsck` report: the JSON object `piecestore gc --json` / `fsck --json` prints, as a
+/// dict (`piecestore.GcReport` / `piecestore.FsckReport`). One encoding of the core's report,
+/// no field list to keep in step here.
+struct Report(Result<String, String>);
+
+impl Report {
+    fn of(r: &impl serde::Serialize) -> Self {
+        Report(serde_json::to_string(r).map_err(|e| e.to_string()))
+    }
+}
+
+impl<'py> IntoPyObject<'py> for Report {
+    type Target = PyAny;
+    type Output = Bound<'py, PyAny>;
+    type Error = PyErr;
+
+    fn into_pyobject(self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        let text = self.0.map_err(|e| {
+            pyo3::exceptions::PyRuntimeError::new_err(format!("report not encodable: {e}"))
+        })?;
+        py.import("json")?.call_method1("loads", (text,))
+    }
+}
+
+/// `gc`'s options from its keyword arguments: `grace` in seconds (a number or a
+/// `datetime.timedelta`), `garbage_ratio` from 0 to 1.
+fn gc_options(
+    grace: Option<&Bound<'_, PyAny>>,
+    garbage_ratio: Option<f64>,
+    dry_run: bool,
+) -> PyResult<piecestore::pack::gc::GcOptions> {
+    let grace = match grace {
+        None => None,
+        Some(g) => {
+            let secs: f64 = if g.hasattr("total_seconds")? {
+                g.call_method0("total_seconds")?.extract()?
+            } else {
+                g.extract().map_err(|_| {
+                    PyTypeError::new_err("grace must be seconds (a number) or a datetime.timedelta")
+                })?
+            };
+            if !(secs.is_finite() && secs >= 0.0) {
+                return Err(pyo3::exceptions::PyValueError::new_err(format!(
+                    "grace must be 0 or more seconds, not {secs}"
+                )));
+            }
+            Some(std::time::Duration::from_secs_f64(secs))
+        }
+    };
+    if let Some(r) = garbage_ratio
+        && !(0.0..=1.0).contains(&r)
+    {
+        return Err(pyo3::exceptions::PyValueError::new_err(format!(
+            "garbage_ratio must be from 0 to 1, not {r}"
+        )));
+    }
+    Ok(piecestore::pack::gc::GcOptions {
+        garbage_ratio,
+        grace,
+        dry_run,
+    })
+}
+
+/// Calls a progress callback from whichever thread the core reports on. An exception in it
+/// cannot stop the operation: it is reported the way Python reports exceptions it cannot raise
+/// (`sys.unraisablehook`), and the operation goes on.
+fn progress(cb: &Option<Py<PyAny>>, args: (u64, u64)) {
+    if let Some(cb) = cb {
+        Python::attach(|py| {
+            if let Err(e) = cb.call1(py, args) {
+                e.write_unraisable(py, Some(cb.bind(py)));
+            }
+        });
+    }
+}
+
 /// One entry of `metrics_summary`.
 fn op_metrics<'py>(py: Python<'py>, m: &OpMetrics) -> PyResult<Bound<'py, PyDict>> {
     let errors = PyDict::new(py);
@@ -342,6 +418,59 @@ impl PieceStore {
         Summary(s).into_pyobject(py)
     }
 
+    /// Writes every shard's open pack now and waits until it is durable. Each `put` already
+    /// waits for its own pack; this is for a caller that wants the open packs out (before a
+    /// snapshot of the directory). Nothing to do for an unpacked store.
+    fn flush(&self, py: Python<'_>) -> PyResult<()> {
+        let store = &self.inner;
+        py.detach(|| block_on(store.flush()))
+            .map_err(|e| to_py_with(py, e))
+    }
+
+    /// Garbage collection of a packed store (`piecestore gc`): deletes compacted packs whose
+    /// grace period is over, rewrites packs with at least `garbage_ratio` garbage and merges
+    /// undersized ones; safe while other threads and processes read and write. `grace` (seconds
+    /// or a `timedelta`) and `garbage_ratio` default to the store's `Pack.Grace` and
+    /// `Pack.GarbageRatio`; `dry_run` only reports. `progress(done, total)` is called with the
+    /// bytes of packs processed so far, from a thread of the library. Returns a `GcReport`
+    /// dict; an unpacked store has nothing to collect (all counts 0).
+    #[pyo3(signature = (*, grace = None, garbage_ratio = None, dry_run = false, progress = None))]
+    fn gc<'py>(
+        &self,
+        py: Python<'py>,
+        grace: Option<&Bound<'py, PyAny>>,
+        garbage_ratio: Option<f64>,
+        dry_run: bool,
+        progress: Option<Py<PyAny>>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let opts = gc_options(grace, garbage_ratio, dry_run)?;
+        let store = &self.inner;
+        let r = py
+            .detach(|| block_on(store.gc(opts, &|p| self::progress(&progress, (p.done, p.total)))))
+            .map_err(|e| to_py_with(py, e))?;
+        Report::of(&r).into_pyobject(py)
+    }
+
+    /// Checks a packed store (`piecestore fsck`): every pack's records against their CRCs,
+    /// every index entry against its pack, orphan packs, dangling entries and live-byte
+    /// accounting. With `rebuild_index`, rebuilds each shard's index from its packs alone,
+    /// then checks again. `progress(bytes_read, 0)` is called as packs are read. Returns a
+    /// `FsckReport` dict: problems found are in its `problems` list, not raised.
+    #[pyo3(signature = (*, rebuild_index = false, progress = None))]
+    fn fsck<'py>(
+        &self,
+        py: Python<'py>,
+        rebuild_index: bool,
+        progress: Option<Py<PyAny>>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let opts = piecestore::pack::fsck::FsckOptions { rebuild_index };
+        let store = &self.inner;
+        let r = py
+            .detach(|| block_on(store.fsck(opts, &|n| self::progress(&progress, (n, 0)))))
+            .map_err(|e| to_py_with(py, e))?;
+        Report::of(&r).into_pyobject(py)
+    }
+
     /// The pieces whose keys start with `prefix`, as an iterator (`for`) that is also an
     /// async iterator (`async for`).
     #[pyo3(signature = (prefix = ""))]
@@ -400,6 +529,13 @@ impl PieceStore {
     #[getter]
     fn placement(&self) -> String {
         self.inner.placement().to_string()
+    }
+
+    /// How small pieces are packed, as one line: `off`, or the threshold, pack size, gc
+    /// settings and where the index is kept.
+    #[getter]
+    fn packing(&self) -> String {
+        self.inner.packing()
     }
 
     /// The shard index that holds `key`.
@@ -523,6 +659,50 @@ impl PieceStore {
         let store = self.inner.clone();
         awaitable(py, async move {
             all(store.get_many(keys).await).map(|v| v.into_iter().map(Piece).collect::<Vec<_>>())
+        })
+    }
+
+    /// `flush`, as an awaitable.
+    fn flush_async<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        let store = self.inner.clone();
+        awaitable(py, async move { store.flush().await })
+    }
+
+    /// `gc`, as an awaitable (`progress` is called from a thread of the library).
+    #[pyo3(signature = (*, grace = None, garbage_ratio = None, dry_run = false, progress = None))]
+    fn gc_async<'py>(
+        &self,
+        py: Python<'py>,
+        grace: Option<&Bound<'py, PyAny>>,
+        garbage_ratio: Option<f64>,
+        dry_run: bool,
+        progress: Option<Py<PyAny>>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let opts = gc_options(grace, garbage_ratio, dry_run)?;
+        let store = self.inner.clone();
+        awaitable(py, async move {
+            let r = store
+                .gc(opts, &|p| self::progress(&progress, (p.done, p.total)))
+                .await?;
+            Ok(Report::of(&r))
+        })
+    }
+
+    /// `fsck`, as an awaitable (`progress` is called from a thread of the library).
+    #[pyo3(signature = (*, rebuild_index = false, progress = None))]
+    fn fsck_async<'py>(
+        &self,
+        py: Python<'py>,
+        rebuild_index: bool,
+        progress: Option<Py<PyAny>>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let opts = piecestore::pack::fsck::FsckOptions { rebuild_index };
+        let store = self.inner.clone();
+        awaitable(py, async move {
+            let r = store
+                .fsck(opts, &|n| self::progress(&progress, (n, 0)))
+                .await?;
+            Ok(Report::of(&r))
         })
     }
 

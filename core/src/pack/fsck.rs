@@ -289,7 +289,10 @@ async fn check(
         // Active; or written and indexed since the listing; or missing.
         let sealed = info.state == PackState::Live;
         match backend.read_pack(*id).await {
-            Ok(bytes) => scan_into(&mut report, &mut scanned, shard, *id, &bytes, sealed),
+            Ok(bytes) => {
+                scan_into(&mut report, &mut scanned, shard, *id, &bytes, sealed);
+                progress(report.bytes);
+            }
             Err(crate::Error::NotFound { .. }) => report.problems.push(problem(
                 Some(*id),
                 None,
@@ -311,6 +314,7 @@ async fn check(
             continue;
         }
         scan_into(&mut report, &mut scanned, shard, id, &bytes, true);
+        progress(report.bytes);
     }
     for id in scanned.keys() {
         if !packs.contains_key(id) {
