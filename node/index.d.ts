@@ -32,6 +32,26 @@ export declare class PieceList {}
  */
 export declare class PieceStore {
   /**
+   * Writes every shard's open pack now and waits until it is durable. Each `put` already
+   * waits for its own pack; this is for a caller that wants the open packs out (before a
+   * snapshot of the directory). Nothing to do for an unpacked store.
+   */
+  flush(): Promise<void>
+  /**
+   * Garbage collection of a packed store (`piecestore gc`): deletes compacted packs whose
+   * grace period is over, rewrites packs with at least `garbageRatio` garbage and merges
+   * undersized ones; safe while other calls and processes read and write. An unpacked store
+   * has nothing to collect (all counts 0).
+   */
+  gc(options?: GcOpts): Promise<GcReport>
+  /**
+   * Checks a packed store (`piecestore fsck`): every pack's records against their CRCs,
+   * every index entry against its pack, orphan packs, dangling entries and live-byte
+   * accounting; with `rebuildIndex`, rebuilds each shard's index from its packs alone, then
+   * checks again. Problems found are in the report's `problems`, not a rejection.
+   */
+  fsck(options?: FsckOpts): Promise<FsckReport>
+  /**
    * Opens the store at `store`: a URL (`memory://`, `file:///path`, `s3://bucket`,
    * `http://127.0.0.1:9000/bucket-%d`), a path (a directory, or a `.toml` config file), or an
    * object laid out like `config.toml`'s `[PieceStore]` table. `options` override it
@@ -153,12 +173,118 @@ export interface DeleteSummary {
   bytes: number
 }
 
+/** The compacted packs that wait for their grace period (`GcReport.doomed`). */
+export interface DoomedSummary {
+  /** How many. */
+  packs: number
+  /** Their bytes: the storage that deleting them frees. */
+  bytes: number
+  /** When the first may be deleted; `null` when none waits. */
+  firstDue: Date | null
+  /** When the last may be deleted; `null` when none waits. */
+  lastDue: Date | null
+  /** The grace period these times were computed with, in seconds. */
+  graceSeconds: number
+}
+
 /**
  * The key of a Greenfield erasure-coded piece: `{objectId}_s{segment}_p{ecIndex}`, or with
  * `version` given `e{objectId}_s{segment}_p{ecIndex}[_v{version}]`. Every number must be a
  * non-negative integer (a `RangeError` otherwise).
  */
 export declare function ecKey(objectId: number, segment: number, ecIndex: number, version?: number | undefined | null): string
+
+/** Options of `fsck()`. */
+export interface FsckOpts {
+  /** Rebuild each shard's index from its packs alone (after checking), then check again. */
+  rebuildIndex?: boolean
+  /** Called with the bytes read so far, as fsck goes. */
+  onProgress?: (bytesRead: number) => void
+}
+
+/** One thing `fsck()` found wrong. */
+export interface FsckProblem {
+  /** The shard. */
+  shard: number
+  /** The pack object, when the problem is in or about a pack. */
+  pack: string | null
+  /** The piece key, when one piece is concerned. */
+  key: string | null
+  /** What is wrong. */
+  what: string
+}
+
+/** What `fsck()` found, summed over shards (the fields of `piecestore fsck --json`). */
+export interface FsckReport {
+  /** Pack objects read. */
+  packs: number
+  /** Their bytes. */
+  bytes: number
+  /** Records (pieces and tombstones) verified. */
+  records: number
+  /** Index entries checked. */
+  entries: number
+  /** Packed pieces checked against their packs' records. */
+  packedPieces: number
+  /** Pieces stored as objects of their own, read whole and verified. */
+  objects: number
+  /** Their bytes. */
+  objectBytes: number
+  /** Of those, pieces with no checksum anywhere: read, but not verifiable. */
+  objectsUnverified: number
+  /** What is wrong (after the rebuild, when one ran); empty when the store is clean. */
+  problems: Array<FsckProblem>
+  /** Problems found before the rebuild; `null` without one. */
+  problemsBeforeRebuild: FsckProblem[] | null
+  /** Pieces indexed by the rebuild; `null` without one. */
+  rebuiltPieces: number | null
+}
+
+/** Options of `gc()`. */
+export interface GcOpts {
+  /**
+   * Seconds compacted packs wait before they are deleted (default: the store's
+   * `Pack.Grace`); readers that looked a piece up before the compaction may still read them.
+   */
+  grace?: number
+  /**
+   * Compact packs with at least this share of garbage, from 0 to 1 (default: the store's
+   * `Pack.GarbageRatio`).
+   */
+  garbageRatio?: number
+  /** Only report what would be done. */
+  dryRun?: boolean
+  /** Called with the bytes of packs processed so far and the total, as gc goes. */
+  onProgress?: (done: number, total: number) => void
+}
+
+/** What `gc()` did, summed over shards (the fields of `piecestore gc --json`). */
+export interface GcReport {
+  /** Packs before. */
+  packsBefore: number
+  /** Packs after (live and doomed). */
+  packsAfter: number
+  /** Packs whose live pieces were copied out. */
+  packsCompacted: number
+  /** New packs written. */
+  packsWritten: number
+  /** Compacted packs deleted (grace over). */
+  packsDeleted: number
+  /** Compacted packs still waiting for their grace period. */
+  packsDoomed: number
+  /** Pieces copied into new packs. */
+  piecesMoved: number
+  /** Their bytes. */
+  bytesMoved: number
+  /** Storage freed by deleting packs. */
+  bytesReclaimed: number
+  /** Tombstones no pack needs any more, dropped. */
+  tombstonesDropped: number
+  /** Packs left alone because they are damaged (`fsck()` names them). */
+  packsDamaged: number
+  /** The compacted packs left after this run. */
+  doomed: DoomedSummary
+}
 
 /** The longest key a piece may have, in bytes. */
 export declare const MAX_KEY_LEN: number

@@ -10,6 +10,7 @@
 mod args;
 mod buffer;
 mod errors;
+mod maintenance;
 mod promise;
 mod runtime;
 mod store;
@@ -20,6 +21,7 @@ use piecestore::key::{self, PieceKey};
 
 use crate::args::{Args, U32_LIMIT, U64_LIMIT};
 
+pub use maintenance::{DoomedSummary, FsckOpts, FsckProblem, FsckReport, GcOpts, GcReport};
 pub use store::{
     DeleteSummary, OpMetrics, PieceInfo, PieceList, PieceStore, PutOpts, StoreOptions,
 };

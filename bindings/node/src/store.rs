@@ -204,7 +204,7 @@ impl From<PieceMeta> for PieceInfo {
 }
 
 /// Milliseconds since the epoch, converted to a JavaScript `Date`.
-pub struct Timestamp(f64);
+pub struct Timestamp(pub(crate) f64);
 
 impl ToNapiValue for Timestamp {
     unsafe fn to_napi_value(env: sys::napi_env, val: Self) -> Result<sys::napi_value> {
@@ -488,7 +488,7 @@ fn range_bound(n: f64) -> Option<u64> {
 /// `put: key must be a string, got number`.
 #[napi]
 pub struct PieceStore {
-    inner: piecestore::PieceStore,
+    pub(crate) inner: piecestore::PieceStore,
 }
 
 #[napi]

@@ -1,0 +1,343 @@
+//! A packed store's upkeep from JavaScript: `flush`, `gc` and `fsck`, their options, reports
+//! and progress callbacks. The work is the core's (`PieceStore::gc`, `PieceStore::fsck`).
+
+use std::time::Duration;
+
+use napi::bindgen_prelude::*;
+use napi::threadsafe_function::{
+    ThreadsafeCallContext, ThreadsafeFunction, ThreadsafeFunctionCallMode,
+};
+use napi_derive::napi;
+use piecestore::pack::fsck::{FsckOptions, FsckProblem as CoreProblem, FsckReport as CoreFsck};
+use piecestore::pack::gc::{DoomedSummary as CoreDoomed, GcOptions, GcReport as CoreGc};
+
+use crate::OrNull;
+use crate::args::Args;
+use crate::promise::promise;
+use crate::store::{PieceStore, Timestamp};
+
+/// Options of `gc()`.
+#[napi(object, object_from_js = false, object_to_js = false)]
+pub struct GcOpts {
+    /// Seconds compacted packs wait before they are deleted (default: the store's
+    /// `Pack.Grace`); readers that looked a piece up before the compaction may still read them.
+    pub grace: Option<f64>,
+    /// Compact packs with at least this share of garbage, from 0 to 1 (default: the store's
+    /// `Pack.GarbageRatio`).
+    pub garbage_ratio: Option<f64>,
+    /// Only report what would be done.
+    pub dry_run: Option<bool>,
+    /// Called with the bytes of packs processed so far and the total, as gc goes.
+    #[napi(ts_type = "(done: number, total: number) => void")]
+    pub on_progress: Option<()>,
+}
+
+/// Options of `fsck()`.
+#[napi(object, object_from_js = false, object_to_js = false)]
+pub struct FsckOpts {
+    /// Rebuild each shard's index from its packs alone (after checking), then check again.
+    pub rebuild_index: Option<bool>,
+    /// Called with the bytes read so far, as fsck goes.
+    #[napi(ts_type = "(bytesRead: number) => void")]
+    pub on_progress: Option<()>,
+}
+
+/// The compacted packs that wait for their grace period (`GcReport.doomed`).
+#[napi(object, object_from_js = false)]
+pub struct DoomedSummary {
+    /// How many.
+    pub packs: i64,
+    /// Their bytes: the storage that deleting them frees.
+    pub bytes: i64,
+    /// When the first may be deleted; `null` when none waits.
+    #[napi(ts_type = "Date | null")]
+    pub first_due: OrNull<Timestamp>,
+    /// When the last may be deleted; `null` when none waits.
+    #[napi(ts_type = "Date | null")]
+    pub last_due: OrNull<Timestamp>,
+    /// The grace period these times were computed with, in seconds.
+    pub grace_seconds: f64,
+}
+
+/// What `gc()` did, summed over shards (the fields of `piecestore gc --json`).
+#[napi(object, object_from_js = false)]
+pub struct GcReport {
+    /// Packs before.
+    pub packs_before: i64,
+    /// Packs after (live and doomed).
+    pub packs_after: i64,
+    /// Packs whose live pieces were copied out.
+    pub packs_compacted: i64,
+    /// New packs written.
+    pub packs_written: i64,
+    /// Compacted packs deleted (grace over).
+    pub packs_deleted: i64,
+    /// Compacted packs still waiting for their grace period.
+    pub packs_doomed: i64,
+    /// Pieces copied into new packs.
+    pub pieces_moved: i64,
+    /// Their bytes.
+    pub bytes_moved: i64,
+    /// Storage freed by deleting packs.
+    pub bytes_reclaimed: i64,
+    /// Tombstones no pack needs any more, dropped.
+    pub tombstones_dropped: i64,
+    /// Packs left alone because they are damaged (`fsck()` names them).
+    pub packs_damaged: i64,
+    /// The compacted packs left after this run.
+    pub doomed: DoomedSummary,
+}
+
+/// One thing `fsck()` found wrong.
+#[napi(object, object_from_js = false)]
+pub struct FsckProblem {
+    /// The shard.
+    pub shard: u32,
+    /// The pack object, when the problem is in or about a pack.
+    #[napi(ts_type = "string | null")]
+    pub pack: OrNull<String>,
+    /// The piece key, when one piece is concerned.
+    #[napi(ts_type = "string | null")]
+    pub key: OrNull<String>,
+    /// What is wrong.
+    pub what: String,
+}
+
+/// What `fsck()` found, summed over shards (the fields of `piecestore fsck --json`).
+#[napi(object, object_from_js = false)]
+pub struct FsckReport {
+    /// Pack objects read.
+    pub packs: i64,
+    /// Their bytes.
+    pub bytes: i64,
+    /// Records (pieces and tombstones) verified.
+    pub records: i64,
+    /// Index entries checked.
+    pub entries: i64,
+    /// Packed pieces checked against their packs' records.
+    pub packed_pieces: i64,
+    /// Pieces stored as objects of their own, read whole and verified.
+    pub objects: i64,
+    /// Their bytes.
+    pub object_bytes: i64,
+    /// Of those, pieces with no checksum anywhere: read, but not verifiable.
+    pub objects_unverified: i64,
+    /// What is wrong (after the rebuild, when one ran); empty when the store is clean.
+    pub problems: Vec<FsckProblem>,
+    /// Problems found before the rebuild; `null` without one.
+    #[napi(ts_type = "FsckProblem[] | null")]
+    pub problems_before_rebuild: OrNull<Vec<FsckProblem>>,
+    /// Pieces indexed by the rebuild; `null` without one.
+    #[napi(ts_type = "number | null")]
+    pub rebuilt_pieces: OrNull<i64>,
+}
+
+fn n(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+fn due(ms: Option<u64>) -> OrNull<Timestamp> {
+    OrNull(ms.map(|ms| Timestamp(ms as f64)))
+}
+
+impl From<CoreGc> for GcReport {
+    fn from(r: CoreGc) -> Self {
+        let d: CoreDoomed = r.doomed;
+        GcReport {
+            packs_before: n(r.packs_before),
+            packs_after: n(r.packs_after),
+            packs_compacted: n(r.packs_compacted),
+            packs_written: n(r.packs_written),
+            packs_deleted: n(r.packs_deleted),
+            packs_doomed: n(r.packs_doomed),
+            pieces_moved: n(r.pieces_moved),
+            bytes_moved: n(r.bytes_moved),
+            bytes_reclaimed: n(r.bytes_reclaimed),
+            tombstones_dropped: n(r.tombstones_dropped),
+            packs_damaged: n(r.packs_damaged),
+            doomed: DoomedSummary {
+                packs: n(d.packs),
+                bytes: n(d.bytes),
+                first_due: due(d.first_due_ms),
+                last_due: due(d.last_due_ms),
+                grace_seconds: d.grace_ms as f64 / 1000.0,
+            },
+        }
+    }
+}
+
+impl From<CoreProblem> for FsckProblem {
+    fn from(p: CoreProblem) -> Self {
+        FsckProblem {
+            shard: u32::try_from(p.shard).unwrap_or(u32::MAX),
+            pack: OrNull(p.pack),
+            key: OrNull(p.key),
+            what: p.what,
+        }
+    }
+}
+
+fn problems(v: Vec<CoreProblem>) -> Vec<FsckProblem> {
+    v.into_iter().map(FsckProblem::from).collect()
+}
+
+impl From<CoreFsck> for FsckReport {
+    fn from(r: CoreFsck) -> Self {
+        FsckReport {
+            packs: n(r.packs),
+            bytes: n(r.bytes),
+            records: n(r.records),
+            entries: n(r.entries),
+            packed_pieces: n(r.packed_pieces),
+            objects: n(r.objects),
+            object_bytes: n(r.object_bytes),
+            objects_unverified: n(r.objects_unverified),
+            problems: problems(r.problems),
+            problems_before_rebuild: OrNull(r.problems_before_rebuild.map(problems)),
+            rebuilt_pieces: OrNull(r.rebuilt_pieces.map(n)),
+        }
+    }
+}
+
+/// A progress callback called from the core's threads: each call is queued to the event loop
+/// (never blocking the work), so calls may still arrive after the promise settles.
+type Progress<A> = ThreadsafeFunction<A, Unknown<'static>, FnArgs<A>, Status, false>;
+
+/// The `onProgress` member of an options object, as a function callable from any thread.
+fn on_progress<A: 'static>(a: Args<'_>, o: &Object<'_>, what: &str) -> Result<Option<Progress<A>>>
+where
+    FnArgs<A>: JsValuesTupleIntoVec,
+{
+    let v: Option<Unknown<'_>> = o.get("onProgress")?;
+    let Some(v) = v else { return Ok(None) };
+    match v.get_type()? {
+        ValueType::Undefined | ValueType::Null => Ok(None),
+        ValueType::Function => {
+            // SAFETY: the value is a function.
+            let f: Function<'_, FnArgs<A>, Unknown<'static>> = unsafe { v.cast() }?;
+            // `FnArgs`: the tuple's members become the call's arguments (a bare tuple would be
+            // passed as one array).
+            Ok(Some(
+                f.build_threadsafe_function::<A>()
+                    .callee_handled::<false>()
+                    .build_callback(|cx: ThreadsafeCallContext<A>| Ok(FnArgs::from(cx.value)))?,
+            ))
+        }
+        _ => Err(a.type_error(what, "a function", &v)),
+    }
+}
+
+#[napi]
+impl PieceStore {
+    /// Writes every shard's open pack now and waits until it is durable. Each `put` already
+    /// waits for its own pack; this is for a caller that wants the open packs out (before a
+    /// snapshot of the directory). Nothing to do for an unpacked store.
+    #[napi(ts_return_type = "Promise<void>")]
+    pub fn flush<'env>(&self, env: &'env Env) -> Result<PromiseRaw<'env, ()>> {
+        let store = self.inner.clone();
+        promise(env, async move { store.flush().await }, false)
+    }
+
+    /// Garbage collection of a packed store (`piecestore gc`): deletes compacted packs whose
+    /// grace period is over, rewrites packs with at least `garbageRatio` garbage and merges
+    /// undersized ones; safe while other calls and processes read and write. An unpacked store
+    /// has nothing to collect (all counts 0).
+    #[napi(
+        ts_args_type = "options?: GcOpts",
+        ts_return_type = "Promise<GcReport>"
+    )]
+    pub fn gc<'env>(
+        &self,
+        env: &'env Env,
+        options: Option<Unknown<'_>>,
+    ) -> Result<PromiseRaw<'env, GcReport>> {
+        let a = Args::new(env, "gc");
+        let mut opts = GcOptions::default();
+        let mut progress: Option<Progress<(f64, f64)>> = None;
+        if let Some(o) = a.opt_object(options, "options", "an object such as { grace: 0 }")? {
+            if let Some(v) = o.get::<Unknown<'_>>("grace")?
+                && !crate::args::is_nullish(&v)?
+            {
+                let secs = a.number(v, "options.grace")?;
+                if !(secs.is_finite() && secs >= 0.0) {
+                    return Err(a.range_error("options.grace", "0 or more seconds", secs));
+                }
+                opts.grace = Some(Duration::from_secs_f64(secs));
+            }
+            if let Some(v) = o.get::<Unknown<'_>>("garbageRatio")?
+                && !crate::args::is_nullish(&v)?
+            {
+                let r = a.number(v, "options.garbageRatio")?;
+                if !(0.0..=1.0).contains(&r) {
+                    return Err(a.range_error("options.garbageRatio", "from 0 to 1", r));
+                }
+                opts.garbage_ratio = Some(r);
+            }
+            opts.dry_run = a
+                .opt_bool(o.get("dryRun")?, "options.dryRun")?
+                .unwrap_or(false);
+            progress = on_progress(a, &o, "options.onProgress")?;
+        }
+        let store = self.inner.clone();
+        promise(
+            env,
+            async move {
+                let report = store
+                    .gc(opts, &|p| {
+                        if let Some(f) = &progress {
+                            f.call(
+                                (p.done as f64, p.total as f64),
+                                ThreadsafeFunctionCallMode::NonBlocking,
+                            );
+                        }
+                    })
+                    .await?;
+                Ok(GcReport::from(report))
+            },
+            false,
+        )
+    }
+
+    /// Checks a packed store (`piecestore fsck`): every pack's records against their CRCs,
+    /// every index entry against its pack, orphan packs, dangling entries and live-byte
+    /// accounting; with `rebuildIndex`, rebuilds each shard's index from its packs alone, then
+    /// checks again. Problems found are in the report's `problems`, not a rejection.
+    #[napi(
+        ts_args_type = "options?: FsckOpts",
+        ts_return_type = "Promise<FsckReport>"
+    )]
+    pub fn fsck<'env>(
+        &self,
+        env: &'env Env,
+        options: Option<Unknown<'_>>,
+    ) -> Result<PromiseRaw<'env, FsckReport>> {
+        let a = Args::new(env, "fsck");
+        let mut opts = FsckOptions::default();
+        let mut progress: Option<Progress<(f64,)>> = None;
+        if let Some(o) = a.opt_object(
+            options,
+            "options",
+            "an object such as { rebuildIndex: true }",
+        )? {
+            opts.rebuild_index = a
+                .opt_bool(o.get("rebuildIndex")?, "options.rebuildIndex")?
+                .unwrap_or(false);
+            progress = on_progress(a, &o, "options.onProgress")?;
+        }
+        let store = self.inner.clone();
+        promise(
+            env,
+            async move {
+                let report = store
+                    .fsck(opts, &|bytes| {
+                        if let Some(f) = &progress {
+                            f.call((bytes as f64,), ThreadsafeFunctionCallMode::NonBlocking);
+                        }
+                    })
+                    .await?;
+                Ok(FsckReport::from(report))
+            },
+            false,
+        )
+    }
+}

@@ -1,0 +1,124 @@
+// flush, gc and fsck from JavaScript: a packed store's upkeep, with reports and progress.
+import { test } from 'node:test'
+import assert from 'node:assert/strict'
+import { randomBytes } from 'node:crypto'
+import { readdirSync, readFileSync, writeFileSync } from 'node:fs'
+import path from 'node:path'
+
+import { PieceStore } from '../index.js'
+import { tempDir } from './helpers.mjs'
+
+const pieces = Array.from({ length: 24 }, (_, i) => randomBytes(100 + i * 37))
+
+function packs(root) {
+  const dir = path.join(root, '.piecestore', 'packs')
+  return readdirSync(dir).filter((f) => f.endsWith('.pack')).map((f) => path.join(dir, f))
+}
+
+/** Lets queued progress calls (posted from the library's threads) reach the event loop. */
+const settle = () => new Promise((resolve) => setTimeout(resolve, 50))
+
+test('gc reclaims deleted pieces, reports what it did and its progress', async () => {
+  const dir = tempDir()
+  const store = new PieceStore(`file://${dir}`)
+  await store.putMany(pieces.map((p, i) => [`gc/${i}_s0`, p]))
+  let report = await store.gc({ grace: 0 })
+  assert.equal(report.packsBefore, 1)
+  assert.equal(report.packsCompacted, 0)
+  for (let i = 0; i < 20; i++) await store.delete(`gc/${i}_s0`)
+  await store.gc({ grace: 0, dryRun: true })
+  assert.equal(packs(dir).length, 1, 'a dry run changes nothing')
+  const seen = []
+  report = await store.gc({ grace: 0, garbageRatio: 0.5, onProgress: (done, total) => seen.push([done, total]) })
+  assert.equal(report.packsCompacted, 1, JSON.stringify(report))
+  assert.equal(report.piecesMoved, 4)
+  assert.equal(report.packsDeleted, 1)
+  assert.ok(report.bytesReclaimed > 0)
+  assert.equal(report.doomed.packs, 0)
+  assert.equal(report.doomed.firstDue, null)
+  await settle()
+  assert.ok(seen.length > 0, 'onProgress was never called')
+  assert.ok(seen.every(([d, t]) => d >= 0 && d <= t), JSON.stringify(seen))
+  assert.equal(packs(dir).length, 1)
+  for (let i = 20; i < 24; i++) assert.deepEqual(await store.get(`gc/${i}_s0`), pieces[i])
+  await store.close()
+})
+
+test('gc with a grace period keeps the compacted pack until it is over', async () => {
+  const dir = tempDir()
+  const store = new PieceStore(`file://${dir}`)
+  await store.putMany(pieces.slice(0, 10).map((p, i) => [`g/${i}_s0`, p]))
+  for (let i = 0; i < 9; i++) await store.delete(`g/${i}_s0`)
+  let report = await store.gc({ grace: 3600 })
+  assert.equal(report.packsCompacted, 1)
+  assert.equal(report.packsDeleted, 0)
+  assert.equal(report.doomed.packs, 1)
+  assert.ok(report.doomed.firstDue instanceof Date && report.doomed.firstDue > new Date(), `${report.doomed.firstDue}`)
+  assert.equal(report.doomed.graceSeconds, 3600)
+  assert.equal(packs(dir).length, 2)
+  report = await store.gc({ grace: 0 })
+  assert.equal(report.packsDeleted, 1)
+  assert.equal(packs(dir).length, 1)
+  assert.deepEqual(await store.get('g/9_s0'), pieces[9])
+  await store.close()
+})
+
+test('gc and fsck refuse bad options before any work', async () => {
+  const store = new PieceStore(`file://${tempDir()}`)
+  assert.throws(() => store.gc({ garbageRatio: 1.5 }), (e) => e instanceof RangeError && /garbageRatio/.test(e.message))
+  assert.throws(() => store.gc({ grace: -1 }), (e) => e instanceof RangeError && /grace/.test(e.message))
+  assert.throws(() => store.gc({ grace: '1h' }), (e) => e instanceof TypeError && /grace/.test(e.message))
+  assert.throws(() => store.gc({ onProgress: 5 }), (e) => e instanceof TypeError && /onProgress/.test(e.message))
+  assert.throws(() => store.gc(7), (e) => e instanceof TypeError)
+  assert.throws(() => store.fsck({ rebuildIndex: 'yes' }), (e) => e instanceof TypeError && /rebuildIndex/.test(e.message))
+  await store.close()
+})
+
+test('fsck reports damage in its report, and the damaged piece is never returned', async () => {
+  const dir = tempDir()
+  let store = new PieceStore(`file://${dir}`)
+  await store.putMany(pieces.slice(0, 6).map((p, i) => [`f/${i}_s0`, p]))
+  await store.flush()
+  const read = []
+  let report = await store.fsck({ onProgress: (n) => read.push(n) })
+  assert.deepEqual(report.problems, [])
+  assert.equal(report.packs, 1)
+  assert.equal(report.packedPieces, 6)
+  assert.equal(report.rebuiltPieces, null)
+  await settle()
+  assert.equal(read.at(-1), report.bytes, JSON.stringify(read))
+  const [pack] = packs(dir)
+  const raw = readFileSync(pack)
+  const at = raw.indexOf(pieces[4].subarray(0, 64))
+  assert.ok(at >= 0)
+  raw[at + 10] ^= 0xff
+  writeFileSync(pack, raw)
+  report = await store.fsck()
+  assert.ok(report.problems.length > 0, JSON.stringify(report))
+  assert.ok(report.problems[0].pack && report.problems[0].what)
+  await store.close()
+  // A fresh store's view (the first still held its open pack's bytes in memory).
+  store = new PieceStore(`file://${dir}`)
+  await assert.rejects(store.get('f/4_s0'), (e) => e.code === 'CORRUPT_PIECE')
+  assert.deepEqual(await store.get('f/3_s0'), pieces[3])
+  report = await store.fsck({ rebuildIndex: true })
+  assert.notEqual(report.rebuiltPieces, null)
+  assert.ok(report.problemsBeforeRebuild.length > 0)
+  await store.close()
+})
+
+test('unpacked and memory stores have nothing to collect; a closed store rejects', async () => {
+  for (const store of [new PieceStore(`file://${tempDir()}`, { pack: false }), new PieceStore('memory://')]) {
+    await store.put('u/1_s0', Buffer.alloc(100, 1))
+    await store.flush()
+    const gc = await store.gc({ grace: 0 })
+    assert.equal(gc.packsBefore, 0)
+    const fsck = await store.fsck()
+    assert.deepEqual(fsck.problems, [])
+    assert.equal(fsck.packs, 0)
+    await store.close()
+    for (const call of [() => store.flush(), () => store.gc(), () => store.fsck()]) {
+      await assert.rejects(call(), (e) => e.code === 'CLOSED')
+    }
+  }
+})
