@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"time"
 
 	"github.com/piecestore/piecestore/bindings/go"
 )
@@ -71,4 +72,46 @@ func ExampleStore_Put() {
 	// Output:
 	// true
 	// <nil>
+}
+
+// Gc reclaims the space of deleted pieces in a packed store; Fsck checks what is left.
+func ExampleStore_Gc() {
+	dir, err := os.MkdirTemp("", "pieces-")
+	if err != nil {
+		panic(err)
+	}
+	defer os.RemoveAll(dir)
+	s, err := piecestore.Open("file://" + dir) // packed by default
+	if err != nil {
+		panic(err)
+	}
+	defer s.Close()
+	ctx := context.Background()
+
+	for i := range 10 {
+		_ = s.Put(ctx, fmt.Sprintf("9_s%d", i), make([]byte, 500))
+	}
+	for i := range 8 {
+		_ = s.Delete(ctx, fmt.Sprintf("9_s%d", i))
+	}
+	zero := time.Duration(0) // delete compacted packs at once (default: Pack.Grace)
+	r, err := s.Gc(ctx, piecestore.GcOptions{Grace: &zero})
+	if err != nil {
+		panic(err)
+	}
+	fmt.Println("pieces moved:", r.PiecesMoved, "packs deleted:", r.PacksDeleted)
+
+	f, err := s.Fsck(ctx, false)
+	if err != nil {
+		panic(err)
+	}
+	fmt.Println("clean:", f.Clean(), "pieces:", f.PackedPieces)
+
+	buf := make([]byte, 1024)
+	n, err := s.GetInto(ctx, "9_s9", buf)
+	fmt.Println(n, err)
+	// Output:
+	// pieces moved: 2 packs deleted: 1
+	// clean: true pieces: 2
+	// 500 <nil>
 }

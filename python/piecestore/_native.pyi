@@ -111,6 +111,14 @@ class PieceStore:
         """Checks every pack and index entry (``piecestore fsck``); problems are in the
         report's ``problems``, not raised. ``rebuild_index`` rebuilds the index from the packs,
         then checks again."""
+    def inventory(
+        self,
+        *,
+        max_orphan_samples: int = 20,
+        progress: Optional[Callable[[int, int], object]] = None,
+    ) -> dict[str, Any]:
+        """What the store holds (``piecestore profile``): ``pieces``, ``bytes``, ``sizes``,
+        ``shards``, skews, ``orphans`` and ``packs``, the fields of ``profile --json``."""
     def close(self) -> None:
         """Closes the store; later calls raise ``StoreClosed``. A ``memory://`` store's
         pieces are freed at once, not when this object is garbage-collected."""
@@ -174,6 +182,12 @@ class PieceStore:
         rebuild_index: bool = False,
         progress: Optional[Callable[[int, int], object]] = None,
     ) -> FsckReport: ...
+    async def inventory_async(
+        self,
+        *,
+        max_orphan_samples: int = 20,
+        progress: Optional[Callable[[int, int], object]] = None,
+    ) -> dict[str, Any]: ...
     async def close_async(self) -> None: ...
     def __enter__(self: _Self) -> _Self: ...
     def __exit__(self, *args: object) -> Literal[False]: ...

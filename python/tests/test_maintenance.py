@@ -169,3 +169,26 @@ def test_async_twins(tmp_path: Path) -> None:
                 await store.gc_async(garbage_ratio=-0.1)
 
     asyncio.run(main())
+
+
+def test_inventory_says_what_the_store_holds(tmp_path: Path) -> None:
+    with piecestore.PieceStore(f"file://{tmp_path}") as store:
+        store.put_many({f"i/{i}_s0": piece(i) for i in range(6)})
+        inv = store.inventory()
+        assert inv["pieces"] == 6, inv
+        assert inv["bytes"] == sum(len(piece(i)) for i in range(6)), inv
+        assert inv["min_size"] == 100 and inv["max_size"] == 100 + 5 * 37, inv
+        assert sum(b["pieces"] for b in inv["sizes"]) == 6, inv
+        assert inv["packs"]["pieces"] == 6, inv
+        assert inv["orphans"]["internal"] == 0, inv
+        seen: list[int] = []
+        assert store.inventory(max_orphan_samples=5, progress=lambda n, _: seen.append(n))["pieces"] == 6
+
+        async def inventory() -> dict:
+            return await store.inventory_async()
+
+        assert asyncio.run(inventory())["pieces"] == 6
+    with piecestore.PieceStore("memory://") as store:
+        store.put("m/1_s0", b"abc")
+        inv = store.inventory()
+        assert (inv["pieces"], inv["bytes"], inv["packs"]) == (1, 3, None), inv

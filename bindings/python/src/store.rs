@@ -471,6 +471,26 @@ impl PieceStore {
         Report::of(&r).into_pyobject(py)
     }
 
+    /// What the store holds (`piecestore profile`): pieces, bytes, sizes by power-of-two
+    /// bucket, each shard's share and the skew between shards, orphan objects (up to
+    /// `max_orphan_samples` of them named) and, for a packed store, pack fill and garbage. One
+    /// listing of every shard; `progress(objects_listed, 0)` is called every 1,000 objects.
+    /// Returns a dict with the fields of `piecestore profile --json`.
+    #[pyo3(signature = (*, max_orphan_samples = 20, progress = None))]
+    fn inventory<'py>(
+        &self,
+        py: Python<'py>,
+        max_orphan_samples: usize,
+        progress: Option<Py<PyAny>>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let opts = piecestore::profile::InventoryOptions { max_orphan_samples };
+        let store = &self.inner;
+        let r = py
+            .detach(|| block_on(store.inventory(opts, &|n| self::progress(&progress, (n, 0)))))
+            .map_err(|e| to_py_with(py, e))?;
+        Report::of(&r).into_pyobject(py)
+    }
+
     /// The pieces whose keys start with `prefix`, as an iterator (`for`) that is also an
     /// async iterator (`async for`).
     #[pyo3(signature = (prefix = ""))]
@@ -701,6 +721,24 @@ impl PieceStore {
         awaitable(py, async move {
             let r = store
                 .fsck(opts, &|n| self::progress(&progress, (n, 0)))
+                .await?;
+            Ok(Report::of(&r))
+        })
+    }
+
+    /// `inventory`, as an awaitable (`progress` is called from a thread of the library).
+    #[pyo3(signature = (*, max_orphan_samples = 20, progress = None))]
+    fn inventory_async<'py>(
+        &self,
+        py: Python<'py>,
+        max_orphan_samples: usize,
+        progress: Option<Py<PyAny>>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let opts = piecestore::profile::InventoryOptions { max_orphan_samples };
+        let store = self.inner.clone();
+        awaitable(py, async move {
+            let r = store
+                .inventory(opts, &|n| self::progress(&progress, (n, 0)))
                 .await?;
             Ok(Report::of(&r))
         })

@@ -60,6 +60,165 @@ impl From<piecestore::DeleteSummary> for DeleteSummary {
     }
 }
 
+/// The compacted packs that wait for their grace period (`GcReport.doomed`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, uniffi::Record)]
+pub struct DoomedSummary {
+    /// How many.
+    pub packs: u64,
+    /// Their bytes: the storage that deleting them frees.
+    pub bytes: u64,
+    /// When the first may be deleted, in Unix milliseconds; `null`/`nil` when none waits.
+    pub first_due_ms: Option<u64>,
+    /// When the last may be deleted, in Unix milliseconds; `null`/`nil` when none waits.
+    pub last_due_ms: Option<u64>,
+    /// The grace period these times were computed with, in milliseconds.
+    pub grace_ms: u64,
+}
+
+/// What `gc` did, summed over shards (the fields of `piecestore gc --json`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, uniffi::Record)]
+pub struct GcReport {
+    /// Packs before.
+    pub packs_before: u64,
+    /// Packs after (live and doomed).
+    pub packs_after: u64,
+    /// Packs whose live pieces were copied out.
+    pub packs_compacted: u64,
+    /// New packs written.
+    pub packs_written: u64,
+    /// Compacted packs deleted (grace over).
+    pub packs_deleted: u64,
+    /// Compacted packs still waiting for their grace period.
+    pub packs_doomed: u64,
+    /// Pieces copied into new packs.
+    pub pieces_moved: u64,
+    /// Their bytes.
+    pub bytes_moved: u64,
+    /// Storage freed by deleting packs.
+    pub bytes_reclaimed: u64,
+    /// Tombstones no pack needs any more, dropped.
+    pub tombstones_dropped: u64,
+    /// Packs left alone because they are damaged (`fsck` names them).
+    pub packs_damaged: u64,
+    /// The compacted packs left after this run.
+    pub doomed: DoomedSummary,
+}
+
+impl From<piecestore::pack::gc::GcReport> for GcReport {
+    fn from(r: piecestore::pack::gc::GcReport) -> Self {
+        let d = r.doomed;
+        GcReport {
+            packs_before: r.packs_before,
+            packs_after: r.packs_after,
+            packs_compacted: r.packs_compacted,
+            packs_written: r.packs_written,
+            packs_deleted: r.packs_deleted,
+            packs_doomed: r.packs_doomed,
+            pieces_moved: r.pieces_moved,
+            bytes_moved: r.bytes_moved,
+            bytes_reclaimed: r.bytes_reclaimed,
+            tombstones_dropped: r.tombstones_dropped,
+            packs_damaged: r.packs_damaged,
+            doomed: DoomedSummary {
+                packs: d.packs,
+                bytes: d.bytes,
+                first_due_ms: d.first_due_ms,
+                last_due_ms: d.last_due_ms,
+                grace_ms: d.grace_ms,
+            },
+        }
+    }
+}
+
+/// One thing `fsck` found wrong.
+#[derive(Debug, Clone, PartialEq, Eq, uniffi::Record)]
+pub struct FsckProblem {
+    /// The shard.
+    pub shard: u64,
+    /// The pack object, when the problem is in or about a pack.
+    pub pack: Option<String>,
+    /// The piece key, when one piece is concerned.
+    pub key: Option<String>,
+    /// What is wrong.
+    pub what: String,
+}
+
+/// What `fsck` found, summed over shards (the fields of `piecestore fsck --json`).
+#[derive(Debug, Clone, PartialEq, Eq, uniffi::Record)]
+pub struct FsckReport {
+    /// Pack objects read.
+    pub packs: u64,
+    /// Their bytes.
+    pub bytes: u64,
+    /// Records (pieces and tombstones) verified.
+    pub records: u64,
+    /// Index entries checked.
+    pub entries: u64,
+    /// Packed pieces checked against their packs' records.
+    pub packed_pieces: u64,
+    /// Pieces stored as objects of their own, read whole and verified.
+    pub objects: u64,
+    /// Their bytes.
+    pub object_bytes: u64,
+    /// Of those, pieces with no checksum anywhere: read, but not verifiable.
+    pub objects_unverified: u64,
+    /// What is wrong (after the rebuild, when one ran); empty when the store is clean.
+    pub problems: Vec<FsckProblem>,
+    /// Problems found before the rebuild; `null`/`nil` without one.
+    pub problems_before_rebuild: Option<Vec<FsckProblem>>,
+    /// Pieces indexed by the rebuild; `null`/`nil` without one.
+    pub rebuilt_pieces: Option<u64>,
+}
+
+fn problems(v: Vec<piecestore::pack::fsck::FsckProblem>) -> Vec<FsckProblem> {
+    v.into_iter()
+        .map(|p| FsckProblem {
+            shard: p.shard as u64,
+            pack: p.pack,
+            key: p.key,
+            what: p.what,
+        })
+        .collect()
+}
+
+impl From<piecestore::pack::fsck::FsckReport> for FsckReport {
+    fn from(r: piecestore::pack::fsck::FsckReport) -> Self {
+        FsckReport {
+            packs: r.packs,
+            bytes: r.bytes,
+            records: r.records,
+            entries: r.entries,
+            packed_pieces: r.packed_pieces,
+            objects: r.objects,
+            object_bytes: r.object_bytes,
+            objects_unverified: r.objects_unverified,
+            problems: problems(r.problems),
+            problems_before_rebuild: r.problems_before_rebuild.map(problems),
+            rebuilt_pieces: r.rebuilt_pieces,
+        }
+    }
+}
+
+/// `gc`'s options, checked: `grace_ms` and `garbage_ratio` unset take the store's config.
+fn gc_options(
+    grace_ms: Option<u64>,
+    garbage_ratio: Option<f64>,
+    dry_run: bool,
+) -> piecestore::Result<piecestore::pack::gc::GcOptions> {
+    if let Some(r) = garbage_ratio
+        && !(0.0..=1.0).contains(&r)
+    {
+        return Err(piecestore::Error::InvalidConfig(format!(
+            "gc: garbageRatio must be from 0 to 1, not {r}"
+        )));
+    }
+    Ok(piecestore::pack::gc::GcOptions {
+        garbage_ratio,
+        grace: grace_ms.map(std::time::Duration::from_millis),
+        dry_run,
+    })
+}
+
 /// Runs `op` on the core's shared runtime; the returned future (awaiting a tokio `JoinHandle`)
 /// is polled by the foreign language's executor, so no second runtime is ever started.
 /// Cancelling the foreign call does not stop the operation.
@@ -92,7 +251,10 @@ mod op {
     use futures::TryStreamExt;
     use piecestore::{PieceStore as Core, PutOptions, Result};
 
-    use super::{DeleteSummary, PieceInfo};
+    use piecestore::pack::fsck::FsckOptions;
+    use piecestore::pack::gc::GcOptions;
+
+    use super::{DeleteSummary, FsckReport, GcReport, PieceInfo};
 
     pub async fn put(s: Core, key: String, data: Vec<u8>, overwrite: bool) -> Result<()> {
         s.put_opts(&key, data, PutOptions { overwrite }).await
@@ -128,6 +290,15 @@ mod op {
 
     pub async fn flush(s: Core) -> Result<()> {
         s.flush().await
+    }
+
+    pub async fn gc(s: Core, opts: Result<GcOptions>) -> Result<GcReport> {
+        s.gc(opts?, &|_| {}).await.map(GcReport::from)
+    }
+
+    pub async fn fsck(s: Core, rebuild_index: bool) -> Result<FsckReport> {
+        let opts = FsckOptions { rebuild_index };
+        s.fsck(opts, &|_| {}).await.map(FsckReport::from)
     }
 
     pub async fn close(s: Core) -> Result<()> {
@@ -255,6 +426,41 @@ impl PieceStore {
         spawned(op::flush(self.core())).await
     }
 
+    /// Garbage collection of a packed store (`piecestore gc`): deletes compacted packs whose
+    /// grace period is over, rewrites packs with at least `garbage_ratio` garbage and merges
+    /// undersized ones; safe while other calls and processes read and write. `grace_ms` and
+    /// `garbage_ratio` unset take the store's `Pack.Grace` and `Pack.GarbageRatio`; `dry_run`
+    /// only reports. An unpacked store has nothing to collect (all counts 0).
+    #[uniffi::method(default(grace_ms = None, garbage_ratio = None, dry_run = false))]
+    pub async fn gc(
+        &self,
+        grace_ms: Option<u64>,
+        garbage_ratio: Option<f64>,
+        dry_run: bool,
+    ) -> Result<GcReport> {
+        let opts = gc_options(grace_ms, garbage_ratio, dry_run);
+        spawned(op::gc(self.core(), opts)).await
+    }
+
+    /// Checks a packed store (`piecestore fsck`): every pack's records against their CRCs,
+    /// every index entry against its pack, orphan packs and dangling entries; with
+    /// `rebuild_index`, rebuilds each shard's index from its packs alone, then checks again.
+    /// Problems found are in the report's `problems`, not an error.
+    #[uniffi::method(default(rebuild_index = false))]
+    pub async fn fsck(&self, rebuild_index: bool) -> Result<FsckReport> {
+        spawned(op::fsck(self.core(), rebuild_index)).await
+    }
+
+    /// The store's operation metrics in the Prometheus text exposition format (0.0.4):
+    /// `piecestore_operations_total`, `piecestore_operation_errors_total` (by `kind`),
+    /// `piecestore_operation_bytes_total` and the histogram
+    /// `piecestore_operation_duration_seconds`, each labelled `backend`, `shard` and `op`. A
+    /// snapshot of in-memory counters (no I/O, also after `close`); with the option
+    /// `metrics=false` only the HELP and TYPE lines remain.
+    pub fn metrics(&self) -> String {
+        self.inner.metrics().to_prometheus()
+    }
+
     /// Closes the store: later calls fail with `Closed`. Every put that returned is already
     /// durable. (Kotlin: `closeStore`, since `close` is `AutoCloseable`'s, which frees the
     /// native handle.)
@@ -312,6 +518,24 @@ impl PieceStore {
     /// `flush`, blocking the calling thread.
     pub fn flush_blocking(&self) -> Result<()> {
         blocking(op::flush(self.core()))
+    }
+
+    /// `gc`, blocking the calling thread.
+    #[uniffi::method(default(grace_ms = None, garbage_ratio = None, dry_run = false))]
+    pub fn gc_blocking(
+        &self,
+        grace_ms: Option<u64>,
+        garbage_ratio: Option<f64>,
+        dry_run: bool,
+    ) -> Result<GcReport> {
+        let opts = gc_options(grace_ms, garbage_ratio, dry_run);
+        blocking(op::gc(self.core(), opts))
+    }
+
+    /// `fsck`, blocking the calling thread.
+    #[uniffi::method(default(rebuild_index = false))]
+    pub fn fsck_blocking(&self, rebuild_index: bool) -> Result<FsckReport> {
+        blocking(op::fsck(self.core(), rebuild_index))
     }
 
     /// `close`, blocking the calling thread.

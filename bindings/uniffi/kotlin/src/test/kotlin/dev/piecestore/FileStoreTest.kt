@@ -42,6 +42,58 @@ class FileStoreTest {
     }
 
     @Test
+    fun `gc reclaims deleted pieces and fsck finds damage`() {
+        fileStore(dir).use { s ->
+            for (i in 0 until 24) s.putBlocking("gc/$i", piece(i))
+            assertEquals(0uL, s.gcBlocking(graceMs = 0uL).packsCompacted)
+            for (i in 0 until 20) s.deleteBlocking("gc/$i")
+            val r = runBlocking { s.gc(graceMs = 0uL, garbageRatio = 0.5) }
+            assertEquals(1uL, r.packsCompacted, r.toString())
+            assertEquals(4uL, r.piecesMoved, r.toString())
+            assertEquals(1uL, r.packsDeleted, r.toString())
+            assertTrue(r.bytesReclaimed > 0uL, r.toString())
+            for (i in 20 until 24) assertContentEquals(piece(i), s.getBlocking("gc/$i"))
+            assertFailsWith<PieceStoreException.InvalidConfig> { s.gcBlocking(garbageRatio = 1.5) }
+
+            val clean = runBlocking { s.fsck() }
+            assertTrue(clean.problems.isEmpty(), clean.toString())
+            assertEquals(4uL, clean.packedPieces)
+            assertEquals(null, clean.rebuiltPieces)
+            s.flushBlocking()
+            val pack = Files.list(dir.resolve(".piecestore/packs")).use { l ->
+                l.filter { it.toString().endsWith(".pack") }.toList().single()
+            }
+            val raw = Files.readAllBytes(pack)
+            val at = indexOf(raw, piece(22).copyOf(64))
+            assertTrue(at >= 0)
+            raw[at + 10] = (raw[at + 10].toInt() xor 0xff).toByte()
+            Files.write(pack, raw)
+            val damaged = s.fsckBlocking()
+            assertTrue(damaged.problems.isNotEmpty(), damaged.toString())
+            assertTrue(damaged.problems[0].pack != null)
+            val rebuilt = s.fsckBlocking(rebuildIndex = true)
+            assertTrue(rebuilt.rebuiltPieces != null && rebuilt.problemsBeforeRebuild != null, rebuilt.toString())
+
+            val text = s.metrics()
+            assertTrue(text.contains("piecestore_operations_total{backend=\"file\",shard=\"0\",op=\"put\"} 24"), text)
+            s.closeBlocking()
+            assertFailsWith<PieceStoreException.Closed> { s.gcBlocking() }
+            assertFailsWith<PieceStoreException.Closed> { s.fsckBlocking() }
+        }
+    }
+
+    /** Piece `i` of the gc test: random bytes, so that no piece's bytes occur in another's. */
+    private fun piece(i: Int): ByteArray = ByteArray(100 + i * 37).also { java.util.Random(i.toLong()).nextBytes(it) }
+
+    private fun indexOf(hay: ByteArray, needle: ByteArray): Int {
+        outer@ for (i in 0..hay.size - needle.size) {
+            for (j in needle.indices) if (hay[i + j] != needle[j]) continue@outer
+            return i
+        }
+        return -1
+    }
+
+    @Test
     fun `a file store from a toml file`() {
         val data = dir.resolve("data")
         val config = dir.resolve("config.toml")
