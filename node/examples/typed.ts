@@ -1,5 +1,5 @@
 // Type-checked with `tsc --strict` in CI: the package's index.d.ts must describe this usage.
-import { PieceStore, ecKey, parseKey, configureRuntime, type PieceInfo, type StoreOptions } from 'piecestore'
+import { PieceStore, ecKey, parseKey, configureRuntime, type PieceInfo, type StoreOptions, type GcReport, type FsckReport, type FsckProblem } from 'piecestore'
 
 async function main(): Promise<void> {
   configureRuntime({ workerThreads: 2 })
@@ -29,6 +29,12 @@ async function main(): Promise<void> {
   const { objectId, ecIndex, version } = parseKey(key)
   const summary = await store.deletePrefix('e1_')
   console.log(piece, part, when, crc, many, there, objectId, ecIndex, version, summary.pieces, store.shardCount)
+  await store.flush()
+  const gc: GcReport = await store.gc({ grace: 0, garbageRatio: 0.5, onProgress: (done: number, total: number) => console.log(done, total) })
+  const firstDue: Date | null = gc.doomed.firstDue
+  const fsck: FsckReport = await store.fsck({ rebuildIndex: false, onProgress: (bytes: number) => console.log(bytes) })
+  const problems: FsckProblem[] = fsck.problems
+  console.log(gc.piecesMoved, firstDue, problems.length, fsck.rebuiltPieces)
   try {
     await store.get(key)
   } catch (e) {
