@@ -221,16 +221,29 @@ fn gc_options(
 
 /// Runs `op` on the core's shared runtime; the returned future (awaiting a tokio `JoinHandle`)
 /// is polled by the foreign language's executor, so no second runtime is ever started.
-/// Cancelling the foreign call does not stop the operation.
+/// Cancelling the foreign call (a Kotlin coroutine, a Swift task) drops this future, which
+/// aborts the operation: its requests are dropped and their connections closed, instead of
+/// running on to their timeouts with no one waiting.
 async fn spawned<T, F>(op: F) -> Result<T>
 where
     T: Send + 'static,
     F: Future<Output = piecestore::Result<T>> + Send + 'static,
 {
-    piecestore::runtime::spawn(op)
-        .await
+    let task = piecestore::runtime::spawn(op);
+    let _abort = AbortOnDrop(task.abort_handle());
+    task.await
         .map_err(PieceStoreError::task)?
         .map_err(Into::into)
+}
+
+/// Aborts a spawned operation when the future awaiting it is dropped unfinished (a no-op once
+/// the operation has finished).
+struct AbortOnDrop(tokio::task::AbortHandle);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 /// Runs `op` to completion on the calling thread, with the shared runtime's timers and I/O.

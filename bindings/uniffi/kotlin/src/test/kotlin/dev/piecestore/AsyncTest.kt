@@ -1,6 +1,11 @@
 package dev.piecestore
 
+import java.net.ServerSocket
+import java.net.Socket
+import java.util.concurrent.CountDownLatch
 import java.util.concurrent.Executors
+import java.util.concurrent.TimeUnit
+import kotlin.test.assertFailsWith
 import kotlin.test.Test
 import kotlin.test.assertContentEquals
 import kotlin.test.assertEquals
@@ -11,6 +16,7 @@ import kotlinx.coroutines.async
 import kotlinx.coroutines.awaitAll
 import kotlinx.coroutines.runBlocking
 import kotlinx.coroutines.withContext
+import kotlinx.coroutines.TimeoutCancellationException
 import kotlinx.coroutines.withTimeout
 
 /** Many suspend calls at once: they run on the core's runtime, and none of them blocks a dispatcher thread. */
@@ -61,6 +67,66 @@ class AsyncTest {
             }
             threads.forEach { it.join() }
             assertEquals(320, s.listBlocking("t").size)
+        }
+    }
+
+    /**
+     * An S3 endpoint on 127.0.0.1 that answers listings (the store's checks at open) with an
+     * empty bucket and never answers anything else: it holds the request and counts down
+     * `held` when one arrives and `closed` when the client closes that connection.
+     */
+    private class SilentS3 : AutoCloseable {
+        val server = ServerSocket(0, 50, java.net.InetAddress.getLoopbackAddress())
+        val held = CountDownLatch(1)
+        val closed = CountDownLatch(1)
+        private val acceptor = Thread { while (!server.isClosed) runCatching { serve(server.accept()) } }.apply { isDaemon = true; start() }
+
+        private fun serve(c: Socket) = Thread {
+            c.use {
+                val input = c.getInputStream().bufferedReader(Charsets.ISO_8859_1)
+                while (true) {
+                    val line = input.readLine() ?: return@Thread
+                    var length = 0
+                    while (true) {
+                        val h = input.readLine() ?: return@Thread
+                        if (h.isEmpty()) break
+                        if (h.lowercase().startsWith("content-length:")) length = h.substringAfter(':').trim().toInt()
+                    }
+                    repeat(length) { input.read() }
+                    if ("list-type" in line) {
+                        val body = "<?xml version=\"1.0\" encoding=\"UTF-8\"?><ListBucketResult xmlns=\"http://s3.amazonaws.com/doc/2006-03-01/\">" +
+                            "<Name>held-bucket</Name><Prefix></Prefix><KeyCount>0</KeyCount><MaxKeys>1000</MaxKeys><IsTruncated>false</IsTruncated></ListBucketResult>"
+                        val out = c.getOutputStream()
+                        out.write("HTTP/1.1 200 OK\r\nContent-Type: application/xml\r\nContent-Length: ${body.length}\r\n\r\n$body".toByteArray())
+                        out.flush()
+                    } else {
+                        held.countDown()
+                        // Never answer; wait for the client to give up on this connection.
+                        while (input.read() != -1) Unit
+                        closed.countDown()
+                        return@Thread
+                    }
+                }
+            }
+        }.apply { isDaemon = true; start() }
+
+        override fun close() = server.close()
+    }
+
+    @Test
+    fun `cancelling a coroutine cancels the call in the core`(): Unit = runBlocking {
+        SilentS3().use { s3 ->
+            val options = mapOf(
+                "access_key" to "test-access", "secret_key" to "test-secret", "region" to "us-east-1",
+                "pack" to "false", "max_retries" to "0", "request_timeout" to "120s",
+            )
+            PieceStore.open("http://127.0.0.1:${s3.server.localPort}/held-bucket", options).use { s ->
+                assertFailsWith<TimeoutCancellationException> { withTimeout(2_000) { s.get("held/1") } }
+                assertTrue(s3.held.await(0, TimeUnit.SECONDS), "the get never reached the server")
+                // The core dropped the request: its connection closes now, not at the 120 s
+                // request timeout.
+                assertTrue(s3.closed.await(10, TimeUnit.SECONDS), "the cancelled get still holds its connection")
+            }
         }
     }
 
