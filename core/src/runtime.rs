@@ -168,8 +168,23 @@ pub fn handle() -> Handle {
 
 /// Runs `future` to completion on the calling thread, with the shared runtime's timers, I/O and
 /// worker pool. For bindings' blocking calls; must not be called from inside an async task.
+///
+/// The future is first polled once right here, inside the runtime's context: a call that is
+/// done at once (a memory store, a cache hit, a key that fails validation) then returns without
+/// the cost of parking the thread in the runtime's `block_on`, the bulk of a small call's
+/// overhead through a binding. Otherwise it runs on as usual; its wakers are registered when
+/// `block_on` polls it again.
 pub fn block_on<F: Future>(future: F) -> F::Output {
-    handle().block_on(future)
+    let h = handle();
+    let mut future = std::pin::pin!(future);
+    {
+        let _rt = h.enter();
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        if let std::task::Poll::Ready(out) = future.as_mut().poll(&mut cx) {
+            return out;
+        }
+    }
+    h.block_on(future)
 }
 
 /// Polls `future` once on the calling thread, inside the shared runtime, for a binding that
