@@ -11,7 +11,7 @@ mod error;
 mod store;
 
 pub use error::PieceStoreError;
-pub use store::{DeleteSummary, PieceInfo, PieceStore};
+pub use store::{DeleteSummary, PieceInfo, PieceList, PieceStore};
 
 /// Sizes the one runtime that runs the I/O of every store in this process. Call it before the
 /// first store is opened; afterwards (and for a count of 0) it fails with `InvalidConfig`.

@@ -320,6 +320,52 @@ mod op {
     }
 }
 
+/// A listing in progress (`PieceStore.listStream`): pieces come in batches as the backend lists
+/// them, so a listing of millions never sits in memory at once. Kotlin's `listFlow` and a
+/// Swift `AsyncSequence` are built on `nextBatch`. Safe to share; batches go to one caller at a
+/// time.
+#[derive(uniffi::Object)]
+pub struct PieceList {
+    stream: Arc<tokio::sync::Mutex<Listing>>,
+}
+
+type Listing = futures::stream::BoxStream<'static, piecestore::Result<PieceMeta>>;
+
+/// The next up to `max` pieces of a listing (fewer at its end; none once it is done).
+async fn next_batch(
+    stream: Arc<tokio::sync::Mutex<Listing>>,
+    max: u32,
+) -> piecestore::Result<Vec<PieceInfo>> {
+    use futures::StreamExt;
+    let mut stream = stream.lock().await;
+    let max = max.clamp(1, 100_000) as usize;
+    let mut out = Vec::with_capacity(max.min(1024));
+    while out.len() < max {
+        match stream.next().await {
+            Some(m) => out.push(PieceInfo::from(m?)),
+            None => break,
+        }
+    }
+    Ok(out)
+}
+
+#[uniffi::export]
+impl PieceList {
+    /// The next up to `max` pieces (1 to 100,000; default 1,000), in the backend's order; an
+    /// empty list once the listing is done. An error (a backend that fails mid-listing) ends
+    /// the listing.
+    #[uniffi::method(default(max = 1000))]
+    pub async fn next_batch(&self, max: u32) -> Result<Vec<PieceInfo>> {
+        spawned(next_batch(Arc::clone(&self.stream), max)).await
+    }
+
+    /// `nextBatch`, blocking the calling thread.
+    #[uniffi::method(default(max = 1000))]
+    pub fn next_batch_blocking(&self, max: u32) -> Result<Vec<PieceInfo>> {
+        blocking(next_batch(Arc::clone(&self.stream), max))
+    }
+}
+
 /// A store of immutable pieces over memory, local disk or S3-compatible object stores.
 ///
 /// Every operation comes twice: async (Kotlin `suspend`, Swift `async`) and `…Blocking` (for
@@ -426,6 +472,16 @@ impl PieceStore {
     #[uniffi::method(default(prefix = ""))]
     pub async fn list(&self, prefix: String) -> Result<Vec<PieceInfo>> {
         spawned(op::list(self.core(), prefix)).await
+    }
+
+    /// The pieces whose key starts with `prefix`, as a listing read in batches
+    /// (`PieceList.nextBatch`; in Kotlin, `listFlow` makes it a `Flow`) instead of one list of
+    /// everything. Nothing is listed until the first batch is asked for.
+    #[uniffi::method(default(prefix = ""))]
+    pub fn list_stream(&self, prefix: String) -> Arc<PieceList> {
+        Arc::new(PieceList {
+            stream: Arc::new(tokio::sync::Mutex::new(self.inner.list(&prefix))),
+        })
     }
 
     /// Deletes every piece whose key starts with `prefix`, on every shard.

@@ -17,6 +17,9 @@ import kotlinx.coroutines.awaitAll
 import kotlinx.coroutines.runBlocking
 import kotlinx.coroutines.withContext
 import kotlinx.coroutines.TimeoutCancellationException
+import kotlinx.coroutines.flow.count
+import kotlinx.coroutines.flow.take
+import kotlinx.coroutines.flow.toList
 import kotlinx.coroutines.withTimeout
 
 /** Many suspend calls at once: they run on the core's runtime, and none of them blocks a dispatcher thread. */
@@ -127,6 +130,36 @@ class AsyncTest {
                 // request timeout.
                 assertTrue(s3.closed.await(10, TimeUnit.SECONDS), "the cancelled get still holds its connection")
             }
+        }
+    }
+
+    @Test
+    fun `listing 100000 pieces streams in batches`(): Unit = runBlocking {
+        memoryStore().use { s ->
+            val n = 100_000
+            for (i in 0 until n) s.putBlocking("many/${i.toString().padStart(6, '0')}", byteArrayOf(i.toByte()))
+            s.putBlocking("other/x", byteArrayOf(1))
+            // The listing comes in bounded batches, and ends with an empty one.
+            s.listStream("many/").use { l ->
+                var total = 0
+                var batches = 0
+                val seen = HashSet<String>()
+                while (true) {
+                    val b = l.nextBatchBlocking(4096u)
+                    if (b.isEmpty()) break
+                    assertTrue(b.size <= 4096, "a batch of ${b.size}")
+                    b.forEach { assertTrue(seen.add(it.key), "listed twice: ${it.key}") }
+                    total += b.size
+                    batches++
+                }
+                assertEquals(n, total)
+                assertTrue(batches >= n / 4096, "$batches batches")
+                assertTrue(l.nextBatchBlocking(10u).isEmpty(), "a finished listing stays finished")
+            }
+            // As a Flow: every piece once, and a collector that stops early stops the listing.
+            assertEquals(n, s.listFlow("many/", 1000u).count())
+            assertEquals(5, s.listFlow("many/").take(5).toList().size)
+            assertEquals(listOf("other/x"), s.listFlow("other/").toList().map { it.key })
         }
     }
 
