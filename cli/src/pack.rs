@@ -54,13 +54,6 @@ pub(crate) async fn gc(
     mode: GcMode,
     json: bool,
 ) -> Result<(), CliError> {
-    if let Some(r) = garbage_ratio
-        && !(0.0..=1.0).contains(&r)
-    {
-        return Err(CliError::Store(piecestore::Error::InvalidConfig(format!(
-            "--garbage-ratio {r} is not between 0.0 and 1.0"
-        ))));
-    }
     if !store.is_packed() {
         eprintln!("this store does not pack small pieces (Pack = false): nothing to collect");
     }

@@ -1297,6 +1297,7 @@ impl PieceStore {
         opts: GcOptions,
         progress: &(dyn Fn(GcProgress) + Sync),
     ) -> Result<GcReport> {
+        opts.validate()?;
         let _entered = self.enter().await?;
         self.check().await?;
         let Some(packers) = self.packers_now()? else {

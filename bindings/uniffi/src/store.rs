@@ -199,24 +199,18 @@ impl From<piecestore::pack::fsck::FsckReport> for FsckReport {
     }
 }
 
-/// `gc`'s options, checked: `grace_ms` and `garbage_ratio` unset take the store's config.
+/// `gc`'s options: `grace_ms` and `garbage_ratio` unset take the store's config (the core
+/// checks the ratio).
 fn gc_options(
     grace_ms: Option<u64>,
     garbage_ratio: Option<f64>,
     dry_run: bool,
-) -> piecestore::Result<piecestore::pack::gc::GcOptions> {
-    if let Some(r) = garbage_ratio
-        && !(0.0..=1.0).contains(&r)
-    {
-        return Err(piecestore::Error::InvalidConfig(format!(
-            "gc: garbageRatio must be from 0 to 1, not {r}"
-        )));
-    }
-    Ok(piecestore::pack::gc::GcOptions {
+) -> piecestore::pack::gc::GcOptions {
+    piecestore::pack::gc::GcOptions {
         garbage_ratio,
         grace: grace_ms.map(std::time::Duration::from_millis),
         dry_run,
-    })
+    }
 }
 
 /// Runs `op` on the core's shared runtime; the returned future (awaiting a tokio `JoinHandle`)
@@ -305,8 +299,8 @@ mod op {
         s.flush().await
     }
 
-    pub async fn gc(s: Core, opts: Result<GcOptions>) -> Result<GcReport> {
-        s.gc(opts?, &|_| {}).await.map(GcReport::from)
+    pub async fn gc(s: Core, opts: GcOptions) -> Result<GcReport> {
+        s.gc(opts, &|_| {}).await.map(GcReport::from)
     }
 
     pub async fn fsck(s: Core, rebuild_index: bool) -> Result<FsckReport> {

@@ -36,6 +36,19 @@ pub struct GcOptions {
     pub dry_run: bool,
 }
 
+impl GcOptions {
+    /// Refuses a garbage ratio outside 0.0..=1.0 (or NaN), as `Pack.GarbageRatio` is refused
+    /// in a config. [`crate::PieceStore::gc`] checks this before any work.
+    pub fn validate(&self) -> Result<()> {
+        match self.garbage_ratio {
+            Some(r) if !(0.0..=1.0).contains(&r) => Err(Error::config(format!(
+                "gc: garbage ratio {r} is not between 0.0 and 1.0"
+            ))),
+            _ => Ok(()),
+        }
+    }
+}
+
 /// What a garbage collection did (summed over shards).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
 pub struct GcReport {
@@ -426,4 +439,29 @@ async fn delete_doomed(
         report.bytes_reclaimed += info.size;
     }
     Ok(report)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::GcOptions;
+    use crate::ErrorKind;
+
+    #[test]
+    fn a_garbage_ratio_outside_0_to_1_is_refused() {
+        for r in [-0.1, 1.5, f64::NAN] {
+            let o = GcOptions {
+                garbage_ratio: Some(r),
+                ..Default::default()
+            };
+            let e = o.validate().expect_err("refused");
+            assert_eq!(e.kind(), ErrorKind::InvalidConfig, "{e}");
+        }
+        for r in [None, Some(0.0), Some(0.5), Some(1.0)] {
+            let o = GcOptions {
+                garbage_ratio: r,
+                ..Default::default()
+            };
+            assert!(o.validate().is_ok(), "{r:?}");
+        }
+    }
 }
