@@ -141,7 +141,14 @@ pub(super) async fn recover(
             continue;
         }
         let info = fresh.as_ref();
-        let bytes = backend.read_pack(id).await?;
+        let bytes = match backend.read_pack(id).await {
+            Ok(bytes) => bytes,
+            // Listed, then deleted: another process's compaction removed it once its records
+            // had moved (the collector runs while nodes open; measured in the three-node crash
+            // test). Nothing in it is left to recover.
+            Err(crate::Error::NotFound { .. }) => continue,
+            Err(e) => return Err(e),
+        };
         if let Some(info) = info {
             // A local active pack: records appended since the index was last durable.
             replay_active(packer, backend, index, id, Some(info), &bytes).await?;
