@@ -24,6 +24,17 @@ if [ "$avail_kb" -lt $((10 * 1024 * 1024)) ]; then
   echo "warning: under 10 GiB free; a cold run may fail with 'No space left on device'" >&2
 fi
 
+# $PATH without the directories that hold cargo or rustc: what a user without Rust has (the
+# no-Rust installs of the Python wheel, the Node packages and the Go module run under it).
+no_rust_path() {
+  local dir out=""
+  local IFS=:
+  for dir in $PATH; do
+    [ -n "$dir" ] && [ ! -x "$dir/cargo" ] && [ ! -x "$dir/rustc" ] && out="${out:+$out:}$dir"
+  done
+  printf '%s' "$out"
+}
+
 venv=target/test-venv
 if ! "$venv/bin/moto_server" --help >/dev/null 2>&1; then
   step "installing moto[server] 5.2.5 into $venv"
@@ -82,18 +93,26 @@ step "python: build the package (release) and run pytest"
 GOBIN="$PWD/target/tools" go install github.com/fullstorydev/grpcurl/cmd/grpcurl@v1.9.3
 CI="${CI:-true}" "$venv/bin/pytest" -q -p no:cacheprovider python/tests
 
-step "python: the CPython 3.9+ abi3 wheel (bytes from get instead of zero-copy buffers)"
+step "python: the CPython 3.9+ abi3 wheel, manylinux-checked, installed with no Rust on PATH"
+# The wheel a user downloads: maturin tags it with the oldest manylinux policy its symbols
+# allow and `--auditwheel check` fails the build if it links a library outside that policy.
+# It goes into a new venv whose PATH has no cargo or rustc (bytes from get instead of
+# zero-copy buffers on 3.9+), and the whole pytest suite runs against it.
 py39=target/test-venv-abi3-py39
-rm -rf target/wheels-abi3-py39
+rm -rf target/wheels-abi3-py39 "$py39"
 (cd python && "../$venv/bin/maturin" build --release --features abi3-py39 \
-  --out ../target/wheels-abi3-py39 --quiet)
-if [ ! -x "$py39/bin/python" ]; then
-  python3 -m venv "$py39"
-fi
+  --auditwheel check --out ../target/wheels-abi3-py39 --quiet)
+wheel=$(ls target/wheels-abi3-py39/piecestore-*-cp39-abi3-manylinux_*.whl) ||
+  { echo "no manylinux-tagged abi3 wheel in target/wheels-abi3-py39: $(ls target/wheels-abi3-py39)"; exit 1; }
+echo "wheel: $(basename "$wheel")"
+python3 -m venv "$py39"
 "$py39/bin/pip" install --quiet --disable-pip-version-check 'pytest==9.2.0' 'mypy==2.4.1'
-"$py39/bin/pip" install --quiet --disable-pip-version-check --force-reinstall --no-deps \
-  target/wheels-abi3-py39/piecestore-*-cp39-abi3-*.whl
-"$py39/bin/python" -c "import piecestore; assert not piecestore.zero_copy_get()"
+(
+  PATH="$(no_rust_path)"
+  if command -v cargo || command -v rustc; then echo "cargo or rustc still on PATH"; exit 1; fi
+  "$py39/bin/pip" install --quiet --disable-pip-version-check --no-deps "$wheel"
+  "$py39/bin/python" -c "import piecestore; assert not piecestore.zero_copy_get()"
+)
 # moto_server comes from the first venv, on PATH.
 CI="${CI:-true}" "$py39/bin/pytest" -q -p no:cacheprovider python/tests
 
@@ -138,6 +157,27 @@ step "go: dynamic linking (-tags piecestore_dynamic), and the benchmark builds"
 (cd bindings/go && go vet -tags piecestore_dynamic ./... &&
   go test -tags piecestore_dynamic -count=1 -run 'Example' ./...)
 (cd benches/go && go vet ./... && go build -o /dev/null .)
+step "go: the released module (prebuilt static library inside) from a module proxy, go alone"
+# What a Go user without Rust does: `go get` the module (here from the GOPROXY directory
+# release.sh writes, as from a module proxy) and `go build` a program of their own
+# (bindings/go/testdata/consumer), with no cargo or rustc on PATH.
+bash bindings/go/release.sh --out target/go-module --proxy target/go-proxy
+gomod=$(sed -n 's/^module //p' bindings/go/go.mod)
+goversion=$(tail -1 "target/go-proxy/$gomod/@v/list")
+consumer=$(mktemp -d)
+cp bindings/go/testdata/consumer/go.mod bindings/go/testdata/consumer/main.go "$consumer/"
+(
+  export PATH="$(no_rust_path)" GOPROXY="file://$PWD/target/go-proxy" GOSUMDB=off \
+    GOFLAGS=-modcacherw GOMODCACHE="$consumer/modcache"
+  cd "$consumer"
+  if command -v cargo || command -v rustc; then echo "cargo or rustc still on PATH"; exit 1; fi
+  go get "$gomod@$goversion"
+  go build -o consumer .
+  got=$(./consumer "file://$consumer/store")
+  [ "$got" = "from the released module; 1 listed" ] || { echo "consumer printed: $got"; exit 1; }
+  echo "consumer: $got"
+)
+rm -rf "$consumer"
 step "go: minio-go against piecestore serve (target/debug/piecestore, built by cargo test)"
 (cd server/tests/minio-go && go vet ./... && CI="${CI:-true}" go test -count=1 ./...)
 
