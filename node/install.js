@@ -1,6 +1,8 @@
-// Runs when the package is installed. A package made by `npm pack` carries its prebuilt addon
-// and this does nothing. Installed from a source checkout (`npm install ./node`), it builds the
-// addon with cargo (Rust 1.88 or later) and places it beside index.js, where the loader finds it.
+// Runs when the package is installed. Installed with its platform package (the
+// `piecestore-<platform>` package named in optionalDependencies, holding the prebuilt addon: see
+// scripts/pack.mjs), or from a tarball that carries the addon itself, this does nothing.
+// Installed from a source checkout (`npm install ./node`), it builds the addon with cargo
+// (Rust 1.88 or later) and places it beside index.js, where the loader finds it.
 'use strict'
 
 const { execFileSync } = require('node:child_process')
@@ -21,8 +23,16 @@ function platformName() {
 const addon = path.join(__dirname, `piecestore.${platformName()}.node`)
 const manifest = path.join(__dirname, '..', 'bindings', 'node', 'Cargo.toml')
 
-if (existsSync(addon) && !process.env.PIECESTORE_BUILD_FROM_SOURCE) {
-  process.exit(0)
+if (!process.env.PIECESTORE_BUILD_FROM_SOURCE) {
+  if (existsSync(addon)) process.exit(0)
+  // Installed from the registry (or `npm pack`'s tarballs): npm installed the platform package
+  // named in optionalDependencies that matches this machine, and the loader requires it.
+  try {
+    require.resolve(`piecestore-${platformName()}/package.json`)
+    process.exit(0)
+  } catch {
+    // Not installed: build from source below, if this is a checkout.
+  }
 }
 if (!existsSync(manifest)) {
   console.error(
