@@ -21,7 +21,7 @@
 // linking.
 package piecestore
 
-// #cgo CFLAGS: -I${SRCDIR}/../c/include
+// #cgo CFLAGS: -I${SRCDIR}/include -I${SRCDIR}/../c/include
 // #include <stdlib.h>
 // #include "piecestore.h"
 import "C"
