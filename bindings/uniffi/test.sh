@@ -57,8 +57,29 @@ if $kotlin; then
   echo "== uniffi: Kotlin on the JVM (mvn test: JUnit 5 tests and the example)"
   # Not -q: CI reads surefire's "Tests run: N, Failures: 0" lines.
   # `clean`: classes of deleted sources must not linger (Kotlin compiles non-incrementally).
-  mvn -B -ntp -Dstyle.color=never -f bindings/uniffi/kotlin/pom.xml clean test \
+  # `package`: after the tests, the jar with the native library inside.
+  mvn -B -ntp -Dstyle.color=never -f bindings/uniffi/kotlin/pom.xml clean package \
     -Dgenerated.kotlin="$PWD/$out/kotlin" -Dnative.lib.dir="$PWD/$(dirname "$lib")"
+
+  echo "== uniffi: the jar alone (its native library inside) runs the example"
+  jar=$(ls "$PWD/$out"/maven/piecestore-kotlin-*.jar)
+  unzip -l "$jar" | grep -q " linux-x86-64/libpiecestore_uniffi.so$" ||
+    { echo "no linux-x86-64/libpiecestore_uniffi.so in $jar" >&2; exit 1; }
+  mvn -B -ntp -q -f bindings/uniffi/kotlin/pom.xml dependency:build-classpath \
+    -Dmdep.includeScope=runtime -Dmdep.outputFile="$PWD/$out/classpath.txt"
+  classpath="$jar:$(cat "$out/classpath.txt")"
+  run=$(mktemp -d)
+  # No jna.library.path and no library beside it: JNA must extract the jar's copy (its debug
+  # log names where it loaded the library from).
+  (cd "$run" && env -u LD_LIBRARY_PATH java -Djna.debug_load=true \
+    -cp "$classpath" \
+    dev.piecestore.example.ExampleKt "$run/store" >"$run/out" 2>"$run/err") ||
+    { cat "$run/err" >&2; exit 1; }
+  grep -qx "hello, pieces" "$run/out" || { cat "$run/out" "$run/err" >&2; exit 1; }
+  grep -q "Found library resource at jar:file:$jar!/linux-x86-64/libpiecestore_uniffi.so" "$run/err" ||
+    { echo "the library was not loaded from the jar:" >&2; cat "$run/err" >&2; exit 1; }
+  echo "kotlin jar: $(basename "$jar") ($(du -h "$jar" | cut -f1)) ran the example with the library from inside it"
+  rm -rf "$run"
 fi
 
 echo "== uniffi: all passed in $(($(date +%s) - started)) s"
