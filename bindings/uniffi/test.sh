@@ -63,7 +63,9 @@ if $kotlin; then
 
   echo "== uniffi: the jar alone (its native library inside) runs the example"
   jar=$(ls "$PWD/$out"/maven/piecestore-kotlin-*.jar)
-  unzip -l "$jar" | grep -q " linux-x86-64/libpiecestore_uniffi.so$" ||
+  # (grep without -q: it reads the whole listing, so unzip never dies of SIGPIPE, which
+  # pipefail would count as a failure.)
+  unzip -l "$jar" | grep " linux-x86-64/libpiecestore_uniffi.so$" >/dev/null ||
     { echo "no linux-x86-64/libpiecestore_uniffi.so in $jar" >&2; exit 1; }
   mvn -B -ntp -q -f bindings/uniffi/kotlin/pom.xml dependency:build-classpath \
     -Dmdep.includeScope=runtime -Dmdep.outputFile="$PWD/$out/classpath.txt"
