@@ -38,6 +38,12 @@ export declare class PieceStore {
    */
   flush(): Promise<void>
   /**
+   * Empties the pieces cache's tiers (memory, and the disk tier's files), as `piecestore
+   * cache clear` does; the pieces stay in the store. Resolves `false` when the store has no
+   * cache. Never needed for correctness: pieces are immutable, and deletes invalidate at once.
+   */
+  clearCache(): Promise<boolean>
+  /**
    * Garbage collection of a packed store (`piecestore gc`): deletes compacted packs whose
    * grace period is over, rewrites packs with at least `garbageRatio` garbage and merges
    * undersized ones; safe while other calls and processes read and write. An unpacked store

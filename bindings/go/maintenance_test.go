@@ -7,6 +7,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -172,5 +173,99 @@ func TestGcReclaimsDeletedPiecesAndFsckFindsDamage(t *testing.T) {
 	}
 	if _, err := s.Fsck(ctx, false); !errors.Is(err, piecestore.ErrClosed) {
 		t.Fatalf("fsck after close: %v", err)
+	}
+}
+
+func TestDescribeAndShardOf(t *testing.T) {
+	dir := t.TempDir()
+	s, err := piecestore.Open("file://"+dir+"/s-%d", piecestore.WithShards(4))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	d, err := s.Describe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if d.ShardCount != 4 || len(d.ShardLabels) != 4 || d.Placement != "fnv-mod" ||
+		!strings.HasPrefix(d.Packing, "on: pieces under 1MiB packed") {
+		t.Fatalf("Describe: %+v", d)
+	}
+	for i, label := range d.ShardLabels {
+		if !strings.HasSuffix(label, fmt.Sprintf("s-%d", i)) {
+			t.Fatalf("shard %d's label %q", i, label)
+		}
+	}
+	// ShardOf names the shard a piece lands on: the shard's directory, opened alone, has it.
+	for i := range 8 {
+		key := fmt.Sprintf("%d_s0", 100+i)
+		shard, err := s.ShardOf(key)
+		if err != nil || shard < 0 || shard >= 4 {
+			t.Fatalf("ShardOf(%q) = %d, %v", key, shard, err)
+		}
+		if err := s.Put(ctx, key, []byte(key)); err != nil {
+			t.Fatal(err)
+		}
+		one, err := piecestore.Open(fmt.Sprintf("file://%s/s-%d", dir, shard))
+		if err != nil {
+			t.Fatal(err)
+		}
+		got, err := one.Get(ctx, key)
+		one.Close()
+		if err != nil || string(got) != key {
+			t.Fatalf("%q on shard %d: %q, %v", key, shard, got, err)
+		}
+	}
+	plain, err := piecestore.Open("file://"+t.TempDir(), piecestore.WithOption("pack", "false"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if d, err := plain.Describe(); err != nil || d.Packing != "off (one object per piece)" || d.ShardCount != 1 {
+		t.Fatalf("an unpacked store: %+v, %v", d, err)
+	}
+	plain.Close()
+	if _, err := plain.Describe(); !errors.Is(err, piecestore.ErrClosed) {
+		t.Fatalf("Describe after Close: %v", err)
+	}
+}
+
+func TestClearCache(t *testing.T) {
+	dir := t.TempDir()
+	s, err := piecestore.Open("file://"+dir+"/pieces", piecestore.WithOption("cache_memory", "1MiB"),
+		piecestore.WithOption("cache_disk", dir+"/cache"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	if err := s.Put(ctx, "1_s0", []byte("cached piece")); err != nil {
+		t.Fatal(err)
+	}
+	for range 2 { // a miss (fetched, then admitted), then a memory hit
+		if _, err := s.Get(ctx, "1_s0"); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if had, err := s.ClearCache(ctx); !had || err != nil {
+		t.Fatalf("ClearCache: %v, %v", had, err)
+	}
+	if got, err := s.Get(ctx, "1_s0"); err != nil || string(got) != "cached piece" {
+		t.Fatalf("after ClearCache: %q, %v", got, err)
+	}
+	text, err := s.Metrics()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{`piecestore_cache_hits_total{tier="memory"} 1`, "piecestore_cache_fetches_total 2"} {
+		if !strings.Contains(text, want) {
+			t.Fatalf("metrics lack %q:\n%s", want, text)
+		}
+	}
+	plain, err := piecestore.Open("file://" + t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer plain.Close()
+	if had, err := plain.ClearCache(ctx); had || err != nil {
+		t.Fatalf("ClearCache without a cache: %v, %v", had, err)
 	}
 }

@@ -602,6 +602,51 @@ func (s *Store) Metrics() (string, error) {
 	return string(take(&b)), nil
 }
 
+// Description is how a store is laid out (Describe).
+type Description struct {
+	ShardCount  int      `json:"shard_count"`  // number of shards (1 when not sharded)
+	ShardLabels []string `json:"shard_labels"` // each shard's backend, without credentials
+	Placement   string   `json:"placement"`    // how keys map to shards: "fnv-mod" (the original's) or "jump"
+	Packing     string   `json:"packing"`      // whether and how small pieces are packed, in words
+}
+
+// Describe says how the store is laid out: its shards (each backend as a label without
+// credentials), how keys are placed on them, and how small pieces are packed. No I/O.
+func (s *Store) Describe() (Description, error) {
+	var b C.PsBytes
+	err := s.call(context.Background(), func(h *C.PsStore, _ *C.PsCancel, e **C.PsError) C.PsStatus {
+		return C.ps_describe(h, &b, e)
+	})
+	var d Description
+	if err != nil {
+		return d, err
+	}
+	return d, report(&b, &d)
+}
+
+// ShardOf returns the shard (0-based) that holds key, by the store's placement. No I/O; any
+// UTF-8 string is placed.
+func (s *Store) ShardOf(key string) (int, error) {
+	k, kl := str(key)
+	var n C.size_t
+	err := s.call(context.Background(), func(h *C.PsStore, _ *C.PsCancel, e **C.PsError) C.PsStatus {
+		return C.ps_shard_of(h, k, kl, &n, e)
+	})
+	return int(n), err
+}
+
+// ClearCache empties the pieces cache's tiers (memory, and the disk tier's files), as
+// `piecestore cache clear` does; the pieces stay in the store. It returns false when the store
+// has no cache. Never needed for correctness: pieces are immutable, and deletes invalidate at
+// once.
+func (s *Store) ClearCache(ctx context.Context) (bool, error) {
+	var had C.bool
+	err := s.call(ctx, func(h *C.PsStore, c *C.PsCancel, e **C.PsError) C.PsStatus {
+		return C.ps_clear_cache(h, c, &had, e)
+	})
+	return bool(had), err
+}
+
 // Walk calls fn for every piece whose key starts with prefix (empty: all), in no particular
 // order across shards, and stops at fn's first error, which it returns.
 func (s *Store) Walk(ctx context.Context, prefix string, fn func(PieceInfo) error) error {

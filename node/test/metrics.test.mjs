@@ -202,6 +202,31 @@ test('file: puts in flight share write groups and do not block the event loop', 
   store.close()
 })
 
+test('clearCache() empties both tiers; false without a cache', async () => {
+  const dir = tempDir()
+  const opts = { cacheMemory: '1MiB', cacheDisk: path.join(dir, 'cache') }
+  const store = new PieceStore(path.join(dir, 'pieces'), opts)
+  await store.put('1_s0', 'cached piece')
+  await store.get('1_s0')
+  assert.equal((await store.get('1_s0')).toString(), 'cached piece')
+  assert.equal(await store.clearCache(), true)
+  assert.equal((await store.get('1_s0')).toString(), 'cached piece')
+  let text = store.metrics()
+  assert.ok(text.includes('piecestore_cache_hits_total{tier="memory"} 1'), text)
+  assert.ok(text.includes('piecestore_cache_fetches_total 2'), text)
+  assert.equal(await store.clearCache(), true)
+  await store.close()
+  const again = new PieceStore(path.join(dir, 'pieces'), { cacheMemory: 0, cacheDisk: opts.cacheDisk })
+  assert.equal((await again.get('1_s0')).toString(), 'cached piece')
+  text = again.metrics()
+  assert.ok(!text.includes('piecestore_cache_hits_total{tier="disk"} 1'), text)
+  assert.ok(text.includes('piecestore_cache_fetches_total 1'), text)
+  await again.close()
+  const plain = new PieceStore(path.join(dir, 'pieces'))
+  assert.equal(await plain.clearCache(), false)
+  await plain.close()
+})
+
 test('cache options, and cache hits in metrics()', async () => {
   const dir = tempDir()
   const store = new PieceStore(path.join(dir, 'pieces'), {

@@ -91,6 +91,9 @@ class PieceStore:
     def flush(self) -> None:
         """Writes every shard's open pack now and waits until it is durable (each ``put``
         already waits for its own pack); nothing to do for an unpacked store."""
+    def clear_cache(self) -> bool:
+        """Empties the pieces cache's tiers (memory, and the disk tier's files); the pieces
+        stay in the store. ``False`` when the store has no cache."""
     def gc(
         self,
         *,
@@ -168,6 +171,7 @@ class PieceStore:
     ) -> None: ...
     async def get_many_async(self, keys: Iterable[str]) -> builtins.list[Buffer]: ...
     async def flush_async(self) -> None: ...
+    async def clear_cache_async(self) -> bool: ...
     async def gc_async(
         self,
         *,

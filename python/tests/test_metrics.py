@@ -183,6 +183,35 @@ def test_cache_options_and_hits_in_metrics(tmp_path: Path) -> None:
         piecestore.PieceStore("memory://", cache_admit="sometimes")
 
 
+def test_clear_cache_empties_both_tiers(tmp_path: Path) -> None:
+    disk = tmp_path / "cache"
+    st = piecestore.PieceStore(tmp_path / "pieces", cache_memory="1MiB", cache_disk=disk)
+    st.put("1_s0", b"cached piece")
+    st.get("1_s0")  # a miss: fetched, then admitted to both tiers
+    assert st.get("1_s0") == b"cached piece"  # a memory hit
+    assert st.clear_cache() is True
+    assert st.get("1_s0") == b"cached piece"  # fetched again: the memory tier is empty
+    text = st.metrics()
+    assert 'piecestore_cache_hits_total{tier="memory"} 1' in text, text
+    assert "piecestore_cache_fetches_total 2" in text, text
+
+
+    async def clear() -> bool:
+        return await st.clear_cache_async()
+
+    assert asyncio.run(clear()) is True
+    st.close()
+    # The disk tier's files went too: reopened with the disk tier alone, the piece is a fetch.
+    st = piecestore.PieceStore(tmp_path / "pieces", cache_memory=0, cache_disk=disk)
+    assert st.get("1_s0") == b"cached piece"
+    text = st.metrics()
+    assert 'piecestore_cache_hits_total{tier="disk"} 1' not in text, text
+    assert "piecestore_cache_fetches_total 1" in text, text
+    st.close()
+    # No cache: nothing to clear.
+    assert piecestore.PieceStore(tmp_path / "pieces").clear_cache() is False
+
+
 def test_another_process_delete_or_overwrite_is_not_served_from_the_cache(tmp_path: Path) -> None:
     import subprocess
     import sys

@@ -346,6 +346,38 @@ PsStatus ps_fsck(const struct PsStore *store,
                  struct PsBytes *out,
                  struct PsError **err);
 
+// How the store is laid out, as a JSON object into `*out` (free it with [`ps_bytes_free`]):
+// `shard_count`, `shard_labels` (each shard's backend without credentials, e.g.
+// `http://127.0.0.1:9000/b-0`), `placement` (`fnv-mod`, the original Go piecestore's, or
+// `jump`) and `packing` (whether and how small pieces are packed, in words). No I/O; also
+// after [`ps_close`].
+//
+// # Safety
+// `store` is NULL or live; `out` is writable.
+PsStatus ps_describe(const struct PsStore *store, struct PsBytes *out, struct PsError **err);
+
+// The shard (0-based) that holds `key`, by the store's placement, into `*out`. Any UTF-8
+// string is placed (it need not be a valid piece key); no I/O.
+//
+// # Safety
+// `store` is NULL or live; `key` is NULL or valid for `key_len` bytes; `out` is writable.
+PsStatus ps_shard_of(const struct PsStore *store,
+                     const uint8_t *key,
+                     size_t key_len,
+                     size_t *out,
+                     struct PsError **err);
+
+// Empties the pieces cache's tiers (memory, and the disk tier's files), as `piecestore cache
+// clear` does; the pieces stay in the store. `*out` is false when the store has no cache.
+// Never needed for correctness: pieces are immutable, and deletes invalidate at once.
+//
+// # Safety
+// `store` is NULL or live; `cancel` is NULL or live; `out` is writable.
+PsStatus ps_clear_cache(const struct PsStore *store,
+                        const struct PsCancel *cancel,
+                        bool *out,
+                        struct PsError **err);
+
 // Starts listing the pieces whose key starts with `prefix` (empty: all), in no particular
 // order across shards; read them with [`ps_list_next`], free the listing with
 // [`ps_list_free`]. The listing holds its own reference to the store's backends, so it may

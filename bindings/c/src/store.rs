@@ -573,6 +573,73 @@ pub unsafe extern "C" fn ps_fsck(
     })
 }
 
+/// How the store is laid out, as a JSON object into `*out` (free it with [`ps_bytes_free`]):
+/// `shard_count`, `shard_labels` (each shard's backend without credentials, e.g.
+/// `http://127.0.0.1:9000/b-0`), `placement` (`fnv-mod`, the original Go piecestore's, or
+/// `jump`) and `packing` (whether and how small pieces are packed, in words). No I/O; also
+/// after [`ps_close`].
+///
+/// # Safety
+/// `store` is NULL or live; `out` is writable.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn ps_describe(
+    store: *const PsStore,
+    out: *mut PsBytes,
+    err: *mut *mut PsError,
+) -> PsStatus {
+    call(err, || {
+        let (s, out) = (self::store(store)?, self::out(out, "out")?);
+        let description = serde_json::json!({
+            "shard_count": s.shard_count(),
+            "shard_labels": s.shard_labels(),
+            "placement": s.placement().as_str(),
+            "packing": s.packing(),
+        });
+        fill(out, json(&description)?);
+        Ok(())
+    })
+}
+
+/// The shard (0-based) that holds `key`, by the store's placement, into `*out`. Any UTF-8
+/// string is placed (it need not be a valid piece key); no I/O.
+///
+/// # Safety
+/// `store` is NULL or live; `key` is NULL or valid for `key_len` bytes; `out` is writable.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn ps_shard_of(
+    store: *const PsStore,
+    key: *const u8,
+    key_len: usize,
+    out: *mut usize,
+    err: *mut *mut PsError,
+) -> PsStatus {
+    call(err, || {
+        let (s, out) = (self::store(store)?, self::out(out, "out")?);
+        *out = s.shard_of(self::key(key, key_len)?);
+        Ok(())
+    })
+}
+
+/// Empties the pieces cache's tiers (memory, and the disk tier's files), as `piecestore cache
+/// clear` does; the pieces stay in the store. `*out` is false when the store has no cache.
+/// Never needed for correctness: pieces are immutable, and deletes invalidate at once.
+///
+/// # Safety
+/// `store` is NULL or live; `cancel` is NULL or live; `out` is writable.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn ps_clear_cache(
+    store: *const PsStore,
+    cancel: *const PsCancel,
+    out: *mut bool,
+    err: *mut *mut PsError,
+) -> PsStatus {
+    call(err, || {
+        let (s, out) = (self::store(store)?, self::out(out, "out")?);
+        *out = run(cancel, async { Ok(s.clear_cache().await) })?;
+        Ok(())
+    })
+}
+
 /// A report as the JSON bytes the CLI's `--json` prints.
 fn json(report: &impl serde::Serialize) -> Result<Bytes, Failure> {
     serde_json::to_vec(report)

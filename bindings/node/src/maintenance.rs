@@ -238,6 +238,15 @@ impl PieceStore {
         promise(env, async move { store.flush().await }, false)
     }
 
+    /// Empties the pieces cache's tiers (memory, and the disk tier's files), as `piecestore
+    /// cache clear` does; the pieces stay in the store. Resolves `false` when the store has no
+    /// cache. Never needed for correctness: pieces are immutable, and deletes invalidate at once.
+    #[napi(ts_return_type = "Promise<boolean>")]
+    pub fn clear_cache<'env>(&self, env: &'env Env) -> Result<PromiseRaw<'env, bool>> {
+        let store = self.inner.clone();
+        promise(env, async move { Ok(store.clear_cache().await) }, false)
+    }
+
     /// Garbage collection of a packed store (`piecestore gc`): deletes compacted packs whose
     /// grace period is over, rewrites packs with at least `garbageRatio` garbage and merges
     /// undersized ones; safe while other calls and processes read and write. An unpacked store

@@ -427,6 +427,14 @@ impl PieceStore {
             .map_err(|e| to_py_with(py, e))
     }
 
+    /// Empties the pieces cache's tiers (memory, and the disk tier's files), as `piecestore
+    /// cache clear` does; the pieces stay in the store. `False` when the store has no cache.
+    /// Never needed for correctness: pieces are immutable, and deletes invalidate at once.
+    fn clear_cache(&self, py: Python<'_>) -> bool {
+        let store = &self.inner;
+        py.detach(|| block_on(store.clear_cache()))
+    }
+
     /// Garbage collection of a packed store (`piecestore gc`): deletes compacted packs whose
     /// grace period is over, rewrites packs with at least `garbage_ratio` garbage and merges
     /// undersized ones; safe while other threads and processes read and write. `grace` (seconds
@@ -686,6 +694,12 @@ impl PieceStore {
     fn flush_async<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
         let store = self.inner.clone();
         awaitable(py, async move { store.flush().await })
+    }
+
+    /// `clear_cache`, as an awaitable.
+    fn clear_cache_async<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        let store = self.inner.clone();
+        awaitable(py, async move { Ok(store.clear_cache().await) })
     }
 
     /// `gc`, as an awaitable (`progress` is called from a thread of the library).

@@ -299,6 +299,10 @@ mod op {
         s.flush().await
     }
 
+    pub async fn clear_cache(s: Core) -> Result<bool> {
+        Ok(s.clear_cache().await)
+    }
+
     pub async fn gc(s: Core, opts: GcOptions) -> Result<GcReport> {
         s.gc(opts, &|_| {}).await.map(GcReport::from)
     }
@@ -524,6 +528,39 @@ impl PieceStore {
         self.inner.metrics().to_prometheus()
     }
 
+    /// Empties the pieces cache's tiers (memory, and the disk tier's files), as `piecestore
+    /// cache clear` does; the pieces stay in the store. `false` when the store has no cache.
+    /// Never needed for correctness: pieces are immutable, and deletes invalidate at once.
+    pub async fn clear_cache(&self) -> Result<bool> {
+        spawned(op::clear_cache(self.core())).await
+    }
+
+    /// The shard (0-based) that holds `key`, by the store's placement.
+    pub fn shard_of(&self, key: String) -> u32 {
+        self.inner.shard_of(&key) as u32
+    }
+
+    /// The number of shards (1 when the store is not sharded).
+    pub fn shard_count(&self) -> u32 {
+        self.inner.shard_count() as u32
+    }
+
+    /// Each shard's backend as a label without credentials (`http://127.0.0.1:9000/b-0`).
+    pub fn shard_labels(&self) -> Vec<String> {
+        self.inner.shard_labels()
+    }
+
+    /// How keys are placed on shards: `fnv-mod` (the original Go piecestore's) or `jump`.
+    pub fn placement(&self) -> String {
+        self.inner.placement().to_string()
+    }
+
+    /// Whether and how small pieces are packed, in words: `off (one object per piece)`, or
+    /// the threshold, pack size, gc settings and where the index is kept.
+    pub fn packing(&self) -> String {
+        self.inner.packing()
+    }
+
     /// Closes the store: later calls fail with `Closed`. Every put that returned is already
     /// durable. (Kotlin: `closeStore`, since `close` is `AutoCloseable`'s, which frees the
     /// native handle.)
@@ -581,6 +618,11 @@ impl PieceStore {
     /// `flush`, blocking the calling thread.
     pub fn flush_blocking(&self) -> Result<()> {
         blocking(op::flush(self.core()))
+    }
+
+    /// `clear_cache`, blocking the calling thread.
+    pub fn clear_cache_blocking(&self) -> Result<bool> {
+        blocking(op::clear_cache(self.core()))
     }
 
     /// `gc`, blocking the calling thread.

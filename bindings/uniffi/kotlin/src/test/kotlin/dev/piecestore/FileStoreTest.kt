@@ -116,4 +116,43 @@ class FileStoreTest {
         dev.piecestore.example.main(arrayOf(dir.resolve("example").toString()))
         fileStore(dir.resolve("example")).use { s -> assertEquals(emptyList(), s.listBlocking()) }
     }
+
+    @Test
+    fun `shards, placement and packing are visible, and shardOf names a piece's shard`() {
+        PieceStore.open("file://${dir.toAbsolutePath()}/s-%d", mapOf("shards" to "4")).use { s ->
+            assertEquals(4u, s.shardCount())
+            assertEquals(4, s.shardLabels().size)
+            s.shardLabels().forEachIndexed { i, label -> assertTrue(label.endsWith("s-$i"), label) }
+            assertEquals("fnv-mod", s.placement())
+            assertTrue(s.packing().startsWith("on: pieces under 1MiB packed"), s.packing())
+            for (i in 0 until 8) {
+                val key = "${100 + i}_s0"
+                val shard = s.shardOf(key)
+                assertTrue(shard < 4u, "$key: shard $shard")
+                s.putBlocking(key, key.toByteArray())
+                // The shard's directory, opened alone, holds the piece.
+                fileStore(dir.resolve("s-$shard")).use { one -> assertContentEquals(key.toByteArray(), one.getBlocking(key)) }
+            }
+        }
+        PieceStore.open("file://${dir.toAbsolutePath()}/plain", mapOf("pack" to "false")).use { s ->
+            assertEquals("off (one object per piece)", s.packing())
+            assertEquals(1u, s.shardCount())
+        }
+    }
+
+    @Test
+    fun `clearCache empties the cache, and says whether there was one`() {
+        val opts = mapOf("cache_memory" to "1MiB", "cache_disk" to dir.resolve("cache").toString())
+        PieceStore.open("file://${dir.toAbsolutePath()}/pieces", opts).use { s ->
+            s.putBlocking("1_s0", "cached piece".toByteArray())
+            repeat(2) { s.getBlocking("1_s0") } // a miss (fetched, then admitted), then a memory hit
+            assertTrue(runBlocking { s.clearCache() })
+            assertContentEquals("cached piece".toByteArray(), s.getBlocking("1_s0"))
+            val text = s.metrics()
+            assertTrue(text.contains("piecestore_cache_hits_total{tier=\"memory\"} 1"), text)
+            assertTrue(text.contains("piecestore_cache_fetches_total 2"), text)
+            assertTrue(s.clearCacheBlocking())
+        }
+        fileStore(dir.resolve("plain")).use { s -> assertEquals(false, s.clearCacheBlocking()) }
+    }
 }
