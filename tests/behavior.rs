@@ -151,7 +151,11 @@ async fn racing_puts_of_one_key_never_overwrite_silently(f: &Fixture) {
         .collect();
     for r in &results {
         if let Ok((_, Err(e))) = r {
-            assert_eq!(e.kind(), ErrorKind::AlreadyExists, "{e}");
+            // On a server whose create-only put is not atomic (below), a losing writer reads
+            // the stored piece back to tell a retried put from a conflict, and may meet that
+            // torn piece: Corrupt, never its bytes (seen about once in ten runs on s3s-fs).
+            let torn = !f.atomic_create() && e.kind() == ErrorKind::Corrupt;
+            assert!(e.kind() == ErrorKind::AlreadyExists || torn, "{e}");
         }
     }
     assert!(!ok.is_empty(), "one writer must win");
