@@ -361,13 +361,17 @@ impl PieceStore {
             match self.packer(key)? {
                 None => backend.put(key, data, crc, opts.overwrite).await?,
                 // Under PutTimeout as a whole: the pack writer's group write included.
+                // The packed paths' futures are boxed: a group commit or an object write
+                // costs far more than the allocation, and inline they would make every put's
+                // future (moved by value on each call, memory stores' too) kilobytes larger.
                 Some(packer) if len < packer.threshold() => {
-                    let work = packer.put(&backend, key, data, crc, opts.overwrite);
+                    let work = Box::pin(packer.put(&backend, key, data, crc, opts.overwrite));
                     backend.within(Deadline::Put, "put", key, work).await?
                 }
                 // A large piece: an object of its own, recorded in the index.
                 Some(packer) => {
-                    let work = packer.put_object(&backend, key, data, crc, opts.overwrite);
+                    let work =
+                        Box::pin(packer.put_object(&backend, key, data, crc, opts.overwrite));
                     backend.within(Deadline::Put, "put", key, work).await?
                 }
             }
@@ -582,8 +586,9 @@ impl PieceStore {
         let packer = self.packer(key)?;
         let mut looked = false;
         let (bytes, crc) = loop {
+            // Boxed: see put_opts.
             if let Some(packer) = &packer
-                && let Some((bytes, crc)) = packer.get(backend, key).await?
+                && let Some((bytes, crc)) = Box::pin(packer.get(backend, key)).await?
             {
                 *first_byte = Some(Instant::now());
                 return Ok((bytes, Some(crc)));

@@ -298,30 +298,37 @@ impl Backend {
 
     /// Runs one whole operation (all its requests and retries) under its deadline, if one is
     /// set; past it the operation is dropped (cancelled) and fails with [`deadline_error`].
-    pub(crate) async fn within<T>(
-        &self,
+    ///
+    /// Not an `async fn`: one would hold `work` in its state and again inside the timeout (and
+    /// every operation's future holds this one), so a 4 KiB get's future was twice the size of
+    /// its work, and moving it cost more than the get (perf: memcpy). This holds `work` once.
+    pub(crate) fn within<'a, T: 'a>(
+        &'a self,
         which: Deadline,
         op: &'static str,
-        key: &str,
-        work: impl std::future::Future<Output = Result<T>>,
-    ) -> Result<T> {
+        key: &'a str,
+        work: impl std::future::Future<Output = Result<T>> + 'a,
+    ) -> impl std::future::Future<Output = Result<T>> + 'a {
+        use futures::FutureExt;
+        use futures::future::Either;
         let limit = match which {
             Deadline::Get => self.deadlines.get,
             Deadline::Put => self.deadlines.put,
             Deadline::Delete => self.deadlines.delete,
         };
-        let Some(limit) = limit else {
-            return work.await;
-        };
-        match tokio::time::timeout(limit, work).await {
-            Ok(result) => result,
-            Err(_) => Err(deadline_error(
-                op,
-                Some(key),
-                &self.label,
-                which.option(),
-                limit,
-            )),
+        match limit {
+            None => Either::Left(work),
+            Some(limit) => Either::Right(tokio::time::timeout(limit, work).map(move |r| {
+                r.unwrap_or_else(|_| {
+                    Err(deadline_error(
+                        op,
+                        Some(key),
+                        &self.label,
+                        which.option(),
+                        limit,
+                    ))
+                })
+            })),
         }
     }
 
@@ -646,9 +653,10 @@ impl Backend {
     async fn put_now(&self, key: &str, data: Bytes, crc: u32, overwrite: bool) -> Result<()> {
         let path = self.path(key)?;
         if let Kind::File { fs, format } = &self.kind {
-            return self
-                .put_local(fs, *format, key, &path, data, crc, overwrite)
-                .await;
+            // Boxed, as the conflict paths below: rare or slow next to the object store's own
+            // put, and held inline they made every put's future (moved by value on each call)
+            // kilobytes larger.
+            return Box::pin(self.put_local(fs, *format, key, &path, data, crc, overwrite)).await;
         }
         let make = |mode: PutMode| {
             let mut attributes = Attributes::new();
@@ -676,8 +684,10 @@ impl Backend {
         let honours = self.honours_create().await;
         for _ in 0..3 {
             if !honours {
-                match self.head(key).await {
-                    Ok(existing) => return self.same_or_exists(key, &data, crc, existing).await,
+                match Box::pin(self.head(key)).await {
+                    Ok(existing) => {
+                        return Box::pin(self.same_or_exists(key, &data, crc, existing)).await;
+                    }
                     Err(Error::NotFound { .. }) => {}
                     Err(e) => return Err(e),
                 }
@@ -690,9 +700,9 @@ impl Backend {
                     object_store::Error::AlreadyExists { .. }
                     | object_store::Error::Precondition { .. },
                 ) => {
-                    match self.head(key).await {
+                    match Box::pin(self.head(key)).await {
                         Ok(existing) => {
-                            return self.same_or_exists(key, &data, crc, existing).await;
+                            return Box::pin(self.same_or_exists(key, &data, crc, existing)).await;
                         }
                         // A concurrent writer's conflicting put that did not land: try again.
                         Err(Error::NotFound { .. }) => continue,
@@ -738,8 +748,10 @@ impl Backend {
             if written == local::Written::Done {
                 return Ok(());
             }
-            match self.head(key).await {
-                Ok(existing) => return self.same_or_exists(key, &data, crc, existing).await,
+            match Box::pin(self.head(key)).await {
+                Ok(existing) => {
+                    return Box::pin(self.same_or_exists(key, &data, crc, existing)).await;
+                }
                 // Deleted since: try again.
                 Err(Error::NotFound { .. }) => continue,
                 Err(e) => return Err(e),
@@ -838,7 +850,8 @@ impl Backend {
     ) -> Result<(Bytes, Option<u32>)> {
         let path = self.path(key)?;
         if let Kind::File { fs, format } = &self.kind {
-            return self.get_local(fs, *format, key, &path, first_byte).await;
+            // Boxed: a blocking-pool hop already; inline it made every get's future larger.
+            return Box::pin(self.get_local(fs, *format, key, &path, first_byte)).await;
         }
         let result = self
             .store
