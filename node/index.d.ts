@@ -58,6 +58,12 @@ export declare class PieceStore {
    */
   fsck(options?: FsckOpts): Promise<FsckReport>
   /**
+   * What the store holds (`piecestore profile`): pieces, bytes and sizes, each shard's
+   * share and the skew between them, orphan objects no get can reach (misplaced, temp,
+   * foreign), and a packed store's fill and garbage, from one listing of every shard.
+   */
+  inventory(options?: InventoryOpts): Promise<Inventory>
+  /**
    * Opens the store at `store`: a URL (`memory://`, `file:///path`, `s3://bucket`,
    * `http://127.0.0.1:9000/bucket-%d`), a path (a directory, or a `.toml` config file), or an
    * object laid out like `config.toml`'s `[PieceStore]` table. `options` override it
@@ -292,6 +298,38 @@ export interface GcReport {
   doomed: DoomedSummary
 }
 
+/** What a store holds (`inventory()`; the fields of `piecestore profile --json`). */
+export interface Inventory {
+  /** Pieces on the shard their key belongs to (what `get` can read). */
+  pieces: number
+  /** Their bytes. */
+  bytes: number
+  /** The smallest piece (0 without pieces). */
+  minSize: number
+  /** The largest piece. */
+  maxSize: number
+  /** Pieces by size: power-of-two buckets, only non-empty ones, smallest first. */
+  sizes: Array<SizeBucket>
+  /** Each shard's share. */
+  shards: Array<ShardInventory>
+  /** The fullest shard's bytes over the mean (1 = balanced; 0 without pieces). */
+  bytesSkew: number
+  /** The fullest shard's piece count over the mean. */
+  piecesSkew: number
+  /** Objects no `get` can reach. */
+  orphans: Orphans
+  /** Pack fill and garbage; `null` when the store does not pack small pieces. */
+  packs: PackStats | null
+}
+
+/** Options of `inventory()`. */
+export interface InventoryOpts {
+  /** How many orphan objects to name in `orphans.samples` (all are counted; default 20). */
+  maxOrphanSamples?: number
+  /** Called with the number of objects listed so far, every 1,000 objects. */
+  onProgress?: (objectsListed: number) => void
+}
+
 /** The longest key a piece may have, in bytes. */
 export declare const MAX_KEY_LEN: number
 
@@ -331,6 +369,52 @@ export interface OpMetrics {
 
 /** The names `options` accepts, as in `config.toml` (camelCase and snake_case work too). */
 export declare function optionNames(): Array<string>
+
+/** Objects no `get` can reach, by why (`Inventory.orphans`). */
+export interface Orphans {
+  /** Valid piece keys on a shard other than the one the placement gives them. */
+  misplaced: number
+  /** Their bytes. */
+  misplacedBytes: number
+  /** Temp files of writes that never finished. */
+  temp: number
+  /** Objects whose names are not valid piece keys. */
+  foreign: number
+  /** PieceStore's own leftovers under `.piecestore/`. */
+  internal: number
+  /** Bytes of temp, foreign and internal objects. */
+  otherBytes: number
+  /** Some of them (up to `maxOrphanSamples`). */
+  samples: Array<OrphanSample>
+}
+
+/** One orphan object named in `Orphans.samples`. */
+export interface OrphanSample {
+  /** The shard it is on. */
+  shard: number
+  /** Its key (object name). */
+  key: string
+  /** Why no get reaches it. */
+  why: string
+}
+
+/** Pack fill and garbage of a store that packs small pieces (`Inventory.packs`). */
+export interface PackStats {
+  /** Pack objects. */
+  packs: number
+  /** Of which compacted, waiting for their grace period to end. */
+  doomed: number
+  /** Pieces in packs. */
+  pieces: number
+  /** Pack bytes. */
+  bytes: number
+  /** Bytes of live pieces in packs. */
+  liveBytes: number
+  /** Live bytes over pack bytes. */
+  fill: number
+  /** Dead bytes over pack bytes. */
+  garbageRatio: number
+}
 
 /** A Greenfield piece key, parsed. */
 export interface ParsedKey {
@@ -382,6 +466,32 @@ export interface RuntimeOptions {
  * number must be a non-negative integer (a `RangeError` otherwise).
  */
 export declare function segmentKey(objectId: number, segment: number, version?: number | undefined | null): string
+
+/** One shard's share of a store (`Inventory.shards`). */
+export interface ShardInventory {
+  /** The shard index. */
+  shard: number
+  /** The shard's backend, as a label without credentials. */
+  backend: string
+  /** Pieces that belong here. */
+  pieces: number
+  /** Their bytes. */
+  bytes: number
+  /** Orphans found on this shard. */
+  orphans: number
+}
+
+/** Pieces of `min` to `max` bytes (`Inventory.sizes`). */
+export interface SizeBucket {
+  /** The smallest size in the bucket. */
+  min: number
+  /** The largest size in the bucket (0 or a power of two). */
+  max: number
+  /** Pieces in the bucket. */
+  pieces: number
+  /** Their bytes. */
+  bytes: number
+}
 
 /**
  * Options of a store, overriding its URL or config (then the environment applies, as

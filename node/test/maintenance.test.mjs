@@ -122,3 +122,55 @@ test('unpacked and memory stores have nothing to collect; a closed store rejects
     }
   }
 })
+
+test('inventory() says what a sharded store holds, its orphans and its progress', async () => {
+  const dir = tempDir()
+  const store = new PieceStore(`${dir}/s-%d`, { shards: 2, pack: false })
+  const sizes = [0, 1, 100, 4096, 5000]
+  await store.putMany(sizes.map((n, i) => [`inv/${i}_s0`, Buffer.alloc(n, i)]))
+  // A valid key on the other shard than its own (misplaced), and the temp file of a write
+  // that never finished (the original Go piecestore's `.name.tmpN`).
+  const key = 'inv/99_s0'
+  const other = 1 - store.shardOf(key)
+  const wrong = new PieceStore(`${dir}/s-${other}?pack=false`)
+  await wrong.put(key, 'elsewhere')
+  await wrong.close()
+  writeFileSync(path.join(dir, 's-0', '.7_s0.tmp3'), 'x')
+  const inv = await store.inventory({ maxOrphanSamples: 5 })
+  assert.equal(inv.pieces, sizes.length, JSON.stringify(inv))
+  assert.equal(inv.bytes, sizes.reduce((a, b) => a + b, 0))
+  assert.equal(inv.minSize, 0)
+  assert.equal(inv.maxSize, 5000)
+  assert.equal(inv.sizes.reduce((a, b) => a + b.pieces, 0), sizes.length)
+  assert.deepEqual(inv.sizes.find((b) => b.max === 4096), { min: 2049, max: 4096, pieces: 1, bytes: 4096 })
+  assert.equal(inv.shards.length, 2)
+  assert.equal(inv.shards.reduce((a, s) => a + s.pieces, 0), sizes.length)
+  assert.ok(inv.shards[1].backend.endsWith('s-1'), inv.shards[1].backend)
+  assert.ok(inv.bytesSkew >= 1, String(inv.bytesSkew))
+  assert.equal(inv.orphans.misplaced, 1)
+  assert.equal(inv.orphans.misplacedBytes, 'elsewhere'.length)
+  assert.equal(inv.orphans.temp, 1)
+  assert.equal(inv.orphans.otherBytes, 1)
+  const samples = inv.orphans.samples.map((s) => `${s.shard}:${s.key}`).sort()
+  assert.deepEqual(samples, [`${other}:${key}`, '0:.7_s0.tmp3'].sort())
+  assert.equal(inv.packs, null)
+  // Progress: the objects listed so far, every 1,000.
+  const many = new PieceStore(`file://${tempDir()}`, { pack: false, fsync: false })
+  await many.putMany(Array.from({ length: 1100 }, (_, i) => [`m/${i}_s0`, '']))
+  const listed = []
+  assert.equal((await many.inventory({ onProgress: (n) => listed.push(n) })).pieces, 1100)
+  await settle()
+  assert.deepEqual(listed, [1000])
+  await many.close()
+  // A packed store reports its packs; bad options are refused before any work.
+  const packed = new PieceStore(`file://${tempDir()}`)
+  await packed.putMany(pieces.slice(0, 6).map((p, i) => [`p/${i}_s0`, p]))
+  const p = await packed.inventory()
+  assert.equal(p.pieces, 6)
+  assert.equal(p.packs.pieces, 6)
+  assert.ok(p.packs.fill > 0 && p.packs.fill <= 1, String(p.packs.fill))
+  await assert.rejects(async () => packed.inventory({ maxOrphanSamples: -1 }), RangeError)
+  assert.throws(() => packed.inventory('five'), TypeError)
+  await packed.close()
+  await store.close()
+})

@@ -1,5 +1,6 @@
-//! A packed store's upkeep from JavaScript: `flush`, `gc` and `fsck`, their options, reports
-//! and progress callbacks. The work is the core's (`PieceStore::gc`, `PieceStore::fsck`).
+//! A store's upkeep from JavaScript: `flush`, `gc`, `fsck`, `clearCache` and `inventory`, their
+//! options, reports and progress callbacks. The work is the core's (`PieceStore::gc`,
+//! `PieceStore::fsck`, `PieceStore::inventory`).
 
 use std::time::Duration;
 
@@ -10,6 +11,7 @@ use napi::threadsafe_function::{
 use napi_derive::napi;
 use piecestore::pack::fsck::{FsckOptions, FsckProblem as CoreProblem, FsckReport as CoreFsck};
 use piecestore::pack::gc::{DoomedSummary as CoreDoomed, GcOptions, GcReport as CoreGc};
+use piecestore::profile::{Inventory as CoreInventory, InventoryOptions};
 
 use crate::OrNull;
 use crate::args::Args;
@@ -130,6 +132,180 @@ pub struct FsckReport {
     /// Pieces indexed by the rebuild; `null` without one.
     #[napi(ts_type = "number | null")]
     pub rebuilt_pieces: OrNull<i64>,
+}
+
+/// Options of `inventory()`.
+#[napi(object, object_from_js = false, object_to_js = false)]
+pub struct InventoryOpts {
+    /// How many orphan objects to name in `orphans.samples` (all are counted; default 20).
+    pub max_orphan_samples: Option<u32>,
+    /// Called with the number of objects listed so far, every 1,000 objects.
+    #[napi(ts_type = "(objectsListed: number) => void")]
+    pub on_progress: Option<()>,
+}
+
+/// Pieces of `min` to `max` bytes (`Inventory.sizes`).
+#[napi(object, object_from_js = false)]
+pub struct SizeBucket {
+    /// The smallest size in the bucket.
+    pub min: i64,
+    /// The largest size in the bucket (0 or a power of two).
+    pub max: i64,
+    /// Pieces in the bucket.
+    pub pieces: i64,
+    /// Their bytes.
+    pub bytes: i64,
+}
+
+/// One shard's share of a store (`Inventory.shards`).
+#[napi(object, object_from_js = false)]
+pub struct ShardInventory {
+    /// The shard index.
+    pub shard: u32,
+    /// The shard's backend, as a label without credentials.
+    pub backend: String,
+    /// Pieces that belong here.
+    pub pieces: i64,
+    /// Their bytes.
+    pub bytes: i64,
+    /// Orphans found on this shard.
+    pub orphans: i64,
+}
+
+/// One orphan object named in `Orphans.samples`.
+#[napi(object, object_from_js = false)]
+pub struct OrphanSample {
+    /// The shard it is on.
+    pub shard: u32,
+    /// Its key (object name).
+    pub key: String,
+    /// Why no get reaches it.
+    pub why: String,
+}
+
+/// Objects no `get` can reach, by why (`Inventory.orphans`).
+#[napi(object, object_from_js = false)]
+pub struct Orphans {
+    /// Valid piece keys on a shard other than the one the placement gives them.
+    pub misplaced: i64,
+    /// Their bytes.
+    pub misplaced_bytes: i64,
+    /// Temp files of writes that never finished.
+    pub temp: i64,
+    /// Objects whose names are not valid piece keys.
+    pub foreign: i64,
+    /// PieceStore's own leftovers under `.piecestore/`.
+    pub internal: i64,
+    /// Bytes of temp, foreign and internal objects.
+    pub other_bytes: i64,
+    /// Some of them (up to `maxOrphanSamples`).
+    pub samples: Vec<OrphanSample>,
+}
+
+/// Pack fill and garbage of a store that packs small pieces (`Inventory.packs`).
+#[napi(object, object_from_js = false)]
+pub struct PackStats {
+    /// Pack objects.
+    pub packs: i64,
+    /// Of which compacted, waiting for their grace period to end.
+    pub doomed: i64,
+    /// Pieces in packs.
+    pub pieces: i64,
+    /// Pack bytes.
+    pub bytes: i64,
+    /// Bytes of live pieces in packs.
+    pub live_bytes: i64,
+    /// Live bytes over pack bytes.
+    pub fill: f64,
+    /// Dead bytes over pack bytes.
+    pub garbage_ratio: f64,
+}
+
+/// What a store holds (`inventory()`; the fields of `piecestore profile --json`).
+#[napi(object, object_from_js = false)]
+pub struct Inventory {
+    /// Pieces on the shard their key belongs to (what `get` can read).
+    pub pieces: i64,
+    /// Their bytes.
+    pub bytes: i64,
+    /// The smallest piece (0 without pieces).
+    pub min_size: i64,
+    /// The largest piece.
+    pub max_size: i64,
+    /// Pieces by size: power-of-two buckets, only non-empty ones, smallest first.
+    pub sizes: Vec<SizeBucket>,
+    /// Each shard's share.
+    pub shards: Vec<ShardInventory>,
+    /// The fullest shard's bytes over the mean (1 = balanced; 0 without pieces).
+    pub bytes_skew: f64,
+    /// The fullest shard's piece count over the mean.
+    pub pieces_skew: f64,
+    /// Objects no `get` can reach.
+    pub orphans: Orphans,
+    /// Pack fill and garbage; `null` when the store does not pack small pieces.
+    #[napi(ts_type = "PackStats | null")]
+    pub packs: OrNull<PackStats>,
+}
+
+impl From<CoreInventory> for Inventory {
+    fn from(r: CoreInventory) -> Self {
+        let o = r.orphans;
+        Inventory {
+            pieces: n(r.pieces),
+            bytes: n(r.bytes),
+            min_size: n(r.min_size),
+            max_size: n(r.max_size),
+            sizes: r
+                .sizes
+                .into_iter()
+                .map(|b| SizeBucket {
+                    min: n(b.min),
+                    max: n(b.max),
+                    pieces: n(b.pieces),
+                    bytes: n(b.bytes),
+                })
+                .collect(),
+            shards: r
+                .shards
+                .into_iter()
+                .map(|s| ShardInventory {
+                    shard: u32::try_from(s.shard).unwrap_or(u32::MAX),
+                    backend: s.backend,
+                    pieces: n(s.pieces),
+                    bytes: n(s.bytes),
+                    orphans: n(s.orphans),
+                })
+                .collect(),
+            bytes_skew: r.bytes_skew,
+            pieces_skew: r.pieces_skew,
+            orphans: Orphans {
+                misplaced: n(o.misplaced),
+                misplaced_bytes: n(o.misplaced_bytes),
+                temp: n(o.temp),
+                foreign: n(o.foreign),
+                internal: n(o.internal),
+                other_bytes: n(o.other_bytes),
+                samples: o
+                    .samples
+                    .into_iter()
+                    .map(|(shard, key, why)| OrphanSample {
+                        shard: u32::try_from(shard).unwrap_or(u32::MAX),
+                        key,
+                        why,
+                    })
+                    .collect(),
+            },
+            packs: OrNull(r.packs.map(|p| PackStats {
+                packs: n(p.packs),
+                doomed: n(p.doomed),
+                pieces: n(p.pieces),
+                bytes: n(p.bytes),
+                live_bytes: n(p.live_bytes),
+                fill: p.fill,
+                garbage_ratio: p.garbage_ratio,
+            })),
+        }
+    }
 }
 
 fn n(v: u64) -> i64 {
@@ -345,6 +521,58 @@ impl PieceStore {
                     })
                     .await?;
                 Ok(FsckReport::from(report))
+            },
+            false,
+        )
+    }
+
+    /// What the store holds (`piecestore profile`): pieces, bytes and sizes, each shard's
+    /// share and the skew between them, orphan objects no get can reach (misplaced, temp,
+    /// foreign), and a packed store's fill and garbage, from one listing of every shard.
+    #[napi(
+        ts_args_type = "options?: InventoryOpts",
+        ts_return_type = "Promise<Inventory>"
+    )]
+    pub fn inventory<'env>(
+        &self,
+        env: &'env Env,
+        options: Option<Unknown<'_>>,
+    ) -> Result<PromiseRaw<'env, Inventory>> {
+        let a = Args::new(env, "inventory");
+        let mut opts = InventoryOptions::default();
+        let mut progress: Option<Progress<(f64,)>> = None;
+        if let Some(o) = a.opt_object(
+            options,
+            "options",
+            "an object such as { maxOrphanSamples: 5 }",
+        )? {
+            if let Some(v) = o.get::<Unknown<'_>>("maxOrphanSamples")?
+                && !crate::args::is_nullish(&v)?
+            {
+                let max = a.number(v, "options.maxOrphanSamples")?;
+                if !(max.is_finite() && max >= 1.0 && max.fract() == 0.0 && max <= 1e6) {
+                    return Err(a.range_error(
+                        "options.maxOrphanSamples",
+                        "a whole number from 1 to 1000000",
+                        max,
+                    ));
+                }
+                opts.max_orphan_samples = max as usize;
+            }
+            progress = on_progress(a, &o, "options.onProgress")?;
+        }
+        let store = self.inner.clone();
+        promise(
+            env,
+            async move {
+                let report = store
+                    .inventory(opts, &|listed| {
+                        if let Some(f) = &progress {
+                            f.call((listed as f64,), ThreadsafeFunctionCallMode::NonBlocking);
+                        }
+                    })
+                    .await?;
+                Ok(Inventory::from(report))
             },
             false,
         )
