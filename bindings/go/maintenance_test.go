@@ -269,3 +269,89 @@ func TestClearCache(t *testing.T) {
 		t.Fatalf("ClearCache without a cache: %v, %v", had, err)
 	}
 }
+
+func TestInventory(t *testing.T) {
+	dir := t.TempDir()
+	s, err := piecestore.Open("file://"+dir+"/s-%d", piecestore.WithShards(2), piecestore.WithOption("pack", "false"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	sizes := []int{0, 1, 100, 4096, 5000}
+	total := 0
+	for i, n := range sizes {
+		if err := s.Put(ctx, fmt.Sprintf("inv/%d_s0", i), pseudoRandom(n, uint64(i))); err != nil {
+			t.Fatal(err)
+		}
+		total += n
+	}
+	// A valid key on the other shard than its own, and a temp file of the original's naming.
+	const key = "inv/99_s0"
+	own, err := s.ShardOf(key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	wrong, err := piecestore.Open(fmt.Sprintf("file://%s/s-%d", dir, 1-own), piecestore.WithOption("pack", "false"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := wrong.Put(ctx, key, []byte("elsewhere")); err != nil {
+		t.Fatal(err)
+	}
+	wrong.Close()
+	if err := os.WriteFile(filepath.Join(dir, "s-0", ".7_s0.tmp3"), []byte("x"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	inv, err := s.Inventory(ctx, 5)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if inv.Pieces != uint64(len(sizes)) || inv.Bytes != uint64(total) || inv.MinSize != 0 || inv.MaxSize != 5000 {
+		t.Fatalf("inventory: %+v", inv)
+	}
+	var bucketed uint64
+	for _, b := range inv.Sizes {
+		bucketed += b.Pieces
+		if b.Max == 4096 && (b.Min != 2049 || b.Pieces != 1 || b.Bytes != 4096) {
+			t.Fatalf("the 4 KiB bucket: %+v", b)
+		}
+	}
+	if bucketed != uint64(len(sizes)) || len(inv.Shards) != 2 || !strings.HasSuffix(inv.Shards[1].Backend, "s-1") {
+		t.Fatalf("sizes %+v, shards %+v", inv.Sizes, inv.Shards)
+	}
+	o := inv.Orphans
+	if o.Misplaced != 1 || o.MisplacedBytes != uint64(len("elsewhere")) || o.Temp != 1 || o.OtherBytes != 1 || len(o.Samples) != 2 {
+		t.Fatalf("orphans: %+v", o)
+	}
+	named := map[string]int{}
+	for _, smp := range o.Samples {
+		named[smp.Key] = smp.Shard
+		if smp.Why == "" {
+			t.Fatalf("a sample without a reason: %+v", smp)
+		}
+	}
+	if sh, ok := named[key]; !ok || sh != 1-own {
+		t.Fatalf("the misplaced piece's sample: %+v", o.Samples)
+	}
+	if inv.Packs != nil {
+		t.Fatalf("an unpacked store's pack stats: %+v", inv.Packs)
+	}
+	if _, err := s.Inventory(ctx, -1); !errors.Is(err, piecestore.ErrInvalidArgument) {
+		t.Fatalf("a negative sample count: %v", err)
+	}
+	// A packed store reports its packs.
+	packed, err := piecestore.Open("file://" + t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer packed.Close()
+	for i := range 6 {
+		if err := packed.Put(ctx, fmt.Sprintf("p/%d_s0", i), pseudoRandom(100+i, 9)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	p, err := packed.Inventory(ctx, 0)
+	if err != nil || p.Pieces != 6 || p.Packs == nil || p.Packs.Pieces != 6 || !(p.Packs.Fill > 0 && p.Packs.Fill <= 1) {
+		t.Fatalf("a packed store: %+v (packs %+v), %v", p, p.Packs, err)
+	}
+}

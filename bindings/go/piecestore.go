@@ -602,6 +602,99 @@ func (s *Store) Metrics() (string, error) {
 	return string(take(&b)), nil
 }
 
+// Inventory is what a store holds (Store.Inventory; piecestore profile --json).
+type Inventory struct {
+	Pieces     uint64           `json:"pieces"`      // pieces on the shard their key belongs to (what Get reads)
+	Bytes      uint64           `json:"bytes"`       // their bytes
+	MinSize    uint64           `json:"min_size"`    // the smallest piece (0 without pieces)
+	MaxSize    uint64           `json:"max_size"`    // the largest piece
+	Sizes      []SizeBucket     `json:"sizes"`       // pieces by size, power-of-two buckets, non-empty ones, smallest first
+	Shards     []ShardInventory `json:"shards"`      // each shard's share
+	BytesSkew  float64          `json:"bytes_skew"`  // the fullest shard's bytes over the mean (1: balanced)
+	PiecesSkew float64          `json:"pieces_skew"` // the fullest shard's piece count over the mean
+	Orphans    Orphans          `json:"orphans"`     // objects no Get can reach
+	Packs      *PackStats       `json:"packs"`       // pack fill and garbage; nil when the store does not pack
+}
+
+// SizeBucket counts the pieces of Min to Max bytes.
+type SizeBucket struct {
+	Min    uint64 `json:"min"`    // the smallest size in the bucket
+	Max    uint64 `json:"max"`    // the largest (0 or a power of two)
+	Pieces uint64 `json:"pieces"` // pieces in the bucket
+	Bytes  uint64 `json:"bytes"`  // their bytes
+}
+
+// ShardInventory is one shard's share of a store.
+type ShardInventory struct {
+	Shard   int    `json:"shard"`   // the shard index
+	Backend string `json:"backend"` // its backend, as a label without credentials
+	Pieces  uint64 `json:"pieces"`  // pieces that belong here
+	Bytes   uint64 `json:"bytes"`   // their bytes
+	Orphans uint64 `json:"orphans"` // orphans found on this shard
+}
+
+// Orphans counts the objects no Get can reach, by why.
+type Orphans struct {
+	Misplaced      uint64         `json:"misplaced"`       // valid keys on a shard other than their own
+	MisplacedBytes uint64         `json:"misplaced_bytes"` // their bytes
+	Temp           uint64         `json:"temp"`            // temp files of writes that never finished
+	Foreign        uint64         `json:"foreign"`         // objects whose names are no piece keys
+	Internal       uint64         `json:"internal"`        // PieceStore's own leftovers under .piecestore/
+	OtherBytes     uint64         `json:"other_bytes"`     // bytes of temp, foreign and internal objects
+	Samples        []OrphanSample `json:"samples"`         // some of them
+}
+
+// OrphanSample names one orphan object.
+type OrphanSample struct {
+	Shard int    // the shard it is on
+	Key   string // its key (object name)
+	Why   string // why no Get reaches it
+}
+
+// UnmarshalJSON reads the report's [shard, key, why] triple.
+func (o *OrphanSample) UnmarshalJSON(b []byte) error {
+	var t [3]json.RawMessage
+	if err := json.Unmarshal(b, &t); err != nil {
+		return err
+	}
+	if err := json.Unmarshal(t[0], &o.Shard); err != nil {
+		return err
+	}
+	if err := json.Unmarshal(t[1], &o.Key); err != nil {
+		return err
+	}
+	return json.Unmarshal(t[2], &o.Why)
+}
+
+// PackStats is a packed store's pack fill and garbage.
+type PackStats struct {
+	Packs        uint64  `json:"packs"`         // pack objects
+	Doomed       uint64  `json:"doomed"`        // of which compacted, waiting for their grace period
+	Pieces       uint64  `json:"pieces"`        // pieces in packs
+	Bytes        uint64  `json:"bytes"`         // pack bytes
+	LiveBytes    uint64  `json:"live_bytes"`    // bytes of live pieces in packs
+	Fill         float64 `json:"fill"`          // live bytes over pack bytes
+	GarbageRatio float64 `json:"garbage_ratio"` // dead bytes over pack bytes
+}
+
+// Inventory says what the store holds (piecestore profile), from one listing of every shard:
+// pieces, bytes and sizes, each shard's share, orphan objects (up to maxOrphanSamples named; 0
+// means 20) and a packed store's fill and garbage.
+func (s *Store) Inventory(ctx context.Context, maxOrphanSamples int) (Inventory, error) {
+	var inv Inventory
+	if maxOrphanSamples < 0 {
+		return inv, &Error{Kind: ErrInvalidArgument, Message: "negative maxOrphanSamples " + strconv.Itoa(maxOrphanSamples)}
+	}
+	var b C.PsBytes
+	err := s.call(ctx, func(h *C.PsStore, c *C.PsCancel, e **C.PsError) C.PsStatus {
+		return C.ps_inventory(h, C.size_t(maxOrphanSamples), c, &b, e)
+	})
+	if err != nil {
+		return inv, err
+	}
+	return inv, report(&b, &inv)
+}
+
 // Description is how a store is laid out (Describe).
 type Description struct {
 	ShardCount  int      `json:"shard_count"`  // number of shards (1 when not sharded)

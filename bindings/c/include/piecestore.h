@@ -346,6 +346,20 @@ PsStatus ps_fsck(const struct PsStore *store,
                  struct PsBytes *out,
                  struct PsError **err);
 
+// What the store holds (`piecestore profile`), from one listing of every shard, as a JSON
+// object into `*out` (the fields of `piecestore profile --json`; free it with
+// [`ps_bytes_free`]): pieces, bytes and size buckets, each shard's share and the skew between
+// them, orphan objects no get can reach (up to `max_orphan_samples` named; 0 means 20), and a
+// packed store's pack fill and garbage (`null` when it does not pack).
+//
+// # Safety
+// `store` is NULL or live; `cancel` is NULL or live; `out` is writable.
+PsStatus ps_inventory(const struct PsStore *store,
+                      size_t max_orphan_samples,
+                      const struct PsCancel *cancel,
+                      struct PsBytes *out,
+                      struct PsError **err);
+
 // How the store is laid out, as a JSON object into `*out` (free it with [`ps_bytes_free`]):
 // `shard_count`, `shard_labels` (each shard's backend without credentials, e.g.
 // `http://127.0.0.1:9000/b-0`), `placement` (`fnv-mod`, the original Go piecestore's, or

@@ -573,6 +573,31 @@ pub unsafe extern "C" fn ps_fsck(
     })
 }
 
+/// What the store holds (`piecestore profile`), from one listing of every shard, as a JSON
+/// object into `*out` (the fields of `piecestore profile --json`; free it with
+/// [`ps_bytes_free`]): pieces, bytes and size buckets, each shard's share and the skew between
+/// them, orphan objects no get can reach (up to `max_orphan_samples` named; 0 means 20), and a
+/// packed store's pack fill and garbage (`null` when it does not pack).
+///
+/// # Safety
+/// `store` is NULL or live; `cancel` is NULL or live; `out` is writable.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn ps_inventory(
+    store: *const PsStore,
+    max_orphan_samples: usize,
+    cancel: *const PsCancel,
+    out: *mut PsBytes,
+    err: *mut *mut PsError,
+) -> PsStatus {
+    call(err, || {
+        let (s, out) = (self::store(store)?, self::out(out, "out")?);
+        let opts = piecestore::profile::InventoryOptions { max_orphan_samples };
+        let report = run(cancel, s.inventory(opts, &|_| {}))?;
+        fill(out, json(&report)?);
+        Ok(())
+    })
+}
+
 /// How the store is laid out, as a JSON object into `*out` (free it with [`ps_bytes_free`]):
 /// `shard_count`, `shard_labels` (each shard's backend without credentials, e.g.
 /// `http://127.0.0.1:9000/b-0`), `placement` (`fnv-mod`, the original Go piecestore's, or
