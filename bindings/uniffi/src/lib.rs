@@ -8,6 +8,7 @@
 uniffi::setup_scaffolding!();
 
 mod error;
+mod inventory;
 mod store;
 
 pub use error::PieceStoreError;

@@ -14,6 +14,7 @@ use piecestore::config::OptionValue;
 use piecestore::{Config, PieceMeta};
 
 use crate::error::PieceStoreError;
+use crate::inventory::Inventory;
 
 type Result<T, E = PieceStoreError> = std::result::Result<T, E>;
 
@@ -261,7 +262,7 @@ mod op {
     use piecestore::pack::fsck::FsckOptions;
     use piecestore::pack::gc::GcOptions;
 
-    use super::{DeleteSummary, FsckReport, GcReport, PieceInfo};
+    use super::{DeleteSummary, FsckReport, GcReport, Inventory, PieceInfo};
 
     pub async fn put(s: Core, key: String, data: Vec<u8>, overwrite: bool) -> Result<()> {
         s.put_opts(&key, data, PutOptions { overwrite }).await
@@ -297,6 +298,13 @@ mod op {
 
     pub async fn flush(s: Core) -> Result<()> {
         s.flush().await
+    }
+
+    pub async fn inventory(s: Core, max_orphan_samples: u32) -> Result<Inventory> {
+        let opts = piecestore::profile::InventoryOptions {
+            max_orphan_samples: max_orphan_samples as usize,
+        };
+        s.inventory(opts, &|_| {}).await.map(Inventory::from)
     }
 
     pub async fn clear_cache(s: Core) -> Result<bool> {
@@ -526,6 +534,20 @@ impl PieceStore {
     /// `metrics=false` only the HELP and TYPE lines remain.
     pub fn metrics(&self) -> String {
         self.inner.metrics().to_prometheus()
+    }
+
+    /// What the store holds (`piecestore profile`), from one listing of every shard: pieces,
+    /// bytes and sizes, each shard's share, orphan objects no get can reach (up to
+    /// `max_orphan_samples` named; 0 means 20) and a packed store's fill and garbage.
+    #[uniffi::method(default(max_orphan_samples = 0))]
+    pub async fn inventory(&self, max_orphan_samples: u32) -> Result<Inventory> {
+        spawned(op::inventory(self.core(), max_orphan_samples)).await
+    }
+
+    /// `inventory`, blocking the calling thread.
+    #[uniffi::method(default(max_orphan_samples = 0))]
+    pub fn inventory_blocking(&self, max_orphan_samples: u32) -> Result<Inventory> {
+        blocking(op::inventory(self.core(), max_orphan_samples))
     }
 
     /// Empties the pieces cache's tiers (memory, and the disk tier's files), as `piecestore

@@ -155,4 +155,34 @@ class FileStoreTest {
         }
         fileStore(dir.resolve("plain")).use { s -> assertEquals(false, s.clearCacheBlocking()) }
     }
+
+    @Test
+    fun `inventory says what a store holds`() {
+        PieceStore.open("file://${dir.toAbsolutePath()}/s-%d", mapOf("shards" to "2", "pack" to "false")).use { s ->
+            val sizes = listOf(0, 1, 100, 4096, 5000)
+            sizes.forEachIndexed { i, n -> s.putBlocking("inv/${i}_s0", pattern(n, i)) }
+            // A valid key on the other shard than its own, and a temp file of the original's naming.
+            val key = "inv/99_s0"
+            val other = 1u - s.shardOf(key)
+            PieceStore.open("file://${dir.toAbsolutePath()}/s-$other", mapOf("pack" to "false")).use { it.putBlocking(key, "elsewhere".toByteArray()) }
+            Files.write(dir.resolve("s-0").resolve(".7_s0.tmp3"), "x".toByteArray())
+            val inv = runBlocking { s.inventory(maxOrphanSamples = 5u) }
+            assertEquals(sizes.size.toULong(), inv.pieces, inv.toString())
+            assertEquals(sizes.sum().toULong(), inv.bytes)
+            assertEquals(5000uL, inv.maxSize)
+            assertEquals(sizes.size.toULong(), inv.sizes.sumOf { it.pieces })
+            assertEquals(SizeBucket(2049uL, 4096uL, 1uL, 4096uL), inv.sizes.first { it.max == 4096uL })
+            assertEquals(2, inv.shards.size)
+            assertEquals(1uL, inv.orphans.misplaced)
+            assertEquals(1uL, inv.orphans.temp)
+            assertEquals(setOf("${other}:$key", "0:.7_s0.tmp3"), inv.orphans.samples.map { "${it.shard}:${it.key}" }.toSet())
+            assertEquals(null, inv.packs)
+        }
+        fileStore(dir.resolve("packed")).use { s ->
+            for (i in 0 until 6) s.putBlocking("p/${i}_s0", pattern(100 + i, i))
+            val packs = s.inventoryBlocking().packs
+            assertEquals(6uL, packs?.pieces, packs.toString())
+            assertTrue(packs!!.fill > 0.0 && packs.fill <= 1.0, packs.toString())
+        }
+    }
 }
