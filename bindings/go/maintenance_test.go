@@ -355,3 +355,39 @@ func TestInventory(t *testing.T) {
 		t.Fatalf("a packed store: %+v (packs %+v), %v", p, p.Packs, err)
 	}
 }
+
+// Open takes a config.toml path as well as a URL: the original Go piecestore's layout,
+// [PieceStore] and its Store table, other sections ignored.
+func TestOpenConfigToml(t *testing.T) {
+	dir := t.TempDir()
+	cfg := filepath.Join(dir, "config.toml")
+	text := fmt.Sprintf("[Other]\nignored = true\n[PieceStore]\nShards = 2\n[PieceStore.Store]\nBucketURL = %q\n", dir+"/f-%d")
+	if err := os.WriteFile(cfg, []byte(text), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	s, err := piecestore.Open(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if d, err := s.Describe(); err != nil || d.ShardCount != 2 || !strings.HasSuffix(d.ShardLabels[1], "f-1") {
+		t.Fatalf("opened from %s: %+v, %v", cfg, d, err)
+	}
+	if err := s.Put(ctx, "1_s0", []byte("cfg")); err != nil {
+		t.Fatal(err)
+	}
+	s.Close()
+	again, err := piecestore.Open(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer again.Close()
+	if got, err := again.Get(ctx, "1_s0"); err != nil || string(got) != "cfg" {
+		t.Fatalf("reopened from the config: %q, %v", got, err)
+	}
+	if err := os.WriteFile(cfg, []byte("[PieceStore]\nShards = \"two\"\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := piecestore.Open(cfg); !errors.Is(err, piecestore.ErrInvalidConfig) {
+		t.Fatalf("a bad config: %v", err)
+	}
+}
