@@ -391,3 +391,58 @@ func TestOpenConfigToml(t *testing.T) {
 		t.Fatalf("a bad config: %v", err)
 	}
 }
+
+func TestPutManyGetMany(t *testing.T) {
+	eachBackend(t, func(t *testing.T, _ backend, s *piecestore.Store) {
+		var items []piecestore.Item
+		for i, n := range []int{0, 1, 4096, 70000, 3} {
+			items = append(items, piecestore.Item{Key: fmt.Sprintf("many/%d_s0", i), Data: pseudoRandom(n, uint64(200+i))})
+		}
+		if err := s.PutMany(ctx, items); err != nil {
+			t.Fatal(err)
+		}
+		keys := make([]string, len(items))
+		for i, it := range items {
+			keys[i] = it.Key
+		}
+		got, err := s.GetMany(ctx, keys)
+		if err != nil || len(got) != len(items) {
+			t.Fatalf("GetMany: %d pieces, %v", len(got), err)
+		}
+		for i := range items {
+			if !bytes.Equal(got[i], items[i].Data) {
+				t.Fatalf("piece %d differs (%d bytes, want %d)", i, len(got[i]), len(items[i].Data))
+			}
+		}
+		// The same bytes again are a retried put; different bytes are refused unless Overwrite.
+		if err := s.PutMany(ctx, items); err != nil {
+			t.Fatalf("the same items again: %v", err)
+		}
+		changed := []piecestore.Item{items[0], {Key: items[2].Key, Data: []byte("other")}}
+		if err := s.PutMany(ctx, changed); !errors.Is(err, piecestore.ErrExists) {
+			t.Fatalf("a changed piece without Overwrite: %v", err)
+		}
+		if err := s.PutMany(ctx, changed, piecestore.Overwrite()); err != nil {
+			t.Fatal(err)
+		}
+		if b, err := s.Get(ctx, items[2].Key); err != nil || string(b) != "other" {
+			t.Fatalf("after an overwriting PutMany: %q, %v", b, err)
+		}
+		// The first failure in key order; an invalid key fails before anything is read.
+		if _, err := s.GetMany(ctx, []string{keys[0], "many/missing_s0"}); !errors.Is(err, piecestore.ErrNotFound) {
+			t.Fatalf("GetMany with a missing piece: %v", err)
+		}
+		if _, err := s.GetMany(ctx, []string{"../x"}); !errors.Is(err, piecestore.ErrInvalidKey) {
+			t.Fatalf("GetMany with an invalid key: %v", err)
+		}
+		if err := s.PutMany(ctx, []piecestore.Item{{Key: "ok_s0", Data: []byte("x")}, {Key: "", Data: nil}}); !errors.Is(err, piecestore.ErrInvalidKey) {
+			t.Fatalf("PutMany with an empty key: %v", err)
+		}
+		if got, err := s.GetMany(ctx, nil); err != nil || len(got) != 0 {
+			t.Fatalf("GetMany of nothing: %v, %v", got, err)
+		}
+		if err := s.PutMany(ctx, nil); err != nil {
+			t.Fatalf("PutMany of nothing: %v", err)
+		}
+	})
+}

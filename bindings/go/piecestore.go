@@ -303,6 +303,67 @@ func (s *Store) Put(ctx context.Context, key string, data []byte, opts ...PutOpt
 	})
 }
 
+// Item is one piece for PutMany.
+type Item struct {
+	Key  string // the piece key
+	Data []byte // its bytes (copied before PutMany returns)
+}
+
+// packed lays n byte strings end to end in one buffer with n+1 offsets, the layout
+// ps_put_many and ps_get_many take (one cgo argument each, and no Go pointer inside Go
+// memory passed to C).
+func packed(n int, item func(i int) []byte) ([]byte, []C.size_t) {
+	total := 0
+	for i := range n {
+		total += len(item(i))
+	}
+	buf := make([]byte, 0, total)
+	offsets := make([]C.size_t, n+1)
+	for i := range n {
+		buf = append(buf, item(i)...)
+		offsets[i+1] = C.size_t(len(buf))
+	}
+	return buf, offsets
+}
+
+func bytesPtr(b []byte) *C.uint8_t { return (*C.uint8_t)(unsafe.Pointer(unsafe.SliceData(b))) }
+
+// PutMany stores many pieces concurrently (the core bounds how many run at once) in one call
+// and returns once each is durable or has failed. The first failure in item order is returned;
+// the others are stored (puts are idempotent: retrying the whole call is safe). Overwrite
+// applies to every item.
+func (s *Store) PutMany(ctx context.Context, items []Item, opts ...PutOption) error {
+	var o putOptions
+	for _, opt := range opts {
+		opt(&o)
+	}
+	keys, ko := packed(len(items), func(i int) []byte { return []byte(items[i].Key) })
+	data, do := packed(len(items), func(i int) []byte { return items[i].Data })
+	return s.call(ctx, func(h *C.PsStore, c *C.PsCancel, e **C.PsError) C.PsStatus {
+		return C.ps_put_many(h, bytesPtr(keys), C.size_t(len(keys)), &ko[0], bytesPtr(data),
+			C.size_t(len(data)), &do[0], C.size_t(len(items)), C.bool(o.overwrite), c, e)
+	})
+}
+
+// GetMany reads many pieces concurrently in one call, each verified against its checksum, in
+// the order of keys. The first failure in key order is returned (ErrNotFound for a missing
+// piece), and then no piece.
+func (s *Store) GetMany(ctx context.Context, keys []string) ([][]byte, error) {
+	kb, ko := packed(len(keys), func(i int) []byte { return []byte(keys[i]) })
+	out := make([]C.PsBytes, len(keys)+1) // +1: &out[0] is valid for no keys too
+	err := s.call(ctx, func(h *C.PsStore, c *C.PsCancel, e **C.PsError) C.PsStatus {
+		return C.ps_get_many(h, bytesPtr(kb), C.size_t(len(kb)), &ko[0], C.size_t(len(keys)), c, &out[0], e)
+	})
+	if err != nil {
+		return nil, err
+	}
+	pieces := make([][]byte, len(keys))
+	for i := range keys {
+		pieces[i] = take(&out[i])
+	}
+	return pieces, nil
+}
+
 // take copies a read's bytes into Go memory and releases the library's buffer.
 func take(b *C.PsBytes) []byte {
 	// append, unlike make+copy, does not zero the memory it then overwrites.

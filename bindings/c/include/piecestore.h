@@ -199,6 +199,44 @@ PsStatus ps_put(const struct PsStore *store,
                 const struct PsCancel *cancel,
                 struct PsError **err);
 
+// Stores `n` pieces concurrently (the core's `put_many`, which bounds how many run at once)
+// and returns once every one is durable or has failed; the first failure, in item order, is
+// the call's (the others are stored: puts are idempotent, so the whole call may be retried).
+// Keys and data are packed end to end: key `i` is `keys[key_offsets[i]..key_offsets[i + 1]]`
+// and its data `data[data_offsets[i]..data_offsets[i + 1]]` (each offsets array holds
+// `n + 1` ascending entries). The bytes are copied before the call returns.
+//
+// # Safety
+// `keys` and `data` are NULL or valid for their lengths; each offsets array is valid for
+// `n + 1` entries; `cancel` is NULL or live.
+PsStatus ps_put_many(const struct PsStore *store,
+                     const uint8_t *keys,
+                     size_t keys_len,
+                     const size_t *key_offsets,
+                     const uint8_t *data,
+                     size_t data_len,
+                     const size_t *data_offsets,
+                     size_t n,
+                     bool overwrite,
+                     const struct PsCancel *cancel,
+                     struct PsError **err);
+
+// Reads `n` pieces concurrently (the core's `get_many`), each checksum-verified, into
+// `out[0..n]` (free each with [`ps_bytes_free`]). Keys are packed as in [`ps_put_many`].
+// The first failure, in key order, is the call's, and then no `out` entry is filled.
+//
+// # Safety
+// `keys` is NULL or valid for `keys_len` bytes; `key_offsets` for `n + 1` entries; `out` is
+// writable for `n` entries; `cancel` is NULL or live.
+PsStatus ps_get_many(const struct PsStore *store,
+                     const uint8_t *keys,
+                     size_t keys_len,
+                     const size_t *key_offsets,
+                     size_t n,
+                     const struct PsCancel *cancel,
+                     struct PsBytes *out,
+                     struct PsError **err);
+
 // Reads the piece under `key`, checksum-verified, into `*out` (borrowed; free it with
 // [`ps_bytes_free`]).
 //

@@ -263,6 +263,121 @@ pub unsafe extern "C" fn ps_put(
     })
 }
 
+/// `n` items packed end to end in one buffer: item `i` is `buf[offsets[i]..offsets[i + 1]]`
+/// (`offsets` has `n + 1` entries, non-decreasing, the last at most `buf_len`).
+fn packed<'a>(
+    buf: *const u8,
+    buf_len: usize,
+    offsets: *const usize,
+    n: usize,
+    what: &str,
+) -> Result<(&'a [u8], &'a [usize]), Failure> {
+    let buf = slice(buf, buf_len, what)?;
+    if offsets.is_null() {
+        return Err(Failure::Argument(format!("{what} offsets is NULL")));
+    }
+    let count = n
+        .checked_add(1)
+        .ok_or_else(|| Failure::Argument(format!("{n} items are too many")))?;
+    // SAFETY: the caller passes `n + 1` readable offsets (the ABI's contract).
+    let offsets = unsafe { std::slice::from_raw_parts(offsets, count) };
+    let ordered = offsets.windows(2).all(|w| w[0] <= w[1]);
+    if !ordered || offsets[n] > buf.len() {
+        return Err(Failure::Argument(format!(
+            "{what} offsets are not ascending within the {} bytes given",
+            buf.len()
+        )));
+    }
+    Ok((buf, offsets))
+}
+
+/// Stores `n` pieces concurrently (the core's `put_many`, which bounds how many run at once)
+/// and returns once every one is durable or has failed; the first failure, in item order, is
+/// the call's (the others are stored: puts are idempotent, so the whole call may be retried).
+/// Keys and data are packed end to end: key `i` is `keys[key_offsets[i]..key_offsets[i + 1]]`
+/// and its data `data[data_offsets[i]..data_offsets[i + 1]]` (each offsets array holds
+/// `n + 1` ascending entries). The bytes are copied before the call returns.
+///
+/// # Safety
+/// `keys` and `data` are NULL or valid for their lengths; each offsets array is valid for
+/// `n + 1` entries; `cancel` is NULL or live.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn ps_put_many(
+    store: *const PsStore,
+    keys: *const u8,
+    keys_len: usize,
+    key_offsets: *const usize,
+    data: *const u8,
+    data_len: usize,
+    data_offsets: *const usize,
+    n: usize,
+    overwrite: bool,
+    cancel: *const PsCancel,
+    err: *mut *mut PsError,
+) -> PsStatus {
+    call(err, || {
+        let s = self::store(store)?;
+        let (keys, ko) = packed(keys, keys_len, key_offsets, n, "keys")?;
+        let (data, dof) = packed(data, data_len, data_offsets, n, "data")?;
+        // One copy of all the data; each piece is a slice of it.
+        let all = Bytes::copy_from_slice(&data[..dof[n]]);
+        let mut items = Vec::with_capacity(n);
+        for i in 0..n {
+            let key = self::key(keys[ko[i]..].as_ptr(), ko[i + 1] - ko[i])?;
+            items.push((key, all.slice(dof[i]..dof[i + 1])));
+        }
+        let results = run(cancel, async {
+            Ok(s.put_many_opts(items, PutOptions { overwrite }).await)
+        })?;
+        results
+            .into_iter()
+            .collect::<piecestore::Result<Vec<()>>>()
+            .map(drop)
+            .map_err(Failure::from)
+    })
+}
+
+/// Reads `n` pieces concurrently (the core's `get_many`), each checksum-verified, into
+/// `out[0..n]` (free each with [`ps_bytes_free`]). Keys are packed as in [`ps_put_many`].
+/// The first failure, in key order, is the call's, and then no `out` entry is filled.
+///
+/// # Safety
+/// `keys` is NULL or valid for `keys_len` bytes; `key_offsets` for `n + 1` entries; `out` is
+/// writable for `n` entries; `cancel` is NULL or live.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn ps_get_many(
+    store: *const PsStore,
+    keys: *const u8,
+    keys_len: usize,
+    key_offsets: *const usize,
+    n: usize,
+    cancel: *const PsCancel,
+    out: *mut PsBytes,
+    err: *mut *mut PsError,
+) -> PsStatus {
+    call(err, || {
+        let s = self::store(store)?;
+        let (keys, ko) = packed(keys, keys_len, key_offsets, n, "keys")?;
+        if out.is_null() && n > 0 {
+            return Err(Failure::Argument("out is NULL".into()));
+        }
+        let mut list = Vec::with_capacity(n);
+        for i in 0..n {
+            list.push(self::key(keys[ko[i]..].as_ptr(), ko[i + 1] - ko[i])?);
+        }
+        let results = run(cancel, async { Ok(s.get_many(list).await) })?;
+        let pieces = results
+            .into_iter()
+            .collect::<piecestore::Result<Vec<Bytes>>>()
+            .map_err(Failure::from)?;
+        for (i, b) in pieces.into_iter().enumerate() {
+            // SAFETY: `out` is writable for `n` entries (the ABI's contract); i < n.
+            fill(unsafe { &mut *out.add(i) }, b);
+        }
+        Ok(())
+    })
+}
+
 fn fill(out: &mut PsBytes, b: Bytes) {
     out.data = b.as_ptr();
     out.len = b.len();

@@ -32,6 +32,15 @@ pub struct PieceInfo {
     pub last_modified: SystemTime,
 }
 
+/// One piece for `put_many`.
+#[derive(Debug, Clone, PartialEq, Eq, uniffi::Record)]
+pub struct PieceItem {
+    /// The piece key.
+    pub key: String,
+    /// Its bytes.
+    pub data: Vec<u8>,
+}
+
 impl From<PieceMeta> for PieceInfo {
     fn from(m: PieceMeta) -> Self {
         PieceInfo {
@@ -262,7 +271,7 @@ mod op {
     use piecestore::pack::fsck::FsckOptions;
     use piecestore::pack::gc::GcOptions;
 
-    use super::{DeleteSummary, FsckReport, GcReport, Inventory, PieceInfo};
+    use super::{DeleteSummary, FsckReport, GcReport, Inventory, PieceInfo, PieceItem};
 
     pub async fn put(s: Core, key: String, data: Vec<u8>, overwrite: bool) -> Result<()> {
         s.put_opts(&key, data, PutOptions { overwrite }).await
@@ -298,6 +307,17 @@ mod op {
 
     pub async fn flush(s: Core) -> Result<()> {
         s.flush().await
+    }
+
+    pub async fn put_many(s: Core, items: Vec<PieceItem>, overwrite: bool) -> Result<()> {
+        let items = items.into_iter().map(|i| (i.key, i.data));
+        let results = s.put_many_opts(items, PutOptions { overwrite }).await;
+        results.into_iter().collect::<Result<Vec<()>>>().map(drop)
+    }
+
+    pub async fn get_many(s: Core, keys: Vec<String>) -> Result<Vec<Vec<u8>>> {
+        let results = s.get_many(keys).await;
+        results.into_iter().map(|r| r.map(Vec::from)).collect()
     }
 
     pub async fn inventory(s: Core, max_orphan_samples: u32) -> Result<Inventory> {
@@ -534,6 +554,32 @@ impl PieceStore {
     /// `metrics=false` only the HELP and TYPE lines remain.
     pub fn metrics(&self) -> String {
         self.inner.metrics().to_prometheus()
+    }
+
+    /// Stores many pieces concurrently (the core bounds how many run at once) and returns once
+    /// each is durable or has failed. The first failure in item order is thrown; the others
+    /// are stored (puts are idempotent: retrying the whole call is safe). `overwrite` applies
+    /// to every item.
+    #[uniffi::method(default(overwrite = false))]
+    pub async fn put_many(&self, items: Vec<PieceItem>, overwrite: bool) -> Result<()> {
+        spawned(op::put_many(self.core(), items, overwrite)).await
+    }
+
+    /// `put_many`, blocking the calling thread.
+    #[uniffi::method(default(overwrite = false))]
+    pub fn put_many_blocking(&self, items: Vec<PieceItem>, overwrite: bool) -> Result<()> {
+        blocking(op::put_many(self.core(), items, overwrite))
+    }
+
+    /// Reads many pieces concurrently, each verified, in the order of `keys`. The first failure
+    /// in key order is thrown (`NotFound` for a missing piece), and then no piece.
+    pub async fn get_many(&self, keys: Vec<String>) -> Result<Vec<Vec<u8>>> {
+        spawned(op::get_many(self.core(), keys)).await
+    }
+
+    /// `get_many`, blocking the calling thread.
+    pub fn get_many_blocking(&self, keys: Vec<String>) -> Result<Vec<Vec<u8>>> {
+        blocking(op::get_many(self.core(), keys))
     }
 
     /// What the store holds (`piecestore profile`), from one listing of every shard: pieces,

@@ -6,6 +6,7 @@ import java.util.zip.CRC32C
 import kotlin.test.Test
 import kotlin.test.assertContentEquals
 import kotlin.test.assertEquals
+import kotlin.test.assertFailsWith
 import kotlin.test.assertFalse
 import kotlin.test.assertTrue
 import kotlinx.coroutines.runBlocking
@@ -113,5 +114,22 @@ class PieceStoreTest {
             }
         }
         assertTrue(version().matches(Regex("""\d+\.\d+\.\d+.*""")), version())
+    }
+
+    @Test
+    fun `putMany and getMany, the first failure thrown`(): Unit = memoryStore().use { s ->
+        val items = listOf(0, 1, 4096, 70000).mapIndexed { i, n -> PieceItem("many/${i}_s0", pattern(n, i)) }
+        runBlocking { s.putMany(items) }
+        val got = s.getManyBlocking(items.map { it.key })
+        assertEquals(items.size, got.size)
+        items.forEachIndexed { i, item -> assertContentEquals(item.data, got[i]) }
+        s.putManyBlocking(items) // the same bytes again: a retried put
+        val changed = listOf(items[0], PieceItem(items[2].key, "other".toByteArray()))
+        assertFailsWith<PieceStoreException.AlreadyExists> { s.putManyBlocking(changed) }
+        s.putManyBlocking(changed, overwrite = true)
+        assertContentEquals("other".toByteArray(), s.getBlocking(items[2].key))
+        assertFailsWith<PieceStoreException.NotFound> { runBlocking { s.getMany(listOf(items[0].key, "many/missing_s0")) } }
+        assertFailsWith<PieceStoreException.InvalidKey> { s.getManyBlocking(listOf("../x")) }
+        assertEquals(emptyList(), s.getManyBlocking(emptyList()))
     }
 }
