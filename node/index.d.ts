@@ -64,6 +64,14 @@ export declare class PieceStore {
    */
   inventory(options?: InventoryOpts): Promise<Inventory>
   /**
+   * Copies every piece of this store into `dest` (`piecestore migrate`), verifying each:
+   * the source read against its CRC32C, and afterwards the destination's size and
+   * checksum. Pieces already at `dest` with the same size and checksum are skipped, so an
+   * interrupted run resumes by running again. A piece that fails is listed in the report's
+   * `failures` and the run goes on; failing to list the source rejects.
+   */
+  migrateTo(dest: PieceStore, options?: MigrateOpts): Promise<MigrateReport>
+  /**
    * Opens the store at `store`: a URL (`memory://`, `file:///path`, `s3://bucket`,
    * `http://127.0.0.1:9000/bucket-%d`), a path (a directory, or a `.toml` config file), or an
    * object laid out like `config.toml`'s `[PieceStore]` table. `options` override it
@@ -332,6 +340,48 @@ export interface InventoryOpts {
 
 /** The longest key a piece may have, in bytes. */
 export declare const MAX_KEY_LEN: number
+
+/** One piece `migrateTo()` could not copy. */
+export interface MigrateFailure {
+  /** The piece key. */
+  key: string
+  /** The error's stable code (`PIECE_NOT_FOUND`, `PIECE_EXISTS`, ...). */
+  code: string
+  /** What went wrong. */
+  message: string
+}
+
+/** Options of `migrateTo()`. */
+export interface MigrateOpts {
+  /** Only count: list the source and look each piece up at the destination, copy nothing. */
+  dryRun?: boolean
+  /** Pieces in flight at once (default 16). */
+  concurrency?: number
+  /** Called after every piece with the pieces handled so far and the total. */
+  onProgress?: (donePieces: number, totalPieces: number) => void
+}
+
+/** What `migrateTo()` did. */
+export interface MigrateReport {
+  /** Pieces in the source. */
+  totalPieces: number
+  /** Their bytes. */
+  totalBytes: number
+  /** Pieces handled (copied, skipped or failed). */
+  donePieces: number
+  /** Their bytes. */
+  doneBytes: number
+  /** Pieces copied (or, in a dry run, that would be). */
+  copied: number
+  /** Bytes copied (or that would be). */
+  copiedBytes: number
+  /** Pieces already at the destination with the same size and checksum. */
+  skipped: number
+  /** Pieces that failed. */
+  failed: number
+  /** Each failed piece. */
+  failures: Array<MigrateFailure>
+}
 
 /** The metrics of one operation on one shard, from `metricsSummary()`. */
 export interface OpMetrics {

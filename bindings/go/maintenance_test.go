@@ -446,3 +446,67 @@ func TestPutManyGetMany(t *testing.T) {
 		}
 	})
 }
+
+func TestMigrateTo(t *testing.T) {
+	src, err := piecestore.Open("file://" + t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer src.Close()
+	dest, err := piecestore.Open("file://"+t.TempDir(), piecestore.WithOption("pack", "false"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer dest.Close()
+	var want []byte
+	for i := range 8 {
+		data := pseudoRandom(100+i*37, uint64(300+i))
+		if err := src.Put(ctx, fmt.Sprintf("mig/%d_s0", i), data); err != nil {
+			t.Fatal(err)
+		}
+		if i == 0 {
+			if err := dest.Put(ctx, "mig/0_s0", data); err != nil {
+				t.Fatal(err)
+			}
+		} else {
+			want = append(want, data...)
+		}
+	}
+	dry, err := src.MigrateTo(ctx, dest, piecestore.MigrateOptions{DryRun: true})
+	if err != nil || dry.Copied != 7 || dry.Skipped != 1 || dry.Failed != 0 {
+		t.Fatalf("dry run: %+v, %v", dry, err)
+	}
+	if ok, _ := dest.Exists(ctx, "mig/1_s0"); ok {
+		t.Fatal("a dry run copied")
+	}
+	r, err := src.MigrateTo(ctx, dest, piecestore.MigrateOptions{Concurrency: 2})
+	if err != nil || r.TotalPieces != 8 || r.Copied != 7 || r.Skipped != 1 || r.CopiedBytes != uint64(len(want)) || len(r.Failures) != 0 {
+		t.Fatalf("migrate: %+v, %v", r, err)
+	}
+	for i := range 8 {
+		a, _ := src.Get(ctx, fmt.Sprintf("mig/%d_s0", i))
+		b, err := dest.Get(ctx, fmt.Sprintf("mig/%d_s0", i))
+		if err != nil || !bytes.Equal(a, b) {
+			t.Fatalf("piece %d at the destination: %v", i, err)
+		}
+	}
+	if err := src.Put(ctx, "mig/9_s0", []byte("source bytes")); err != nil {
+		t.Fatal(err)
+	}
+	if err := dest.Put(ctx, "mig/9_s0", []byte("other bytes!")); err != nil {
+		t.Fatal(err)
+	}
+	r, err = src.MigrateTo(ctx, dest, piecestore.MigrateOptions{})
+	if err != nil || r.Failed != 1 || r.Skipped != 8 || len(r.Failures) != 1 ||
+		r.Failures[0].Key != "mig/9_s0" || r.Failures[0].Code != "PIECE_EXISTS" || r.Failures[0].Message == "" {
+		t.Fatalf("a conflicting piece: %+v, %v", r, err)
+	}
+	if _, err := src.MigrateTo(ctx, dest, piecestore.MigrateOptions{Concurrency: -1}); !errors.Is(err, piecestore.ErrInvalidArgument) {
+		t.Fatalf("negative concurrency: %v", err)
+	}
+	closed, _ := piecestore.Open("memory://")
+	closed.Close()
+	if _, err := src.MigrateTo(ctx, closed, piecestore.MigrateOptions{}); !errors.Is(err, piecestore.ErrClosed) {
+		t.Fatalf("to a closed store: %v", err)
+	}
+}

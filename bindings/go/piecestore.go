@@ -663,6 +663,60 @@ func (s *Store) Metrics() (string, error) {
 	return string(take(&b)), nil
 }
 
+// MigrateOptions tunes MigrateTo; the zero value copies with 16 pieces in flight.
+type MigrateOptions struct {
+	DryRun      bool // only count: look each piece up at the destination, copy nothing
+	Concurrency int  // pieces in flight at once (0: 16)
+}
+
+// MigrateReport is what MigrateTo did.
+type MigrateReport struct {
+	TotalPieces uint64           `json:"total_pieces"` // pieces in the source
+	TotalBytes  uint64           `json:"total_bytes"`  // their bytes
+	DonePieces  uint64           `json:"done_pieces"`  // pieces handled (copied, skipped or failed)
+	DoneBytes   uint64           `json:"done_bytes"`   // their bytes
+	Copied      uint64           `json:"copied"`       // pieces copied (or, dry, that would be)
+	CopiedBytes uint64           `json:"copied_bytes"` // bytes copied (or that would be)
+	Skipped     uint64           `json:"skipped"`      // pieces already at the destination, same size and checksum
+	Failed      uint64           `json:"failed"`       // pieces that failed
+	Failures    []MigrateFailure `json:"failures"`     // each failed piece
+}
+
+// MigrateFailure is one piece MigrateTo could not copy.
+type MigrateFailure struct {
+	Key     string `json:"key"`     // the piece key
+	Code    string `json:"code"`    // the error's stable code (PIECE_NOT_FOUND, PIECE_EXISTS, ...)
+	Message string `json:"message"` // what went wrong
+}
+
+// MigrateTo copies every piece of s into dest (piecestore migrate), verifying each: the source
+// read against its CRC32C, and afterwards the destination's size and checksum. Pieces already
+// at dest with the same size and checksum are skipped, so an interrupted run resumes by running
+// again. A piece that fails is listed in the report and the run goes on; the error is for a
+// source that cannot be listed (or a cancelled ctx).
+func (s *Store) MigrateTo(ctx context.Context, dest *Store, opts MigrateOptions) (MigrateReport, error) {
+	var r MigrateReport
+	if opts.Concurrency < 0 {
+		return r, &Error{Kind: ErrInvalidArgument, Message: "negative concurrency " + strconv.Itoa(opts.Concurrency)}
+	}
+	if dest == nil {
+		return r, &Error{Kind: ErrInvalidArgument, Message: "dest is nil"}
+	}
+	d := dest.acquire()
+	if d == nil {
+		return r, errClosed
+	}
+	defer dest.release()
+	var b C.PsBytes
+	err := s.call(ctx, func(h *C.PsStore, c *C.PsCancel, e **C.PsError) C.PsStatus {
+		return C.ps_migrate_to(h, d, C.bool(opts.DryRun), C.size_t(opts.Concurrency), c, &b, e)
+	})
+	if err != nil {
+		return r, err
+	}
+	return r, report(&b, &r)
+}
+
 // Inventory is what a store holds (Store.Inventory; piecestore profile --json).
 type Inventory struct {
 	Pieces     uint64           `json:"pieces"`      // pieces on the shard their key belongs to (what Get reads)

@@ -53,7 +53,7 @@ impl Default for MigrateOptions {
 }
 
 /// Where a migration stands (passed to the progress callback after every piece).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
 pub struct MigrateProgress {
     /// Pieces in the source.
     pub total_pieces: u64,
@@ -80,6 +80,42 @@ pub struct MigrateSummary {
     pub progress: MigrateProgress,
     /// Each failed piece's key and error.
     pub failures: Vec<(String, Error)>,
+}
+
+/// The report bindings hand their callers: the final counts' fields, then `failures` as a
+/// list of `{key, code, message}` (`code` the error kind's stable code, e.g.
+/// `PIECE_NOT_FOUND`; the message names no secret).
+impl serde::Serialize for MigrateSummary {
+    fn serialize<S: serde::Serializer>(&self, ser: S) -> std::result::Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        #[derive(serde::Serialize)]
+        struct Failure<'a> {
+            key: &'a str,
+            code: &'static str,
+            message: String,
+        }
+        let p = &self.progress;
+        let mut m = ser.serialize_map(Some(9))?;
+        m.serialize_entry("total_pieces", &p.total_pieces)?;
+        m.serialize_entry("total_bytes", &p.total_bytes)?;
+        m.serialize_entry("done_pieces", &p.done_pieces)?;
+        m.serialize_entry("done_bytes", &p.done_bytes)?;
+        m.serialize_entry("copied", &p.copied)?;
+        m.serialize_entry("copied_bytes", &p.copied_bytes)?;
+        m.serialize_entry("skipped", &p.skipped)?;
+        m.serialize_entry("failed", &p.failed)?;
+        let failures: Vec<Failure<'_>> = self
+            .failures
+            .iter()
+            .map(|(key, e)| Failure {
+                key,
+                code: e.kind().as_str(),
+                message: e.to_string(),
+            })
+            .collect();
+        m.serialize_entry("failures", &failures)?;
+        m.end()
+    }
 }
 
 enum Outcome {

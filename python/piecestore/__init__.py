@@ -57,6 +57,8 @@ from ._types import (
     FsckProblem,
     FsckReport,
     GcReport,
+    MigrateFailure,
+    MigrateReport,
     OpMetrics,
     PieceInfo,
 )
@@ -75,6 +77,8 @@ __all__ = [
     "DoomedSummary",
     "FsckReport",
     "FsckProblem",
+    "MigrateReport",
+    "MigrateFailure",
     "PieceStoreError",
     "PieceNotFound",
     "PieceExists",

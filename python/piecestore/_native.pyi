@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping
 from datetime import timedelta
 from typing import Any, Awaitable, Literal, Optional, Tuple, TypeVar, Union
 
-from ._types import DeleteSummary, FsckReport, GcReport, OpMetrics, PieceInfo
+from ._types import DeleteSummary, FsckReport, GcReport, MigrateReport, OpMetrics, PieceInfo
 
 if sys.version_info >= (3, 12):
     from collections.abc import Buffer as _BytesLike
@@ -114,6 +114,17 @@ class PieceStore:
         """Checks every pack and index entry (``piecestore fsck``); problems are in the
         report's ``problems``, not raised. ``rebuild_index`` rebuilds the index from the packs,
         then checks again."""
+    def migrate_to(
+        self,
+        dest: PieceStore,
+        *,
+        dry_run: bool = False,
+        concurrency: int = 16,
+        progress: Optional[Callable[[int, int], object]] = None,
+    ) -> MigrateReport:
+        """Copies every piece into ``dest``, verified, skipping pieces already there with the
+        same size and checksum (a rerun resumes). Failed pieces are listed in ``failures``;
+        ``progress(done_pieces, total_pieces)`` is called after each piece."""
     def inventory(
         self,
         *,
@@ -186,6 +197,14 @@ class PieceStore:
         rebuild_index: bool = False,
         progress: Optional[Callable[[int, int], object]] = None,
     ) -> FsckReport: ...
+    async def migrate_to_async(
+        self,
+        dest: PieceStore,
+        *,
+        dry_run: bool = False,
+        concurrency: int = 16,
+        progress: Optional[Callable[[int, int], object]] = None,
+    ) -> MigrateReport: ...
     async def inventory_async(
         self,
         *,

@@ -159,3 +159,37 @@ class FsckReport(TypedDict):
     """Problems found before the rebuild, when one ran."""
     rebuilt_pieces: Optional[int]
     """Pieces indexed by the rebuild, when one ran."""
+
+
+class MigrateFailure(TypedDict):
+    """One piece ``PieceStore.migrate_to()`` could not copy."""
+
+    key: str
+    """The piece key."""
+    code: str
+    """The error's stable code (``PIECE_NOT_FOUND``, ``CORRUPT_PIECE``, ...)."""
+    message: str
+    """What went wrong."""
+
+
+class MigrateReport(TypedDict):
+    """What ``PieceStore.migrate_to()`` did."""
+
+    total_pieces: int
+    """Pieces in the source."""
+    total_bytes: int
+    """Their bytes."""
+    done_pieces: int
+    """Pieces handled (copied, skipped or failed)."""
+    done_bytes: int
+    """Their bytes."""
+    copied: int
+    """Pieces copied (or, in a dry run, that would be)."""
+    copied_bytes: int
+    """Bytes copied (or that would be)."""
+    skipped: int
+    """Pieces already at the destination with the same size and checksum."""
+    failed: int
+    """Pieces that failed."""
+    failures: List[MigrateFailure]
+    """Each failed piece."""

@@ -192,3 +192,41 @@ def test_inventory_says_what_the_store_holds(tmp_path: Path) -> None:
         store.put("m/1_s0", b"abc")
         inv = store.inventory()
         assert (inv["pieces"], inv["bytes"], inv["packs"]) == (1, 3, None), inv
+
+
+def test_migrate_to_copies_verified_and_resumes(tmp_path: Path) -> None:
+    src = piecestore.PieceStore(f"file://{tmp_path}/src")
+    dest = piecestore.PieceStore(f"file://{tmp_path}/dest", pack=False)
+    src.put_many({f"mig/{i}_s0": piece(i) for i in range(8)})
+    dest.put("mig/0_s0", piece(0))  # already there: skipped
+    seen: list[tuple[int, int]] = []
+    dry = src.migrate_to(dest, dry_run=True)
+    assert (dry["copied"], dry["skipped"], dry["failed"]) == (7, 1, 0), dry
+    assert not dest.exists("mig/1_s0")
+    r = src.migrate_to(dest, concurrency=2, progress=lambda done, total: seen.append((done, total)))
+    assert (r["total_pieces"], r["copied"], r["skipped"], r["failed"]) == (8, 7, 1, 0), r
+    assert r["copied_bytes"] == sum(len(piece(i)) for i in range(1, 8)), r
+    assert r["failures"] == []
+    for i in range(8):
+        assert dest.get(f"mig/{i}_s0") == piece(i)
+    assert seen and seen[-1] == (8, 8), seen
+    # Again: everything is there already.
+    again = src.migrate_to(dest)
+    assert (again["copied"], again["skipped"]) == (0, 8), again
+    # A piece the destination holds with other bytes fails, is listed, and the run goes on.
+    src.put("mig/9_s0", b"source bytes")
+    dest.put("mig/9_s0", b"other bytes!")
+    r = src.migrate_to(dest)
+    assert r["failed"] == 1 and r["skipped"] == 8, r
+    assert [(f["key"], f["code"]) for f in r["failures"]] == [("mig/9_s0", "PIECE_EXISTS")], r
+
+    async def migrate() -> dict:
+        return await src.migrate_to_async(dest, dry_run=True)
+
+    assert asyncio.run(migrate())["skipped"] == 8
+    with pytest.raises(ValueError, match="concurrency"):
+        src.migrate_to(dest, concurrency=0)
+    with pytest.raises(TypeError):
+        src.migrate_to("file:///elsewhere")  # type: ignore[arg-type]
+    src.close()
+    dest.close()

@@ -384,6 +384,25 @@ PsStatus ps_fsck(const struct PsStore *store,
                  struct PsBytes *out,
                  struct PsError **err);
 
+// Copies every piece of `store` into `dest` (`piecestore migrate`), verifying each: the
+// source read against its CRC32C, and afterwards the destination's size and checksum. Pieces
+// already at `dest` with the same size and checksum are skipped, so an interrupted run
+// resumes by running again; `dry_run` only counts; `concurrency` pieces (0: 16) are in
+// flight at once. The report goes to `*out` as a JSON object (`total_pieces`,
+// `total_bytes`, `done_pieces`, `done_bytes`, `copied`, `copied_bytes`, `skipped`,
+// `failed`, and `failures`: `{key, code, message}` each; free it with [`ps_bytes_free`]). A
+// piece that fails is in the report; the call fails only when the source cannot be listed.
+//
+// # Safety
+// `store` and `dest` are NULL or live; `cancel` is NULL or live; `out` is writable.
+PsStatus ps_migrate_to(const struct PsStore *store,
+                       const struct PsStore *dest,
+                       bool dry_run,
+                       size_t concurrency,
+                       const struct PsCancel *cancel,
+                       struct PsBytes *out,
+                       struct PsError **err);
+
 // What the store holds (`piecestore profile`), from one listing of every shard, as a JSON
 // object into `*out` (the fields of `piecestore profile --json`; free it with
 // [`ps_bytes_free`]): pieces, bytes and size buckets, each shard's share and the skew between

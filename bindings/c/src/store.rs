@@ -688,6 +688,46 @@ pub unsafe extern "C" fn ps_fsck(
     })
 }
 
+/// Copies every piece of `store` into `dest` (`piecestore migrate`), verifying each: the
+/// source read against its CRC32C, and afterwards the destination's size and checksum. Pieces
+/// already at `dest` with the same size and checksum are skipped, so an interrupted run
+/// resumes by running again; `dry_run` only counts; `concurrency` pieces (0: 16) are in
+/// flight at once. The report goes to `*out` as a JSON object (`total_pieces`,
+/// `total_bytes`, `done_pieces`, `done_bytes`, `copied`, `copied_bytes`, `skipped`,
+/// `failed`, and `failures`: `{key, code, message}` each; free it with [`ps_bytes_free`]). A
+/// piece that fails is in the report; the call fails only when the source cannot be listed.
+///
+/// # Safety
+/// `store` and `dest` are NULL or live; `cancel` is NULL or live; `out` is writable.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn ps_migrate_to(
+    store: *const PsStore,
+    dest: *const PsStore,
+    dry_run: bool,
+    concurrency: usize,
+    cancel: *const PsCancel,
+    out: *mut PsBytes,
+    err: *mut *mut PsError,
+) -> PsStatus {
+    call(err, || {
+        let (s, out) = (self::store(store)?, self::out(out, "out")?);
+        // SAFETY: the caller passes NULL or a live store (the ABI's contract).
+        let dest = unsafe { dest.as_ref() }
+            .map(|d| &d.0)
+            .ok_or_else(|| Failure::Argument("dest is NULL".into()))?;
+        let mut opts = piecestore::migrate::MigrateOptions {
+            dry_run,
+            ..Default::default()
+        };
+        if concurrency > 0 {
+            opts.concurrency = concurrency;
+        }
+        let report = run(cancel, s.migrate_to(dest, opts, &|_| {}))?;
+        fill(out, json(&report)?);
+        Ok(())
+    })
+}
+
 /// What the store holds (`piecestore profile`), from one listing of every shard, as a JSON
 /// object into `*out` (the fields of `piecestore profile --json`; free it with
 /// [`ps_bytes_free`]): pieces, bytes and size buckets, each shard's share and the skew between

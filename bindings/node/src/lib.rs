@@ -23,7 +23,8 @@ use crate::args::{Args, U32_LIMIT, U64_LIMIT};
 
 pub use maintenance::{
     DoomedSummary, FsckOpts, FsckProblem, FsckReport, GcOpts, GcReport, Inventory, InventoryOpts,
-    OrphanSample, Orphans, PackStats, ShardInventory, SizeBucket,
+    MigrateFailure, MigrateOpts, MigrateReport, OrphanSample, Orphans, PackStats, ShardInventory,
+    SizeBucket,
 };
 pub use store::{
     DeleteSummary, OpMetrics, PieceInfo, PieceList, PieceStore, PutOpts, StoreOptions,

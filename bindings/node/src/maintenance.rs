@@ -308,6 +308,77 @@ impl From<CoreInventory> for Inventory {
     }
 }
 
+/// Options of `migrateTo()`.
+#[napi(object, object_from_js = false, object_to_js = false)]
+pub struct MigrateOpts {
+    /// Only count: list the source and look each piece up at the destination, copy nothing.
+    pub dry_run: Option<bool>,
+    /// Pieces in flight at once (default 16).
+    pub concurrency: Option<u32>,
+    /// Called after every piece with the pieces handled so far and the total.
+    #[napi(ts_type = "(donePieces: number, totalPieces: number) => void")]
+    pub on_progress: Option<()>,
+}
+
+/// One piece `migrateTo()` could not copy.
+#[napi(object, object_from_js = false)]
+pub struct MigrateFailure {
+    /// The piece key.
+    pub key: String,
+    /// The error's stable code (`PIECE_NOT_FOUND`, `PIECE_EXISTS`, ...).
+    pub code: String,
+    /// What went wrong.
+    pub message: String,
+}
+
+/// What `migrateTo()` did.
+#[napi(object, object_from_js = false)]
+pub struct MigrateReport {
+    /// Pieces in the source.
+    pub total_pieces: i64,
+    /// Their bytes.
+    pub total_bytes: i64,
+    /// Pieces handled (copied, skipped or failed).
+    pub done_pieces: i64,
+    /// Their bytes.
+    pub done_bytes: i64,
+    /// Pieces copied (or, in a dry run, that would be).
+    pub copied: i64,
+    /// Bytes copied (or that would be).
+    pub copied_bytes: i64,
+    /// Pieces already at the destination with the same size and checksum.
+    pub skipped: i64,
+    /// Pieces that failed.
+    pub failed: i64,
+    /// Each failed piece.
+    pub failures: Vec<MigrateFailure>,
+}
+
+impl From<piecestore::migrate::MigrateSummary> for MigrateReport {
+    fn from(r: piecestore::migrate::MigrateSummary) -> Self {
+        let p = r.progress;
+        MigrateReport {
+            total_pieces: n(p.total_pieces),
+            total_bytes: n(p.total_bytes),
+            done_pieces: n(p.done_pieces),
+            done_bytes: n(p.done_bytes),
+            copied: n(p.copied),
+            copied_bytes: n(p.copied_bytes),
+            skipped: n(p.skipped),
+            failed: n(p.failed),
+            failures: r
+                .failures
+                .into_iter()
+                .map(|(key, e)| MigrateFailure {
+                    key,
+                    code: e.kind().as_str().into(),
+                    message: e.to_string(),
+                })
+                .collect(),
+        }
+    }
+}
+
 fn n(v: u64) -> i64 {
     i64::try_from(v).unwrap_or(i64::MAX)
 }
@@ -573,6 +644,63 @@ impl PieceStore {
                     })
                     .await?;
                 Ok(Inventory::from(report))
+            },
+            false,
+        )
+    }
+
+    /// Copies every piece of this store into `dest` (`piecestore migrate`), verifying each:
+    /// the source read against its CRC32C, and afterwards the destination's size and
+    /// checksum. Pieces already at `dest` with the same size and checksum are skipped, so an
+    /// interrupted run resumes by running again. A piece that fails is listed in the report's
+    /// `failures` and the run goes on; failing to list the source rejects.
+    #[napi(
+        ts_args_type = "dest: PieceStore, options?: MigrateOpts",
+        ts_return_type = "Promise<MigrateReport>"
+    )]
+    pub fn migrate_to<'env>(
+        &self,
+        env: &'env Env,
+        dest: &PieceStore,
+        options: Option<Unknown<'_>>,
+    ) -> Result<PromiseRaw<'env, MigrateReport>> {
+        let a = Args::new(env, "migrateTo");
+        let mut opts = piecestore::migrate::MigrateOptions::default();
+        let mut progress: Option<Progress<(f64, f64)>> = None;
+        if let Some(o) = a.opt_object(options, "options", "an object such as { dryRun: true }")? {
+            opts.dry_run = a
+                .opt_bool(o.get("dryRun")?, "options.dryRun")?
+                .unwrap_or(false);
+            if let Some(v) = o.get::<Unknown<'_>>("concurrency")?
+                && !crate::args::is_nullish(&v)?
+            {
+                let c = a.number(v, "options.concurrency")?;
+                if !(c.is_finite() && c >= 1.0 && c.fract() == 0.0 && c <= 4096.0) {
+                    return Err(a.range_error(
+                        "options.concurrency",
+                        "a whole number from 1 to 4096",
+                        c,
+                    ));
+                }
+                opts.concurrency = c as usize;
+            }
+            progress = on_progress(a, &o, "options.onProgress")?;
+        }
+        let (store, dest) = (self.inner.clone(), dest.inner.clone());
+        promise(
+            env,
+            async move {
+                let report = store
+                    .migrate_to(&dest, opts, &|p| {
+                        if let Some(f) = &progress {
+                            f.call(
+                                (p.done_pieces as f64, p.total_pieces as f64),
+                                ThreadsafeFunctionCallMode::NonBlocking,
+                            );
+                        }
+                    })
+                    .await?;
+                Ok(MigrateReport::from(report))
             },
             false,
         )

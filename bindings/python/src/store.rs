@@ -88,6 +88,22 @@ impl<'py> IntoPyObject<'py> for Report {
     }
 }
 
+/// `migrate_to`'s options: at least one piece in flight.
+fn migrate_options(
+    dry_run: bool,
+    concurrency: usize,
+) -> PyResult<piecestore::migrate::MigrateOptions> {
+    if concurrency == 0 {
+        return Err(pyo3::exceptions::PyValueError::new_err(
+            "concurrency must be at least 1",
+        ));
+    }
+    Ok(piecestore::migrate::MigrateOptions {
+        dry_run,
+        concurrency,
+    })
+}
+
 /// `gc`'s options from its keyword arguments: `grace` in seconds (a number or a
 /// `datetime.timedelta`), `garbage_ratio` from 0 to 1.
 fn gc_options(
@@ -479,6 +495,35 @@ impl PieceStore {
         Report::of(&r).into_pyobject(py)
     }
 
+    /// Copies every piece of this store into `dest` (`piecestore migrate`), verifying each:
+    /// the source read against its CRC32C, and afterwards the destination's size and
+    /// checksum. Pieces already at `dest` with the same size and checksum are skipped, so an
+    /// interrupted run resumes by running again. `dry_run` only counts; `concurrency` pieces
+    /// are in flight at once. `progress(done_pieces, total_pieces)` is called after every
+    /// piece, from a thread of the library. A piece that fails is counted and listed in the
+    /// report's `failures` (`key`, `code`, `message`) and the run goes on; failing to list
+    /// the source raises. Returns a dict (`copied`, `copied_bytes`, `skipped`, `failed`, ...).
+    #[pyo3(signature = (dest, *, dry_run = false, concurrency = 16, progress = None))]
+    fn migrate_to<'py>(
+        &self,
+        py: Python<'py>,
+        dest: PyRef<'py, PieceStore>,
+        dry_run: bool,
+        concurrency: usize,
+        progress: Option<Py<PyAny>>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let opts = migrate_options(dry_run, concurrency)?;
+        let (store, dest) = (&self.inner, dest.inner.clone());
+        let r = py
+            .detach(|| {
+                block_on(store.migrate_to(&dest, opts, &|p| {
+                    self::progress(&progress, (p.done_pieces, p.total_pieces))
+                }))
+            })
+            .map_err(|e| to_py_with(py, e))?;
+        Report::of(&r).into_pyobject(py)
+    }
+
     /// What the store holds (`piecestore profile`): pieces, bytes, sizes by power-of-two
     /// bucket, each shard's share and the skew between shards, orphan objects (up to
     /// `max_orphan_samples` of them named) and, for a packed store, pack fill and garbage. One
@@ -753,6 +798,28 @@ impl PieceStore {
         awaitable(py, async move {
             let r = store
                 .inventory(opts, &|n| self::progress(&progress, (n, 0)))
+                .await?;
+            Ok(Report::of(&r))
+        })
+    }
+
+    /// `migrate_to`, as an awaitable (`progress` is called from a thread of the library).
+    #[pyo3(signature = (dest, *, dry_run = false, concurrency = 16, progress = None))]
+    fn migrate_to_async<'py>(
+        &self,
+        py: Python<'py>,
+        dest: PyRef<'py, PieceStore>,
+        dry_run: bool,
+        concurrency: usize,
+        progress: Option<Py<PyAny>>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let opts = migrate_options(dry_run, concurrency)?;
+        let (store, dest) = (self.inner.clone(), dest.inner.clone());
+        awaitable(py, async move {
+            let r = store
+                .migrate_to(&dest, opts, &|p| {
+                    self::progress(&progress, (p.done_pieces, p.total_pieces))
+                })
                 .await?;
             Ok(Report::of(&r))
         })

@@ -1,5 +1,5 @@
-//! The records of `PieceStore::inventory` (`piecestore profile`), converted from the core's
-//! report.
+//! The records of `PieceStore::inventory` (`piecestore profile`) and `migrate_to`
+//! (`piecestore migrate`), converted from the core's reports.
 
 use piecestore::profile::Inventory as Core;
 
@@ -162,6 +162,65 @@ impl From<Core> for Inventory {
                 fill: p.fill,
                 garbage_ratio: p.garbage_ratio,
             }),
+        }
+    }
+}
+
+/// One piece `migrate_to` could not copy.
+#[derive(Debug, Clone, PartialEq, Eq, uniffi::Record)]
+pub struct MigrateFailure {
+    /// The piece key.
+    pub key: String,
+    /// The error's stable code (`PIECE_NOT_FOUND`, `PIECE_EXISTS`, ...).
+    pub code: String,
+    /// What went wrong.
+    pub message: String,
+}
+
+/// What `migrate_to` did.
+#[derive(Debug, Clone, PartialEq, Eq, uniffi::Record)]
+pub struct MigrateReport {
+    /// Pieces in the source.
+    pub total_pieces: u64,
+    /// Their bytes.
+    pub total_bytes: u64,
+    /// Pieces handled (copied, skipped or failed).
+    pub done_pieces: u64,
+    /// Their bytes.
+    pub done_bytes: u64,
+    /// Pieces copied (or, in a dry run, that would be).
+    pub copied: u64,
+    /// Bytes copied (or that would be).
+    pub copied_bytes: u64,
+    /// Pieces already at the destination with the same size and checksum.
+    pub skipped: u64,
+    /// Pieces that failed.
+    pub failed: u64,
+    /// Each failed piece.
+    pub failures: Vec<MigrateFailure>,
+}
+
+impl From<piecestore::migrate::MigrateSummary> for MigrateReport {
+    fn from(r: piecestore::migrate::MigrateSummary) -> Self {
+        let p = r.progress;
+        MigrateReport {
+            total_pieces: p.total_pieces,
+            total_bytes: p.total_bytes,
+            done_pieces: p.done_pieces,
+            done_bytes: p.done_bytes,
+            copied: p.copied,
+            copied_bytes: p.copied_bytes,
+            skipped: p.skipped,
+            failed: p.failed,
+            failures: r
+                .failures
+                .into_iter()
+                .map(|(key, e)| MigrateFailure {
+                    key,
+                    code: e.kind().as_str().into(),
+                    message: e.to_string(),
+                })
+                .collect(),
         }
     }
 }

@@ -14,7 +14,7 @@ use piecestore::config::OptionValue;
 use piecestore::{Config, PieceMeta};
 
 use crate::error::PieceStoreError;
-use crate::inventory::Inventory;
+use crate::inventory::{Inventory, MigrateReport};
 
 type Result<T, E = PieceStoreError> = std::result::Result<T, E>;
 
@@ -271,7 +271,9 @@ mod op {
     use piecestore::pack::fsck::FsckOptions;
     use piecestore::pack::gc::GcOptions;
 
-    use super::{DeleteSummary, FsckReport, GcReport, Inventory, PieceInfo, PieceItem};
+    use super::{
+        DeleteSummary, FsckReport, GcReport, Inventory, MigrateReport, PieceInfo, PieceItem,
+    };
 
     pub async fn put(s: Core, key: String, data: Vec<u8>, overwrite: bool) -> Result<()> {
         s.put_opts(&key, data, PutOptions { overwrite }).await
@@ -318,6 +320,24 @@ mod op {
     pub async fn get_many(s: Core, keys: Vec<String>) -> Result<Vec<Vec<u8>>> {
         let results = s.get_many(keys).await;
         results.into_iter().map(|r| r.map(Vec::from)).collect()
+    }
+
+    pub async fn migrate_to(
+        s: Core,
+        dest: Core,
+        dry_run: bool,
+        concurrency: u32,
+    ) -> Result<MigrateReport> {
+        let mut opts = piecestore::migrate::MigrateOptions {
+            dry_run,
+            ..Default::default()
+        };
+        if concurrency > 0 {
+            opts.concurrency = concurrency as usize;
+        }
+        s.migrate_to(&dest, opts, &|_| {})
+            .await
+            .map(MigrateReport::from)
     }
 
     pub async fn inventory(s: Core, max_orphan_samples: u32) -> Result<Inventory> {
@@ -580,6 +600,44 @@ impl PieceStore {
     /// `get_many`, blocking the calling thread.
     pub fn get_many_blocking(&self, keys: Vec<String>) -> Result<Vec<Vec<u8>>> {
         blocking(op::get_many(self.core(), keys))
+    }
+
+    /// Copies every piece of this store into `dest` (`piecestore migrate`), verifying each:
+    /// the source read against its CRC32C, and afterwards the destination's size and
+    /// checksum. Pieces already at `dest` with the same size and checksum are skipped, so an
+    /// interrupted run resumes by running again. `dry_run` only counts; `concurrency` pieces
+    /// are in flight at once (0: 16). A piece that fails is listed in the report's `failures`
+    /// and the run goes on; failing to list the source throws.
+    #[uniffi::method(default(dry_run = false, concurrency = 0))]
+    pub async fn migrate_to(
+        &self,
+        dest: Arc<PieceStore>,
+        dry_run: bool,
+        concurrency: u32,
+    ) -> Result<MigrateReport> {
+        spawned(op::migrate_to(
+            self.core(),
+            dest.core(),
+            dry_run,
+            concurrency,
+        ))
+        .await
+    }
+
+    /// `migrate_to`, blocking the calling thread.
+    #[uniffi::method(default(dry_run = false, concurrency = 0))]
+    pub fn migrate_to_blocking(
+        &self,
+        dest: Arc<PieceStore>,
+        dry_run: bool,
+        concurrency: u32,
+    ) -> Result<MigrateReport> {
+        blocking(op::migrate_to(
+            self.core(),
+            dest.core(),
+            dry_run,
+            concurrency,
+        ))
     }
 
     /// What the store holds (`piecestore profile`), from one listing of every shard: pieces,

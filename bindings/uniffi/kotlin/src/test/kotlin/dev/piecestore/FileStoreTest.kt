@@ -185,4 +185,24 @@ class FileStoreTest {
             assertTrue(packs!!.fill > 0.0 && packs.fill <= 1.0, packs.toString())
         }
     }
+
+    @Test
+    fun `migrateTo copies verified, skips what is there, lists failures`() {
+        fileStore(dir.resolve("src")).use { src ->
+            PieceStore.open("file://${dir.toAbsolutePath()}/dest", mapOf("pack" to "false")).use { dest ->
+                for (i in 0 until 8) src.putBlocking("mig/${i}_s0", pattern(100 + i * 37, i))
+                dest.putBlocking("mig/0_s0", pattern(100, 0))
+                val dry = src.migrateToBlocking(dest, dryRun = true)
+                assertEquals(listOf(7uL, 1uL, 0uL), listOf(dry.copied, dry.skipped, dry.failed), dry.toString())
+                val r = runBlocking { src.migrateTo(dest, concurrency = 2u) }
+                assertEquals(listOf(8uL, 7uL, 1uL, 0uL), listOf(r.totalPieces, r.copied, r.skipped, r.failed), r.toString())
+                for (i in 0 until 8) assertContentEquals(pattern(100 + i * 37, i), dest.getBlocking("mig/${i}_s0"))
+                src.putBlocking("mig/9_s0", "source bytes".toByteArray())
+                dest.putBlocking("mig/9_s0", "other bytes!".toByteArray())
+                val conflict = src.migrateToBlocking(dest)
+                assertEquals(1uL, conflict.failed)
+                assertEquals(listOf("mig/9_s0" to "PIECE_EXISTS"), conflict.failures.map { it.key to it.code })
+            }
+        }
+    }
 }
