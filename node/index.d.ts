@@ -20,6 +20,20 @@ export declare const __napiBindingTarget: 'native' | 'wasm32-wasi' | 'wasm32-was
 export declare class PieceList {}
 
 /**
+ * A piece being read as a stream (`PieceStore.getStream`): its `info`, and its bytes as an
+ * async iterator of `Buffer` chunks.
+ *
+ * This type implements JavaScript's async iterable protocol.
+ * It can be used with `for await...of` loops.
+ *
+ * @see https://developer.mozilla.org/en-US/docs/Web/JavaScript/Reference/Iteration_protocols#the_async_iterator_and_async_iterable_protocols
+ */
+export declare class PieceReader {
+  /** The piece's key, size and checksum, known before its first byte. */
+  get info(): PieceInfo
+}
+
+/**
  * A store of immutable pieces on memory, a local directory, or S3-compatible object storage.
  *
  * Every method that touches pieces returns a Promise and never blocks the event loop. Errors
@@ -130,6 +144,14 @@ export declare class PieceStore {
    * the first error.
    */
   getMany(keys: Array<string>): Promise<Buffer[]>
+  /**
+   * Reads a piece as a stream, for a caller that passes a large piece on: resolves with a
+   * `PieceReader` once the piece's `info` is known, whose bytes then come in chunks of about
+   * 1 MiB (`for await (const chunk of reader)`), never all in memory. Verified as `get` is:
+   * the last chunk comes only once the piece has matched its length and CRC32C, else the
+   * iteration rejects with `CORRUPT_PIECE` in its place.
+   */
+  getStream(key: string): Promise<PieceReader>
   /**
    * The pieces whose keys start with `prefix` (all when omitted), on every shard, for
    * `for await (const info of store.list(prefix))`. Order is not specified across shards.

@@ -836,6 +836,7 @@ function __napiStampBindingTarget(exportsObject, target) {
 module.exports.__napiBindingTarget = __napiStampBindingTarget(nativeBinding, __napiLoadedBindingTarget)
 module.exports = nativeBinding
 module.exports.PieceList = nativeBinding.PieceList
+module.exports.PieceReader = nativeBinding.PieceReader
 module.exports.PieceStore = nativeBinding.PieceStore
 module.exports.configureRuntime = nativeBinding.configureRuntime
 module.exports.ecKey = nativeBinding.ecKey

@@ -128,3 +128,24 @@ fn the_uniffi_column_matches_the_uniffi_crate() {
         "UniFFI methods missing from bindings/FACADE.tsv: {unnamed:?}"
     );
 }
+
+/// Every binding exposes the whole facade: no cell is MISSING. A new public core method gets
+/// its row with every binding's name (or `-` and why it is not the facade's) in the change
+/// that adds it, and each language's own facade test then checks its name exists.
+#[test]
+fn no_binding_lacks_a_facade_method() {
+    let missing: Vec<String> = table()
+        .into_iter()
+        .flat_map(|(core, row)| {
+            ["python", "node", "go", "uniffi"]
+                .into_iter()
+                .filter(|b| row[*b].split(',').any(|n| n == "MISSING"))
+                .map(|b| format!("{core} in {b}"))
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "bindings lacking a facade method (bindings/FACADE.tsv): {missing:?}"
+    );
+}

@@ -1,6 +1,7 @@
 // Every error code, from the user's side; no secret in any message.
 import { test } from 'node:test'
 import assert from 'node:assert/strict'
+import { randomBytes } from 'node:crypto'
 import { readFileSync, readdirSync, writeFileSync } from 'node:fs'
 import path from 'node:path'
 
@@ -307,5 +308,32 @@ test('CLOSED: every call after close() rejects; close twice is fine', async () =
     },
   ]
   for (const call of calls) isCoded(await rejection(call()), 'CLOSED')
+  await store.close()
+})
+
+test('getStream: a large piece in chunks, verified; corruption rejects in place of the last chunk', async () => {
+  const dir = tempDir()
+  const store = new PieceStore(dir, { pack: false })
+  const data = randomBytes((3 << 20) + 5)
+  await store.put('8_s0', data)
+  const reader = await store.getStream('8_s0')
+  assert.equal(reader.info.key, '8_s0')
+  assert.equal(reader.info.size, data.length)
+  const chunks = []
+  for await (const chunk of reader) chunks.push(chunk)
+  assert.ok(chunks.length >= 3, `${chunks.length} chunks`)
+  assert.ok(Buffer.concat(chunks).equals(data))
+  // A flipped byte: the chunks before it may come, then the iteration rejects.
+  const file = path.join(dir, '8_s0')
+  const bytes = readFileSync(file)
+  bytes[(2 << 20) + 17] ^= 0x01
+  writeFileSync(file, bytes)
+  const bad = await store.getStream('8_s0')
+  const got = []
+  const e = await rejection((async () => { for await (const chunk of bad) got.push(chunk) })())
+  isCoded(e, 'CORRUPT_PIECE')
+  assert.ok(Buffer.concat(got).length < data.length, 'the last chunk never came')
+  isCoded(await rejection(store.getStream('8_s9')), 'PIECE_NOT_FOUND')
+  isCoded(await rejection(store.getStream('../x')), 'INVALID_KEY')
   await store.close()
 })

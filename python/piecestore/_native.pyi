@@ -42,6 +42,19 @@ class ListIterator(Iterator[PieceInfo], AsyncIterator[PieceInfo]):
     def __aiter__(self) -> "ListIterator": ...
     def __anext__(self) -> Awaitable[PieceInfo]: ...
 
+class PieceReader(Iterator[Buffer], AsyncIterator[Buffer]):
+    """A piece read as a stream (``PieceStore.get_stream``): ``info``, then its bytes as
+    ``Buffer`` chunks of about 1 MiB with ``for`` or ``async for``; ``CorruptPiece`` is raised
+    in place of the last chunk when the piece fails its checksum."""
+
+    @property
+    def info(self) -> PieceInfo:
+        """The piece's key, size and checksum, known before its first byte."""
+    def __iter__(self) -> "PieceReader": ...
+    def __next__(self) -> Buffer: ...
+    def __aiter__(self) -> "PieceReader": ...
+    def __anext__(self) -> Awaitable[Buffer]: ...
+
 class PieceStore:
     """A store of immutable pieces over memory, a local disk or S3-compatible buckets."""
 
@@ -76,6 +89,8 @@ class PieceStore:
         """Deletes a piece (a missing piece is fine)."""
     def delete_prefix(self, prefix: str) -> DeleteSummary:
         """Deletes every piece whose key starts with ``prefix``, on every shard."""
+    def get_stream(self, key: str) -> PieceReader:
+        """The piece as a stream of verified chunks (for large pieces passed on)."""
     def list(self, prefix: str = "") -> ListIterator:
         """The pieces whose keys start with ``prefix``."""
     def put_many(
@@ -197,6 +212,7 @@ class PieceStore:
         rebuild_index: bool = False,
         progress: Optional[Callable[[int, int], object]] = None,
     ) -> FsckReport: ...
+    async def get_stream_async(self, key: str) -> PieceReader: ...
     async def migrate_to_async(
         self,
         dest: PieceStore,

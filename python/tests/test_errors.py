@@ -65,6 +65,39 @@ def test_corrupt_piece_on_disk(tmp_path: Path) -> None:
     assert st.get("2_s0") == b"B" * 1000  # the others still read
 
 
+def test_get_stream_chunks_verified_and_corruption_raised_in_place(tmp_path: Path) -> None:
+    import asyncio
+
+    st = piecestore.PieceStore(tmp_path, pack=False)
+    data = os.urandom((3 << 20) + 5)
+    st.put("8_s0", data)
+    reader = st.get_stream("8_s0")
+    assert (reader.info.key, reader.info.size) == ("8_s0", len(data))
+    chunks = [bytes(c) for c in reader]
+    assert len(chunks) >= 3 and b"".join(chunks) == data
+
+    async def read_async() -> bytes:
+        r = await st.get_stream_async("8_s0")
+        return b"".join([bytes(c) async for c in r])
+
+    assert asyncio.run(read_async()) == data
+    # A flipped byte: some chunks may come, then CorruptPiece in place of the last one.
+    path = tmp_path / "8_s0"
+    raw = bytearray(path.read_bytes())
+    raw[(2 << 20) + 17] ^= 0x01
+    path.write_bytes(bytes(raw))
+    got: list[bytes] = []
+    with pytest.raises(piecestore.CorruptPiece):
+        for c in st.get_stream("8_s0"):
+            got.append(bytes(c))
+    assert sum(len(c) for c in got) < len(data)
+    with pytest.raises(piecestore.PieceNotFound):
+        st.get_stream("8_s9")
+    with pytest.raises(piecestore.InvalidKey):
+        st.get_stream("../x")
+    st.close()
+
+
 def test_backend_error_is_retryable_and_keeps_secrets(tmp_path: Path) -> None:
     port = 1  # nothing listens on 127.0.0.1:1
     with pytest.raises(piecestore.PieceStoreError) as e:

@@ -736,6 +736,32 @@ impl PieceStore {
         )
     }
 
+    /// Reads a piece as a stream, for a caller that passes a large piece on: resolves with a
+    /// `PieceReader` once the piece's `info` is known, whose bytes then come in chunks of about
+    /// 1 MiB (`for await (const chunk of reader)`), never all in memory. Verified as `get` is:
+    /// the last chunk comes only once the piece has matched its length and CRC32C, else the
+    /// iteration rejects with `CORRUPT_PIECE` in its place.
+    #[napi(ts_return_type = "Promise<PieceReader>")]
+    pub fn get_stream<'env>(
+        &self,
+        env: &'env Env,
+        #[napi(ts_arg_type = "string")] key: Unknown<'_>,
+    ) -> Result<PromiseRaw<'env, PieceReader>> {
+        let key = Args::new(env, "getStream").string(key, "key")?;
+        let store = self.inner.clone();
+        promise(
+            env,
+            async move {
+                let piece = store.get_stream(&key).await?;
+                Ok(PieceReader {
+                    meta: piece.meta,
+                    chunks: Arc::new(tokio::sync::Mutex::new(piece.chunks)),
+                })
+            },
+            false,
+        )
+    }
+
     /// The pieces whose keys start with `prefix` (all when omitted), on every shard, for
     /// `for await (const info of store.list(prefix))`. Order is not specified across shards.
     #[napi(ts_return_type = "AsyncIterableIterator<PieceInfo>")]
@@ -911,6 +937,60 @@ fn pairs<'v>(a: Args<'_>, items: Unknown<'v>) -> Result<Vec<(String, Data)>> {
         out.push((key, data));
     }
     Ok(out)
+}
+
+/// A piece being read as a stream (`PieceStore.getStream`): its `info`, and its bytes as an
+/// async iterator of `Buffer` chunks.
+#[napi(async_iterator)]
+pub struct PieceReader {
+    meta: PieceMeta,
+    chunks: Arc<tokio::sync::Mutex<BoxStream<'static, piecestore::Result<Bytes>>>>,
+}
+
+#[napi]
+impl PieceReader {
+    /// The piece's key, size and checksum, known before its first byte.
+    #[napi(getter)]
+    pub fn info(&self) -> PieceInfo {
+        PieceInfo::from(self.meta.clone())
+    }
+}
+
+/// One chunk of a streamed piece, or the error that ended the stream.
+pub struct Chunk(piecestore::Result<Bytes>);
+
+impl TypeName for Chunk {
+    fn type_name() -> &'static str {
+        "Buffer"
+    }
+
+    fn value_type() -> ValueType {
+        ValueType::Object
+    }
+}
+
+impl ToNapiValue for Chunk {
+    unsafe fn to_napi_value(env: sys::napi_env, val: Self) -> Result<sys::napi_value> {
+        match val.0 {
+            Ok(b) => unsafe { PieceBuf::to_napi_value(env, PieceBuf::new(b)) },
+            // As `Listed`: the iterator's promise rejects with this error, its `code` kept.
+            Err(e) => Err(to_napi(&Env::from_raw(env), &e)),
+        }
+    }
+}
+
+impl AsyncGenerator for PieceReader {
+    type Yield = Chunk;
+    type Next = ();
+    type Return = ();
+
+    fn next(
+        &mut self,
+        _value: Option<Self::Next>,
+    ) -> impl Future<Output = Result<Option<Self::Yield>>> + Send + 'static {
+        let chunks = Arc::clone(&self.chunks);
+        async move { Ok(chunks.lock().await.next().await.map(Chunk)) }
+    }
 }
 
 /// The async iterator `PieceStore.list` returns.

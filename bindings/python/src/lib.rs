@@ -84,6 +84,7 @@ fn zero_copy_get() -> bool {
 fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<store::PieceStore>()?;
     m.add_class::<store::ListIterator>()?;
+    m.add_class::<store::PieceReader>()?;
     m.add_class::<buffer::Buffer>()?;
     m.add_function(wrap_pyfunction!(configure_runtime, m)?)?;
     m.add_function(wrap_pyfunction!(validate_key, m)?)?;

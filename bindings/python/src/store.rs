@@ -384,6 +384,17 @@ impl PieceStore {
             .map_err(|e| to_py_with(py, e))
     }
 
+    /// The piece as a stream, for a caller that passes a large piece on: a `PieceReader` whose
+    /// `info` is known at once and whose bytes come in chunks of about 1 MiB (`for` or `async
+    /// for`), never all in memory. Verified as `get` is: the last chunk comes only once the
+    /// piece has matched its length and CRC32C; else `CorruptPiece` is raised in its place.
+    fn get_stream(&self, py: Python<'_>, key: PyBackedStr) -> PyResult<PieceReader> {
+        let store = &self.inner;
+        py.detach(|| block_on(store.get_stream(&key)))
+            .map(PieceReader::new)
+            .map_err(|e| to_py_with(py, e))
+    }
+
     /// `length` bytes from `offset` of the piece (the whole piece is verified first).
     fn get_range(
         &self,
@@ -663,6 +674,14 @@ impl PieceStore {
         awaitable(py, async move { store.get(&key).await.map(Piece) })
     }
 
+    /// `get_stream`, as an awaitable (its reader is then iterated with `async for`).
+    fn get_stream_async<'py>(&self, py: Python<'py>, key: String) -> PyResult<Bound<'py, PyAny>> {
+        let store = self.inner.clone();
+        awaitable(py, async move {
+            store.get_stream(&key).await.map(PieceReader::new)
+        })
+    }
+
     /// `get_range`, as an awaitable.
     fn get_range_async<'py>(
         &self,
@@ -878,6 +897,60 @@ impl PieceStore {
                 self.inner.placement().to_string()
             ),
         }
+    }
+}
+
+/// A piece read as a stream (`PieceStore.get_stream`): `info`, then its bytes as `Buffer`
+/// chunks of about 1 MiB with `for` or `async for`.
+#[pyclass(frozen, name = "PieceReader", module = "piecestore")]
+pub struct PieceReader {
+    meta: PieceMeta,
+    chunks: Arc<tokio::sync::Mutex<BoxStream<'static, piecestore::Result<Bytes>>>>,
+}
+
+impl PieceReader {
+    fn new(piece: piecestore::PieceStream) -> Self {
+        PieceReader {
+            meta: piece.meta,
+            chunks: Arc::new(tokio::sync::Mutex::new(piece.chunks)),
+        }
+    }
+}
+
+#[pymethods]
+impl PieceReader {
+    /// The piece's `PieceInfo` (key, size, checksum), known before its first byte.
+    #[getter]
+    fn info<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        Info(self.meta.clone()).into_pyobject(py)
+    }
+
+    fn __iter__(slf: Py<Self>) -> Py<Self> {
+        slf
+    }
+
+    fn __next__(&self, py: Python<'_>) -> PyResult<Option<Piece>> {
+        let chunks = &self.chunks;
+        match py.detach(|| block_on(async { chunks.lock().await.next().await })) {
+            None => Ok(None),
+            Some(Ok(b)) => Ok(Some(Piece(b))),
+            Some(Err(e)) => Err(to_py_with(py, e)),
+        }
+    }
+
+    fn __aiter__(slf: Py<Self>) -> Py<Self> {
+        slf
+    }
+
+    fn __anext__<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        let chunks = Arc::clone(&self.chunks);
+        awaitable_py(py, async move {
+            match chunks.lock().await.next().await {
+                None => Err(PyErrLazy::StopAsyncIteration),
+                Some(Ok(b)) => Ok(Piece(b)),
+                Some(Err(e)) => Err(PyErrLazy::Core(e)),
+            }
+        })
     }
 }
 

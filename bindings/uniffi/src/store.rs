@@ -271,8 +271,11 @@ mod op {
     use piecestore::pack::fsck::FsckOptions;
     use piecestore::pack::gc::GcOptions;
 
+    use std::sync::Arc;
+
     use super::{
         DeleteSummary, FsckReport, GcReport, Inventory, MigrateReport, PieceInfo, PieceItem,
+        PieceReader,
     };
 
     pub async fn put(s: Core, key: String, data: Vec<u8>, overwrite: bool) -> Result<()> {
@@ -309,6 +312,14 @@ mod op {
 
     pub async fn flush(s: Core) -> Result<()> {
         s.flush().await
+    }
+
+    pub async fn get_stream(s: Core, key: String) -> Result<Arc<PieceReader>> {
+        let piece = s.get_stream(&key).await?;
+        Ok(Arc::new(PieceReader {
+            meta: piece.meta,
+            chunks: Arc::new(tokio::sync::Mutex::new(piece.chunks)),
+        }))
     }
 
     pub async fn put_many(s: Core, items: Vec<PieceItem>, overwrite: bool) -> Result<()> {
@@ -363,6 +374,49 @@ mod op {
     pub async fn close(s: Core) -> Result<()> {
         s.close().await;
         Ok(())
+    }
+}
+
+/// A piece being read as a stream (`PieceStore.getStream`): `info` at once, then its bytes
+/// in chunks of about 1 MiB from `nextChunk`, never all in memory. Verified as `get` is: the
+/// last chunk comes only once the piece has matched its length and CRC32C; else `Corrupt` is
+/// thrown in its place.
+#[derive(uniffi::Object)]
+pub struct PieceReader {
+    meta: PieceMeta,
+    chunks: Arc<tokio::sync::Mutex<Chunks>>,
+}
+
+type Chunks = futures::stream::BoxStream<'static, piecestore::Result<bytes::Bytes>>;
+
+async fn next_chunk(
+    chunks: Arc<tokio::sync::Mutex<Chunks>>,
+) -> piecestore::Result<Option<Vec<u8>>> {
+    use futures::StreamExt;
+    chunks
+        .lock()
+        .await
+        .next()
+        .await
+        .transpose()
+        .map(|c| c.map(Vec::from))
+}
+
+#[uniffi::export]
+impl PieceReader {
+    /// The piece's key, size and checksum, known before its first byte.
+    pub fn info(&self) -> PieceInfo {
+        PieceInfo::from(self.meta.clone())
+    }
+
+    /// The next chunk of the piece, in order; `null`/`nil` once the piece has been read whole.
+    pub async fn next_chunk(&self) -> Result<Option<Vec<u8>>> {
+        spawned(next_chunk(Arc::clone(&self.chunks))).await
+    }
+
+    /// `nextChunk`, blocking the calling thread.
+    pub fn next_chunk_blocking(&self) -> Result<Option<Vec<u8>>> {
+        blocking(next_chunk(Arc::clone(&self.chunks)))
     }
 }
 
@@ -518,6 +572,18 @@ impl PieceStore {
     #[uniffi::method(default(prefix = ""))]
     pub async fn list(&self, prefix: String) -> Result<Vec<PieceInfo>> {
         spawned(op::list(self.core(), prefix)).await
+    }
+
+    /// Reads a piece as a stream, for a caller that passes a large piece on: a `PieceReader`
+    /// whose `info` is known at once and whose chunks (about 1 MiB each) come from
+    /// `nextChunk`, verified as `get` is.
+    pub async fn get_stream(&self, key: String) -> Result<Arc<PieceReader>> {
+        spawned(op::get_stream(self.core(), key)).await
+    }
+
+    /// `get_stream`, blocking the calling thread.
+    pub fn get_stream_blocking(&self, key: String) -> Result<Arc<PieceReader>> {
+        blocking(op::get_stream(self.core(), key))
     }
 
     /// The pieces whose key starts with `prefix`, as a listing read in batches

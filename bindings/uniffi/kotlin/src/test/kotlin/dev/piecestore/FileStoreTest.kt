@@ -205,4 +205,32 @@ class FileStoreTest {
             }
         }
     }
+
+    @Test
+    fun `getStream reads a large piece in verified chunks`() {
+        PieceStore.open("file://${dir.toAbsolutePath()}/plain", mapOf("pack" to "false")).use { s ->
+            val data = pattern(3 * 1024 * 1024 + 5, 4)
+            s.putBlocking("8_s0", data)
+            val reader = runBlocking { s.getStream("8_s0") }
+            assertEquals(data.size.toULong(), reader.info().size)
+            val out = java.io.ByteArrayOutputStream()
+            var chunks = 0
+            while (true) {
+                val chunk = reader.nextChunkBlocking() ?: break
+                out.write(chunk)
+                chunks++
+            }
+            assertTrue(chunks >= 3, "$chunks chunks")
+            assertContentEquals(data, out.toByteArray())
+            assertEquals(null, runBlocking { reader.nextChunk() })
+            // A flipped byte: Corrupt in place of the last chunk.
+            val file = dir.resolve("plain").resolve("8_s0")
+            val raw = Files.readAllBytes(file)
+            raw[2 * 1024 * 1024 + 17] = (raw[2 * 1024 * 1024 + 17].toInt() xor 1).toByte()
+            Files.write(file, raw)
+            val bad = s.getStreamBlocking("8_s0")
+            assertFailsWith<PieceStoreException.Corrupt> { while (bad.nextChunkBlocking() != null) Unit }
+            assertFailsWith<PieceStoreException.NotFound> { s.getStreamBlocking("8_s9") }
+        }
+    }
 }
