@@ -32,6 +32,9 @@ while [ $# -gt 0 ]; do
   esac
 done
 case "$version" in v[0-9]*.[0-9]*.[0-9]*) ;; *) echo "release.sh: version $version is not vX.Y.Z" >&2; exit 2 ;; esac
+# Absolute: the copy below runs from this directory.
+mkdir -p "$out" && out=$(cd "$out" && pwd)
+if [ -n "$proxy" ]; then mkdir -p "$proxy" && proxy=$(cd "$proxy" && pwd); fi
 
 module=$(sed -n 's/^module //p' "$here/go.mod")
 platform="$(go env GOOS)_$(go env GOARCH)"
