@@ -82,18 +82,37 @@ pub struct MigrateSummary {
     pub failures: Vec<(String, Error)>,
 }
 
+/// One failed piece of a [`MigrateSummary`] as bindings report it: its key, the error
+/// kind's stable code (e.g. `PIECE_NOT_FOUND`) and the message (which names no secret).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct MigrateFailure {
+    /// The piece key.
+    pub key: String,
+    /// The error kind's stable code.
+    pub code: &'static str,
+    /// What went wrong.
+    pub message: String,
+}
+
+impl MigrateSummary {
+    /// [`MigrateSummary::failures`] as reports: one conversion every binding shares.
+    pub fn failure_reports(&self) -> Vec<MigrateFailure> {
+        self.failures
+            .iter()
+            .map(|(key, e)| MigrateFailure {
+                key: key.clone(),
+                code: e.kind().as_str(),
+                message: e.to_string(),
+            })
+            .collect()
+    }
+}
+
 /// The report bindings hand their callers: the final counts' fields, then `failures` as a
-/// list of `{key, code, message}` (`code` the error kind's stable code, e.g.
-/// `PIECE_NOT_FOUND`; the message names no secret).
+/// list of [`MigrateFailure`].
 impl serde::Serialize for MigrateSummary {
     fn serialize<S: serde::Serializer>(&self, ser: S) -> std::result::Result<S::Ok, S::Error> {
         use serde::ser::SerializeMap;
-        #[derive(serde::Serialize)]
-        struct Failure<'a> {
-            key: &'a str,
-            code: &'static str,
-            message: String,
-        }
         let p = &self.progress;
         let mut m = ser.serialize_map(Some(9))?;
         m.serialize_entry("total_pieces", &p.total_pieces)?;
@@ -104,16 +123,7 @@ impl serde::Serialize for MigrateSummary {
         m.serialize_entry("copied_bytes", &p.copied_bytes)?;
         m.serialize_entry("skipped", &p.skipped)?;
         m.serialize_entry("failed", &p.failed)?;
-        let failures: Vec<Failure<'_>> = self
-            .failures
-            .iter()
-            .map(|(key, e)| Failure {
-                key,
-                code: e.kind().as_str(),
-                message: e.to_string(),
-            })
-            .collect();
-        m.serialize_entry("failures", &failures)?;
+        m.serialize_entry("failures", &self.failure_reports())?;
         m.end()
     }
 }

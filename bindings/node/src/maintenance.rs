@@ -367,12 +367,12 @@ impl From<piecestore::migrate::MigrateSummary> for MigrateReport {
             skipped: n(p.skipped),
             failed: n(p.failed),
             failures: r
-                .failures
+                .failure_reports()
                 .into_iter()
-                .map(|(key, e)| MigrateFailure {
-                    key,
-                    code: e.kind().as_str().into(),
-                    message: e.to_string(),
+                .map(|f| MigrateFailure {
+                    key: f.key,
+                    code: f.code.into(),
+                    message: f.message,
                 })
                 .collect(),
         }
