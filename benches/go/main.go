@@ -143,10 +143,17 @@ func check(err error) {
 
 // latency is the binding's per-operation latency on a store, one operation at a time (best
 // of 3 rounds of n), as core_latency.rs measures the core's.
-func latency(s *piecestore.Store, size, n int) (putUs, getUs, bufUs, intoUs float64) {
+//
+// allocUs is Go's own cost of what Get must do beyond GetInto: a fresh slice per piece, filled
+// by a copy from n distinct sources (as Get copies from n distinct pieces), with no library call.
+func latency(s *piecestore.Store, size, n int) (putUs, getUs, bufUs, intoUs, allocUs float64) {
 	data := payload(size, 1)
 	into := make([]byte, size)
-	putUs, getUs, bufUs, intoUs = 1e18, 1e18, 1e18, 1e18
+	sources := make([][]byte, n)
+	for i := range sources {
+		sources[i] = payload(size, byte(i))
+	}
+	putUs, getUs, bufUs, intoUs, allocUs = 1e18, 1e18, 1e18, 1e18, 1e18
 	for round := range 3 {
 		keys := make([]string, n)
 		for i := range keys {
@@ -176,9 +183,17 @@ func latency(s *piecestore.Store, size, n int) (putUs, getUs, bufUs, intoUs floa
 			check(err)
 		}
 		intoUs = min(intoUs, float64(time.Since(t).Nanoseconds())/1e3/float64(n))
+		t = time.Now()
+		for _, src := range sources {
+			sink = append([]byte{}, src...)
+		}
+		allocUs = min(allocUs, float64(time.Since(t).Nanoseconds())/1e3/float64(n))
 	}
-	return putUs, getUs, bufUs, intoUs
+	return putUs, getUs, bufUs, intoUs, allocUs
 }
+
+// sink keeps the baseline's copies from being optimized away.
+var sink []byte
 
 func main() {
 	endpoint := flag.String("endpoint", "", "S3 endpoint, http://127.0.0.1:PORT (empty: only the memory latency)")
@@ -194,10 +209,10 @@ func main() {
 	// First, in a fresh process: the per-operation latency on memory://.
 	mem, err := piecestore.Open("memory://")
 	check(err)
-	putUs, getUs, bufUs, intoUs := latency(mem, 4<<10, *latencyOps)
+	putUs, getUs, bufUs, intoUs, allocUs := latency(mem, 4<<10, *latencyOps)
 	check(mem.Close())
 	check(enc.Encode(map[string]any{"client": "piecestore-go", "store": "memory://",
-		"size": 4 << 10, "put_us": putUs, "get_us": getUs, "getbuffer_us": bufUs, "getinto_us": intoUs}))
+		"size": 4 << 10, "put_us": putUs, "get_us": getUs, "getbuffer_us": bufUs, "getinto_us": intoUs, "go_alloc_us": allocUs}))
 
 	if *endpoint != "" {
 		base := *endpoint + "/" + *bucket
