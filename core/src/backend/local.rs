@@ -453,3 +453,108 @@ mod tests {
         );
     }
 }
+
+/// One file of a local shard's directory walk ([`walk`]).
+#[derive(Debug)]
+pub(crate) enum Walked {
+    /// A file whose path under the root is a valid object path.
+    File {
+        location: object_store::path::Path,
+        size: u64,
+        last_modified: SystemTime,
+    },
+    /// A file whose name no key can reach: a control character (macOS's `Icon\r`, say), bytes
+    /// that are not UTF-8, a `.` or `..` segment. Its path under the root (bytes that are not
+    /// UTF-8 shown as U+FFFD).
+    BadName { name: String, size: u64 },
+}
+
+/// The files under `root` (under `root/dir` when given), in directory order, streamed from one
+/// blocking task a bounded batch ahead of the reader.
+///
+/// object_store's own local listing ends at the first file whose name is not a valid object
+/// path, so one stray file would fail every listing (and so `ls`, `fsck`, `profile`) of the
+/// whole store; this walk reports such a file and goes on. Like object_store's, it follows
+/// symbolic links, leaves out broken ones and files deleted while it runs, and leaves out the
+/// `name#N` staging files of unfinished object_store writes.
+pub(crate) fn walk(
+    root: PathBuf,
+    dir: Option<&object_store::path::Path>,
+) -> futures::stream::BoxStream<'static, io::Result<Walked>> {
+    use futures::StreamExt as _;
+    const AHEAD: usize = 1024;
+    let start = match dir {
+        Some(d) if !d.as_ref().is_empty() => root.join(d.as_ref()),
+        _ => root.clone(),
+    };
+    futures::stream::once(async move {
+        let (tx, rx) = tokio::sync::mpsc::channel(AHEAD);
+        tokio::task::spawn_blocking(move || {
+            for entry in walkdir::WalkDir::new(&start)
+                .min_depth(1)
+                .follow_links(true)
+            {
+                let item = match entry {
+                    Ok(e) => match walked(&root, e.path()) {
+                        Ok(Some(w)) => Ok(w),
+                        Ok(None) => continue,
+                        Err(e) => Err(e),
+                    },
+                    // The start directory does not exist (yet), or an entry went away.
+                    Err(e)
+                        if e.io_error().map(io::Error::kind) == Some(io::ErrorKind::NotFound) =>
+                    {
+                        continue;
+                    }
+                    Err(e) => Err(io::Error::from(e)),
+                };
+                let failed = item.is_err();
+                // A closed channel: the reader stopped listening.
+                if tx.blocking_send(item).is_err() || failed {
+                    return;
+                }
+            }
+        });
+        futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|i| (i, rx)) })
+    })
+    .flatten()
+    .boxed()
+}
+
+/// What the walk makes of the entry at `path` (`None`: not a file, or gone).
+fn walked(root: &Path, path: &Path) -> io::Result<Option<Walked>> {
+    let meta = match std::fs::metadata(path) {
+        Ok(m) => m,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    if !meta.is_file() {
+        return Ok(None);
+    }
+    let rel = path.strip_prefix(root).map_err(|_| {
+        io::Error::other(format!("{} is outside {}", path.display(), root.display()))
+    })?;
+    let size = meta.len();
+    let parsed = rel
+        .to_str()
+        .and_then(|s| object_store::path::Path::parse(s).ok());
+    let Some(location) = parsed else {
+        let name = rel.to_string_lossy().into_owned();
+        return Ok(Some(Walked::BadName { name, size }));
+    };
+    if is_object_store_staging(&location) {
+        return Ok(None);
+    }
+    Ok(Some(Walked::File {
+        location,
+        size,
+        last_modified: meta.modified()?,
+    }))
+}
+
+/// object_store's own staging file of an unfinished write: `name#N`, N all digits.
+fn is_object_store_staging(p: &object_store::path::Path) -> bool {
+    p.filename()
+        .and_then(|f| f.split_once('#'))
+        .is_some_and(|(_, n)| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+}

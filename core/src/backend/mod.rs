@@ -4,6 +4,7 @@
 pub(crate) mod aws_profile;
 pub(crate) mod grpc;
 mod local;
+use local::Walked;
 mod s3;
 mod streamed;
 mod url;
@@ -1081,31 +1082,38 @@ impl Backend {
             .and_then(|i| Path::parse(&prefix[..i]).ok());
         let raw = match (&self.kind, prefix.is_empty()) {
             // The server lists by any string prefix, in key order.
-            (Kind::Grpc(g), _) => g.list_prefix(&prefix),
+            (Kind::Grpc(g), _) => self.objects(g.list_prefix(&prefix)),
             (kind, false) if kind.sorted_listing() => {
                 // Sorted backends: start just before the prefix and stop once past it.
                 let mut start = prefix.clone();
                 start.pop();
                 let start = Path::parse(&start).unwrap_or_default();
-                self.store.list_with_offset(dir.as_ref(), &start)
+                self.objects(self.store.list_with_offset(dir.as_ref(), &start))
             }
-            _ => self.store.list(dir.as_ref()),
+            _ => self.raw_list(dir.as_ref()),
         };
         let me = Arc::clone(self);
         let sorted = self.kind.sorted_listing();
         let p2 = prefix.clone();
         let stream = raw
-            .map_err({
-                let me = Arc::clone(&me);
-                move |e| me.map_err("list", None, e)
+            // A local file no key reaches is no piece (profile and fsck report it).
+            .try_filter_map(|w| {
+                futures::future::ready(Ok(match w {
+                    Walked::File {
+                        location,
+                        size,
+                        last_modified,
+                    } => Some((location, size, last_modified)),
+                    Walked::BadName { .. } => None,
+                }))
             })
-            .try_take_while(move |m| {
-                let k = m.location.as_ref();
+            .try_take_while(move |(location, ..)| {
+                let k = location.as_ref();
                 let keep_going = !sorted || k.starts_with(&p2) || k < p2.as_str();
                 futures::future::ready(Ok(keep_going))
             })
-            .try_filter(move |m| {
-                let k = m.location.as_ref();
+            .try_filter(move |(location, ..)| {
+                let k = location.as_ref();
                 futures::future::ready(
                     k.starts_with(&prefix)
                         && !k.starts_with(RESERVED_PREFIX)
@@ -1120,11 +1128,11 @@ impl Backend {
                 format: FileFormat::Raw,
                 ..
             } => stream
-                .map_ok(|m| PieceMeta {
-                    key: m.location.to_string(),
-                    size: m.size,
+                .map_ok(|(location, size, last_modified)| PieceMeta {
+                    key: location.to_string(),
+                    size,
                     crc32c: None,
-                    last_modified: m.last_modified.into(),
+                    last_modified,
                 })
                 .boxed(),
             // Sizes on disk include the trailer: read each one's trailer. A piece deleted
@@ -1133,19 +1141,19 @@ impl Backend {
                 format: FileFormat::Trailer,
                 ..
             } => stream
-                .map_ok(move |m| {
+                .map_ok(move |(location, size, last_modified)| {
                     let me = Arc::clone(&me);
                     async move {
-                        match me.head(m.location.as_ref()).await {
+                        match me.head(location.as_ref()).await {
                             Ok(meta) => Ok(Some(meta)),
                             Err(Error::NotFound { .. }) => Ok(None),
                             // A listing never stops at one piece's content: a damaged
                             // trailer is listed as the file is (a read says Corrupt).
                             Err(Error::Corrupt { .. }) => Ok(Some(PieceMeta {
-                                key: m.location.to_string(),
-                                size: m.size,
+                                key: location.to_string(),
+                                size,
                                 crc32c: None,
-                                last_modified: m.last_modified.into(),
+                                last_modified,
                             })),
                             Err(e) => Err(e),
                         }
@@ -1251,13 +1259,58 @@ impl Backend {
     /// backend's order.
     pub(crate) fn list_reserved(&self, prefix: &str) -> BoxStream<'_, Result<(String, u64)>> {
         let dir = Path::from(prefix.trim_end_matches('/'));
-        self.store
-            .list(Some(&dir))
-            .map(move |r| {
-                r.map(|m| (m.location.to_string(), m.size))
-                    .map_err(|e| self.map_err("list", None, e))
+        match (&self.kind, self.root_dir()) {
+            (Kind::File { .. }, Some(root)) => local::walk(root, Some(&dir))
+                .map_err(|e| self.io_err("list", "", e))
+                .try_filter_map(|w| {
+                    futures::future::ready(Ok(match w {
+                        Walked::File { location, size, .. } => Some((location.to_string(), size)),
+                        // Not a name PieceStore writes.
+                        Walked::BadName { .. } => None,
+                    }))
+                })
+                .boxed(),
+            _ => self
+                .store
+                .list(Some(&dir))
+                .map(move |r| {
+                    r.map(|m| (m.location.to_string(), m.size))
+                        .map_err(|e| self.map_err("list", None, e))
+                })
+                .boxed(),
+        }
+    }
+
+    /// Every object under `dir` (all when `None`), in the backend's order: object_store's
+    /// listing, except on a local shard, whose own walk reports a file no key reaches and goes
+    /// on, where object_store's listing would end in an error ([`local::walk`]).
+    fn raw_list(self: &Arc<Self>, dir: Option<&Path>) -> BoxStream<'static, Result<Walked>> {
+        match (&self.kind, self.root_dir()) {
+            (Kind::File { .. }, Some(root)) => {
+                let me = Arc::clone(self);
+                local::walk(root, dir)
+                    .map_err(move |e| me.io_err("list", "", e))
+                    .boxed()
+            }
+            _ => self.objects(self.store.list(dir)),
+        }
+    }
+
+    /// An object_store listing as [`Backend::raw_list`] items, errors mapped.
+    fn objects(
+        self: &Arc<Self>,
+        list: BoxStream<'static, object_store::Result<object_store::ObjectMeta>>,
+    ) -> BoxStream<'static, Result<Walked>> {
+        let me = Arc::clone(self);
+        list.map(move |r| {
+            r.map(|m| Walked::File {
+                location: m.location,
+                size: m.size,
+                last_modified: m.last_modified.into(),
             })
-            .boxed()
+            .map_err(|e| me.map_err("list", None, e))
+        })
+        .boxed()
     }
 
     /// The directory of a local-file shard.
@@ -1326,17 +1379,21 @@ impl Backend {
                 ..
             }
         );
-        self.store
-            .list(None)
-            .map_err({
-                let me = Arc::clone(&me);
-                move |e| me.map_err("list", None, e)
-            })
-            .map_ok(move |m| {
+        self.raw_list(None)
+            .map_ok(move |w| {
                 let me = Arc::clone(&me);
                 async move {
-                    let key = m.location.to_string();
-                    let size = m.size;
+                    let (location, size, last_modified) = match w {
+                        Walked::File {
+                            location,
+                            size,
+                            last_modified,
+                        } => (location, size, last_modified),
+                        Walked::BadName { name, size } => {
+                            return Ok(Listed::Foreign { key: name, size });
+                        }
+                    };
+                    let key = location.to_string();
                     if crate::reserved::is_pack_path(&key) {
                         return Ok(Listed::Pack);
                     }
@@ -1361,7 +1418,7 @@ impl Backend {
                             key,
                             size,
                             crc32c: None,
-                            last_modified: m.last_modified.into(),
+                            last_modified,
                         }));
                     }
                     match me.head(&key).await {
@@ -1373,7 +1430,7 @@ impl Backend {
                             key,
                             size,
                             crc32c: None,
-                            last_modified: m.last_modified.into(),
+                            last_modified,
                         })),
                         Err(e) => Err(e),
                     }
