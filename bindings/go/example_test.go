@@ -101,7 +101,7 @@ func ExampleStore_Gc() {
 	}
 	fmt.Println("pieces moved:", r.PiecesMoved, "packs deleted:", r.PacksDeleted)
 
-	f, err := s.Fsck(ctx, false)
+	f, err := s.Fsck(ctx, piecestore.FsckOptions{})
 	if err != nil {
 		panic(err)
 	}

@@ -7,7 +7,9 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -119,7 +121,7 @@ func TestGcReclaimsDeletedPiecesAndFsckFindsDamage(t *testing.T) {
 		t.Fatalf("negative grace: %v", err)
 	}
 
-	f, err := s.Fsck(ctx, false)
+	f, err := s.Fsck(ctx, piecestore.FsckOptions{})
 	if err != nil || !f.Clean() || f.Packs != 1 || f.PackedPieces != 4 || f.RebuiltPieces != nil {
 		t.Fatalf("fsck of a clean store: %+v, %v", f, err)
 	}
@@ -141,7 +143,7 @@ func TestGcReclaimsDeletedPiecesAndFsckFindsDamage(t *testing.T) {
 	if err := os.WriteFile(p, raw, 0o644); err != nil {
 		t.Fatal(err)
 	}
-	f, err = s.Fsck(ctx, false)
+	f, err = s.Fsck(ctx, piecestore.FsckOptions{})
 	if err != nil || f.Clean() {
 		t.Fatalf("fsck of a damaged pack: %+v, %v", f, err)
 	}
@@ -152,7 +154,7 @@ func TestGcReclaimsDeletedPiecesAndFsckFindsDamage(t *testing.T) {
 		t.Fatalf("get of the damaged piece: %v", err)
 	}
 	// A rebuild from the packs reports what it indexed.
-	f, err = s.Fsck(ctx, true)
+	f, err = s.Fsck(ctx, piecestore.FsckOptions{RebuildIndex: true})
 	if err != nil || f.RebuiltPieces == nil || f.ProblemsBeforeRebuild == nil {
 		t.Fatalf("fsck with a rebuild: %+v, %v", f, err)
 	}
@@ -162,7 +164,7 @@ func TestGcReclaimsDeletedPiecesAndFsckFindsDamage(t *testing.T) {
 	if r, err := u.Gc(ctx, piecestore.GcOptions{}); err != nil || r != (piecestore.GcReport{}) {
 		t.Fatalf("gc of an unpacked store: %+v, %v", r, err)
 	}
-	if f, err := u.Fsck(ctx, false); err != nil || !f.Clean() || f.Packs != 0 {
+	if f, err := u.Fsck(ctx, piecestore.FsckOptions{}); err != nil || !f.Clean() || f.Packs != 0 {
 		t.Fatalf("fsck of an unpacked store: %+v, %v", f, err)
 	}
 	if err := s.Close(); err != nil {
@@ -171,7 +173,7 @@ func TestGcReclaimsDeletedPiecesAndFsckFindsDamage(t *testing.T) {
 	if _, err := s.Gc(ctx, piecestore.GcOptions{}); !errors.Is(err, piecestore.ErrClosed) {
 		t.Fatalf("gc after close: %v", err)
 	}
-	if _, err := s.Fsck(ctx, false); !errors.Is(err, piecestore.ErrClosed) {
+	if _, err := s.Fsck(ctx, piecestore.FsckOptions{}); !errors.Is(err, piecestore.ErrClosed) {
 		t.Fatalf("fsck after close: %v", err)
 	}
 }
@@ -302,7 +304,7 @@ func TestInventory(t *testing.T) {
 	if err := os.WriteFile(filepath.Join(dir, "s-0", ".7_s0.tmp3"), []byte("x"), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	inv, err := s.Inventory(ctx, 5)
+	inv, err := s.Inventory(ctx, piecestore.InventoryOptions{MaxOrphanSamples: 5})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -336,7 +338,7 @@ func TestInventory(t *testing.T) {
 	if inv.Packs != nil {
 		t.Fatalf("an unpacked store's pack stats: %+v", inv.Packs)
 	}
-	if _, err := s.Inventory(ctx, -1); !errors.Is(err, piecestore.ErrInvalidArgument) {
+	if _, err := s.Inventory(ctx, piecestore.InventoryOptions{MaxOrphanSamples: -1}); !errors.Is(err, piecestore.ErrInvalidArgument) {
 		t.Fatalf("a negative sample count: %v", err)
 	}
 	// A packed store reports its packs.
@@ -350,7 +352,7 @@ func TestInventory(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	p, err := packed.Inventory(ctx, 0)
+	p, err := packed.Inventory(ctx, piecestore.InventoryOptions{MaxOrphanSamples: 0})
 	if err != nil || p.Pieces != 6 || p.Packs == nil || p.Packs.Pieces != 6 || !(p.Packs.Fill > 0 && p.Packs.Fill <= 1) {
 		t.Fatalf("a packed store: %+v (packs %+v), %v", p, p.Packs, err)
 	}
@@ -508,5 +510,111 @@ func TestMigrateTo(t *testing.T) {
 	closed.Close()
 	if _, err := src.MigrateTo(ctx, closed, piecestore.MigrateOptions{}); !errors.Is(err, piecestore.ErrClosed) {
 		t.Fatalf("to a closed store: %v", err)
+	}
+}
+
+// progressLog records a long call's progress reports.
+type progressLog struct {
+	mu    sync.Mutex
+	calls [][2]uint64
+}
+
+func (p *progressLog) report(done, total uint64) {
+	p.mu.Lock()
+	p.calls = append(p.calls, [2]uint64{done, total})
+	p.mu.Unlock()
+}
+
+func TestProgressOfGcFsckMigrateAndInventory(t *testing.T) {
+	dir := t.TempDir()
+	s := mustOpen(t, "file://"+dir)
+	for i := range 24 {
+		if err := s.Put(ctx, fmt.Sprintf("pr/%d_s0", i), pseudoRandom(200+i, uint64(i))); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for i := range 20 {
+		if err := s.Delete(ctx, fmt.Sprintf("pr/%d_s0", i)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	zero := time.Duration(0)
+	var gc progressLog
+	r, err := s.Gc(ctx, piecestore.GcOptions{Grace: &zero, Progress: gc.report})
+	if err != nil || r.PacksCompacted != 1 {
+		t.Fatalf("gc: %+v, %v", r, err)
+	}
+	if len(gc.calls) == 0 {
+		t.Fatal("gc reported no progress")
+	}
+	for _, c := range gc.calls {
+		if c[1] == 0 || c[0] > c[1] {
+			t.Fatalf("gc progress %d of %d: %v", c[0], c[1], gc.calls)
+		}
+	}
+	if last := gc.calls[len(gc.calls)-1]; last[0] != last[1] {
+		t.Fatalf("gc's last report is not done: %v", gc.calls)
+	}
+
+	var fsck progressLog
+	f, err := s.Fsck(ctx, piecestore.FsckOptions{Progress: fsck.report})
+	if err != nil || !f.Clean() {
+		t.Fatalf("fsck: %+v, %v", f, err)
+	}
+	if len(fsck.calls) == 0 || fsck.calls[len(fsck.calls)-1][0] != f.Bytes {
+		t.Fatalf("fsck progress %v; the report read %d bytes", fsck.calls, f.Bytes)
+	}
+
+	// Pieces handled of pieces in the source, once per piece, with four in flight.
+	src := mustOpen(t, "memory://")
+	dest := mustOpen(t, "memory://")
+	const n = 2500
+	items := make([]piecestore.Item, n)
+	for i := range items {
+		items[i] = piecestore.Item{Key: fmt.Sprintf("m/%d_s0", i), Data: []byte(strconv.Itoa(i))}
+	}
+	if err := src.PutMany(ctx, items); err != nil {
+		t.Fatal(err)
+	}
+	var mig progressLog
+	m, err := src.MigrateTo(ctx, dest, piecestore.MigrateOptions{Concurrency: 4, Progress: mig.report})
+	if err != nil || m.Copied != n {
+		t.Fatalf("migrate: %+v, %v", m, err)
+	}
+	// One report once the source is listed (0 done), then one per piece.
+	if len(mig.calls) != n+1 || mig.calls[0] != [2]uint64{0, n} {
+		t.Fatalf("%d migrate reports for %d pieces, first %v", len(mig.calls), n, mig.calls[0])
+	}
+	seen := map[uint64]bool{}
+	for _, c := range mig.calls[1:] {
+		if c[1] != n || c[0] < 1 || c[0] > n || seen[c[0]] {
+			t.Fatalf("migrate progress %d of %d (seen before: %v)", c[0], c[1], seen[c[0]])
+		}
+		seen[c[0]] = true
+	}
+
+	// Objects listed, every 1,000.
+	var inv progressLog
+	in, err := src.Inventory(ctx, piecestore.InventoryOptions{Progress: inv.report})
+	if err != nil || in.Pieces != n {
+		t.Fatalf("inventory: %+v, %v", in, err)
+	}
+	if len(inv.calls) != 2 || inv.calls[0] != [2]uint64{1000, 0} || inv.calls[1] != [2]uint64{2000, 0} {
+		t.Fatalf("inventory progress %v", inv.calls)
+	}
+
+	// A panic in the callback comes back in the calling goroutine, once the call is over, and
+	// leaves the store working.
+	func() {
+		defer func() {
+			if r := recover(); r != "stop here" {
+				t.Fatalf("recovered %v; want the callback's panic", r)
+			}
+		}()
+		_, _ = src.Inventory(ctx, piecestore.InventoryOptions{Progress: func(uint64, uint64) { panic("stop here") }})
+		t.Fatal("Inventory returned without the callback's panic")
+	}()
+	if got, err := src.Get(ctx, "m/7_s0"); err != nil || string(got) != "7" {
+		t.Fatalf("after the panic: %q, %v", got, err)
 	}
 }

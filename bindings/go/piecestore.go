@@ -24,6 +24,7 @@ package piecestore
 // #cgo CFLAGS: -I${SRCDIR}/include -I${SRCDIR}/../c/include
 // #include <stdlib.h>
 // #include "piecestore.h"
+// extern void psGoProgress(size_t ctx, uint64_t done, uint64_t total);
 import "C"
 
 import (
@@ -34,6 +35,7 @@ import (
 	"io"
 	"iter"
 	"runtime"
+	"runtime/cgo"
 	"strconv"
 	"strings"
 	"sync"
@@ -533,6 +535,9 @@ type GcOptions struct {
 	GarbageRatio *float64
 	// DryRun only reports what would be done.
 	DryRun bool
+	// Progress, when set, is called with the bytes processed and the bytes to process, one
+	// call at a time, from a thread of the library while Gc runs.
+	Progress func(done, total uint64)
 }
 
 // GcReport is what a garbage collection did, summed over shards (piecestore gc --json).
@@ -584,9 +589,11 @@ func (s *Store) Gc(ctx context.Context, opts GcOptions) (GcReport, error) {
 		ratio = C.double(*opts.GarbageRatio)
 	}
 	var b C.PsBytes
+	p, done := withProgress(opts.Progress)
 	err := s.call(ctx, func(h *C.PsStore, c *C.PsCancel, e **C.PsError) C.PsStatus {
-		return C.ps_gc(h, grace, ratio, C.bool(opts.DryRun), c, &b, e)
+		return C.ps_gc(h, grace, ratio, C.bool(opts.DryRun), p, c, &b, e)
 	})
+	done()
 	var r GcReport
 	if err != nil {
 		return r, err
@@ -622,20 +629,52 @@ type FsckReport struct {
 // Clean reports whether the check found nothing wrong.
 func (r FsckReport) Clean() bool { return len(r.Problems) == 0 }
 
+// FsckOptions tunes Fsck; the zero value checks and repairs nothing.
+type FsckOptions struct {
+	// RebuildIndex rebuilds each shard's index from its packs alone, then checks again.
+	RebuildIndex bool
+	// Progress, when set, is called with the bytes read so far as packs are read (total is
+	// 0: unknown), one call at a time, from a thread of the library while Fsck runs.
+	Progress func(done, total uint64)
+}
+
 // Fsck checks a packed store (piecestore fsck): every pack's records against their checksums,
-// every index entry against its pack, orphan packs and dangling entries. With rebuildIndex it
-// then rebuilds each shard's index from the packs alone and checks again. Problems are the
-// report's, not an error: the error says only that the check could not run.
-func (s *Store) Fsck(ctx context.Context, rebuildIndex bool) (FsckReport, error) {
+// every index entry against its pack, orphan packs and dangling entries. With
+// opts.RebuildIndex it then rebuilds each shard's index from the packs alone and checks again.
+// Problems are the report's, not an error: the error says only that the check could not run.
+func (s *Store) Fsck(ctx context.Context, opts FsckOptions) (FsckReport, error) {
 	var b C.PsBytes
+	p, done := withProgress(opts.Progress)
 	err := s.call(ctx, func(h *C.PsStore, c *C.PsCancel, e **C.PsError) C.PsStatus {
-		return C.ps_fsck(h, C.bool(rebuildIndex), c, &b, e)
+		return C.ps_fsck(h, C.bool(opts.RebuildIndex), p, c, &b, e)
 	})
+	done()
 	var r FsckReport
 	if err != nil {
 		return r, err
 	}
 	return r, report(&b, &r)
+}
+
+// withProgress gives f to one library call as a *C.PsProgress (nil when f is nil). The
+// returned func, called once the library call has returned, lets go of f and re-raises in the
+// calling goroutine a panic f raised.
+func withProgress(f func(done, total uint64)) (*C.PsProgress, func()) {
+	if f == nil {
+		return nil, func() {}
+	}
+	sink := &progressSink{f: f}
+	h := cgo.NewHandle(sink)
+	p := &C.PsProgress{call: (*[0]byte)(C.psGoProgress), ctx: C.size_t(h)}
+	return p, func() {
+		h.Delete()
+		sink.mu.Lock()
+		r := sink.panicked
+		sink.mu.Unlock()
+		if r != nil {
+			panic(r)
+		}
+	}
 }
 
 // report decodes a report the library encoded as JSON, and releases its bytes.
@@ -667,6 +706,9 @@ func (s *Store) Metrics() (string, error) {
 type MigrateOptions struct {
 	DryRun      bool // only count: look each piece up at the destination, copy nothing
 	Concurrency int  // pieces in flight at once (0: 16)
+	// Progress, when set, is called after every piece with the pieces handled and the pieces
+	// in the source, one call at a time, from a thread of the library while MigrateTo runs.
+	Progress func(done, total uint64)
 }
 
 // MigrateReport is what MigrateTo did.
@@ -708,9 +750,11 @@ func (s *Store) MigrateTo(ctx context.Context, dest *Store, opts MigrateOptions)
 	}
 	defer dest.release()
 	var b C.PsBytes
+	p, done := withProgress(opts.Progress)
 	err := s.call(ctx, func(h *C.PsStore, c *C.PsCancel, e **C.PsError) C.PsStatus {
-		return C.ps_migrate_to(h, d, C.bool(opts.DryRun), C.size_t(opts.Concurrency), c, &b, e)
+		return C.ps_migrate_to(h, d, C.bool(opts.DryRun), C.size_t(opts.Concurrency), p, c, &b, e)
 	})
+	done()
 	if err != nil {
 		return r, err
 	}
@@ -792,18 +836,29 @@ type PackStats struct {
 	GarbageRatio float64 `json:"garbage_ratio"` // dead bytes over pack bytes
 }
 
+// InventoryOptions tunes Inventory; the zero value names up to 20 orphans.
+type InventoryOptions struct {
+	// MaxOrphanSamples is how many orphan objects are named (0: 20).
+	MaxOrphanSamples int
+	// Progress, when set, is called with the objects listed so far, every 1,000 (total is 0:
+	// unknown), one call at a time, from a thread of the library while Inventory runs.
+	Progress func(done, total uint64)
+}
+
 // Inventory says what the store holds (piecestore profile), from one listing of every shard:
-// pieces, bytes and sizes, each shard's share, orphan objects (up to maxOrphanSamples named; 0
-// means 20) and a packed store's fill and garbage.
-func (s *Store) Inventory(ctx context.Context, maxOrphanSamples int) (Inventory, error) {
+// pieces, bytes and sizes, each shard's share, orphan objects (up to opts.MaxOrphanSamples
+// named) and a packed store's fill and garbage.
+func (s *Store) Inventory(ctx context.Context, opts InventoryOptions) (Inventory, error) {
 	var inv Inventory
-	if maxOrphanSamples < 0 {
-		return inv, &Error{Kind: ErrInvalidArgument, Message: "negative maxOrphanSamples " + strconv.Itoa(maxOrphanSamples)}
+	if opts.MaxOrphanSamples < 0 {
+		return inv, &Error{Kind: ErrInvalidArgument, Message: "negative MaxOrphanSamples " + strconv.Itoa(opts.MaxOrphanSamples)}
 	}
 	var b C.PsBytes
+	p, done := withProgress(opts.Progress)
 	err := s.call(ctx, func(h *C.PsStore, c *C.PsCancel, e **C.PsError) C.PsStatus {
-		return C.ps_inventory(h, C.size_t(maxOrphanSamples), c, &b, e)
+		return C.ps_inventory(h, C.size_t(opts.MaxOrphanSamples), p, c, &b, e)
 	})
+	done()
 	if err != nil {
 		return inv, err
 	}

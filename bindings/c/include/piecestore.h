@@ -107,6 +107,20 @@ typedef struct PsPieceInfo {
   int64_t last_modified_unix_ns;
 } PsPieceInfo;
 
+// A progress callback of a long call ([`ps_gc`], [`ps_fsck`], [`ps_migrate_to`],
+// [`ps_inventory`]): `call(ctx, done, total)`, where `ctx` is the caller's own value passed
+// back (a handle, or a pointer cast to `size_t`). What `done` and `total` count is each
+// call's (its documentation says). `call` runs on a library thread, possibly two at once
+// (a migration's pieces are copied concurrently), while the call it reports on runs; it must
+// return promptly and must not call back into the library on the same store. A NULL
+// `PsProgress *`, or a NULL `call`, reports nothing.
+typedef struct PsProgress {
+  // The function called with progress, or NULL.
+  void (*call)(size_t ctx, uint64_t done, uint64_t total);
+  // Passed back as `call`'s first argument.
+  size_t ctx;
+} PsProgress;
+
 #ifdef __cplusplus
 extern "C" {
 #endif // __cplusplus
@@ -355,16 +369,18 @@ PsStatus ps_metrics(const struct PsStore *store, struct PsBytes *out, struct PsE
 // whose grace period is over, rewrites packs with at least `garbage_ratio` garbage and merges
 // undersized ones. Safe while other calls (and other processes) read and write. `grace_ms`
 // below 0 and `garbage_ratio` below 0 (or NaN) take the store's `Pack.Grace` and
-// `Pack.GarbageRatio`; `dry_run` only reports. The report goes to `*out` as a JSON object
-// (the fields of `piecestore gc --json`; free it with [`ps_bytes_free`]). An unpacked store has
-// nothing to collect: all counts are 0.
+// `Pack.GarbageRatio`; `dry_run` only reports. `progress` (NULL: none) is told the bytes
+// processed and the bytes to process. The report goes to `*out` as a JSON object (the fields
+// of `piecestore gc --json`; free it with [`ps_bytes_free`]). An unpacked store has nothing
+// to collect: all counts are 0.
 //
 // # Safety
-// `store` is NULL or live; `cancel` is NULL or live; `out` is writable.
+// `store` is NULL or live; `progress` and `cancel` are NULL or live; `out` is writable.
 PsStatus ps_gc(const struct PsStore *store,
                int64_t grace_ms,
                double garbage_ratio,
                bool dry_run,
+               const struct PsProgress *progress,
                const struct PsCancel *cancel,
                struct PsBytes *out,
                struct PsError **err);
@@ -374,12 +390,14 @@ PsStatus ps_gc(const struct PsStore *store,
 // `rebuild_index`, rebuilds each shard's index from its packs alone, then checks again. The
 // report goes to `*out` as a JSON object (the fields of `piecestore fsck --json`, `problems`
 // empty when the store is clean; free it with [`ps_bytes_free`]). Problems found are the
-// report's, not a failure: the call fails only when the check itself cannot run.
+// report's, not a failure: the call fails only when the check itself cannot run. `progress`
+// (NULL: none) is told the bytes read so far as packs are read (`total` is 0: unknown).
 //
 // # Safety
-// `store` is NULL or live; `cancel` is NULL or live; `out` is writable.
+// `store` is NULL or live; `progress` and `cancel` are NULL or live; `out` is writable.
 PsStatus ps_fsck(const struct PsStore *store,
                  bool rebuild_index,
+                 const struct PsProgress *progress,
                  const struct PsCancel *cancel,
                  struct PsBytes *out,
                  struct PsError **err);
@@ -392,13 +410,17 @@ PsStatus ps_fsck(const struct PsStore *store,
 // `total_bytes`, `done_pieces`, `done_bytes`, `copied`, `copied_bytes`, `skipped`,
 // `failed`, and `failures`: `{key, code, message}` each; free it with [`ps_bytes_free`]). A
 // piece that fails is in the report; the call fails only when the source cannot be listed.
+// `progress` (NULL: none) is told the pieces handled and the pieces in the source after
+// every piece.
 //
 // # Safety
-// `store` and `dest` are NULL or live; `cancel` is NULL or live; `out` is writable.
+// `store` and `dest` are NULL or live; `progress` and `cancel` are NULL or live; `out` is
+// writable.
 PsStatus ps_migrate_to(const struct PsStore *store,
                        const struct PsStore *dest,
                        bool dry_run,
                        size_t concurrency,
+                       const struct PsProgress *progress,
                        const struct PsCancel *cancel,
                        struct PsBytes *out,
                        struct PsError **err);
@@ -407,12 +429,14 @@ PsStatus ps_migrate_to(const struct PsStore *store,
 // object into `*out` (the fields of `piecestore profile --json`; free it with
 // [`ps_bytes_free`]): pieces, bytes and size buckets, each shard's share and the skew between
 // them, orphan objects no get can reach (up to `max_orphan_samples` named; 0 means 20), and a
-// packed store's pack fill and garbage (`null` when it does not pack).
+// packed store's pack fill and garbage (`null` when it does not pack). `progress` (NULL:
+// none) is told the objects listed so far, every 1,000 (`total` is 0: unknown).
 //
 // # Safety
-// `store` is NULL or live; `cancel` is NULL or live; `out` is writable.
+// `store` is NULL or live; `progress` and `cancel` are NULL or live; `out` is writable.
 PsStatus ps_inventory(const struct PsStore *store,
                       size_t max_orphan_samples,
+                      const struct PsProgress *progress,
                       const struct PsCancel *cancel,
                       struct PsBytes *out,
                       struct PsError **err);

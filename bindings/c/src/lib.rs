@@ -31,8 +31,8 @@ pub use error::{
     ps_error_retryable, ps_error_status,
 };
 pub use store::{
-    PsBytes, PsCancel, PsList, PsPieceInfo, PsStore, ps_bytes_free, ps_cancel, ps_cancel_free,
-    ps_cancel_new, ps_close, ps_delete, ps_delete_prefix, ps_exists, ps_flush, ps_get,
-    ps_get_range, ps_head, ps_list_free, ps_list_next, ps_list_open, ps_open, ps_put,
+    PsBytes, PsCancel, PsList, PsPieceInfo, PsProgress, PsStore, ps_bytes_free, ps_cancel,
+    ps_cancel_free, ps_cancel_new, ps_close, ps_delete, ps_delete_prefix, ps_exists, ps_flush,
+    ps_get, ps_get_range, ps_head, ps_list_free, ps_list_next, ps_list_open, ps_open, ps_put,
     ps_store_free, ps_version,
 };

@@ -95,6 +95,37 @@ impl PsPieceInfo {
     }
 }
 
+/// A progress callback of a long call ([`ps_gc`], [`ps_fsck`], [`ps_migrate_to`],
+/// [`ps_inventory`]): `call(ctx, done, total)`, where `ctx` is the caller's own value passed
+/// back (a handle, or a pointer cast to `size_t`). What `done` and `total` count is each
+/// call's (its documentation says). `call` runs on a library thread, possibly two at once
+/// (a migration's pieces are copied concurrently), while the call it reports on runs; it must
+/// return promptly and must not call back into the library on the same store. A NULL
+/// `PsProgress *`, or a NULL `call`, reports nothing.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct PsProgress {
+    /// The function called with progress, or NULL.
+    pub call: Option<unsafe extern "C" fn(ctx: usize, done: u64, total: u64)>,
+    /// Passed back as `call`'s first argument.
+    pub ctx: usize,
+}
+
+impl PsProgress {
+    /// The callback `p` points to, as the core's progress function (a no-op for NULL).
+    fn of(p: *const PsProgress) -> impl Fn(u64, u64) + Sync {
+        // SAFETY: the caller passes NULL or a readable `PsProgress` (the ABI's contract); it
+        // is copied here, so it need not outlive this line.
+        let p = unsafe { p.as_ref() }.copied();
+        move |done, total| {
+            if let Some(PsProgress { call: Some(f), ctx }) = p {
+                // SAFETY: the caller's function, with the caller's own context (its contract).
+                unsafe { f(ctx, done, total) }
+            }
+        }
+    }
+}
+
 /// Runs `op` on the core's runtime from the calling thread, until done or cancelled.
 fn run<T>(
     cancel: *const PsCancel,
@@ -631,18 +662,20 @@ pub unsafe extern "C" fn ps_metrics(
 /// whose grace period is over, rewrites packs with at least `garbage_ratio` garbage and merges
 /// undersized ones. Safe while other calls (and other processes) read and write. `grace_ms`
 /// below 0 and `garbage_ratio` below 0 (or NaN) take the store's `Pack.Grace` and
-/// `Pack.GarbageRatio`; `dry_run` only reports. The report goes to `*out` as a JSON object
-/// (the fields of `piecestore gc --json`; free it with [`ps_bytes_free`]). An unpacked store has
-/// nothing to collect: all counts are 0.
+/// `Pack.GarbageRatio`; `dry_run` only reports. `progress` (NULL: none) is told the bytes
+/// processed and the bytes to process. The report goes to `*out` as a JSON object (the fields
+/// of `piecestore gc --json`; free it with [`ps_bytes_free`]). An unpacked store has nothing
+/// to collect: all counts are 0.
 ///
 /// # Safety
-/// `store` is NULL or live; `cancel` is NULL or live; `out` is writable.
+/// `store` is NULL or live; `progress` and `cancel` are NULL or live; `out` is writable.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn ps_gc(
     store: *const PsStore,
     grace_ms: i64,
     garbage_ratio: f64,
     dry_run: bool,
+    progress: *const PsProgress,
     cancel: *const PsCancel,
     out: *mut PsBytes,
     err: *mut *mut PsError,
@@ -656,7 +689,8 @@ pub unsafe extern "C" fn ps_gc(
                 .map(std::time::Duration::from_millis),
             dry_run,
         };
-        let report = run(cancel, s.gc(opts, &|_| {}))?;
+        let progress = PsProgress::of(progress);
+        let report = run(cancel, s.gc(opts, &|p| progress(p.done, p.total)))?;
         fill(out, json(&report)?);
         Ok(())
     })
@@ -667,14 +701,16 @@ pub unsafe extern "C" fn ps_gc(
 /// `rebuild_index`, rebuilds each shard's index from its packs alone, then checks again. The
 /// report goes to `*out` as a JSON object (the fields of `piecestore fsck --json`, `problems`
 /// empty when the store is clean; free it with [`ps_bytes_free`]). Problems found are the
-/// report's, not a failure: the call fails only when the check itself cannot run.
+/// report's, not a failure: the call fails only when the check itself cannot run. `progress`
+/// (NULL: none) is told the bytes read so far as packs are read (`total` is 0: unknown).
 ///
 /// # Safety
-/// `store` is NULL or live; `cancel` is NULL or live; `out` is writable.
+/// `store` is NULL or live; `progress` and `cancel` are NULL or live; `out` is writable.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn ps_fsck(
     store: *const PsStore,
     rebuild_index: bool,
+    progress: *const PsProgress,
     cancel: *const PsCancel,
     out: *mut PsBytes,
     err: *mut *mut PsError,
@@ -682,7 +718,8 @@ pub unsafe extern "C" fn ps_fsck(
     call(err, || {
         let (s, out) = (self::store(store)?, self::out(out, "out")?);
         let opts = piecestore::pack::fsck::FsckOptions { rebuild_index };
-        let report = run(cancel, s.fsck(opts, &|_| {}))?;
+        let progress = PsProgress::of(progress);
+        let report = run(cancel, s.fsck(opts, &|n| progress(n, 0)))?;
         fill(out, json(&report)?);
         Ok(())
     })
@@ -696,15 +733,19 @@ pub unsafe extern "C" fn ps_fsck(
 /// `total_bytes`, `done_pieces`, `done_bytes`, `copied`, `copied_bytes`, `skipped`,
 /// `failed`, and `failures`: `{key, code, message}` each; free it with [`ps_bytes_free`]). A
 /// piece that fails is in the report; the call fails only when the source cannot be listed.
+/// `progress` (NULL: none) is told the pieces handled and the pieces in the source after
+/// every piece.
 ///
 /// # Safety
-/// `store` and `dest` are NULL or live; `cancel` is NULL or live; `out` is writable.
+/// `store` and `dest` are NULL or live; `progress` and `cancel` are NULL or live; `out` is
+/// writable.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn ps_migrate_to(
     store: *const PsStore,
     dest: *const PsStore,
     dry_run: bool,
     concurrency: usize,
+    progress: *const PsProgress,
     cancel: *const PsCancel,
     out: *mut PsBytes,
     err: *mut *mut PsError,
@@ -722,7 +763,11 @@ pub unsafe extern "C" fn ps_migrate_to(
         if concurrency > 0 {
             opts.concurrency = concurrency;
         }
-        let report = run(cancel, s.migrate_to(dest, opts, &|_| {}))?;
+        let progress = PsProgress::of(progress);
+        let report = run(
+            cancel,
+            s.migrate_to(dest, opts, &|p| progress(p.done_pieces, p.total_pieces)),
+        )?;
         fill(out, json(&report)?);
         Ok(())
     })
@@ -732,14 +777,16 @@ pub unsafe extern "C" fn ps_migrate_to(
 /// object into `*out` (the fields of `piecestore profile --json`; free it with
 /// [`ps_bytes_free`]): pieces, bytes and size buckets, each shard's share and the skew between
 /// them, orphan objects no get can reach (up to `max_orphan_samples` named; 0 means 20), and a
-/// packed store's pack fill and garbage (`null` when it does not pack).
+/// packed store's pack fill and garbage (`null` when it does not pack). `progress` (NULL:
+/// none) is told the objects listed so far, every 1,000 (`total` is 0: unknown).
 ///
 /// # Safety
-/// `store` is NULL or live; `cancel` is NULL or live; `out` is writable.
+/// `store` is NULL or live; `progress` and `cancel` are NULL or live; `out` is writable.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn ps_inventory(
     store: *const PsStore,
     max_orphan_samples: usize,
+    progress: *const PsProgress,
     cancel: *const PsCancel,
     out: *mut PsBytes,
     err: *mut *mut PsError,
@@ -747,7 +794,8 @@ pub unsafe extern "C" fn ps_inventory(
     call(err, || {
         let (s, out) = (self::store(store)?, self::out(out, "out")?);
         let opts = piecestore::profile::InventoryOptions { max_orphan_samples };
-        let report = run(cancel, s.inventory(opts, &|_| {}))?;
+        let progress = PsProgress::of(progress);
+        let report = run(cancel, s.inventory(opts, &|n| progress(n, 0)))?;
         fill(out, json(&report)?);
         Ok(())
     })

@@ -271,6 +271,8 @@ mod op {
     use piecestore::pack::fsck::FsckOptions;
     use piecestore::pack::gc::GcOptions;
 
+    use super::{Listener, tell};
+
     use std::sync::Arc;
 
     use super::{
@@ -338,6 +340,7 @@ mod op {
         dest: Core,
         dry_run: bool,
         concurrency: u32,
+        progress: Listener,
     ) -> Result<MigrateReport> {
         let mut opts = piecestore::migrate::MigrateOptions {
             dry_run,
@@ -346,34 +349,68 @@ mod op {
         if concurrency > 0 {
             opts.concurrency = concurrency as usize;
         }
-        s.migrate_to(&dest, opts, &|_| {})
+        let report = |p: &piecestore::migrate::MigrateProgress| {
+            tell(&progress, p.done_pieces, p.total_pieces)
+        };
+        s.migrate_to(&dest, opts, &report)
             .await
             .map(MigrateReport::from)
     }
 
-    pub async fn inventory(s: Core, max_orphan_samples: u32) -> Result<Inventory> {
+    pub async fn inventory(
+        s: Core,
+        max_orphan_samples: u32,
+        progress: Listener,
+    ) -> Result<Inventory> {
         let opts = piecestore::profile::InventoryOptions {
             max_orphan_samples: max_orphan_samples as usize,
         };
-        s.inventory(opts, &|_| {}).await.map(Inventory::from)
+        s.inventory(opts, &|n| tell(&progress, n, 0))
+            .await
+            .map(Inventory::from)
     }
 
     pub async fn clear_cache(s: Core) -> Result<bool> {
         Ok(s.clear_cache().await)
     }
 
-    pub async fn gc(s: Core, opts: GcOptions) -> Result<GcReport> {
-        s.gc(opts, &|_| {}).await.map(GcReport::from)
+    pub async fn gc(s: Core, opts: GcOptions, progress: Listener) -> Result<GcReport> {
+        s.gc(opts, &|p| tell(&progress, p.done, p.total))
+            .await
+            .map(GcReport::from)
     }
 
-    pub async fn fsck(s: Core, rebuild_index: bool) -> Result<FsckReport> {
+    pub async fn fsck(s: Core, rebuild_index: bool, progress: Listener) -> Result<FsckReport> {
         let opts = FsckOptions { rebuild_index };
-        s.fsck(opts, &|_| {}).await.map(FsckReport::from)
+        s.fsck(opts, &|n| tell(&progress, n, 0))
+            .await
+            .map(FsckReport::from)
     }
 
     pub async fn close(s: Core) -> Result<()> {
         s.close().await;
         Ok(())
+    }
+}
+
+/// Told how a long call (`gc`, `fsck`, `migrate_to`, `inventory`) is going. Implemented in
+/// Kotlin or Swift and passed as the call's `progress`. `on_progress` is called on a thread of
+/// the library while the call runs, possibly from two threads at once (a migration copies
+/// pieces concurrently), so it must be thread-safe and return promptly; `total` is 0 when
+/// unknown. What `done` and `total` count is each call's (its documentation says).
+#[uniffi::export(with_foreign)]
+pub trait ProgressListener: Send + Sync {
+    /// `done` of `total` (0: unknown) so far.
+    fn on_progress(&self, done: u64, total: u64);
+}
+
+/// A call's optional progress listener.
+type Listener = Option<Arc<dyn ProgressListener>>;
+
+/// Tells `listener`, if any.
+fn tell(listener: &Listener, done: u64, total: u64) {
+    if let Some(l) = listener {
+        l.on_progress(done, total);
     }
 }
 
@@ -611,25 +648,33 @@ impl PieceStore {
     /// grace period is over, rewrites packs with at least `garbage_ratio` garbage and merges
     /// undersized ones; safe while other calls and processes read and write. `grace_ms` and
     /// `garbage_ratio` unset take the store's `Pack.Grace` and `Pack.GarbageRatio`; `dry_run`
-    /// only reports. An unpacked store has nothing to collect (all counts 0).
-    #[uniffi::method(default(grace_ms = None, garbage_ratio = None, dry_run = false))]
+    /// only reports. An unpacked store has nothing to collect (all counts 0). `progress` is
+    /// told the bytes processed and the bytes to process.
+    #[uniffi::method(default(
+        grace_ms = None,
+        garbage_ratio = None,
+        dry_run = false,
+        progress = None
+    ))]
     pub async fn gc(
         &self,
         grace_ms: Option<u64>,
         garbage_ratio: Option<f64>,
         dry_run: bool,
+        progress: Listener,
     ) -> Result<GcReport> {
         let opts = gc_options(grace_ms, garbage_ratio, dry_run);
-        spawned(op::gc(self.core(), opts)).await
+        spawned(op::gc(self.core(), opts, progress)).await
     }
 
     /// Checks a packed store (`piecestore fsck`): every pack's records against their CRCs,
     /// every index entry against its pack, orphan packs and dangling entries; with
     /// `rebuild_index`, rebuilds each shard's index from its packs alone, then checks again.
-    /// Problems found are in the report's `problems`, not an error.
-    #[uniffi::method(default(rebuild_index = false))]
-    pub async fn fsck(&self, rebuild_index: bool) -> Result<FsckReport> {
-        spawned(op::fsck(self.core(), rebuild_index)).await
+    /// Problems found are in the report's `problems`, not an error. `progress` is told the
+    /// bytes read so far as packs are read (`total` 0: unknown).
+    #[uniffi::method(default(rebuild_index = false, progress = None))]
+    pub async fn fsck(&self, rebuild_index: bool, progress: Listener) -> Result<FsckReport> {
+        spawned(op::fsck(self.core(), rebuild_index, progress)).await
     }
 
     /// The store's operation metrics in the Prometheus text exposition format (0.0.4):
@@ -673,51 +718,65 @@ impl PieceStore {
     /// checksum. Pieces already at `dest` with the same size and checksum are skipped, so an
     /// interrupted run resumes by running again. `dry_run` only counts; `concurrency` pieces
     /// are in flight at once (0: 16). A piece that fails is listed in the report's `failures`
-    /// and the run goes on; failing to list the source throws.
-    #[uniffi::method(default(dry_run = false, concurrency = 0))]
+    /// and the run goes on; failing to list the source throws. `progress` is told the pieces
+    /// handled and the pieces in the source, after every piece.
+    #[uniffi::method(default(dry_run = false, concurrency = 0, progress = None))]
     pub async fn migrate_to(
         &self,
         dest: Arc<PieceStore>,
         dry_run: bool,
         concurrency: u32,
+        progress: Listener,
     ) -> Result<MigrateReport> {
         spawned(op::migrate_to(
             self.core(),
             dest.core(),
             dry_run,
             concurrency,
+            progress,
         ))
         .await
     }
 
     /// `migrate_to`, blocking the calling thread.
-    #[uniffi::method(default(dry_run = false, concurrency = 0))]
+    #[uniffi::method(default(dry_run = false, concurrency = 0, progress = None))]
     pub fn migrate_to_blocking(
         &self,
         dest: Arc<PieceStore>,
         dry_run: bool,
         concurrency: u32,
+        progress: Listener,
     ) -> Result<MigrateReport> {
         blocking(op::migrate_to(
             self.core(),
             dest.core(),
             dry_run,
             concurrency,
+            progress,
         ))
     }
 
     /// What the store holds (`piecestore profile`), from one listing of every shard: pieces,
     /// bytes and sizes, each shard's share, orphan objects no get can reach (up to
     /// `max_orphan_samples` named; 0 means 20) and a packed store's fill and garbage.
-    #[uniffi::method(default(max_orphan_samples = 0))]
-    pub async fn inventory(&self, max_orphan_samples: u32) -> Result<Inventory> {
-        spawned(op::inventory(self.core(), max_orphan_samples)).await
+    /// `progress` is told the objects listed so far, every 1,000 (`total` 0: unknown).
+    #[uniffi::method(default(max_orphan_samples = 0, progress = None))]
+    pub async fn inventory(
+        &self,
+        max_orphan_samples: u32,
+        progress: Listener,
+    ) -> Result<Inventory> {
+        spawned(op::inventory(self.core(), max_orphan_samples, progress)).await
     }
 
     /// `inventory`, blocking the calling thread.
-    #[uniffi::method(default(max_orphan_samples = 0))]
-    pub fn inventory_blocking(&self, max_orphan_samples: u32) -> Result<Inventory> {
-        blocking(op::inventory(self.core(), max_orphan_samples))
+    #[uniffi::method(default(max_orphan_samples = 0, progress = None))]
+    pub fn inventory_blocking(
+        &self,
+        max_orphan_samples: u32,
+        progress: Listener,
+    ) -> Result<Inventory> {
+        blocking(op::inventory(self.core(), max_orphan_samples, progress))
     }
 
     /// Empties the pieces cache's tiers (memory, and the disk tier's files), as `piecestore
@@ -818,21 +877,27 @@ impl PieceStore {
     }
 
     /// `gc`, blocking the calling thread.
-    #[uniffi::method(default(grace_ms = None, garbage_ratio = None, dry_run = false))]
+    #[uniffi::method(default(
+        grace_ms = None,
+        garbage_ratio = None,
+        dry_run = false,
+        progress = None
+    ))]
     pub fn gc_blocking(
         &self,
         grace_ms: Option<u64>,
         garbage_ratio: Option<f64>,
         dry_run: bool,
+        progress: Listener,
     ) -> Result<GcReport> {
         let opts = gc_options(grace_ms, garbage_ratio, dry_run);
-        blocking(op::gc(self.core(), opts))
+        blocking(op::gc(self.core(), opts, progress))
     }
 
     /// `fsck`, blocking the calling thread.
-    #[uniffi::method(default(rebuild_index = false))]
-    pub fn fsck_blocking(&self, rebuild_index: bool) -> Result<FsckReport> {
-        blocking(op::fsck(self.core(), rebuild_index))
+    #[uniffi::method(default(rebuild_index = false, progress = None))]
+    pub fn fsck_blocking(&self, rebuild_index: bool, progress: Listener) -> Result<FsckReport> {
+        blocking(op::fsck(self.core(), rebuild_index, progress))
     }
 
     /// `close`, blocking the calling thread.

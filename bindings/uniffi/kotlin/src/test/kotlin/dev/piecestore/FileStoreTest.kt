@@ -206,6 +206,48 @@ class FileStoreTest {
         }
     }
 
+    /** Records a long call's progress; called from the library's threads. */
+    private class Recorder : ProgressListener {
+        val calls: MutableList<Pair<ULong, ULong>> = java.util.Collections.synchronizedList(mutableListOf())
+
+        override fun onProgress(done: ULong, total: ULong) {
+            calls.add(done to total)
+        }
+    }
+
+    @Test
+    fun `gc, fsck, migrateTo and inventory report progress to a Kotlin listener`() {
+        fileStore(dir.resolve("pr")).use { s ->
+            for (i in 0 until 24) s.putBlocking("pr/${i}_s0", piece(i))
+            for (i in 0 until 20) s.deleteBlocking("pr/${i}_s0")
+            val gc = Recorder()
+            val r = runBlocking { s.gc(graceMs = 0uL, progress = gc) }
+            assertEquals(1uL, r.packsCompacted)
+            assertTrue(gc.calls.isNotEmpty(), "gc reported nothing")
+            assertTrue(gc.calls.all { (d, t) -> t > 0uL && d <= t }, gc.calls.toString())
+            assertEquals(gc.calls.last().second, gc.calls.last().first, gc.calls.toString())
+            val fsck = Recorder()
+            val f = s.fsckBlocking(progress = fsck)
+            assertTrue(fsck.calls.isNotEmpty() && fsck.calls.last() == (f.bytes to 0uL), "${fsck.calls} of ${f.bytes}")
+        }
+        memoryStore().use { src ->
+            memoryStore().use { dest ->
+                val n = 2500
+                src.putManyBlocking((0 until n).map { PieceItem("m/${it}_s0", it.toString().toByteArray()) })
+                val mig = Recorder()
+                val m = runBlocking { src.migrateTo(dest, concurrency = 4u, progress = mig) }
+                assertEquals(n.toULong(), m.copied)
+                // One report once the source is listed, then one per piece.
+                assertEquals(n + 1, mig.calls.size)
+                assertEquals((0..n).map { it.toULong() }.toSet(), mig.calls.map { it.first }.toSet())
+                assertTrue(mig.calls.all { it.second == n.toULong() })
+                val inv = Recorder()
+                assertEquals(n.toULong(), src.inventoryBlocking(progress = inv).pieces)
+                assertEquals(listOf(1000uL to 0uL, 2000uL to 0uL), inv.calls.toList())
+            }
+        }
+    }
+
     @Test
     fun `getStream reads a large piece in verified chunks`() {
         PieceStore.open("file://${dir.toAbsolutePath()}/plain", mapOf("pack" to "false")).use { s ->
