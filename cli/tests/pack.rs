@@ -46,6 +46,17 @@ fn ok(cmd: Command, stdin: Option<&[u8]>) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+/// The stdout of a command that must succeed, as bytes (a piece's, for `get`).
+fn bytes_of(cmd: Command) -> Vec<u8> {
+    let out = run(cmd, None);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out.stdout
+}
+
 fn packs(dir: &Path) -> usize {
     std::fs::read_dir(dir.join("pieces/.piecestore/packs"))
         .map(|d| {
@@ -85,13 +96,7 @@ fn short_lived_processes_append_to_one_active_pack_and_gc_reclaims_it() {
     for i in 0..24 {
         let mut c = bin(d);
         c.args(["get", &format!("{i}_s0")]);
-        let out = run(c, None);
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        assert_eq!(out.stdout, piece(i), "piece {i}");
+        assert_eq!(bytes_of(c), piece(i), "piece {i}");
     }
     // Deleting most pieces leaves garbage that the next gc reclaims.
     for i in 0..20 {
@@ -662,13 +667,7 @@ fn stray_files_no_key_can_reach_are_foreign_orphans_not_failures() {
         for i in 0..3 {
             let mut c = on(store);
             c.args(["get", &format!("{i}_s0")]);
-            let out = run(c, None);
-            assert!(
-                out.status.success(),
-                "{}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-            assert_eq!(out.stdout, piece(i), "{store:?} piece {i}");
+            assert_eq!(bytes_of(c), piece(i), "{store:?} piece {i}");
         }
         let mut c = on(store);
         c.args(["profile", "--json"]);
@@ -691,6 +690,6 @@ fn stray_files_no_key_can_reach_are_foreign_orphans_not_failures() {
         assert!(root.join("Icon\r").exists());
         let mut c = on(store);
         c.args(["get", "1_s0"]);
-        assert_eq!(run(c, None).stdout, piece(1));
+        assert_eq!(bytes_of(c), piece(1));
     }
 }
