@@ -309,6 +309,33 @@ async fn local_stores_have_no_cache_unless_asked_and_a_failed_fetch_is_not_share
     assert!(mem.cache_stats().unwrap().tiers[0].entries >= 1);
 }
 
+/// A closed store's memory tier holds nothing: its pieces are let go at the close, not when
+/// the last handle is dropped (a Python or Node object, at the garbage collector's pace).
+#[tokio::test]
+async fn close_lets_go_of_the_memory_tier() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("file://{}?cache_memory=1MiB", dir.path().display());
+    let store = PieceStore::open(Config::from_url(&url).unwrap())
+        .await
+        .unwrap();
+    for i in 0..10 {
+        let key = format!("{i}_s0");
+        store.put(&key, vec![i as u8; 4096]).await.unwrap();
+        store.get(&key).await.unwrap();
+    }
+    let held = &store.cache_stats().unwrap().tiers[0];
+    assert_eq!(held.tier, "memory");
+    assert!(held.entries >= 10 && held.bytes >= 40960, "{held:?}");
+    store.close().await;
+    let after = &store.cache_stats().unwrap().tiers[0];
+    assert_eq!((after.entries, after.bytes), (0, 0), "{after:?}");
+    // The pieces themselves are on disk, for the next open.
+    let again = PieceStore::open(Config::from_url(&url).unwrap())
+        .await
+        .unwrap();
+    assert_eq!(&again.get("3_s0").await.unwrap()[..], &[3u8; 4096][..]);
+}
+
 /// Requests that wrote pack objects, and ranged GETs of them.
 fn pack_requests(p: &Proxy) -> (usize, usize) {
     let seen = p.seen();

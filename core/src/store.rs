@@ -1151,7 +1151,9 @@ impl PieceStore {
     /// then every write is finished and durable, and the pack index is let go (another process
     /// may open the store). Every put that returned was durable already. A memory store's
     /// pieces are freed at once (nothing can reach them any more), not when the last clone
-    /// of the store is dropped. Closing a closed store (or a clone of one) does nothing.
+    /// of the store is dropped, and so are the pieces in the cache's memory tier (the disk
+    /// tier's files stay for the next open). Closing a closed store (or a clone of one) does
+    /// nothing.
     pub async fn close(&self) {
         if self.inner.closed.swap(true, Ordering::AcqRel) {
             return;
@@ -1174,6 +1176,12 @@ impl PieceStore {
         // (Memory backends are not rebuilt in a forked child: the ones built at open.)
         for b in self.inner.shards.iter() {
             b.release_memory().await;
+        }
+        // Nothing reads through the cache after a close: its memory tier goes now, not when
+        // the last handle on the store is dropped (a binding's, at the garbage collector's
+        // pace).
+        if let Some(c) = self.cache() {
+            c.release_memory();
         }
     }
 

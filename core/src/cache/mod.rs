@@ -445,6 +445,16 @@ impl PieceCache {
         }
     }
 
+    /// Lets go of the memory tier's pieces at once (the store is being closed; the disk tier's
+    /// files stay, for the next open).
+    pub(crate) fn release_memory(&self) {
+        self.invalidations.fetch_add(1, Ordering::AcqRel);
+        if let Some(memory) = &self.memory {
+            memory.invalidate_all();
+            memory.run_pending_tasks();
+        }
+    }
+
     /// Empties every tier (the disk tier's files too).
     pub(crate) async fn clear(&self) {
         self.invalidations.fetch_add(1, Ordering::AcqRel);
