@@ -1259,40 +1259,38 @@ impl Backend {
     /// backend's order.
     pub(crate) fn list_reserved(&self, prefix: &str) -> BoxStream<'_, Result<(String, u64)>> {
         let dir = Path::from(prefix.trim_end_matches('/'));
-        match (&self.kind, self.root_dir()) {
-            (Kind::File { .. }, Some(root)) => local::walk(root, Some(&dir))
-                .map_err(|e| self.io_err("list", "", e))
-                .try_filter_map(|w| {
-                    futures::future::ready(Ok(match w {
-                        Walked::File { location, size, .. } => Some((location.to_string(), size)),
-                        // Not a name PieceStore writes.
-                        Walked::BadName { .. } => None,
-                    }))
-                })
-                .boxed(),
-            _ => self
-                .store
-                .list(Some(&dir))
-                .map(move |r| {
-                    r.map(|m| (m.location.to_string(), m.size))
-                        .map_err(|e| self.map_err("list", None, e))
-                })
-                .boxed(),
-        }
+        self.raw_objects(Some(&dir))
+            .map_err(|e| self.list_failure(e))
+            .try_filter_map(|w| {
+                futures::future::ready(Ok(match w {
+                    Walked::File { location, size, .. } => Some((location.to_string(), size)),
+                    // Not a name PieceStore writes.
+                    Walked::BadName { .. } => None,
+                }))
+            })
+            .boxed()
     }
 
     /// Every object under `dir` (all when `None`), in the backend's order: object_store's
     /// listing, except on a local shard, whose own walk reports a file no key reaches and goes
     /// on, where object_store's listing would end in an error ([`local::walk`]).
     fn raw_list(self: &Arc<Self>, dir: Option<&Path>) -> BoxStream<'static, Result<Walked>> {
+        let me = Arc::clone(self);
+        self.raw_objects(dir)
+            .map_err(move |e| me.list_failure(e))
+            .boxed()
+    }
+
+    /// [`Backend::raw_list`] with its errors not yet mapped.
+    fn raw_objects(
+        &self,
+        dir: Option<&Path>,
+    ) -> BoxStream<'static, std::result::Result<Walked, ListFailure>> {
         match (&self.kind, self.root_dir()) {
             (Kind::File { .. }, Some(root)) => {
-                let me = Arc::clone(self);
-                local::walk(root, dir)
-                    .map_err(move |e| me.io_err("list", "", e))
-                    .boxed()
+                local::walk(root, dir).map_err(ListFailure::Walk).boxed()
             }
-            _ => self.objects(self.store.list(dir)),
+            _ => store_objects(self.store.list(dir)),
         }
     }
 
@@ -1302,15 +1300,26 @@ impl Backend {
         list: BoxStream<'static, object_store::Result<object_store::ObjectMeta>>,
     ) -> BoxStream<'static, Result<Walked>> {
         let me = Arc::clone(self);
-        list.map(move |r| {
-            r.map(|m| Walked::File {
-                location: m.location,
-                size: m.size,
-                last_modified: m.last_modified.into(),
-            })
-            .map_err(|e| me.map_err("list", None, e))
-        })
-        .boxed()
+        store_objects(list)
+            .map_err(move |e| me.list_failure(e))
+            .boxed()
+    }
+
+    /// The error of a failed listing (it names no key).
+    fn list_failure(&self, e: ListFailure) -> Error {
+        match e {
+            ListFailure::Store(e) => self.map_err("list", None, e),
+            ListFailure::Walk(e) => Error::Backend {
+                op: "list",
+                key: None,
+                backend: self.label.clone(),
+                retryable: matches!(
+                    e.kind(),
+                    std::io::ErrorKind::Interrupted | std::io::ErrorKind::TimedOut
+                ),
+                message: e.to_string(),
+            },
+        }
     }
 
     /// The directory of a local-file shard.
@@ -1343,6 +1352,27 @@ impl Backend {
             Some(Err(e)) => Err(e),
         }
     }
+}
+
+/// Why a raw listing failed: a local walk's I/O error, or object_store's.
+enum ListFailure {
+    Walk(std::io::Error),
+    Store(object_store::Error),
+}
+
+/// An object_store listing as raw listing items.
+fn store_objects(
+    list: BoxStream<'static, object_store::Result<object_store::ObjectMeta>>,
+) -> BoxStream<'static, std::result::Result<Walked, ListFailure>> {
+    list.map(|r| {
+        r.map(|m| Walked::File {
+            location: m.location,
+            size: m.size,
+            last_modified: m.last_modified.into(),
+        })
+        .map_err(ListFailure::Store)
+    })
+    .boxed()
 }
 
 /// One object of a raw listing ([`Backend::list_all`]), classified.

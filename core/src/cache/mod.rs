@@ -457,11 +457,7 @@ impl PieceCache {
 
     /// Empties every tier (the disk tier's files too).
     pub(crate) async fn clear(&self) {
-        self.invalidations.fetch_add(1, Ordering::AcqRel);
-        if let Some(memory) = &self.memory {
-            memory.invalidate_all();
-            memory.run_pending_tasks();
-        }
+        self.release_memory();
         if let Some(disk) = &self.disk {
             disk.clear().await;
         }
