@@ -1265,13 +1265,25 @@ fn spelled_like(name: &str, like: &str) -> String {
 fn unknown_option(name: &str) -> Error {
     let fold = fold_option_name;
     let folded = fold(name);
+    let len = folded.chars().count();
     let nearest = OPTION_NAMES
         .iter()
-        .map(|n| {
-            (
-                strsim::normalized_damerau_levenshtein(&folded, &fold(n)),
-                *n,
-            )
+        .filter_map(|n| {
+            let candidate = fold(n);
+            // The score is 1 - distance / longer length, and the distance is at least the
+            // difference in length: a name less than 0.6 times the other's length can't
+            // reach 0.6, so its quadratic distance isn't worth working out (a name pasted
+            // by mistake can be long).
+            let (short, long) = {
+                let other = candidate.chars().count();
+                (len.min(other), len.max(other))
+            };
+            (short * 5 >= long * 3).then(|| {
+                (
+                    strsim::normalized_damerau_levenshtein(&folded, &candidate),
+                    *n,
+                )
+            })
         })
         .max_by(|a, b| a.0.total_cmp(&b.0))
         .filter(|(score, _)| *score >= 0.6);
@@ -2338,6 +2350,37 @@ mod tests {
             !far.contains("did you mean") && far.contains("MaxRetries"),
             "{far}"
         );
+        // Skipping names too short or too long to be near changes no answer.
+        for name in [
+            "",
+            "m",
+            "tls",
+            "maxretr",
+            "max_retries_",
+            "gc",
+            "gcgarbage",
+            "garbageratio",
+            "bucket_url_and_then_some",
+            "x".repeat(300).as_str(),
+            "iam",
+            "pack_target",
+        ] {
+            let folded = fold_option_name(name);
+            let best = OPTION_NAMES
+                .iter()
+                .map(|n| {
+                    let score =
+                        strsim::normalized_damerau_levenshtein(&folded, &fold_option_name(n));
+                    (score, *n)
+                })
+                .max_by(|a, b| a.0.total_cmp(&b.0))
+                .filter(|(score, _)| *score >= 0.6);
+            let want = match best {
+                Some((_, n)) => format!("did you mean {:?}?", spelled_like(n, name)),
+                None => "every option: docs/config.md; in config.toml spelling".to_string(),
+            };
+            assert!(msg(name).contains(&want), "{name}: {}", msg(name));
+        }
         assert_eq!(spelled_like("IAMType", "x_y"), "iam_type");
         assert_eq!(spelled_like("GcGarbageRatio", "a-b"), "gc-garbage-ratio");
         assert_eq!(spelled_like("BucketURL", "Foo"), "BucketURL");
