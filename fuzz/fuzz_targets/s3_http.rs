@@ -22,6 +22,14 @@ use piecestore_server::{Server, Setup};
 fn server() -> SocketAddr {
     static ADDR: OnceLock<SocketAddr> = OnceLock::new();
     *ADDR.get_or_init(|| {
+        // libFuzzer's C `main` starts this process, not Rust's, so SIGPIPE still has its
+        // default action: the server writing an answer (with `writev`, which has no
+        // MSG_NOSIGNAL) to a connection this harness has stopped waiting on killed the whole
+        // run, silently. `piecestore serve` ignores SIGPIPE, as every Rust binary does.
+        // SAFETY: only sets SIGPIPE's disposition to SIG_IGN; no handler of ours runs.
+        unsafe {
+            libc::signal(libc::SIGPIPE, libc::SIG_IGN);
+        }
         let (tx, rx) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
             let rt = tokio::runtime::Builder::new_multi_thread()
