@@ -517,7 +517,8 @@ async fn run(cli: Cli) -> Result<(), CliError> {
     let store = PieceStore::open(config).await?;
     let node = match &cli.command {
         Command::Peer(_) => None,
-        Command::Serve { .. } | Command::Get { .. } => {
+        // A stat reads through the peers as a get does, so that the two agree.
+        Command::Serve { .. } | Command::Get { .. } | Command::Stat { .. } => {
             peers::start(
                 &store,
                 &peer_options,

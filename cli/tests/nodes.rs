@@ -269,6 +269,20 @@ fn a_node_reads_its_peers_pieces_through_the_peer_tier() {
     let out = c.run(&["get", k, "--offset", "1000", "--len", "5000"]);
     assert!(out.status.success(), "{}", text(&out.stderr));
     assert_eq!(out.stdout, d[1000..6000]);
+    // A stat through the peer tier: A's size, checksum and time of writing (not 1970).
+    let stat = |node: &Node| -> serde_json::Value {
+        let out = node.run(&["stat", k, "--json"]);
+        assert!(out.status.success(), "stat {k}: {}", text(&out.stderr));
+        serde_json::from_slice(&out.stdout).expect("stat JSON")
+    };
+    let (at_a, via_c) = (stat(&a), stat(&c));
+    for field in ["size", "crc32c", "last_modified_unix"] {
+        assert_eq!(at_a[field], via_c[field], "{field}: A {at_a} / C {via_c}");
+    }
+    assert!(
+        at_a["last_modified_unix"].as_u64() > Some(1_700_000_000),
+        "{at_a}"
+    );
     // Read through, not copied: C's own store is still empty.
     let out = c.run(&["ls"]);
     assert!(out.status.success());

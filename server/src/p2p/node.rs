@@ -373,11 +373,15 @@ impl PeerNode {
             )
             .await;
         match res {
-            Ok(Response::Meta { size, crc32c }) => Ok(PieceMeta {
+            Ok(Response::Meta {
+                size,
+                crc32c,
+                last_modified,
+            }) => Ok(PieceMeta {
                 key: key.into(),
                 size,
                 crc32c,
-                last_modified: std::time::SystemTime::UNIX_EPOCH,
+                last_modified,
             }),
             other => Err(answer_error(&peer.id, key, other)),
         }

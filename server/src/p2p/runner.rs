@@ -247,6 +247,7 @@ async fn respond(responder: &dyn Responder, request: Request) -> Response {
             Ok(m) => Response::Meta {
                 size: m.size,
                 crc32c: m.crc32c,
+                last_modified: m.last_modified,
             },
             Err(e) => error_answer(e),
         },

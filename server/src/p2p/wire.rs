@@ -10,13 +10,14 @@
 //!            [Put:  crc32c:u32 size:u64 bytes]
 //! response = status:u8 …
 //!            Piece:  crc32c:u32 size:u64 bytes
-//!            Meta:   size:u64 has_crc:u8 crc32c:u32
+//!            Meta:   size:u64 has_crc:u8 crc32c:u32 modified_ms:u64 (0: unknown)
 //!            Stored: (nothing)
 //!            Info:   text_len:u32 text (UTF-8)
 //!            errors: text_len:u32 text
 //! ```
 
 use std::io;
+use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 use futures::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -80,6 +81,8 @@ pub enum Response {
         size: u64,
         /// Its CRC32C, when it has one.
         crc32c: Option<u32>,
+        /// When it was last written, to the millisecond (`UNIX_EPOCH`: unknown).
+        last_modified: SystemTime,
     },
     /// The piece was stored (or was there already, byte for byte).
     Stored,
@@ -279,9 +282,14 @@ impl libp2p::request_response::Codec for Codec {
                 let size = read_u64(io).await?;
                 let has = read_u8(io).await? != 0;
                 let crc = read_u32(io).await?;
+                let ms = read_u64(io).await?;
                 Response::Meta {
                     size,
                     crc32c: has.then_some(crc),
+                    // A time past what the clock can hold (a hostile peer) reads as unknown.
+                    last_modified: SystemTime::UNIX_EPOCH
+                        .checked_add(Duration::from_millis(ms))
+                        .unwrap_or(SystemTime::UNIX_EPOCH),
                 }
             }
             ST_STORED => Response::Stored,
@@ -352,11 +360,20 @@ impl libp2p::request_response::Codec for Codec {
                 head.extend_from_slice(&crc32c.to_be_bytes());
                 head.extend_from_slice(&(bytes.len() as u64).to_be_bytes());
             }
-            Response::Meta { size, crc32c } => {
+            Response::Meta {
+                size,
+                crc32c,
+                last_modified,
+            } => {
                 head.push(ST_META);
                 head.extend_from_slice(&size.to_be_bytes());
                 head.push(u8::from(crc32c.is_some()));
                 head.extend_from_slice(&crc32c.unwrap_or(0).to_be_bytes());
+                // Before 1970 (a clock set wrong) reads as unknown.
+                let ms = last_modified
+                    .duration_since(SystemTime::UNIX_EPOCH)
+                    .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+                head.extend_from_slice(&ms.to_be_bytes());
             }
             Response::Stored => head.push(ST_STORED),
             Response::Info(t) => text(ST_INFO, t, &mut head),
@@ -427,10 +444,12 @@ mod tests {
             Response::Meta {
                 size: 5,
                 crc32c: Some(3),
+                last_modified: SystemTime::UNIX_EPOCH + Duration::from_millis(1_764_000_123_456),
             },
             Response::Meta {
                 size: 5,
                 crc32c: None,
+                last_modified: SystemTime::UNIX_EPOCH,
             },
             Response::Stored,
             Response::Info("piecestore 0.1.0".into()),
