@@ -202,7 +202,7 @@ impl fmt::Debug for Secret {
 }
 
 /// One backend: the original's `[PieceStore.Store]` table.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct StoreConfig {
     /// `s3`, `minio`, `oss`, `b2`, `file`, `memory` or `grpc`; inferred from `BucketURL` when unset.
@@ -239,6 +239,38 @@ pub struct StoreConfig {
     /// `AKSK` or `SA` (default).
     #[serde(rename = "IAMType", default)]
     pub iam_type: IamType,
+}
+
+/// Shows `BucketURL` as errors do, without a userinfo (`user:password@`) or query: a URL is
+/// kept as given until the store opens, and may hold a password then.
+impl fmt::Debug for StoreConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Every field named, so that a new one can't be left out unnoticed.
+        let StoreConfig {
+            storage,
+            bucket_url,
+            access_key,
+            secret_key,
+            session_token,
+            no_sign_request,
+            max_retries,
+            min_retry_delay,
+            tls_insecure_skip_verify,
+            iam_type,
+        } = self;
+        f.debug_struct("StoreConfig")
+            .field("storage", storage)
+            .field("bucket_url", &crate::error::redact_url(bucket_url))
+            .field("access_key", access_key)
+            .field("secret_key", secret_key)
+            .field("session_token", session_token)
+            .field("no_sign_request", no_sign_request)
+            .field("max_retries", max_retries)
+            .field("min_retry_delay", min_retry_delay)
+            .field("tls_insecure_skip_verify", tls_insecure_skip_verify)
+            .field("iam_type", iam_type)
+            .finish()
+    }
 }
 
 fn default_max_retries() -> u32 {
@@ -2320,6 +2352,26 @@ mod tests {
             "{dbg}"
         );
         assert!(dbg.contains("***"));
+    }
+
+    /// Found by the `config` fuzz target: a URL is checked when the store opens, so until then
+    /// `Debug` showed it as given, the password of a `user:password@` included.
+    #[test]
+    fn a_urls_password_never_shows_in_debug() {
+        for url in [
+            "s3://AKIAEXAMPLE:pw-0123456789abc@bucket/prefix",
+            "http://minio:pw-0123456789abc@127.0.0.1:9000/pieces?region=local",
+            "ftp://user:pw-0123456789abc@host/b",
+            "://'\0,88\t:[=pw-0123456789abc,,,@88\t:[=[s5",
+        ] {
+            let c = Config::from_url(url).unwrap();
+            let dbg = format!("{c:?}");
+            assert!(!dbg.contains("pw-0123456789abc"), "{url}: {dbg}");
+            assert_eq!(c.store.bucket_url, url.split('?').next().unwrap());
+        }
+        // What is not a secret is still shown.
+        let c = Config::from_url("s3://bucket/prefix").unwrap();
+        assert!(format!("{c:?}").contains("bucket_url: \"s3://bucket/prefix\""));
     }
 
     /// Found by the `config` fuzz target: a store spec of options only was quoted whole in
