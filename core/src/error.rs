@@ -281,6 +281,19 @@ impl fmt::Debug for Redactor {
     }
 }
 
+/// `text` with the userinfo of a URL in it (`scheme://user:password@host`) shown as `***`:
+/// for text echoed in an error that may hold a URL somewhere (a store spec's options).
+pub fn redact_userinfo(text: &str) -> String {
+    if let Some(i) = text.find("://") {
+        let rest = &text[i + 3..];
+        let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+        if let Some(at) = rest[..end].rfind('@') {
+            return format!("{}://***@{}", &text[..i], &rest[at + 1..]);
+        }
+    }
+    text.to_string()
+}
+
 /// Removes userinfo and the query from a URL for display.
 pub fn redact_url(url: &str) -> String {
     let no_query = url.split('?').next().unwrap_or("");
