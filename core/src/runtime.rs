@@ -214,6 +214,20 @@ pub(crate) fn may_block() -> bool {
     !NO_BLOCKING.with(|b| b.get())
 }
 
+/// Pieces larger than this are not checksummed on a thread that must not block: 1 MiB takes
+/// about 20 µs.
+const INLINE_CHECKSUM_MAX: u64 = 1 << 20;
+
+/// Before checksumming `len` bytes: on a thread that must not block (inside
+/// [`poll_without_blocking`]) and past [`INLINE_CHECKSUM_MAX`], hands the rest of the calling
+/// future to the runtime (one `Pending`), so that a large piece from a memory store is
+/// verified on a worker, not on the caller's event loop. Elsewhere, returns at once.
+pub(crate) async fn yield_before_checksum(len: u64) {
+    if len > INLINE_CHECKSUM_MAX && !may_block() {
+        tokio::task::yield_now().await;
+    }
+}
+
 /// Starts `future` on the shared runtime's workers (for bindings' async calls).
 pub fn spawn<F>(future: F) -> tokio::task::JoinHandle<F::Output>
 where
@@ -241,5 +255,34 @@ mod tests {
             })
             .is_err()
         );
+    }
+
+    /// A get polled where blocking is not allowed (Node's event loop) answers a small piece
+    /// of a memory store at once, and hands a large one's checksum to the runtime; both
+    /// complete with the right bytes, whole or as a range, packed or not.
+    #[test]
+    fn a_large_piece_is_not_checksummed_where_blocking_is_not_allowed() {
+        use std::task::Poll;
+        for spec in ["memory://", "memory://?pack=true&pack_threshold=4MiB"] {
+            let store = block_on(crate::PieceStore::open_spec(spec)).unwrap();
+            let small = bytes::Bytes::from(vec![7u8; 4096]);
+            let large = bytes::Bytes::from((0..2u32 << 20).map(|i| i as u8).collect::<Vec<_>>());
+            block_on(store.put("1_s0", small.clone())).unwrap();
+            block_on(store.put("2_s0", large.clone())).unwrap();
+
+            let mut get = Box::pin(store.get("1_s0"));
+            match poll_without_blocking(get.as_mut()) {
+                Poll::Ready(Ok(b)) => assert_eq!(b, small, "{spec}"),
+                other => panic!("{spec}: a 4 KiB get did not answer at once: {other:?}"),
+            }
+            let mut get = Box::pin(store.get("2_s0"));
+            assert!(poll_without_blocking(get.as_mut()).is_pending(), "{spec}");
+            assert_eq!(block_on(get).unwrap(), large, "{spec}");
+            let mut range = Box::pin(store.get_range("2_s0", 1000, 10));
+            assert!(poll_without_blocking(range.as_mut()).is_pending(), "{spec}");
+            assert_eq!(block_on(range).unwrap(), large.slice(1000..1010), "{spec}");
+            // Where blocking is allowed, the same get needs no hand-off.
+            assert_eq!(block_on(store.get("2_s0")).unwrap(), large, "{spec}");
+        }
     }
 }

@@ -216,25 +216,6 @@ impl PieceStore {
         });
     }
 
-    /// The size of a piece held in process memory (a memory shard), looked up at once: no I/O,
-    /// and not counted as an operation in [`PieceStore::metrics`]. `None` on other backends,
-    /// and for a missing piece or an invalid key. For a binding deciding whether a read is
-    /// small enough to run on the caller's thread.
-    pub fn resident_size(&self, key: &str) -> Option<u64> {
-        let backend = self.backend(key).ok()?;
-        if !backend.is_memory() {
-            return None;
-        }
-        let mut head = std::pin::pin!(backend.head(key));
-        match head
-            .as_mut()
-            .poll(&mut std::task::Context::from_waker(std::task::Waker::noop()))
-        {
-            std::task::Poll::Ready(Ok(m)) => Some(m.size),
-            _ => None,
-        }
-    }
-
     /// Opens a store from a URL or a path to a `config.toml`, with environment overrides
     /// (what the CLI and the bindings do). See [`Config::load`].
     pub async fn open_spec(spec: &str) -> Result<Self> {

@@ -18,8 +18,9 @@ use crate::buffer::{Data, Input, PieceBuf};
 use crate::errors::{coded_error, to_napi};
 use crate::promise::promise;
 
-/// Puts up to this size, and gets of pieces up to this size from a memory store, run their
-/// first step on the calling thread (see [`promise`]): checksumming 1 MiB takes about 20 µs.
+/// Puts up to this size run their first step on the calling thread (see [`promise`]):
+/// checksumming 1 MiB takes about 20 µs. (Gets always do: the core hands a larger piece's
+/// checksum to its runtime.)
 const INLINE_MAX: usize = 1024 * 1024;
 
 /// Options of a store, overriding its URL or config (then the environment applies, as
@@ -579,12 +580,12 @@ impl PieceStore {
         #[napi(ts_arg_type = "string")] key: Unknown<'_>,
     ) -> Result<PromiseRaw<'env, PieceBuf>> {
         let key = Args::new(env, "get").string(key, "key")?;
-        let inline = self.small_enough(&key);
         let store = self.inner.clone();
+        // At once on this thread: the core hands a large piece's checksum to its runtime.
         promise(
             env,
             async move { store.get(&key).await.map(PieceBuf::new) },
-            inline,
+            true,
         )
     }
 
@@ -609,12 +610,11 @@ impl PieceStore {
             );
             return reject(env, "INVALID_RANGE", msg, &key);
         };
-        let inline = self.small_enough(&key);
         let store = self.inner.clone();
         promise(
             env,
             async move { store.get_range(&key, off, len).await.map(PieceBuf::new) },
-            inline,
+            true,
         )
     }
 
@@ -877,18 +877,6 @@ impl PieceStore {
             .iter()
             .map(OpMetrics::from)
             .collect()
-    }
-}
-
-impl PieceStore {
-    /// Whether a read of `key` may run its first step on the calling thread: always, except on a
-    /// memory store (which answers at once) for a piece over [`INLINE_MAX`], whose checksum and
-    /// copy would hold up the event loop.
-    fn small_enough(&self, key: &str) -> bool {
-        // Errors (not found, bad key) are cheap to report at once.
-        self.inner
-            .resident_size(key)
-            .is_none_or(|size| size as usize <= INLINE_MAX)
     }
 }
 

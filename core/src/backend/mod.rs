@@ -862,6 +862,7 @@ impl Backend {
         *first_byte = Some(Instant::now());
         let expected = self.metadata_crc(key, &result.attributes)?;
         let size = result.range.end - result.range.start;
+        crate::runtime::yield_before_checksum(size).await;
         let (bytes, actual) = collect_checked(result.into_stream(), size)
             .await
             .map_err(|e| self.map_err("get", Some(key), e))?;

@@ -741,6 +741,7 @@ async fn read_packed_object(
         backend: backend.label().into(),
         detail,
     };
+    crate::runtime::yield_before_checksum(loc.len).await;
     let end = loc.offset + loc.len;
     let read = match reads {
         Some(reads) => reads.read(backend, loc.pack, loc.offset..end).await,
