@@ -197,6 +197,24 @@ pub fn block_on<F: Future>(future: F) -> F::Output {
 pub fn poll_without_blocking<F: Future + ?Sized>(
     future: std::pin::Pin<&mut F>,
 ) -> std::task::Poll<F::Output> {
+    poll_without_blocking_with(
+        future,
+        &mut std::task::Context::from_waker(std::task::Waker::noop()),
+    )
+}
+
+/// [`poll_without_blocking`] with the caller's waker, for a binding that polls a pending
+/// future again on its own thread when it wakes (Node's event loop: a 4 KiB read then costs
+/// one thread hand-off each way, as it does inside the runtime).
+///
+/// A future that has CPU-heavy work next (checksumming a large piece) wakes `cx`'s waker
+/// during this very poll and returns pending: the caller must then go on polling it where
+/// blocking is allowed (on the runtime: [`spawn`]), not on its own thread, or the work runs
+/// there after all.
+pub fn poll_without_blocking_with<F: Future + ?Sized>(
+    future: std::pin::Pin<&mut F>,
+    cx: &mut std::task::Context<'_>,
+) -> std::task::Poll<F::Output> {
     struct Reset;
     impl Drop for Reset {
         fn drop(&mut self) {
@@ -206,7 +224,7 @@ pub fn poll_without_blocking<F: Future + ?Sized>(
     let _rt = handle().enter();
     NO_BLOCKING.with(|b| b.set(true));
     let _reset = Reset;
-    future.poll(&mut std::task::Context::from_waker(std::task::Waker::noop()))
+    future.poll(cx)
 }
 
 /// Whether the calling thread may wait for a disk (false inside [`poll_without_blocking`]).
@@ -240,6 +258,7 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::Arc;
 
     #[test]
     fn one_runtime_shared_by_threads() {
@@ -276,7 +295,15 @@ mod tests {
                 other => panic!("{spec}: a 4 KiB get did not answer at once: {other:?}"),
             }
             let mut get = Box::pin(store.get("2_s0"));
-            assert!(poll_without_blocking(get.as_mut()).is_pending(), "{spec}");
+            let woken = Arc::new(Wakes::default());
+            let waker = std::task::Waker::from(woken.clone());
+            let mut cx = std::task::Context::from_waker(&waker);
+            assert!(
+                poll_without_blocking_with(get.as_mut(), &mut cx).is_pending(),
+                "{spec}"
+            );
+            // The caller learns in that same poll that the rest must run on the runtime.
+            assert_eq!(woken.count(), 1, "{spec}: the hand-off woke no one");
             assert_eq!(block_on(get).unwrap(), large, "{spec}");
             let mut range = Box::pin(store.get_range("2_s0", 1000, 10));
             assert!(poll_without_blocking(range.as_mut()).is_pending(), "{spec}");
@@ -284,5 +311,67 @@ mod tests {
             // Where blocking is allowed, the same get needs no hand-off.
             assert_eq!(block_on(store.get("2_s0")).unwrap(), large, "{spec}");
         }
+    }
+
+    /// Counts its wakes.
+    #[derive(Default)]
+    struct Wakes(std::sync::atomic::AtomicUsize);
+
+    impl Wakes {
+        fn count(&self) -> usize {
+            self.0.load(std::sync::atomic::Ordering::SeqCst)
+        }
+    }
+
+    impl std::task::Wake for Wakes {
+        fn wake(self: Arc<Self>) {
+            self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        }
+    }
+
+    /// A get from a local disk, driven the way Node's event loop drives it: polled where
+    /// blocking is not allowed, then, once its waker is woken (the read is done on the
+    /// runtime's blocking pool), polled again on the same thread, which gives the piece.
+    #[test]
+    fn a_local_read_wakes_the_thread_that_must_not_block() {
+        let dir = tempfile::tempdir().unwrap();
+        let spec = format!("file://{}?pack=false", dir.path().display());
+        let store = block_on(crate::PieceStore::open_spec(&spec)).unwrap();
+        // 1 MiB: a read long enough that it is still running when the first poll returns (a
+        // 4 KiB read on a busy machine can finish first, and then there is nothing to wake).
+        let piece = bytes::Bytes::from((0..1u32 << 20).map(|i| i as u8).collect::<Vec<_>>());
+        block_on(store.put("1_s0", piece.clone())).unwrap();
+
+        let mut resumed = 0;
+        for _ in 0..5 {
+            let woken = Arc::new(Wakes::default());
+            let waker = std::task::Waker::from(woken.clone());
+            let mut cx = std::task::Context::from_waker(&waker);
+            let mut get = Box::pin(store.get("1_s0"));
+            let mut polls = 0;
+            let got = loop {
+                let seen = woken.count();
+                polls += 1;
+                if let std::task::Poll::Ready(out) =
+                    poll_without_blocking_with(get.as_mut(), &mut cx)
+                {
+                    break out.unwrap();
+                }
+                let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+                while woken.count() == seen {
+                    assert!(
+                        std::time::Instant::now() < deadline,
+                        "the read never woke its poller"
+                    );
+                    std::thread::sleep(std::time::Duration::from_millis(1));
+                }
+            };
+            assert_eq!(got, piece);
+            resumed += usize::from(polls >= 2);
+        }
+        assert!(
+            resumed > 0,
+            "every read was done within the first poll: nothing was resumed"
+        );
     }
 }
