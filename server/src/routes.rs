@@ -1,10 +1,14 @@
 //! The HTTP service in front of s3s: the operations endpoints (`/healthz`, `/readyz`,
 //! `/metrics`), the concurrency limit, and the request metrics and log span of every request.
 
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
 use std::time::Instant;
 
-use hyper::body::Incoming;
+use bytes::Bytes;
+use hyper::body::{Frame, Incoming, SizeHint};
 use s3s::{Body, HttpError, HttpResponse};
 use tokio::sync::Semaphore;
 use tracing::Instrument;
@@ -108,7 +112,30 @@ impl HttpService {
                 let response = Metered::wrap(response, Arc::clone(&self.metrics), method, t0);
                 Ok(response.map(Body::http_body_unsync))
             } else {
-                self.s3.call(req.map(Body::from)).await
+                // A body held back for `100 Continue` and never asked for: hyper would read
+                // whatever comes next on the connection as that body (boto3's next request,
+                // which then fails its signature). Close the connection after the answer
+                // instead, as RFC 9110 §10.1.1 lets a server that answers without the body.
+                let held_back = expects_continue(&req).then(|| Arc::new(AtomicBool::new(false)));
+                let body = match &held_back {
+                    None => req.map(Body::from),
+                    Some(asked) => req.map(|inner| {
+                        Body::http_body(Watched {
+                            inner,
+                            asked: Arc::clone(asked),
+                        })
+                    }),
+                };
+                let mut result = self.s3.call(body).await;
+                if let (Some(asked), Ok(response)) = (&held_back, &mut result)
+                    && !asked.load(Ordering::Acquire)
+                {
+                    response.headers_mut().insert(
+                        http::header::CONNECTION,
+                        http::HeaderValue::from_static("close"),
+                    );
+                }
+                result
             };
             let elapsed = t0.elapsed();
             let status = match &result {
@@ -173,4 +200,38 @@ fn text(status: u16, body: &str) -> HttpResponse {
         http::HeaderValue::from_static("text/plain; charset=utf-8"),
     );
     r
+}
+
+/// Whether `req` asks for `100 Continue` before it sends its body.
+fn expects_continue<B>(req: &http::Request<B>) -> bool {
+    req.headers()
+        .get(http::header::EXPECT)
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"))
+}
+
+/// A request body that notes when it is first asked for (hyper sends `100 Continue` then).
+struct Watched {
+    inner: Incoming,
+    asked: Arc<AtomicBool>,
+}
+
+impl hyper::body::Body for Watched {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        self.asked.store(true, Ordering::Release);
+        Pin::new(&mut self.inner).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
 }
