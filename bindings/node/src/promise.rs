@@ -196,9 +196,7 @@ impl Settle {
             }));
         }
     }
-}
 
-impl Settle {
     /// Settles the promise with `out` here, on the JavaScript thread of `env`.
     fn now<T: ToNapiValue>(mut self, env: sys::napi_env, out: piecestore::Result<T>) {
         if let Some(d) = self.deferred.take() {
@@ -328,20 +326,22 @@ fn local(env: sys::napi_env) -> Option<Rc<Local>> {
         .flatten()
 }
 
+/// `env`'s bridge and count, created on first use.
+fn local_or_create(env: sys::napi_env) -> Result<Rc<Local>> {
+    match local(env) {
+        Some(l) => Ok(l),
+        None => create(env),
+    }
+}
+
 /// `env`'s bridge (created on first use).
 fn bridge(env: sys::napi_env) -> Result<Arc<Bridge>> {
-    Ok(match local(env) {
-        Some(l) => l.bridge.clone(),
-        None => create(env)?.bridge.clone(),
-    })
+    Ok(local_or_create(env)?.bridge.clone())
 }
 
 /// Counts one more pending promise of `env` and returns its bridge (created on first use).
 fn begin(env: sys::napi_env) -> Result<Arc<Bridge>> {
-    let l = match local(env) {
-        Some(l) => l,
-        None => create(env)?,
-    };
+    let l = local_or_create(env)?;
     if l.pending.get() == 0 {
         check_status!(unsafe { sys::napi_ref_threadsafe_function(env, l.tsfn) })?;
     }
