@@ -42,12 +42,34 @@ if (!existsSync(manifest)) {
   process.exit(1)
 }
 
+/**
+ * The machine's own target triple, as cargo builds for it (`rustc -vV`), or null when rustc
+ * cannot say (cargo then reports the missing toolchain below).
+ *
+ * The build names it with `--target` because `napi build` (the package's `build` script, and
+ * CI's check of the generated loader) always does: cargo then keeps both builds under
+ * target/<triple>/release, and the second reuses the first's compiled dependencies instead of
+ * building them all again (minutes on a small machine).
+ */
+function hostTriple() {
+  try {
+    const info = execFileSync('rustc', ['-vV'], { stdio: ['ignore', 'pipe', 'ignore'] }).toString()
+    const host = /^host: (\S+)$/m.exec(info)
+    return host ? host[1] : null
+  } catch {
+    return null
+  }
+}
+
 console.error('piecestore: building the native addon with cargo (release; a few minutes the first time)')
+const args = ['build', '--release', '--manifest-path', manifest, '--message-format=json-render-diagnostics']
+const triple = process.env.CARGO_BUILD_TARGET ? null : hostTriple()
+if (triple) args.push('--target', triple)
 let out
 try {
   out = execFileSync(
     'cargo',
-    ['build', '--release', '--manifest-path', manifest, '--message-format=json-render-diagnostics'],
+    args,
     { stdio: ['ignore', 'pipe', 'inherit'], maxBuffer: 256 * 1024 * 1024 }
   )
 } catch (e) {
