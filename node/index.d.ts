@@ -377,7 +377,7 @@ export interface MigrateFailure {
 export interface MigrateOpts {
   /** Only count: list the source and look each piece up at the destination, copy nothing. */
   dryRun?: boolean
-  /** Pieces in flight at once (default 16). */
+  /** Pieces in flight at once: 1 to 4096 (default 16). */
   concurrency?: number
   /** Called after every piece with the pieces handled so far and the total. */
   onProgress?: (donePieces: number, totalPieces: number) => void

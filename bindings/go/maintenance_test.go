@@ -506,6 +506,12 @@ func TestMigrateTo(t *testing.T) {
 	if _, err := src.MigrateTo(ctx, dest, piecestore.MigrateOptions{Concurrency: -1}); !errors.Is(err, piecestore.ErrInvalidArgument) {
 		t.Fatalf("negative concurrency: %v", err)
 	}
+	// Above the core's bound (MigrateOptions::MAX_CONCURRENCY): refused by the core, as in
+	// every binding.
+	if _, err := src.MigrateTo(ctx, dest, piecestore.MigrateOptions{Concurrency: 4097}); !errors.Is(err, piecestore.ErrInvalidConfig) ||
+		!strings.Contains(err.Error(), "from 1 to 4096, not 4097") {
+		t.Fatalf("concurrency 4097: %v", err)
+	}
 	closed, _ := piecestore.Open("memory://")
 	closed.Close()
 	if _, err := src.MigrateTo(ctx, closed, piecestore.MigrateOptions{}); !errors.Is(err, piecestore.ErrClosed) {

@@ -705,7 +705,7 @@ func (s *Store) Metrics() (string, error) {
 // MigrateOptions tunes MigrateTo; the zero value copies with 16 pieces in flight.
 type MigrateOptions struct {
 	DryRun      bool // only count: look each piece up at the destination, copy nothing
-	Concurrency int  // pieces in flight at once (0: 16)
+	Concurrency int  // pieces in flight at once (0: 16, at most 4096)
 	// Progress, when set, is called after every piece with the pieces handled and the pieces
 	// in the source, one call at a time, from a thread of the library while MigrateTo runs.
 	Progress func(done, total uint64)

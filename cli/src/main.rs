@@ -165,7 +165,7 @@ enum Command {
         /// Count only: what would be copied and what is already there.
         #[arg(long)]
         dry_run: bool,
-        /// Pieces in flight at once.
+        /// Pieces in flight at once: 1 to 4096.
         #[arg(long, default_value_t = 16)]
         concurrency: usize,
     },

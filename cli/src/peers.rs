@@ -44,7 +44,7 @@ pub enum PeerCommand {
         /// Count only: what would be pushed and what the peer already holds.
         #[arg(long)]
         dry_run: bool,
-        /// Pieces in flight at once.
+        /// Pieces in flight at once: 1 to 4096.
         #[arg(long, default_value_t = 16)]
         concurrency: usize,
     },

@@ -221,3 +221,21 @@ async fn migration_survives_sigkill_and_resumes_to_identical_stores() {
         String::from_utf8_lossy(&out.stdout)
     );
 }
+
+#[test]
+fn a_concurrency_out_of_range_is_refused_with_the_cores_bounds() {
+    for bad in ["0", "4097"] {
+        let out = Command::new(env!("CARGO_BIN_EXE_piecestore"))
+            .args(["migrate", "--from", "memory://", "--to", "memory://"])
+            .args(["--concurrency", bad])
+            .env_remove("BUCKET_URL")
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{bad}: {stderr}");
+        assert!(
+            stderr.contains(&format!("concurrency must be from 1 to 4096, not {bad}")),
+            "{bad}: {stderr}"
+        );
+    }
+}

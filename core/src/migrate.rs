@@ -43,6 +43,28 @@ pub struct MigrateOptions {
     pub concurrency: usize,
 }
 
+impl MigrateOptions {
+    /// The most pieces a migration keeps in flight: each holds a whole piece in memory, so an
+    /// unbounded count would read a whole store into memory at once.
+    pub const MAX_CONCURRENCY: usize = 4096;
+
+    /// Checks the options, as [`PieceStore::migrate_to`] does before it starts: `concurrency`
+    /// from 1 to [`MigrateOptions::MAX_CONCURRENCY`]. Every binding and the CLI pass their
+    /// user's number through unchanged (the C ABI and UniFFI read 0 as the default first), so
+    /// they all accept and refuse the same ones, with this message.
+    pub fn check(&self) -> Result<()> {
+        if (1..=Self::MAX_CONCURRENCY).contains(&self.concurrency) {
+            Ok(())
+        } else {
+            Err(Error::InvalidConfig(format!(
+                "migrate concurrency must be from 1 to {}, not {}",
+                Self::MAX_CONCURRENCY,
+                self.concurrency
+            )))
+        }
+    }
+}
+
 impl Default for MigrateOptions {
     fn default() -> Self {
         MigrateOptions {
@@ -159,6 +181,7 @@ impl PieceStore {
         opts: MigrateOptions,
         on_progress: &(dyn Fn(&MigrateProgress) + Sync),
     ) -> Result<MigrateSummary> {
+        opts.check()?;
         let pieces: Vec<(String, u64)> = self
             .list(prefix)
             .map_ok(|m| (m.key, m.size))
@@ -172,7 +195,7 @@ impl PieceStore {
         let failures = Mutex::new(Vec::new());
         on_progress(&progress.lock().map(|p| *p).unwrap_or_default());
         futures::stream::iter(pieces)
-            .for_each_concurrent(opts.concurrency.max(1), |(key, size)| {
+            .for_each_concurrent(opts.concurrency, |(key, size)| {
                 let (progress, failures) = (&progress, &failures);
                 async move {
                     let outcome = self.migrate_one(dest, &key, opts.dry_run).await;
@@ -256,5 +279,41 @@ impl PieceStore {
             });
         }
         Ok(Outcome::Copied)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ErrorKind;
+
+    #[tokio::test]
+    async fn a_concurrency_out_of_range_is_refused_before_anything_is_copied() {
+        let src = PieceStore::open_spec("memory://").await.unwrap();
+        let dest = PieceStore::open_spec("memory://").await.unwrap();
+        src.put("1_s0", b"piece".to_vec()).await.unwrap();
+        for concurrency in [0, MigrateOptions::MAX_CONCURRENCY + 1, usize::MAX] {
+            let opts = MigrateOptions {
+                concurrency,
+                ..Default::default()
+            };
+            let e = src.migrate_to(&dest, opts, &|_| {}).await.unwrap_err();
+            assert_eq!(e.kind(), ErrorKind::InvalidConfig, "{concurrency}: {e}");
+            assert!(
+                e.to_string().contains("from 1 to 4096") && e.to_string().contains("concurrency"),
+                "{e}"
+            );
+            assert_eq!(
+                dest.head("1_s0").await.unwrap_err().kind(),
+                ErrorKind::NotFound
+            );
+        }
+        let opts = MigrateOptions {
+            concurrency: MigrateOptions::MAX_CONCURRENCY,
+            ..Default::default()
+        };
+        let done = src.migrate_to(&dest, opts, &|_| {}).await.unwrap();
+        assert_eq!(done.progress.copied, 1);
+        assert_eq!(dest.get("1_s0").await.unwrap(), &b"piece"[..]);
     }
 }

@@ -198,7 +198,13 @@ test('migrateTo() copies every piece verified, skips what is there, lists failur
   assert.equal(conflict.failed, 1)
   assert.deepEqual(conflict.failures.map((f) => [f.key, f.code]), [['mig/9_s0', 'PIECE_EXISTS']])
   assert.match(conflict.failures[0].message, /mig\/9_s0/)
-  await assert.rejects(async () => src.migrateTo(dest, { concurrency: 0 }), RangeError)
+  for (const bad of [0, 4097, 2.5]) {
+    await assert.rejects(async () => src.migrateTo(dest, { concurrency: bad }), (e) => {
+      assert.ok(e instanceof RangeError, String(e))
+      assert.match(e.message, new RegExp(`concurrency must be a whole number from 1 to 4096, got ${bad}`))
+      return true
+    })
+  }
   assert.throws(() => src.migrateTo('file:///elsewhere'))
   await src.close()
   await dest.close()

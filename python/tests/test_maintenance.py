@@ -224,8 +224,13 @@ def test_migrate_to_copies_verified_and_resumes(tmp_path: Path) -> None:
         return await src.migrate_to_async(dest, dry_run=True)
 
     assert asyncio.run(migrate())["skipped"] == 8
-    with pytest.raises(ValueError, match="concurrency"):
-        src.migrate_to(dest, concurrency=0)
+    # The core's bounds, as every binding has them: 1 to 4096, a ConfigError (a ValueError)
+    # before anything is copied.
+    for bad in (0, 4097):
+        with pytest.raises(piecestore.ConfigError, match="from 1 to 4096, not %d" % bad):
+            src.migrate_to(dest, concurrency=bad)
+        with pytest.raises(ValueError, match="concurrency"):
+            asyncio.run(src.migrate_to_async(dest, concurrency=bad))
     with pytest.raises(TypeError):
         src.migrate_to("file:///elsewhere")  # type: ignore[arg-type]
     src.close()

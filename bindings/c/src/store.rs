@@ -728,7 +728,7 @@ pub unsafe extern "C" fn ps_fsck(
 /// Copies every piece of `store` into `dest` (`piecestore migrate`), verifying each: the
 /// source read against its CRC32C, and afterwards the destination's size and checksum. Pieces
 /// already at `dest` with the same size and checksum are skipped, so an interrupted run
-/// resumes by running again; `dry_run` only counts; `concurrency` pieces (0: 16) are in
+/// resumes by running again; `dry_run` only counts; `concurrency` pieces (0: 16, at most 4096) are in
 /// flight at once. The report goes to `*out` as a JSON object (`total_pieces`,
 /// `total_bytes`, `done_pieces`, `done_bytes`, `copied`, `copied_bytes`, `skipped`,
 /// `failed`, and `failures`: `{key, code, message}` each; free it with [`ps_bytes_free`]). A

@@ -313,7 +313,7 @@ impl From<CoreInventory> for Inventory {
 pub struct MigrateOpts {
     /// Only count: list the source and look each piece up at the destination, copy nothing.
     pub dry_run: Option<bool>,
-    /// Pieces in flight at once (default 16).
+    /// Pieces in flight at once: 1 to 4096 (default 16).
     pub concurrency: Option<u32>,
     /// Called after every piece with the pieces handled so far and the total.
     #[napi(ts_type = "(donePieces: number, totalPieces: number) => void")]
@@ -674,11 +674,13 @@ impl PieceStore {
             if let Some(v) = o.get::<Unknown<'_>>("concurrency")?
                 && !crate::args::is_nullish(&v)?
             {
+                // The core's bounds (MigrateOptions::check), as a RangeError thrown here.
                 let c = a.number(v, "options.concurrency")?;
-                if !(c.is_finite() && c >= 1.0 && c.fract() == 0.0 && c <= 4096.0) {
+                let max = piecestore::migrate::MigrateOptions::MAX_CONCURRENCY;
+                if !(c.is_finite() && c >= 1.0 && c.fract() == 0.0 && c <= max as f64) {
                     return Err(a.range_error(
                         "options.concurrency",
-                        "a whole number from 1 to 4096",
+                        &format!("a whole number from 1 to {max}"),
                         c,
                     ));
                 }

@@ -88,20 +88,19 @@ impl<'py> IntoPyObject<'py> for Report {
     }
 }
 
-/// `migrate_to`'s options: at least one piece in flight.
+/// `migrate_to`'s options, checked by the core (`concurrency` from 1 to 4096): a bad one is a
+/// `ConfigError` (a `ValueError`) before anything is copied.
 fn migrate_options(
+    py: Python<'_>,
     dry_run: bool,
     concurrency: usize,
 ) -> PyResult<piecestore::migrate::MigrateOptions> {
-    if concurrency == 0 {
-        return Err(pyo3::exceptions::PyValueError::new_err(
-            "concurrency must be at least 1",
-        ));
-    }
-    Ok(piecestore::migrate::MigrateOptions {
+    let opts = piecestore::migrate::MigrateOptions {
         dry_run,
         concurrency,
-    })
+    };
+    opts.check().map_err(|e| to_py_with(py, e))?;
+    Ok(opts)
 }
 
 /// `gc`'s options from its keyword arguments: `grace` in seconds (a number or a
@@ -510,7 +509,7 @@ impl PieceStore {
     /// the source read against its CRC32C, and afterwards the destination's size and
     /// checksum. Pieces already at `dest` with the same size and checksum are skipped, so an
     /// interrupted run resumes by running again. `dry_run` only counts; `concurrency` pieces
-    /// are in flight at once. `progress(done_pieces, total_pieces)` is called after every
+    /// (1 to 4096) are in flight at once. `progress(done_pieces, total_pieces)` is called after every
     /// piece, from a thread of the library. A piece that fails is counted and listed in the
     /// report's `failures` (`key`, `code`, `message`) and the run goes on; failing to list
     /// the source raises. Returns a dict (`copied`, `copied_bytes`, `skipped`, `failed`, ...).
@@ -523,7 +522,7 @@ impl PieceStore {
         concurrency: usize,
         progress: Option<Py<PyAny>>,
     ) -> PyResult<Bound<'py, PyAny>> {
-        let opts = migrate_options(dry_run, concurrency)?;
+        let opts = migrate_options(py, dry_run, concurrency)?;
         let (store, dest) = (&self.inner, dest.inner.clone());
         let r = py
             .detach(|| {
@@ -832,7 +831,7 @@ impl PieceStore {
         concurrency: usize,
         progress: Option<Py<PyAny>>,
     ) -> PyResult<Bound<'py, PyAny>> {
-        let opts = migrate_options(dry_run, concurrency)?;
+        let opts = migrate_options(py, dry_run, concurrency)?;
         let (store, dest) = (self.inner.clone(), dest.inner.clone());
         awaitable(py, async move {
             let r = store

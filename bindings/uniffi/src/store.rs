@@ -717,9 +717,9 @@ impl PieceStore {
     /// the source read against its CRC32C, and afterwards the destination's size and
     /// checksum. Pieces already at `dest` with the same size and checksum are skipped, so an
     /// interrupted run resumes by running again. `dry_run` only counts; `concurrency` pieces
-    /// are in flight at once (0: 16). A piece that fails is listed in the report's `failures`
-    /// and the run goes on; failing to list the source throws. `progress` is told the pieces
-    /// handled and the pieces in the source, after every piece.
+    /// are in flight at once (0: 16, at most 4096). A piece that fails is listed in the
+    /// report's `failures` and the run goes on; failing to list the source throws. `progress`
+    /// is told the pieces handled and the pieces in the source, after every piece.
     #[uniffi::method(default(dry_run = false, concurrency = 0, progress = None))]
     pub async fn migrate_to(
         &self,
