@@ -16,7 +16,7 @@ secs=${1:-${PIECESTORE_FUZZ_SECS:-60}}
 shift || true
 targets=("$@")
 if [ ${#targets[@]} -eq 0 ]; then
-  targets=(pack_format keys config c_abi)
+  targets=(pack_format keys config c_abi s3_http)
 fi
 
 host=$(rustc -vV | sed -n 's/^host: //p')
@@ -27,7 +27,8 @@ export CARGO_TARGET_DIR=$out/build
 export RUSTFLAGS="--cfg fuzzing -Cpasses=sancov-module -Cllvm-args=-sanitizer-coverage-level=4 \
 -Cllvm-args=-sanitizer-coverage-inline-8bit-counters -Cllvm-args=-sanitizer-coverage-pc-table \
 -Cllvm-args=-sanitizer-coverage-trace-compares"
-# s3_http needs the server (`--features serve`), whose dependencies double the build.
+# s3_http needs the server (`--features serve`), whose dependencies double the build: one
+# build with it serves every target.
 features=()
 for t in "${targets[@]}"; do
   [ "$t" = s3_http ] && features=(--features serve)
