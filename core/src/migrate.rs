@@ -49,9 +49,9 @@ impl MigrateOptions {
     pub const MAX_CONCURRENCY: usize = 4096;
 
     /// Checks the options, as [`PieceStore::migrate_to`] does before it starts: `concurrency`
-    /// from 1 to [`MigrateOptions::MAX_CONCURRENCY`]. Every binding and the CLI pass their
-    /// user's number through unchanged (the C ABI and UniFFI read 0 as the default first), so
-    /// they all accept and refuse the same ones, with this message.
+    /// from 1 to [`MigrateOptions::MAX_CONCURRENCY`]. The CLI, Python, C, Go and UniFFI pass
+    /// their user's number through (C, Go and UniFFI read 0 as the default first) and get this
+    /// error; Node throws its own `RangeError` with these bounds before it calls the core.
     pub fn check(&self) -> Result<()> {
         if (1..=Self::MAX_CONCURRENCY).contains(&self.concurrency) {
             Ok(())
