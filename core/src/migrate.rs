@@ -51,7 +51,7 @@ impl MigrateOptions {
     /// Checks the options, as [`PieceStore::migrate_to`] does before it starts: `concurrency`
     /// from 1 to [`MigrateOptions::MAX_CONCURRENCY`]. The CLI, Python, C, Go and UniFFI pass
     /// their user's number through (C, Go and UniFFI read 0 as the default first) and get this
-    /// error; Node throws its own `RangeError` with these bounds before it calls the core.
+    /// error; Node calls it up front and throws its failure as a synchronous `RangeError`.
     pub fn check(&self) -> Result<()> {
         if (1..=Self::MAX_CONCURRENCY).contains(&self.concurrency) {
             Ok(())

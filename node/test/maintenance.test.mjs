@@ -198,7 +198,9 @@ test('migrateTo() copies every piece verified, skips what is there, lists failur
   assert.equal(conflict.failed, 1)
   assert.deepEqual(conflict.failures.map((f) => [f.key, f.code]), [['mig/9_s0', 'PIECE_EXISTS']])
   assert.match(conflict.failures[0].message, /mig\/9_s0/)
-  for (const bad of [0, 4097, 2.5]) {
+  // The core's bounds: 4096 runs, and anything else is refused before the promise exists.
+  assert.equal((await src.migrateTo(dest, { concurrency: 4096, dryRun: true })).failed, 0)
+  for (const bad of [0, 4097, 2.5, -1, 1e6]) {
     await assert.rejects(async () => src.migrateTo(dest, { concurrency: bad }), (e) => {
       assert.ok(e instanceof RangeError, String(e))
       assert.match(e.message, new RegExp(`concurrency must be a whole number from 1 to 4096, got ${bad}`))

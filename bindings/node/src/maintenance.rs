@@ -674,17 +674,20 @@ impl PieceStore {
             if let Some(v) = o.get::<Unknown<'_>>("concurrency")?
                 && !crate::args::is_nullish(&v)?
             {
-                // The core's bounds (MigrateOptions::check), as a RangeError thrown here.
+                // A whole number, then the core's own check (MigrateOptions::check) decides
+                // the bounds; either failing is a RangeError thrown here, synchronously.
                 let c = a.number(v, "options.concurrency")?;
-                let max = piecestore::migrate::MigrateOptions::MAX_CONCURRENCY;
-                if !(c.is_finite() && c >= 1.0 && c.fract() == 0.0 && c <= max as f64) {
+                let whole = c.is_finite() && c >= 0.0 && c.fract() == 0.0;
+                // `as` saturates: a number past usize::MAX still fails the core's check.
+                opts.concurrency = c as usize;
+                if !whole || opts.check().is_err() {
+                    let max = piecestore::migrate::MigrateOptions::MAX_CONCURRENCY;
                     return Err(a.range_error(
                         "options.concurrency",
                         &format!("a whole number from 1 to {max}"),
                         c,
                     ));
                 }
-                opts.concurrency = c as usize;
             }
             progress = on_progress(a, &o, "options.onProgress")?;
         }
