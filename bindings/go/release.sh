@@ -49,7 +49,9 @@ mkdir -p "$out/include" "$out/lib/$platform"
 (cd "$here" && find . -maxdepth 1 -type f \( -name '*.go' -o -name 'go.mod' -o -name 'go.sum' \
   -o -name 'README.md' \) -exec cp {} "$out/" \;)
 cp "$root/bindings/c/include/piecestore.h" "$out/include/"
-cp "$target_dir/release/libpiecestore_c.a" "$out/lib/$platform/"
+# With CARGO_BUILD_TARGET set (a cross build, one run per platform), cargo puts it under the
+# triple's directory.
+cp "$target_dir/${CARGO_BUILD_TARGET:+$CARGO_BUILD_TARGET/}release/libpiecestore_c.a" "$out/lib/$platform/"
 strip --strip-debug "$out/lib/$platform/libpiecestore_c.a"
 echo "module tree: $out ($(du -sh "$out" | cut -f1), lib/$platform)"
 
