@@ -510,9 +510,10 @@ impl PieceStore {
     /// checksum. Pieces already at `dest` with the same size and checksum are skipped, so an
     /// interrupted run resumes by running again. `dry_run` only counts; `concurrency` pieces
     /// (1 to 4096) are in flight at once. `progress(done_pieces, total_pieces)` is called
-    /// after every piece, from a thread of the library. A piece that fails is counted and listed in the
-    /// report's `failures` (`key`, `code`, `message`) and the run goes on; failing to list
-    /// the source raises. Returns a dict (`copied`, `copied_bytes`, `skipped`, `failed`, ...).
+    /// after every piece, from a thread of the library. A piece that fails is counted and
+    /// listed in the report's `failures` (`key`, `code`, `message`) and the run goes on;
+    /// failing to list the source raises. Returns a dict (`copied`, `copied_bytes`,
+    /// `skipped`, `failed`, ...).
     #[pyo3(signature = (dest, *, dry_run = false, concurrency = 16, progress = None))]
     fn migrate_to<'py>(
         &self,
