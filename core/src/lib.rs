@@ -25,6 +25,7 @@ pub mod greenfield;
 pub mod key;
 pub mod migrate;
 pub mod pack;
+mod page_cache;
 pub mod peer;
 pub mod profile;
 mod reserved;

@@ -23,6 +23,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Instant, SystemTime};
 
 use crate::checksum::{self, Trailer, TrailerCheck};
+use crate::page_cache;
 
 /// The marker of a directory in PieceStore's own layout (under the store's root).
 pub(crate) const LAYOUT_MARKER: &str = ".piecestore/layout";
@@ -150,19 +151,45 @@ pub(crate) fn read_piece(path: &Path, format: FileFormat) -> io::Result<(Read, I
             Some(Err(())) => Read::DamagedTrailer,
             Some(Ok(expected)) => verified(buf, expected),
         },
-        FileFormat::Trailer => {
-            let total = buf.len() as u64;
-            match Trailer::check(&buf[buf.len().saturating_sub(Trailer::LEN)..], total) {
-                TrailerCheck::Absent => Read::Unverified(buf),
-                TrailerCheck::Damaged => Read::DamagedTrailer,
-                TrailerCheck::Valid(t) => {
-                    buf.truncate(t.len as usize);
-                    verified(buf, t.crc)
-                }
-            }
-        }
+        FileFormat::Trailer => with_trailer(buf),
     };
     Ok((read, opened))
+}
+
+/// [`read_piece`] at once on the calling thread when that cannot wait for the disk: the file's
+/// path and bytes are all in the kernel's caches and it is at most
+/// [`page_cache::INLINE_READ_MAX`] bytes long. `Ok(None)` otherwise: then call [`read_piece`]
+/// on the blocking pool. PieceStore's own layout only: the original's keeps its checksum in an
+/// extended attribute, whose read may wait for the disk.
+pub(crate) fn read_piece_cached(
+    path: &Path,
+    format: FileFormat,
+) -> io::Result<Option<(Read, Instant)>> {
+    if format != FileFormat::Trailer {
+        return Ok(None);
+    }
+    let Some(f) = page_cache::open(path)? else {
+        return Ok(None);
+    };
+    let meta = f.metadata()?;
+    if meta.is_dir() {
+        return Err(io::Error::from(io::ErrorKind::NotFound));
+    }
+    let opened = Instant::now();
+    Ok(page_cache::read_at(&f, 0, meta.len())?.map(|buf| (with_trailer(buf), opened)))
+}
+
+/// A whole file of PieceStore's own layout, checked against its trailer.
+fn with_trailer(mut buf: Vec<u8>) -> Read {
+    let total = buf.len() as u64;
+    match Trailer::check(&buf[buf.len().saturating_sub(Trailer::LEN)..], total) {
+        TrailerCheck::Absent => Read::Unverified(buf),
+        TrailerCheck::Damaged => Read::DamagedTrailer,
+        TrailerCheck::Valid(t) => {
+            buf.truncate(t.len as usize);
+            verified(buf, t.crc)
+        }
+    }
 }
 
 fn verified(buf: Vec<u8>, expected: u32) -> Read {

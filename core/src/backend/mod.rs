@@ -874,9 +874,10 @@ impl Backend {
         Ok((bytes, expected))
     }
 
-    /// A local piece: open, read, check its checksum and verify, in one blocking task
-    /// (object_store's own get takes two hops through the blocking pool, and the checksum would
-    /// then run on an async worker).
+    /// A local piece: open, read, check its checksum and verify, at once when the file is in
+    /// the page cache (see [`crate::page_cache`]), else in one blocking task (object_store's
+    /// own get takes two hops through the blocking pool, and the checksum would then run on an
+    /// async worker).
     async fn get_local(
         &self,
         fs: &LocalFileSystem,
@@ -888,11 +889,16 @@ impl Backend {
         let file_path = fs
             .path_to_filesystem(path)
             .map_err(|e| self.map_err("get", Some(key), e))?;
-        let (read, opened) =
-            tokio::task::spawn_blocking(move || local::read_piece(&file_path, format))
+        // A file in the page cache is read here, at once; else on the blocking pool.
+        let cached =
+            local::read_piece_cached(&file_path, format).map_err(|e| self.io_err("get", key, e))?;
+        let (read, opened) = match cached {
+            Some(read) => read,
+            None => tokio::task::spawn_blocking(move || local::read_piece(&file_path, format))
                 .await
                 .map_err(|e| self.io_err("get", key, std::io::Error::other(e)))?
-                .map_err(|e| self.io_err("get", key, e))?;
+                .map_err(|e| self.io_err("get", key, e))?,
+        };
         *first_byte = Some(opened);
         match read {
             local::Read::Unverified(buf) => Ok((Bytes::from(buf), None)),

@@ -1,5 +1,6 @@
 //! Open pack files of a local directory, kept for reads: a packed read is one positioned read
-//! of an already open file (no open and close per read), in one blocking task.
+//! of an already open file (no open and close per read): at once when its bytes are in the page
+//! cache, else in one blocking task.
 //!
 //! The cache holds at most its bound of files, and forgets the least recently used one first.
 //! A pack that compaction deleted while a handle to it was cached still reads right: its
@@ -15,6 +16,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use super::index::{self, PackId};
+use crate::page_cache;
 
 /// How many pack files a shard keeps open for reads.
 pub(crate) const DEFAULT_HANDLES: usize = 64;
@@ -58,13 +60,9 @@ impl Handles {
 
     /// An open file of pack `id` (opened now if not cached; `NotFound` if the pack is gone).
     fn file(&self, id: PackId) -> io::Result<Arc<File>> {
-        let now = self.tick.fetch_add(1, Ordering::Relaxed);
-        if now % SWEEP_EVERY == SWEEP_EVERY - 1 {
-            self.forget_deleted();
-        }
-        if let Some((f, used)) = self.lock().get_mut(&id) {
-            *used = now;
-            return Ok(Arc::clone(f));
+        let now = self.tick();
+        if let Some(f) = self.cached(id, now) {
+            return Ok(f);
         }
         let f = Arc::new(File::open(self.path(id))?);
         let mut open = self.lock();
@@ -88,6 +86,38 @@ impl Handles {
         let mut buf = vec![0u8; len as usize];
         f.read_exact_at(&mut buf, offset)?;
         Ok(buf)
+    }
+
+    /// [`Handles::read`] at once on the calling thread, when pack `id` is open already and the
+    /// bytes are all in the page cache (see [`crate::page_cache`]); `Ok(None)` otherwise (then
+    /// call [`Handles::read`] on the blocking pool).
+    pub fn read_cached(&self, id: PackId, offset: u64, len: u64) -> io::Result<Option<Vec<u8>>> {
+        if len > page_cache::INLINE_READ_MAX {
+            return Ok(None);
+        }
+        let now = self.tick();
+        match self.cached(id, now) {
+            Some(f) => page_cache::read_at(&f, offset, len),
+            None => Ok(None),
+        }
+    }
+
+    /// The next use's number; every [`SWEEP_EVERY`] uses, first lets go of deleted packs'
+    /// files (an `fstat` of each open file: no disk).
+    fn tick(&self) -> u64 {
+        let now = self.tick.fetch_add(1, Ordering::Relaxed);
+        if now % SWEEP_EVERY == SWEEP_EVERY - 1 {
+            self.forget_deleted();
+        }
+        now
+    }
+
+    /// Pack `id`'s open file if the cache holds it, marked used at `now`.
+    fn cached(&self, id: PackId, now: u64) -> Option<Arc<File>> {
+        let mut open = self.lock();
+        let (f, used) = open.get_mut(&id)?;
+        *used = now;
+        Some(Arc::clone(f))
     }
 
     /// Forgets pack `id`'s handle (its file was deleted).

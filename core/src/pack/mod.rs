@@ -665,7 +665,8 @@ impl ShardPacker {
 
 impl ShardPacker {
     /// Reads a packed piece's bytes and verifies them: on a local directory one positioned
-    /// read of a cached open file, in one blocking task; elsewhere one ranged GET. A pack
+    /// read of a cached open file (at once when the bytes are in the page cache, else in one
+    /// blocking task); elsewhere one ranged GET. A pack
     /// shorter than the index says (cut short on disk, or a truncated copy) is `Corrupt`, never
     /// a retryable error: retrying cannot bring the bytes back. A missing pack is `NotFound`
     /// (the caller looks the piece up again).
@@ -680,16 +681,27 @@ impl ShardPacker {
             let reads = (!self.is_memory()).then_some(&self.reads);
             return read_packed_object(reads, backend, key, loc).await;
         }
-        let me = Arc::clone(self);
         let (pack, offset, len, crc) = (loc.pack, loc.offset, loc.len, loc.crc);
-        let read = tokio::task::spawn_blocking(move || {
-            let handles = me.handles.as_ref().expect("checked");
-            let bytes = handles.read(pack, offset, len)?;
-            let actual = crate::checksum::crc32c(&bytes);
-            Ok::<_, std::io::Error>((bytes, actual))
-        })
-        .await
-        .map_err(|e| join_err(backend, e))?;
+        let handles = self.handles.as_ref().expect("checked");
+        // Bytes in the page cache are read here, at once; else on the blocking pool.
+        let read = match handles.read_cached(pack, offset, len) {
+            Ok(Some(bytes)) => {
+                let actual = crate::checksum::crc32c(&bytes);
+                Ok((bytes, actual))
+            }
+            Err(e) => Err(e),
+            Ok(None) => {
+                let me = Arc::clone(self);
+                tokio::task::spawn_blocking(move || {
+                    let handles = me.handles.as_ref().expect("checked");
+                    let bytes = handles.read(pack, offset, len)?;
+                    let actual = crate::checksum::crc32c(&bytes);
+                    Ok::<_, std::io::Error>((bytes, actual))
+                })
+                .await
+                .map_err(|e| join_err(backend, e))?
+            }
+        };
         let corrupt = |detail: String| Error::Corrupt {
             key: key.into(),
             backend: backend.label().into(),
