@@ -122,6 +122,19 @@ async fn a_reopened_store_reads_from_the_disk_tier_and_refetches_a_damaged_entry
     assert_eq!(proxy.seen().len(), seen, "served from the disk tier");
     let disk = &store.cache_stats().unwrap().tiers[0];
     assert_eq!((disk.tier, disk.hits, disk.entries), ("disk", 20, 20));
+    // The same from entry files no longer in the page cache (read on the blocking pool, not
+    // at once on the calling thread).
+    #[cfg(target_os = "linux")]
+    {
+        for f in entry_files(cache.path()) {
+            piecestore_tests::evict_from_page_cache(&f);
+        }
+        for (k, v) in &pieces {
+            assert!(store.get(k).await.unwrap() == *v, "{k}, read cold");
+        }
+        assert_eq!(proxy.seen().len(), seen, "served from the disk tier, cold");
+        assert_eq!(store.cache_stats().unwrap().tiers[0].hits, 40);
+    }
     store.close().await;
 
     // Flip a byte in each entry: every get fetches again and returns the right bytes.

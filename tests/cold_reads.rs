@@ -7,7 +7,6 @@
 #![cfg(target_os = "linux")]
 
 use std::collections::BTreeMap;
-use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 
 use bytes::Bytes;
@@ -24,43 +23,6 @@ fn files(dir: &Path) -> Vec<PathBuf> {
         .collect()
 }
 
-/// Drops `path`'s pages from the page cache (written back first: dirty pages stay).
-fn evict(path: &Path) {
-    let f = std::fs::File::open(path).expect("open");
-    f.sync_all().expect("fsync");
-    // SAFETY: a plain advice call on a file descriptor this function owns.
-    let rc = unsafe { libc::posix_fadvise(f.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };
-    assert_eq!(rc, 0, "posix_fadvise on {}", path.display());
-}
-
-/// How many of `path`'s pages are in the page cache (`mincore` of a mapping of it).
-fn resident_pages(path: &Path) -> usize {
-    let f = std::fs::File::open(path).expect("open");
-    let len = f.metadata().expect("metadata").len() as usize;
-    if len == 0 {
-        return 0;
-    }
-    // SAFETY: a private read-only mapping of `len` bytes of an open file, inspected with
-    // mincore into a vector of one byte per page, then unmapped; nothing reads through it.
-    unsafe {
-        let page = libc::sysconf(libc::_SC_PAGESIZE) as usize;
-        let map = libc::mmap(
-            std::ptr::null_mut(),
-            len,
-            libc::PROT_READ,
-            libc::MAP_PRIVATE,
-            f.as_raw_fd(),
-            0,
-        );
-        assert_ne!(map, libc::MAP_FAILED, "mmap {}", path.display());
-        let mut vec = vec![0u8; len.div_ceil(page)];
-        let rc = libc::mincore(map, len, vec.as_mut_ptr());
-        libc::munmap(map, len);
-        assert_eq!(rc, 0, "mincore {}", path.display());
-        vec.iter().filter(|b| *b & 1 == 1).count()
-    }
-}
-
 /// Evicts the store's piece files (or packs) and checks that none of their pages is left.
 fn evict_pieces(dir: &Path) {
     let data: Vec<PathBuf> = files(dir)
@@ -71,10 +33,8 @@ fn evict_pieces(dir: &Path) {
         .collect();
     assert!(!data.is_empty(), "no piece files under {}", dir.display());
     for p in &data {
-        evict(p);
+        piecestore_tests::evict_from_page_cache(p);
     }
-    let left: usize = data.iter().map(|p| resident_pages(p)).sum();
-    assert_eq!(left, 0, "pages still cached after eviction");
 }
 
 /// Pieces from 100 bytes to 300 KiB (past the 256 KiB that is ever read inline).

@@ -1107,6 +1107,54 @@ pub async fn raw_piece_keys(
     keys
 }
 
+/// Drops `path`'s pages from the page cache (written back first: dirty pages would stay),
+/// and checks with `mincore` that none is left: its next read must come from the disk.
+#[cfg(target_os = "linux")]
+pub fn evict_from_page_cache(path: &std::path::Path) {
+    use std::os::fd::AsRawFd;
+    let f = std::fs::File::open(path).expect("open");
+    f.sync_all().expect("fsync");
+    // SAFETY: a plain advice call on a file descriptor this function owns.
+    let rc = unsafe { libc::posix_fadvise(f.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };
+    assert_eq!(rc, 0, "posix_fadvise on {}", path.display());
+    assert_eq!(
+        resident_pages(path),
+        0,
+        "{} is still cached",
+        path.display()
+    );
+}
+
+/// How many of `path`'s pages are in the page cache (`mincore` of a mapping of it).
+#[cfg(target_os = "linux")]
+fn resident_pages(path: &std::path::Path) -> usize {
+    use std::os::fd::AsRawFd;
+    let f = std::fs::File::open(path).expect("open");
+    let len = f.metadata().expect("metadata").len() as usize;
+    if len == 0 {
+        return 0;
+    }
+    // SAFETY: a private read-only mapping of `len` bytes of an open file, inspected with
+    // mincore into a vector of one byte per page, then unmapped; nothing reads through it.
+    unsafe {
+        let page = libc::sysconf(libc::_SC_PAGESIZE) as usize;
+        let map = libc::mmap(
+            std::ptr::null_mut(),
+            len,
+            libc::PROT_READ,
+            libc::MAP_PRIVATE,
+            f.as_raw_fd(),
+            0,
+        );
+        assert_ne!(map, libc::MAP_FAILED, "mmap {}", path.display());
+        let mut vec = vec![0u8; len.div_ceil(page)];
+        let rc = libc::mincore(map, len, vec.as_mut_ptr());
+        libc::munmap(map, len);
+        assert_eq!(rc, 0, "mincore {}", path.display());
+        vec.iter().filter(|b| *b & 1 == 1).count()
+    }
+}
+
 /// Flips the byte at `at` of `key`'s stored bytes past the store (bit rot), keeping its
 /// checksum: in its object (metadata or trailer kept as they were), or in its pack.
 pub async fn flip_stored_byte(store: &PieceStore, key: &str, at: usize) {

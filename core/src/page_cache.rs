@@ -30,6 +30,19 @@ pub(crate) fn open(path: &Path) -> io::Result<Option<File>> {
     imp::open(path)
 }
 
+/// The whole file at `path` (at most [`INLINE_READ_MAX`] bytes), if its path and bytes are
+/// all in the kernel's caches; `Ok(None)` otherwise. A directory is `NotFound`.
+pub(crate) fn read_file(path: &Path) -> io::Result<Option<Vec<u8>>> {
+    let Some(f) = open(path)? else {
+        return Ok(None);
+    };
+    let meta = f.metadata()?;
+    if meta.is_dir() {
+        return Err(io::Error::from(io::ErrorKind::NotFound));
+    }
+    read_at(&f, 0, meta.len())
+}
+
 /// Exactly `len` bytes at `offset` of `file`, if they are all in the page cache and
 /// `len <= INLINE_READ_MAX`; `Ok(None)` when some are not, when the file ends first (the
 /// blocking read then reports that as it always has), or when the system cannot tell.

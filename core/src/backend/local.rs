@@ -168,15 +168,8 @@ pub(crate) fn read_piece_cached(
     if format != FileFormat::Trailer {
         return Ok(None);
     }
-    let Some(f) = page_cache::open(path)? else {
-        return Ok(None);
-    };
-    let meta = f.metadata()?;
-    if meta.is_dir() {
-        return Err(io::Error::from(io::ErrorKind::NotFound));
-    }
     let opened = Instant::now();
-    Ok(page_cache::read_at(&f, 0, meta.len())?.map(|buf| (with_trailer(buf), opened)))
+    Ok(page_cache::read_file(path)?.map(|buf| (with_trailer(buf), opened)))
 }
 
 /// A whole file of PieceStore's own layout, checked against its trailer.

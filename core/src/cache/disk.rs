@@ -22,6 +22,7 @@ use bytes::Bytes;
 use super::Entry;
 use crate::checksum::crc32c;
 use crate::error::{Error, Result};
+use crate::page_cache;
 
 const MAGIC: &[u8; 8] = b"PSCACHE1";
 /// magic, key length (u32), data length (u64), data CRC32C (u32), has a piece checksum (u8).
@@ -212,6 +213,25 @@ impl DiskTier {
         let key = self.scoped(key);
         let h = hash(&key);
         let path = path_of(&self.dir, h);
+        // A file in the page cache is read here, at once, and so is a miss the kernel knows;
+        // anything else, and a damaged entry (removed there), on the blocking pool.
+        match page_cache::read_file(&path) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Lookup::Miss,
+            Ok(Some(raw)) => {
+                let size = raw.len() as u64;
+                match decode(&key, raw) {
+                    Ok(Some(e)) => {
+                        if self.index.get(&h).is_none() {
+                            self.index.insert(h, size);
+                        }
+                        return Lookup::Hit(e);
+                    }
+                    Ok(None) => return Lookup::Miss,
+                    Err(_) => {}
+                }
+            }
+            _ => {}
+        }
         let index = self.index.clone();
         let found = tokio::task::spawn_blocking(move || {
             let raw = match std::fs::read(&path) {
