@@ -6,6 +6,7 @@
 #   bash benches/multiprocess.sh             # the whole matrix (about 2 minutes)
 #   QUICK=1 bash benches/multiprocess.sh     # 2-second phases, for a smoke run
 #   BENCH_DIR=/mnt/disk bash benches/multiprocess.sh   # the filesystem to measure (default: target/)
+#   PS=/tmp/piecestore-old bash benches/multiprocess.sh # measure another build (no cargo build)
 #
 # Rows: 4 processes × 16 in flight against 1 process × 64 (puts, then gets of 4 KiB pieces),
 # and the newcomer's case, 2 processes each doing one call at a time against 1 process doing
@@ -21,9 +22,13 @@ root=${BENCH_DIR:-$PWD/target}
 out="$root/multiprocess-$(date -u +%Y%m%dT%H%M%S)"
 mkdir -p "$out"
 
-cargo build --release --quiet -p piecestore-cli
-ps=target/release/piecestore
-[ -x "$ps" ] || ps=${CARGO_TARGET_DIR:-target}/release/piecestore
+if [ -n "${PS:-}" ]; then
+  ps=$PS
+else
+  cargo build --release --quiet -p piecestore-cli
+  ps=target/release/piecestore
+  [ -x "$ps" ] || ps=${CARGO_TARGET_DIR:-target}/release/piecestore
+fi
 
 # ops/s, p50 µs, p99 µs, errors of one report
 ops() {

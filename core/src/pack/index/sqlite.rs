@@ -584,11 +584,19 @@ fn read_only_hint(path: &Path) -> &'static str {
     }
 }
 
-/// Settings of every connection: pages read through a memory map (no read syscall per page),
-/// and the log checkpointed every 4,096 pages rather than 1,000 (a checkpoint waits for the
+/// Settings of every connection: pages are read with `pread`, not through a memory map, and
+/// the log is checkpointed every 4,096 pages rather than 1,000 (a checkpoint waits for the
 /// disk).
+///
+/// No memory map (`mmap_size` 0, SQLite's own default) because the index is shared by many
+/// processes: whenever another connection has changed the database, SQLite unmaps the whole
+/// map at the start of the next read transaction, so with writers in other processes every
+/// read paid an `munmap`, the page faults to map it again and the TLB shootdowns on every
+/// core. With a 1 GiB map, 4 processes × 16 puts in flight ran at about 25,000 puts/s; without
+/// one, about 32,000 (+30%); a single process reading alone lost about 5% on gets
+/// (benches/RESULTS.md, "Many processes on one packed store").
 fn tune(c: &Connection) -> rusqlite::Result<()> {
-    c.pragma_update(None, "mmap_size", 1i64 << 30)?;
+    c.pragma_update(None, "mmap_size", 0i64)?;
     c.pragma_update(None, "wal_autocheckpoint", 4096)?;
     c.pragma_update(None, "temp_store", "MEMORY")
 }
