@@ -11,8 +11,10 @@
 //! interface io_uring uses to decide the same thing). So these reads are safe on any thread,
 //! Node's event loop and the runtime's async workers included.
 //!
-//! Elsewhere (other systems, kernels before 5.12, filesystems that do not support the flags)
-//! every read takes the blocking pool, as before.
+//! A tmpfs (`/dev/shm`, a RAM disk) does not support `RWF_NOWAIT` (`EOPNOTSUPP` on 6.18), but
+//! its bytes are memory, never a disk's: such a file is read at once with a plain `pread`.
+//! Elsewhere (other systems, kernels before 5.12, other filesystems that do not support the
+//! flags) every read takes the blocking pool, as before.
 
 use std::fs::File;
 use std::io;
@@ -94,11 +96,36 @@ mod imp {
                 Ok(0) => return Ok(None),
                 Ok(n) => done += n,
                 Err(Errno::INTR) => {}
+                Err(Errno::OPNOTSUPP) if in_memory(file) => return read_memory(file, offset, buf),
                 Err(e) if cannot_tell(e) => return Ok(None),
                 Err(e) => return Err(e.into()),
             }
         }
         Ok(Some(buf))
+    }
+
+    /// Whether `file` lives on a tmpfs, whose pages are memory (a read of one never waits
+    /// for a disk; at worst for swap, as any memory may).
+    fn in_memory(file: &File) -> bool {
+        rustix::fs::fstatfs(file).is_ok_and(|s| is_tmpfs(&s))
+    }
+
+    /// Whether a filesystem's `statfs` names a tmpfs (`f_type`'s integer type differs between
+    /// architectures, hence the casts).
+    #[allow(clippy::unnecessary_cast)]
+    pub(super) fn is_tmpfs(s: &rustix::fs::StatFs) -> bool {
+        s.f_type as i64 == libc::TMPFS_MAGIC as i64
+    }
+
+    /// `buf.len()` bytes at `offset` of a tmpfs file with plain `pread`s; `Ok(None)` when the
+    /// file ends first, as for a cached read.
+    fn read_memory(file: &File, offset: u64, mut buf: Vec<u8>) -> io::Result<Option<Vec<u8>>> {
+        use std::os::unix::fs::FileExt;
+        match file.read_exact_at(&mut buf, offset) {
+            Ok(()) => Ok(Some(buf)),
+            Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => Ok(None),
+            Err(e) => Err(e),
+        }
     }
 }
 
@@ -143,5 +170,28 @@ mod tests {
         assert!(std::fs::metadata(&missing).is_err());
         let e = open(&missing).expect_err("a cached negative entry says NotFound");
         assert_eq!(e.kind(), io::ErrorKind::NotFound);
+    }
+
+    #[test]
+    fn a_file_on_tmpfs_reads_at_once_too() {
+        let shm = Path::new("/dev/shm");
+        if !rustix::fs::statfs(shm).is_ok_and(|s| imp::is_tmpfs(&s)) {
+            eprintln!("SKIPPED: no tmpfs at /dev/shm");
+            return;
+        }
+        let dir = tempfile::tempdir_in(shm).unwrap();
+        let path = dir.path().join("f");
+        let data: Vec<u8> = (0..10_000u32).map(|i| (i % 241) as u8).collect();
+        std::fs::write(&path, &data).unwrap();
+        assert_eq!(read_file(&path).unwrap().as_deref(), Some(&data[..]));
+        let f = open(&path)
+            .unwrap()
+            .expect("a tmpfs path is in the dentry cache");
+        assert_eq!(
+            read_at(&f, 4_000, 96).unwrap().as_deref(),
+            Some(&data[4_000..4_096])
+        );
+        // Past the end: left to the blocking read, as on any other filesystem.
+        assert_eq!(read_at(&f, 9_990, 20).unwrap(), None);
     }
 }
