@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import multiprocessing
+import socket
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 
 import piecestore
-from conftest import HERE, open_backend
+from conftest import HERE, S3_KEYS, open_backend, s3_url
 from test_roundtrip import data_of
 
 
@@ -57,6 +59,76 @@ def test_blocking_calls_release_the_gil(tmp_path: Path) -> None:
     done.set()
     t.join()
     assert during > 1000, during
+
+
+class _SlowProxy:
+    """A TCP proxy in front of the S3 server, run by Python threads (so it runs only while the
+    GIL is free), that holds each request for a while before passing it on while ``armed``."""
+
+    def __init__(self, upstream: str) -> None:
+        host, port = upstream.removeprefix("http://").rsplit(":", 1)
+        self.upstream = (host, int(port))
+        self.held = 0
+        self.armed = False
+        self.server = socket.create_server(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self.server.getsockname()[1]}"
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self.server.accept()
+            except OSError:
+                return
+            up = socket.create_connection(self.upstream, timeout=30)
+            threading.Thread(target=self._pump, args=(client, up, True), daemon=True).start()
+            threading.Thread(target=self._pump, args=(up, client, False), daemon=True).start()
+
+    def _pump(self, src: socket.socket, dst: socket.socket, requests: bool) -> None:
+        try:
+            while chunk := src.recv(65536):
+                if requests and self.armed:
+                    self.held += 1
+                    # Python work for a while: needs the GIL the caller's get must have let go.
+                    end = time.monotonic() + 0.3
+                    while time.monotonic() < end:
+                        pass
+                dst.sendall(chunk)
+        except OSError:
+            pass
+        finally:
+            dst.close()
+
+    def close(self) -> None:
+        self.server.close()
+
+
+def test_a_call_that_waits_releases_the_gil(s3_endpoint: str) -> None:
+    # A get is first tried holding the GIL (a memory store or the page cache answers at once);
+    # one that must wait for the network goes on without it. The proxy between the store and
+    # its server is Python code: were the GIL held while the get waits, the proxy could not
+    # pass the request on and the get would time out.
+    proxy = _SlowProxy(s3_endpoint)
+    try:
+        st = piecestore.PieceStore(
+            s3_url(proxy.url, shards=2), region="us-east-1", get_timeout=20, **S3_KEYS
+        )
+        st.put("slow_s0", b"through the proxy")
+        st.clear_cache()  # else the memory tier in front of buckets answers at once
+        proxy.armed = True
+        start = time.monotonic()
+        assert st.get("slow_s0") == b"through the proxy"
+        assert proxy.held >= 1 and time.monotonic() - start >= 0.3
+        # Now in the memory tier: answered at once, not through the proxy.
+        held = proxy.held
+        assert st.get("slow_s0") == b"through the proxy"
+        assert proxy.held == held
+        with pytest.raises(piecestore.PieceNotFound):
+            st.get("slow_s1")
+        assert proxy.held > held
+        st.close()
+    finally:
+        proxy.close()
 
 
 def test_gather_1000_gets(store: piecestore.PieceStore) -> None:

@@ -253,6 +253,26 @@ fn toml_value(v: &Bound<'_, PyAny>) -> PyResult<toml::Value> {
     )))
 }
 
+/// The largest put [`run`] first polls holding the GIL: its checksum takes about 20 µs.
+const INLINE_PUT_MAX: usize = 1 << 20;
+
+/// Runs one core call for Python. It is first polled once right here, holding the GIL, where
+/// the store must not wait for a disk or the network (see
+/// [`piecestore::runtime::poll_without_blocking`]): a call that is done at once (a memory store,
+/// a piece in the page cache, an invalid key) then costs no release and retaking of the GIL.
+/// One that must wait goes on with the GIL released, so other Python threads run meanwhile.
+fn run<F>(py: Python<'_>, fut: F) -> F::Output
+where
+    F: std::future::Future + Send,
+    F::Output: Send,
+{
+    let mut fut = std::pin::pin!(fut);
+    if let std::task::Poll::Ready(out) = piecestore::runtime::poll_without_blocking(fut.as_mut()) {
+        return out;
+    }
+    py.detach(|| block_on(fut))
+}
+
 fn open(py: Python<'_>, config: Config) -> PyResult<PieceStore> {
     let inner = py
         .detach(|| block_on(piecestore::PieceStore::open(config)))
@@ -367,8 +387,16 @@ impl PieceStore {
     ) -> PyResult<()> {
         let data = buffer::from_py(data)?;
         let store = &self.inner;
-        py.detach(|| block_on(store.put_opts(&key, data, PutOptions { overwrite })))
-            .map_err(|e| to_py_with(py, e))
+        // A put checksums its bytes before anything else: a large one does that with the GIL
+        // released from the start.
+        let inline = data.len() <= INLINE_PUT_MAX;
+        let put = store.put_opts(&key, data, PutOptions { overwrite });
+        if inline {
+            run(py, put)
+        } else {
+            py.detach(|| block_on(put))
+        }
+        .map_err(|e| to_py_with(py, e))
     }
 
     /// The piece's bytes, checksum-verified, as a zero-copy `Buffer`.
@@ -378,7 +406,7 @@ impl PieceStore {
         if let Some(bytes) = store.get_resident(&key) {
             return Ok(Piece(bytes));
         }
-        py.detach(|| block_on(store.get(&key)))
+        run(py, store.get(&key))
             .map(Piece)
             .map_err(|e| to_py_with(py, e))
     }
@@ -403,7 +431,7 @@ impl PieceStore {
         length: u64,
     ) -> PyResult<Piece> {
         let store = &self.inner;
-        py.detach(|| block_on(store.get_range(&key, offset, length)))
+        run(py, store.get_range(&key, offset, length))
             .map(Piece)
             .map_err(|e| to_py_with(py, e))
     }
@@ -411,24 +439,20 @@ impl PieceStore {
     /// The piece's metadata, as a `PieceInfo`.
     fn head<'py>(&self, py: Python<'py>, key: PyBackedStr) -> PyResult<Bound<'py, PyAny>> {
         let store = &self.inner;
-        let m = py
-            .detach(|| block_on(store.head(&key)))
-            .map_err(|e| to_py_with(py, e))?;
+        let m = run(py, store.head(&key)).map_err(|e| to_py_with(py, e))?;
         Info(m).into_pyobject(py)
     }
 
     /// Whether a piece exists under `key`.
     fn exists(&self, py: Python<'_>, key: PyBackedStr) -> PyResult<bool> {
         let store = &self.inner;
-        py.detach(|| block_on(store.exists(&key)))
-            .map_err(|e| to_py_with(py, e))
+        run(py, store.exists(&key)).map_err(|e| to_py_with(py, e))
     }
 
     /// Deletes a piece; deleting a missing piece succeeds.
     fn delete(&self, py: Python<'_>, key: PyBackedStr) -> PyResult<()> {
         let store = &self.inner;
-        py.detach(|| block_on(store.delete(&key)))
-            .map_err(|e| to_py_with(py, e))
+        run(py, store.delete(&key)).map_err(|e| to_py_with(py, e))
     }
 
     /// Deletes every piece whose key starts with `prefix`, on every shard.
