@@ -238,8 +238,9 @@ const INLINE_CHECKSUM_MAX: u64 = 1 << 20;
 
 /// Before checksumming `len` bytes: on a thread that must not block (inside
 /// [`poll_without_blocking`]) and past [`INLINE_CHECKSUM_MAX`], hands the rest of the calling
-/// future to the runtime (one `Pending`), so that a large piece from a memory store is
-/// verified on a worker, not on the caller's event loop. Elsewhere, returns at once.
+/// future to the runtime (one `Pending`), so that a large piece (read from a memory store, or
+/// put) is checksummed where blocking is allowed, not on the caller's event loop or under
+/// Python's GIL. Elsewhere, returns at once.
 pub(crate) async fn yield_before_checksum(len: u64) {
     if len > INLINE_CHECKSUM_MAX && !may_block() {
         tokio::task::yield_now().await;

@@ -332,6 +332,7 @@ impl PieceStore {
         self.observe(Op::Put, key, |_| len, async {
             self.check().await?;
             let backend = self.backend(key)?;
+            runtime::yield_before_checksum(len).await;
             let crc = checksum::crc32c(&data);
             if opts.overwrite
                 && let Some(cache) = self.cache()

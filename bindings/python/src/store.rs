@@ -253,9 +253,6 @@ fn toml_value(v: &Bound<'_, PyAny>) -> PyResult<toml::Value> {
     )))
 }
 
-/// The largest put [`run`] first polls holding the GIL: its checksum takes about 20 µs.
-const INLINE_PUT_MAX: usize = 1 << 20;
-
 /// Runs one core call for Python. It is first polled once right here, holding the GIL, where
 /// the store must not wait for a disk or the network (see
 /// [`piecestore::runtime::poll_without_blocking`]): a call that is done at once (a memory store,
@@ -387,16 +384,9 @@ impl PieceStore {
     ) -> PyResult<()> {
         let data = buffer::from_py(data)?;
         let store = &self.inner;
-        // A put checksums its bytes before anything else: a large one does that with the GIL
-        // released from the start.
-        let inline = data.len() <= INLINE_PUT_MAX;
-        let put = store.put_opts(&key, data, PutOptions { overwrite });
-        if inline {
-            run(py, put)
-        } else {
-            py.detach(|| block_on(put))
-        }
-        .map_err(|e| to_py_with(py, e))
+        // A large piece's checksum waits for the second poll, with the GIL released (the core
+        // does not checksum more than 1 MiB where it must not block).
+        run(py, store.put_opts(&key, data, PutOptions { overwrite })).map_err(|e| to_py_with(py, e))
     }
 
     /// The piece's bytes, checksum-verified, as a zero-copy `Buffer`.
