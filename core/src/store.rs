@@ -1157,7 +1157,7 @@ impl PieceStore {
         }
         // (Memory backends are not rebuilt in a forked child: the ones built at open.)
         for b in self.inner.shards.iter() {
-            b.release_memory().await;
+            b.release_memory();
         }
         // Nothing reads through the cache after a close: its memory tier goes now, not when
         // the last handle on the store is dropped (a binding's, at the garbage collector's

@@ -5,6 +5,7 @@ pub(crate) mod aws_profile;
 pub(crate) mod grpc;
 mod local;
 use local::Walked;
+mod memory;
 mod s3;
 mod streamed;
 mod url;
@@ -16,7 +17,6 @@ use bytes::Bytes;
 use futures::stream::{self, BoxStream, StreamExt, TryStreamExt};
 use object_store::aws::AmazonS3;
 use object_store::local::LocalFileSystem;
-use object_store::memory::InMemory;
 use object_store::path::Path;
 use object_store::prefix::PrefixStore;
 use object_store::{
@@ -59,8 +59,10 @@ impl PieceMeta {
 /// What kind of store a backend is; everything that differs between kinds follows from it.
 #[derive(Debug)]
 enum Kind {
-    /// In process memory: checksum in metadata, sorted listings.
-    Memory,
+    /// In process memory: checksum beside the bytes (shown as metadata through the raw
+    /// store), sorted listings; puts, reads, heads and deletes of pieces on their map entry
+    /// ([`memory`]).
+    Memory(Arc<memory::Memory>),
     /// A local directory, one file per piece in either layout ([`local`]): unsorted listings;
     /// puts, reads and heads of its own, each in one blocking task.
     File {
@@ -231,7 +233,10 @@ impl Backend {
             store.session_token.expose(),
         ]);
         let (object_store, kind): (Arc<dyn ObjectStore>, _) = match &location {
-            Location::Memory => (Arc::new(InMemory::new()), Kind::Memory),
+            Location::Memory => {
+                let m = Arc::new(memory::Memory::default());
+                (Arc::clone(&m) as Arc<dyn ObjectStore>, Kind::Memory(m))
+            }
             Location::File { root } => {
                 std::fs::create_dir_all(root).map_err(|e| {
                     Error::config(format!(
@@ -368,24 +373,15 @@ impl Backend {
 
     /// Whether this is an in-process memory store (it keeps the `Bytes` a put hands it).
     pub(crate) fn is_memory(&self) -> bool {
-        matches!(self.kind, Kind::Memory)
+        matches!(self.kind, Kind::Memory(_))
     }
 
     /// Lets go of a memory backend's objects at once (its store is being closed, and nothing
     /// else can reach them: every open of `memory://` has a store of its own); does nothing
     /// for any other backend.
-    pub(crate) async fn release_memory(&self) {
-        if !self.is_memory() {
-            return;
-        }
-        let paths: Vec<Path> = self
-            .store
-            .list(None)
-            .filter_map(|m| async move { m.ok().map(|m| m.location) })
-            .collect()
-            .await;
-        for path in &paths {
-            let _ = self.store.delete(path).await;
+    pub(crate) fn release_memory(&self) {
+        if let Kind::Memory(m) = &self.kind {
+            m.clear();
         }
     }
 
@@ -421,7 +417,7 @@ impl Backend {
     /// The backend kind, as a metrics label: `memory`, `file`, `s3` or `grpc`.
     pub(crate) fn kind_name(&self) -> &'static str {
         match self.kind {
-            Kind::Memory => "memory",
+            Kind::Memory(_) => "memory",
             Kind::File { .. } => "file",
             Kind::S3 { .. } => "s3",
             Kind::Grpc(_) => "grpc",
@@ -652,6 +648,9 @@ impl Backend {
 
     /// [`Backend::put`] without its deadline.
     async fn put_now(&self, key: &str, data: Bytes, crc: u32, overwrite: bool) -> Result<()> {
+        if let Kind::Memory(m) = &self.kind {
+            return self.put_memory(m, key, data, crc, overwrite);
+        }
         let path = self.path(key)?;
         if let Kind::File { fs, format } = &self.kind {
             // Boxed, as the conflict paths below: rare or slow next to the object store's own
@@ -720,6 +719,54 @@ impl Backend {
             message: "create-only put kept conflicting with another writer".into(),
             retryable: true,
         })
+    }
+
+    /// A piece into a memory store's map, at once. A create-only put of a key it holds is Ok
+    /// for the same bytes (the rule of [`Backend::stored_same`]), else `AlreadyExists`.
+    fn put_memory(
+        &self,
+        m: &memory::Memory,
+        key: &str,
+        data: Bytes,
+        crc: u32,
+        overwrite: bool,
+    ) -> Result<()> {
+        if !memory::is_object_path(key) {
+            return Err(self.path(key).err().unwrap_or(Error::InvalidKey {
+                key: key.chars().take(200).collect(),
+                reason: "not a valid object path",
+            }));
+        }
+        let Err(refused) = m.put_piece(key, data, crc, overwrite) else {
+            return Ok(());
+        };
+        let (held, data) = *refused;
+        let held_crc = match held.crc {
+            Some(c) => Some(c),
+            None => self.metadata_crc(key, &held.attributes)?,
+        };
+        if held_crc.is_none_or(|c| c == crc) && held.data == data {
+            Ok(())
+        } else {
+            Err(Error::AlreadyExists {
+                key: key.into(),
+                backend: self.label.clone(),
+            })
+        }
+    }
+
+    /// A memory store's piece as a get reads it: its bytes and the checksum they are to
+    /// match (`None`: stored without one).
+    fn memory_piece(&self, m: &memory::Memory, key: &str) -> Result<(memory::Piece, Option<u32>)> {
+        let piece = m.piece(key).ok_or_else(|| Error::NotFound {
+            key: key.into(),
+            backend: self.label.clone(),
+        })?;
+        let crc = match piece.crc {
+            Some(c) => Some(c),
+            None => self.metadata_crc(key, &piece.attributes)?,
+        };
+        Ok((piece, crc))
     }
 
     /// A local piece file, written whole by [`local::write_piece`] in one blocking task.
@@ -849,6 +896,19 @@ impl Backend {
         key: &str,
         first_byte: &mut Option<Instant>,
     ) -> Result<(Bytes, Option<u32>)> {
+        if let Kind::Memory(m) = &self.kind {
+            let (piece, expected) = self.memory_piece(m, key)?;
+            *first_byte = Some(Instant::now());
+            crate::runtime::yield_before_checksum(piece.data.len() as u64).await;
+            if let Some(expected) = expected {
+                let actual = checksum::crc32c(&piece.data);
+                if actual != expected {
+                    let detail = format!("crc32c is {actual}, expected {expected}");
+                    return Err(self.corrupt(key, detail));
+                }
+            }
+            return Ok((piece.data, expected));
+        }
         let path = self.path(key)?;
         if let Kind::File { fs, format } = &self.kind {
             // Boxed: a blocking-pool hop already; inline it made every get's future larger.
@@ -1004,6 +1064,12 @@ impl Backend {
         if let Kind::File { .. } = &self.kind {
             return self.get(key).await.map(|(b, _)| b);
         }
+        if let Kind::Memory(m) = &self.kind {
+            return m.piece(key).map(|p| p.data).ok_or_else(|| Error::NotFound {
+                key: key.into(),
+                backend: self.label.clone(),
+            });
+        }
         let path = self.path(key)?;
         self.store
             .get_opts(&path, GetOptions::default())
@@ -1022,6 +1088,15 @@ impl Backend {
 
     /// [`Backend::head`] without its deadline.
     async fn head_now(&self, key: &str) -> Result<PieceMeta> {
+        if let Kind::Memory(m) = &self.kind {
+            let (piece, crc32c) = self.memory_piece(m, key)?;
+            return Ok(PieceMeta {
+                key: key.into(),
+                size: piece.data.len() as u64,
+                crc32c,
+                last_modified: piece.modified,
+            });
+        }
         let path = self.path(key)?;
         if let Kind::File { fs, format } = &self.kind {
             let (file, format) = (
@@ -1067,6 +1142,10 @@ impl Backend {
 
     /// [`Backend::delete`] without its deadline.
     async fn delete_now(&self, key: &str) -> Result<()> {
+        if let Kind::Memory(m) = &self.kind {
+            m.remove(key);
+            return Ok(());
+        }
         let path = self.path(key)?;
         match self.store.delete(&path).await {
             Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
@@ -1128,7 +1207,7 @@ impl Backend {
                 )
             });
         match self.kind {
-            Kind::Memory
+            Kind::Memory(_)
             | Kind::S3 { .. }
             | Kind::Grpc(_)
             | Kind::File {
