@@ -523,25 +523,7 @@ impl ObjectStore for GrpcStore {
             .map(|p| format!("{}/", p.as_ref()))
             .unwrap_or_default();
         let all: Vec<ObjectMeta> = self.list_prefix(&base).try_collect().await?;
-        let mut objects = Vec::new();
-        let mut common_prefixes: Vec<Path> = Vec::new();
-        for m in all {
-            let rest = m.location.as_ref().get(base.len()..).unwrap_or_default();
-            match rest.split_once('/') {
-                Some((dir, _)) => {
-                    let p = Path::from(format!("{base}{dir}").as_str());
-                    if common_prefixes.last() != Some(&p) {
-                        common_prefixes.push(p);
-                    }
-                }
-                None => objects.push(m),
-            }
-        }
-        Ok(ListResult {
-            common_prefixes,
-            objects,
-            extensions: Default::default(),
-        })
+        Ok(super::delimited(&base, all))
     }
 
     async fn copy_opts(

@@ -10,14 +10,14 @@
 //! objects, listings, the raw store a tool inspects) goes through the [`ObjectStore`] trait on
 //! the same map, where a piece shows its checksum as the metadata a bucket holds it in.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::fmt;
 use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::SystemTime;
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use futures::stream::{self, BoxStream, StreamExt};
+use futures::stream::{self, BoxStream, StreamExt, TryStreamExt};
 use object_store::path::Path;
 use object_store::{
     Attribute, AttributeValue, Attributes, CopyMode, CopyOptions, GetOptions, GetResult,
@@ -101,8 +101,13 @@ fn not_found(path: &str) -> object_store::Error {
     }
 }
 
-fn path_of(key: &str) -> Path {
-    Path::parse(key).unwrap_or_else(|_| Path::from(key))
+/// The key prefix a listing of `prefix` covers: whole segments (`a/b` lists `a/b/…`, not
+/// `a/b` itself nor `a/bc`); empty for the root.
+fn base_of(prefix: Option<&Path>) -> String {
+    prefix
+        .map(|p| format!("{}/", p.as_ref()))
+        .filter(|b| b != "/")
+        .unwrap_or_default()
 }
 
 impl Objects {
@@ -114,7 +119,7 @@ impl Objects {
 
     fn meta(key: &str, o: &Object) -> ObjectMeta {
         ObjectMeta {
-            location: path_of(key),
+            location: super::path_as_listed(key),
             last_modified: o.modified.into(),
             size: o.data.len() as u64,
             e_tag: Some(e_tag(o.e_tag)),
@@ -212,10 +217,9 @@ impl Memory {
         self.write().map.remove(key);
     }
 
-    /// Lets go of every object at once.
+    /// Lets go of every object at once (freed after the lock is let go).
     pub(crate) fn clear(&self) {
-        let map = std::mem::take(&mut self.write().map);
-        drop(map);
+        drop(std::mem::take(&mut self.write().map));
     }
 }
 
@@ -326,11 +330,7 @@ impl ObjectStore for Memory {
     }
 
     fn list(&self, prefix: Option<&Path>) -> BoxStream<'static, object_store::Result<ObjectMeta>> {
-        // A prefix is whole segments: `a/b` lists `a/b/…`, not `a/b` itself nor `a/bc`.
-        let base = prefix
-            .map(|p| format!("{}/", p.as_ref()))
-            .filter(|b| b != "/")
-            .unwrap_or_default();
+        let base = base_of(prefix);
         let found: Vec<_> = self
             .read()
             .map
@@ -342,30 +342,8 @@ impl ObjectStore for Memory {
     }
 
     async fn list_with_delimiter(&self, prefix: Option<&Path>) -> object_store::Result<ListResult> {
-        let base = prefix
-            .map(|p| format!("{}/", p.as_ref()))
-            .filter(|b| b != "/")
-            .unwrap_or_default();
-        let mut objects = Vec::new();
-        let mut common = BTreeSet::new();
-        for (k, o) in self
-            .read()
-            .map
-            .range(base.clone()..)
-            .take_while(|(k, _)| k.starts_with(&base))
-        {
-            match k[base.len()..].split_once('/') {
-                Some((dir, _)) => {
-                    common.insert(format!("{base}{dir}"));
-                }
-                None => objects.push(Objects::meta(k, o)),
-            }
-        }
-        Ok(ListResult {
-            objects,
-            common_prefixes: common.iter().map(|p| path_of(p)).collect(),
-            extensions: Default::default(),
-        })
+        let all: Vec<ObjectMeta> = self.list(prefix).try_collect().await?;
+        Ok(super::delimited(&base_of(prefix), all))
     }
 
     async fn copy_opts(

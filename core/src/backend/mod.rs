@@ -495,10 +495,7 @@ impl Backend {
     }
 
     fn path(&self, key: &str) -> Result<Path> {
-        Path::parse(key).map_err(|_| Error::InvalidKey {
-            key: key.chars().take(200).collect(),
-            reason: "not a valid object path",
-        })
+        Path::parse(key).map_err(|_| invalid_path(key))
     }
 
     fn map_err(&self, op: &'static str, key: Option<&str>, e: object_store::Error) -> Error {
@@ -649,7 +646,16 @@ impl Backend {
     /// [`Backend::put`] without its deadline.
     async fn put_now(&self, key: &str, data: Bytes, crc: u32, overwrite: bool) -> Result<()> {
         if let Kind::Memory(m) = &self.kind {
-            return self.put_memory(m, key, data, crc, overwrite);
+            if !memory::is_object_path(key) {
+                return Err(invalid_path(key));
+            }
+            let Err(refused) = m.put_piece(key, data, crc, overwrite) else {
+                return Ok(());
+            };
+            // A create-only put of a key it holds, settled as on every backend (boxed: rare).
+            let (held, data) = *refused;
+            let existing = self.memory_meta(key, &held)?;
+            return Box::pin(self.same_or_exists(key, &data, crc, existing)).await;
         }
         let path = self.path(key)?;
         if let Kind::File { fs, format } = &self.kind {
@@ -721,52 +727,31 @@ impl Backend {
         })
     }
 
-    /// A piece into a memory store's map, at once. A create-only put of a key it holds is Ok
-    /// for the same bytes (the rule of [`Backend::stored_same`]), else `AlreadyExists`.
-    fn put_memory(
-        &self,
-        m: &memory::Memory,
-        key: &str,
-        data: Bytes,
-        crc: u32,
-        overwrite: bool,
-    ) -> Result<()> {
-        if !memory::is_object_path(key) {
-            return Err(self.path(key).err().unwrap_or(Error::InvalidKey {
-                key: key.chars().take(200).collect(),
-                reason: "not a valid object path",
-            }));
-        }
-        let Err(refused) = m.put_piece(key, data, crc, overwrite) else {
-            return Ok(());
-        };
-        let (held, data) = *refused;
-        let held_crc = match held.crc {
-            Some(c) => Some(c),
-            None => self.metadata_crc(key, &held.attributes)?,
-        };
-        if held_crc.is_none_or(|c| c == crc) && held.data == data {
-            Ok(())
-        } else {
-            Err(Error::AlreadyExists {
-                key: key.into(),
-                backend: self.label.clone(),
-            })
-        }
-    }
-
-    /// A memory store's piece as a get reads it: its bytes and the checksum they are to
-    /// match (`None`: stored without one).
-    fn memory_piece(&self, m: &memory::Memory, key: &str) -> Result<(memory::Piece, Option<u32>)> {
-        let piece = m.piece(key).ok_or_else(|| Error::NotFound {
+    /// A memory store's piece, or `NotFound`.
+    fn memory_piece(&self, m: &memory::Memory, key: &str) -> Result<memory::Piece> {
+        m.piece(key).ok_or_else(|| Error::NotFound {
             key: key.into(),
             backend: self.label.clone(),
-        })?;
-        let crc = match piece.crc {
-            Some(c) => Some(c),
-            None => self.metadata_crc(key, &piece.attributes)?,
-        };
-        Ok((piece, crc))
+        })
+    }
+
+    /// What a memory store's piece's metadata says (its checksum kept beside its bytes, or in
+    /// the metadata of an object put past the store).
+    fn memory_meta(&self, key: &str, piece: &memory::Piece) -> Result<PieceMeta> {
+        Ok(PieceMeta {
+            key: key.into(),
+            size: piece.data.len() as u64,
+            crc32c: self.memory_crc(key, piece)?,
+            last_modified: piece.modified,
+        })
+    }
+
+    /// A memory store's piece's checksum (`None`: stored without one).
+    fn memory_crc(&self, key: &str, piece: &memory::Piece) -> Result<Option<u32>> {
+        match piece.crc {
+            Some(c) => Ok(Some(c)),
+            None => self.metadata_crc(key, &piece.attributes),
+        }
     }
 
     /// A local piece file, written whole by [`local::write_piece`] in one blocking task.
@@ -897,15 +882,12 @@ impl Backend {
         first_byte: &mut Option<Instant>,
     ) -> Result<(Bytes, Option<u32>)> {
         if let Kind::Memory(m) = &self.kind {
-            let (piece, expected) = self.memory_piece(m, key)?;
+            let piece = self.memory_piece(m, key)?;
+            let expected = self.memory_crc(key, &piece)?;
             *first_byte = Some(Instant::now());
             crate::runtime::yield_before_checksum(piece.data.len() as u64).await;
-            if let Some(expected) = expected {
-                let actual = checksum::crc32c(&piece.data);
-                if actual != expected {
-                    let detail = format!("crc32c is {actual}, expected {expected}");
-                    return Err(self.corrupt(key, detail));
-                }
+            if expected.is_some() {
+                self.verify(key, checksum::crc32c(&piece.data), expected)?;
             }
             return Ok((piece.data, expected));
         }
@@ -926,12 +908,18 @@ impl Backend {
         let (bytes, actual) = collect_checked(result.into_stream(), size)
             .await
             .map_err(|e| self.map_err("get", Some(key), e))?;
-        if let Some(expected) = expected
-            && actual != expected
-        {
-            return Err(self.corrupt(key, format!("crc32c is {actual}, expected {expected}")));
-        }
+        self.verify(key, actual, expected)?;
         Ok((bytes, expected))
+    }
+
+    /// `Corrupt` when a piece's bytes hash to `actual` and it carries another checksum.
+    fn verify(&self, key: &str, actual: u32, expected: Option<u32>) -> Result<()> {
+        match expected {
+            Some(expected) if actual != expected => {
+                Err(self.corrupt(key, format!("crc32c is {actual}, expected {expected}")))
+            }
+            _ => Ok(()),
+        }
     }
 
     /// A local piece: open, read, check its checksum and verify, at once when the file is in
@@ -1065,10 +1053,7 @@ impl Backend {
             return self.get(key).await.map(|(b, _)| b);
         }
         if let Kind::Memory(m) = &self.kind {
-            return m.piece(key).map(|p| p.data).ok_or_else(|| Error::NotFound {
-                key: key.into(),
-                backend: self.label.clone(),
-            });
+            return self.memory_piece(m, key).map(|p| p.data);
         }
         let path = self.path(key)?;
         self.store
@@ -1089,13 +1074,8 @@ impl Backend {
     /// [`Backend::head`] without its deadline.
     async fn head_now(&self, key: &str) -> Result<PieceMeta> {
         if let Kind::Memory(m) = &self.kind {
-            let (piece, crc32c) = self.memory_piece(m, key)?;
-            return Ok(PieceMeta {
-                key: key.into(),
-                size: piece.data.len() as u64,
-                crc32c,
-                last_modified: piece.modified,
-            });
+            let piece = self.memory_piece(m, key)?;
+            return self.memory_meta(key, &piece);
         }
         let path = self.path(key)?;
         if let Kind::File { fs, format } = &self.kind {
@@ -1596,4 +1576,42 @@ fn is_foreign_temp_file(key: &str) -> bool {
         && name.rsplit_once(".tmp").is_some_and(|(head, n)| {
             head.len() > 1 && !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit())
         })
+}
+
+/// The `Path` of a key as a store lists it: parsed, not encoded again (`%2F` stays `%2F`).
+fn path_as_listed(key: &str) -> Path {
+    Path::parse(key).unwrap_or_else(|_| Path::from(key))
+}
+
+/// `InvalidKey` for a key that is no object path.
+fn invalid_path(key: &str) -> Error {
+    Error::InvalidKey {
+        key: key.chars().take(200).collect(),
+        reason: "not a valid object path",
+    }
+}
+
+/// A key-ordered listing under `base` (a prefix ending in `/`, or empty for the root) as
+/// `list_with_delimiter` answers it: the objects directly under `base`, and each directory
+/// below it once.
+fn delimited(base: &str, all: Vec<object_store::ObjectMeta>) -> object_store::ListResult {
+    let mut objects = Vec::new();
+    let mut common_prefixes: Vec<Path> = Vec::new();
+    for m in all {
+        let rest = m.location.as_ref().get(base.len()..).unwrap_or_default();
+        match rest.split_once('/') {
+            Some((dir, _)) => {
+                let p = path_as_listed(&format!("{base}{dir}"));
+                if common_prefixes.last() != Some(&p) {
+                    common_prefixes.push(p);
+                }
+            }
+            None => objects.push(m),
+        }
+    }
+    object_store::ListResult {
+        common_prefixes,
+        objects,
+        extensions: Default::default(),
+    }
 }
