@@ -113,7 +113,8 @@ export declare class PieceStore {
   put(key: string, data: Buffer | Uint8Array | string, options?: PutOpts): Promise<void>
   /**
    * Reads a whole piece, verified against its CRC32C (`CORRUPT_PIECE` on a mismatch, never
-   * wrong bytes).
+   * wrong bytes). A piece of up to 4 KiB comes as a slice of a shared 32 KiB `ArrayBuffer`
+   * (as `Buffer.allocUnsafe`'s pool), a larger one as a `Buffer` of its own.
    */
   get(key: string): Promise<Buffer>
   /**

@@ -102,6 +102,35 @@ test('a Buffer from get never aliases a stored piece', async () => {
   assert.ok((await store.get('1_s0')).equals(pattern(200_000)), 'a write to a got Buffer changed the piece')
 })
 
+test('small pieces come as slices of a shared slab that no write or transfer can spoil', async () => {
+  const store = new PieceStore('memory://')
+  // Sizes across the pooled limit (4 KiB), odd ones to test the alignment of each slice.
+  const sizes = Array.from({ length: 60 }, (_, i) => [1, 7, 100, 1000, 4095, 4096, 4097, 9000][i % 8] + (i % 3))
+  const datas = sizes.map((n, i) => pattern(n, i + 1))
+  for (const [i, d] of datas.entries()) await store.put(`${i}_s0`, d)
+  const got = []
+  for (let i = 0; i < datas.length; i++) got.push(await store.get(`${i}_s0`))
+  const slabs = new Set(got.filter((g) => g.length <= 4096).map((g) => g.buffer))
+  assert.ok(slabs.size < got.filter((g) => g.length <= 4096).length, 'small pieces should share slabs')
+  for (const g of got) {
+    assert.ok(Buffer.isBuffer(g))
+    if (g.length <= 4096) assert.equal(g.byteOffset % 8, 0, 'each slice starts 8-byte aligned')
+  }
+  // Writing into one piece changes neither its neighbours in the slab nor the stored piece.
+  got[0].fill(0xee)
+  got[1].fill(0xee)
+  for (let i = 2; i < got.length; i++) assert.ok(got[i].equals(datas[i]), `piece ${i} changed`)
+  assert.ok((await store.get('0_s0')).equals(datas[0]))
+  // A transfer of a slab (postMessage, structuredClone) copies it: the other pieces keep their bytes.
+  const slab = got[2].buffer
+  const copy = structuredClone(slab, { transfer: [slab] })
+  assert.equal(copy.byteLength, slab.byteLength)
+  assert.equal(slab.byteLength, copy.byteLength, 'the slab was detached')
+  for (let i = 2; i < got.length; i++) assert.ok(got[i].equals(datas[i]), `piece ${i} changed after a transfer`)
+  // And the gets after it still read right.
+  for (let i = 0; i < datas.length; i++) assert.ok((await store.get(`${i}_s0`)).equals(datas[i]))
+})
+
 test('a large piece from a file store is returned whole (zero-copy path)', async () => {
   const store = new PieceStore(`file://${tempDir()}`)
   const data = pattern(3 << 20)

@@ -169,8 +169,83 @@ impl ToNapiValue for PieceBuf {
     }
 }
 
-/// A new `Buffer` holding a copy of `data`.
+/// Pieces up to this size are copied into a slice of a shared slab (see [`Pool`]).
+const POOLED_MAX: usize = 4 * 1024;
+
+/// The size of one slab: room for eight pooled pieces of the largest pooled size.
+const SLAB: usize = 32 * 1024;
+
+/// Small read pieces share `ArrayBuffer`s, as Node's own `Buffer.allocUnsafe` pool does.
+///
+/// A fresh `Buffer` per small get costs more than the get itself on a memory store: a
+/// `malloc`, an `ArrayBuffer` that V8's sweeper thread tracks and later frees (taking the
+/// allocator's lock the JavaScript thread is allocating under), for 4 KiB of bytes. Here up to
+/// [`POOLED_MAX`] bytes are copied into the next free, 8-byte-aligned slice of a
+/// [`SLAB`]-byte `ArrayBuffer` and handed out as a `Buffer` over that slice
+/// (`Buffer.from(arrayBuffer, byteOffset, length)`); a new slab is made when one is full.
+///
+/// The trade is Node's own: a piece kept alive keeps its whole slab alive (at most 32 KiB for
+/// one piece; `Buffer.from(piece)` copies one out to keep). Every slab is marked
+/// untransferable (`worker_threads.markAsUntransferable`), as Node marks its pool, so that no
+/// `postMessage` can detach the memory other pieces are views of; where that function cannot
+/// be reached (a Node without `process.getBuiltinModule`), pieces are not pooled. The slab's
+/// address is asked of V8 before every copy, never remembered.
+struct Pool {
+    /// `Buffer`, the receiver of `from`.
+    buffer: sys::napi_ref,
+    /// `Buffer.from`, captured once.
+    from: sys::napi_ref,
+    /// `worker_threads.markAsUntransferable`.
+    mark: sys::napi_ref,
+    /// The slab being filled, if any, and how many of its bytes are handed out.
+    slab: Option<(sys::napi_ref, usize)>,
+}
+
+/// This thread's pool: not tried yet, unavailable, or ready (one JavaScript environment per
+/// thread, as Node runs them; cleared by a cleanup hook when the environment goes away).
+enum PoolState {
+    Untried,
+    Off,
+    On(sys::napi_env, Pool),
+}
+
+thread_local! {
+    static POOL: RefCell<PoolState> = const { RefCell::new(PoolState::Untried) };
+}
+
+/// A new `Buffer` holding a copy of `data`: a slice of a pooled slab for small pieces, a
+/// `Buffer` of its own otherwise.
 unsafe fn copy(env: sys::napi_env, data: &[u8]) -> Result<sys::napi_value> {
+    if !data.is_empty() && data.len() <= POOLED_MAX {
+        let pooled = POOL
+            .try_with(|p| {
+                // Busy only if JavaScript this pool called (a patched `Buffer.from`) reads a
+                // piece itself: that read gets a `Buffer` of its own.
+                let Ok(mut p) = p.try_borrow_mut() else {
+                    return None;
+                };
+                if matches!(*p, PoolState::Untried) {
+                    *p = match unsafe { Pool::new(env) } {
+                        Some(pool) => PoolState::On(env, pool),
+                        None => PoolState::Off,
+                    };
+                }
+                match &mut *p {
+                    PoolState::On(e, pool) if *e == env => unsafe { pool.copy(env, data) },
+                    _ => None,
+                }
+            })
+            .ok()
+            .flatten();
+        if let Some(out) = pooled {
+            return Ok(out);
+        }
+    }
+    unsafe { copy_alone(env, data) }
+}
+
+/// A new `Buffer` of its own holding a copy of `data`.
+unsafe fn copy_alone(env: sys::napi_env, data: &[u8]) -> Result<sys::napi_value> {
     let mut out = ptr::null_mut();
     check_status!(
         unsafe {
@@ -186,4 +261,194 @@ unsafe fn copy(env: sys::napi_env, data: &[u8]) -> Result<sys::napi_value> {
         data.len()
     )?;
     Ok(out)
+}
+
+/// `Ok` for `napi_ok`, else `None` (with any exception the call left cleared).
+unsafe fn ok(env: sys::napi_env, status: sys::napi_status) -> Option<()> {
+    if status == sys::Status::napi_ok {
+        return Some(());
+    }
+    let mut pending = false;
+    unsafe { sys::napi_is_exception_pending(env, &mut pending) };
+    if pending {
+        let mut e = ptr::null_mut();
+        unsafe { sys::napi_get_and_clear_last_exception(env, &mut e) };
+    }
+    None
+}
+
+/// `object[name]`.
+unsafe fn property(
+    env: sys::napi_env,
+    object: sys::napi_value,
+    name: &std::ffi::CStr,
+) -> Option<sys::napi_value> {
+    let mut out = ptr::null_mut();
+    unsafe {
+        ok(
+            env,
+            sys::napi_get_named_property(env, object, name.as_ptr(), &mut out),
+        )?
+    };
+    Some(out)
+}
+
+/// Whether `value` is a function.
+unsafe fn is_function(env: sys::napi_env, value: sys::napi_value) -> bool {
+    let mut t = 0;
+    let status = unsafe { sys::napi_typeof(env, value, &mut t) };
+    status == sys::Status::napi_ok && t == sys::ValueType::napi_function
+}
+
+/// A strong reference to `value`.
+unsafe fn reference(env: sys::napi_env, value: sys::napi_value) -> Option<sys::napi_ref> {
+    let mut out = ptr::null_mut();
+    unsafe { ok(env, sys::napi_create_reference(env, value, 1, &mut out))? };
+    Some(out)
+}
+
+/// The value a reference holds.
+unsafe fn value(env: sys::napi_env, r: sys::napi_ref) -> Option<sys::napi_value> {
+    let mut out = ptr::null_mut();
+    unsafe { ok(env, sys::napi_get_reference_value(env, r, &mut out))? };
+    (!out.is_null()).then_some(out)
+}
+
+/// Calls `f` with `this` and `args`.
+unsafe fn call(
+    env: sys::napi_env,
+    this: sys::napi_value,
+    f: sys::napi_value,
+    args: &[sys::napi_value],
+) -> Option<sys::napi_value> {
+    let mut out = ptr::null_mut();
+    unsafe {
+        ok(
+            env,
+            sys::napi_call_function(env, this, f, args.len(), args.as_ptr(), &mut out),
+        )?
+    };
+    Some(out)
+}
+
+impl Pool {
+    /// Finds `Buffer.from` and `markAsUntransferable`; `None` where either is missing.
+    unsafe fn new(env: sys::napi_env) -> Option<Pool> {
+        unsafe {
+            let mut global = ptr::null_mut();
+            ok(env, sys::napi_get_global(env, &mut global))?;
+            let buffer = property(env, global, c"Buffer")?;
+            let from = property(env, buffer, c"from")?;
+            let process = property(env, global, c"process")?;
+            let builtin = property(env, process, c"getBuiltinModule")?;
+            if !is_function(env, from) || !is_function(env, builtin) {
+                return None;
+            }
+            let mut name = ptr::null_mut();
+            let module = "worker_threads";
+            ok(
+                env,
+                sys::napi_create_string_utf8(
+                    env,
+                    module.as_ptr().cast(),
+                    module.len() as isize,
+                    &mut name,
+                ),
+            )?;
+            let threads = call(env, process, builtin, &[name])?;
+            let mark = property(env, threads, c"markAsUntransferable")?;
+            if !is_function(env, mark) {
+                return None;
+            }
+            let pool = Pool {
+                buffer: reference(env, buffer)?,
+                from: reference(env, from)?,
+                mark: reference(env, mark)?,
+                slab: None,
+            };
+            // The references die with the environment; forget them before it goes.
+            let hook: unsafe extern "C" fn(*mut std::ffi::c_void) = forget_pool;
+            ok(
+                env,
+                sys::napi_add_env_cleanup_hook(env, Some(hook), ptr::null_mut()),
+            )?;
+            Some(pool)
+        }
+    }
+
+    /// `data` copied into the current slab (or a new one) and handed out as a `Buffer` over
+    /// its slice; `None` if any step failed (the caller then copies into a `Buffer` of its own).
+    unsafe fn copy(&mut self, env: sys::napi_env, data: &[u8]) -> Option<sys::napi_value> {
+        unsafe {
+            let (slab, at, base) = match self.current(env, data.len()) {
+                Some(found) => found,
+                None => self.fresh(env)?,
+            };
+            ptr::copy_nonoverlapping(data.as_ptr(), base.add(at), data.len());
+            let mut offset = ptr::null_mut();
+            let mut length = ptr::null_mut();
+            ok(env, sys::napi_create_uint32(env, at as u32, &mut offset))?;
+            ok(
+                env,
+                sys::napi_create_uint32(env, data.len() as u32, &mut length),
+            )?;
+            let buffer = value(env, self.buffer)?;
+            let from = value(env, self.from)?;
+            let out = call(env, buffer, from, &[slab, offset, length])?;
+            if let Some((_, used)) = &mut self.slab {
+                // The next slice starts 8-byte aligned, as in Node's pool.
+                *used = (at + data.len()).next_multiple_of(8);
+            }
+            Some(out)
+        }
+    }
+
+    /// The current slab, the offset `len` bytes would go at and the slab's memory, if it is
+    /// still whole (not detached) and has room.
+    unsafe fn current(
+        &self,
+        env: sys::napi_env,
+        len: usize,
+    ) -> Option<(sys::napi_value, usize, *mut u8)> {
+        let (r, used) = self.slab?;
+        if used + len > SLAB {
+            return None;
+        }
+        unsafe {
+            let slab = value(env, r)?;
+            let mut base = ptr::null_mut();
+            let mut size = 0;
+            ok(
+                env,
+                sys::napi_get_arraybuffer_info(env, slab, &mut base, &mut size),
+            )?;
+            (!base.is_null() && size == SLAB).then_some((slab, used, base.cast()))
+        }
+    }
+
+    /// A new, empty slab, marked untransferable, replacing the current one.
+    unsafe fn fresh(&mut self, env: sys::napi_env) -> Option<(sys::napi_value, usize, *mut u8)> {
+        unsafe {
+            let mut slab = ptr::null_mut();
+            let mut base = ptr::null_mut();
+            ok(
+                env,
+                sys::napi_create_arraybuffer(env, SLAB, &mut base, &mut slab),
+            )?;
+            let mark = value(env, self.mark)?;
+            let mut undefined = ptr::null_mut();
+            ok(env, sys::napi_get_undefined(env, &mut undefined))?;
+            call(env, undefined, mark, &[slab])?;
+            let r = reference(env, slab)?;
+            if let Some((old, _)) = self.slab.replace((r, 0)) {
+                sys::napi_delete_reference(env, old);
+            }
+            Some((slab, 0, base.cast()))
+        }
+    }
+}
+
+/// The environment's cleanup hook: its references are freed with it, so only forget them.
+unsafe extern "C" fn forget_pool(_: *mut std::ffi::c_void) {
+    let _ = POOL.try_with(|p| *p.borrow_mut() = PoolState::Untried);
 }

@@ -572,7 +572,8 @@ impl PieceStore {
     }
 
     /// Reads a whole piece, verified against its CRC32C (`CORRUPT_PIECE` on a mismatch, never
-    /// wrong bytes).
+    /// wrong bytes). A piece of up to 4 KiB comes as a slice of a shared 32 KiB `ArrayBuffer`
+    /// (as `Buffer.allocUnsafe`'s pool), a larger one as a `Buffer` of its own.
     #[napi(ts_return_type = "Promise<Buffer>")]
     pub fn get<'env>(
         &self,
