@@ -467,14 +467,15 @@ impl PieceStore {
         let mut fetched_first_byte = None;
         let packer = self.packer(key)?;
         let current = |e: &crate::cache::Entry| still_held(&packer, key, e);
-        let e = cache
-            .get(key, &mut hit, current, || async {
-                let (bytes, crc) = self
-                    .get_here_or_peers(backend, key, &mut fetched_first_byte, peers)
-                    .await?;
-                Ok(crate::cache::Entry { bytes, crc })
-            })
-            .await?;
+        // Boxed: the cache's future (its tiers and the fetch on a miss) is 2 KiB that a get
+        // without a cache would otherwise carry, and copy each time its future moves.
+        let e = Box::pin(cache.get(key, &mut hit, current, || async {
+            let (bytes, crc) = self
+                .get_here_or_peers(backend, key, &mut fetched_first_byte, peers)
+                .await?;
+            Ok(crate::cache::Entry { bytes, crc })
+        }))
+        .await?;
         *first_byte = if hit {
             Some(Instant::now())
         } else {

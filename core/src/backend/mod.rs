@@ -905,7 +905,8 @@ impl Backend {
         let expected = self.metadata_crc(key, &result.attributes)?;
         let size = result.range.end - result.range.start;
         crate::runtime::yield_before_checksum(size).await;
-        let (bytes, actual) = collect_checked(result.into_stream(), size)
+        // Boxed: a network read's stream, 512 bytes of state every get would carry inline.
+        let (bytes, actual) = Box::pin(collect_checked(result.into_stream(), size))
             .await
             .map_err(|e| self.map_err("get", Some(key), e))?;
         self.verify(key, actual, expected)?;
