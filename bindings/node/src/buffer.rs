@@ -202,7 +202,7 @@ struct Pool {
 }
 
 /// This thread's pool: not tried yet, unavailable, or ready (one JavaScript environment per
-/// thread, as Node runs them; cleared by a cleanup hook when the environment goes away).
+/// thread, as Node runs them; turned off by a cleanup hook when the environment goes away).
 enum PoolState {
     Untried,
     Off,
@@ -448,7 +448,12 @@ impl Pool {
     }
 }
 
-/// The environment's cleanup hook: its references are freed with it, so only forget them.
+/// The environment's cleanup hook: its references are freed with it, so only forget them
+/// (and pool no more on this thread: nothing may be set up in an environment going away).
 unsafe extern "C" fn forget_pool(_: *mut std::ffi::c_void) {
-    let _ = POOL.try_with(|p| *p.borrow_mut() = PoolState::Untried);
+    let _ = POOL.try_with(|p| {
+        if let Ok(mut p) = p.try_borrow_mut() {
+            *p = PoolState::Off;
+        }
+    });
 }
