@@ -208,3 +208,61 @@ test('s3s-fs: unsignedPayload puts without hashing the body, and s3s-fs (which c
   assert.ok((await store.get('9_s0')).equals(data))
   await store.close()
 })
+
+test('get and put are each store\'s own functions (not enumerable); the prototype\'s do the same', async () => {
+  const { writeFileSync } = await import('node:fs')
+  const dir = tempDir()
+  writeFileSync(`${dir}/config.toml`, `[PieceStore.Store]\nBucketURL = "${dir}/f"\n`)
+  const made = [
+    ['new', new PieceStore('memory://')],
+    ['open', await PieceStore.open('memory://')],
+    ['fromConfig', PieceStore.fromConfig(`${dir}/config.toml`)],
+  ]
+  for (const [how, store] of made) {
+    assert.ok(store instanceof PieceStore, how)
+    for (const name of ['get', 'put']) {
+      const own = Object.getOwnPropertyDescriptor(store, name)
+      assert.equal(typeof own?.value, 'function', `${how}: own ${name}`)
+      assert.equal(own.enumerable, false, `${how}: ${name} is not enumerable`)
+      assert.equal(own.writable && own.configurable, true, `${how}: ${name} can be replaced`)
+      assert.notEqual(own.value, PieceStore.prototype[name])
+    }
+    assert.deepEqual(Object.keys(store), [], how)
+    // The prototype's methods and the own ones read and write the same pieces, alike.
+    await PieceStore.prototype.put.call(store, '1_s0', 'by the prototype')
+    await store.put('2_s0', Buffer.from('by its own put'))
+    assert.equal((await store.get('1_s0')).toString(), 'by the prototype')
+    assert.equal((await PieceStore.prototype.get.call(store, '2_s0')).toString(), 'by its own put')
+    // Detached from the object, as a bound function.
+    const { get, put } = store
+    await put('3_s0', 'detached')
+    assert.equal((await get('3_s0')).toString(), 'detached')
+    assert.equal((await rejection(put('3_s0', 'other bytes'))).code, 'PIECE_EXISTS')
+    await store.put('3_s0', 'other bytes', { overwrite: true })
+    assert.equal((await get('3_s0')).toString(), 'other bytes')
+    assert.equal((await rejection(get('../x'))).code, 'INVALID_KEY')
+    assert.equal((await rejection(store.get('4_s0'))).code, 'PIECE_NOT_FOUND')
+    // Both throw the same TypeErrors for arguments of the wrong type, or none at all.
+    for (const call of [(f) => f.call(store), (f) => f.call(store, 5)]) {
+      const messages = [store.get, PieceStore.prototype.get].map((f) => {
+        try { call(f) } catch (e) { return `${e.constructor.name} ${e.code}: ${e.message}` }
+      })
+      assert.equal(messages[0], messages[1])
+      assert.match(messages[0], /^TypeError ERR_INVALID_ARG_TYPE: get: key must be a string, got (undefined|number)$/)
+    }
+    assert.throws(() => store.put('5_s0', 'x', 5), /put: options must be an object such as \{ overwrite: true \}, got number/)
+    assert.throws(() => put('5_s0', 7), /put: data must be a Buffer, Uint8Array or string, got number/)
+    // Keys around the one-call conversion's 256 bytes, in 2-byte characters (a file name
+    // cannot be this long: memory stores only).
+    if (how !== 'fromConfig') {
+      for (const n of [126, 127, 128, 200]) {
+        const long = `${'é'.repeat(n)}_s0`
+        await store.put(long, `key of ${n}`)
+        assert.equal((await store.get(long)).toString(), `key of ${n}`)
+        assert.equal((await store.head(long)).key, long)
+      }
+    }
+    await store.close()
+    assert.equal((await rejection(get('1_s0'))).code, 'CLOSED')
+  }
+})

@@ -9,6 +9,7 @@
 use std::fmt::Display;
 
 use napi::bindgen_prelude::*;
+use napi::{check_status, sys};
 
 use crate::buffer::Data;
 
@@ -55,8 +56,7 @@ impl<'a> Args<'a> {
     /// A string.
     pub fn string(&self, v: Unknown<'_>, what: impl Display) -> Result<String> {
         match v.get_type()? {
-            // SAFETY: the value is a string.
-            ValueType::String => unsafe { v.cast::<String>() },
+            ValueType::String => short_string(self.env, &v),
             _ => Err(self.type_error(what, "a string", &v)),
         }
     }
@@ -186,6 +186,36 @@ impl<'a> Args<'a> {
             _ => Err(self.type_error(what, DATA, &v)),
         }
     }
+}
+
+/// Strings up to this many UTF-8 bytes (a Greenfield piece key has under 100) convert in one
+/// Node-API call.
+const SHORT_STRING: usize = 256;
+
+/// A JavaScript string `v` as UTF-8 (a lone surrogate becomes U+FFFD, as everywhere in
+/// Node-API): through a buffer on the stack in one call when it is short, as a key is; napi's
+/// own conversion asks for the length first, then copies into a zero-filled heap buffer.
+fn short_string(env: &Env, v: &Unknown<'_>) -> Result<String> {
+    // Room for a 4-byte character past the limit and the NUL Node-API writes: a string that
+    // did not fit comes back cut at a character boundary, longer than the limit.
+    let mut buf = [0u8; SHORT_STRING + 4 + 1];
+    let mut len = 0;
+    check_status!(unsafe {
+        sys::napi_get_value_string_utf8(
+            env.raw(),
+            v.raw(),
+            buf.as_mut_ptr().cast(),
+            buf.len(),
+            &mut len,
+        )
+    })?;
+    if len <= SHORT_STRING
+        && let Ok(s) = std::str::from_utf8(&buf[..len])
+    {
+        return Ok(s.to_owned());
+    }
+    // SAFETY: the value is a string.
+    unsafe { v.cast::<String>() }
 }
 
 /// The exclusive upper bound of a `u64`, as a JavaScript number.

@@ -10,6 +10,7 @@
 mod args;
 mod buffer;
 mod errors;
+mod fast;
 mod maintenance;
 mod promise;
 mod runtime;

@@ -454,6 +454,61 @@ fn build(env: &Env, config: Config) -> Result<PieceStore> {
     Ok(PieceStore { inner })
 }
 
+/// `get(key)` on `store`: the prototype's method and each object's own (see [`crate::fast`]).
+pub(crate) fn get_piece<'env>(
+    env: &'env Env,
+    store: &piecestore::PieceStore,
+    key: Unknown<'_>,
+) -> Result<PromiseRaw<'env, PieceBuf>> {
+    let key = Args::new(env, "get").string(key, "key")?;
+    let store = store.clone();
+    // At once on this thread: the core hands a large piece's checksum to its runtime.
+    promise(
+        env,
+        async move { store.get(&key).await.map(PieceBuf::new) },
+        true,
+    )
+}
+
+/// `put(key, data, options)` on `store`: the prototype's method and each object's own.
+pub(crate) fn put_piece<'env>(
+    env: &'env Env,
+    store: &piecestore::PieceStore,
+    key: Unknown<'_>,
+    data: Unknown<'_>,
+    options: Option<Unknown<'_>>,
+) -> Result<PromiseRaw<'env, ()>> {
+    let a = Args::new(env, "put");
+    let key = a.string(key, "key")?;
+    let input = Input::new(env, a.data(data, "data")?)?;
+    let opts = PutOpts::core(a, options)?;
+    let inline = matches!(input, Input::Ready(_)) && input.len() <= INLINE_MAX;
+    let store = store.clone();
+    promise(
+        env,
+        async move { store.put_opts(&key, input.into_bytes(), opts).await },
+        inline,
+    )
+}
+
+/// `store` as a new JavaScript `PieceStore` object, with its own `get` and `put` (see
+/// [`crate::fast`]).
+fn instance(env: &Env, store: PieceStore) -> Result<ClassInstance<'_, PieceStore>> {
+    let handle = store.inner.clone();
+    let obj = store.into_instance(env)?;
+    crate::fast::install(env, obj.raw(), &handle)?;
+    Ok(obj)
+}
+
+/// A `PieceStore` a promise resolves with: made into its object as [`instance`] does.
+pub struct Opened(PieceStore);
+
+impl ToNapiValue for Opened {
+    unsafe fn to_napi_value(env: sys::napi_env, val: Self) -> Result<sys::napi_value> {
+        instance(&Env::from_raw(env), val.0).map(|obj| obj.raw())
+    }
+}
+
 /// The first error of a batch, else every value.
 fn all<T>(results: Vec<piecestore::Result<T>>) -> piecestore::Result<Vec<T>> {
     results.into_iter().collect()
@@ -503,25 +558,28 @@ impl PieceStore {
     #[napi(constructor)]
     pub fn new(
         env: &Env,
+        this: This<'_>,
         #[napi(ts_arg_type = "string | Record<string, unknown>")] store: Unknown<'_>,
         #[napi(ts_arg_type = "StoreOptions")] options: Option<Unknown<'_>>,
     ) -> Result<Self> {
         let c = config(Args::new(env, "PieceStore"), store, options)?;
-        build(env, c)
+        let store = build(env, c)?;
+        crate::fast::install(env, this.object.raw(), &store.inner)?;
+        Ok(store)
     }
 
     /// Opens the store a `config.toml` describes (only its `[PieceStore]` table is read), with
     /// `options` and the environment applied on top.
-    #[napi(factory)]
-    pub fn from_config(
-        env: &Env,
+    #[napi(ts_return_type = "PieceStore")]
+    pub fn from_config<'env>(
+        env: &'env Env,
         #[napi(ts_arg_type = "string")] path: Unknown<'_>,
         #[napi(ts_arg_type = "StoreOptions")] options: Option<Unknown<'_>>,
-    ) -> Result<Self> {
+    ) -> Result<ClassInstance<'env, PieceStore>> {
         let a = Args::new(env, "PieceStore.fromConfig");
         let path = a.string(path, "path")?;
         let c = finish(a, Config::from_file(std::path::Path::new(&path)), options)?;
-        build(env, c)
+        instance(env, build(env, c)?)
     }
 
     /// Like `new PieceStore(store, options)`, but resolves only once every S3 bucket was
@@ -531,14 +589,14 @@ impl PieceStore {
         env: &'env Env,
         #[napi(ts_arg_type = "string | Record<string, unknown>")] store: Unknown<'_>,
         #[napi(ts_arg_type = "StoreOptions")] options: Option<Unknown<'_>>,
-    ) -> Result<PromiseRaw<'env, PieceStore>> {
+    ) -> Result<PromiseRaw<'env, Opened>> {
         let store = build(
             env,
             config(Args::new(env, "PieceStore.open"), store, options)?,
         )?;
         promise(
             env,
-            async move { store.inner.check().await.map(|()| store) },
+            async move { store.inner.check().await.map(|()| Opened(store)) },
             false,
         )
     }
@@ -558,17 +616,7 @@ impl PieceStore {
         data: Unknown<'_>,
         options: Option<Unknown<'_>>,
     ) -> Result<PromiseRaw<'env, ()>> {
-        let a = Args::new(env, "put");
-        let key = a.string(key, "key")?;
-        let input = Input::new(env, a.data(data, "data")?)?;
-        let opts = PutOpts::core(a, options)?;
-        let inline = matches!(input, Input::Ready(_)) && input.len() <= INLINE_MAX;
-        let store = self.inner.clone();
-        promise(
-            env,
-            async move { store.put_opts(&key, input.into_bytes(), opts).await },
-            inline,
-        )
+        put_piece(env, &self.inner, key, data, options)
     }
 
     /// Reads a whole piece, verified against its CRC32C (`CORRUPT_PIECE` on a mismatch, never
@@ -580,14 +628,7 @@ impl PieceStore {
         env: &'env Env,
         #[napi(ts_arg_type = "string")] key: Unknown<'_>,
     ) -> Result<PromiseRaw<'env, PieceBuf>> {
-        let key = Args::new(env, "get").string(key, "key")?;
-        let store = self.inner.clone();
-        // At once on this thread: the core hands a large piece's checksum to its runtime.
-        promise(
-            env,
-            async move { store.get(&key).await.map(PieceBuf::new) },
-            true,
-        )
+        get_piece(env, &self.inner, key)
     }
 
     /// Reads `length` bytes at `offset` (verified: the whole piece is checked first).
