@@ -27,8 +27,16 @@ function payload(n) {
   return b
 }
 
+// Every directory the run made, removed when it ends (a run writes several GiB).
+const made = []
+process.on('exit', () => {
+  for (const d of made) rmSync(d, { recursive: true, force: true })
+})
+
 function dir(tag) {
-  return mkdtempSync(path.join(BASE, `ps-node-bench-${tag}-`))
+  const d = mkdtempSync(path.join(BASE, `ps-node-bench-${tag}-`))
+  made.push(d)
+  return d
 }
 
 /** Both libraries behind the same two calls. */
