@@ -251,6 +251,12 @@ test('get and put are each store\'s own functions (not enumerable); the prototyp
       assert.match(messages[0], /^TypeError ERR_INVALID_ARG_TYPE: get: key must be a string, got (undefined|number)$/)
     }
     assert.throws(() => store.put('5_s0', 'x', 5), /put: options must be an object such as \{ overwrite: true \}, got number/)
+    // An exception thrown while an argument is read comes through as it was, on both paths.
+    const throwing = { get overwrite () { throw new RangeError('from a getter') } }
+    for (const f of [store.put, PieceStore.prototype.put]) {
+      assert.throws(() => f.call(store, '5_s0', 'x', throwing), (e) => e instanceof RangeError && e.message === 'from a getter')
+    }
+    assert.equal((await rejection(store.get('5_s0'))).code, 'PIECE_NOT_FOUND')
     assert.throws(() => put('5_s0', 7), /put: data must be a Buffer, Uint8Array or string, got number/)
     // Keys around the one-call conversion's 256 bytes, in 2-byte characters (a file name
     // cannot be this long: memory stores only).
