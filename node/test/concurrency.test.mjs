@@ -59,6 +59,8 @@ test('stores used from worker threads at once', { timeout: 120_000 }, async () =
     ;(async () => {
       const store = new PieceStore(workerData.dir)
       const mem = new PieceStore('memory://')
+      // Each worker's environment gives its stores their own get and put, as the main thread's.
+      if (!Object.hasOwn(mem, 'get') || !Object.hasOwn(store, 'put')) throw new Error('no own get/put in a worker')
       for (let i = 0; i < 200; i++) {
         const key = workerData.id + '_s' + i
         const data = Buffer.alloc(1000 + i, workerData.id)

@@ -272,3 +272,35 @@ test('get and put are each store\'s own functions (not enumerable); the prototyp
     assert.equal((await rejection(get('1_s0'))).code, 'CLOSED')
   }
 })
+
+test('a subclass\'s get and put are its own: a store\'s own functions do not shadow them', async () => {
+  class Counted extends PieceStore {
+    constructor (...args) {
+      super(...args)
+      this.calls = []
+    }
+
+    async get (key) {
+      this.calls.push(`get ${key}`)
+      return super.get(key)
+    }
+
+    async put (key, data, options) {
+      this.calls.push(`put ${key}`)
+      return super.put(key, data, options)
+    }
+  }
+  const store = new Counted('memory://')
+  assert.ok(store instanceof Counted && store instanceof PieceStore)
+  assert.equal(Object.getOwnPropertyDescriptor(store, 'get'), undefined)
+  await store.put('1_s0', 'counted')
+  assert.equal((await store.get('1_s0')).toString(), 'counted')
+  assert.deepEqual(store.calls, ['put 1_s0', 'get 1_s0'])
+  // A subclass that keeps the methods gets them from the prototype, and they work.
+  class Plain extends PieceStore {}
+  const plain = new Plain('memory://')
+  await plain.put('2_s0', 'plain')
+  assert.equal((await plain.get('2_s0')).toString(), 'plain')
+  await store.close()
+  await plain.close()
+})

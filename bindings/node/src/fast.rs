@@ -7,15 +7,61 @@
 //! store that was about a tenth of the call. The functions installed here carry the core
 //! store's handle as their Node-API `data` instead: no lookup, no bookkeeping, and no way to
 //! be called on the wrong object (they ignore `this`, as bound functions do). The prototype
-//! keeps its methods (for `PieceStore.prototype.get.call(store, key)`); both run the same
-//! code ([`crate::store::get_piece`], [`crate::store::put_piece`]).
+//! keeps its methods (for `PieceStore.prototype.get.call(store, key)`, and for the objects of
+//! a subclass, whose own methods must not be shadowed); both run the same code
+//! ([`crate::store::get_piece`], [`crate::store::put_piece`]).
 
+use std::cell::RefCell;
 use std::ffi::{CStr, c_void};
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::ptr;
 
 use napi::bindgen_prelude::*;
 use napi::{check_status, sys};
+
+thread_local! {
+    /// `PieceStore.prototype` of each environment on this thread (one, in practice: Node runs
+    /// each worker on a thread of its own), from [`remember_prototype`].
+    static PROTOTYPES: RefCell<Vec<(sys::napi_env, sys::napi_ref)>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Keeps `PieceStore.prototype` from the module's `exports` for [`is_plain`] (until `env` is
+/// torn down).
+pub fn remember_prototype(env: &Env, exports: &Object<'_>) -> Result<()> {
+    let class: Unknown<'_> = exports.get_named_property("PieceStore")?;
+    let prototype: Object<'_> = class.coerce_to_object()?.get_named_property("prototype")?;
+    let raw = env.raw();
+    let mut r = ptr::null_mut();
+    check_status!(unsafe { sys::napi_create_reference(raw, prototype.raw(), 1, &mut r) })?;
+    PROTOTYPES.with(|p| p.borrow_mut().push((raw, r)));
+    check_status!(unsafe {
+        sys::napi_add_env_cleanup_hook(raw, Some(forget_prototype), raw.cast())
+    })
+}
+
+/// The environment's cleanup hook: drops its entry of [`PROTOTYPES`] (Node frees the reference).
+unsafe extern "C" fn forget_prototype(env: *mut c_void) {
+    let env = env.cast::<sys::napi_env__>();
+    let _ = PROTOTYPES.try_with(|p| p.borrow_mut().retain(|(e, _)| *e != env));
+}
+
+/// Whether `obj`, made by `PieceStore`'s constructor, is a plain `PieceStore`: one of a
+/// subclass (`class Logged extends PieceStore`) may override `get` or `put`, and own functions
+/// would shadow its methods.
+pub fn is_plain(env: &Env, obj: sys::napi_value) -> Result<bool> {
+    let raw = env.raw();
+    let Some(r) = PROTOTYPES.with(|p| p.borrow().iter().find(|(e, _)| *e == raw).map(|(_, r)| *r))
+    else {
+        return Ok(false);
+    };
+    let mut prototype = ptr::null_mut();
+    check_status!(unsafe { sys::napi_get_reference_value(raw, r, &mut prototype) })?;
+    let mut actual = ptr::null_mut();
+    check_status!(unsafe { sys::napi_get_prototype(raw, obj, &mut actual) })?;
+    let mut same = false;
+    check_status!(unsafe { sys::napi_strict_equals(raw, prototype, actual, &mut same) })?;
+    Ok(same)
+}
 
 /// Gives `obj`, a new `PieceStore` object of `store`, its own `get` and `put` (writable,
 /// configurable and not enumerable, as a class's methods are on its prototype).

@@ -36,6 +36,15 @@ fn init() {
     runtime::install();
 }
 
+/// Runs once the module's exports are made (in each environment that loads it). Should
+/// `PieceStore.prototype` not be found, `new PieceStore` makes objects without own functions:
+/// slower, never broken (node/test/roundtrip.test.mjs checks that they have them).
+#[napi(module_exports)]
+pub fn exports(exports: Object<'_>, env: Env) -> Result<()> {
+    let _ = fast::remember_prototype(&env, &exports);
+    Ok(())
+}
+
 /// The longest key a piece may have, in bytes.
 #[napi]
 pub const MAX_KEY_LEN: u32 = key::MAX_KEY_LEN as u32;

@@ -564,7 +564,9 @@ impl PieceStore {
     ) -> Result<Self> {
         let c = config(Args::new(env, "PieceStore"), store, options)?;
         let store = build(env, c)?;
-        crate::fast::install(env, this.object.raw(), &store.inner)?;
+        if crate::fast::is_plain(env, this.object.raw())? {
+            crate::fast::install(env, this.object.raw(), &store.inner)?;
+        }
         Ok(store)
     }
 
