@@ -296,11 +296,49 @@ test('a subclass\'s get and put are its own: a store\'s own functions do not sha
   await store.put('1_s0', 'counted')
   assert.equal((await store.get('1_s0')).toString(), 'counted')
   assert.deepEqual(store.calls, ['put 1_s0', 'get 1_s0'])
-  // A subclass that keeps the methods gets them from the prototype, and they work.
+  // A subclass that keeps the methods gets own functions, as PieceStore's objects do.
   class Plain extends PieceStore {}
   const plain = new Plain('memory://')
+  assert.equal(typeof Object.getOwnPropertyDescriptor(plain, 'get')?.value, 'function')
   await plain.put('2_s0', 'plain')
   assert.equal((await plain.get('2_s0')).toString(), 'plain')
   await store.close()
   await plain.close()
+})
+
+test('a method stubbed on the prototype is called by the stores made after it', async () => {
+  const original = PieceStore.prototype.get
+  const seen = []
+  PieceStore.prototype.get = function (key) {
+    seen.push(key)
+    return original.call(this, key)
+  }
+  try {
+    for (const store of [new PieceStore('memory://'), await PieceStore.open('memory://')]) {
+      assert.equal(Object.getOwnPropertyDescriptor(store, 'get'), undefined)
+      await store.put('1_s0', 'stubbed')
+      assert.equal((await store.get('1_s0')).toString(), 'stubbed')
+    }
+    assert.deepEqual(seen, ['1_s0', '1_s0'])
+  } finally {
+    PieceStore.prototype.get = original
+  }
+  assert.equal(typeof Object.getOwnPropertyDescriptor(new PieceStore('memory://'), 'get')?.value, 'function')
+})
+
+test('keys convert alike on both paths: 4-byte characters across 256 bytes, lone surrogates', async () => {
+  const store = new PieceStore('memory://')
+  const keys = []
+  for (let n = 248; n <= 258; n++) keys.push(`${'a'.repeat(n)}\u{1F600}_s0`)
+  keys.push('lone\uD800_s0', `${'b'.repeat(254)}\uDC00_s0`)
+  for (const [i, key] of keys.entries()) {
+    await store.put(key, `piece ${i}`)
+    assert.equal((await PieceStore.prototype.get.call(store, key)).toString(), `piece ${i}`, `key ${i}`)
+    await PieceStore.prototype.put.call(store, key, `piece ${i}`)
+    assert.equal((await store.get(key)).toString(), `piece ${i}`, `key ${i}`)
+  }
+  // A lone surrogate reads as U+FFFD, as Node-API converts it, on both paths.
+  assert.equal((await store.get('lone\uFFFD_s0')).toString(), `piece ${keys.length - 2}`)
+  assert.equal((await PieceStore.prototype.get.call(store, 'lone\uFFFD_s0')).toString(), `piece ${keys.length - 2}`)
+  await store.close()
 })

@@ -7,9 +7,10 @@
 //! store that was about a tenth of the call. The functions installed here carry the core
 //! store's handle as their Node-API `data` instead: no lookup, no bookkeeping, and no way to
 //! be called on the wrong object (they ignore `this`, as bound functions do). The prototype
-//! keeps its methods (for `PieceStore.prototype.get.call(store, key)`, and for the objects of
-//! a subclass, whose own methods must not be shadowed); both run the same code
-//! ([`crate::store::get_piece`], [`crate::store::put_piece`]).
+//! keeps its methods (for `PieceStore.prototype.get.call(store, key)`, and for objects whose
+//! `get` or `put` is no longer the module's: a subclass's override, a stub on the prototype);
+//! both run the same code ([`crate::store::get_piece`], [`crate::store::put_piece`]). A method
+//! patched on the prototype after a store was made is not seen by that store.
 
 use std::cell::RefCell;
 use std::ffi::{CStr, c_void};
@@ -19,53 +20,96 @@ use std::ptr;
 use napi::bindgen_prelude::*;
 use napi::{check_status, sys};
 
+/// The two methods made own functions, by name.
+const NAMES: [&CStr; 2] = [c"get", c"put"];
+
 thread_local! {
-    /// `PieceStore.prototype` of each environment on this thread (one, in practice: Node runs
-    /// each worker on a thread of its own), from [`remember_prototype`].
-    static PROTOTYPES: RefCell<Vec<(sys::napi_env, sys::napi_ref)>> = const { RefCell::new(Vec::new()) };
+    /// The prototype's `get` and `put` as the module made them, for each environment on this
+    /// thread (one, in practice: Node runs each worker on a thread of its own); from
+    /// [`remember_methods`], until the environment's cleanup.
+    static ORIGINALS: RefCell<Vec<(sys::napi_env, [sys::napi_ref; 2])>> =
+        const { RefCell::new(Vec::new()) };
 }
 
-/// Keeps `PieceStore.prototype` from the module's `exports` for [`is_plain`] (until `env` is
-/// torn down).
-pub fn remember_prototype(env: &Env, exports: &Object<'_>) -> Result<()> {
+/// Keeps `PieceStore.prototype.get` and `.put` from the module's `exports`, for [`install`].
+pub fn remember_methods(env: &Env, exports: &Object<'_>) -> Result<()> {
     let class: Unknown<'_> = exports.get_named_property("PieceStore")?;
     let prototype: Object<'_> = class.coerce_to_object()?.get_named_property("prototype")?;
     let raw = env.raw();
-    let mut r = ptr::null_mut();
-    check_status!(unsafe { sys::napi_create_reference(raw, prototype.raw(), 1, &mut r) })?;
-    PROTOTYPES.with(|p| p.borrow_mut().push((raw, r)));
-    check_status!(unsafe {
-        sys::napi_add_env_cleanup_hook(raw, Some(forget_prototype), raw.cast())
-    })
+    let mut refs = [ptr::null_mut(); 2];
+    for (name, r) in NAMES.iter().zip(refs.iter_mut()) {
+        let method: Unknown<'_> = prototype.get_named_property(&name.to_string_lossy())?;
+        let made = check_status!(unsafe { sys::napi_create_reference(raw, method.raw(), 1, r) });
+        if let Err(e) = made {
+            delete(raw, &refs);
+            return Err(e);
+        }
+    }
+    let hooked = check_status!(unsafe {
+        sys::napi_add_env_cleanup_hook(raw, Some(forget_methods), raw.cast())
+    });
+    if let Err(e) = hooked {
+        delete(raw, &refs);
+        return Err(e);
+    }
+    ORIGINALS.with(|o| o.borrow_mut().push((raw, refs)));
+    Ok(())
 }
 
-/// The environment's cleanup hook: drops its entry of [`PROTOTYPES`] (Node frees the reference).
-unsafe extern "C" fn forget_prototype(env: *mut c_void) {
+/// The environment's cleanup hook: drops its references of [`ORIGINALS`].
+unsafe extern "C" fn forget_methods(env: *mut c_void) {
     let env = env.cast::<sys::napi_env__>();
-    let _ = PROTOTYPES.try_with(|p| p.borrow_mut().retain(|(e, _)| *e != env));
+    let _ = ORIGINALS.try_with(|o| {
+        o.borrow_mut().retain(|(e, refs)| {
+            if *e == env {
+                delete(env, refs);
+            }
+            *e != env
+        })
+    });
 }
 
-/// Whether `obj`, made by `PieceStore`'s constructor, is a plain `PieceStore`: one of a
-/// subclass (`class Logged extends PieceStore`) may override `get` or `put`, and own functions
-/// would shadow its methods.
-pub fn is_plain(env: &Env, obj: sys::napi_value) -> Result<bool> {
+/// Deletes the references made (null ones were not).
+fn delete(env: sys::napi_env, refs: &[sys::napi_ref]) {
+    for r in refs.iter().filter(|r| !r.is_null()) {
+        unsafe { sys::napi_delete_reference(env, *r) };
+    }
+}
+
+/// Whether `obj`'s `get` and `put` are still the prototype's own, as the module made them: a
+/// subclass (`class Counted extends PieceStore`) may override them, a test may have stubbed
+/// them on the prototype (`sinon.stub(PieceStore.prototype, 'get')`), and own functions would
+/// shadow either.
+fn unpatched(env: &Env, obj: sys::napi_value) -> Result<bool> {
     let raw = env.raw();
-    let Some(r) = PROTOTYPES.with(|p| p.borrow().iter().find(|(e, _)| *e == raw).map(|(_, r)| *r))
+    let Some(refs) =
+        ORIGINALS.with(|o| o.borrow().iter().find(|(e, _)| *e == raw).map(|(_, r)| *r))
     else {
         return Ok(false);
     };
-    let mut prototype = ptr::null_mut();
-    check_status!(unsafe { sys::napi_get_reference_value(raw, r, &mut prototype) })?;
-    let mut actual = ptr::null_mut();
-    check_status!(unsafe { sys::napi_get_prototype(raw, obj, &mut actual) })?;
-    let mut same = false;
-    check_status!(unsafe { sys::napi_strict_equals(raw, prototype, actual, &mut same) })?;
-    Ok(same)
+    for (name, r) in NAMES.iter().zip(refs) {
+        let mut original = ptr::null_mut();
+        check_status!(unsafe { sys::napi_get_reference_value(raw, r, &mut original) })?;
+        let mut found = ptr::null_mut();
+        check_status!(unsafe {
+            sys::napi_get_named_property(raw, obj, name.as_ptr(), &mut found)
+        })?;
+        let mut same = false;
+        check_status!(unsafe { sys::napi_strict_equals(raw, original, found, &mut same) })?;
+        if !same {
+            return Ok(false);
+        }
+    }
+    Ok(true)
 }
 
 /// Gives `obj`, a new `PieceStore` object of `store`, its own `get` and `put` (writable,
-/// configurable and not enumerable, as a class's methods are on its prototype).
+/// configurable and not enumerable, as a class's methods are on its prototype), unless they
+/// are no longer the module's own (see [`unpatched`]).
 pub fn install(env: &Env, obj: sys::napi_value, store: &piecestore::PieceStore) -> Result<()> {
+    if !unpatched(env, obj)? {
+        return Ok(());
+    }
     let get = function(env, c"get", get, store)?;
     let put = function(env, c"put", put, store)?;
     let property = |name: &CStr, value| sys::napi_property_descriptor {
@@ -78,7 +122,7 @@ pub fn install(env: &Env, obj: sys::napi_value, store: &piecestore::PieceStore) 
         attributes: sys::PropertyAttributes::writable | sys::PropertyAttributes::configurable,
         data: ptr::null_mut(),
     };
-    let properties = [property(c"get", get), property(c"put", put)];
+    let properties = [property(NAMES[0], get), property(NAMES[1], put)];
     check_status!(unsafe {
         sys::napi_define_properties(env.raw(), obj, properties.len(), properties.as_ptr())
     })

@@ -36,12 +36,16 @@ fn init() {
     runtime::install();
 }
 
-/// Runs once the module's exports are made (in each environment that loads it). Should
-/// `PieceStore.prototype` not be found, `new PieceStore` makes objects without own functions:
-/// slower, never broken (node/test/roundtrip.test.mjs checks that they have them).
+/// Runs once the module's exports are made (in each environment that loads it). Should the
+/// prototype's methods not be found, stores are made without own `get` and `put`: slower,
+/// never broken (node/test/roundtrip.test.mjs checks that they have them).
 #[napi(module_exports)]
 pub fn exports(exports: Object<'_>, env: Env) -> Result<()> {
-    let _ = fast::remember_prototype(&env, &exports);
+    if fast::remember_methods(&env, &exports).is_err() {
+        // Nothing of it may be left thrown at the code that loaded the module.
+        let mut pending = std::ptr::null_mut();
+        unsafe { napi::sys::napi_get_and_clear_last_exception(env.raw(), &mut pending) };
+    }
     Ok(())
 }
 

@@ -564,9 +564,7 @@ impl PieceStore {
     ) -> Result<Self> {
         let c = config(Args::new(env, "PieceStore"), store, options)?;
         let store = build(env, c)?;
-        if crate::fast::is_plain(env, this.object.raw())? {
-            crate::fast::install(env, this.object.raw(), &store.inner)?;
-        }
+        crate::fast::install(env, this.object.raw(), &store.inner)?;
         Ok(store)
     }
 
