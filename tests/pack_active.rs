@@ -660,3 +660,153 @@ async fn a_put_dropped_during_its_pack_put_still_ends_its_group_on_s3s_fs() {
     let store = expect(PieceStore::open(c).await.expect("reopen")).await;
     store.close().await;
 }
+
+/// The index files (`*.sqlite`) of a store on `dir`.
+fn index_files(dir: &Path) -> Vec<std::path::PathBuf> {
+    walkdir::WalkDir::new(dir)
+        .into_iter()
+        .flatten()
+        .map(|e| e.into_path())
+        .filter(|p| p.extension().is_some_and(|x| x == "sqlite"))
+        .collect()
+}
+
+/// `n` puts at once on `store`, keys `{prefix}{i}`; what each returned.
+fn spawn_puts(
+    store: &PieceStore,
+    prefix: &str,
+    n: u64,
+    seed: u64,
+) -> Vec<tokio::task::JoinHandle<piecestore::Result<()>>> {
+    (0..n)
+        .map(|i| {
+            let store = store.clone();
+            let key = format!("{prefix}{i}");
+            tokio::spawn(async move { store.put(&key, bytes(1000 + i as usize, seed + i)).await })
+        })
+        .collect()
+}
+
+/// While another process holds the index's write lock, puts wait (none is acknowledged before
+/// it is indexed) and all land once it lets go. Then, with the lock taken and let go in short
+/// bursts (another writer's commits), two writers on one directory with 32 puts in flight each
+/// append the write groups that form while the index is taken and commit them together
+/// (`AppendJob::run`): every acknowledged piece reads back from the other writer at once and
+/// after a reopen, and fsck is clean.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn puts_wait_for_and_survive_another_process_holding_the_index() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let a = PieceStore::open(file_config(dir.path(), 64 << 20))
+        .await
+        .expect("open a");
+    let b = PieceStore::open(file_config(dir.path(), 64 << 20))
+        .await
+        .expect("open b");
+    a.put("first", bytes(100, 1)).await.expect("first put");
+    let index = index_files(dir.path());
+    assert_eq!(index.len(), 1, "one index file: {index:?}");
+    let holder = rusqlite::Connection::open(&index[0]).expect("open the index");
+    holder
+        .busy_timeout(Duration::from_secs(10))
+        .expect("busy timeout");
+    holder
+        .execute_batch("BEGIN IMMEDIATE")
+        .expect("take the index");
+    let mut puts = spawn_puts(&a, "held-a-", 32, 100);
+    puts.extend(spawn_puts(&b, "held-b-", 32, 200));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let early = puts.iter().filter(|p| p.is_finished()).count();
+    assert_eq!(
+        early, 0,
+        "{early} puts returned while the index could not take them"
+    );
+    holder.execute_batch("COMMIT").expect("let go of the index");
+    for (i, p) in puts.into_iter().enumerate() {
+        tokio::time::timeout(Duration::from_secs(60), p)
+            .await
+            .expect("a put did not return after the index was let go")
+            .expect("put task")
+            .unwrap_or_else(|e| panic!("put {i}: {e}"));
+    }
+    for (store, other, prefix, seed) in [(&a, &b, "held-a-", 100), (&b, &a, "held-b-", 200)] {
+        for i in 0..32u64 {
+            let key = format!("{prefix}{i}");
+            let want = bytes(1000 + i as usize, seed + i);
+            assert_eq!(store.get(&key).await.expect("get"), want, "{key}");
+            assert_eq!(
+                other.get(&key).await.expect("get from the other"),
+                want,
+                "{key}"
+            );
+        }
+    }
+
+    // The lock taken and let go in bursts while both write.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let bursts = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            let mut n = 0u32;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                holder
+                    .execute_batch("BEGIN IMMEDIATE")
+                    .expect("take the index");
+                std::thread::sleep(Duration::from_millis(2));
+                holder.execute_batch("COMMIT").expect("let go of the index");
+                std::thread::sleep(Duration::from_micros(500));
+                n += 1;
+            }
+            n
+        })
+    };
+    const ROUNDS: u64 = 20;
+    for round in 0..ROUNDS {
+        let mut puts = spawn_puts(&a, &format!("r{round}-a-"), 32, round * 1000);
+        puts.extend(spawn_puts(
+            &b,
+            &format!("r{round}-b-"),
+            32,
+            round * 1000 + 500,
+        ));
+        for (i, p) in puts.into_iter().enumerate() {
+            tokio::time::timeout(Duration::from_secs(60), p)
+                .await
+                .expect("a put did not return")
+                .expect("put task")
+                .unwrap_or_else(|e| panic!("round {round}, put {i}: {e}"));
+        }
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let n = bursts.join().expect("burst thread");
+    assert!(n > 0, "the index was never taken");
+    let check = |store: PieceStore, when: &'static str| async move {
+        for round in 0..ROUNDS {
+            for (w, seed) in [("a", round * 1000), ("b", round * 1000 + 500)] {
+                for i in 0..32u64 {
+                    let key = format!("r{round}-{w}-{i}");
+                    let got = store
+                        .get(&key)
+                        .await
+                        .unwrap_or_else(|e| panic!("{when}: get {key}: {e}"));
+                    assert_eq!(got, bytes(1000 + i as usize, seed + i), "{when}: {key}");
+                }
+            }
+        }
+        store
+    };
+    let a = check(a, "from writer a").await;
+    let b = check(b, "from writer b").await;
+    a.close().await;
+    b.close().await;
+    drop((a, b));
+    let again = PieceStore::open(file_config(dir.path(), 64 << 20))
+        .await
+        .expect("reopen");
+    let again = check(again, "after a reopen").await;
+    assert_eq!(
+        listed(&again).await.len() as u64,
+        1 + 64 + ROUNDS * 64,
+        "every acknowledged piece is listed"
+    );
+    fsck_clean(&again, "after writers and a held index").await;
+}

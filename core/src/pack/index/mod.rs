@@ -327,6 +327,14 @@ pub trait PackIndex: Send + Sync + fmt::Debug {
     fn apply_lazy(&self, changes: &[Change]) -> Result<Vec<bool>> {
         self.apply(changes)
     }
+    /// [`PackIndex::apply_lazy`] only if the index can be written at once: `Ok(None)`, with
+    /// nothing applied, when another writer (another process) holds it. A writer that finds
+    /// it taken appends the write groups that formed meanwhile and commits them all at once
+    /// (write groups of many processes batch as one process's would). An index without such
+    /// a lock applies at once.
+    fn try_apply_lazy(&self, changes: &[Change]) -> Result<Option<Vec<bool>>> {
+        self.apply_lazy(changes).map(Some)
+    }
     /// A pack's record.
     fn pack(&self, id: PackId) -> Result<Option<PackInfo>>;
     /// Every pack, by id.

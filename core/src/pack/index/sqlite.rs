@@ -246,24 +246,29 @@ impl SqliteIndex {
             conn.pragma_update(None, "synchronous", "FULL")
                 .map_err(|e| self.err(e))?;
         }
-        let result = self.apply_in(&mut conn, changes, durable);
+        let result = self.apply_in(&mut conn, changes, durable, true);
         if durable {
             conn.pragma_update(None, "synchronous", "NORMAL")
                 .map_err(|e| self.err(e))?;
         }
-        result
+        result.map(|took| took.unwrap_or_default())
     }
 
+    /// Applies `changes` in one transaction; when told not to `wait`, `Ok(None)` if another
+    /// connection holds the write lock (nothing applied).
     fn apply_in(
         &self,
         conn: &mut Connection,
         changes: &[Change],
         durable: bool,
-    ) -> Result<Vec<bool>> {
+        wait: bool,
+    ) -> Result<Option<Vec<bool>>> {
         use std::sync::atomic::Ordering;
-        let tx = conn
-            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
-            .map_err(|e| self.err(e))?;
+        let tx = match conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate) {
+            Ok(tx) => tx,
+            Err(e) if !wait && busy(&e) => return Ok(None),
+            Err(e) => return Err(self.err(e)),
+        };
         let mut t = Tables {
             tx: &tx,
             me: self,
@@ -439,7 +444,7 @@ impl SqliteIndex {
         drop(t);
         tx.commit().map_err(|e| self.err(e))?;
         self.max_seq.fetch_max(max_seq, Ordering::SeqCst);
-        Ok(applied)
+        Ok(Some(applied))
     }
 }
 
@@ -686,6 +691,19 @@ impl PackIndex for SqliteIndex {
 
     fn apply_lazy(&self, changes: &[Change]) -> Result<Vec<bool>> {
         self.apply_with(changes, false)
+    }
+
+    fn try_apply_lazy(&self, changes: &[Change]) -> Result<Option<Vec<bool>>> {
+        let mut conn = self.writer.lock().unwrap_or_else(|p| p.into_inner());
+        if matches!(self.target, Target::Memory) {
+            return self.apply_in(&mut conn, changes, false, true);
+        }
+        // No busy handler for the one try (SQLite answers "busy" at once), then the usual one.
+        conn.busy_timeout(Duration::ZERO).map_err(|e| self.err(e))?;
+        let result = self.apply_in(&mut conn, changes, false, false);
+        conn.busy_timeout(Duration::from_secs(10))
+            .map_err(|e| self.err(e))?;
+        result
     }
 
     fn pack(&self, id: PackId) -> Result<Option<PackInfo>> {

@@ -80,7 +80,12 @@ impl ShardPacker {
         } = group;
         let size = group_size(&records);
         let job = self.append_job(backend, &mut slot, records, extra);
-        let (pack, result, unsealed) = job.run(index, &mut stuck);
+        let Ran {
+            kept: pack,
+            committed: result,
+            unsealed,
+            merged,
+        } = job.run(index, &mut stuck, &mut |room| self.take_to_merge(room));
         let flushed = stuck.is_empty();
         *slot = pack;
         drop((slot, stuck));
@@ -93,7 +98,29 @@ impl ShardPacker {
             }
         }
         let result = result.map(|lost| self.note_lost(lost));
-        self.finish_group(size, ticket, done, append_result(backend, result));
+        let outcome = self.outcome_of(append_result(backend, result));
+        self.end_group(size, ticket, done, outcome.clone());
+        for m in merged {
+            let outcome = match m.failed {
+                Some(e) => self.outcome_of(append_result(backend, Err(e))),
+                None => outcome.clone(),
+            };
+            self.end_group(m.size, m.ticket, m.done, outcome);
+        }
+    }
+
+    /// The next group formed, to append and commit with the one being written
+    /// ([`AppendJob::run`]): only one of lazy changes alone that fits in the `room` left in
+    /// the active pack.
+    fn take_to_merge(&self, room: u64) -> Option<Group> {
+        let mut st = self.lock();
+        let next = st.forming.front()?;
+        if !next.extra.is_empty() || next.bytes >= room {
+            return None;
+        }
+        let group = st.forming.pop_front()?;
+        st.current = Some(group.done.subscribe());
+        Some(group)
     }
 
     /// Writes the group a caller started on an idle writer in the caller's own task (group
@@ -172,17 +199,31 @@ impl ShardPacker {
         done: watch::Sender<Outcome>,
         result: Result<()>,
     ) {
-        if result.is_ok() {
+        let outcome = self.outcome_of(result);
+        self.end_group(size, ticket, done, outcome);
+    }
+
+    /// What a group's waiters are told of `result` (a failure is logged).
+    fn outcome_of(&self, result: Result<()>) -> std::result::Result<(), (bool, String)> {
+        result.map_err(|e| {
+            tracing::warn!(shard = self.shard, error = %e, "writing a pack failed");
+            (e.is_retryable(), e.to_string())
+        })
+    }
+
+    /// Ends a group of `size` with `outcome`: its keys freed, its waiters told.
+    fn end_group(
+        &self,
+        size: (u64, u64),
+        ticket: u64,
+        done: watch::Sender<Outcome>,
+        outcome: std::result::Result<(), (bool, String)>,
+    ) {
+        if outcome.is_ok() {
             self.count_written(size.0, size.1);
         }
         self.lock().inflight.retain(|_, p| p.ticket != ticket);
-        let _ = done.send(Some(match result {
-            Ok(()) => Ok(()),
-            Err(e) => {
-                tracing::warn!(shard = self.shard, error = %e, "writing a pack failed");
-                Err((e.is_retryable(), e.to_string()))
-            }
-        }));
+        let _ = done.send(Some(outcome));
     }
 
     /// A bucket's writer: writes groups one after another (each one pack object) until none
@@ -487,19 +528,16 @@ enum AppendError {
 
 impl AppendJob {
     /// Appends the group and commits its index changes (after `stuck`, the changes of earlier
-    /// failed commits); returns the active pack to keep (none when it was sealed, or cannot
-    /// be written again), the sequence numbers of new keys' records that lost their key to
-    /// another process's write (the commit is then durable), and a pack it sealed whose commit
-    /// failed (to keep, locked, until that commit goes through).
+    /// failed commits). When the index is taken by another writer (another process) at that
+    /// moment, the groups that formed meanwhile (`more`, given the room left in the pack) are
+    /// appended too and committed with it in one transaction: one commit per busy spell, not
+    /// per group, so that processes sharing an index do not each pay a commit for a few records.
     fn run(
         self,
         index: &dyn PackIndex,
         stuck: &mut Vec<Change>,
-    ) -> (
-        Option<ActivePack>,
-        std::result::Result<Vec<u64>, AppendError>,
-        Option<ActivePack>,
-    ) {
+        more: &mut dyn FnMut(u64) -> Option<Group>,
+    ) -> Ran {
         let AppendJob {
             dir,
             pack,
@@ -522,65 +560,36 @@ impl AppendJob {
                     p
                 }
                 Err(e) => {
-                    return (
-                        None,
-                        Err(AppendError::Io("creating an active pack", e)),
-                        None,
-                    );
+                    return Ran::failed(None, AppendError::Io("creating an active pack", e));
                 }
             },
         };
-        let appended: Vec<Appended> = records
-            .iter()
-            .map(|r| Appended {
-                head: format::record_head(&r.key, r.kind, r.seq, r.payload.len() as u64, r.crc),
-                payload: r.payload.clone(),
-            })
-            .collect();
-        let start = match pack.append(&appended, fsync) {
-            Ok(start) => start,
+        match append_records(&mut pack, &records, fsync) {
+            Ok(grown) => changes.extend(grown),
             Err(e) => {
                 // Cut back (a failed group never stays), unless even that failed: then this
                 // pack is left as it is and the next group starts another.
-                let keep = pack.end == std::fs::metadata(&pack.path).map(|m| m.len()).unwrap_or(0);
+                let keep = cut_back(&pack);
                 if !changes.is_empty()
                     && let Err(ie) = crate::pack::apply_after_blocking(index, stuck, changes, false)
                 {
-                    return (keep.then_some(pack), Err(AppendError::Index(ie)), None);
+                    return Ran::failed(keep.then_some(pack), AppendError::Index(ie));
                 }
-                return (
+                return Ran::failed(
                     keep.then_some(pack),
-                    Err(AppendError::Io("appending to the active pack", e)),
-                    None,
+                    AppendError::Io("appending to the active pack", e),
                 );
             }
-        };
-        let id = pack.id;
-        let mut at = start;
-        let mut entries = Vec::with_capacity(records.len());
-        for (r, a) in records.iter().zip(&appended) {
-            at += a.head.len() as u64;
-            entries.push(entry_of(r, at));
-            at += r.payload.len() as u64;
         }
-        pack.note(&entries);
-        changes.push(Change::PackGrew {
-            id,
-            size: pack.end,
-            payload: pack.payload,
-            records: pack.records,
-            min_seq: pack.min_seq,
-        });
-        changes.push(Change::BumpSeq(
-            records.iter().map(|r| r.seq).max().unwrap_or(0),
-        ));
-        changes.extend(record_changes(id, &records, &entries));
         changes.extend(extra);
         let mut lazy = lazy;
+        let mut merged = Vec::new();
+        let mut took_now = None;
         // A pack sealed (or that failed to seal) is let go only after the commit: its lock
         // keeps other processes off it until the index says what it is.
         let mut retired = None;
         let kept = if pack.end >= target {
+            let id = pack.id;
             match pack.seal() {
                 Ok((size, _)) => {
                     changes.push(Change::Seal { id, size });
@@ -595,21 +604,155 @@ impl AppendJob {
             retired = Some(pack);
             None
         } else {
-            Some(pack)
+            let mut usable = true;
+            if lazy {
+                loop {
+                    match crate::pack::try_apply_now(index, stuck, &changes) {
+                        Ok(took) => {
+                            took_now = Some(took);
+                            break;
+                        }
+                        Err(true) => {}
+                        Err(false) => break,
+                    }
+                    // Taken: append what formed meanwhile, then try again; with nothing formed,
+                    // wait for the index (SQLite's busy handler) and commit what there is.
+                    let Some(group) = more(target.saturating_sub(pack.end)) else {
+                        break;
+                    };
+                    let Group {
+                        ticket,
+                        records,
+                        extra,
+                        done,
+                        ..
+                    } = group;
+                    let size = group_size(&records);
+                    match append_records(&mut pack, &records, fsync) {
+                        Ok(grown) => {
+                            changes.extend(grown);
+                            changes.extend(extra);
+                            merged.push(Merged {
+                                size,
+                                ticket,
+                                done,
+                                failed: None,
+                            });
+                        }
+                        Err(e) => {
+                            usable = cut_back(&pack);
+                            merged.push(Merged {
+                                size,
+                                ticket,
+                                done,
+                                failed: Some(AppendError::Io("appending to the active pack", e)),
+                            });
+                            break;
+                        }
+                    }
+                }
+            }
+            usable.then_some(pack)
         };
         let inserts = insert_seqs(&changes);
-        let committed = crate::pack::apply_after_blocking(index, stuck, changes, lazy)
-            .and_then(|took| {
-                let lost = lost_inserts(&inserts, &took);
-                if !lost.is_empty() && lazy {
-                    crate::pack::apply_after_blocking(index, stuck, Vec::new(), false)?;
-                }
-                Ok(lost)
-            })
-            .map_err(|e| AppendError::Index(in_pack_not_indexed(e)));
+        let committed = match took_now {
+            Some(took) => Ok(took),
+            None => crate::pack::apply_after_blocking(index, stuck, changes, lazy),
+        }
+        .and_then(|took| {
+            let lost = lost_inserts(&inserts, &took);
+            if !lost.is_empty() && lazy {
+                crate::pack::apply_after_blocking(index, stuck, Vec::new(), false)?;
+            }
+            Ok(lost)
+        })
+        .map_err(|e| AppendError::Index(in_pack_not_indexed(e)));
         let unsealed = if committed.is_err() { retired } else { None };
-        (kept, committed, unsealed)
+        Ran {
+            kept,
+            committed,
+            unsealed,
+            merged,
+        }
     }
+}
+
+/// What [`AppendJob::run`] did.
+struct Ran {
+    /// The active pack to keep (none when it was sealed, or cannot be written again).
+    kept: Option<ActivePack>,
+    /// The sequence numbers of new keys' records that lost their key to another process's
+    /// write (the commit is then durable), or why the group failed.
+    committed: std::result::Result<Vec<u64>, AppendError>,
+    /// A pack it sealed whose commit failed (to keep, locked, until that commit goes through).
+    unsealed: Option<ActivePack>,
+    /// Groups appended after the first and committed with it.
+    merged: Vec<Merged>,
+}
+
+impl Ran {
+    fn failed(kept: Option<ActivePack>, e: AppendError) -> Self {
+        Ran {
+            kept,
+            committed: Err(e),
+            unsealed: None,
+            merged: Vec::new(),
+        }
+    }
+}
+
+/// A group appended after the first one of a job and committed with it.
+struct Merged {
+    size: (u64, u64),
+    ticket: u64,
+    done: watch::Sender<Outcome>,
+    /// Its append failed (its records were cut off again): it ends with this error.
+    failed: Option<AppendError>,
+}
+
+/// Whether a pack whose append failed has its old length again (a failed append cuts itself
+/// off): only then is it written again.
+fn cut_back(pack: &ActivePack) -> bool {
+    pack.end == std::fs::metadata(&pack.path).map(|m| m.len()).unwrap_or(0)
+}
+
+/// Appends `records` to `pack` (made durable when `fsync`) and returns their index changes:
+/// the pack's new size and counts, the sequence counter, a slot or delete for each record.
+fn append_records(
+    pack: &mut ActivePack,
+    records: &[GroupRecord],
+    fsync: bool,
+) -> std::io::Result<Vec<Change>> {
+    let appended: Vec<Appended> = records
+        .iter()
+        .map(|r| Appended {
+            head: format::record_head(&r.key, r.kind, r.seq, r.payload.len() as u64, r.crc),
+            payload: r.payload.clone(),
+        })
+        .collect();
+    let start = pack.append(&appended, fsync)?;
+    let id = pack.id;
+    let mut at = start;
+    let mut entries = Vec::with_capacity(records.len());
+    for (r, a) in records.iter().zip(&appended) {
+        at += a.head.len() as u64;
+        entries.push(entry_of(r, at));
+        at += r.payload.len() as u64;
+    }
+    pack.note(&entries);
+    let mut changes = Vec::with_capacity(records.len() + 2);
+    changes.push(Change::PackGrew {
+        id,
+        size: pack.end,
+        payload: pack.payload,
+        records: pack.records,
+        min_seq: pack.min_seq,
+    });
+    changes.push(Change::BumpSeq(
+        records.iter().map(|r| r.seq).max().unwrap_or(0),
+    ));
+    changes.extend(record_changes(id, records, &entries));
+    Ok(changes)
 }
 
 /// A group's records and payload bytes.
