@@ -691,8 +691,8 @@ fn spawn_puts(
 /// it is indexed) and all land once it lets go. Then, with the lock taken and let go in short
 /// bursts (another writer's commits), two writers on one directory with 32 puts in flight each
 /// append the write groups that form while the index is taken and commit them together
-/// (`AppendJob::run`): every acknowledged piece reads back from the other writer at once and
-/// after a reopen, and fsck is clean.
+/// (`AppendJob::run`), deletes among them: every acknowledged piece reads back from the other
+/// writer at once and after a reopen, every acknowledged delete is gone, and fsck is clean.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn puts_wait_for_and_survive_another_process_holding_the_index() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -760,6 +760,7 @@ async fn puts_wait_for_and_survive_another_process_holding_the_index() {
         })
     };
     const ROUNDS: u64 = 20;
+    const DELETED: u64 = 4;
     for round in 0..ROUNDS {
         let mut puts = spawn_puts(&a, &format!("r{round}-a-"), 32, round * 1000);
         puts.extend(spawn_puts(
@@ -768,6 +769,14 @@ async fn puts_wait_for_and_survive_another_process_holding_the_index() {
             32,
             round * 1000 + 500,
         ));
+        // Deletes (tombstones) in the same groups: the last round's first few pieces.
+        if round > 0 {
+            puts.extend((0..DELETED).map(|i| {
+                let store = if i % 2 == 0 { a.clone() } else { b.clone() };
+                let key = format!("r{}-a-{i}", round - 1);
+                tokio::spawn(async move { store.delete(&key).await })
+            }));
+        }
         for (i, p) in puts.into_iter().enumerate() {
             tokio::time::timeout(Duration::from_secs(60), p)
                 .await
@@ -784,6 +793,14 @@ async fn puts_wait_for_and_survive_another_process_holding_the_index() {
             for (w, seed) in [("a", round * 1000), ("b", round * 1000 + 500)] {
                 for i in 0..32u64 {
                     let key = format!("r{round}-{w}-{i}");
+                    if w == "a" && i < DELETED && round + 1 < ROUNDS {
+                        let there = store
+                            .exists(&key)
+                            .await
+                            .unwrap_or_else(|e| panic!("{when}: exists {key}: {e}"));
+                        assert!(!there, "{when}: {key} was deleted, and is there");
+                        continue;
+                    }
                     let got = store
                         .get(&key)
                         .await
@@ -805,7 +822,7 @@ async fn puts_wait_for_and_survive_another_process_holding_the_index() {
     let again = check(again, "after a reopen").await;
     assert_eq!(
         listed(&again).await.len() as u64,
-        1 + 64 + ROUNDS * 64,
+        1 + 64 + ROUNDS * 64 - (ROUNDS - 1) * DELETED,
         "every acknowledged piece is listed"
     );
     fsck_clean(&again, "after writers and a held index").await;

@@ -24,6 +24,9 @@ use super::{
 };
 use crate::error::{Error, Result};
 
+/// How long a commit waits for another connection's (process's) write to end.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// The layout of the database this build writes and reads.
 const LAYOUT: u64 = 2;
 
@@ -242,6 +245,8 @@ impl SqliteIndex {
 
     fn apply_with(&self, changes: &[Change], durable: bool) -> Result<Vec<bool>> {
         let mut conn = self.writer.lock().unwrap_or_else(|p| p.into_inner());
+        // The usual busy handler, whatever an interrupted `try_apply_lazy` left.
+        conn.busy_timeout(BUSY_TIMEOUT).map_err(|e| self.err(e))?;
         if durable {
             conn.pragma_update(None, "synchronous", "FULL")
                 .map_err(|e| self.err(e))?;
@@ -701,8 +706,11 @@ impl PackIndex for SqliteIndex {
         // No busy handler for the one try (SQLite answers "busy" at once), then the usual one.
         conn.busy_timeout(Duration::ZERO).map_err(|e| self.err(e))?;
         let result = self.apply_in(&mut conn, changes, false, false);
-        conn.busy_timeout(Duration::from_secs(10))
-            .map_err(|e| self.err(e))?;
+        // What the commit did stands; a failure to set the handler back is set right by the
+        // next blocking commit.
+        if let Err(e) = conn.busy_timeout(BUSY_TIMEOUT) {
+            tracing::warn!(index = %self.label, error = %e, "restoring the index's busy handler failed");
+        }
         result
     }
 

@@ -516,7 +516,9 @@ struct AppendJob {
     extra: Vec<Change>,
     fsync: bool,
     target: u64,
-    /// Commit without waiting for the disk.
+    /// Commit without waiting for the disk (every [`crate::pack::LAZY_COMMITS`]th job is
+    /// durable; groups merged into a job do not count: what a crash can cost stays bounded by
+    /// the active pack, which recovery replays).
     lazy: bool,
     shard: usize,
 }
@@ -652,7 +654,13 @@ impl AppendJob {
                     }
                 }
             }
-            usable.then_some(pack)
+            if usable {
+                Some(pack)
+            } else {
+                // Not written again, but let go only after the commit, like a sealed pack.
+                retired = Some(pack);
+                None
+            }
         };
         let inserts = insert_seqs(&changes);
         let committed = match took_now {
