@@ -858,25 +858,6 @@ async fn apply_after(
     result
 }
 
-/// Commits `changes` lazily if the index can be written at once and no earlier failed commit
-/// waits ([`PackIndex::try_apply_lazy`]): `Ok(took)`; `Err(true)` when another writer holds the
-/// index, `Err(false)` on anything else (nothing applied either way: the caller commits later,
-/// with [`apply_after_blocking`], which retries and reports).
-fn try_apply_now(
-    index: &dyn PackIndex,
-    stuck: &[Change],
-    changes: &[Change],
-) -> std::result::Result<Vec<bool>, bool> {
-    if !stuck.is_empty() {
-        return Err(false);
-    }
-    match index.try_apply_lazy(changes) {
-        Ok(Some(took)) => Ok(took),
-        Ok(None) => Err(true),
-        Err(_) => Err(false),
-    }
-}
-
 /// [`apply_after`] on the calling thread (for a caller already on the blocking pool).
 fn apply_after_blocking(
     index: &dyn PackIndex,

@@ -566,22 +566,19 @@ impl AppendJob {
                 }
             },
         };
-        match append_records(&mut pack, &records, fsync) {
-            Ok(grown) => changes.extend(grown),
-            Err(e) => {
-                // Cut back (a failed group never stays), unless even that failed: then this
-                // pack is left as it is and the next group starts another.
-                let keep = cut_back(&pack);
-                if !changes.is_empty()
-                    && let Err(ie) = crate::pack::apply_after_blocking(index, stuck, changes, false)
-                {
-                    return Ran::failed(keep.then_some(pack), AppendError::Index(ie));
-                }
-                return Ran::failed(
-                    keep.then_some(pack),
-                    AppendError::Io("appending to the active pack", e),
-                );
+        if let Err(e) = append_records(&mut pack, &records, fsync, &mut changes) {
+            // Cut back (a failed group never stays), unless even that failed: then this pack
+            // is left as it is and the next group starts another.
+            let keep = cut_back(&pack);
+            if !changes.is_empty()
+                && let Err(ie) = crate::pack::apply_after_blocking(index, stuck, changes, false)
+            {
+                return Ran::failed(keep.then_some(pack), AppendError::Index(ie));
             }
+            return Ran::failed(
+                keep.then_some(pack),
+                AppendError::Io("appending to the active pack", e),
+            );
         }
         changes.extend(extra);
         let mut lazy = lazy;
@@ -608,51 +605,8 @@ impl AppendJob {
         } else {
             let mut usable = true;
             if lazy {
-                loop {
-                    match crate::pack::try_apply_now(index, stuck, &changes) {
-                        Ok(took) => {
-                            took_now = Some(took);
-                            break;
-                        }
-                        Err(true) => {}
-                        Err(false) => break,
-                    }
-                    // Taken: append what formed meanwhile, then try again; with nothing formed,
-                    // wait for the index (SQLite's busy handler) and commit what there is.
-                    let Some(group) = more(target.saturating_sub(pack.end)) else {
-                        break;
-                    };
-                    let Group {
-                        ticket,
-                        records,
-                        extra,
-                        done,
-                        ..
-                    } = group;
-                    let size = group_size(&records);
-                    match append_records(&mut pack, &records, fsync) {
-                        Ok(grown) => {
-                            changes.extend(grown);
-                            changes.extend(extra);
-                            merged.push(Merged {
-                                size,
-                                ticket,
-                                done,
-                                failed: None,
-                            });
-                        }
-                        Err(e) => {
-                            usable = cut_back(&pack);
-                            merged.push(Merged {
-                                size,
-                                ticket,
-                                done,
-                                failed: Some(AppendError::Io("appending to the active pack", e)),
-                            });
-                            break;
-                        }
-                    }
-                }
+                (took_now, merged, usable) =
+                    merge_while_taken(index, stuck, &mut pack, &mut changes, more, target, fsync);
             }
             if usable {
                 Some(pack)
@@ -724,13 +678,64 @@ fn cut_back(pack: &ActivePack) -> bool {
     pack.end == std::fs::metadata(&pack.path).map(|m| m.len()).unwrap_or(0)
 }
 
-/// Appends `records` to `pack` (made durable when `fsync`) and returns their index changes:
-/// the pack's new size and counts, the sequence counter, a slot or delete for each record.
+/// Commits `changes` (a lazy job's, on `pack`) if the index can be written at once; while
+/// another writer holds it, appends the groups that formed meanwhile (`more`, given the room
+/// left in the pack) and their changes, and tries again. Returns what the commit took (none:
+/// not committed yet, the caller waits for the index), the groups merged, and whether the pack
+/// can be written again (a merged group's failed append could not be cut off).
+fn merge_while_taken(
+    index: &dyn PackIndex,
+    stuck: &[Change],
+    pack: &mut ActivePack,
+    changes: &mut Vec<Change>,
+    more: &mut dyn FnMut(u64) -> Option<Group>,
+    target: u64,
+    fsync: bool,
+) -> (Option<Vec<bool>>, Vec<Merged>, bool) {
+    let mut merged = Vec::new();
+    // Earlier failed commits go first, through the caller's retrying commit.
+    if !stuck.is_empty() {
+        return (None, merged, true);
+    }
+    loop {
+        match index.try_apply_lazy(changes) {
+            Ok(Some(took)) => return (Some(took), merged, true),
+            Ok(None) => {}
+            // Reported (and retried) by the caller's commit.
+            Err(_) => return (None, merged, true),
+        }
+        // Taken: append what formed meanwhile, then try again; with nothing formed, wait for
+        // the index (SQLite's busy handler) and commit what there is.
+        let Some(group) = more(target.saturating_sub(pack.end)) else {
+            return (None, merged, true);
+        };
+        let size = group_size(&group.records);
+        let failed = append_records(pack, &group.records, fsync, changes)
+            .map(|()| changes.extend(group.extra))
+            .err();
+        let usable = failed.is_none() || cut_back(pack);
+        let stop = failed.is_some();
+        merged.push(Merged {
+            size,
+            ticket: group.ticket,
+            done: group.done,
+            failed: failed.map(|e| AppendError::Io("appending to the active pack", e)),
+        });
+        if stop {
+            return (None, merged, usable);
+        }
+    }
+}
+
+/// Appends `records` to `pack` (made durable when `fsync`), then adds their index changes to
+/// `changes`: the pack's new size and counts, the sequence counter, a slot or delete for each
+/// record (nothing when the append failed).
 fn append_records(
     pack: &mut ActivePack,
     records: &[GroupRecord],
     fsync: bool,
-) -> std::io::Result<Vec<Change>> {
+    changes: &mut Vec<Change>,
+) -> std::io::Result<()> {
     let appended: Vec<Appended> = records
         .iter()
         .map(|r| Appended {
@@ -748,7 +753,7 @@ fn append_records(
         at += r.payload.len() as u64;
     }
     pack.note(&entries);
-    let mut changes = Vec::with_capacity(records.len() + 2);
+    changes.reserve(records.len() + 2);
     changes.push(Change::PackGrew {
         id,
         size: pack.end,
@@ -760,7 +765,7 @@ fn append_records(
         records.iter().map(|r| r.seq).max().unwrap_or(0),
     ));
     changes.extend(record_changes(id, records, &entries));
-    Ok(changes)
+    Ok(())
 }
 
 /// A group's records and payload bytes.
