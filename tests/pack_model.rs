@@ -666,6 +666,181 @@ async fn packed_s3s_fs_store_with_the_postgres_index_matches_the_model() {
     model("s3s-fs+postgres", config, true).await;
 }
 
+/// The PostgreSQL index's apply function has three ways through a batch: one statement for
+/// a bucket's write group (its new pack first, then the sequence counter and new keys' pieces
+/// in that pack), a few set-based statements for other batches of new keys, and a statement
+/// per change for the rest. The same batches, sent each of the three ways (the pack moved
+/// behind the counter, or a change of another kind added), must answer alike and leave the
+/// same rows: sent again, into a pack recorded already, against a key taken with other bytes
+/// or announced by an intent, with two packs or into another pack, lazily and durably.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_postgres_apply_function_answers_alike_on_each_of_its_paths() {
+    let Some(pg) = piecestore_tests::postgres() else {
+        return;
+    };
+    // Opening a store with the index creates its tables and function.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut config =
+        Config::from_url(&format!("file://{}/pieces", dir.path().display())).expect("url");
+    config
+        .set_option("IndexUrl", OptionValue::Str(pg.url.clone()))
+        .expect("IndexUrl");
+    drop(PieceStore::open(config).await.expect("open"));
+    let (client, connection) = tokio_postgres::connect(&pg.url, tokio_postgres::NoTls)
+        .await
+        .expect("connect");
+    tokio::spawn(connection);
+
+    let pack = |id: &str| {
+        format!(
+            r#"{{"t":"add_pack","id":"{id}","size":900,"payload":500,"records":3,"min_seq":1,"state":0,"since":0}}"#
+        )
+    };
+    let insert = |key: &str, slot: &str, seq: u64, pack: &str, len: u64| {
+        format!(
+            r#"{{"t":"insert","key":"{key}","slot":"{slot}","seq":{seq},"pack":"{pack}","len":{len}}}"#
+        )
+    };
+    let bump = |seq: u64| format!(r#"{{"t":"bump_seq","seq":{seq}}}"#);
+    let group = vec![
+        pack("bb01"),
+        bump(9),
+        insert("n1", "11", 5, "bb01", 5),
+        insert("n2", "12", 6, "bb01", 7),
+    ];
+    // (changes, durable); each batch's first change is its pack.
+    let batches: Vec<(Vec<String>, bool)> = vec![
+        (group.clone(), false),
+        (group, false),
+        (
+            vec![pack("bb01"), insert("n3", "13", 7, "bb01", 100)],
+            false,
+        ),
+        (
+            vec![
+                pack("bb02"),
+                insert("n1", "99", 8, "bb02", 5),
+                insert("n4", "14", 9, "bb02", 1),
+            ],
+            true,
+        ),
+        (vec![pack("bb03"), insert("n5", "15", 10, "bb03", 3)], false),
+        (
+            vec![
+                pack("aa01"),
+                pack("aa02"),
+                insert("k1", "01", 11, "aa01", 10),
+                insert("k2", "02", 12, "aa02", 20),
+            ],
+            false,
+        ),
+        (
+            vec![pack("aa03"), bump(40), insert("k3", "03", 13, "aa01", 30)],
+            true,
+        ),
+        (
+            vec![pack("cc01"), bump(50), insert("k4", "04", 14, "cc01", 8)],
+            true,
+        ),
+    ];
+    let mut seen: Vec<(String, Vec<Vec<bool>>, Vec<String>)> = Vec::new();
+    for way in ["one statement", "set-based", "per change"] {
+        let ix = piecestore_tests::unique_name("apply");
+        // A key announced by an intent is taken by no insert.
+        client
+            .execute(
+                "INSERT INTO piecestore_intents VALUES ($1, 'n5', '\\x00', 1)",
+                &[&ix],
+            )
+            .await
+            .expect("intent");
+        let mut answers = Vec::new();
+        for (changes, durable) in &batches {
+            let mut sent = changes.clone();
+            match way {
+                "set-based" => sent.rotate_left(1), // the pack no longer first
+                "per change" => sent.push(r#"{"t":"set_meta","name":"other","value":1}"#.into()),
+                _ => {}
+            }
+            let json = format!("[{}]", sent.join(","));
+            let row = client
+                .query_one(
+                    "SELECT piecestore_apply_v1($1, $2::text::jsonb, $3)",
+                    &[&ix, &json, durable],
+                )
+                .await
+                .unwrap_or_else(|e| panic!("{way}: {json}: {e:?}"));
+            let mut took: Vec<bool> = row.get(0);
+            assert_eq!(took.len(), sent.len(), "{way}: {json}");
+            match way {
+                "set-based" => took.rotate_right(1),
+                "per change" => {
+                    took.pop();
+                }
+                _ => {}
+            }
+            answers.push(took);
+        }
+        let rows = |sql: &'static str| {
+            let client = &client;
+            let ix = ix.clone();
+            async move {
+                client
+                    .query(sql, &[&ix])
+                    .await
+                    .expect(sql)
+                    .iter()
+                    .map(|r| r.get::<_, String>(0))
+                    .collect::<Vec<_>>()
+            }
+        };
+        let mut state = rows(
+            "SELECT concat_ws(' ', key, encode(slot, 'hex'), seq, encode(pack, 'hex'), len) \
+             FROM piecestore_pieces WHERE ix = $1 ORDER BY key",
+        )
+        .await;
+        state.extend(
+            rows(
+                "SELECT concat_ws(' ', encode(id, 'hex'), size, payload, live_bytes, live_count, \
+                 records, min_seq, state, since_ms) FROM piecestore_packs WHERE ix = $1 ORDER BY id",
+            )
+            .await,
+        );
+        state.extend(
+            rows(
+                "SELECT concat_ws(' ', name, value) FROM piecestore_meta \
+                 WHERE ix = $1 AND name = 'max_seq'",
+            )
+            .await,
+        );
+        seen.push((way.to_string(), answers, state));
+    }
+    let (_, answers, state) = &seen[0];
+    // What the batches must do, whichever way: a group sent again takes its keys again
+    // (not its pack); a key taken with other bytes or announced is not taken; pieces count
+    // into the pack they are in.
+    assert_eq!(answers[0], [true; 4]);
+    assert_eq!(answers[1], [false, true, true, true]);
+    assert_eq!(answers[2], [false, true]);
+    assert_eq!(answers[3], [true, false, true]);
+    assert_eq!(answers[4], [true, false]);
+    for want in [
+        "n1 11 5 bb01 5",
+        "n3 13 7 bb01 100",
+        "bb01 900 500 112 3 3 1 0 0",
+        "bb02 900 500 1 1 3 1 0 0",
+        "bb03 900 500 0 0 3 1 0 0",
+        "aa01 900 500 40 2 3 1 0 0",
+        "max_seq 50",
+    ] {
+        assert!(state.iter().any(|s| s == want), "no {want:?} in {state:#?}");
+    }
+    for (way, a, s) in &seen[1..] {
+        assert_eq!(a, answers, "answers, one statement against {way}");
+        assert_eq!(s, state, "rows, one statement against {way}");
+    }
+}
+
 /// A packed put (small piece) racing an object put (large piece) of one new key, with
 /// different bytes: exactly one may succeed, and the key must then read as that one (a key
 /// is held by one write at a time, packed or not).
