@@ -6,6 +6,7 @@
 #   bash benches/nodes.sh            # the whole matrix, 3 rounds (about 6 minutes)
 #   QUICK=1 bash benches/nodes.sh    # 3-second phases, one round, for a smoke run
 #   S3_DIR=/mnt/disk bash benches/nodes.sh   # where s3s-fs keeps the bucket (default: /dev/shm)
+#   PS=/tmp/piecestore-old bash benches/nodes.sh # measure another build (no cargo build)
 #
 # s3s-fs keeps its bucket in memory (/dev/shm) by default: on this project's VMs the disk's
 # latency wanders by 2x from one run to the next, which would drown what is compared here
@@ -34,9 +35,13 @@ mkdir -p "$out"
 s3dir=${S3_DIR:-/dev/shm}/piecestore-nodes-$$
 mkdir -p "$s3dir"
 
-cargo build --release --quiet -p piecestore-cli
-ps=$PWD/target/release/piecestore
-[ -x "$ps" ] || ps=${CARGO_TARGET_DIR:-target}/release/piecestore
+if [ -n "${PS:-}" ]; then
+  ps=$PS
+else
+  cargo build --release --quiet -p piecestore-cli
+  ps=$PWD/target/release/piecestore
+  [ -x "$ps" ] || ps=${CARGO_TARGET_DIR:-target}/release/piecestore
+fi
 
 pgbin=$(dirname "$(command -v initdb || ls -d /usr/lib/postgresql/*/bin/initdb | tail -1)")
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
