@@ -230,6 +230,53 @@ async fn puts_in_flight_share_appends_on_a_directory() {
     eprintln!("512 puts in flight: {groups} appends");
 }
 
+/// `put_many` and `delete_prefix` on a directory share appends too: their operations run at
+/// once, so they form write groups (one task polling them all wrote one group, one
+/// `fdatasync`, per piece). Every piece reads back, and every one is gone after the delete.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn put_many_and_delete_prefix_share_appends_on_a_directory() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = PieceStore::open(file_config(dir.path(), 64 << 20))
+        .await
+        .expect("open");
+    let n = 256u64;
+    let items: Vec<(String, Bytes)> = (0..n)
+        .map(|i| (format!("batch/{i}"), bytes(4096, i)))
+        .collect();
+    for (i, r) in store.put_many(items).await.into_iter().enumerate() {
+        r.unwrap_or_else(|e| panic!("put_many, piece {i}: {e}"));
+    }
+    let (groups, records) = pack_writes(&store);
+    assert_eq!(records, n);
+    assert!(
+        groups * 4 <= records,
+        "put_many of {n} pieces took {groups} appends: its puts do not share writes"
+    );
+    let keys: Vec<String> = (0..n).map(|i| format!("batch/{i}")).collect();
+    for (i, got) in store.get_many(&keys).await.into_iter().enumerate() {
+        assert_eq!(got.expect("get_many"), bytes(4096, i as u64));
+    }
+    let deleted = store.delete_prefix("batch/").await.expect("delete_prefix");
+    assert_eq!((deleted.pieces, deleted.bytes), (n, n * 4096));
+    let (after, tombstones) = pack_writes(&store);
+    assert_eq!(tombstones - records, n);
+    assert!(
+        (after - groups) * 4 <= n,
+        "delete_prefix of {n} pieces took {} appends: its deletes do not share writes",
+        after - groups
+    );
+    assert!(listed(&store).await.is_empty());
+    for key in &keys {
+        let e = store.get(key).await.expect_err("deleted");
+        assert_eq!(e.kind(), ErrorKind::NotFound, "{key}");
+    }
+    fsck_clean(&store, "after put_many and delete_prefix").await;
+    eprintln!(
+        "put_many: {groups} appends; delete_prefix: {} appends",
+        after - groups
+    );
+}
+
 /// 256 puts in flight on a bucket share PUTs: counted by a proxy in front of the server, on
 /// average at least four pieces per pack PUT, and the metrics say the same number of writes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
