@@ -755,6 +755,9 @@ async fn the_postgres_apply_function_answers_alike_on_each_of_its_paths() {
             .await
             .expect("intent");
         let mut answers = Vec::new();
+        // Rows of `piecestore_packs` each batch updated: the one-statement path inserts a new
+        // pack's row with its counts and updates none.
+        let mut updates = Vec::new();
         for (changes, durable) in &batches {
             let mut sent = changes.clone();
             match way {
@@ -763,6 +766,21 @@ async fn the_postgres_apply_function_answers_alike_on_each_of_its_paths() {
                 _ => {}
             }
             let json = format!("[{}]", sent.join(","));
+            // Counted within the transaction (the counters of finished ones are flushed now
+            // and then).
+            let packs_updated = async || -> i64 {
+                client
+                    .query_one(
+                        "SELECT coalesce(sum(n_tup_upd), 0)::bigint \
+                         FROM pg_stat_xact_user_tables WHERE relname = 'piecestore_packs'",
+                        &[],
+                    )
+                    .await
+                    .expect("pg_stat_xact_user_tables")
+                    .get(0)
+            };
+            client.batch_execute("BEGIN").await.expect("begin");
+            let before = packs_updated().await;
             let row = client
                 .query_one(
                     "SELECT piecestore_apply_v1($1, $2::text::jsonb, $3)",
@@ -770,6 +788,9 @@ async fn the_postgres_apply_function_answers_alike_on_each_of_its_paths() {
                 )
                 .await
                 .unwrap_or_else(|e| panic!("{way}: {json}: {e:?}"));
+            let updated = packs_updated().await - before;
+            client.batch_execute("COMMIT").await.expect("commit");
+            updates.push(updated);
             let mut took: Vec<bool> = row.get(0);
             assert_eq!(took.len(), sent.len(), "{way}: {json}");
             match way {
@@ -813,6 +834,22 @@ async fn the_postgres_apply_function_answers_alike_on_each_of_its_paths() {
             )
             .await,
         );
+        match way {
+            // Batches of a new pack and its pieces took the one statement; a pack recorded
+            // already, two packs, a piece in another pack took other paths.
+            "one statement" => {
+                for i in [0, 3, 4, 7] {
+                    assert_eq!(updates[i], 0, "batch {i} updated a pack: not one statement");
+                }
+                for i in [2, 5, 6] {
+                    assert!(updates[i] > 0, "batch {i} counted into no pack");
+                }
+            }
+            _ => assert!(
+                updates[0] > 0,
+                "{way}: the first batch took the one statement"
+            ),
+        }
         seen.push((way.to_string(), answers, state));
     }
     let (_, answers, state) = &seen[0];

@@ -1092,10 +1092,10 @@ impl PieceStore {
 
     /// Stores many pieces concurrently; one result per item, in order.
     ///
-    /// On a tokio multi-thread runtime each put runs as a task of its own, so that on a
-    /// packed store the puts share write groups (one append and one `fdatasync` for many).
-    /// Puts a caller polls together in one task of its own (`join_all` over `put`), or this
-    /// call on a current-thread runtime, write a group each.
+    /// On a tokio multi-thread runtime each put runs as a task of its own (aborted if this
+    /// call is dropped), so that on a packed store the puts share write groups (one append and
+    /// one `fdatasync` for many). Puts a caller polls together in one task of its own
+    /// (`join_all` over `put`), or this call on a current-thread runtime, write a group each.
     pub async fn put_many<K, D, I>(&self, items: I) -> Vec<Result<()>>
     where
         I: IntoIterator<Item = (K, D)>,
@@ -1622,25 +1622,43 @@ impl std::fmt::Debug for PieceStream {
     }
 }
 
-/// Runs one operation of a batch as a task of its own on the caller's runtime (in the
-/// caller's task when there is none). A batch's operations polled together in one task formed
+/// Runs one operation of a batch as a task of its own on the caller's multi-thread runtime
+/// (in the caller's task otherwise). A batch's operations polled together in one task formed
 /// no write groups on a packed local store: the first put led its group and wrote it before
 /// the others were polled, so every put or delete paid a write and an `fdatasync` of its own
-/// (`delete_prefix` deleted about 6,700 pieces/s; benches/RESULTS.md).
+/// (`delete_prefix` deleted about 6,700 pieces/s; benches/RESULTS.md). On a current-thread
+/// runtime the tasks would run one after another all the same (and never, were its thread
+/// blocked waiting for them), so the operation runs in the caller's task there.
+///
+/// The task is aborted when the returned future is dropped: a batch cancelled (or ended by an
+/// error) stops its operations where they are, as it did when it polled them itself.
 fn each<T: Send + 'static>(
     op: impl Future<Output = Result<T>> + Send + 'static,
 ) -> impl Future<Output = Result<T>> + Send + 'static {
-    match tokio::runtime::Handle::try_current() {
-        Ok(h) => {
-            let task = h.spawn(op);
+    let runtime = tokio::runtime::Handle::try_current()
+        .ok()
+        .filter(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
+    match runtime {
+        Some(h) => {
+            let mut task = AbortOnDrop(h.spawn(op.in_current_span()));
             futures::future::Either::Left(async move {
-                match task.await {
+                match (&mut task.0).await {
                     Ok(r) => r,
                     Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+                    // Aborted by the runtime's shutdown.
                     Err(_) => Err(Error::Closed),
                 }
             })
         }
-        Err(_) => futures::future::Either::Right(op),
+        None => futures::future::Either::Right(op),
+    }
+}
+
+/// A task aborted when its handle is dropped before it ended.
+struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
