@@ -124,7 +124,9 @@ fn env_threads() -> Option<usize> {
 
 fn build(options: RuntimeOptions) -> Runtime {
     let mut b = Builder::new_multi_thread();
-    b.enable_all().thread_name("piecestore");
+    b.enable_all()
+        .thread_name("piecestore")
+        .on_thread_start(block_sigpipe);
     if let Some(n) = options.worker_threads.or_else(env_threads) {
         b.worker_threads(n);
     }
@@ -136,6 +138,23 @@ fn build(options: RuntimeOptions) -> Runtime {
         // Building fails only when the OS refuses threads or an epoll instance: nothing a
         // caller could recover from.
         Err(e) => panic!("piecestore: cannot start the tokio runtime: {e}"),
+    }
+}
+
+/// Keeps SIGPIPE off the calling thread (for the runtimes' threads): a write to a connection
+/// the peer closed then fails with `EPIPE` (an error the request reports or retries) instead
+/// of raising SIGPIPE, whose default action ends the process. A Rust program ignores SIGPIPE
+/// from its `main`; the programs that load the bindings may not: a Go program dies of a
+/// SIGPIPE raised on a thread Go did not start (seen: the Go binding's `PutMany` on s3s-fs,
+/// whose puts run on these threads), and a C program of any.
+pub(crate) fn block_sigpipe() {
+    #[cfg(unix)]
+    // SAFETY: only changes this thread's signal mask, with a set built here.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, libc::SIGPIPE);
+        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
     }
 }
 

@@ -377,6 +377,7 @@ fn runtime() -> Result<tokio::runtime::Handle> {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .thread_name("piecestore-pg")
+        .on_thread_start(crate::runtime::block_sigpipe)
         .enable_all()
         .build()
         .map_err(|e| Error::config(format!("cannot start the PostgreSQL client: {e}")))?;
