@@ -277,6 +277,46 @@ async fn put_many_and_delete_prefix_share_appends_on_a_directory() {
     );
 }
 
+/// The index's log is checkpointed while puts go on (in a thread of the index's own, not by
+/// the commits): 8,000 lone puts, each a commit of several log frames (together well over
+/// 64 MiB of log), never leave the log past twice the checkpoint threshold (4,096 frames,
+/// about 17 MiB), and every piece reads back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_index_log_stays_bounded_while_puts_go_on() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = PieceStore::open(file_config(dir.path(), 64 << 20))
+        .await
+        .expect("open");
+    store.put("first", bytes(100, 1)).await.expect("first put");
+    let index = index_files(dir.path());
+    assert_eq!(index.len(), 1, "one index file: {index:?}");
+    let wal = std::path::PathBuf::from(format!("{}-wal", index[0].display()));
+    let n = 8_000u64;
+    let mut largest = 0;
+    for i in 0..n {
+        store
+            .put(&format!("log/{i}"), bytes(256, i))
+            .await
+            .unwrap_or_else(|e| panic!("put {i}: {e}"));
+        if i % 100 == 0 {
+            largest = largest.max(std::fs::metadata(&wal).map(|m| m.len()).unwrap_or(0));
+        }
+    }
+    let (groups, _) = pack_writes(&store);
+    assert!(groups >= n, "{groups} commits for {n} lone puts");
+    assert!(
+        largest <= 32 << 20,
+        "the index's log grew to {largest} bytes: it is not checkpointed"
+    );
+    for i in (0..n).step_by(97) {
+        assert_eq!(
+            store.get(&format!("log/{i}")).await.expect("get"),
+            bytes(256, i)
+        );
+    }
+    eprintln!("the index's log at most {largest} bytes over {n} puts");
+}
+
 /// A `put_many` dropped (a timeout, a cancelled call) stops: of its puts, only those in
 /// flight at that moment may still land (its operations run as tasks of their own, aborted
 /// with it; one already in a write group ends with its group), none goes on later, and what
