@@ -277,6 +277,66 @@ async fn put_many_and_delete_prefix_share_appends_on_a_directory() {
     );
 }
 
+/// A put that is to lead the next write group after a group of several lets the puts that
+/// group's end woke run first (`ShardPacker::lead` yields once); cancelled right there (polled
+/// once, then dropped), its group must still be written, with no other operation to take
+/// the lead: the cancelled put's piece lands whole, and the next put returns.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_put_cancelled_while_it_lets_others_run_first_leaves_no_group_behind() {
+    use futures::FutureExt;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = PieceStore::open(file_config(dir.path(), 64 << 20))
+        .await
+        .expect("open");
+    let mut pending = 0;
+    for round in 0..20u64 {
+        // A group of several records (put_many's puts form groups) ...
+        let items: Vec<(String, Bytes)> = (0..16)
+            .map(|i| (format!("r{round}/many{i}"), bytes(2048, round * 100 + i)))
+            .collect();
+        for r in store.put_many(items).await {
+            r.expect("put_many");
+        }
+        // ... then (the writer idle again) a put polled once (it leads, and yields) and
+        // dropped.
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        let key = format!("r{round}/cancelled");
+        let polled = store.put(&key, bytes(512, round)).now_or_never();
+        match polled {
+            None => pending += 1,
+            Some(r) => r.expect("put"),
+        }
+        // Nothing else is written meanwhile: the writer alone must end the group, and the
+        // piece lands (the put was queued before its first poll returned).
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            match store.get(&key).await {
+                Ok(got) => {
+                    assert_eq!(got, bytes(512, round), "{key}");
+                    break;
+                }
+                Err(e) if e.kind() == ErrorKind::NotFound => {
+                    assert!(
+                        std::time::Instant::now() < deadline,
+                        "round {round}: a cancelled leader's group was never written"
+                    );
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+                Err(e) => panic!("{key}: {e}"),
+            }
+        }
+        tokio::time::timeout(
+            Duration::from_secs(10),
+            store.put(&format!("r{round}/after"), bytes(700, round)),
+        )
+        .await
+        .unwrap_or_else(|_| panic!("round {round}: a put after a cancelled leader did not return"))
+        .expect("put after");
+    }
+    assert!(pending > 0, "no put was left pending by its first poll");
+    fsck_clean(&store, "after cancelled leaders").await;
+}
+
 /// The index's log is checkpointed while puts go on (in a thread of the index's own, not by
 /// the commits): 8,000 lone puts, each a commit of several log frames (together well over
 /// 64 MiB of log), never leave the log past twice the checkpoint threshold (4,096 frames,

@@ -132,7 +132,26 @@ impl ShardPacker {
     /// everything goes to the writer task. On a bucket the PUT is awaited in the caller's task
     /// inside a [`Detach`], which, should the caller be dropped, lets it finish in a task of
     /// its own.
+    ///
+    /// On a local directory, after a group of several records, the leader first yields once,
+    /// so that the puts that group's end woke join the group it leads; dropped right there,
+    /// it leaves the group to a writer task ([`LeadLater`]).
     pub(super) async fn lead(self: &Arc<Self>, backend: &Arc<Backend>) {
+        if self.handles.is_some() && crate::runtime::may_block() {
+            let others = {
+                let st = self.lock();
+                st.leader && st.last_group > 1
+            };
+            if others {
+                // The puts the last group's end woke are about to queue their next records:
+                // let them run before taking the group, or it holds this put alone and they
+                // wait a whole write for the next one. A lone put, whose last group held
+                // one record, goes on at once (a yield cost it a fifth of its rate).
+                let mut later = LeadLater(self, backend, true);
+                tokio::task::yield_now().await;
+                later.2 = false;
+            }
+        }
         {
             let mut st = self.lock();
             if !st.leader {
@@ -222,7 +241,11 @@ impl ShardPacker {
         if outcome.is_ok() {
             self.count_written(size.0, size.1);
         }
-        self.lock().inflight.retain(|_, p| p.ticket != ticket);
+        {
+            let mut st = self.lock();
+            st.inflight.retain(|_, p| p.ticket != ticket);
+            st.last_group = size.0;
+        }
         let _ = done.send(Some(outcome));
     }
 
@@ -454,6 +477,30 @@ impl Drop for Detach {
         {
             // (Without a runtime the future is dropped: its writer's guard fails the groups.)
             rt.spawn(f);
+        }
+    }
+}
+
+/// A leader dropped while it let others run first (its caller cancelled): a writer task
+/// writes the group it was to lead (with no runtime left, the groups fail).
+struct LeadLater<'a>(&'a Arc<ShardPacker>, &'a Arc<Backend>, bool);
+
+impl Drop for LeadLater<'_> {
+    fn drop(&mut self) {
+        if !self.2 {
+            return;
+        }
+        {
+            let mut st = self.0.lock();
+            if !st.leader {
+                return;
+            }
+            st.leader = false;
+        }
+        if tokio::runtime::Handle::try_current().is_ok() {
+            self.0.spawn_writer(self.1);
+        } else {
+            drop(Idle(self.0, false));
         }
     }
 }

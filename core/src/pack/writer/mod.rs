@@ -98,6 +98,9 @@ pub(crate) struct State {
     inflight: HashMap<String, Pending>,
     /// A caller started the idle writer and is about to write the first group itself.
     leader: bool,
+    /// Records of the last group that ended: more than one, and the caller that leads the
+    /// next group lets the others run first ([`ShardPacker::lead`]).
+    last_group: u64,
     /// The last ticket handed out.
     tickets: u64,
     /// Sequence numbers of new keys' records that another process's write of the key beat
