@@ -3,7 +3,9 @@
 //! service serves. protox parses the proto in Rust, so the build needs no protoc.
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let root = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    // Read when the script runs, not baked in when it is compiled: a target directory shared
+    // by two checkouts reuses one compiled script for both.
+    let root = std::path::PathBuf::from(std::env::var("CARGO_MANIFEST_DIR")?);
     let proto = root.join("piecestore/v1/piecestore.proto");
     println!("cargo:rerun-if-changed={}", proto.display());
     let fds = protox::compile([&proto], [&root])?;
