@@ -184,26 +184,25 @@ impl SqliteIndex {
     }
 
     fn init(writer: Connection, target: Target, label: String) -> Result<Self> {
-        let checkpoints = match &target {
-            Target::File(p) => Checkpointer::start(p.clone(), label.clone()),
-            Target::Memory => None,
+        let (turn, checkpoints) = match &target {
+            Target::File(p) => {
+                let checkpoints = Checkpointer::start(p.clone(), label.clone());
+                match checkpoints {
+                    Some(_) => writer.wal_hook(Some(note_wal_frames)),
+                    // Without the thread, the commits checkpoint, as SQLite does by default.
+                    None => writer
+                        .pragma_update(None, "wal_autocheckpoint", CHECKPOINT_FRAMES)
+                        .map_err(|e| Error::config(format!("index {label}: {e}")))?,
+                }
+                (Turn::open(p), checkpoints)
+            }
+            Target::Memory => (None, None),
         };
-        match (&target, &checkpoints) {
-            (Target::File(_), Some(_)) => writer.wal_hook(Some(note_wal_frames)),
-            // Without the thread, the commits checkpoint, as SQLite does by default.
-            (Target::File(_), None) => writer
-                .pragma_update(None, "wal_autocheckpoint", CHECKPOINT_FRAMES)
-                .map_err(|e| Error::config(format!("index {label}: {e}")))?,
-            (Target::Memory, _) => {}
-        }
         let me = SqliteIndex {
             label,
             writer: Mutex::new(writer),
             max_seq: std::sync::atomic::AtomicU64::new(0),
-            turn: match &target {
-                Target::File(p) => Turn::open(p),
-                Target::Memory => None,
-            },
+            turn,
             checkpoints,
             readers: Mutex::new(Vec::new()),
             target,
@@ -717,13 +716,8 @@ impl Turn {
     fn wait(&self) -> bool {
         let held = match self.0.try_lock_shared() {
             Ok(()) => false,
-            Err(std::fs::TryLockError::WouldBlock) => {
-                if self.0.lock_shared().is_err() {
-                    return false;
-                }
-                true
-            }
-            Err(std::fs::TryLockError::Error(_)) => return false,
+            Err(std::fs::TryLockError::WouldBlock) if self.0.lock_shared().is_ok() => true,
+            Err(_) => return false,
         };
         let _ = self.0.unlock();
         held
