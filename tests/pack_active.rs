@@ -445,6 +445,64 @@ async fn puts_in_flight_share_pack_puts_on_s3s_fs() {
     eprintln!("256 puts in flight: {pack_puts} pack PUTs");
 }
 
+/// 16 callers that each put one piece at a time (the way a service's handlers or `bench -c 16`
+/// call) fill a bucket's write groups: a group's commit ends before the next group is taken,
+/// so its callers' next puts join that group, and on average a pack PUT holds at least 10 of
+/// the 16 (when the commit ran beside the next PUT, the callers split into two groups of
+/// about 6 to 8 each). Every piece reads back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn callers_waiting_for_their_puts_fill_a_buckets_groups_on_s3s_fs() {
+    let idx = tempfile::tempdir().expect("tempdir");
+    let Some((c, _)) = s3_config(ServerKind::S3sFs, "callers", idx.path(), false) else {
+        return;
+    };
+    let store = PieceStore::open(c).await.expect("open");
+    store.put("warm", bytes(4096, 0)).await.expect("warm put");
+    let (g0, r0) = pack_writes(&store);
+    let (callers, each) = (16u64, 40u64);
+    let tasks: Vec<_> = (0..callers)
+        .map(|t| {
+            let store = store.clone();
+            tokio::spawn(async move {
+                for i in 0..each {
+                    let key = format!("caller{t}/{i}");
+                    store
+                        .put(&key, bytes(4096, t * 1000 + i))
+                        .await
+                        .unwrap_or_else(|e| panic!("put {key}: {e}"));
+                }
+            })
+        })
+        .collect();
+    let all = async {
+        for t in tasks {
+            t.await.expect("caller task");
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(300), all)
+        .await
+        .expect("the callers' puts did not return");
+    let (g1, r1) = pack_writes(&store);
+    let (groups, records) = (g1 - g0, r1 - r0);
+    assert_eq!(records, callers * each);
+    assert!(
+        groups * 10 <= records,
+        "{records} puts from {callers} callers took {groups} write groups: fewer than 10 a group"
+    );
+    for t in 0..callers {
+        for i in (0..each).step_by(7) {
+            assert_eq!(
+                store.get(&format!("caller{t}/{i}")).await.expect("get"),
+                bytes(4096, t * 1000 + i)
+            );
+        }
+    }
+    eprintln!(
+        "{records} puts from {callers} callers: {groups} groups, {:.1} a group",
+        records as f64 / groups as f64
+    );
+}
+
 fn copy_dir(from: &Path, to: &Path) {
     std::fs::create_dir_all(to).expect("mkdir");
     for e in std::fs::read_dir(from).expect("read_dir") {

@@ -255,8 +255,9 @@ impl ShardPacker {
     async fn run_writer(self: Arc<Self>, backend: Arc<Backend>, leader: bool) {
         let mut idle = Idle(&self, false);
         // The index commit of the group before, which runs while the next group's pack is
-        // PUT (a commit waits for a round trip to the index; the PUT for the bucket). Commits
-        // stay in order: the next starts once this one ended. A group's keys are held until
+        // PUT when a full group waits (a commit waits for a round trip to the index; the PUT
+        // for the bucket); otherwise the next group waits for it. Commits stay in order: the
+        // next starts once this one ended. A group's keys are held until
         // its commit ended, so no two groups in flight hold one key.
         let mut pending: Option<
             std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + '_>>,
@@ -276,6 +277,24 @@ impl ShardPacker {
                 }
                 idle.1 = true;
                 return;
+            }
+            let full = |st: &State| {
+                st.forming
+                    .front()
+                    .is_some_and(|g| g.bytes >= self.opts.target_size)
+            };
+            if pending.is_some() && !full(&self.lock()) {
+                // Unless a full group waits, the next PUT waits for the last commit, and the
+                // puts it woke queue their next records first (a yield): the next group then
+                // holds them, not the few that arrived during the PUT. With callers that
+                // each wait for their put, overlapping the commit with the next PUT split
+                // them into two groups, twice the PUTs and commits for the same pieces, and
+                // it cost more than it hid (benches/RESULTS.md, "A bucket's next group waits
+                // for the last commit").
+                if let Some(p) = pending.take() {
+                    p.await;
+                }
+                tokio::task::yield_now().await;
             }
             let group = if pending.is_some() {
                 self.next_group_while_busy()
