@@ -5,14 +5,20 @@
 use super::*;
 
 impl ShardPacker {
-    /// Starts the writer: on a local directory a blocking task that writes groups one after
-    /// another until none is left (one hand-off per busy spell, not per group); elsewhere an
-    /// async task (a group is a network request).
+    /// Starts the writer: on a local directory a task that writes groups one after another
+    /// until none is left, each in `block_in_place` ([`ShardPacker::run_local_writer`]; on a
+    /// current-thread runtime, which cannot do that, a blocking task); on a bucket an async
+    /// task (a group is a network request).
     fn spawn_writer(self: &Arc<Self>, backend: &Arc<Backend>) {
         let me = Arc::clone(self);
         let backend = Arc::clone(backend);
         let task = self.tasks.enter();
-        if self.handles.is_some() {
+        if self.handles.is_some() && on_multi_thread_runtime() {
+            tokio::spawn(async move {
+                let _task = task;
+                me.run_local_writer(&backend).await
+            });
+        } else if self.handles.is_some() {
             tokio::task::spawn_blocking(move || {
                 let _task = task;
                 me.drain_local(&backend)
@@ -42,7 +48,8 @@ impl ShardPacker {
         }
     }
 
-    /// The local writer's loop, on a blocking thread: appends groups until none is left.
+    /// The local writer's loop on a blocking thread (a current-thread runtime's): appends
+    /// groups until none is left.
     fn drain_local(self: &Arc<Self>, backend: &Arc<Backend>) {
         let mut idle = Idle(self, false);
         let Some(index) = self.index_now() else {
@@ -55,6 +62,33 @@ impl ShardPacker {
             };
             let locks = (self.active.blocking_lock(), self.commits.blocking_lock());
             self.append_group(backend, &*index, locks, group);
+        }
+    }
+
+    /// The local writer's loop as a task of a multi-thread runtime: appends groups until none
+    /// is left, each in `block_in_place` (as the leader does), and after a group of several
+    /// records yields once first, so that the puts its end woke queue their next records into
+    /// the group it takes (a thread of its own took the next group at once, while they were
+    /// still waking: measured, 4 processes x 16 puts in flight wrote groups of 12.2 records
+    /// that way and of 13.9 so, and 10 % more puts/s; benches/RESULTS.md).
+    async fn run_local_writer(self: &Arc<Self>, backend: &Arc<Backend>) {
+        let mut idle = Idle(self, false);
+        let Some(index) = self.index_now() else {
+            return; // the guard fails the groups: the index was let go
+        };
+        loop {
+            if self.lock().last_group > 1 {
+                tokio::task::yield_now().await;
+            }
+            // The locks first: a group taken is never held across an await (dropped there, on
+            // a runtime's shutdown, its waiters would hear nothing; the guard fails the groups
+            // still forming).
+            let locks = (self.active.lock().await, self.commits.lock().await);
+            let Some(group) = self.next_group() else {
+                idle.1 = true;
+                return;
+            };
+            tokio::task::block_in_place(|| self.append_group(backend, &*index, locks, group));
         }
     }
 
