@@ -312,12 +312,13 @@ impl ShardPacker {
                 idle.1 = true;
                 return;
             }
-            let full = |st: &State| {
-                st.forming
+            let full = || {
+                self.lock()
+                    .forming
                     .front()
                     .is_some_and(|g| g.bytes >= self.opts.target_size)
             };
-            if pending.is_some() && !full(&self.lock()) {
+            if let Some(p) = pending.take_if(|_| !full()) {
                 // Unless a full group waits, the next PUT waits for the last commit, and the
                 // puts it woke queue their next records first (a yield): the next group then
                 // holds them, not the few that arrived during the PUT. With callers that
@@ -325,9 +326,7 @@ impl ShardPacker {
                 // them into two groups, twice the PUTs and commits for the same pieces, and
                 // it cost more than it hid (benches/RESULTS.md, "A bucket's next group waits
                 // for the last commit").
-                if let Some(p) = pending.take() {
-                    p.await;
-                }
+                p.await;
                 tokio::task::yield_now().await;
             }
             let group = if pending.is_some() {
