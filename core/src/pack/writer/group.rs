@@ -35,17 +35,12 @@ impl ShardPacker {
     /// left, marks the writer idle.
     fn next_group(&self) -> Option<Group> {
         let mut st = self.lock();
-        match st.forming.pop_front() {
-            Some(g) => {
-                st.current = Some(g.done.subscribe());
-                Some(g)
-            }
-            None => {
-                st.writing = false;
-                st.current = None;
-                None
-            }
+        let group = st.take_group();
+        if group.is_none() {
+            st.writing = false;
+            st.current = None;
         }
+        group
     }
 
     /// The local writer's loop on a blocking thread (a current-thread runtime's): appends
@@ -66,29 +61,32 @@ impl ShardPacker {
     }
 
     /// The local writer's loop as a task of a multi-thread runtime: appends groups until none
-    /// is left, each in `block_in_place` (as the leader does), and after a group of several
-    /// records yields once first, so that the puts its end woke queue their next records into
-    /// the group it takes (a thread of its own took the next group at once, while they were
-    /// still waking: measured, 4 processes x 16 puts in flight wrote groups of 12.2 records
-    /// that way and of 13.9 so, and 10 % more puts/s; benches/RESULTS.md).
+    /// is left, each in `block_in_place` (as the leader does), and before it takes a group,
+    /// lets the callers the last one's end woke run on ([`ShardPacker::let_woken_queue`]), so
+    /// that those that put again queue their next records into it (a thread of its own took
+    /// the next group at once, while they were still waking: 4 processes x 16 puts in flight
+    /// wrote groups of 12.2 records that way; after one yield, of 13.9; waiting for them, of
+    /// 17.6, merges included: benches/RESULTS.md).
     async fn run_local_writer(self: &Arc<Self>, backend: &Arc<Backend>) {
         let mut idle = Idle(self, false);
         let Some(index) = self.index_now() else {
             return; // the guard fails the groups: the index was let go
         };
         loop {
-            if self.lock().last_group > 1 {
-                tokio::task::yield_now().await;
-            }
             // The locks first: a group taken is never held across an await (dropped there, on
             // a runtime's shutdown, its waiters would hear nothing; the guard fails the groups
             // still forming).
             let locks = (self.active.lock().await, self.commits.lock().await);
-            let Some(group) = self.next_group() else {
+            let wrote = tokio::task::block_in_place(|| {
+                self.let_woken_queue();
+                let group = self.next_group()?;
+                self.append_group(backend, &*index, locks, group);
+                Some(())
+            });
+            if wrote.is_none() {
                 idle.1 = true;
                 return;
-            };
-            tokio::task::block_in_place(|| self.append_group(backend, &*index, locks, group));
+            }
         }
     }
 
@@ -152,9 +150,7 @@ impl ShardPacker {
         if !next.extra.is_empty() || next.bytes >= room {
             return None;
         }
-        let group = st.forming.pop_front()?;
-        st.current = Some(group.done.subscribe());
-        Some(group)
+        st.take_group()
     }
 
     /// Writes the group a caller started on an idle writer in the caller's own task (group
@@ -168,8 +164,10 @@ impl ShardPacker {
     /// its own.
     ///
     /// On a local directory, after a group of several records, the leader first yields once,
-    /// so that the puts that group's end woke join the group it leads; dropped right there,
-    /// it leaves the group to a writer task ([`LeadLater`]).
+    /// so that the puts that group's end woke join the group it leads (dropped right there,
+    /// it leaves the group to a writer task: [`LeadLater`]), and on a multi-thread runtime
+    /// waits in its `block_in_place` for those the runtime handed to other workers
+    /// ([`ShardPacker::let_woken_queue`]).
     pub(super) async fn lead(self: &Arc<Self>, backend: &Arc<Backend>) {
         if self.handles.is_some() && crate::runtime::may_block() {
             let others = {
@@ -214,24 +212,24 @@ impl ShardPacker {
             Some((index, slot, stuck))
         })();
         if let Some((index, slot, stuck)) = inline {
-            let group = {
-                let mut st = self.lock();
-                st.forming
-                    .pop_front()
-                    .inspect(|g| st.current = Some(g.done.subscribe()))
-            };
-            if let Some(group) = group {
-                let write = || self.append_group(backend, &*index, (slot, stuck), group);
-                // The write waits for the disk (an fdatasync). On a multi-thread runtime's
-                // worker, block_in_place first hands the worker's other tasks to another
-                // thread: otherwise a server with one worker per core stops reading requests
-                // for every commit (measured: `serve` on one core took 1 put per group and
-                // 1.9k puts/s).
-                if on_multi_thread_runtime() {
-                    tokio::task::block_in_place(write);
-                } else {
-                    write();
+            let write = |wait: bool| {
+                if wait {
+                    self.let_woken_queue();
                 }
+                let group = self.lock().take_group();
+                if let Some(group) = group {
+                    self.append_group(backend, &*index, (slot, stuck), group);
+                }
+            };
+            // The write waits for the disk (an fdatasync). On a multi-thread runtime's
+            // worker, block_in_place first hands the worker's other tasks to another thread:
+            // otherwise a server with one worker per core stops reading requests for every
+            // commit (measured: `serve` on one core took 1 put per group and 1.9k puts/s).
+            // There the woken callers run on while this thread waits for them.
+            if on_multi_thread_runtime() {
+                tokio::task::block_in_place(|| write(true));
+            } else {
+                write(false);
             }
         }
         let mut st = self.lock();
@@ -281,6 +279,37 @@ impl ShardPacker {
             st.last_group = size.0;
         }
         let _ = done.send(Some(outcome));
+        let mut st = self.lock();
+        // Over: no longer the group being written (its callers are counted without it).
+        if st
+            .current
+            .as_ref()
+            .is_some_and(|c| c.same_channel(&done.subscribe()))
+        {
+            st.current = None;
+        }
+        st.woken.push(done);
+    }
+
+    /// Before the next group is taken, in a thread that may block (the leader's or the
+    /// writer's `block_in_place`, whose worker's other tasks another thread runs meanwhile):
+    /// waits, for at most [`WOKEN_WAIT`], until every caller that the groups ended since the
+    /// last one was taken woke has run on, so that those that put again have queued their
+    /// next records into the group about to be taken. A caller holds its group's outcome
+    /// channel until its wait returns; the wait here ends when none does.
+    ///
+    /// A `yield_now` did this while the woken callers ran on the writer's own worker; the
+    /// runtime hands some of them to its other workers, whose threads, with several processes
+    /// on few cores, wait for a core, and the group was taken without them. Polled every
+    /// 10 µs (a sleep, which leaves the core to them), not woken by the last caller: the
+    /// writer then took the group before that caller's next put (measured, 4 processes x 16
+    /// in flight: groups of 15.1 records that way, 17.6 so; 43.4k against 45.6k puts/s).
+    fn let_woken_queue(&self) {
+        let woken = std::mem::take(&mut self.lock().woken);
+        let start = std::time::Instant::now();
+        while woken.iter().any(|tx| tx.receiver_count() > 0) && start.elapsed() < WOKEN_WAIT {
+            std::thread::sleep(std::time::Duration::from_micros(10));
+        }
     }
 
     /// A bucket's writer: writes groups one after another (each one pack object) until none
@@ -377,10 +406,7 @@ impl ShardPacker {
     /// [`ShardPacker::next_group`] while the writer is still busy (a commit runs): `None`
     /// when no group waits, and the writer stays marked as writing.
     fn next_group_while_busy(&self) -> Option<Group> {
-        let mut st = self.lock();
-        let g = st.forming.pop_front()?;
-        st.current = Some(g.done.subscribe());
-        Some(g)
+        self.lock().take_group()
     }
 
     /// A group as one pack object: a create-only PUT whose body is the callers' bytes between
@@ -578,6 +604,11 @@ impl Drop for Idle<'_> {
         }
     }
 }
+
+/// How long a writer waits at most for the callers a group's end woke
+/// ([`ShardPacker::let_woken_queue`]): a caller whose task is not polled again (a put future
+/// held but no longer awaited) delays each group by no more than this.
+const WOKEN_WAIT: std::time::Duration = std::time::Duration::from_micros(500);
 
 /// What this says of a commit that failed after its group's records reached the pack: the
 /// writes are durable, and the index takes them in first thing on its next commit (or when

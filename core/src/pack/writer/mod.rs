@@ -101,6 +101,9 @@ pub(crate) struct State {
     /// Records of the last group that ended: more than one, and the caller that leads the
     /// next group lets the others run first ([`ShardPacker::lead`]).
     last_group: u64,
+    /// The outcome channels of the groups that ended since a group was last taken, kept to
+    /// see whether the callers they woke have run on ([`ShardPacker::let_woken_queue`]).
+    woken: Vec<watch::Sender<Outcome>>,
     /// The last ticket handed out.
     tickets: u64,
     /// Sequence numbers of new keys' records that another process's write of the key beat
@@ -112,6 +115,14 @@ impl State {
     fn ticket(&mut self) -> u64 {
         self.tickets += 1;
         self.tickets
+    }
+
+    /// Takes the oldest group formed, as the one being written.
+    fn take_group(&mut self) -> Option<Group> {
+        let group = self.forming.pop_front()?;
+        self.current = Some(group.done.subscribe());
+        self.woken.clear();
+        Some(group)
     }
 }
 
