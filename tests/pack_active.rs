@@ -105,6 +105,37 @@ fn pack_writes(store: &PieceStore) -> (u64, u64) {
         .fold((0, 0), |(g, r), (_, w)| (g + w.groups, r + w.records))
 }
 
+/// `callers` tasks, each putting `each` pieces of 4 KiB (`{prefix}{t}/{i}`, the bytes of seed
+/// `t * 1000 + i`) one after another, each as soon as its last put returned; the write groups
+/// and records the store counted meanwhile.
+async fn closed_loop_puts(store: &PieceStore, prefix: &str, callers: u64, each: u64) -> (u64, u64) {
+    let (g0, r0) = pack_writes(store);
+    let tasks: Vec<_> = (0..callers)
+        .map(|t| {
+            let (store, prefix) = (store.clone(), prefix.to_string());
+            tokio::spawn(async move {
+                for i in 0..each {
+                    let key = format!("{prefix}{t}/{i}");
+                    store
+                        .put(&key, bytes(4096, t * 1000 + i))
+                        .await
+                        .unwrap_or_else(|e| panic!("put {key}: {e}"));
+                }
+            })
+        })
+        .collect();
+    let all = async {
+        for t in tasks {
+            t.await.expect("caller task");
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(300), all)
+        .await
+        .expect("the callers' puts did not return");
+    let (g1, r1) = pack_writes(store);
+    (g1 - g0, r1 - r0)
+}
+
 /// A loop of puts, one at a time, on an idle store with `MaxAge = 1h`: each returns at once
 /// (the test's bound is an hour short of the timer), each is its own write, and each reads back.
 async fn lone_puts_return_without_a_timer(config: Config, what: &str) {
@@ -458,32 +489,8 @@ async fn callers_waiting_for_their_puts_fill_a_buckets_groups_on_s3s_fs() {
     };
     let store = PieceStore::open(c).await.expect("open");
     store.put("warm", bytes(4096, 0)).await.expect("warm put");
-    let (g0, r0) = pack_writes(&store);
     let (callers, each) = (16u64, 40u64);
-    let tasks: Vec<_> = (0..callers)
-        .map(|t| {
-            let store = store.clone();
-            tokio::spawn(async move {
-                for i in 0..each {
-                    let key = format!("caller{t}/{i}");
-                    store
-                        .put(&key, bytes(4096, t * 1000 + i))
-                        .await
-                        .unwrap_or_else(|e| panic!("put {key}: {e}"));
-                }
-            })
-        })
-        .collect();
-    let all = async {
-        for t in tasks {
-            t.await.expect("caller task");
-        }
-    };
-    tokio::time::timeout(Duration::from_secs(300), all)
-        .await
-        .expect("the callers' puts did not return");
-    let (g1, r1) = pack_writes(&store);
-    let (groups, records) = (g1 - g0, r1 - r0);
+    let (groups, records) = closed_loop_puts(&store, "caller", callers, each).await;
     assert_eq!(records, callers * each);
     assert!(
         groups * 10 <= records,
@@ -529,32 +536,9 @@ fn callers_woken_on_a_late_worker_fill_a_directorys_groups() {
         });
         let store = PieceStore::open(config.clone()).await.expect("open");
         store.put("warm", bytes(64, 0)).await.expect("warm");
-        let (g0, r0) = pack_writes(&store);
-        let tasks: Vec<_> = (0..callers)
-            .map(|t| {
-                let store = store.clone();
-                tokio::spawn(async move {
-                    for i in 0..each {
-                        let key = format!("c{t}/{i}");
-                        store
-                            .put(&key, bytes(4096, t * 1000 + i))
-                            .await
-                            .unwrap_or_else(|e| panic!("put {key}: {e}"));
-                    }
-                })
-            })
-            .collect();
-        let all = async {
-            for t in tasks {
-                t.await.expect("caller task");
-            }
-        };
-        tokio::time::timeout(Duration::from_secs(300), all)
-            .await
-            .expect("the callers' puts did not return");
-        let (g1, r1) = pack_writes(&store);
+        let counted = closed_loop_puts(&store, "c", callers, each).await;
         hog.abort();
-        (g1 - g0, r1 - r0)
+        counted
     });
     assert_eq!(records, callers * each);
     eprintln!(
