@@ -364,7 +364,11 @@ $$;
 "#;
 
 /// The runtime the client runs on (one per forked generation of the process: a forked child
-/// has none of its parent's threads).
+/// has none of its parent's threads). One thread: it only moves the connections' bytes and
+/// runs the synchronous calls' futures, while the servers' round trips are what those wait
+/// for; a second thread was one more to wake and schedule on every round trip, which cost 3
+/// nodes × 16 puts in flight on one 2-core machine about 5 % of their puts/s
+/// (benches/RESULTS.md).
 fn runtime() -> Result<tokio::runtime::Handle> {
     static RT: Mutex<Option<(u64, tokio::runtime::Handle)>> = Mutex::new(None);
     let generation = crate::runtime::fork_generation();
@@ -375,7 +379,7 @@ fn runtime() -> Result<tokio::runtime::Handle> {
         return Ok(h.clone());
     }
     let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
+        .worker_threads(1)
         .thread_name("piecestore-pg")
         .on_thread_start(crate::runtime::block_sigpipe)
         .enable_all()
