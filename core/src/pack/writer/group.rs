@@ -307,7 +307,7 @@ impl ShardPacker {
     fn let_woken_queue(&self) {
         let woken = std::mem::take(&mut self.lock().woken);
         let start = std::time::Instant::now();
-        while woken.iter().any(|tx| tx.receiver_count() > 0) && start.elapsed() < WOKEN_WAIT {
+        while still_waiting(&woken) && start.elapsed() < WOKEN_WAIT {
             std::thread::sleep(std::time::Duration::from_micros(10));
         }
     }
@@ -319,11 +319,13 @@ impl ShardPacker {
     /// nodes x 16 puts in flight on one bucket: groups of 14.7 pieces with one yield, 15.9
     /// so, of 16 at most).
     async fn yield_to_woken(&self) {
+        // Taken, not looked at under the lock on every turn: the callers take that lock to
+        // queue their next puts (no group ends meanwhile; this writer ends them).
+        let woken = std::mem::take(&mut self.lock().woken);
         let start = std::time::Instant::now();
         loop {
             tokio::task::yield_now().await;
-            let waiting = self.lock().woken.iter().any(|tx| tx.receiver_count() > 0);
-            if !waiting || start.elapsed() >= WOKEN_WAIT {
+            if !still_waiting(&woken) || start.elapsed() >= WOKEN_WAIT {
                 break;
             }
         }
@@ -367,11 +369,11 @@ impl ShardPacker {
             if let Some(p) = pending.take_if(|_| !full()) {
                 // Unless a full group waits, the next PUT waits for the last commit, and the
                 // puts it woke queue their next records first (`yield_to_woken`): the next
-                // group then holds them, not the few that arrived during the PUT. With callers that
-                // each wait for their put, overlapping the commit with the next PUT split
-                // them into two groups, twice the PUTs and commits for the same pieces, and
-                // it cost more than it hid (benches/RESULTS.md, "A bucket's next group waits
-                // for the last commit").
+                // group then holds them, not the few that arrived during the PUT. With
+                // callers that each wait for their put, overlapping the commit with the next
+                // PUT split them into two groups, twice the PUTs and commits for the same
+                // pieces, and it cost more than it hid (benches/RESULTS.md, "A bucket's next
+                // group waits for the last commit").
                 p.await;
                 self.yield_to_woken().await;
             }
@@ -620,6 +622,12 @@ impl Drop for Idle<'_> {
                 .send(Some(Err((true, "the pack writer stopped".into()))));
         }
     }
+}
+
+/// Whether a caller woken by one of these ended groups has not yet returned from its wait
+/// (each holds its group's outcome receiver until then).
+fn still_waiting(woken: &[watch::Sender<Outcome>]) -> bool {
+    woken.iter().any(|tx| tx.receiver_count() > 0)
 }
 
 /// How long a writer waits at most for the callers a group's end woke
