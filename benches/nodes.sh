@@ -16,8 +16,8 @@
 # A node is a `piecestore bench` process with a cache directory of its own (so nothing but the
 # bucket and the database is shared); the aggregate is the sum of their puts/s. Rows: one node
 # with 48 in flight against three with 16 each, and the newcomer's case, one call at a time.
-# It also counts the index's round trips: the calls of `piecestore_apply_v1` (one per write
-# group, from PostgreSQL's own function statistics) against the write groups the nodes report,
+# It also counts the index's round trips: the calls of `piecestore_group_v1` and
+# `piecestore_apply_v1` (one per write group, from PostgreSQL's own function statistics) against the write groups the nodes report,
 # and every statement the server ran (pg_stat_database) per piece put.
 #
 # PostgreSQL: a throwaway cluster under target/ with the server's defaults (fsync on,
@@ -95,7 +95,7 @@ run() {
   # The store and its index exist before the benches start.
   echo x | env XDG_CACHE_HOME="$data.cache-0" "${env[@]}" "$ps" --store "$url" put warm_s0 - >/dev/null
   local applies0 stmts0
-  applies0=$(sql "select coalesce(sum(calls),0) from pg_stat_user_functions where funcname = 'piecestore_apply_v1'")
+  applies0=$(sql "select coalesce(sum(calls),0) from pg_stat_user_functions where funcname in ('piecestore_group_v1', 'piecestore_apply_v1')")
   stmts0=$(sql "select xact_commit + xact_rollback from pg_stat_database where datname = 'postgres'")
   local pids=()
   for i in $(seq 1 "$nodes"); do
@@ -108,7 +108,7 @@ run() {
   # The statistics collector publishes at transaction end; give it a moment.
   sleep 1
   local applies stmts
-  applies=$(( $(sql "select coalesce(sum(calls),0) from pg_stat_user_functions where funcname = 'piecestore_apply_v1'") - applies0 ))
+  applies=$(( $(sql "select coalesce(sum(calls),0) from pg_stat_user_functions where funcname in ('piecestore_group_v1', 'piecestore_apply_v1')") - applies0 ))
   stmts=$(( $(sql "select xact_commit + xact_rollback from pg_stat_database where datname = 'postgres'") - stmts0 ))
   local total=0 p50=0 p99=0 errs=0 pieces=0 groups=0
   for i in $(seq 1 "$nodes"); do

@@ -669,10 +669,12 @@ async fn packed_s3s_fs_store_with_the_postgres_index_matches_the_model() {
 /// The PostgreSQL index's apply function has three ways through a batch: one statement for
 /// a bucket's write group (its new pack first, then the sequence counter and new keys' pieces
 /// in that pack), a few set-based statements for other batches of new keys, and a statement
-/// per change for the rest. The same batches, sent each of the three ways (the pack moved
-/// behind the counter, or a change of another kind added), must answer alike and leave the
-/// same rows: sent again, into a pack recorded already, against a key taken with other bytes
-/// or announced by an intent, with two packs or into another pack, lazily and durably.
+/// per change for the rest; and a node sends a write group to the group function instead, as
+/// arrays. The same batches, sent each of the four ways (the pack moved behind the counter, a
+/// change of another kind added, or a write group as the group function's arrays), must
+/// answer alike and leave the same rows: sent again, into a pack recorded already, against a
+/// key taken with other bytes or announced by an intent, with two packs or into another pack,
+/// lazily and durably.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_postgres_apply_function_answers_alike_on_each_of_its_paths() {
     let Some(pg) = piecestore_tests::postgres() else {
@@ -744,7 +746,22 @@ async fn the_postgres_apply_function_answers_alike_on_each_of_its_paths() {
         ),
     ];
     let mut seen: Vec<(String, Vec<Vec<bool>>, Vec<String>)> = Vec::new();
-    for way in ["one statement", "set-based", "per change"] {
+    // Whether a batch is a write group as a node sends the group function (its one pack
+    // first, then counter raises and pieces in that pack).
+    let shaped = |sent: &[String]| {
+        let Some(id) = sent[0]
+            .strip_prefix(r#"{"t":"add_pack","id":""#)
+            .and_then(|r| r.split('"').next())
+        else {
+            return false;
+        };
+        sent[1..].iter().all(|c| {
+            c.starts_with(r#"{"t":"bump_seq""#)
+                || (c.starts_with(r#"{"t":"insert""#) && c.contains(&format!(r#""pack":"{id}""#)))
+        })
+    };
+    let mut grouped = Vec::new();
+    for way in ["one statement", "set-based", "per change", "arrays"] {
         let ix = piecestore_tests::unique_name("apply");
         // A key announced by an intent is taken by no insert.
         client
@@ -781,17 +798,61 @@ async fn the_postgres_apply_function_answers_alike_on_each_of_its_paths() {
             };
             client.batch_execute("BEGIN").await.expect("begin");
             let before = packs_updated().await;
-            let row = client
-                .query_one(
-                    "SELECT piecestore_apply_v1($1, $2::text::jsonb, $3)",
-                    &[&ix, &json, durable],
-                )
-                .await
-                .unwrap_or_else(|e| panic!("{way}: {json}: {e:?}"));
+            let arrays = way == "arrays" && shaped(&sent);
+            if arrays {
+                grouped.push(answers.len());
+            }
+            let row = if arrays {
+                // The JSON's fields as the group function's arguments.
+                client
+                    .query_one(
+                        "WITH b AS (SELECT $2::text::jsonb AS b), \
+                         e AS (SELECT e, k FROM b, jsonb_array_elements(b.b) \
+                               WITH ORDINALITY AS j(e, k)) \
+                         SELECT piecestore_group_v1($1, decode(b->0->>'id', 'hex'), \
+                           (b->0->>'size')::bigint, (b->0->>'payload')::bigint, \
+                           (b->0->>'records')::bigint, (b->0->>'min_seq')::bigint, \
+                           (b->0->>'state')::smallint, (b->0->>'since')::bigint, \
+                           (SELECT coalesce(max((e->>'seq')::bigint), 0) FROM e \
+                             WHERE e->>'t' = 'bump_seq'), \
+                           ARRAY(SELECT e->>'key' FROM e WHERE e->>'t' = 'insert' ORDER BY k), \
+                           ARRAY(SELECT decode(e->>'slot', 'hex') FROM e \
+                                 WHERE e->>'t' = 'insert' ORDER BY k), \
+                           ARRAY(SELECT (e->>'seq')::bigint FROM e \
+                                 WHERE e->>'t' = 'insert' ORDER BY k), \
+                           ARRAY(SELECT (e->>'len')::bigint FROM e \
+                                 WHERE e->>'t' = 'insert' ORDER BY k), $3) FROM b",
+                        &[&ix, &json, durable],
+                    )
+                    .await
+            } else {
+                client
+                    .query_one(
+                        "SELECT piecestore_apply_v1($1, $2::text::jsonb, $3)",
+                        &[&ix, &json, durable],
+                    )
+                    .await
+            }
+            .unwrap_or_else(|e| panic!("{way}: {json}: {e:?}"));
             let updated = packs_updated().await - before;
             client.batch_execute("COMMIT").await.expect("commit");
             updates.push(updated);
             let mut took: Vec<bool> = row.get(0);
+            if arrays {
+                // Whether the pack is new, then each piece's answer: back to one a change.
+                let all = std::mem::take(&mut took);
+                let mut pieces = all[1..].iter();
+                took = sent
+                    .iter()
+                    .enumerate()
+                    .map(|(i, c)| match i {
+                        0 => all[0],
+                        _ if c.starts_with(r#"{"t":"bump_seq""#) => true,
+                        _ => *pieces.next().expect("an answer a piece"),
+                    })
+                    .collect();
+                assert!(pieces.next().is_none(), "{way}: an answer too many: {json}");
+            }
             assert_eq!(took.len(), sent.len(), "{way}: {json}");
             match way {
                 "set-based" => took.rotate_right(1),
@@ -837,7 +898,7 @@ async fn the_postgres_apply_function_answers_alike_on_each_of_its_paths() {
         match way {
             // Batches of a new pack and its pieces took the one statement; a pack recorded
             // already, two packs, a piece in another pack took other paths.
-            "one statement" => {
+            "one statement" | "arrays" => {
                 for i in [0, 3, 4, 7] {
                     assert_eq!(updates[i], 0, "batch {i} updated a pack: not one statement");
                 }
@@ -852,6 +913,8 @@ async fn the_postgres_apply_function_answers_alike_on_each_of_its_paths() {
         }
         seen.push((way.to_string(), answers, state));
     }
+    // Batches of one pack and its pieces went to the group function, the others not.
+    assert_eq!(grouped, [0, 1, 2, 3, 4, 7], "batches sent as arrays");
     let (_, answers, state) = &seen[0];
     // What the batches must do, whichever way: a group sent again takes its keys again
     // (not its pack); a key taken with other bytes or announced is not taken; pieces count

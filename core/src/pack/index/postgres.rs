@@ -66,6 +66,66 @@ RETURNS void LANGUAGE sql AS $$
      WHERE p.ix = p_ix AND p.id = d.id
 $$;
 
+-- A bucket's write group (its new pack, the sequence counter, new keys' pieces in that pack)
+-- as arrays rather than jsonb: the same statement as the one-statement path of
+-- piecestore_apply_v1 below (which older nodes still call, and other batches take), without
+-- parsing a jsonb document and hex per change (a group of 16 pieces: about a fifth less of
+-- the server's time). Returns whether the pack's row is new, then for each key whether its
+-- piece took (inserted, or the key holds these bytes already).
+CREATE OR REPLACE FUNCTION piecestore_group_v1(p_ix text, p_pack bytea, p_size bigint,
+    p_payload bigint, p_records bigint, p_min_seq bigint, p_state smallint, p_since bigint,
+    p_bump bigint, p_keys text[], p_slots bytea[], p_seqs bigint[], p_lens bigint[],
+    p_durable boolean)
+RETURNS boolean[] LANGUAGE plpgsql SET plan_cache_mode = force_generic_plan AS $$
+DECLARE
+    out boolean[];
+    new_pack boolean;
+    a_bytes bigint[];
+    max_seq bigint;
+    n integer;
+BEGIN
+    IF NOT p_durable THEN
+        PERFORM set_config('synchronous_commit', 'off', true);
+    END IF;
+    WITH x AS (
+        SELECT * FROM unnest(p_keys, p_slots, p_seqs, p_lens) WITH ORDINALITY
+            AS x(key, slot, seq, len, k)
+    ), ins AS (
+        INSERT INTO piecestore_pieces
+        SELECT p_ix, x.key, x.slot, x.seq, p_pack, x.len FROM x
+         WHERE NOT EXISTS (SELECT 1 FROM piecestore_intents i
+                           WHERE i.ix = p_ix AND i.key = x.key)
+        ON CONFLICT DO NOTHING
+        RETURNING key, len, seq
+    ), pk AS (
+        INSERT INTO piecestore_packs
+        SELECT p_ix, p_pack, p_size, p_payload, (SELECT coalesce(sum(len), 0) FROM ins),
+               (SELECT count(*) FROM ins), p_records, p_min_seq, p_state, p_since
+        ON CONFLICT DO NOTHING
+        RETURNING id
+    )
+    SELECT (SELECT array_agg(EXISTS (SELECT 1 FROM ins WHERE ins.key = x.key)
+                   OR EXISTS (SELECT 1 FROM piecestore_pieces p WHERE p.ix = p_ix
+                              AND p.key = x.key AND p.slot = x.slot) ORDER BY x.k) FROM x),
+           EXISTS (SELECT 1 FROM pk),
+           (SELECT coalesce(array_agg(len), '{}') FROM ins),
+           greatest((SELECT max(seq) FROM ins), p_bump, 0)
+      INTO out, new_pack, a_bytes, max_seq;
+    n := cardinality(a_bytes);
+    IF NOT new_pack AND n > 0 THEN
+        -- The pack was recorded already (a group sent again): its pieces that took are
+        -- counted into it as usual.
+        PERFORM piecestore_account_v1(p_ix, array_fill(p_pack, ARRAY[n]), a_bytes,
+                                      array_fill(1::bigint, ARRAY[n]));
+    END IF;
+    IF p_durable AND max_seq > 0 THEN
+        INSERT INTO piecestore_meta VALUES (p_ix, 'max_seq', max_seq)
+        ON CONFLICT (ix, name) DO UPDATE SET value = greatest(piecestore_meta.value, EXCLUDED.value);
+    END IF;
+    RETURN new_pack || coalesce(out, '{}');
+END
+$$;
+
 -- Its statements are planned once per session, not per call: with the default plan cache
 -- mode the server planned the one-statement path again for every batch (a batch is a
 -- constant jsonb, which a custom plan folds in), about half of its time under three nodes.
@@ -439,6 +499,7 @@ struct Conn {
     get: Statement,
     lookup: Statement,
     apply: Statement,
+    group: Statement,
 }
 
 /// A database of pack indexes: its connection settings and a pool.
@@ -570,11 +631,18 @@ impl Db {
                 let apply = client
                     .prepare("SELECT piecestore_apply_v1($1, $2::text::jsonb, $3)")
                     .await?;
+                let group = client
+                    .prepare(
+                        "SELECT piecestore_group_v1($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, \
+                         $11, $12, $13, $14)",
+                    )
+                    .await?;
                 Ok::<_, tokio_postgres::Error>(Conn {
                     client,
                     get,
                     lookup,
                     apply,
+                    group,
                 })
             })?
             .map_err(|e| pg_err(&shown, &e))?;
@@ -734,18 +802,125 @@ fn changes_json(changes: &[Change]) -> String {
     serde_json::Value::Array(changes.iter().map(change_json).collect()).to_string()
 }
 
-/// One call of the apply function on `conn`: whether each change took effect.
+/// A batch as the server is sent it: a bucket's write group as the arrays of
+/// `piecestore_group_v1`, anything else as `piecestore_apply_v1`'s JSON.
+#[derive(Clone)]
+enum Batch {
+    Json(String),
+    Group(Box<GroupArgs>),
+}
+
+/// A write group's arguments of `piecestore_group_v1`.
+#[derive(Clone)]
+struct GroupArgs {
+    pack: Vec<u8>,
+    /// The pack's size, payload bytes, records, lowest `seq`, and since when it is in its
+    /// state.
+    info: [i64; 5],
+    state: i16,
+    bump: i64,
+    keys: Vec<String>,
+    slots: Vec<Vec<u8>>,
+    seqs: Vec<i64>,
+    lens: Vec<i64>,
+    /// For each change, where its answer is in the function's result (`None`: a counter's
+    /// raise, which always takes).
+    answers: Vec<Option<usize>>,
+}
+
+impl Batch {
+    /// `changes` as the group function takes them when they are a write group (the new pack
+    /// first, then counter raises and new keys' pieces in that pack), else as JSON.
+    fn of(changes: &[Change]) -> Batch {
+        Batch::group(changes)
+            .map(|g| Batch::Group(Box::new(g)))
+            .unwrap_or_else(|| Batch::Json(changes_json(changes)))
+    }
+
+    fn group(changes: &[Change]) -> Option<GroupArgs> {
+        let (Change::AddPack { id, info }, rest) = changes.split_first()? else {
+            return None;
+        };
+        let (state, since) = state_code(info.state);
+        let mut g = GroupArgs {
+            pack: id.to_be_bytes().to_vec(),
+            info: [
+                i(info.size),
+                i(info.payload),
+                i(info.records),
+                i(info.min_seq),
+                i(since),
+            ],
+            state,
+            bump: 0,
+            keys: Vec::with_capacity(rest.len()),
+            slots: Vec::with_capacity(rest.len()),
+            seqs: Vec::with_capacity(rest.len()),
+            lens: Vec::with_capacity(rest.len()),
+            answers: Vec::with_capacity(changes.len()),
+        };
+        g.answers.push(Some(0));
+        for c in rest {
+            match c {
+                Change::BumpSeq(seq) => {
+                    g.bump = g.bump.max(i(*seq));
+                    g.answers.push(None);
+                }
+                Change::Insert {
+                    key,
+                    slot: slot @ Slot::Packed(l),
+                } if l.pack == *id => {
+                    g.keys.push(key.clone());
+                    g.slots.push(slot.encode());
+                    g.seqs.push(i(l.seq));
+                    g.lens.push(i(l.len));
+                    g.answers.push(Some(g.keys.len()));
+                }
+                _ => return None,
+            }
+        }
+        Some(g)
+    }
+}
+
+/// One call of the apply (or group) function on `conn`: whether each change took effect.
 async fn apply_call(
     conn: Arc<Conn>,
     ix: String,
-    json: String,
+    batch: Batch,
     durable: bool,
 ) -> std::result::Result<Vec<bool>, tokio_postgres::Error> {
-    let row = conn
-        .client
-        .query_one(&conn.apply, &[&ix, &json, &durable])
-        .await?;
-    Ok(row.get(0))
+    match batch {
+        Batch::Json(json) => {
+            let row = conn
+                .client
+                .query_one(&conn.apply, &[&ix, &json, &durable])
+                .await?;
+            Ok(row.get(0))
+        }
+        Batch::Group(g) => {
+            let [size, payload, records, min_seq, since] = &g.info;
+            let row = conn
+                .client
+                .query_one(
+                    &conn.group,
+                    &[
+                        &ix, &g.pack, size, payload, records, min_seq, &g.state, since, &g.bump,
+                        &g.keys, &g.slots, &g.seqs, &g.lens, &durable,
+                    ],
+                )
+                .await?;
+            let took: Vec<bool> = row.get(0);
+            if took.len() != g.keys.len() + 1 {
+                // (`checked` refuses an answer of the wrong length.)
+                return Ok(Vec::new());
+            }
+            Ok(g.answers
+                .iter()
+                .map(|a| a.is_none_or(|at| took[at]))
+                .collect())
+        }
+    }
 }
 
 /// What the apply function returned, checked against the number of changes sent.
@@ -794,13 +969,13 @@ impl PgIndex {
         if changes.is_empty() {
             return Ok(Vec::new());
         }
-        let json = changes_json(changes);
+        let batch = Batch::of(changes);
         let mut tries = 0;
         loop {
             let conn = self.db.conn()?;
             let r = self
                 .db
-                .call(apply_call(conn, self.ix.clone(), json.clone(), durable))?;
+                .call(apply_call(conn, self.ix.clone(), batch.clone(), durable))?;
             match r {
                 Ok(took) => return checked(&self.label, took, changes.len()),
                 Err(e) if transient(&e) && tries < 8 => {
@@ -1070,7 +1245,7 @@ impl super::RemoteIndex for PgIndex {
             Ok(c) => c,
             Err(e) => return Box::pin(std::future::ready(Err(e))),
         };
-        let call = apply_call(conn, self.ix.clone(), changes_json(changes), durable);
+        let call = apply_call(conn, self.ix.clone(), Batch::of(changes), durable);
         let (label, n) = (self.label.clone(), changes.len());
         Box::pin(async move {
             // A transaction that deadlocked is not retried here: the caller's synchronous
@@ -1287,5 +1462,61 @@ struct PgGuard(Arc<PgMember>, i32);
 impl Drop for PgGuard {
     fn drop(&mut self) {
         self.0.unlock(self.1);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pack::index::Loc;
+
+    fn piece(key: &str, pack: PackId, seq: u64) -> Change {
+        Change::Insert {
+            key: key.into(),
+            slot: Slot::Packed(Loc {
+                pack,
+                offset: 8,
+                len: 4 + seq,
+                crc: 7,
+                seq,
+            }),
+        }
+    }
+
+    fn add(id: PackId) -> Change {
+        Change::AddPack {
+            id,
+            info: PackInfo::new_active(900),
+        }
+    }
+
+    #[test]
+    fn a_write_group_goes_as_arrays_and_its_answers_come_back_one_a_change() {
+        let group = vec![
+            add(5),
+            piece("a", 5, 11),
+            Change::BumpSeq(12),
+            piece("b", 5, 12),
+        ];
+        let Batch::Group(g) = Batch::of(&group) else {
+            panic!("a write group went as JSON");
+        };
+        assert_eq!(g.pack, 5u128.to_be_bytes());
+        assert_eq!(g.keys, ["a", "b"]);
+        assert_eq!(g.seqs, [11, 12]);
+        assert_eq!(g.lens, [15, 16]);
+        assert_eq!(g.bump, 12);
+        assert_eq!(g.answers, [Some(0), Some(1), None, Some(2)]);
+        // Anything else goes as the apply function's JSON: the pack not first, a piece in
+        // another pack, two packs, a change of another kind.
+        for other in [
+            vec![piece("a", 5, 11), add(5)],
+            vec![add(5), piece("a", 6, 11)],
+            vec![add(5), add(6)],
+            vec![add(5), Change::RemovePack { id: 6 }],
+            vec![],
+        ] {
+            assert!(matches!(Batch::of(&other), Batch::Json(_)), "{other:?}");
+        }
     }
 }
