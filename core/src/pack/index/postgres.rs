@@ -806,7 +806,9 @@ fn changes_json(changes: &[Change]) -> String {
 /// `piecestore_group_v1`, anything else as `piecestore_apply_v1`'s JSON.
 #[derive(Clone)]
 enum Batch {
+    /// `piecestore_apply_v1`'s JSON array of changes.
     Json(String),
+    /// A write group, for `piecestore_group_v1`.
     Group(Box<GroupArgs>),
 }
 
@@ -896,7 +898,7 @@ async fn apply_call(
                 .client
                 .query_one(&conn.apply, &[&ix, &json, &durable])
                 .await?;
-            Ok(row.get(0))
+            row.try_get(0)
         }
         Batch::Group(g) => {
             let [size, payload, records, min_seq, since] = &g.info;
@@ -910,7 +912,7 @@ async fn apply_call(
                     ],
                 )
                 .await?;
-            let took: Vec<bool> = row.get(0);
+            let took: Vec<bool> = row.try_get(0)?;
             if took.len() != g.keys.len() + 1 {
                 // (`checked` refuses an answer of the wrong length.)
                 return Ok(Vec::new());
