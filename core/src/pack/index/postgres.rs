@@ -67,11 +67,12 @@ RETURNS void LANGUAGE sql AS $$
 $$;
 
 -- A bucket's write group (its new pack, the sequence counter, new keys' pieces in that pack)
--- as arrays rather than jsonb: the same statement as the one-statement path of
--- piecestore_apply_v1 below (which older nodes still call, and other batches take), without
--- parsing a jsonb document and hex per change (a group of 16 pieces: about a fifth less of
--- the server's time). Returns whether the pack's row is new, then for each key whether its
--- piece took (inserted, or the key holds these bytes already).
+-- as arrays rather than jsonb: one statement, the pack's row going in with the live bytes and
+-- count of the pieces that took (so no second statement updates it), with no jsonb document
+-- to parse and hex to decode per change (a group of 16 pieces: about a fifth less of the
+-- server's time than as JSON). piecestore_apply_v1 below hands it the write groups that come
+-- as JSON (from older nodes). Returns whether the pack's row is new, then for each key
+-- whether its piece took (inserted, or the key holds these bytes already).
 CREATE OR REPLACE FUNCTION piecestore_group_v1(p_ix text, p_pack bytea, p_size bigint,
     p_payload bigint, p_records bigint, p_min_seq bigint, p_state smallint, p_since bigint,
     p_bump bigint, p_keys text[], p_slots bytea[], p_seqs bigint[], p_lens bigint[],
@@ -142,80 +143,43 @@ DECLARE
     a_bytes bigint[] := '{}';
     a_count bigint[] := '{}';
     n integer;
-    fits boolean;
-    new_pack boolean;
-    pid bytea;
+    group_took boolean[];
 BEGIN
     IF NOT p_durable THEN
         PERFORM set_config('synchronous_commit', 'off', true);
     END IF;
-    -- A bucket's write group (its new pack first, the sequence counter, new keys' pieces in
-    -- that pack): one statement. The pack's row goes in with the live bytes and count of the
-    -- pieces that took, so no second statement updates it (6 pieces: 0.23 ms of server time
-    -- before, 0.10 ms so; benches/RESULTS.md).
-    IF p_changes->0->>'t' = 'add_pack' THEN
-        WITH x AS MATERIALIZED (
-            SELECT * FROM ROWS FROM (jsonb_to_recordset(p_changes)
-                AS (t text, key text, slot text, seq bigint, pack text, len bigint, id text,
-                    size bigint, payload bigint, records bigint, min_seq bigint,
-                    state smallint, since bigint)) WITH ORDINALITY AS x
-        ), shape AS (
-            SELECT count(*) FILTER (WHERE x.t = 'add_pack') = 1
-               AND count(*) FILTER (WHERE x.t NOT IN ('add_pack', 'bump_seq', 'insert')) = 0
-               AND count(*) FILTER (WHERE x.t = 'insert' AND x.pack IS DISTINCT FROM
-                                    (SELECT min(y.id) FROM x y WHERE y.t = 'add_pack')) = 0 AS fits
-              FROM x
-        ), ins AS (
-            INSERT INTO piecestore_pieces
-            SELECT p_ix, x.key, decode(x.slot, 'hex'), x.seq, decode(x.pack, 'hex'), x.len
-              FROM x, shape
-             WHERE shape.fits AND x.t = 'insert'
-               AND NOT EXISTS (SELECT 1 FROM piecestore_intents i
-                               WHERE i.ix = p_ix AND i.key = x.key)
-            ON CONFLICT DO NOTHING
-            RETURNING key, len, seq
-        ), pk AS (
-            INSERT INTO piecestore_packs
-            SELECT p_ix, decode(x.id, 'hex'), x.size, x.payload,
-                   (SELECT coalesce(sum(len), 0) FROM ins), (SELECT count(*) FROM ins),
-                   x.records, x.min_seq, x.state, x.since
-              FROM x, shape
-             WHERE shape.fits AND x.t = 'add_pack'
-            ON CONFLICT DO NOTHING
-            RETURNING id
-        )
-        SELECT shape.fits,
-            (SELECT array_agg(CASE x.t
-                    WHEN 'insert' THEN
-                        EXISTS (SELECT 1 FROM ins WHERE ins.key = x.key)
-                        OR EXISTS (SELECT 1 FROM piecestore_pieces p WHERE p.ix = p_ix
-                                   AND p.key = x.key AND p.slot = decode(x.slot, 'hex'))
-                    WHEN 'add_pack' THEN EXISTS (SELECT 1 FROM pk)
-                    ELSE true END ORDER BY x.ordinality) FROM x),
-            EXISTS (SELECT 1 FROM pk),
-            (SELECT decode(min(x.id), 'hex') FROM x WHERE x.t = 'add_pack'),
-            (SELECT coalesce(array_agg(len), '{}') FROM ins),
-            greatest((SELECT max(seq) FROM ins),
-                     (SELECT max(x.seq) FROM x WHERE x.t = 'bump_seq'), 0)
-          INTO fits, out, new_pack, pid, a_bytes, max_seq
-          FROM shape;
-        IF fits THEN
-            n := cardinality(a_bytes);
-            IF NOT new_pack AND n > 0 THEN
-                -- The pack was recorded already (a group sent again): its pieces that took
-                -- are counted into it as usual.
-                PERFORM piecestore_account_v1(p_ix, array_fill(pid, ARRAY[n]), a_bytes,
-                                              array_fill(1::bigint, ARRAY[n]));
-            END IF;
-            IF p_durable AND max_seq > 0 THEN
-                INSERT INTO piecestore_meta VALUES (p_ix, 'max_seq', max_seq)
-                ON CONFLICT (ix, name) DO UPDATE SET value = greatest(piecestore_meta.value, EXCLUDED.value);
-            END IF;
-            RETURN coalesce(out, '{}');
-        END IF;
-        out := '{}';
-        a_bytes := '{}';
-        max_seq := 0;
+    -- A bucket's write group (its new pack first, then counter raises and new keys' pieces in
+    -- that pack): the group function's one statement, its answers put back one a change.
+    -- (Nodes send such groups to piecestore_group_v1 themselves; older ones send them here.)
+    IF p_changes->0->>'t' = 'add_pack'
+       AND NOT EXISTS (SELECT 1 FROM jsonb_array_elements(p_changes) WITH ORDINALITY AS j(e, k)
+                       WHERE k > 1 AND e->>'t' IS DISTINCT FROM 'bump_seq'
+                         AND NOT (e->>'t' = 'insert'
+                                  AND e->>'pack' IS NOT DISTINCT FROM p_changes->0->>'id'))
+    THEN
+        c := p_changes->0;
+        group_took := piecestore_group_v1(p_ix, decode(c->>'id', 'hex'), (c->>'size')::bigint,
+            (c->>'payload')::bigint, (c->>'records')::bigint, (c->>'min_seq')::bigint,
+            (c->>'state')::smallint, (c->>'since')::bigint,
+            (SELECT coalesce(max((e->>'seq')::bigint), 0) FROM jsonb_array_elements(p_changes) e
+              WHERE e->>'t' = 'bump_seq'),
+            ARRAY(SELECT e->>'key' FROM jsonb_array_elements(p_changes) WITH ORDINALITY j(e, k)
+                   WHERE e->>'t' = 'insert' ORDER BY k),
+            ARRAY(SELECT decode(e->>'slot', 'hex') FROM jsonb_array_elements(p_changes)
+                         WITH ORDINALITY j(e, k) WHERE e->>'t' = 'insert' ORDER BY k),
+            ARRAY(SELECT (e->>'seq')::bigint FROM jsonb_array_elements(p_changes)
+                         WITH ORDINALITY j(e, k) WHERE e->>'t' = 'insert' ORDER BY k),
+            ARRAY(SELECT (e->>'len')::bigint FROM jsonb_array_elements(p_changes)
+                         WITH ORDINALITY j(e, k) WHERE e->>'t' = 'insert' ORDER BY k),
+            p_durable);
+        SELECT array_agg(CASE WHEN y.k = 1 THEN group_took[1]
+                              WHEN y.t = 'insert' THEN group_took[1 + y.n]
+                              ELSE true END ORDER BY y.k)
+          INTO out
+          FROM (SELECT k, e->>'t' AS t,
+                       count(*) FILTER (WHERE e->>'t' = 'insert') OVER (ORDER BY k) AS n
+                  FROM jsonb_array_elements(p_changes) WITH ORDINALITY j(e, k)) y;
+        RETURN out;
     END IF;
     -- A write group of new keys (its pack, its sequence number, inserts): set-based, a few
     -- statements whatever the group's size.
